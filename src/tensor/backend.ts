@@ -1,0 +1,200 @@
+import type { DType, HostArray } from "./dtype.ts";
+
+/**
+ * The contract between tensors and devices.
+ *
+ * A `Tensor` is a view (shape, strides, offset) on a `Storage` that a backend owns. Backends
+ * implement a small set of kernels over such views; every op of the tensor API, and every
+ * backward rule, is written on top of them once, independent of the device. Kernels read
+ * strided views (so transposes, slices and broadcasts by stride 0 cost no copy) and write
+ * fresh contiguous storages, except `assign` and the optimizer steps, which write in place.
+ *
+ * Two backends implement it: `cpu` (src/kernels/cpu, plain TypeScript, the reference
+ * numerics, f32/f64/i32) and `webgpu` (src/kernels/webgpu, WGSL kernels through Dawn,
+ * f32/i32). Each kernel's CPU twin is the specification of its WGSL.
+ */
+
+/** A device buffer. Backends subclass it; the tensor layer only counts references. */
+export interface Storage {
+  readonly dtype: DType;
+  /** Number of elements. */
+  readonly numel: number;
+  /** Tensors (views) that still use this storage; the tensor layer frees it at zero. */
+  refs: number;
+  /** Set when freed; any use after that is an error. */
+  freed: boolean;
+}
+
+/** A strided view of a storage, in elements. */
+export interface View {
+  readonly storage: Storage;
+  readonly shape: readonly number[];
+  readonly strides: readonly number[];
+  readonly offset: number;
+}
+
+/** Elementwise functions of one argument. Their math is in src/kernels/pointwise.ts. */
+export type UnaryOp =
+  | "copy"
+  | "neg"
+  | "exp"
+  | "log"
+  | "sqrt"
+  | "rsqrt"
+  | "abs"
+  | "sign"
+  | "silu"
+  | "sigmoid"
+  | "tanh"
+  | "gelu"
+  | "relu"
+  | "square"
+  | "reciprocal";
+
+/** Elementwise functions of two broadcast arguments. Comparisons return 1 or 0 in the float dtype. */
+export type BinaryOp = "add" | "sub" | "mul" | "div" | "pow" | "maximum" | "minimum" | "eq" | "gt" | "ge" | "lt";
+
+export type ReduceOp = "sum" | "max";
+
+/** Geometry of a batched matrix product `out[b] = opA(A[b]) @ opB(B[b])`. */
+export interface MatmulGeometry {
+  /** Batch count of the output. */
+  batch: number;
+  /** Rows of opA(A) and of the output. */
+  M: number;
+  /** Columns of opB(B) and of the output. */
+  N: number;
+  /** Inner dimension. */
+  K: number;
+  /** When true, A is stored [K, M] per batch and read transposed. */
+  transA: boolean;
+  /** When true, B is stored [N, K] per batch (a PyTorch Linear weight) and read transposed. */
+  transB: boolean;
+  /** Elements between consecutive batches of A, or 0 to reuse one matrix for every batch. */
+  batchStrideA: number;
+  /** Elements between consecutive batches of B, or 0 to reuse one matrix for every batch. */
+  batchStrideB: number;
+}
+
+/**
+ * Geometry of causal scaled-dot-product attention with grouped-query heads.
+ * q: [B, H, Tq, Dh], k and v: [B, Hkv, Tk, Dh], out: [B, H, Tq, Dh], all contiguous.
+ * Query head h reads kv head floor(h / (H / Hkv)). Query i sits at absolute position
+ * Tk - Tq + i (so a KV cache of Tk - Tq earlier tokens works), and sees key j when
+ * j <= Tk - Tq + i (causal), j > Tk - Tq + i - window (when window > 0, Mistral's sliding window)
+ * and keyMask[b, j] != 0 (when a key mask is given: padding).
+ */
+export interface AttentionGeometry {
+  B: number;
+  H: number;
+  Hkv: number;
+  Tq: number;
+  Tk: number;
+  Dh: number;
+  /** Multiplier of q.k, usually 1 / sqrt(Dh). */
+  scale: number;
+  causal: boolean;
+  /** Sliding window in tokens, 0 for none. */
+  window: number;
+}
+
+/** Hyper-parameters of one AdamW step (Loshchilov & Hutter, decoupled weight decay). */
+export interface AdamWStep {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1-based step count, for bias correction. */
+  step: number;
+}
+
+/** Contiguous inputs are passed as bare storages; `View`s may be strided. */
+export interface Backend {
+  readonly name: "cpu" | "webgpu";
+  /** Largest storage in bytes that one kernel binding may address. */
+  readonly maxBindingBytes: number;
+
+  /** A zero-filled storage. */
+  zeros(dtype: DType, numel: number): Storage;
+  /** A storage holding a copy of `data`. */
+  upload(data: HostArray): Storage;
+  /** Copies `numel` elements starting at element `offset` back to the host. */
+  read(storage: Storage, offset?: number, numel?: number): Promise<HostArray>;
+  /** Releases the storage's memory (to a pool or to the system). */
+  free(storage: Storage): void;
+  /** Sets every element of a contiguous storage to `value`. */
+  fill(storage: Storage, value: number): void;
+
+  /** out[i] = f(x[i]) for a strided view, written contiguous. */
+  unary(op: UnaryOp, x: View): Storage;
+  /** out[i] = f(a[i], b[i]); `a` and `b` already have the output's shape (broadcast by stride 0). */
+  binary(op: BinaryOp, a: View, b: View): Storage;
+  /** out[i] = cond[i] != 0 ? a[i] : b[i]; all three views have the output's shape. */
+  where(cond: View, a: View, b: View): Storage;
+  /** Writes `src` into the strided view `dst` (same shape) in place. */
+  assign(dst: View, src: View): void;
+  /** Converts between f32/f64 and i32 (truncating toward zero). */
+  cast(x: View, dtype: DType): Storage;
+
+  /** x: contiguous [rows, cols] -> [rows], reducing each row. */
+  reduceRows(op: ReduceOp, x: Storage, rows: number, cols: number): Storage;
+  /** Batched matrix product, see MatmulGeometry. Inputs contiguous per matrix. */
+  matmul(a: Storage, b: Storage, g: MatmulGeometry): Storage;
+  /** Row softmax (or log-softmax) of contiguous [rows, cols], numerically stable (max-subtracted). */
+  softmax(x: Storage, rows: number, cols: number, log: boolean): Storage;
+
+  /** Per-row cross-entropy loss: logsumexp(logits[r]) - logits[r, target[r]], 0 where target == ignoreIndex. */
+  crossEntropy(logits: Storage, targets: Storage, rows: number, cols: number, ignoreIndex: number): Storage;
+  /** d loss[r] / d logits[r] scaled by gradLoss[r]: (softmax(logits[r]) - onehot(target[r])) * gradLoss[r]; 0 rows where ignored. */
+  crossEntropyBackward(
+    logits: Storage,
+    targets: Storage,
+    gradLoss: Storage,
+    rows: number,
+    cols: number,
+    ignoreIndex: number,
+  ): Storage;
+
+  /** out[n] = table[ids[n]] for table [V, D] and ids i32 [N]; out is [N, D]. Ids outside [0, V) throw or yield zeros (documented per backend). */
+  gather(table: Storage, ids: Storage, V: number, D: number): Storage;
+  /** out [V, D] = sum over n of onehot(ids[n]) grad[n]: the transpose of gather. */
+  scatterAdd(grad: Storage, ids: Storage, V: number, D: number): Storage;
+
+  /** RMSNorm over rows: y = x / sqrt(mean(x^2) + eps) * weight; x [rows, D], weight [D]. */
+  rmsNorm(x: Storage, weight: Storage, rows: number, D: number, eps: number): Storage;
+
+  /**
+   * Rotary embedding, Hugging Face "rotate_half" layout: for d < Dh/2,
+   * out[d] = x[d] cos - x[d + Dh/2] sin and out[d + Dh/2] = x[d + Dh/2] cos + x[d] sin,
+   * with cos/sin [Bc, T, Dh/2] (Bc = 1 or B) for x [B, H, T, Dh]. `inverse` rotates by -angle
+   * (the backward pass).
+   */
+  rope(x: Storage, cos: Storage, sin: Storage, B: number, H: number, T: number, Dh: number, Bc: number, inverse: boolean): Storage;
+
+  /**
+   * Fused attention forward (online softmax, no [Tq, Tk] matrix in memory).
+   * Returns out [B, H, Tq, Dh] and the row log-sum-exp of the scaled, masked scores [B, H, Tq],
+   * which the backward pass reuses. keyMask: f32 [B, Tk] (1 keep, 0 padding) or null.
+   */
+  attention(q: Storage, k: Storage, v: Storage, keyMask: Storage | null, g: AttentionGeometry): { out: Storage; lse: Storage };
+  /** Gradients of attention w.r.t. q, k, v given dOut, recomputing probabilities from lse. */
+  attentionBackward(
+    q: Storage,
+    k: Storage,
+    v: Storage,
+    keyMask: Storage | null,
+    out: Storage,
+    dOut: Storage,
+    lse: Storage,
+    g: AttentionGeometry,
+  ): { dq: Storage; dk: Storage; dv: Storage };
+
+  /** In place: one AdamW step on param, with moments m and v, given grad (all contiguous, same size). */
+  adamw(param: Storage, grad: Storage, m: Storage, v: Storage, h: AdamWStep): void;
+
+  /** Waits until all queued work is done (no-op on cpu). */
+  sync(): Promise<void>;
+  /** Bytes currently held by live storages, for leak tests. */
+  liveBytes(): number;
+}
