@@ -1,0 +1,39 @@
+/**
+ * qalign: the public entry. `import * as qa from "qalign"`.
+ *
+ * Layers, lowest first: tensor (Tensor, views, autograd, optimizers) -> kernels (CPU
+ * reference and WGSL per op family, devices) -> model -> lora -> eval, interp.
+ */
+import { setDefaultDevice } from "./tensor/device.ts";
+import { cpuDevice } from "./kernels/devices.ts";
+
+setDefaultDevice(cpuDevice());
+
+export { Tensor } from "./tensor/tensor.ts";
+export type { Backend, Storage, View } from "./tensor/backend.ts";
+export type { DType, HostArray } from "./tensor/dtype.ts";
+export { ShapeError, DTypeError, DeviceLimitError, DisposedError, AutogradError } from "./tensor/errors.ts";
+export { backward, noGrad, isGradEnabled } from "./tensor/autograd.ts";
+export { tidy, keep } from "./tensor/scope.ts";
+export { Rng } from "./tensor/random.ts";
+export { defaultDevice, setDefaultDevice } from "./tensor/device.ts";
+export { tensor, zeros, ones, full, fullLike, arange, randn, rand, type CreateOptions } from "./tensor/ops/create.ts";
+export { unary, binary, where, cast } from "./tensor/ops/pointwise.ts";
+export { sum, mean, max } from "./tensor/ops/reduce.ts";
+export { reshape, permute, transpose, narrow, expand, unsqueeze, squeeze, contiguous, concat } from "./tensor/ops/views.ts";
+export { matmul } from "./tensor/ops/matmul.ts";
+export {
+  softmax,
+  logSoftmax,
+  crossEntropy,
+  embedding,
+  linear,
+  rmsNorm,
+  rope,
+  attention,
+  dropout,
+  type CrossEntropyOptions,
+  type AttentionOptions,
+} from "./tensor/ops/nn.ts";
+export { SGD, AdamW, clipGradNorm, zeroGrad, type SgdOptions, type AdamWOptions } from "./tensor/optim.ts";
+export { init, getDevice, cpuDevice, type DeviceKind } from "./kernels/devices.ts";

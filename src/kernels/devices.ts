@@ -1,0 +1,42 @@
+import type { Backend } from "../tensor/backend.ts";
+import { setDefaultDevice } from "../tensor/device.ts";
+import { CpuBackend } from "./cpu.ts";
+
+/** Which device to use: "auto" picks webgpu when an adapter exists, else cpu with a notice. */
+export type DeviceKind = "cpu" | "webgpu" | "auto";
+
+let cpu: CpuBackend | null = null;
+
+/** The process-wide cpu device (the reference numerics). */
+export function cpuDevice(): CpuBackend {
+  cpu ??= new CpuBackend();
+  return cpu;
+}
+
+/**
+ * Resolves a device by kind. "webgpu" throws when no adapter exists; "auto" falls back to cpu
+ * and prints a notice on stderr (stdout stays clean for machine-readable output).
+ * @throws Error naming how to get an adapter on a machine without a GPU.
+ */
+export async function getDevice(kind: DeviceKind = "auto"): Promise<Backend> {
+  if (kind === "cpu") return cpuDevice();
+  // Loaded on demand: cpu-only use never loads Dawn's native module.
+  const { getWebGpuBackend } = await import("./webgpu/device.ts");
+  const gpu = await getWebGpuBackend();
+  if (gpu) return gpu;
+  if (kind === "webgpu") {
+    throw new Error(
+      "webgpu: no WebGPU adapter found. Without a GPU, install SwiftShader (Debian: apt-get install libvulkan1 chromium) " +
+        "and set VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json",
+    );
+  }
+  process.stderr.write("qalign: no WebGPU adapter found, using the cpu device\n");
+  return cpuDevice();
+}
+
+/** Selects the default device for tensor creation and returns it. */
+export async function init(kind: DeviceKind = "auto"): Promise<Backend> {
+  const device = await getDevice(kind);
+  setDefaultDevice(device);
+  return device;
+}

@@ -1,0 +1,281 @@
+import { record } from "../autograd.ts";
+import type { AttentionGeometry } from "../backend.ts";
+import { hostArray, isFloat } from "../dtype.ts";
+import { DTypeError, ShapeError, fmt } from "../errors.ts";
+import type { Rng } from "../random.ts";
+import { Tensor } from "../tensor.ts";
+import { tensor } from "./create.ts";
+
+/**
+ * Neural-network ops that run as fused kernels (softmax, cross-entropy, RMSNorm, RoPE,
+ * attention) or need index tensors (embedding). Their gradients are derived in each doc
+ * comment; the kernels and their CPU references are in src/kernels.
+ */
+
+function assertFloat(op: string, ...xs: Tensor[]): void {
+  for (const x of xs) {
+    x.assertAlive(op);
+    if (!isFloat(x.dtype)) throw new DTypeError(op, `needs a float tensor, got ${x.dtype} ${fmt(x.shape)}`);
+  }
+}
+
+/** [..., C] -> (dense tensor, rows, C). */
+function rowsOf(x: Tensor): { dense: Tensor; rows: number; cols: number } {
+  const cols = x.shape[x.rank - 1] ?? 1;
+  return { dense: x.isDense() ? x : x.contiguous(true), rows: x.size / Math.max(cols, 1), cols };
+}
+
+/** Frees `dense` when it is a copy made for a kernel. */
+function release(dense: Tensor, original: Tensor): void {
+  if (dense !== original) dense.dispose();
+}
+
+/**
+ * Softmax over the last axis, max-subtracted for stability. x [..., C] -> [..., C].
+ * Gradient: dx = y (g - sum(g y)) along the last axis.
+ */
+export function softmax(x: Tensor): Tensor {
+  assertFloat("softmax", x);
+  const { dense, rows, cols } = rowsOf(x);
+  const y = Tensor.fromStorage(x.backend, x.backend.softmax(dense.storage, rows, cols, false), x.shape);
+  release(dense, x);
+  return record(y, "softmax", [x], (g) => [y.mul(g.sub(g.mul(y).sum(-1, true)))]);
+}
+
+/**
+ * log(softmax(x)) over the last axis, computed as x - max - log(sum(exp(x - max))).
+ * Gradient: dx = g - softmax(x) sum(g) along the last axis.
+ */
+export function logSoftmax(x: Tensor): Tensor {
+  assertFloat("logSoftmax", x);
+  const { dense, rows, cols } = rowsOf(x);
+  const y = Tensor.fromStorage(x.backend, x.backend.softmax(dense.storage, rows, cols, true), x.shape);
+  release(dense, x);
+  return record(y, "logSoftmax", [x], (g) => [g.sub(y.exp().mul(g.sum(-1, true)))]);
+}
+
+export interface CrossEntropyOptions {
+  /** Targets equal to this contribute no loss and no gradient (PyTorch's default -100). */
+  ignoreIndex?: number;
+  /** Per-target weights [...] (e.g. a 0/1 loss mask), multiplied into each row's loss. */
+  mask?: Tensor;
+  /** "mean" over counted targets (sum of mask, or of non-ignored targets), "sum", or "none" ([...]). */
+  reduction?: "mean" | "sum" | "none";
+}
+
+/**
+ * Cross-entropy of logits [..., V] against class indices targets i32 [...]:
+ * loss_r = logsumexp(logits_r) - logits_r[target_r] (fused kernel: no softmax tensor is kept).
+ * With reduction "mean" the result is sum(loss * mask) / sum(mask), where mask defaults to
+ * [target != ignoreIndex]; an all-ignored batch gives 0, not NaN.
+ * Gradient: d loss_r / d logits_r = softmax(logits_r) - onehot(target_r) (kernel), times the
+ * incoming gradient of each row.
+ * @throws ShapeError when targets' shape is not logits' without the last axis.
+ */
+export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropyOptions = {}): Tensor {
+  assertFloat("crossEntropy", logits);
+  targets.assertAlive("crossEntropy");
+  if (targets.dtype !== "i32") throw new DTypeError("crossEntropy", `targets must be i32, got ${targets.dtype}`);
+  const rowShape = logits.shape.slice(0, -1);
+  if (targets.shape.join() !== rowShape.join()) {
+    throw new ShapeError("crossEntropy", `targets ${fmt(targets.shape)} do not match logits ${fmt(logits.shape)} without the class axis`);
+  }
+  const ignoreIndex = opts.ignoreIndex ?? -100;
+  const { dense, rows, cols } = rowsOf(logits);
+  const tg = targets.isDense() ? targets : targets.contiguous(true);
+  const be = logits.backend;
+  const perRow = Tensor.fromStorage(be, be.crossEntropy(dense.storage, tg.storage, rows, cols, ignoreIndex), rowShape);
+  release(dense, logits);
+  record(perRow, "crossEntropy", [logits], (g) => {
+    const lg = rowsOf(logits);
+    const gd = g.isDense() ? g : g.contiguous(true);
+    const dx = be.crossEntropyBackward(lg.dense.storage, tg.storage, gd.storage, rows, cols, ignoreIndex);
+    release(lg.dense, logits);
+    release(gd, g);
+    return [Tensor.fromStorage(be, dx, logits.shape)];
+  });
+  // The node reads the targets in backward: keep them alive as long as the node.
+  if (perRow.node && tg !== targets) perRow.node.owned = [tg];
+  else if (tg !== targets) tg.dispose();
+  const reduction = opts.reduction ?? "mean";
+  if (reduction === "none") return opts.mask ? perRow.mul(opts.mask) : perRow;
+  const weights = opts.mask ?? targets.eq(ignoreIndex).cast(logits.dtype).neg().add(1);
+  const total = perRow.mul(weights).sum();
+  if (reduction === "sum") return total;
+  return total.div(weights.sum().maximum(1));
+}
+
+/**
+ * Embedding lookup: table [V, D], ids i32 [...] -> [..., D] (HF nn.Embedding).
+ * Gradient w.r.t. the table: scatter-add of the output gradient rows into the ids' rows.
+ * @throws ShapeError when the table is not 2-D; the backend throws on ids outside [0, V).
+ */
+export function embedding(table: Tensor, ids: Tensor): Tensor {
+  assertFloat("embedding", table);
+  ids.assertAlive("embedding");
+  if (table.rank !== 2) throw new ShapeError("embedding", `table must be [V, D], got ${fmt(table.shape)}`);
+  if (ids.dtype !== "i32") throw new DTypeError("embedding", `ids must be i32, got ${ids.dtype}`);
+  const [V, D] = table.shape as [number, number];
+  const tb = table.isDense() ? table : table.contiguous(true);
+  const idd = ids.isDense() ? ids : ids.contiguous(true);
+  const be = table.backend;
+  const y = Tensor.fromStorage(be, be.gather(tb.storage, idd.storage, V, D), [...ids.shape, D]);
+  release(tb, table);
+  record(y, "embedding", [table], (g) => {
+    const gd = g.isDense() ? g : g.contiguous(true);
+    const dt = be.scatterAdd(gd.storage, idd.storage, V, D);
+    release(gd, g);
+    return [Tensor.fromStorage(be, dt, table.shape)];
+  });
+  if (y.node && idd !== ids) y.node.owned = [idd];
+  else if (idd !== ids) idd.dispose();
+  return y;
+}
+
+/**
+ * Linear layer as in PyTorch nn.Linear: y = x W^T + b; x [..., in], weight [out, in],
+ * bias [out]. The transposed weight is read in place (no copy).
+ */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
+  const y = x.matmul(weight.transpose());
+  if (!bias) return y;
+  const out = y.add(bias);
+  return out;
+}
+
+/**
+ * RMSNorm (Zhang & Sennrich 2019; HF LlamaRMSNorm): y = x / sqrt(mean(x^2) + eps) * weight,
+ * over the last axis of x [..., D], weight [D]; fused kernel forward.
+ * Gradient, with r = (mean(x^2) + eps)^(-1/2) and u = g * weight:
+ *   dx = r u - x r^3 mean(u x),  dweight = sum over rows of g x r.
+ */
+export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+  assertFloat("rmsNorm", x, weight);
+  const D = x.shape[x.rank - 1]!;
+  if (weight.rank !== 1 || weight.shape[0] !== D) {
+    throw new ShapeError("rmsNorm", `weight ${fmt(weight.shape)} does not match x ${fmt(x.shape)} (last axis ${D})`);
+  }
+  const { dense, rows } = rowsOf(x);
+  const wd = weight.isDense() ? weight : weight.contiguous(true);
+  const y = Tensor.fromStorage(x.backend, x.backend.rmsNorm(dense.storage, wd.storage, rows, D, eps), x.shape);
+  release(dense, x);
+  release(wd, weight);
+  return record(y, "rmsNorm", [x, weight], (g) => {
+    const r = x.square().mean(-1, true).add(eps).rsqrt();
+    const u = g.mul(weight);
+    const dx = u.mul(r).sub(x.mul(r.pow(3)).mul(u.mul(x).mean(-1, true)));
+    const dw = g.mul(x).mul(r).reshape([-1, D]).sum(0);
+    return [dx, dw];
+  });
+}
+
+/**
+ * Rotary position embedding (Su et al. 2021, "RoFormer"), HF "rotate_half" layout
+ * (modeling_llama.py apply_rotary_pos_emb): x [B, H, T, Dh] with cos, sin [Bc, T, Dh/2]
+ * (Bc = 1 or B: per-row positions for left-padded batches), the angles of each position and
+ * frequency. Gradient: the inverse rotation of g (rotations are orthogonal).
+ */
+export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+  assertFloat("rope", x, cos, sin);
+  if (x.rank !== 4) throw new ShapeError("rope", `x must be [B, H, T, Dh], got ${fmt(x.shape)}`);
+  const [B, H, T, Dh] = x.shape as [number, number, number, number];
+  const Bc = cos.shape[0]!;
+  if (Dh % 2 !== 0 || cos.rank !== 3 || (Bc !== 1 && Bc !== B) || cos.shape[1] !== T || cos.shape[2] !== Dh / 2 || sin.shape.join() !== cos.shape.join()) {
+    throw new ShapeError("rope", `x ${fmt(x.shape)} needs cos and sin [1 or ${B}, ${T}, ${Dh / 2}], got ${fmt(cos.shape)} and ${fmt(sin.shape)}`);
+  }
+  const be = x.backend;
+  const c = cos.isDense() ? cos : cos.contiguous(true);
+  const s = sin.isDense() ? sin : sin.contiguous(true);
+  const apply = (t: Tensor, inverse: boolean): Tensor => {
+    const td = t.isDense() ? t : t.contiguous(true);
+    const out = Tensor.fromStorage(be, be.rope(td.storage, c.storage, s.storage, B, H, T, Dh, Bc, inverse), t.shape);
+    release(td, t);
+    return out;
+  };
+  const y = apply(x, false);
+  record(y, "rope", [x], (g) => [apply(g, true)]);
+  const temps = [c, s].filter((t, i) => t !== [cos, sin][i]);
+  if (y.node) y.node.owned = temps;
+  else for (const t of temps) t.dispose();
+  return y;
+}
+
+export interface AttentionOptions {
+  /** Causal mask (default true). */
+  causal?: boolean;
+  /** Key padding mask [B, Tk]: 1 keep, 0 drop (HF attention_mask). */
+  keyMask?: Tensor | null;
+  /** Sliding window in tokens (Mistral), 0 for none. */
+  window?: number;
+  /** Score scale, default 1 / sqrt(Dh). */
+  scale?: number;
+}
+
+/**
+ * Scaled dot-product attention with grouped-query heads (Ainslie et al. 2023, GQA), fused:
+ * q [B, H, Tq, Dh], k and v [B, Hkv, Tk, Dh] -> [B, H, Tq, Dh]; query i is at absolute
+ * position Tk - Tq + i (earlier keys from a KV cache). Softmax(q k^T scale + mask) v, with
+ * the online softmax of flash attention (Dao 2022) so no [Tq, Tk] matrix is stored; the
+ * backward recomputes probabilities from the saved row log-sum-exp (flash attention 2).
+ * A query that sees no key (all padding) outputs zeros.
+ * @throws ShapeError when heads do not divide, or shapes disagree.
+ */
+export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): Tensor {
+  assertFloat("attention", q, k, v);
+  if (q.rank !== 4 || k.rank !== 4 || v.rank !== 4) {
+    throw new ShapeError("attention", `q, k, v must be 4-D, got ${fmt(q.shape)}, ${fmt(k.shape)}, ${fmt(v.shape)}`);
+  }
+  const [B, H, Tq, Dh] = q.shape as [number, number, number, number];
+  const [Bk, Hkv, Tk, Dk] = k.shape as [number, number, number, number];
+  if (Bk !== B || Dk !== Dh || v.shape.join() !== k.shape.join() || H % Hkv !== 0 || Tk < Tq) {
+    throw new ShapeError("attention", `q ${fmt(q.shape)}, k ${fmt(k.shape)}, v ${fmt(v.shape)}: need k = v = [B, Hkv, Tk >= Tq, Dh] with Hkv dividing H`);
+  }
+  const mask = opts.keyMask ?? null;
+  if (mask && (mask.shape.join() !== `${B},${Tk}` || mask.dtype !== q.dtype)) {
+    throw new ShapeError("attention", `keyMask must be ${q.dtype} [${B}, ${Tk}], got ${mask.dtype} ${fmt(mask.shape)}`);
+  }
+  const geo: AttentionGeometry = {
+    B, H, Hkv, Tq, Tk, Dh,
+    scale: opts.scale ?? 1 / Math.sqrt(Dh),
+    causal: opts.causal ?? true,
+    window: opts.window ?? 0,
+  };
+  const be = q.backend;
+  const [qd, kd, vd] = [q, k, v].map((t) => (t.isDense() ? t : t.contiguous(true))) as [Tensor, Tensor, Tensor];
+  const md = mask === null ? null : mask.isDense() ? mask : mask.contiguous(true);
+  const { out, lse } = be.attention(qd.storage, kd.storage, vd.storage, md?.storage ?? null, geo);
+  const y = Tensor.fromStorage(be, out, q.shape);
+  const lseT = Tensor.fromStorage(be, lse, [B, H, Tq]);
+  record(y, "attention", [q, k, v], (g) => {
+    const gd = g.isDense() ? g : g.contiguous(true);
+    const grads = be.attentionBackward(qd.storage, kd.storage, vd.storage, md?.storage ?? null, y.storage, gd.storage, lseT.storage, geo);
+    release(gd, g);
+    return [
+      Tensor.fromStorage(be, grads.dq, q.shape),
+      Tensor.fromStorage(be, grads.dk, k.shape),
+      Tensor.fromStorage(be, grads.dv, v.shape),
+    ];
+  });
+  // Dense copies and the log-sum-exp live as long as the node needs them.
+  const temps = [lseT, ...[qd, kd, vd].filter((t, i) => t !== [q, k, v][i]), ...(md && md !== mask ? [md] : [])];
+  if (y.node) y.node.owned = temps;
+  else for (const t of temps) t.dispose();
+  return y;
+}
+
+/**
+ * Inverted dropout (Srivastava et al. 2014): each element is kept with probability 1 - p and
+ * scaled by 1 / (1 - p), so the expectation is unchanged. The mask is drawn on the host from
+ * `rng` (seeded, reproducible on every device). Identity when p = 0.
+ */
+export function dropout(x: Tensor, p: number, rng: Rng): Tensor {
+  if (p <= 0) return x;
+  if (p >= 1) throw new RangeError(`dropout: p must be in [0, 1), got ${p}`);
+  const keep = hostArray(x.dtype, x.size);
+  for (let i = 0; i < keep.length; i++) keep[i] = rng.uniform() >= p ? 1 / (1 - p) : 0;
+  const mask = tensor(keep, { device: x.backend, shape: x.shape });
+  const y = x.mul(mask);
+  if (y.node) y.node.owned = [mask];
+  else mask.dispose();
+  return y;
+}

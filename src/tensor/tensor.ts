@@ -1,0 +1,276 @@
+import { backward as runBackward, releaseNode, type GradNode } from "./autograd.ts";
+import type { Backend, Storage, View } from "./backend.ts";
+import type { DType, HostArray } from "./dtype.ts";
+import { DisposedError } from "./errors.ts";
+import { contiguousStrides, isContiguous, numel } from "./shape.ts";
+import { track, type Disposable } from "./scope.ts";
+import * as pw from "./ops/pointwise.ts";
+import * as red from "./ops/reduce.ts";
+import * as vw from "./ops/views.ts";
+import * as mm from "./ops/matmul.ts";
+import * as nn from "./ops/nn.ts";
+import { fullLike } from "./ops/create.ts";
+
+/**
+ * An n-dimensional array on a device: a view (shape, strides, offset, in elements) of a
+ * reference-counted `Storage`, in the manner of candle's storage + layout. Views (reshape,
+ * permute, slice, expand) share the storage and copy nothing; `dispose()` releases this view,
+ * and the storage is freed when its last view goes. Ops record an autograd node when an input
+ * requires grad (see autograd.ts). Values stay on the device until `await data()`.
+ */
+export class Tensor implements Disposable, View {
+  readonly backend: Backend;
+  readonly storage: Storage;
+  readonly shape: readonly number[];
+  readonly strides: readonly number[];
+  readonly offset: number;
+  /** Whether gradients flow to this tensor. Set it on parameters (leaves). */
+  requiresGrad = false;
+  /** Accumulated d loss / d this, for leaves, after `backward()`. */
+  grad: Tensor | null = null;
+  /** The op that produced this tensor, while the graph is alive. */
+  node: GradNode | null = null;
+  /** Set once backward() has consumed and released this tensor's node. */
+  graphReleased = false;
+  disposed = false;
+
+  constructor(backend: Backend, storage: Storage, shape: readonly number[], strides?: readonly number[], offset = 0) {
+    this.backend = backend;
+    this.storage = storage;
+    this.shape = shape;
+    this.strides = strides ?? contiguousStrides(shape);
+    this.offset = offset;
+    storage.refs++;
+    track(this);
+  }
+
+  /** A new tensor that owns a fresh contiguous storage (refs 0 -> 1). */
+  static fromStorage(backend: Backend, storage: Storage, shape: readonly number[]): Tensor {
+    return new Tensor(backend, storage, shape);
+  }
+
+  get dtype(): DType {
+    return this.storage.dtype;
+  }
+  /** Device name: "cpu" or "webgpu". */
+  get device(): Backend["name"] {
+    return this.backend.name;
+  }
+  /** Number of elements. */
+  get size(): number {
+    return numel(this.shape);
+  }
+  get rank(): number {
+    return this.shape.length;
+  }
+
+  /** Throws DisposedError naming `op` when this tensor (or its storage) was released. */
+  assertAlive(op: string): this {
+    if (this.disposed || this.storage.freed) throw new DisposedError(op);
+    return this;
+  }
+
+  /** Row-major and starting at element 0 of a storage of exactly this size: kernels may take the bare storage. */
+  isDense(): boolean {
+    return this.offset === 0 && this.storage.numel === this.size && isContiguous(this.shape, this.strides);
+  }
+
+  /** A view of the same storage with another layout (no autograd; ops in views.ts wrap this). */
+  view(shape: readonly number[], strides: readonly number[], offset: number): Tensor {
+    this.assertAlive("view");
+    return new Tensor(this.backend, this.storage, shape, strides, offset);
+  }
+
+  /** Copies the elements to the host, in row-major order. */
+  async data(): Promise<HostArray> {
+    this.assertAlive("data");
+    if (this.offset + this.size <= this.storage.numel && isContiguous(this.shape, this.strides)) {
+      return this.backend.read(this.storage, this.offset, this.size);
+    }
+    const dense = this.backend.unary("copy", this);
+    try {
+      return await this.backend.read(dense);
+    } finally {
+      this.backend.free(dense);
+    }
+  }
+
+  /** The single value of a one-element tensor. */
+  async item(): Promise<number> {
+    if (this.size !== 1) throw new RangeError(`item: tensor of shape [${this.shape}] has ${this.size} elements, not 1`);
+    return (await this.data())[0]!;
+  }
+
+  /** Nested JS arrays in the tensor's shape (a number for a scalar). */
+  async toArray(): Promise<unknown> {
+    const flat = Array.from(await this.data());
+    const build = (dim: number, start: number): unknown => {
+      if (dim === this.rank) return flat[start];
+      const step = numel(this.shape.slice(dim + 1));
+      return Array.from({ length: this.shape[dim]! }, (_, i) => build(dim + 1, start + i * step));
+    };
+    return build(0, 0);
+  }
+
+  /** Releases this view (idempotent); frees the storage when no view uses it, and drops `.grad`. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    releaseNode(this);
+    this.grad?.dispose();
+    this.grad = null;
+    if (--this.storage.refs === 0 && !this.storage.freed) this.backend.free(this.storage);
+  }
+
+  /** Back-propagates from this scalar (or with an explicit `grad` of this shape). See autograd.ts. */
+  backward(grad?: Tensor): void {
+    runBackward(this, grad);
+  }
+
+  /** The same values, cut from the graph (shares the storage). */
+  detach(): Tensor {
+    return this.view(this.shape, this.strides, this.offset);
+  }
+
+  /** Marks this tensor as a parameter (a leaf that accumulates `.grad`). Returns this. */
+  requireGrad(on = true): this {
+    this.requiresGrad = on;
+    return this;
+  }
+
+  // ---- creation helpers on the same device and dtype ----
+  zerosLike(): Tensor {
+    return fullLike(this, 0);
+  }
+  onesLike(): Tensor {
+    return fullLike(this, 1);
+  }
+
+  // ---- pointwise (ops/pointwise.ts) ----
+  add(b: Tensor | number): Tensor {
+    return pw.binary("add", this, b);
+  }
+  sub(b: Tensor | number): Tensor {
+    return pw.binary("sub", this, b);
+  }
+  mul(b: Tensor | number): Tensor {
+    return pw.binary("mul", this, b);
+  }
+  div(b: Tensor | number): Tensor {
+    return pw.binary("div", this, b);
+  }
+  pow(b: Tensor | number): Tensor {
+    return pw.binary("pow", this, b);
+  }
+  maximum(b: Tensor | number): Tensor {
+    return pw.binary("maximum", this, b);
+  }
+  minimum(b: Tensor | number): Tensor {
+    return pw.binary("minimum", this, b);
+  }
+  eq(b: Tensor | number): Tensor {
+    return pw.binary("eq", this, b);
+  }
+  gt(b: Tensor | number): Tensor {
+    return pw.binary("gt", this, b);
+  }
+  ge(b: Tensor | number): Tensor {
+    return pw.binary("ge", this, b);
+  }
+  lt(b: Tensor | number): Tensor {
+    return pw.binary("lt", this, b);
+  }
+  neg(): Tensor {
+    return pw.unary("neg", this);
+  }
+  exp(): Tensor {
+    return pw.unary("exp", this);
+  }
+  log(): Tensor {
+    return pw.unary("log", this);
+  }
+  sqrt(): Tensor {
+    return pw.unary("sqrt", this);
+  }
+  rsqrt(): Tensor {
+    return pw.unary("rsqrt", this);
+  }
+  abs(): Tensor {
+    return pw.unary("abs", this);
+  }
+  square(): Tensor {
+    return pw.unary("square", this);
+  }
+  silu(): Tensor {
+    return pw.unary("silu", this);
+  }
+  sigmoid(): Tensor {
+    return pw.unary("sigmoid", this);
+  }
+  tanh(): Tensor {
+    return pw.unary("tanh", this);
+  }
+  gelu(): Tensor {
+    return pw.unary("gelu", this);
+  }
+  relu(): Tensor {
+    return pw.unary("relu", this);
+  }
+  reciprocal(): Tensor {
+    return pw.unary("reciprocal", this);
+  }
+  /** Converts to another dtype (f32/f64 <-> i32 truncates toward zero). */
+  cast(dtype: DType): Tensor {
+    return pw.cast(this, dtype);
+  }
+
+  // ---- reductions (ops/reduce.ts) ----
+  sum(axes?: number | number[], keepdim = false): Tensor {
+    return red.sum(this, axes, keepdim);
+  }
+  mean(axes?: number | number[], keepdim = false): Tensor {
+    return red.mean(this, axes, keepdim);
+  }
+  max(axes?: number | number[], keepdim = false): Tensor {
+    return red.max(this, axes, keepdim);
+  }
+
+  // ---- views (ops/views.ts) ----
+  reshape(shape: readonly number[]): Tensor {
+    return vw.reshape(this, shape);
+  }
+  permute(axes: readonly number[]): Tensor {
+    return vw.permute(this, axes);
+  }
+  transpose(a = -2, b = -1): Tensor {
+    return vw.transpose(this, a, b);
+  }
+  /** Slices `axis` to [start, end). */
+  narrow(axis: number, start: number, end: number): Tensor {
+    return vw.narrow(this, axis, start, end);
+  }
+  expand(shape: readonly number[]): Tensor {
+    return vw.expand(this, shape);
+  }
+  unsqueeze(axis: number): Tensor {
+    return vw.unsqueeze(this, axis);
+  }
+  squeeze(axis: number): Tensor {
+    return vw.squeeze(this, axis);
+  }
+  /** A row-major tensor with its own storage when this one is strided (or always, with force). */
+  contiguous(force = false): Tensor {
+    return vw.contiguous(this, force);
+  }
+
+  // ---- linear algebra and nn (ops/matmul.ts, ops/nn.ts) ----
+  matmul(b: Tensor): Tensor {
+    return mm.matmul(this, b);
+  }
+  softmax(): Tensor {
+    return nn.softmax(this);
+  }
+  logSoftmax(): Tensor {
+    return nn.logSoftmax(this);
+  }
+}
