@@ -1,0 +1,26 @@
+import type { AdamWStep } from "../tensor/backend.ts";
+import type { HostArray } from "../tensor/dtype.ts";
+
+/**
+ * One AdamW step, in place (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization",
+ * Algorithm 2, with the weight decay multiplied by lr as in PyTorch's `torch.optim.AdamW`):
+ *   m = beta1 m + (1 - beta1) g              first moment (running mean of the gradient)
+ *   v = beta2 v + (1 - beta2) g^2            second moment (running mean of its square)
+ *   mhat = m / (1 - beta1^t),  vhat = v / (1 - beta2^t)   bias correction: m, v start at 0
+ *   p = p - lr (mhat / (sqrt(vhat) + eps) + weightDecay p)
+ * The decay term uses p before the step and never passes through the moments ("decoupled").
+ * @param param, grad, m, v float arrays of one dtype and length; param, m and v are updated
+ */
+export function adamwRef(param: HostArray, grad: HostArray, m: HostArray, v: HostArray, h: AdamWStep): void {
+  const bc1 = 1 - Math.pow(h.beta1, h.step);
+  const bc2 = 1 - Math.pow(h.beta2, h.step);
+  for (let i = 0; i < param.length; i++) {
+    const g = grad[i]!;
+    const mi = h.beta1 * m[i]! + (1 - h.beta1) * g;
+    const vi = h.beta2 * v[i]! + (1 - h.beta2) * g * g;
+    const update = mi / bc1 / (Math.sqrt(vi / bc2) + h.eps);
+    param[i] = param[i]! - h.lr * (update + h.weightDecay * param[i]!);
+    m[i] = mi;
+    v[i] = vi;
+  }
+}

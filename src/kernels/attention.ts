@@ -1,0 +1,163 @@
+import type { AttentionGeometry } from "../tensor/backend.ts";
+import type { HostArray } from "../tensor/dtype.ts";
+import { ShapeError } from "../tensor/errors.ts";
+
+/**
+ * Scaled-dot-product attention with causal / sliding-window / padding masks and grouped-query
+ * heads, computed the flash-attention way (Dao 2023, "FlashAttention-2", Algorithms 1 and 2):
+ * the forward keeps a running max and sum per query row instead of the [Tq, Tk] score matrix,
+ * and saves only the row log-sum-exp; the backward recomputes every probability from it.
+ *
+ * For query row i of head h and key j of its kv head (see AttentionGeometry for who sees whom):
+ *   s_ij = scale * q_i . k_j
+ *   p_ij = exp(s_ij - lse_i),  lse_i = log sum_{j visible} exp(s_ij)
+ *   o_i  = sum_j p_ij v_j
+ * Invisible pairs have p_ij = 0. A query row that sees no key at all (every key padded, or a
+ * query before the first key) has no distribution: by convention its output is 0, its lse is 0
+ * (a finite sentinel; nothing reads it, as the row has no visible pair) and its gradients are 0.
+ */
+
+/** Checks the head grouping: each kv head serves H / Hkv query heads. */
+function checkGeometry(op: string, g: AttentionGeometry): void {
+  if (g.Hkv <= 0 || g.H % g.Hkv !== 0) {
+    throw new ShapeError(op, `query heads H = ${g.H} are not a multiple of kv heads Hkv = ${g.Hkv}`);
+  }
+}
+
+/**
+ * Whether query i (0 <= i < Tq) may see key j (0 <= j < Tk) in batch row b. The query sits at
+ * absolute position Tk - Tq + i; it sees j when j <= that position (if causal), when j is within
+ * the last `window` positions up to it (if window > 0) and when keyMask[b, j] != 0 (if a mask is
+ * given).
+ * @param keyMask [B, Tk], any dtype, or null
+ */
+export function attentionVisible(g: AttentionGeometry, keyMask: HostArray | null, b: number, i: number, j: number): boolean {
+  const pos = g.Tk - g.Tq + i;
+  if (g.causal && j > pos) return false;
+  if (g.window > 0 && j <= pos - g.window) return false;
+  return keyMask === null || keyMask[b * g.Tk + j] !== 0;
+}
+
+/** Start of query (and output) row i of head h, and of key/value row j that head h reads. */
+function rowIndex(g: AttentionGeometry) {
+  const group = g.H / g.Hkv;
+  return {
+    q: (b: number, h: number, i: number) => ((b * g.H + h) * g.Tq + i) * g.Dh,
+    kv: (b: number, h: number, j: number) => ((b * g.Hkv + Math.floor(h / group)) * g.Tk + j) * g.Dh,
+  };
+}
+
+/** sum_d x[xs + d] * y[ys + d] over n elements. */
+function dot(x: HostArray, xs: number, y: HostArray, ys: number, n: number): number {
+  let acc = 0;
+  for (let d = 0; d < n; d++) acc += x[xs + d]! * y[ys + d]!;
+  return acc;
+}
+
+/**
+ * Forward pass by online softmax. Keys are visited in order with a running maximum m, a running
+ * sum l = sum exp(s_j - m) and an unnormalised output acc = sum exp(s_j - m) v_j; when a larger
+ * score raises m to m', the old terms are rescaled by exp(m - m'). At the end o = acc / l and
+ * lse = m + log l.
+ * @param q float [B, H, Tq, Dh]
+ * @param k, v [B, Hkv, Tk, Dh], dtype of q
+ * @param keyMask [B, Tk] (nonzero = keep), any dtype, or null
+ * @param outs.out [B, H, Tq, Dh] and outs.lse [B, H, Tq], dtype of q
+ * @throws ShapeError when H is not a multiple of Hkv.
+ */
+export function attentionRef(
+  q: HostArray,
+  k: HostArray,
+  v: HostArray,
+  keyMask: HostArray | null,
+  outs: { out: HostArray; lse: HostArray },
+  g: AttentionGeometry,
+): void {
+  checkGeometry("attention", g);
+  const { B, H, Tq, Tk, Dh } = g;
+  const at = rowIndex(g);
+  const acc = new Float64Array(Dh);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      for (let i = 0; i < Tq; i++) {
+        const qi = at.q(b, h, i);
+        let m = -Infinity;
+        let l = 0;
+        acc.fill(0);
+        for (let j = 0; j < Tk; j++) {
+          if (!attentionVisible(g, keyMask, b, i, j)) continue;
+          const kj = at.kv(b, h, j);
+          const s = g.scale * dot(q, qi, k, kj, Dh);
+          const mNew = Math.max(m, s);
+          const rescale = Math.exp(m - mNew); // 0 for the first visible key (m = -Infinity)
+          const p = Math.exp(s - mNew);
+          l = l * rescale + p;
+          for (let d = 0; d < Dh; d++) acc[d] = acc[d]! * rescale + p * v[kj + d]!;
+          m = mNew;
+        }
+        const seesAny = l > 0;
+        for (let d = 0; d < Dh; d++) outs.out[qi + d] = seesAny ? acc[d]! / l : 0;
+        outs.lse[qi / Dh] = seesAny ? m + Math.log(l) : 0;
+      }
+    }
+  }
+}
+
+/**
+ * Backward pass, recomputing probabilities from the saved lse (FlashAttention-2, Algorithm 2):
+ *   D_i   = sum_d dO_i[d] * O_i[d]        (= sum_j p_ij dp_ij, because O_i = sum_j p_ij v_j)
+ *   p_ij  = exp(s_ij - lse_i)
+ *   dv_j  = sum_i p_ij dO_i
+ *   dp_ij = dO_i . v_j
+ *   ds_ij = p_ij (dp_ij - D_i)           (softmax backward)
+ *   dq_i  = scale sum_j ds_ij k_j,   dk_j = scale sum_i ds_ij q_i
+ * where sums over i run over the query rows of every query head of the kv head's group, and only
+ * over visible pairs. Accumulates in doubles and rounds once into the outputs.
+ * @param q, out, dOut float [B, H, Tq, Dh]
+ * @param k, v [B, Hkv, Tk, Dh]
+ * @param keyMask [B, Tk] (nonzero = keep), any dtype, or null
+ * @param lse [B, H, Tq] from attentionRef
+ * @param grads.dq [B, H, Tq, Dh]; grads.dk, grads.dv [B, Hkv, Tk, Dh]; dtype of q; overwritten
+ * @throws ShapeError when H is not a multiple of Hkv.
+ */
+export function attentionBackwardRef(
+  q: HostArray,
+  k: HostArray,
+  v: HostArray,
+  keyMask: HostArray | null,
+  out: HostArray,
+  dOut: HostArray,
+  lse: HostArray,
+  grads: { dq: HostArray; dk: HostArray; dv: HostArray },
+  g: AttentionGeometry,
+): void {
+  checkGeometry("attentionBackward", g);
+  const { B, H, Tq, Tk, Dh } = g;
+  const at = rowIndex(g);
+  const dq = new Float64Array(grads.dq.length);
+  const dk = new Float64Array(grads.dk.length);
+  const dv = new Float64Array(grads.dv.length);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      for (let i = 0; i < Tq; i++) {
+        const qi = at.q(b, h, i);
+        const lseI = lse[qi / Dh]!;
+        const Di = dot(dOut, qi, out, qi, Dh);
+        for (let j = 0; j < Tk; j++) {
+          if (!attentionVisible(g, keyMask, b, i, j)) continue;
+          const kj = at.kv(b, h, j);
+          const p = Math.exp(g.scale * dot(q, qi, k, kj, Dh) - lseI);
+          const ds = p * (dot(dOut, qi, v, kj, Dh) - Di);
+          for (let d = 0; d < Dh; d++) {
+            dv[kj + d]! += p * dOut[qi + d]!;
+            dq[qi + d]! += g.scale * ds * k[kj + d]!;
+            dk[kj + d]! += g.scale * ds * q[qi + d]!;
+          }
+        }
+      }
+    }
+  }
+  grads.dq.set(dq);
+  grads.dk.set(dk);
+  grads.dv.set(dv);
+}

@@ -1,0 +1,77 @@
+import type { HostArray } from "../tensor/dtype.ts";
+import { rowLogSumExp } from "./softmax.ts";
+
+/**
+ * Cross-entropy of logits against integer targets, fused with its log-softmax so that the
+ * [rows, cols] probabilities (cols = V, the vocabulary) are never stored between the two.
+ *
+ * loss_r = -log softmax(z_r)_t = logsumexp(z_r) - z_{r,t}   (t = target of row r)
+ * d loss_r / d z_{r,c} = softmax(z_r)_c - [c = t]
+ * Source: PyTorch `F.cross_entropy(..., ignore_index=-100, reduction="none")`, whose default
+ * ignore index marks prompt and padding tokens in Hugging Face causal-LM labels.
+ */
+
+/** The target of row r, or null when the row is ignored; throws on a class outside [0, cols). */
+function targetOf(targets: Int32Array, r: number, cols: number, ignoreIndex: number): number | null {
+  const t = targets[r]!;
+  if (t === ignoreIndex) return null;
+  if (t < 0 || t >= cols) {
+    throw new RangeError(`crossEntropy: target ${t} at row ${r} is outside [0, ${cols}) and is not ignoreIndex ${ignoreIndex}`);
+  }
+  return t;
+}
+
+/**
+ * loss[r] = logsumexp(logits[r]) - logits[r, targets[r]], or 0 where targets[r] == ignoreIndex.
+ * @param logits contiguous float [rows, cols]
+ * @param targets i32 [rows]
+ * @param out [rows], dtype of logits
+ * @throws RangeError naming the target and row when a target is outside [0, cols) and not ignored.
+ */
+export function crossEntropyRef(
+  logits: HostArray,
+  targets: Int32Array,
+  out: HostArray,
+  rows: number,
+  cols: number,
+  ignoreIndex: number,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const t = targetOf(targets, r, cols, ignoreIndex);
+    out[r] = t === null ? 0 : rowLogSumExp(logits, r * cols, cols) - logits[r * cols + t]!;
+  }
+}
+
+/**
+ * dLogits[r, c] = (softmax(logits[r])_c - [c = targets[r]]) * gradLoss[r]; a zero row where
+ * targets[r] == ignoreIndex (its loss is the constant 0).
+ * @param logits contiguous float [rows, cols]
+ * @param targets i32 [rows]
+ * @param gradLoss [rows], dtype of logits: d(total loss) / d loss[r]
+ * @param out [rows, cols], dtype of logits
+ * @throws RangeError as crossEntropyRef.
+ */
+export function crossEntropyBackwardRef(
+  logits: HostArray,
+  targets: Int32Array,
+  gradLoss: HostArray,
+  out: HostArray,
+  rows: number,
+  cols: number,
+  ignoreIndex: number,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const start = r * cols;
+    const t = targetOf(targets, r, cols, ignoreIndex);
+    if (t === null) {
+      out.fill(0, start, start + cols);
+      continue;
+    }
+    const lse = rowLogSumExp(logits, start, cols);
+    const g = gradLoss[r]!;
+    for (let c = 0; c < cols; c++) {
+      const p = Math.exp(logits[start + c]! - lse);
+      out[start + c] = (p - (c === t ? 1 : 0)) * g;
+    }
+  }
+}

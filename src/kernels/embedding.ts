@@ -1,0 +1,46 @@
+import type { HostArray } from "../tensor/dtype.ts";
+
+/**
+ * Embedding lookup and its transpose. gather is the forward of `nn.Embedding`; scatterAdd is its
+ * backward: d table[v] = sum over positions n with ids[n] = v of d out[n], so a token that
+ * appears twice gets both gradients added.
+ */
+
+/** ids[n], checked to be a row of the table. */
+function rowOf(op: string, ids: Int32Array, n: number, V: number): number {
+  const id = ids[n]!;
+  if (id < 0 || id >= V) throw new RangeError(`${op}: id ${id} at index ${n} is outside [0, ${V})`);
+  return id;
+}
+
+/**
+ * out[n, :] = table[ids[n], :].
+ * @param table contiguous [V, D], any dtype
+ * @param ids i32 [N]
+ * @param out [N, D], dtype of table
+ * @throws RangeError naming the id, its index n and V when an id is outside [0, V).
+ */
+export function gatherRef(table: HostArray, ids: Int32Array, out: HostArray, V: number, D: number): void {
+  for (let n = 0; n < ids.length; n++) {
+    const row = rowOf("gather", ids, n, V);
+    out.set(table.subarray(row * D, row * D + D), n * D);
+  }
+}
+
+/**
+ * out[v, :] = sum over n with ids[n] = v of grad[n, :]; rows no id points at are 0. It is the
+ * transpose (adjoint) of gather: <gather(T), G> = <T, scatterAdd(G)> for all T [V, D], G [N, D].
+ * @param grad contiguous [N, D], any dtype
+ * @param ids i32 [N]
+ * @param out [V, D], dtype of grad; overwritten
+ * @throws RangeError as gatherRef.
+ */
+export function scatterAddRef(grad: HostArray, ids: Int32Array, out: HostArray, V: number, D: number): void {
+  // Sum in doubles, then round once into out's dtype.
+  const sum = new Float64Array(V * D);
+  for (let n = 0; n < ids.length; n++) {
+    const row = rowOf("scatterAdd", ids, n, V);
+    for (let d = 0; d < D; d++) sum[row * D + d]! += grad[n * D + d]!;
+  }
+  out.set(sum);
+}

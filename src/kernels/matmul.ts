@@ -1,0 +1,39 @@
+import type { MatmulGeometry } from "../tensor/backend.ts";
+import type { HostArray } from "../tensor/dtype.ts";
+
+/**
+ * The batched matrix product, the one kernel behind Linear layers, attention's projections and
+ * every matmul backward (which the tensor layer writes with transA / transB instead of copies:
+ * dA = dOut @ B^T, dB = A^T @ dOut).
+ */
+
+/**
+ * out[b, i, j] = sum_k opA(A[b])[i, k] * opB(B[b])[k, j], the naive triple loop (llm.c's
+ * `matmul_forward_cpu` is the same loop), accumulated in doubles.
+ *
+ * A[b] starts at element b * batchStrideA and is stored [M, K], or [K, M] when transA;
+ * B[b] starts at b * batchStrideB and is stored [K, N], or [N, K] when transB (a PyTorch Linear
+ * weight). A batch stride of 0 reuses one matrix for every batch (broadcast).
+ * @param a, b float arrays of one dtype
+ * @param out [batch, M, N], contiguous, same dtype
+ */
+export function matmulRef(a: HostArray, b: HostArray, out: HostArray, g: MatmulGeometry): void {
+  const { batch, M, N, K } = g;
+  // Element (i, k) of opA(A[bi]) and (k, j) of opB(B[bi]).
+  const aAt = (bi: number, i: number, k: number) => bi * g.batchStrideA + (g.transA ? k * M + i : i * K + k);
+  const bAt = (bi: number, k: number, j: number) => bi * g.batchStrideB + (g.transB ? j * K + k : k * N + j);
+  for (let bi = 0; bi < batch; bi++) {
+    for (let i = 0; i < M; i++) {
+      for (let j = 0; j < N; j++) {
+        let acc = 0;
+        for (let k = 0; k < K; k++) acc += a[aAt(bi, i, k)]! * b[bAt(bi, k, j)]!;
+        out[(bi * M + i) * N + j] = acc;
+      }
+    }
+  }
+}
+
+/** Number of elements a matmul operand must hold: the last batch's matrix must fit. */
+export function matmulOperandNumel(batch: number, batchStride: number, rows: number, cols: number): number {
+  return batch === 0 ? 0 : (batch - 1) * batchStride + rows * cols;
+}

@@ -1,0 +1,26 @@
+import type { ReduceOp } from "../tensor/backend.ts";
+import type { HostArray } from "../tensor/dtype.ts";
+import { ShapeError } from "../tensor/errors.ts";
+
+/**
+ * Row reductions, the one reduction kernel: the tensor layer permutes the reduced axes to the
+ * end and makes the input contiguous, so every sum or max over axes is a reduction of rows.
+ */
+
+/**
+ * out[r] = sum_c x[r, c] (0 for an empty row) or max_c x[r, c], accumulated in doubles.
+ * @param x contiguous [rows, cols], any dtype
+ * @param out [rows], same dtype as x
+ * @throws ShapeError for max over empty rows (cols = 0), which has no value.
+ */
+export function reduceRowsRef(op: ReduceOp, x: HostArray, out: HostArray, rows: number, cols: number): void {
+  if (op === "max" && cols === 0 && rows > 0) throw new ShapeError("reduce max", "rows are empty (cols = 0)");
+  for (let r = 0; r < rows; r++) {
+    let acc = op === "sum" ? 0 : -Infinity;
+    for (let c = 0; c < cols; c++) {
+      const v = x[r * cols + c]!;
+      acc = op === "sum" ? acc + v : Math.max(acc, v);
+    }
+    out[r] = acc;
+  }
+}

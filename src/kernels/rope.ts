@@ -1,0 +1,56 @@
+import type { HostArray } from "../tensor/dtype.ts";
+import { ShapeError } from "../tensor/errors.ts";
+
+/**
+ * Rotary position embedding (Su et al. 2021, RoFormer) in the Hugging Face layout:
+ * modeling_llama.py `apply_rotary_pos_emb` computes q * cos + rotate_half(q) * sin with
+ * rotate_half(x) = cat(-x[Dh/2:], x[:Dh/2]) and cos, sin repeated twice along Dh. So dimension
+ * d < Dh/2 is paired with d + Dh/2 (not with d + 1 as in the paper) and the pair is rotated by
+ * the angle theta whose cos and sin the tables hold:
+ *   out[d]        = x[d] cos - x[d + Dh/2] sin
+ *   out[d + Dh/2] = x[d + Dh/2] cos + x[d] sin
+ * A rotation is orthogonal, so its transpose, the rotation by -theta (sin -> -sin), is both
+ * its inverse and its backward pass.
+ */
+
+/**
+ * Rotates each (d, d + Dh/2) pair of x by the angle of its position, or by minus it when
+ * `inverse`.
+ * @param x contiguous float [B, H, T, Dh]
+ * @param cos, sin [Bc, T, Dh/2] with Bc = 1 (shared by every batch row) or B, dtype of x
+ * @param out [B, H, T, Dh], dtype of x
+ * @throws ShapeError when Dh is odd or Bc is neither 1 nor B.
+ */
+export function ropeRef(
+  x: HostArray,
+  cos: HostArray,
+  sin: HostArray,
+  out: HostArray,
+  B: number,
+  H: number,
+  T: number,
+  Dh: number,
+  Bc: number,
+  inverse: boolean,
+): void {
+  if (Dh % 2 !== 0) throw new ShapeError("rope", `head dim ${Dh} is odd`);
+  if (Bc !== 1 && Bc !== B) throw new ShapeError("rope", `cos/sin batch ${Bc} is neither 1 nor B = ${B}`);
+  const half = Dh / 2;
+  const sign = inverse ? -1 : 1;
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      for (let t = 0; t < T; t++) {
+        const row = ((b * H + h) * T + t) * Dh;
+        const table = ((Bc === 1 ? 0 : b) * T + t) * half;
+        for (let d = 0; d < half; d++) {
+          const c = cos[table + d]!;
+          const s = sign * sin[table + d]!;
+          const lo = x[row + d]!;
+          const hi = x[row + d + half]!;
+          out[row + d] = lo * c - hi * s;
+          out[row + d + half] = hi * c + lo * s;
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,349 @@
+/**
+ * `config.json` of a Llama-family checkpoint (llama, mistral, qwen2), parsed strictly into a
+ * typed {@link LlamaConfig} with Hugging Face field names and HF's defaults, plus the two things
+ * that follow from it: the RoPE inverse frequencies and the list of expected weights.
+ *
+ * Sources: transformers' `configuration_{llama,mistral,qwen2}.py`, `modeling_rope_utils.py`,
+ * `modeling_{llama,mistral,qwen2}.py`.
+ */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { CheckpointError } from "./safetensors.ts";
+
+/** The architectures this loader understands, by HF `model_type`. */
+export const MODEL_TYPES = ["llama", "mistral", "qwen2"] as const;
+export type ModelType = (typeof MODEL_TYPES)[number];
+
+/** RoPE scaling, from HF `rope_scaling` (`rope_type`, or the legacy key `type`). */
+export type RopeScaling =
+  | { rope_type: "linear"; factor: number }
+  | {
+      rope_type: "llama3";
+      factor: number;
+      low_freq_factor: number;
+      high_freq_factor: number;
+      original_max_position_embeddings: number;
+    };
+
+/**
+ * A validated Llama-family config. Field names are HF's; defaults are filled in as HF does.
+ * Shape letters: D = hidden_size, F = intermediate_size, L = num_hidden_layers,
+ * H = num_attention_heads, Hkv = num_key_value_heads, Dh = head_dim, V = vocab_size.
+ */
+export interface LlamaConfig {
+  model_type: ModelType;
+  vocab_size: number;
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  /** Defaults to `num_attention_heads`; divides it (grouped-query attention). */
+  num_key_value_heads: number;
+  /** Defaults to `hidden_size / num_attention_heads`; even (rotate_half splits it in two). */
+  head_dim: number;
+  rms_norm_eps: number;
+  /** RoPE base θ; default 10000. */
+  rope_theta: number;
+  rope_scaling: RopeScaling | null;
+  max_position_embeddings: number;
+  tie_word_embeddings: boolean;
+  /** Derived, not an HF key: q/k/v projections have biases (qwen2 always; llama per `attention_bias`). */
+  qkv_bias: boolean;
+  /** Derived, not an HF key: o_proj has a bias (llama with `attention_bias` only). */
+  o_bias: boolean;
+  /** Keys a query may attend to, itself included (mistral); null = full causal attention. */
+  sliding_window: number | null;
+  /** HF `torch_dtype` (or `dtype` in newer configs), e.g. "bfloat16"; null when absent. */
+  torch_dtype: string | null;
+  bos_token_id: number | null;
+  /** Always a list (HF allows a number or a list); empty when absent. */
+  eos_token_id: number[];
+  hidden_act: "silu";
+}
+
+/** HF's default `max_position_embeddings` per architecture (each `configuration_*.py`). */
+const MAX_POSITIONS: Record<ModelType, number> = { llama: 2048, mistral: 4096 * 32, qwen2: 32768 };
+/** `MistralConfig`'s default `sliding_window` when the key is absent (null switches it off). */
+const MISTRAL_SLIDING_WINDOW = 4096;
+
+/** Typed access to a raw JSON object whose errors name the file and the field. */
+class Fields {
+  constructor(
+    readonly file: string,
+    private readonly raw: Record<string, unknown>,
+    private readonly prefix = "",
+  ) {}
+
+  fail(field: string, message: string): never {
+    throw new CheckpointError(this.file, `field "${this.prefix}${field}" ${message}`);
+  }
+
+  private get(field: string, what: string): unknown {
+    const v = this.raw[field];
+    if (v === undefined) this.fail(field, `is missing (expected ${what})`);
+    return v;
+  }
+
+  private bad(field: string, what: string, v: unknown): never {
+    this.fail(field, `must be ${what}, got ${JSON.stringify(v)} (${v === null ? "null" : typeof v})`);
+  }
+
+  /** Present and not null. */
+  has(field: string): boolean {
+    return this.raw[field] !== undefined && this.raw[field] !== null;
+  }
+
+  /** Present and explicitly null (HF's way to switch a defaulted feature off). */
+  isNull(field: string): boolean {
+    return this.raw[field] === null;
+  }
+
+  /** A positive integer; `fallback` when the field is absent (required when no fallback). */
+  int(field: string, fallback?: number): number {
+    if (fallback !== undefined && !this.has(field)) return fallback;
+    const v = this.get(field, "a positive integer");
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) this.bad(field, "a positive integer", v);
+    return v;
+  }
+
+  /** A positive finite number. */
+  num(field: string, fallback?: number): number {
+    if (fallback !== undefined && !this.has(field)) return fallback;
+    const v = this.get(field, "a positive number");
+    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) this.bad(field, "a positive number", v);
+    return v;
+  }
+
+  bool(field: string, fallback: boolean): boolean {
+    if (!this.has(field)) return fallback;
+    const v = this.raw[field];
+    if (typeof v !== "boolean") this.bad(field, "true or false", v);
+    return v;
+  }
+
+  /** A non-negative integer token id, or null when absent. */
+  tokenId(field: string): number | null {
+    if (!this.has(field)) return null;
+    const v = this.raw[field];
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) this.bad(field, "a token id", v);
+    return v;
+  }
+
+  /** A list of token ids from a number or an array; [] when absent. */
+  tokenIds(field: string): number[] {
+    if (!this.has(field)) return [];
+    const v = this.raw[field];
+    const ids = Array.isArray(v) ? v : [v];
+    if (!ids.every((x) => typeof x === "number" && Number.isSafeInteger(x) && x >= 0)) {
+      this.bad(field, "a token id or a list of token ids", v);
+    }
+    return ids as number[];
+  }
+
+  string(field: string): string | null {
+    if (!this.has(field)) return null;
+    const v = this.raw[field];
+    if (typeof v !== "string") this.bad(field, "a string", v);
+    return v;
+  }
+
+  /** A nested object, e.g. `rope_scaling`, whose errors read `rope_scaling.factor`. */
+  object(field: string): Fields | null {
+    if (!this.has(field)) return null;
+    const v = this.raw[field];
+    if (typeof v !== "object" || Array.isArray(v)) this.bad(field, "an object or null", v);
+    return new Fields(this.file, v as Record<string, unknown>, `${this.prefix}${field}.`);
+  }
+}
+
+/**
+ * Parses the RoPE scaling of a config: `rope_scaling` (transformers 4.x), or `rope_parameters`
+ * (transformers 5, which also carries `rope_theta`). Type "default" means none.
+ */
+function parseRope(f: Fields): { rope_theta: number; rope_scaling: RopeScaling | null } {
+  const params = f.object("rope_parameters");
+  const rope_theta = params?.has("rope_theta") ? params.num("rope_theta") : f.num("rope_theta", 10000);
+  const s = f.has("rope_scaling") ? f.object("rope_scaling") : params;
+  if (s === null) return { rope_theta, rope_scaling: null };
+  const kind = s.string("rope_type") ?? s.string("type") ?? "default";
+  if (kind === "default") return { rope_theta, rope_scaling: null };
+  if (kind === "linear") return { rope_theta, rope_scaling: { rope_type: "linear", factor: s.num("factor") } };
+  if (kind === "llama3") {
+    const low = s.num("low_freq_factor");
+    const high = s.num("high_freq_factor");
+    if (high <= low) s.fail("high_freq_factor", `(${high}) must exceed low_freq_factor (${low})`);
+    return {
+      rope_theta,
+      rope_scaling: {
+        rope_type: "llama3",
+        factor: s.num("factor"),
+        low_freq_factor: low,
+        high_freq_factor: high,
+        original_max_position_embeddings: s.int("original_max_position_embeddings"),
+      },
+    };
+  }
+  throw new CheckpointError(
+    f.file,
+    `rope_scaling type '${kind}' is not supported; supported: default, linear, llama3`,
+  );
+}
+
+/**
+ * Validates a parsed `config.json` object.
+ * @param raw the JSON value; `file` is only used in error messages
+ * @throws CheckpointError naming the file and field: unknown `model_type` (listing the supported
+ *   ones), a missing required field, a wrong type, an unsupported `rope_scaling` type,
+ *   `hidden_act` other than "silu", `mlp_bias` true, qwen2 `use_sliding_window` true,
+ *   heads that do not divide (`num_attention_heads % num_key_value_heads`), an odd head_dim.
+ */
+export function parseConfig(raw: unknown, file: string): LlamaConfig {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new CheckpointError(file, "config must be a JSON object");
+  }
+  const f: Fields = new Fields(file, raw as Record<string, unknown>); // typed: lets `fail` narrow
+  const type = f.string("model_type");
+  if (type === null) f.fail("model_type", `is missing (supported: ${MODEL_TYPES.join(", ")})`);
+  if (!(MODEL_TYPES as readonly string[]).includes(type)) {
+    f.fail("model_type", `is '${type}', which is not supported; supported: ${MODEL_TYPES.join(", ")}`);
+  }
+  const model_type = type as ModelType;
+  const hidden_act = f.string("hidden_act") ?? "silu";
+  if (hidden_act !== "silu") f.fail("hidden_act", `is '${hidden_act}'; only "silu" is supported`);
+  if (f.bool("mlp_bias", false)) f.fail("mlp_bias", "is true; MLP biases are not supported");
+
+  const hidden_size = f.int("hidden_size");
+  const num_attention_heads = f.int("num_attention_heads");
+  const num_key_value_heads = f.int("num_key_value_heads", num_attention_heads);
+  if (num_attention_heads % num_key_value_heads !== 0) {
+    f.fail("num_key_value_heads", `(${num_key_value_heads}) must divide num_attention_heads (${num_attention_heads})`);
+  }
+  if (!f.has("head_dim") && hidden_size % num_attention_heads !== 0) {
+    f.fail("head_dim", `is missing and hidden_size (${hidden_size}) is not divisible by num_attention_heads (${num_attention_heads})`);
+  }
+  const head_dim = f.int("head_dim", hidden_size / num_attention_heads);
+  if (head_dim % 2 !== 0) f.fail("head_dim", `(${head_dim}) must be even for rotary embeddings`);
+
+  // Attention biases: modeling_qwen2.py hard-codes q/k/v bias and no o bias; modeling_llama.py
+  // gives all four projections `bias=config.attention_bias`; modeling_mistral.py has none.
+  const attention_bias = f.bool("attention_bias", false);
+  if (model_type === "mistral" && attention_bias) f.fail("attention_bias", "is true; mistral has no attention biases");
+  const qkv_bias = model_type === "qwen2" || attention_bias;
+  const o_bias = model_type === "llama" && attention_bias;
+
+  // Sliding window: mistral's `sliding_window` (null = off); qwen2 ignores it unless
+  // `use_sliding_window`, which applies it to some layers only and is not supported here.
+  let sliding_window: number | null = null;
+  if (model_type === "mistral") {
+    sliding_window = f.isNull("sliding_window") ? null : f.int("sliding_window", MISTRAL_SLIDING_WINDOW);
+  } else if (model_type === "qwen2" && f.bool("use_sliding_window", false)) {
+    f.fail("use_sliding_window", "is true; per-layer sliding windows (max_window_layers) are not supported");
+  }
+
+  return {
+    model_type,
+    vocab_size: f.int("vocab_size"),
+    hidden_size,
+    intermediate_size: f.int("intermediate_size"),
+    num_hidden_layers: f.int("num_hidden_layers"),
+    num_attention_heads,
+    num_key_value_heads,
+    head_dim,
+    rms_norm_eps: f.num("rms_norm_eps", 1e-6),
+    ...parseRope(f),
+    max_position_embeddings: f.int("max_position_embeddings", MAX_POSITIONS[model_type]),
+    tie_word_embeddings: f.bool("tie_word_embeddings", false),
+    qkv_bias,
+    o_bias,
+    sliding_window,
+    torch_dtype: f.string("torch_dtype") ?? f.string("dtype"),
+    bos_token_id: f.tokenId("bos_token_id"),
+    eos_token_id: f.tokenIds("eos_token_id"),
+    hidden_act: "silu",
+  };
+}
+
+/**
+ * Reads and validates `<dir>/config.json`.
+ * @throws CheckpointError when the file is missing or not JSON, or as {@link parseConfig}.
+ */
+export async function loadConfig(dir: string): Promise<LlamaConfig> {
+  const file = join(dir, "config.json");
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (e) {
+    throw new CheckpointError(file, `cannot read: ${(e as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new CheckpointError(file, `not valid JSON: ${(e as Error).message}`);
+  }
+  return parseConfig(raw, file);
+}
+
+/**
+ * RoPE inverse frequencies `inv_freq[i] = θ^(-2i/Dh)`, i = 0..Dh/2-1, in radians per position,
+ * with scaling applied. Computed in float64 (HF computes in float32).
+ *
+ * Source: transformers `modeling_rope_utils.py`: `_compute_default_rope_parameters`;
+ * `_compute_linear_scaling_rope_parameters` (positions / factor, i.e. inv_freq / factor);
+ * `_compute_llama3_parameters` (wavelength 2π/inv_freq above `original / low_freq_factor`:
+ * divide by factor; below `original / high_freq_factor`: keep; between: blend with
+ * s = (original / wavelength - low) / (high - low), result (1 - s) * inv / factor + s * inv).
+ * @returns Float64Array [Dh / 2]
+ */
+export function ropeInvFreq(config: LlamaConfig): Float64Array {
+  const dim = config.head_dim;
+  const inv = new Float64Array(dim / 2);
+  for (let i = 0; i < inv.length; i++) inv[i] = 1 / config.rope_theta ** ((2 * i) / dim);
+  const s = config.rope_scaling;
+  if (s === null) return inv;
+  if (s.rope_type === "linear") return inv.map((x) => x / s.factor);
+  const lowWavelen = s.original_max_position_embeddings / s.low_freq_factor;
+  const highWavelen = s.original_max_position_embeddings / s.high_freq_factor;
+  return inv.map((x) => {
+    const wavelen = (2 * Math.PI) / x;
+    if (wavelen < highWavelen) return x;
+    if (wavelen > lowWavelen) return x / s.factor;
+    const smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+    return ((1 - smooth) * x) / s.factor + smooth * x;
+  });
+}
+
+/**
+ * Every weight an HF checkpoint of `config` holds, with its shape, in HF naming
+ * (`LlamaForCausalLM` / `MistralForCausalLM` / `Qwen2ForCausalLM` state dicts). Linear weights
+ * are `[out, in]` as in `nn.Linear`:
+ * - `model.embed_tokens.weight` [V, D]
+ * - per layer i, `model.layers.{i}.`: `self_attn.q_proj.weight` [H*Dh, D], `k_proj`/`v_proj`
+ *   [Hkv*Dh, D], `o_proj` [D, H*Dh]; `.bias` [out] for q/k/v when `qkv_bias`, for o when
+ *   `o_bias`; `mlp.gate_proj.weight`/`up_proj` [F, D], `down_proj` [D, F];
+ *   `input_layernorm.weight`/`post_attention_layernorm.weight` [D]
+ * - `model.norm.weight` [D]; `lm_head.weight` [V, D] unless `tie_word_embeddings`.
+ */
+export function expectedWeights(config: LlamaConfig): Map<string, number[]> {
+  const { vocab_size: V, hidden_size: D, intermediate_size: F, head_dim: Dh } = config;
+  const q = config.num_attention_heads * Dh;
+  const kv = config.num_key_value_heads * Dh;
+  const w = new Map<string, number[]>([["model.embed_tokens.weight", [V, D]]]);
+  for (let i = 0; i < config.num_hidden_layers; i++) {
+    const p = `model.layers.${i}.`;
+    for (const [name, out] of [["q_proj", q], ["k_proj", kv], ["v_proj", kv]] as const) {
+      w.set(`${p}self_attn.${name}.weight`, [out, D]);
+      if (config.qkv_bias) w.set(`${p}self_attn.${name}.bias`, [out]);
+    }
+    w.set(`${p}self_attn.o_proj.weight`, [D, q]);
+    if (config.o_bias) w.set(`${p}self_attn.o_proj.bias`, [D]);
+    w.set(`${p}mlp.gate_proj.weight`, [F, D]);
+    w.set(`${p}mlp.up_proj.weight`, [F, D]);
+    w.set(`${p}mlp.down_proj.weight`, [D, F]);
+    w.set(`${p}input_layernorm.weight`, [D]);
+    w.set(`${p}post_attention_layernorm.weight`, [D]);
+  }
+  w.set("model.norm.weight", [D]);
+  if (!config.tie_word_embeddings) w.set("lm_head.weight", [V, D]);
+  return w;
+}

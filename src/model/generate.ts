@@ -1,0 +1,87 @@
+import { noGrad } from "../tensor/autograd.ts";
+import { tensor } from "../tensor/ops/create.ts";
+import { Rng } from "../tensor/random.ts";
+import { tidy } from "../tensor/scope.ts";
+import type { LlamaModel } from "./llama.ts";
+
+/**
+ * Autoregressive decoding with a KV cache: the prompt is run once (prefill), then one token per
+ * step, each attending to the cached keys and values.
+ */
+export interface GenerateOptions {
+  maxNewTokens?: number;
+  /** 0 (default) is greedy decoding (argmax). */
+  temperature?: number;
+  /** Nucleus sampling (Holtzman et al. 2020): sample from the smallest set of tokens whose probability reaches topP. */
+  topP?: number;
+  seed?: number;
+  /** Stop after generating any of these ids (default: config eos_token_id). */
+  eosTokenIds?: readonly number[];
+  /** Called with each new token id as soon as it is chosen (streaming). */
+  onToken?: (id: number) => void;
+}
+
+/**
+ * Chooses the next token from logits [V] (f32 host array): argmax at temperature 0, else a
+ * sample of softmax(logits / temperature) restricted to the top-p nucleus.
+ */
+export function sampleToken(logits: ArrayLike<number>, temperature: number, topP: number, rng: Rng): number {
+  if (temperature <= 0) {
+    let best = 0;
+    for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
+    return best;
+  }
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) max = Math.max(max, logits[i]!);
+  const probs = Array.from(logits, (l, id) => ({ id, p: Math.exp((l - max) / temperature) }));
+  const total = probs.reduce((s, x) => s + x.p, 0);
+  probs.sort((a, b) => b.p - a.p);
+  let kept = 0;
+  let mass = 0;
+  while (kept < probs.length && mass < topP * total) mass += probs[kept++]!.p;
+  let r = rng.uniform() * mass;
+  for (let i = 0; i < kept; i++) {
+    r -= probs[i]!.p;
+    if (r <= 0) return probs[i]!.id;
+  }
+  return probs[kept - 1]!.id;
+}
+
+/**
+ * Generates up to maxNewTokens ids after `promptIds` (one sequence), stopping after an eos id.
+ * @returns the new ids (without the prompt)
+ * @throws RangeError when the prompt is empty or prompt + new tokens exceed max_position_embeddings.
+ */
+export async function generate(model: LlamaModel, promptIds: readonly number[], opts: GenerateOptions = {}): Promise<number[]> {
+  const maxNew = opts.maxNewTokens ?? 32;
+  if (promptIds.length === 0) throw new RangeError("generate: the prompt has no tokens");
+  const limit = model.config.max_position_embeddings;
+  if (promptIds.length + maxNew > limit) {
+    throw new RangeError(`generate: prompt (${promptIds.length}) + max new tokens (${maxNew}) exceed max_position_embeddings ${limit}`);
+  }
+  const eos = new Set(opts.eosTokenIds ?? model.config.eos_token_id);
+  const rng = new Rng(opts.seed ?? 0);
+  const cache = model.newCache(1);
+  const out: number[] = [];
+  try {
+    let next: readonly number[] = promptIds;
+    for (let step = 0; step < maxNew; step++) {
+      const logits = noGrad(() =>
+        tidy(() => {
+          const ids = tensor(Int32Array.from(next), { device: model.device, shape: [1, next.length] });
+          return model.forward(ids, { cache, logits: "last" }).logits!;
+        }),
+      );
+      const row = await logits.data();
+      logits.dispose();
+      const id = sampleToken(row, opts.temperature ?? 0, opts.topP ?? 1, rng);
+      out.push(id);
+      opts.onToken?.(id);
+      if (eos.has(id)) break;
+      next = [id];
+    }
+  } finally {
+    cache.dispose();
+  }
+  return out;
+}

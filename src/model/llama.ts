@@ -1,0 +1,284 @@
+import type { Backend } from "../tensor/backend.ts";
+import { ShapeError, fmt } from "../tensor/errors.ts";
+import { tensor } from "../tensor/ops/create.ts";
+import { attention, embedding, linear, rmsNorm, rope } from "../tensor/ops/nn.ts";
+import { concat } from "../tensor/ops/views.ts";
+import { keep } from "../tensor/scope.ts";
+import type { Tensor } from "../tensor/tensor.ts";
+import { ropeInvFreq, type LlamaConfig } from "./config.ts";
+import { positionIds, ropeTables } from "./positions.ts";
+
+/**
+ * The Llama-family decoder (llama, mistral, qwen2), top-down as in transformers'
+ * modeling_llama.py; the three architectures differ only in config flags (qwen2: q/k/v biases;
+ * mistral: sliding-window attention). Field names equal the checkpoint keys, so
+ * `model.layers[3].self_attn.q_proj.weight` is `model.layers.3.self_attn.q_proj.weight`.
+ *
+ * Shapes: B batch, T new tokens, P cached tokens, D hidden_size, H / Hkv heads, Dh head_dim,
+ * F intermediate_size, V vocab_size, L num_hidden_layers.
+ */
+
+/** Anything that maps [..., in] to [..., out]; LoRA swaps a Linear for a wrapper of it. */
+export interface LinearLike {
+  forward(x: Tensor): Tensor;
+}
+
+/** nn.Linear: y = x W^T + b, weight [out, in], bias [out] or null. */
+export class Linear implements LinearLike {
+  constructor(
+    public weight: Tensor,
+    public bias: Tensor | null = null,
+  ) {}
+  forward(x: Tensor): Tensor {
+    return linear(x, this.weight, this.bias);
+  }
+}
+
+/** Keys and values of earlier tokens, per layer: [B, Hkv, P, Dh] each, plus the mask over them. */
+export class KVCache {
+  keys: (Tensor | null)[];
+  values: (Tensor | null)[];
+  /** attention_mask of the cached tokens [B][P]. */
+  mask: number[][];
+
+  constructor(numLayers: number, batch: number) {
+    this.keys = new Array<Tensor | null>(numLayers).fill(null);
+    this.values = new Array<Tensor | null>(numLayers).fill(null);
+    this.mask = Array.from({ length: batch }, () => []);
+  }
+
+  /** Number of cached tokens P. */
+  get length(): number {
+    return this.mask[0]?.length ?? 0;
+  }
+
+  /** Appends k, v [B, Hkv, T, Dh] of layer `l` and returns the full [B, Hkv, P + T, Dh]. */
+  append(l: number, k: Tensor, v: Tensor): { k: Tensor; v: Tensor } {
+    const prevK = this.keys[l];
+    const prevV = this.values[l];
+    // The cache outlives the scope of the forward pass that fills it (see scope.ts).
+    const fullK = keep(prevK ? concat([prevK, k], 2) : k.contiguous(true));
+    const fullV = keep(prevV ? concat([prevV, v], 2) : v.contiguous(true));
+    prevK?.dispose();
+    prevV?.dispose();
+    this.keys[l] = fullK;
+    this.values[l] = fullV;
+    return { k: fullK, v: fullV };
+  }
+
+  /**
+   * A copy of this cache repeated for each of `batch` rows (this cache must have batch 1):
+   * the shared k-shot prefix of an evaluation, reused by every item.
+   */
+  expand(batch: number): KVCache {
+    const out = new KVCache(this.keys.length, batch);
+    const rep = (t: Tensor | null) => (t ? keep(t.expand([batch, -1, -1, -1]).contiguous(true)) : null);
+    out.keys = this.keys.map(rep);
+    out.values = this.values.map(rep);
+    out.mask = Array.from({ length: batch }, () => this.mask[0]!.slice());
+    return out;
+  }
+
+  dispose(): void {
+    for (const t of [...this.keys, ...this.values]) t?.dispose();
+    this.keys.fill(null);
+    this.values.fill(null);
+  }
+}
+
+/** What one forward pass needs besides the hidden states: rotary tables, key mask, cache. */
+interface Context {
+  cos: Tensor;
+  sin: Tensor;
+  /** f32 [B, P + T]: 1 for real tokens, 0 for padding; null when nothing is padded. */
+  keyMask: Tensor | null;
+  cache: KVCache | null;
+}
+
+/** Grouped-query self-attention (LlamaAttention / Qwen2Attention / MistralAttention). */
+export class Attention {
+  constructor(
+    readonly config: LlamaConfig,
+    readonly layerIndex: number,
+    public q_proj: LinearLike,
+    public k_proj: LinearLike,
+    public v_proj: LinearLike,
+    public o_proj: LinearLike,
+  ) {}
+
+  /** x [B, T, D] -> [B, T, D]. */
+  forward(x: Tensor, ctx: Context): Tensor {
+    const [B, T] = x.shape as [number, number, number];
+    const { num_attention_heads: H, num_key_value_heads: Hkv, head_dim: Dh } = this.config;
+    // [B, T, heads * Dh] -> [B, heads, T, Dh]
+    const heads = (t: Tensor, n: number) => t.reshape([B, T, n, Dh]).permute([0, 2, 1, 3]);
+    const q = rope(heads(this.q_proj.forward(x), H), ctx.cos, ctx.sin);
+    let k = rope(heads(this.k_proj.forward(x), Hkv), ctx.cos, ctx.sin);
+    let v = heads(this.v_proj.forward(x), Hkv);
+    if (ctx.cache) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
+    const o = attention(q, k, v, { keyMask: ctx.keyMask, window: this.config.sliding_window ?? 0 });
+    return this.o_proj.forward(o.permute([0, 2, 1, 3]).reshape([B, T, H * Dh]));
+  }
+}
+
+/** SiLU-gated MLP (LlamaMLP): down(silu(gate(x)) * up(x)), [B, T, D] -> [B, T, D]. */
+export class Mlp {
+  constructor(
+    public gate_proj: LinearLike,
+    public up_proj: LinearLike,
+    public down_proj: LinearLike,
+  ) {}
+  forward(x: Tensor): Tensor {
+    return this.down_proj.forward(this.gate_proj.forward(x).silu().mul(this.up_proj.forward(x)));
+  }
+}
+
+/** One pre-norm decoder layer (LlamaDecoderLayer). */
+export class DecoderLayer {
+  constructor(
+    readonly config: LlamaConfig,
+    public self_attn: Attention,
+    public mlp: Mlp,
+    public input_layernorm: Tensor,
+    public post_attention_layernorm: Tensor,
+  ) {}
+
+  /** x [B, T, D] -> x + attn(norm(x)), then + mlp(norm(.)). */
+  forward(x: Tensor, ctx: Context): Tensor {
+    const eps = this.config.rms_norm_eps;
+    const h = x.add(this.self_attn.forward(rmsNorm(x, this.input_layernorm, eps), ctx));
+    return h.add(this.mlp.forward(rmsNorm(h, this.post_attention_layernorm, eps)));
+  }
+}
+
+export interface ForwardOptions {
+  /** HF attention_mask [B][P + T] (1 real, 0 padding; left padding for batches). Default: all ones. */
+  attentionMask?: readonly (readonly number[])[];
+  /** Cache of earlier tokens; the new keys and values are appended to it. */
+  cache?: KVCache;
+  /** Also return the residual stream after the embedding and after every layer. */
+  outputHiddenStates?: boolean;
+  /** Compute logits for every position ("all", default) or only the last one ("last": [B, 1, V]). */
+  logits?: "all" | "last" | "none";
+}
+
+export interface ForwardOutput {
+  /** [B, T, V] (or [B, 1, V] with logits "last"); null with logits "none". */
+  logits: Tensor | null;
+  /**
+   * With outputHiddenStates: L + 1 tensors [B, T, D]: the embedding output, then the residual
+   * stream after each layer, before the final norm (HF's hidden_states, except that HF applies
+   * the final norm to its last entry; here `finalNorm(hiddenStates[L])` gives that).
+   */
+  hiddenStates: Tensor[] | null;
+}
+
+/** LlamaForCausalLM and its relatives: embeddings, L decoder layers, final norm, lm_head. */
+export class LlamaModel {
+  readonly invFreq: Float64Array;
+
+  constructor(
+    readonly config: LlamaConfig,
+    readonly device: Backend,
+    public embed_tokens: Tensor,
+    public layers: DecoderLayer[],
+    public norm: Tensor,
+    /** [V, D]; the embedding matrix itself when tie_word_embeddings. */
+    public lm_head: Tensor,
+  ) {
+    this.invFreq = ropeInvFreq(config);
+  }
+
+  /** The final RMSNorm, [..., D] -> [..., D]. */
+  finalNorm(h: Tensor): Tensor {
+    return rmsNorm(h, this.norm, this.config.rms_norm_eps);
+  }
+
+  /** Unembedding: h [..., D] -> logits [..., V] (lm_head, or the tied embedding). */
+  unembed(h: Tensor): Tensor {
+    return linear(h, this.lm_head);
+  }
+
+  /** A fresh KV cache for `batch` rows. */
+  newCache(batch: number): KVCache {
+    return new KVCache(this.config.num_hidden_layers, batch);
+  }
+
+  /**
+   * input_ids i32 [B, T] -> logits [B, T, V] (see ForwardOptions). Records the autograd graph
+   * when parameters require grad; wrap inference in `noGrad` and `tidy`.
+   * @throws ShapeError when input_ids is not [B, T] i32 or the mask's shape disagrees;
+   *   RangeError from the embedding for ids outside [0, V).
+   */
+  forward(inputIds: Tensor, opts: ForwardOptions = {}): ForwardOutput {
+    if (inputIds.rank !== 2 || inputIds.dtype !== "i32") {
+      throw new ShapeError("forward", `input_ids must be i32 [batch, seq], got ${inputIds.dtype} ${fmt(inputIds.shape)}`);
+    }
+    const [B, T] = inputIds.shape as [number, number];
+    const cache = opts.cache ?? null;
+    const past = cache?.length ?? 0;
+    const mask = opts.attentionMask ?? null;
+    if (mask && (mask.length !== B || mask.some((row) => row.length !== past + T))) {
+      throw new ShapeError("forward", `attention_mask must be [${B}][${past + T}] (cached + new tokens)`);
+    }
+    const fullMask = mask ?? Array.from({ length: B }, (_, b) => [...(cache?.mask[b] ?? []), ...new Array<number>(T).fill(1)]);
+    const { cos, sin } = ropeTables(this.invFreq, positionIds(B, T, past, fullMask), this.device);
+    const padded = fullMask.some((row) => row.some((m) => !m));
+    const keyMask = padded ? tensor(fullMask.flat(), { device: this.device, shape: [B, past + T] }) : null;
+    if (cache) cache.mask = fullMask.map((row) => row.slice());
+
+    let x = embedding(this.embed_tokens, inputIds);
+    const hidden: Tensor[] | null = opts.outputHiddenStates ? [x] : null;
+    for (const layer of this.layers) {
+      x = layer.forward(x, { cos, sin, keyMask, cache });
+      hidden?.push(x);
+    }
+    const want = opts.logits ?? "all";
+    let logits: Tensor | null = null;
+    if (want !== "none") {
+      const last = want === "last" ? x.narrow(1, T - 1, T) : x;
+      logits = this.unembed(this.finalNorm(last));
+    }
+    return { logits, hiddenStates: hidden };
+  }
+
+  /** Every weight by its checkpoint name (the tied lm_head appears once, as the embedding). */
+  namedWeights(): Map<string, Tensor> {
+    const w = new Map<string, Tensor>([["model.embed_tokens.weight", this.embed_tokens]]);
+    this.layers.forEach((layer, i) => {
+      const p = `model.layers.${i}.`;
+      const linears: [string, LinearLike][] = [
+        ["self_attn.q_proj", layer.self_attn.q_proj],
+        ["self_attn.k_proj", layer.self_attn.k_proj],
+        ["self_attn.v_proj", layer.self_attn.v_proj],
+        ["self_attn.o_proj", layer.self_attn.o_proj],
+        ["mlp.gate_proj", layer.mlp.gate_proj],
+        ["mlp.up_proj", layer.mlp.up_proj],
+        ["mlp.down_proj", layer.mlp.down_proj],
+      ];
+      for (const [name, lin] of linears) {
+        const base = baseLinear(lin);
+        w.set(`${p}${name}.weight`, base.weight);
+        if (base.bias) w.set(`${p}${name}.bias`, base.bias);
+      }
+      w.set(`${p}input_layernorm.weight`, layer.input_layernorm);
+      w.set(`${p}post_attention_layernorm.weight`, layer.post_attention_layernorm);
+    });
+    w.set("model.norm.weight", this.norm);
+    if (!this.config.tie_word_embeddings) w.set("lm_head.weight", this.lm_head);
+    return w;
+  }
+
+  /** Frees every weight. */
+  dispose(): void {
+    for (const t of this.namedWeights().values()) t.dispose();
+  }
+}
+
+/** The plain Linear under a LinearLike (a LoRA wrapper exposes its base as `base`). */
+export function baseLinear(l: LinearLike): Linear {
+  if (l instanceof Linear) return l;
+  const base = (l as { base?: LinearLike }).base;
+  if (base) return baseLinear(base);
+  throw new TypeError("baseLinear: not a Linear and has no `base`");
+}

@@ -1,0 +1,82 @@
+import type { Backend } from "../tensor/backend.ts";
+import { defaultDevice } from "../tensor/device.ts";
+import { tensor } from "../tensor/ops/create.ts";
+import type { Tensor } from "../tensor/tensor.ts";
+import { expectedWeights, loadConfig, type LlamaConfig } from "./config.ts";
+import { Attention, DecoderLayer, Linear, LlamaModel, Mlp } from "./llama.ts";
+import { CheckpointError, openCheckpoint, type Checkpoint } from "./safetensors.ts";
+
+/**
+ * Loads a Hugging Face Llama-family checkpoint folder (config.json + model.safetensors or a
+ * sharded index) onto a device, strictly: every expected weight must exist with its expected
+ * shape, checked for all tensors before any is read (nanoGPT's and MLX's loaders do the same).
+ * Weights are read one at a time by byte range and converted to f32, so peak host memory is
+ * about the largest tensor.
+ */
+
+/** Keys that HF checkpoints may carry and that the model does not use. */
+const IGNORED = [/\.rotary_emb\.inv_freq$/];
+
+/**
+ * Checks the checkpoint against the config: missing tensors, shape mismatches, unexpected keys.
+ * @throws CheckpointError naming the file, the tensor, and the expected and found shapes.
+ */
+export function validateCheckpoint(config: LlamaConfig, ckpt: Checkpoint, dir: string): void {
+  const expected = expectedWeights(config);
+  for (const [name, shape] of expected) {
+    if (!ckpt.has(name)) throw new CheckpointError(dir, `missing tensor (expected shape [${shape}])`, name);
+    const info = ckpt.info(name);
+    if (info.shape.join() !== shape.join()) {
+      throw new CheckpointError(info.file, `shape [${info.shape}] disagrees with config.json, which implies [${shape}]`, name);
+    }
+  }
+  for (const name of ckpt.names()) {
+    if (expected.has(name) || IGNORED.some((re) => re.test(name))) continue;
+    // A tied checkpoint may still store lm_head.weight (a copy of the embedding); HF ignores it.
+    if (name === "lm_head.weight" && config.tie_word_embeddings) continue;
+    throw new CheckpointError(ckpt.info(name).file, "unexpected tensor: not part of this architecture", name);
+  }
+}
+
+export interface LoadOptions {
+  device?: Backend;
+}
+
+/**
+ * Loads `dir` into a LlamaModel on `opts.device` (default: the default device).
+ * @throws CheckpointError for a bad config.json, a malformed or truncated safetensors file, a
+ *   missing shard or tensor, or a shape that disagrees with the config; all before any compute.
+ */
+export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LlamaModel> {
+  const device = opts.device ?? defaultDevice();
+  const config = await loadConfig(dir);
+  const ckpt = await openCheckpoint(dir);
+  try {
+    validateCheckpoint(config, ckpt, dir);
+    const expected = expectedWeights(config);
+    const load = async (name: string): Promise<Tensor> => tensor(await ckpt.readF32(name), { device, shape: expected.get(name)! });
+    const maybe = (name: string) => (expected.has(name) ? load(name) : Promise.resolve(null));
+    const lin = async (name: string) => new Linear(await load(`${name}.weight`), await maybe(`${name}.bias`));
+
+    const embed = await load("model.embed_tokens.weight");
+    const layers: DecoderLayer[] = [];
+    for (let i = 0; i < config.num_hidden_layers; i++) {
+      const p = `model.layers.${i}.`;
+      const attn = new Attention(
+        config,
+        i,
+        await lin(`${p}self_attn.q_proj`),
+        await lin(`${p}self_attn.k_proj`),
+        await lin(`${p}self_attn.v_proj`),
+        await lin(`${p}self_attn.o_proj`),
+      );
+      const mlp = new Mlp(await lin(`${p}mlp.gate_proj`), await lin(`${p}mlp.up_proj`), await lin(`${p}mlp.down_proj`));
+      layers.push(new DecoderLayer(config, attn, mlp, await load(`${p}input_layernorm.weight`), await load(`${p}post_attention_layernorm.weight`)));
+    }
+    const norm = await load("model.norm.weight");
+    const head = config.tie_word_embeddings ? embed : await load("lm_head.weight");
+    return new LlamaModel(config, device, embed, layers, norm, head);
+  } finally {
+    await ckpt.close();
+  }
+}

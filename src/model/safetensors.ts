@@ -1,0 +1,571 @@
+/**
+ * A reader and writer for the safetensors format (https://github.com/huggingface/safetensors),
+ * single files and sharded checkpoints (`model.safetensors.index.json`).
+ *
+ * Layout of a file: `u64 N` (little-endian) | `N` bytes of JSON header | data section. The header
+ * maps each tensor name to `{dtype, shape, data_offsets: [begin, end]}` with offsets relative to
+ * the start of the data section, plus an optional `__metadata__` map of strings.
+ *
+ * Every structural problem is reported by {@link CheckpointError} when the file is opened, before
+ * any tensor is read. Tensors are read one at a time by their byte range, so a checkpoint larger
+ * than memory can still be opened and streamed.
+ */
+import { endianness } from "node:os";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { open, readFile, rename, rm, type FileHandle } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+
+if (endianness() !== "LE") throw new Error("safetensors: big-endian hosts are not supported");
+
+/**
+ * A malformed or incomplete checkpoint: the message names the file and, where one is involved,
+ * the tensor or config field, e.g. `model.safetensors: tensor "lm_head.weight": data_offsets ...`.
+ */
+export class CheckpointError extends Error {
+  override name = "CheckpointError";
+  constructor(
+    readonly file: string,
+    message: string,
+    readonly tensor?: string,
+  ) {
+    super(`${file}: ${tensor === undefined ? "" : `tensor "${tensor}": `}${message}`);
+  }
+}
+
+/** Bytes per element of every dtype in the safetensors spec (sizes are needed to validate). */
+const DTYPE_SIZE = {
+  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1,
+  I16: 2, U16: 2, F16: 2, BF16: 2,
+  I32: 4, U32: 4, F32: 4,
+  I64: 8, U64: 8, F64: 8,
+} as const;
+
+/** A dtype name from the safetensors spec. Only F32/F16/BF16/F64 and I32/I64 can be read. */
+export type SafetensorsDType = keyof typeof DTYPE_SIZE;
+
+/** Where one tensor lives. `byteRange` is `[begin, end)` in absolute file offsets (bytes). */
+export interface TensorInfo {
+  dtype: SafetensorsDType;
+  shape: number[];
+  file: string;
+  byteRange: [number, number];
+}
+
+/** A set of named tensors on disk: one safetensors file or a sharded checkpoint. */
+export interface Checkpoint {
+  /** Tensor names in header (or index) order. */
+  names(): string[];
+  has(name: string): boolean;
+  /** @throws CheckpointError when `name` is not in the checkpoint. */
+  info(name: string): TensorInfo;
+  /**
+   * Reads a float tensor (F32, F16, BF16 or F64) as row-major float32, converting on load.
+   * @throws CheckpointError for a missing tensor, an integer or unsupported dtype, or a short read.
+   */
+  readF32(name: string): Promise<Float32Array>;
+  /**
+   * Reads an I32 or I64 tensor as int32 (I64 values must fit in int32).
+   * @throws CheckpointError for a missing tensor, a non-integer dtype, or an out-of-range value.
+   */
+  readI32(name: string): Promise<Int32Array>;
+  /** Closes the file handles; reads after `close()` fail. */
+  close(): Promise<void>;
+}
+
+/** The safetensors reference implementation refuses headers above 100 MB. */
+const MAX_HEADER_BYTES = 100_000_000;
+/** `fs.read`/`write` take at most 2 GiB - 1 per call, so large tensors go in chunks. */
+const IO_CHUNK = 1 << 30;
+
+// ---------------------------------------------------------------------------------------------
+// float16 / bfloat16 <-> float32 bit conversions (IEEE 754 binary16; bfloat16 = top half of f32)
+
+/**
+ * The float32 bit pattern of a float16 bit pattern: exact, including ±0, subnormals (normalised
+ * into f32's wider exponent range), ±inf and NaN (payload kept, shifted into the f32 mantissa).
+ */
+function halfToFloatBits(h: number): number {
+  const sign = (h & 0x8000) << 16;
+  let exp = (h >>> 10) & 0x1f;
+  let man = h & 0x3ff;
+  if (exp === 0x1f) return (sign | 0x7f800000 | (man << 13)) >>> 0;
+  if (exp === 0) {
+    if (man === 0) return sign >>> 0;
+    // Subnormal man * 2^-24: shift the leading 1 up to bit 10, lowering the exponent to match.
+    exp = 1;
+    while ((man & 0x400) === 0) {
+      man <<= 1;
+      exp--;
+    }
+    man &= 0x3ff;
+  }
+  return (sign | ((exp + 112) << 23) | (man << 13)) >>> 0; // rebias 15 -> 127
+}
+
+let halfTable: Float32Array | undefined;
+/** All 65536 float16 values as float32, built on first use (256 KiB). */
+function halfLookup(): Float32Array {
+  if (halfTable === undefined) {
+    const bits = new Uint32Array(65536);
+    for (let h = 0; h < 65536; h++) bits[h] = halfToFloatBits(h);
+    halfTable = new Float32Array(bits.buffer);
+  }
+  return halfTable;
+}
+
+/** Converts float16 bit patterns to float32 values, exactly. */
+export function f16ToF32(src: Uint16Array): Float32Array {
+  const table = halfLookup();
+  const out = new Float32Array(src.length);
+  for (let i = 0; i < src.length; i++) out[i] = table[src[i]!]!;
+  return out;
+}
+
+/** Converts bfloat16 bit patterns to float32 values, exactly (a bf16 is the top 16 bits). */
+export function bf16ToF32(src: Uint16Array): Float32Array {
+  const bits = new Uint32Array(src.length);
+  for (let i = 0; i < src.length; i++) bits[i] = src[i]! << 16;
+  return new Float32Array(bits.buffer);
+}
+
+/**
+ * Rounds float32 values to float16 bit patterns, round-to-nearest-even; values beyond the f16
+ * range become ±inf, NaN becomes a quiet NaN, tiny values become subnormals or ±0.
+ */
+export function f32ToF16(src: Float32Array): Uint16Array {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  const out = new Uint16Array(src.length);
+  for (let i = 0; i < src.length; i++) out[i] = floatBitsToHalf(bits[i]!);
+  return out;
+}
+
+function floatBitsToHalf(x: number): number {
+  const sign = (x >>> 16) & 0x8000;
+  const exp = (x >>> 23) & 0xff;
+  const man = x & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (man !== 0 ? 0x200 : 0);
+  const e = exp - 112; // the f16 biased exponent
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    // f16 subnormal: the value in units of 2^-24 is (1.man) * 2^(exp-150) / 2^-24.
+    const shift = 14 - e;
+    if (shift > 24) return sign; // below half the smallest subnormal: rounds to ±0
+    const m = man | 0x800000;
+    let q = m >>> shift;
+    const rem = m & ((1 << shift) - 1);
+    const half = 1 << (shift - 1);
+    if (rem > half || (rem === half && (q & 1) === 1)) q++;
+    return sign | q; // q may carry into the smallest normal, which is the correct encoding
+  }
+  let h = (e << 10) | (man >>> 13);
+  const rem = man & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (h & 1) === 1)) h++; // a carry may reach inf: correct
+  return sign | h;
+}
+
+/** Rounds float32 values to bfloat16 bit patterns, round-to-nearest-even; NaN stays NaN. */
+export function f32ToBf16(src: Float32Array): Uint16Array {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  const out = new Uint16Array(src.length);
+  for (let i = 0; i < src.length; i++) {
+    const x = bits[i]!;
+    if ((x & 0x7fffffff) > 0x7f800000) out[i] = (x >>> 16) | 0x40;
+    else out[i] = (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+function describe(v: unknown): string {
+  return `${JSON.stringify(v)} (${Array.isArray(v) ? "array" : v === null ? "null" : typeof v})`;
+}
+
+function isCount(v: unknown): v is number {
+  return typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+}
+
+/** Checks one header entry against the data section of `dataBytes` bytes. */
+function parseEntry(file: string, name: string, v: unknown, dataStart: number, dataBytes: number): TensorInfo {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new CheckpointError(file, `header entry must be an object, got ${describe(v)}`, name);
+  }
+  const { dtype, shape, data_offsets: offsets } = v as Record<string, unknown>;
+  if (typeof dtype !== "string" || !(dtype in DTYPE_SIZE)) {
+    throw new CheckpointError(
+      file,
+      `unknown dtype ${describe(dtype)}; the safetensors dtypes are ${Object.keys(DTYPE_SIZE).join(", ")}`,
+      name,
+    );
+  }
+  if (!Array.isArray(shape) || !shape.every(isCount)) {
+    throw new CheckpointError(file, `shape must be an array of non-negative integers, got ${describe(shape)}`, name);
+  }
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isCount)) {
+    throw new CheckpointError(file, `data_offsets must be [begin, end] integers, got ${describe(offsets)}`, name);
+  }
+  const [begin, end] = offsets as [number, number];
+  if (begin > end || end > dataBytes) {
+    throw new CheckpointError(
+      file,
+      `data_offsets [${begin}, ${end}] out of range: the data section holds ${dataBytes} bytes (file truncated?)`,
+      name,
+    );
+  }
+  const size = DTYPE_SIZE[dtype as SafetensorsDType];
+  const expected = (shape as number[]).reduce((a, b) => a * b, 1) * size;
+  if (end - begin !== expected) {
+    throw new CheckpointError(
+      file,
+      `data_offsets [${begin}, ${end}] hold ${end - begin} bytes but ${dtype} x [${shape.join(",")}] needs ${expected}`,
+      name,
+    );
+  }
+  return { dtype: dtype as SafetensorsDType, shape: shape as number[], file, byteRange: [dataStart + begin, dataStart + end] };
+}
+
+/** Fails when two non-empty tensors share bytes. */
+function checkOverlaps(file: string, infos: Map<string, TensorInfo>): void {
+  const sorted = [...infos].filter(([, t]) => t.byteRange[1] > t.byteRange[0]);
+  sorted.sort((a, b) => a[1].byteRange[0] - b[1].byteRange[0]);
+  for (let i = 1; i < sorted.length; i++) {
+    const [prev, p] = sorted[i - 1]!;
+    const [name, t] = sorted[i]!;
+    if (t.byteRange[0] < p.byteRange[1]) {
+      throw new CheckpointError(
+        file,
+        `bytes [${t.byteRange[0]}, ${t.byteRange[1]}) overlap tensor "${prev}" at [${p.byteRange[0]}, ${p.byteRange[1]})`,
+        name,
+      );
+    }
+  }
+}
+
+/** Writes all of `buf` at `position`, in chunks of at most 1 GiB. */
+async function writeAll(fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.byteLength) {
+    const length = Math.min(IO_CHUNK, buf.byteLength - done);
+    const { bytesWritten } = await fh.write(buf, done, length, position + done);
+    done += bytesWritten;
+  }
+}
+
+/** Reads exactly `buf.byteLength` bytes at `position`, in chunks of at most 1 GiB. */
+async function readExactly(fh: FileHandle, buf: Uint8Array, position: number, file: string, name?: string): Promise<void> {
+  let done = 0;
+  while (done < buf.byteLength) {
+    const length = Math.min(IO_CHUNK, buf.byteLength - done);
+    const { bytesRead } = await fh.read(buf, done, length, position + done);
+    if (bytesRead === 0) {
+      throw new CheckpointError(file, `short read: got ${done} of ${buf.byteLength} bytes at offset ${position}`, name);
+    }
+    done += bytesRead;
+  }
+}
+
+/** One open `.safetensors` file; see {@link openSafetensors}. */
+export class SafetensorsFile implements Checkpoint {
+  private constructor(
+    readonly file: string,
+    private readonly fh: FileHandle,
+    private readonly tensors: Map<string, TensorInfo>,
+    /** The header's `__metadata__` (string to string; `{}` when absent). */
+    readonly metadata: Record<string, string>,
+  ) {}
+
+  /**
+   * Opens and validates `file`: header length, JSON, every entry's dtype, shape and offsets,
+   * overlaps. Only the header is read.
+   * @throws CheckpointError naming the file (and tensor) for any malformed header.
+   */
+  static async open(file: string): Promise<SafetensorsFile> {
+    let fh: FileHandle;
+    try {
+      fh = await open(file, "r");
+    } catch (e) {
+      throw new CheckpointError(file, `cannot open: ${(e as Error).message}`);
+    }
+    try {
+      const { size } = await fh.stat();
+      if (size < 8) throw new CheckpointError(file, `file is ${size} bytes, too short for the 8-byte header length (truncated?)`);
+      const lenBuf = new Uint8Array(8);
+      await readExactly(fh, lenBuf, 0, file);
+      const headerLen = new DataView(lenBuf.buffer).getBigUint64(0, true);
+      if (headerLen > BigInt(size - 8)) {
+        throw new CheckpointError(file, `header length ${headerLen} runs past the end of the ${size}-byte file (truncated?)`);
+      }
+      if (headerLen > BigInt(MAX_HEADER_BYTES)) {
+        throw new CheckpointError(file, `header length ${headerLen} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
+      }
+      const n = Number(headerLen);
+      const headerBuf = new Uint8Array(n);
+      await readExactly(fh, headerBuf, 8, file);
+      let header: unknown;
+      try {
+        header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(headerBuf));
+      } catch (e) {
+        throw new CheckpointError(file, `header is not valid UTF-8 JSON: ${(e as Error).message}`);
+      }
+      if (typeof header !== "object" || header === null || Array.isArray(header)) {
+        throw new CheckpointError(file, `header must be a JSON object, got ${describe(header)}`);
+      }
+      const tensors = new Map<string, TensorInfo>();
+      let metadata: Record<string, string> = {};
+      for (const [name, v] of Object.entries(header)) {
+        if (name === "__metadata__") metadata = parseMetadata(file, v);
+        else tensors.set(name, parseEntry(file, name, v, 8 + n, size - 8 - n));
+      }
+      checkOverlaps(file, tensors);
+      return new SafetensorsFile(file, fh, tensors, metadata);
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
+  }
+
+  names(): string[] {
+    return [...this.tensors.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+
+  info(name: string): TensorInfo {
+    const t = this.tensors.get(name);
+    if (t === undefined) throw new CheckpointError(this.file, "not in the checkpoint", name);
+    return t;
+  }
+
+  async readF32(name: string): Promise<Float32Array> {
+    const t = this.info(name);
+    switch (t.dtype) {
+      case "F32":
+        return new Float32Array(await this.readBytes(name, t));
+      case "F16":
+        return f16ToF32(new Uint16Array(await this.readBytes(name, t)));
+      case "BF16":
+        return bf16ToF32(new Uint16Array(await this.readBytes(name, t)));
+      case "F64":
+        return Float32Array.from(new Float64Array(await this.readBytes(name, t)));
+      default:
+        throw new CheckpointError(this.file, `dtype ${t.dtype} cannot be read as float32 (readable: F32, F16, BF16, F64)`, name);
+    }
+  }
+
+  async readI32(name: string): Promise<Int32Array> {
+    const t = this.info(name);
+    if (t.dtype === "I32") return new Int32Array(await this.readBytes(name, t));
+    if (t.dtype !== "I64") {
+      throw new CheckpointError(this.file, `dtype ${t.dtype} cannot be read as int32 (readable: I32, I64)`, name);
+    }
+    const wide = new BigInt64Array(await this.readBytes(name, t));
+    const out = new Int32Array(wide.length);
+    for (let i = 0; i < wide.length; i++) {
+      const v = wide[i]!;
+      if (v < -0x80000000n || v > 0x7fffffffn) {
+        throw new CheckpointError(this.file, `I64 value ${v} at index ${i} does not fit in int32`, name);
+      }
+      out[i] = Number(v);
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+
+  /** The raw bytes of one tensor, in a fresh buffer of exactly its size. */
+  private async readBytes(name: string, t: TensorInfo): Promise<ArrayBuffer> {
+    const [begin, end] = t.byteRange;
+    const buf = new Uint8Array(end - begin);
+    await readExactly(this.fh, buf, begin, this.file, name);
+    return buf.buffer;
+  }
+}
+
+function parseMetadata(file: string, v: unknown): Record<string, string> {
+  if (typeof v !== "object" || v === null || Array.isArray(v) || !Object.values(v).every((x) => typeof x === "string")) {
+    throw new CheckpointError(file, `__metadata__ must map strings to strings, got ${describe(v)}`);
+  }
+  return v as Record<string, string>;
+}
+
+/**
+ * Opens one `.safetensors` file and validates its header (nothing else is read).
+ * @throws CheckpointError naming the file and tensor: truncated file, header length beyond the
+ *   file, header not JSON, unknown dtype, offsets out of range or overlapping, offsets whose
+ *   length disagrees with dtype x shape.
+ */
+export function openSafetensors(file: string): Promise<SafetensorsFile> {
+  return SafetensorsFile.open(file);
+}
+
+/** A checkpoint split over shards by `model.safetensors.index.json` (HF `weight_map`). */
+class ShardedCheckpoint implements Checkpoint {
+  constructor(
+    private readonly indexFile: string,
+    private readonly shardOf: Map<string, SafetensorsFile>,
+  ) {}
+
+  names(): string[] {
+    return [...this.shardOf.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.shardOf.has(name);
+  }
+
+  info(name: string): TensorInfo {
+    return this.shard(name).info(name);
+  }
+
+  async readF32(name: string): Promise<Float32Array> {
+    return this.shard(name).readF32(name);
+  }
+
+  async readI32(name: string): Promise<Int32Array> {
+    return this.shard(name).readI32(name);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...new Set(this.shardOf.values())].map((s) => s.close()));
+  }
+
+  private shard(name: string): SafetensorsFile {
+    const s = this.shardOf.get(name);
+    if (s === undefined) throw new CheckpointError(this.indexFile, "not in the checkpoint's weight_map", name);
+    return s;
+  }
+}
+
+/** The index of a sharded checkpoint, as written by HF `save_pretrained`. */
+export const INDEX_FILE = "model.safetensors.index.json";
+/** The single file of an unsharded checkpoint. */
+export const SINGLE_FILE = "model.safetensors";
+
+/**
+ * Opens the weights of a Hugging Face checkpoint folder: `model.safetensors.index.json` and its
+ * shards when the index exists, else `model.safetensors`. All headers are validated up front.
+ * @throws CheckpointError when neither file exists, the index is malformed, a shard file is
+ *   missing, a tensor listed in the index is absent from its shard, or any shard is malformed.
+ */
+export async function openCheckpoint(dir: string): Promise<Checkpoint> {
+  const indexPath = join(dir, INDEX_FILE);
+  if (!existsSync(indexPath)) {
+    const single = join(dir, SINGLE_FILE);
+    if (!existsSync(single)) throw new CheckpointError(dir, `neither ${SINGLE_FILE} nor ${INDEX_FILE} exists`);
+    return openSafetensors(single);
+  }
+  let index: unknown;
+  try {
+    index = JSON.parse(await readFile(indexPath, "utf8"));
+  } catch (e) {
+    throw new CheckpointError(indexPath, `not valid JSON: ${(e as Error).message}`);
+  }
+  const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof weightMap !== "object" || weightMap === null || Array.isArray(weightMap)) {
+    throw new CheckpointError(indexPath, `weight_map must be an object of tensor name -> shard file`);
+  }
+  const opened = new Map<string, SafetensorsFile>();
+  const shardOf = new Map<string, SafetensorsFile>();
+  try {
+    for (const [name, shardName] of Object.entries(weightMap)) {
+      if (typeof shardName !== "string" || basename(shardName) !== shardName) {
+        throw new CheckpointError(indexPath, `weight_map value must be a file name in ${dir}, got ${describe(shardName)}`, name);
+      }
+      let shard = opened.get(shardName);
+      if (shard === undefined) {
+        const path = join(dir, shardName);
+        if (!existsSync(path)) throw new CheckpointError(indexPath, `shard file ${path} is missing`, name);
+        shard = await openSafetensors(path);
+        opened.set(shardName, shard);
+      }
+      if (!shard.has(name)) {
+        throw new CheckpointError(indexPath, `listed in weight_map under ${shardName}, but absent from that shard`, name);
+      }
+      shardOf.set(name, shard);
+    }
+  } catch (e) {
+    await Promise.all([...opened.values()].map((s) => s.close()));
+    throw e;
+  }
+  return new ShardedCheckpoint(indexPath, shardOf);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/** One tensor to write: float32 `data` of `shape` (row-major), stored as `dtype` on disk. */
+export interface TensorToWrite {
+  dtype: "F32" | "F16" | "BF16";
+  shape: number[];
+  data: Float32Array;
+}
+
+/** The bytes of one tensor in its on-disk dtype. */
+function encode(t: TensorToWrite): Uint8Array {
+  if (t.dtype === "F32") return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  const half = t.dtype === "F16" ? f32ToF16(t.data) : f32ToBf16(t.data);
+  return new Uint8Array(half.buffer);
+}
+
+/**
+ * Writes `tensors` to a safetensors file, atomically: into a temporary file in the same folder,
+ * then renamed over `file`. As in the reference implementation, tensors are laid out by
+ * decreasing element size then name, and the header is padded with spaces so the data section
+ * starts at a multiple of 8 bytes. Each tensor is converted and written on its own, so memory
+ * stays at one tensor.
+ * @param metadata stored as `__metadata__` (string values only; PEFT and HF use `{format: "pt"}`)
+ * @throws CheckpointError naming the tensor when `data.length` disagrees with `shape`, or the
+ *   name is `__metadata__`; I/O errors propagate and leave no temporary file behind.
+ */
+export async function writeSafetensors(
+  file: string,
+  tensors: Record<string, TensorToWrite>,
+  metadata?: Record<string, string>,
+): Promise<void> {
+  const entries = Object.entries(tensors).sort(
+    ([an, a], [bn, b]) => DTYPE_SIZE[b.dtype] - DTYPE_SIZE[a.dtype] || (an < bn ? -1 : an > bn ? 1 : 0),
+  );
+  const header: Record<string, unknown> = {};
+  if (metadata !== undefined) header["__metadata__"] = metadata;
+  let offset = 0;
+  for (const [name, t] of entries) {
+    const numel = t.shape.reduce((a, b) => a * b, 1);
+    if (name === "__metadata__") throw new CheckpointError(file, "the name __metadata__ is reserved", name);
+    if (!t.shape.every(isCount) || numel !== t.data.length) {
+      throw new CheckpointError(file, `shape [${t.shape.join(",")}] does not match ${t.data.length} elements`, name);
+    }
+    const bytes = numel * DTYPE_SIZE[t.dtype];
+    header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const padded = Math.ceil(json.length / 8) * 8;
+  const head = new Uint8Array(8 + padded).fill(0x20, 8 + json.length);
+  new DataView(head.buffer).setBigUint64(0, BigInt(padded), true);
+  head.set(json, 8);
+
+  const tmp = join(dirname(file), `.${basename(file)}.${randomBytes(6).toString("hex")}.tmp`);
+  const fh = await open(tmp, "wx");
+  try {
+    await writeAll(fh, head, 0);
+    let position = head.byteLength;
+    for (const [, t] of entries) {
+      const bytes = encode(t);
+      await writeAll(fh, bytes, position);
+      position += bytes.byteLength;
+    }
+    await fh.sync();
+    await fh.close();
+    await rename(tmp, file);
+  } catch (e) {
+    await fh.close().catch(() => undefined);
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
