@@ -93,8 +93,9 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   A.temp?.dispose();
   B.temp?.dispose();
   const y = Tensor.fromStorage(a.backend, out, [...batchShape, M, N]);
+  // Only the gradients that are needed: with frozen weights (LoRA), dB is never computed.
   return record(y, "matmul", [a, b], (g) => [
-    sumTo(matmul(g, b.transpose()), a.shape),
-    sumTo(matmul(a.transpose(), g), b.shape),
+    a.requiresGrad ? sumTo(matmul(g, b.transpose()), a.shape) : null,
+    b.requiresGrad ? sumTo(matmul(a.transpose(), g), b.shape) : null,
   ]);
 }

