@@ -12,6 +12,7 @@ import { CheckpointError } from "./safetensors.ts";
 
 /** The architectures this loader understands, by HF `model_type`. */
 export const MODEL_TYPES = ["llama", "mistral", "qwen2"] as const;
+/** One of {@link MODEL_TYPES}: picks the architecture's details (biases, sliding window). */
 export type ModelType = (typeof MODEL_TYPES)[number];
 
 /** RoPE scaling, from HF `rope_scaling` (`rope_type`, or the legacy key `type`). */

@@ -56,6 +56,7 @@ export interface TensorInfo {
 export interface Checkpoint {
   /** Tensor names in header (or index) order. */
   names(): string[];
+  /** Whether the checkpoint holds `name`. */
   has(name: string): boolean;
   /** @throws CheckpointError when `name` is not in the checkpoint. */
   info(name: string): TensorInfo;
@@ -193,7 +194,7 @@ function parseEntry(file: string, name: string, v: unknown, dataStart: number, d
     throw new CheckpointError(file, `header entry must be an object, got ${describe(v)}`, name);
   }
   const { dtype, shape, data_offsets: offsets } = v as Record<string, unknown>;
-  if (typeof dtype !== "string" || !(dtype in DTYPE_SIZE)) {
+  if (typeof dtype !== "string" || !Object.hasOwn(DTYPE_SIZE, dtype)) {
     throw new CheckpointError(
       file,
       `unknown dtype ${describe(dtype)}; the safetensors dtypes are ${Object.keys(DTYPE_SIZE).join(", ")}`,
@@ -448,18 +449,17 @@ export const INDEX_FILE = "model.safetensors.index.json";
 export const SINGLE_FILE = "model.safetensors";
 
 /**
- * Opens the weights of a Hugging Face checkpoint folder: `model.safetensors.index.json` and its
- * shards when the index exists, else `model.safetensors`. All headers are validated up front.
+ * Opens the weights of a Hugging Face checkpoint folder: `model.safetensors` when it exists,
+ * else `model.safetensors.index.json` and its shards (the order of HF `from_pretrained`). All
+ * headers are validated up front.
  * @throws CheckpointError when neither file exists, the index is malformed, a shard file is
  *   missing, a tensor listed in the index is absent from its shard, or any shard is malformed.
  */
 export async function openCheckpoint(dir: string): Promise<Checkpoint> {
+  const single = join(dir, SINGLE_FILE);
+  if (existsSync(single)) return openSafetensors(single);
   const indexPath = join(dir, INDEX_FILE);
-  if (!existsSync(indexPath)) {
-    const single = join(dir, SINGLE_FILE);
-    if (!existsSync(single)) throw new CheckpointError(dir, `neither ${SINGLE_FILE} nor ${INDEX_FILE} exists`);
-    return openSafetensors(single);
-  }
+  if (!existsSync(indexPath)) throw new CheckpointError(dir, `neither ${SINGLE_FILE} nor ${INDEX_FILE} exists`);
   let index: unknown;
   try {
     index = JSON.parse(await readFile(indexPath, "utf8"));
@@ -531,8 +531,8 @@ export async function writeSafetensors(
   const entries = Object.entries(tensors).sort(
     ([an, a], [bn, b]) => DTYPE_SIZE[b.dtype] - DTYPE_SIZE[a.dtype] || (an < bn ? -1 : an > bn ? 1 : 0),
   );
-  const header: Record<string, unknown> = {};
-  if (metadata !== undefined) header["__metadata__"] = metadata;
+  // Entries, not assignments, so that any name (even "__proto__") becomes a plain JSON key.
+  const header: [string, unknown][] = metadata === undefined ? [] : [["__metadata__", metadata]];
   let offset = 0;
   for (const [name, t] of entries) {
     const numel = t.shape.reduce((a, b) => a * b, 1);
@@ -541,10 +541,10 @@ export async function writeSafetensors(
       throw new CheckpointError(file, `shape [${t.shape.join(",")}] does not match ${t.data.length} elements`, name);
     }
     const bytes = numel * DTYPE_SIZE[t.dtype];
-    header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
+    header.push([name, { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] }]);
     offset += bytes;
   }
-  const json = new TextEncoder().encode(JSON.stringify(header));
+  const json = new TextEncoder().encode(JSON.stringify(Object.fromEntries(header)));
   const padded = Math.ceil(json.length / 8) * 8;
   const head = new Uint8Array(8 + padded).fill(0x20, 8 + json.length);
   new DataView(head.buffer).setBigUint64(0, BigInt(padded), true);
