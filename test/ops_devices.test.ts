@@ -1,0 +1,186 @@
+import fc from "fast-check";
+import { describe, expect } from "vitest";
+import * as qa from "../src/index.ts";
+import type { UnaryOp } from "../src/tensor/backend.ts";
+import { testWebGpu } from "./helpers/devices.ts";
+import { expectClose, randomData } from "./helpers/gradcheck.ts";
+
+/**
+ * The conformance suite: every op of the public API, forward and backward, on `webgpu` against
+ * the `cpu` reference, on the same f32 inputs, with random shapes (fast-check, seeded) that
+ * include size-1 axes, sizes that are not multiples of tile sizes, broadcasting and strided views.
+ *
+ * Tolerance, |gpu - cpu| <= tol (1 + |cpu|): both devices compute in f32 but in different
+ * orders (tiled sums, tree reductions, online softmax) and with different transcendental
+ * implementations (WGSL exp/log/tanh are accurate to a few ulp, not correctly rounded), so
+ * results differ by a few ulps times the depth of the computation: 1e-5 for pointwise and
+ * single reductions, 1e-4 for matmul-based ops (errors grow ~ sqrt(K) eps) and their gradients.
+ */
+const cpu = qa.cpuDevice();
+const runs = { numRuns: 6, seed: 7 };
+const dim = fc.integer({ min: 1, max: 9 });
+const shape = fc.array(dim, { minLength: 1, maxLength: 3 });
+const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
+
+/**
+ * Runs f on both devices with the given inputs (f32), backpropagates sum(f * R) for a fixed
+ * random R, and compares the outputs and the gradients of every input.
+ */
+async function same(
+  gpu: qa.Backend,
+  f: (...xs: qa.Tensor[]) => qa.Tensor,
+  inputs: Float64Array[],
+  shapes: number[][],
+  tol: number,
+  opts: { grad?: boolean } = {},
+): Promise<void> {
+  const results = [];
+  for (const device of [cpu, gpu]) {
+    const xs = inputs.map((d, i) => qa.tensor(Float32Array.from(d), { device, shape: shapes[i], requiresGrad: opts.grad ?? true }));
+    const y = f(...xs);
+    const r = qa.randn(y.shape, { device, seed: 3 });
+    if (opts.grad ?? true) y.mul(r).sum().backward();
+    results.push({ y: await y.data(), grads: await Promise.all(xs.map(async (x) => (x.grad ? x.grad.data() : null))) });
+    for (const t of [...xs, y, r]) t.dispose();
+  }
+  const [c, g] = results as [(typeof results)[0], (typeof results)[0]];
+  expectClose(g.y, c.y, tol, "forward");
+  c.grads.forEach((cg, i) => {
+    if (cg === null) expect(g.grads[i]).toBeNull();
+    else expectClose(g.grads[i]!, cg, tol, `gradient of input ${i}`);
+  });
+}
+
+describe("pointwise ops: webgpu equals cpu", () => {
+  const unary: [UnaryOp, (x: number) => number][] = [
+    ["neg", (x) => x],
+    ["exp", (x) => x],
+    ["log", (x) => Math.abs(x) + 0.1],
+    ["sqrt", (x) => Math.abs(x) + 0.1],
+    ["rsqrt", (x) => Math.abs(x) + 0.1],
+    ["abs", (x) => x],
+    ["square", (x) => x],
+    ["silu", (x) => 4 * x],
+    ["sigmoid", (x) => 4 * x],
+    ["tanh", (x) => 4 * x],
+    ["gelu", (x) => 4 * x],
+    ["relu", (x) => x],
+    ["reciprocal", (x) => Math.abs(x) + 0.1],
+  ];
+  for (const [op, domain] of unary) {
+    testWebGpu(`${op} on a transposed view`, async (gpu) => {
+      await fc.assert(
+        fc.asyncProperty(dim, dim, fc.integer(), async (a, b, seed) => {
+          await same(gpu, (x) => qa.unary(op, x.transpose()), [randomData(a * b, seed, domain)], [[a, b]], 1e-5);
+        }),
+        runs,
+      );
+    });
+  }
+  for (const op of ["add", "sub", "mul", "div", "pow", "maximum", "minimum"] as const) {
+    testWebGpu(`${op} with broadcasting`, async (gpu) => {
+      await fc.assert(
+        fc.asyncProperty(shape, fc.integer(), async (s, seed) => {
+          const sb = s.map((d, i) => (i % 2 === 0 ? 1 : d)).slice(1);
+          const da = op === "pow" ? (x: number) => Math.abs(x) + 0.5 : (x: number) => x;
+          const db = op === "div" ? (x: number) => Math.abs(x) + 0.5 : op === "maximum" || op === "minimum" ? (x: number) => x + 0.01 : (x: number) => x;
+          await same(gpu, (a, b) => a[op](b), [randomData(size(s), seed, da), randomData(size(sb), seed + 1, db)], [s, sb], 1e-5);
+        }),
+        runs,
+      );
+    });
+  }
+  testWebGpu("where, comparisons, cast, large and tiny magnitudes", async (gpu) => {
+    const big = randomData(24, 5, (x) => x * 1e30);
+    const tiny = randomData(24, 6, (x) => x * 1e-30);
+    await same(gpu, (a, b) => qa.where(a.gt(b), a, b.mul(2)), [big, tiny], [[4, 6], [4, 6]], 1e-6);
+    await same(gpu, (a) => a.cast("i32").cast("f32").add(a.ge(0.5)), [randomData(12, 7, (x) => 10 * x)], [[12]], 0, { grad: false });
+  });
+});
+
+describe("reductions and views: webgpu equals cpu", () => {
+  for (const op of ["sum", "mean", "max"] as const) {
+    testWebGpu(`${op} over random axes`, async (gpu) => {
+      await fc.assert(
+        fc.asyncProperty(
+          shape.chain((s) => fc.tuple(fc.constant(s), fc.subarray(s.map((_, i) => i), { minLength: 1 }), fc.boolean())),
+          fc.integer(),
+          async ([s, axes, keep], seed) => {
+            await same(gpu, (x) => x[op](axes, keep), [randomData(size(s), seed)], [s], 1e-5);
+          },
+        ),
+        runs,
+      );
+    });
+  }
+  testWebGpu("permute, narrow, expand, concat, reshape of strided views", async (gpu) => {
+    await same(
+      gpu,
+      (x, y) => qa.concat([x.permute([2, 0, 1]).narrow(0, 1, 4).reshape([3, 6]), y.expand([2, 6])], 0),
+      [randomData(2 * 3 * 5, 8), randomData(6, 9)],
+      [[2, 3, 5], [1, 6]],
+      1e-6,
+    );
+  });
+});
+
+describe("matmul and nn ops: webgpu equals cpu", () => {
+  testWebGpu("matmul: batched, broadcast, transposed, odd sizes", async (gpu) => {
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 1, max: 37 }), fc.integer({ min: 1, max: 37 }), fc.integer({ min: 1, max: 37 }), fc.integer({ min: 1, max: 3 }), fc.boolean(), fc.boolean(), fc.integer(), async (M, K, N, B, ta, tb, seed) => {
+        await same(
+          gpu,
+          (a, b) => (ta ? a.transpose() : a).matmul(tb ? b.transpose() : b),
+          [randomData(B * M * K, seed), randomData(K * N, seed + 1)],
+          [ta ? [B, K, M] : [B, M, K], tb ? [N, K] : [K, N]],
+          1e-4,
+        );
+      }),
+      runs,
+    );
+  });
+  testWebGpu("softmax, logSoftmax over wide rows with large logits", async (gpu) => {
+    await same(gpu, (x) => x.softmax(), [randomData(3 * 300, 10, (x) => 30 * x)], [[3, 300]], 1e-5);
+    await same(gpu, (x) => x.logSoftmax(), [randomData(3 * 300, 11, (x) => 30 * x)], [[3, 300]], 1e-5);
+  });
+  testWebGpu("crossEntropy with ignore index and mask", async (gpu) => {
+    const targetsHost = new Int32Array([5, -100, 0, 299, 17, 3]);
+    const f = (x: qa.Tensor) => qa.crossEntropy(x, qa.tensor(targetsHost, { device: x.backend, shape: [2, 3] }));
+    await same(gpu, f, [randomData(6 * 300, 12, (x) => 5 * x)], [[2, 3, 300]], 1e-5);
+  });
+  testWebGpu("embedding with repeated ids", async (gpu) => {
+    const ids = new Int32Array([4, 0, 4, 9, 1]);
+    await same(gpu, (t) => qa.embedding(t, qa.tensor(ids, { device: t.backend, shape: [5] })), [randomData(10 * 7, 13)], [[10, 7]], 1e-6);
+  });
+  testWebGpu("rmsNorm", async (gpu) => {
+    await same(gpu, (x, w) => qa.rmsNorm(x, w, 1e-6), [randomData(5 * 67, 14), randomData(67, 15)], [[5, 67], [67]], 1e-5);
+  });
+  testWebGpu("rope with per-row angles", async (gpu) => {
+    const B = 2, H = 3, T = 5, Dh = 8;
+    const ang = randomData(B * T * (Dh / 2), 16, (x) => 10 * x);
+    await same(
+      gpu,
+      (x) => {
+        const cos = qa.tensor(Float32Array.from(ang, Math.cos), { device: x.backend, shape: [B, T, Dh / 2] });
+        const sin = qa.tensor(Float32Array.from(ang, Math.sin), { device: x.backend, shape: [B, T, Dh / 2] });
+        return qa.rope(x, cos, sin);
+      },
+      [randomData(B * H * T * Dh, 17)],
+      [[B, H, T, Dh]],
+      1e-5,
+    );
+  });
+  testWebGpu("attention: GQA, padding, sliding window, cache offset", async (gpu) => {
+    const B = 2, H = 4, Hkv = 2, Tq = 5, Tk = 9, Dh = 16;
+    const mask = [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+    for (const window of [0, 4]) {
+      await same(
+        gpu,
+        (q, k, v) => qa.attention(q, k, v, { keyMask: qa.tensor(mask, { device: q.backend, shape: [B, Tk] }), window }),
+        [randomData(B * H * Tq * Dh, 18), randomData(B * Hkv * Tk * Dh, 19), randomData(B * Hkv * Tk * Dh, 20)],
+        [[B, H, Tq, Dh], [B, Hkv, Tk, Dh], [B, Hkv, Tk, Dh]],
+        1e-4,
+      );
+    }
+  });
+});
