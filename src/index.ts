@@ -37,3 +37,42 @@ export {
 } from "./tensor/ops/nn.ts";
 export { SGD, AdamW, clipGradNorm, zeroGrad, type SgdOptions, type AdamWOptions } from "./tensor/optim.ts";
 export { init, getDevice, cpuDevice, type DeviceKind } from "./kernels/devices.ts";
+
+// lora
+export {
+  LoraLinear,
+  LoraAdapter,
+  applyLora,
+  loraModules,
+  loraScaling,
+  LORA_DEFAULTS,
+  LORA_MODULES,
+  type LoraConfig,
+  type LoraModuleName,
+  type ApplyLoraOptions,
+} from "./lora/layer.ts";
+export { saveAdapter, loadAdapter, readAdapterConfig, peftConfigJson, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from "./lora/peft.ts";
+export { mergeLora, saveMergedModel } from "./lora/merge.ts";
+export { collate, targetNllSum, meanTargetLoss, type Example, type Batch } from "./lora/loss.ts";
+export {
+  readQuestionPairs,
+  splitPairs,
+  encodePairs,
+  truncatedLengths,
+  formatIssue,
+  DataError,
+  type QuestionPair,
+  type DataIssue,
+  type SplitOptions,
+} from "./lora/data.ts";
+export { cosineWithWarmup, warmupSteps } from "./lora/schedule.ts";
+export { train, optimizerStep, TRAIN_DEFAULTS, type TrainOptions, type RunOptions, type StepInfo, type TrainResult } from "./lora/trainer.ts";
+
+// interp
+export { renderSvg, writePlot, toCsv, PlotSpecError, type PlotSpec, type FullSpec, type PlotRow, type PlotFiles } from "./interp/plot.ts";
+export { lensLogits, softmaxRow, entropyOf, topK, type LensToken } from "./interp/lens.ts";
+export { probe, type ProbeSet, type ProbeOptions, type ProbeResult, type LensItem, type LensLayer, type LensLanguage, type KeptStates } from "./interp/probe.ts";
+export { pca, type PcaOptions, type PcaResult } from "./interp/pca.ts";
+export { pearson, correlationByLayer, type CorrelationPoint } from "./interp/correlation.ts";
+export { buildProbeSets, type ProbeSetOptions } from "./interp/sets.ts";
+export { interpret, summarize, writeInterpReport, type InterpOptions, type InterpReport, type InterpSummary, type PcaLayer } from "./interp/report.ts";

@@ -18,4 +18,48 @@ export const COMMANDS: Record<string, Command> = {
     usage: "--model DIR --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--adapter DIR] [--device ...]",
     run: lazy(() => import("./generate.ts")),
   },
+  train: {
+    summary: "LoRA question alignment: tune a model to translate questions into English, writing a PEFT adapter",
+    usage:
+      "--model DIR --data FILE[,FILE...] --out DIR [--target-modules q_proj,v_proj|all-linear] [--r 8] [--alpha 16] [--dropout 0.05] " +
+      "[--lr 5e-5] [--epochs 3] [--batch-size 4] [--grad-accum 4] [--max-samples N] [--max-length 512] [--val-size 0.05] " +
+      "[--save-steps 50] [--seed 0] [--strict] [--resume] [--device cpu|webgpu|auto]",
+    run: lazy(() => import("./train.ts")),
+  },
+  loss: {
+    summary: "print the mean next-token loss of ids[P:] as JSON {\"loss\": x}",
+    usage: "--model DIR --ids 5,17,42,... --prompt-len P [--adapter DIR] [--device cpu|webgpu|auto]",
+    run: lazy(() => import("./loss.ts")),
+  },
+  // interp
+  lens: {
+    summary: "Logit Lens: answer-word probability per layer (prompt language vs English), entropy and top tokens, as SVG charts + JSON/CSV",
+    usage:
+      "--model DIR [--adapter DIR] --task snli|emotion|paws --langs en,zh,...|all --out DIR [--limit N] [--top-k 5] [--shots K] " +
+      "[--seed 0] [--batch-size 8] [--english-labels] [--data DIR] [--device cpu|webgpu|auto]",
+    run: lazy(() => import("./lens.ts")),
+  },
+  pca: {
+    summary: "PCA of last-token hidden states per layer, coloured by language, and their correlation with English, as SVG charts + JSON/CSV",
+    usage:
+      "--model DIR [--adapter DIR] --task snli|emotion|paws --langs en,zh,...|all --out DIR [--layers 0,8,16,last] [--components 4] " +
+      "[--limit N] [--shots K] [--seed 0] [--batch-size 8] [--english-labels] [--data DIR] [--device cpu|webgpu|auto]",
+    run: lazy(() => import("./pca.ts")),
+  },
+  // eval
+  eval: {
+    summary: "k-shot accuracy per language (constrained decoding over the label words) with 95% intervals, as a table; JSON/CSV with --out",
+    usage:
+      "--model DIR [--adapter DIR] --task snli|emotion|paws [--langs all|en,zh,...] [--limit N] [--shots K] [--mode prefix|loglik] " +
+      "[--english-labels] [--batch-size B] [--seed S] [--max-length N] [--no-cache] [--skip-invalid] [--data DIR] [--out DIR] [--device cpu|webgpu|auto]",
+    run: lazy(() => import("./eval.ts")),
+  },
+  align: {
+    summary: "question alignment end to end: evaluate, LoRA-tune on question translation only, evaluate again, report (no --model: tiny demo)",
+    usage:
+      "[--model DIR] [--task snli|emotion|paws] [--train zh,es] [--target en] [--train-task snli] [--langs all|...] [--limit N] " +
+      "[--max-train-samples N] [--epochs E] [--lr LR] [--out runs/NAME] [--interp] [--shots K] [--mode prefix|loglik] [--english-labels] " +
+      "[--batch-size B] [--seed S] [--max-length N] [--data DIR] [--device cpu|webgpu|auto]",
+    run: lazy(() => import("./align.ts")),
+  },
 };

@@ -19,14 +19,16 @@ import type { HostArray } from "../tensor/dtype.ts";
  */
 export function matmulRef(a: HostArray, b: HostArray, out: HostArray, g: MatmulGeometry): void {
   const { batch, M, N, K } = g;
-  // Element (i, k) of opA(A[bi]) and (k, j) of opB(B[bi]).
-  const aAt = (bi: number, i: number, k: number) => bi * g.batchStrideA + (g.transA ? k * M + i : i * K + k);
-  const bAt = (bi: number, k: number, j: number) => bi * g.batchStrideB + (g.transB ? j * K + k : k * N + j);
+  // Strides of opA(A[bi]) over (i, k) and of opB(B[bi]) over (k, j), in elements.
+  const [aI, aK] = g.transA ? [1, M] : [K, 1];
+  const [bK, bJ] = g.transB ? [1, K] : [N, 1];
   for (let bi = 0; bi < batch; bi++) {
     for (let i = 0; i < M; i++) {
+      const aRow = bi * g.batchStrideA + i * aI;
       for (let j = 0; j < N; j++) {
+        const bCol = bi * g.batchStrideB + j * bJ;
         let acc = 0;
-        for (let k = 0; k < K; k++) acc += a[aAt(bi, i, k)]! * b[bAt(bi, k, j)]!;
+        for (let k = 0; k < K; k++) acc += a[aRow + k * aK]! * b[bCol + k * bK]!;
         out[(bi * M + i) * N + j] = acc;
       }
     }

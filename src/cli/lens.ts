@@ -1,0 +1,115 @@
+import { basename } from "node:path";
+import { parseLangs, type Lang } from "../eval/languages.ts";
+import { resolveDataSource } from "../eval/source.ts";
+import { getTask } from "../eval/tasks.ts";
+import { writeInterpReport, interpret, type InterpOptions, type InterpReport } from "../interp/report.ts";
+import { buildProbeSets } from "../interp/sets.ts";
+import { loadAdapter } from "../lora/peft.ts";
+import type { LlamaModel } from "../model/llama.ts";
+import { loadTokenizer } from "../model/tokenizer.ts";
+import { CliError, deviceOption, int, parse, required } from "./args.ts";
+import { loadForCli } from "./model.ts";
+
+/** Options shared by `qalign lens` and `qalign pca`. */
+export const INTERP_OPTIONS = {
+  model: { type: "string" },
+  adapter: { type: "string" },
+  task: { type: "string" },
+  langs: { type: "string" },
+  out: { type: "string" },
+  limit: { type: "string" },
+  data: { type: "string" },
+  shots: { type: "string" },
+  seed: { type: "string" },
+  "batch-size": { type: "string" },
+  "english-labels": { type: "boolean", default: false },
+  ...deviceOption,
+} as const;
+
+/** Runs `parseValue`; an error other than a CliError becomes one naming --`flag`. */
+function option<T>(command: string, flag: string, parseValue: () => T): T {
+  try {
+    return parseValue();
+  } catch (e) {
+    throw e instanceof CliError ? e : new CliError(`${command}: --${flag}: ${(e as Error).message}`);
+  }
+}
+
+/** What a command adds to the shared run: its probes, given the loaded model. */
+export interface InterpCommand {
+  name: string;
+  /** Languages to add to --langs (e.g. the correlation's reference), with the reason. */
+  required?: { lang: Lang; why: string };
+  probes(model: LlamaModel): Omit<InterpOptions, "label" | "onProgress" | "batchSize">;
+}
+
+/**
+ * The shared run of `qalign lens` and `qalign pca`: builds the evaluation's prompts for --task
+ * in --langs, measures the base model, and with --adapter the aligned model too (the adapter
+ * loaded onto the same weights), then writes the charts and numbers into --out. Progress goes
+ * to stderr; on success one JSON line on stdout: {"out": DIR, "files": [...]}.
+ * @throws CliError for missing or invalid options; DataError for bad data; CheckpointError.
+ */
+export async function runInterp(cmd: InterpCommand, values: Record<string, unknown>): Promise<void> {
+  const name = cmd.name;
+  const modelDir = required(name, values, "model");
+  const out = required(name, values, "out");
+  const task = option(name, "task", () => getTask(required(name, values, "task")));
+  const langs = option(name, "langs", () => parseLangs(required(name, values, "langs")));
+  const say = (line: string) => process.stderr.write(`${line}\n`);
+  if (cmd.required && !langs.includes(cmd.required.lang)) {
+    say(`${name}: adding ${cmd.required.lang} to --langs (${cmd.required.why})`);
+    langs.unshift(cmd.required.lang);
+  }
+  const tokenizer = await loadTokenizer(modelDir);
+  if (!tokenizer) throw new CliError(`${name}: ${modelDir} has no tokenizer.json, which the prompts need`);
+  const source = await resolveDataSource(typeof values.data === "string" ? values.data : undefined);
+  const shots = int(name, values, "shots", task.shots, 0);
+  const limit = values.limit === undefined ? undefined : int(name, values, "limit", 0, 1);
+  const adapter = typeof values.adapter === "string" ? values.adapter : null;
+
+  const model = await loadForCli(name, { ...values, adapter: undefined });
+  const sets = await buildProbeSets(tokenizer, source, task, langs, {
+    shots,
+    limit,
+    seed: int(name, values, "seed", 0),
+    englishLabels: values["english-labels"] === true,
+    maxLength: model.config.max_position_embeddings,
+  });
+  const probes = cmd.probes(model);
+  const run = (label: string): Promise<InterpReport> => {
+    say(`${name}: ${label} model (${source.description}, ${task.title}, ${langs.join(" ")})`);
+    return interpret(model, tokenizer, sets, {
+      ...probes,
+      label,
+      batchSize: int(name, values, "batch-size", 8, 1),
+      onProgress: (lang, done, total) => say(`  ${label} ${lang}: ${done}/${total}`),
+    });
+  };
+  const reports = [await run("base")];
+  if (adapter) {
+    await loadAdapter(model, adapter);
+    reports.push(await run("aligned"));
+  }
+  model.dispose();
+  for (const r of reports) {
+    for (const p of r.pca ?? []) {
+      const slow = p.converged.flatMap((ok, i) => (ok ? [] : [`PC${i + 1}`]));
+      if (slow.length) say(`${name}: ${r.label} layer ${p.layer}: ${slow.join(", ")} did not converge (nearly equal variances); see summary.json`);
+    }
+  }
+  const counts = [...new Set(sets.map((s) => s.prompts.length))].join("/");
+  const subtitle = `${task.title}, ${shots}-shot, ${counts} items per language, model ${basename(modelDir)}${adapter ? `, adapter ${basename(adapter)}` : ""}`;
+  const files = await writeInterpReport(out, reports, subtitle);
+  process.stdout.write(JSON.stringify({ out, files }) + "\n");
+}
+
+/**
+ * `qalign lens --model DIR [--adapter DIR] --task T --langs L --out DIR [--limit N] [--top-k K]`:
+ * Logit Lens curves per layer (answer word in the prompt's language and in English, entropy,
+ * top tokens), base and, with --adapter, aligned. See {@link runInterp}.
+ */
+export async function run(args: string[]): Promise<void> {
+  const v = parse("lens", args, { ...INTERP_OPTIONS, "top-k": { type: "string" } });
+  await runInterp({ name: "lens", probes: () => ({ lens: true, correlation: false, topK: int("lens", v, "top-k", 5, 1) }) }, v);
+}

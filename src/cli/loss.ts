@@ -1,0 +1,28 @@
+import { meanTargetLoss } from "../lora/loss.ts";
+import { CliError, deviceOption, int, intList, parse, required } from "./args.ts";
+import { loadForCli } from "./model.ts";
+
+/**
+ * `qalign loss --model DIR [--adapter DIR] --ids 5,17,42,... --prompt-len P`: one JSON line
+ * {"loss": x}, the mean negative log-likelihood (nats per token) of ids[P:], each token given
+ * all tokens before it; the training objective of `qalign train` for one sequence.
+ */
+export async function run(args: string[]): Promise<void> {
+  const v = parse("loss", args, {
+    model: { type: "string" },
+    adapter: { type: "string" },
+    ids: { type: "string" },
+    "prompt-len": { type: "string" },
+    ...deviceOption,
+  });
+  const ids = intList("loss", "ids", required("loss", v, "ids"));
+  if (ids.length < 2) throw new CliError("loss: --ids needs at least 2 tokens");
+  required("loss", v, "prompt-len");
+  const promptLen = int("loss", v, "prompt-len", 0, 1, ids.length - 1);
+  const model = await loadForCli("loss", v);
+  const V = model.config.vocab_size;
+  const bad = ids.findIndex((id) => id < 0 || id >= V);
+  if (bad >= 0) throw new CliError(`loss: --ids[${bad}] = ${ids[bad]} is outside the vocabulary [0, ${V})`);
+  const { loss } = await meanTargetLoss(model, [{ ids, promptLen }], 1);
+  process.stdout.write(JSON.stringify({ loss }) + "\n");
+}

@@ -1,0 +1,40 @@
+import type { LlamaModel } from "../model/llama.ts";
+import { CliError, int, parse } from "./args.ts";
+import { INTERP_OPTIONS, runInterp } from "./lens.ts";
+
+/**
+ * Parses --layers: comma-separated layer indices in [0, L], or "last" for L (the model's
+ * output); default "0,<L/2 rounded>,last".
+ * @throws CliError naming the first entry that is not a layer.
+ */
+export function parseLayers(text: string | undefined, L: number): number[] {
+  const parts = (text ?? `0,${Math.round(L / 2)},last`).split(",").map((s) => s.trim());
+  const layers = parts.map((p) => (p === "last" ? L : /^\d+$/.test(p) ? Number(p) : NaN));
+  const bad = layers.findIndex((l) => !(l >= 0 && l <= L));
+  if (bad >= 0) throw new CliError(`pca: --layers entry "${parts[bad]}" is not a layer in [0, ${L}] or "last"`);
+  return [...new Set(layers)].sort((a, b) => a - b);
+}
+
+/**
+ * `qalign pca --model DIR [--adapter DIR] --task T --langs L --layers 0,8,16,last --out DIR
+ * [--limit N] [--components K]`: PCA scatter of the last-token states at each layer, coloured by
+ * language, and the correlation of every language's mean state with English's by layer (English
+ * is added to --langs when missing), base and, with --adapter, aligned. See runInterp in lens.ts.
+ */
+export async function run(args: string[]): Promise<void> {
+  const v = parse("pca", args, { ...INTERP_OPTIONS, layers: { type: "string" }, components: { type: "string" } });
+  const components = int("pca", v, "components", 4, 2);
+  await runInterp(
+    {
+      name: "pca",
+      required: { lang: "en", why: "the correlation compares every language with English" },
+      probes: (model: LlamaModel) => ({
+        lens: false,
+        correlation: true,
+        pcaLayers: parseLayers(typeof v.layers === "string" ? v.layers : undefined, model.config.num_hidden_layers),
+        components,
+      }),
+    },
+    v,
+  );
+}

@@ -1,0 +1,99 @@
+import { readQuestionPairs, splitPairs, encodePairs, formatIssue } from "../lora/data.ts";
+import { applyLora, LORA_DEFAULTS } from "../lora/layer.ts";
+import { train, TRAIN_DEFAULTS } from "../lora/trainer.ts";
+import { loadTokenizer } from "../model/tokenizer.ts";
+import { CliError, deviceOption, int, num, parse, required } from "./args.ts";
+import { loadForCli } from "./model.ts";
+
+/** Malformed items listed one per line before this many are summarised. */
+const MAX_ISSUE_LINES = 20;
+
+/**
+ * `qalign train --model DIR --data FILE[,FILE...] --out DIR [options]`: LoRA question alignment
+ * (Zhang et al. 2024). Progress goes to stderr; on success one JSON line on stdout:
+ * {"adapter": DIR, "steps": n, "val_loss": x | null}.
+ */
+export async function run(args: string[]): Promise<void> {
+  const v = parse("train", args, {
+    model: { type: "string" },
+    data: { type: "string" },
+    out: { type: "string" },
+    "target-modules": { type: "string" },
+    r: { type: "string" },
+    alpha: { type: "string" },
+    dropout: { type: "string" },
+    lr: { type: "string" },
+    epochs: { type: "string" },
+    "batch-size": { type: "string" },
+    "grad-accum": { type: "string" },
+    "max-samples": { type: "string" },
+    "max-length": { type: "string" },
+    "val-size": { type: "string" },
+    "save-steps": { type: "string" },
+    seed: { type: "string" },
+    strict: { type: "boolean", default: false },
+    resume: { type: "boolean", default: false },
+    ...deviceOption,
+  });
+  const modelDir = required("train", v, "model");
+  const files = required("train", v, "data").split(",").map((f) => f.trim()).filter((f) => f !== "");
+  if (files.length === 0) throw new CliError("train: --data names no file");
+  const out = required("train", v, "out");
+  const seed = int("train", v, "seed", TRAIN_DEFAULTS.seed);
+  const valSize = num("train", v, "val-size", 0.05);
+  if (!(valSize >= 0 && valSize < 1)) throw new CliError(`train: --val-size must be in [0, 1), got ${valSize}`);
+  const say = (line: string) => process.stderr.write(`${line}\n`);
+
+  const tokenizer = await loadTokenizer(modelDir);
+  if (!tokenizer) throw new CliError(`train: ${modelDir} has no tokenizer.json, which training needs to read text`);
+  const model = await loadForCli("train", v);
+  const eosId = tokenizer.eosId ?? model.config.eos_token_id[0];
+  if (eosId === undefined) throw new CliError(`train: ${modelDir} defines no eos token (tokenizer_config.json or config.json)`);
+
+  const targets = v["target-modules"] ?? "q_proj,v_proj";
+  let adapter;
+  try {
+    adapter = applyLora(model, {
+      // PEFT's "all-linear" is a string; a list is comma-separated names.
+      target_modules: targets === "all-linear" ? targets : targets.split(",").map((s) => s.trim()),
+      r: int("train", v, "r", LORA_DEFAULTS.r, 1),
+      lora_alpha: num("train", v, "alpha", LORA_DEFAULTS.lora_alpha),
+      lora_dropout: num("train", v, "dropout", LORA_DEFAULTS.lora_dropout),
+      seed,
+    });
+  } catch (e) {
+    throw e instanceof RangeError ? new CliError(`train: ${e.message}`) : e; // bad rank, alpha, dropout or target
+  }
+
+  const { pairs, issues } = await readQuestionPairs(files, { strict: v.strict });
+  for (const issue of issues.slice(0, MAX_ISSUE_LINES)) say(`skipped: ${formatIssue(issue)}`);
+  if (issues.length > MAX_ISSUE_LINES) say(`skipped ${issues.length - MAX_ISSUE_LINES} more malformed items`);
+  const maxSamples = v["max-samples"] === undefined ? undefined : int("train", v, "max-samples", 0, 1);
+  const split = splitPairs(pairs, { maxSamples, valSize, seed });
+  const maxLength = int("train", v, "max-length", 512, 2);
+  const trainSet = encodePairs(split.train, tokenizer, { eosId, maxLength });
+  const valSet = encodePairs(split.val, tokenizer, { eosId, maxLength });
+  say(`${pairs.length} pairs from ${files.length} file(s); ${split.train.length} train, ${split.val.length} validation`);
+  const truncated = trainSet.truncated + valSet.truncated;
+  if (truncated > 0) say(`truncated ${truncated} pair(s) longer than --max-length ${maxLength} tokens`);
+
+  const result = await train(
+    model,
+    adapter,
+    { train: trainSet.examples, val: valSet.examples },
+    {
+      lr: num("train", v, "lr", TRAIN_DEFAULTS.lr),
+      epochs: int("train", v, "epochs", TRAIN_DEFAULTS.epochs, 1),
+      batchSize: int("train", v, "batch-size", TRAIN_DEFAULTS.batchSize, 1),
+      gradAccum: int("train", v, "grad-accum", TRAIN_DEFAULTS.gradAccum, 1),
+      saveSteps: int("train", v, "save-steps", TRAIN_DEFAULTS.saveSteps, 1),
+      seed,
+      outDir: out,
+      resume: v.resume,
+      baseModel: modelDir,
+      log: say,
+    },
+  );
+  const lastVal = result.history.val.at(-1)?.loss ?? null;
+  process.stdout.write(JSON.stringify({ adapter: out, steps: result.steps, val_loss: lastVal }) + "\n");
+}

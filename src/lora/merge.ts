@@ -1,0 +1,82 @@
+import { copyFile, mkdir, readFile, readdir } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import type { LlamaModel } from "../model/llama.ts";
+import { CheckpointError, SINGLE_FILE, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
+import { noGrad } from "../tensor/autograd.ts";
+import { tidy } from "../tensor/scope.ts";
+import { writeFileAtomic, replaceDirAtomic } from "./files.ts";
+import { loraModules, moduleSlots, LoraLinear } from "./layer.ts";
+
+/**
+ * Merging ("fusing", in mlx-lm) folds each low-rank update into its base weight, as PEFT's
+ * `merge_and_unload` (`peft/tuners/lora/layer.py`, `Linear.merge`): W <- W + scaling B A. The
+ * merged model computes x W'^T = x W^T + scaling (x A^T) B^T, the LoRA forward without dropout,
+ * at the cost of a plain Linear.
+ */
+
+/**
+ * Merges every LoRA module of `model` into its base weight, in place on the device, and puts the
+ * plain Linear back in its slot. The LoRA tensors are disposed (an adapter object that held them
+ * is spent).
+ * @returns the number of modules merged
+ */
+export function mergeLora(model: LlamaModel): number {
+  let merged = 0;
+  for (const slot of moduleSlots(model)) {
+    const m = slot.get();
+    if (!(m instanceof LoraLinear)) continue;
+    const w = m.base.weight;
+    noGrad(() => tidy(() => w.backend.assign(w, w.add(m.deltaWeight()))));
+    slot.set(m.base);
+    m.lora_A.dispose();
+    m.lora_B.dispose();
+    merged++;
+  }
+  return merged;
+}
+
+/** Files of a checkpoint folder besides config and weights that a merged copy keeps, when present. */
+const COMPANION_FILES = [
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "tokenizer.model",
+  "special_tokens_map.json",
+  "added_tokens.json",
+  "vocab.json",
+  "merges.txt",
+  "generation_config.json",
+];
+
+/**
+ * Writes `model` (typically after {@link mergeLora}) as a Hugging Face checkpoint folder that
+ * `loadModel` and transformers' `from_pretrained` read: `config.json` (the source's, with
+ * `torch_dtype` "float32"), `model.safetensors` (every weight as F32, one file; the tied lm_head
+ * is stored once, as the embedding) and the tokenizer files found in `sourceDir`. The folder is
+ * built aside and renamed into place.
+ * @param sourceDir the folder the base model was loaded from
+ * @param outDir must not exist or be empty (an existing checkpoint is never overwritten)
+ * @throws Error when LoRA modules remain unmerged; CheckpointError when `outDir` holds files or
+ *   the source config.json cannot be read.
+ */
+export async function saveMergedModel(model: LlamaModel, sourceDir: string, outDir: string): Promise<void> {
+  if (loraModules(model).size > 0) throw new Error("saveMergedModel: the model still has LoRA modules; call mergeLora(model) first");
+  if (existsSync(outDir) && (await readdir(outDir)).length > 0) throw new CheckpointError(outDir, "exists and is not empty; refusing to overwrite");
+  const configFile = join(sourceDir, "config.json");
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(await readFile(configFile, "utf8")) as Record<string, unknown>;
+  } catch (e) {
+    throw new CheckpointError(configFile, `cannot read: ${(e as Error).message}`);
+  }
+  const tensors: Record<string, TensorToWrite> = {};
+  for (const [name, t] of model.namedWeights()) {
+    tensors[name] = { dtype: "F32", shape: [...t.shape], data: Float32Array.from(await t.data()) };
+  }
+  await replaceDirAtomic(outDir, async (tmp) => {
+    await mkdir(tmp, { recursive: true });
+    await writeFileAtomic(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: "float32" }, null, 2) + "\n");
+    await writeSafetensors(join(tmp, SINGLE_FILE), tensors, { format: "pt" });
+    for (const f of COMPANION_FILES) if (existsSync(join(sourceDir, f))) await copyFile(join(sourceDir, f), join(tmp, f));
+  });
+}

@@ -1,0 +1,214 @@
+import { existsSync } from "node:fs";
+import { mkdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { baseLinear, type LlamaModel } from "../model/llama.ts";
+import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
+import { tensor } from "../tensor/ops/create.ts";
+import { applyLora, peftKey, selectTargets, LoraAdapter, type LoraConfig } from "./layer.ts";
+import { writeFileAtomic } from "./files.ts";
+
+/**
+ * Adapters in PEFT's on-disk layout, so that `PeftModel.from_pretrained(base, dir)` loads what
+ * qalign trains and qalign loads what PEFT trains:
+ *   adapter_config.json        the LoraConfig as JSON (`PeftConfigMixin.save_pretrained`:
+ *                              `json.dumps(config, indent=2, sort_keys=True)`)
+ *   adapter_model.safetensors  F32 tensors `base_model.model.<module path>.lora_A.weight` [r, in]
+ *                              and `.lora_B.weight` [out, r], metadata {"format": "pt"}
+ */
+
+/** PEFT's `CONFIG_NAME`. */
+export const ADAPTER_CONFIG_FILE = "adapter_config.json";
+/** PEFT's `SAFETENSORS_WEIGHTS_NAME`. */
+export const ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors";
+
+/**
+ * The adapter_config.json object PEFT 0.12 writes for a LoRA adapter of a causal LM: qalign's
+ * fields plus every other LoraConfig field at its default, in sorted key order (PEFT's
+ * `sort_keys=True`). Serialised with 2-space indentation it equals PEFT's file byte for byte,
+ * except that JavaScript writes an integral float such as lora_dropout 0.0 as `0`.
+ * @param baseModel `base_model_name_or_path`: the base checkpoint's folder or Hub id, or null
+ */
+export function peftConfigJson(config: LoraConfig, baseModel: string | null): Record<string, unknown> {
+  return {
+    alpha_pattern: {},
+    auto_mapping: null,
+    base_model_name_or_path: baseModel,
+    bias: "none",
+    fan_in_fan_out: false,
+    inference_mode: true,
+    init_lora_weights: true,
+    layer_replication: null,
+    layers_pattern: null,
+    layers_to_transform: null,
+    loftq_config: {},
+    lora_alpha: config.lora_alpha,
+    lora_dropout: config.lora_dropout,
+    megatron_config: null,
+    megatron_core: "megatron.core",
+    modules_to_save: null,
+    peft_type: "LORA",
+    r: config.r,
+    rank_pattern: {},
+    revision: null,
+    target_modules: config.target_modules,
+    task_type: "CAUSAL_LM",
+    use_dora: false,
+    use_rslora: config.use_rslora,
+  };
+}
+
+/**
+ * Writes `adapter` to `dir` in PEFT layout, reading the parameters back from the device. The
+ * folder is created; each file is replaced atomically (a folder replaced as a whole is
+ * checkpoint.ts's job).
+ * @param baseModel recorded as `base_model_name_or_path`
+ */
+export async function saveAdapter(adapter: LoraAdapter, dir: string, baseModel: string | null): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  const tensors: Record<string, TensorToWrite> = {};
+  for (const [key, p] of adapter.namedParams()) {
+    tensors[key] = { dtype: "F32", shape: [...p.shape], data: Float32Array.from(await p.data()) };
+  }
+  await writeFileAtomic(join(dir, ADAPTER_CONFIG_FILE), JSON.stringify(peftConfigJson(adapter.config, baseModel), null, 2));
+  await writeSafetensors(join(dir, ADAPTER_WEIGHTS_FILE), tensors, { format: "pt" });
+}
+
+/** Fields that PEFT may set and qalign cannot honour: name, whether a value is the harmless default, why. */
+const UNSUPPORTED: [string, (v: unknown) => boolean, string][] = [
+  ["fan_in_fan_out", (v) => v === false, "Llama-family weights are stored [out, in]"],
+  ["bias", (v) => v === "none", "trained biases are not part of the adapters qalign reads"],
+  ["lora_bias", (v) => v === false, "lora_B has no bias here"],
+  ["use_dora", (v) => v === false, "DoRA's magnitude vectors are not implemented"],
+  ["modules_to_save", (v) => v === null || (Array.isArray(v) && v.length === 0), "only LoRA weights are loaded"],
+  ["layers_to_transform", (v) => v === null, "every layer of a targeted module is adapted"],
+  ["layer_replication", (v) => v === null, "layers are not replicated"],
+  ["exclude_modules", (v) => v === null, "modules are selected by target_modules only"],
+  ["rank_pattern", isEmptyObject, "one r applies to every module"],
+  ["alpha_pattern", isEmptyObject, "one lora_alpha applies to every module"],
+];
+
+function isEmptyObject(v: unknown): boolean {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && Object.keys(v).length === 0;
+}
+
+/**
+ * PEFT's default targets when `target_modules` is null
+ * (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`: llama, mistral and qwen2 alike).
+ */
+const DEFAULT_TARGETS = ["q_proj", "v_proj"];
+
+/**
+ * Reads and validates `<dir>/adapter_config.json`.
+ * @returns the LoRA hyper-parameters (`use_rslora` is supported: scaling lora_alpha / sqrt(r))
+ * @throws CheckpointError naming the file and field: missing file or not JSON, `peft_type` other
+ *   than "LORA", `task_type` other than CAUSAL_LM, a bad r / lora_alpha / lora_dropout /
+ *   target_modules, or any field of {@link UNSUPPORTED} away from its default (rank_pattern,
+ *   alpha_pattern, DoRA, ...).
+ */
+export async function readAdapterConfig(dir: string): Promise<LoraConfig> {
+  const file = join(dir, ADAPTER_CONFIG_FILE);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await readFile(file, "utf8"));
+  } catch (e) {
+    throw new CheckpointError(file, `cannot read a PEFT adapter config: ${(e as Error).message}`);
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new CheckpointError(file, "must hold a JSON object");
+  const c = raw as Record<string, unknown>;
+  const bad = (field: string, why: string) => new CheckpointError(file, `field "${field}" = ${JSON.stringify(c[field])}: ${why}`);
+  if (c.peft_type !== "LORA") throw bad("peft_type", 'qalign loads LoRA adapters only (peft_type "LORA")');
+  if (c.task_type !== undefined && c.task_type !== null && c.task_type !== "CAUSAL_LM") {
+    throw bad("task_type", "only CAUSAL_LM adapters fit a causal language model");
+  }
+  for (const [field, isDefault, why] of UNSUPPORTED) {
+    if (c[field] !== undefined && !isDefault(c[field])) throw bad(field, `not supported: ${why}`);
+  }
+  const r = c.r;
+  if (typeof r !== "number" || !Number.isInteger(r) || r < 1) throw bad("r", "must be a positive integer");
+  const alpha = c.lora_alpha ?? 8;
+  if (typeof alpha !== "number" || !(alpha > 0)) throw bad("lora_alpha", "must be a positive number");
+  const dropout = c.lora_dropout ?? 0;
+  if (typeof dropout !== "number" || !(dropout >= 0 && dropout < 1)) throw bad("lora_dropout", "must be a number in [0, 1)");
+  const targets = c.target_modules ?? DEFAULT_TARGETS;
+  const listOk = Array.isArray(targets) && targets.length > 0 && targets.every((t) => typeof t === "string");
+  if (typeof targets !== "string" && !listOk) throw bad("target_modules", "must be a non-empty list of module names or a regex string");
+  const rslora = c.use_rslora ?? false;
+  if (typeof rslora !== "boolean") throw bad("use_rslora", "must be true or false");
+  return { r, lora_alpha: alpha, lora_dropout: dropout, target_modules: targets as string[] | string, use_rslora: rslora };
+}
+
+/**
+ * Reads `<dir>/adapter_model.safetensors` for `config` applied to `model`, checking every key and
+ * shape before any data is read.
+ * @returns PEFT key -> f32 data, row-major
+ * @throws CheckpointError naming the file and key: no safetensors file (a pickled
+ *   adapter_model.bin is not read), targets that match nothing in the model, a missing or an
+ *   unexpected key, a shape that disagrees with the model (expected and found shapes).
+ */
+export async function readAdapterWeights(dir: string, model: LlamaModel, config: LoraConfig): Promise<Map<string, Float32Array>> {
+  const file = join(dir, ADAPTER_WEIGHTS_FILE);
+  if (!existsSync(file)) {
+    const pickled = existsSync(join(dir, "adapter_model.bin")) ? " (adapter_model.bin is a pickle, which qalign does not read)" : "";
+    throw new CheckpointError(file, `missing${pickled}`);
+  }
+  let targets;
+  try {
+    targets = selectTargets(model, config.target_modules);
+  } catch (e) {
+    throw new CheckpointError(join(dir, ADAPTER_CONFIG_FILE), (e as Error).message);
+  }
+  const expected = new Map<string, number[]>();
+  for (const { path, get } of targets) {
+    const [out, inp] = baseLinear(get()).weight.shape as [number, number];
+    expected.set(peftKey(path, "A"), [config.r, inp]);
+    expected.set(peftKey(path, "B"), [out, config.r]);
+  }
+  const f = await openSafetensors(file);
+  try {
+    for (const [key, shape] of expected) {
+      if (!f.has(key)) throw new CheckpointError(file, `missing (expected shape [${shape}])`, key);
+      const found = f.info(key).shape;
+      if (found.join() !== shape.join()) {
+        throw new CheckpointError(file, `shape [${found}] disagrees with the model and adapter_config.json, which imply [${shape}]`, key);
+      }
+    }
+    for (const key of f.names()) {
+      if (!expected.has(key)) throw new CheckpointError(file, "unexpected tensor: not a lora_A/lora_B weight of a targeted module", key);
+    }
+    const out = new Map<string, Float32Array>();
+    for (const key of expected.keys()) out.set(key, await f.readF32(key));
+    return out;
+  } finally {
+    await f.close();
+  }
+}
+
+/**
+ * Writes `weights` (PEFT key -> f32 data, as from {@link readAdapterWeights}) into the adapter's
+ * parameters in place, so that optimizers and views keep referring to the same tensors.
+ * @throws RangeError when a parameter has no entry or one of another size.
+ */
+export function setAdapterWeights(adapter: LoraAdapter, weights: ReadonlyMap<string, Float32Array>): void {
+  for (const [key, p] of adapter.namedParams()) {
+    const data = weights.get(key);
+    if (!data || data.length !== p.size) throw new RangeError(`setAdapterWeights: "${key}" is missing or not of ${p.size} values`);
+    const src = tensor(data, { device: p.backend, shape: p.shape, dtype: p.dtype });
+    p.backend.assign(p, src);
+    src.dispose();
+  }
+}
+
+/**
+ * Loads a PEFT LoRA adapter folder onto `model`: validates adapter_config.json and every tensor
+ * against the model first (so a bad adapter leaves the model untouched), then swaps in
+ * LoraLinear modules holding the stored weights. The adapter starts in evaluation mode (no
+ * dropout).
+ * @throws CheckpointError as {@link readAdapterConfig} and {@link readAdapterWeights}.
+ */
+export async function loadAdapter(model: LlamaModel, dir: string): Promise<LoraAdapter> {
+  const config = await readAdapterConfig(dir);
+  const weights = await readAdapterWeights(dir, model, config);
+  const adapter = applyLora(model, config);
+  setAdapterWeights(adapter, weights);
+  return adapter;
+}
