@@ -1,0 +1,114 @@
+import type { GpuData, KernelHost } from "./webgpu/program.ts";
+import { kernel, single } from "./webgpu/program.ts";
+import { ROW_MAIN_ARGS } from "./reduce.wgsl.ts";
+import { rowLse } from "./softmax.wgsl.ts";
+
+/**
+ * WGSL cross-entropy over rows of logits, forward and backward, specified by crossEntropyRef and
+ * crossEntropyBackwardRef in src/kernels/cross_entropy.ts:
+ *   loss_r = lse(z_r) - z_{r,t},   d loss_r / d z_{r,c} = (softmax(z_r)_c - [c = t]) * gradLoss_r
+ * Fused with the log-softmax, so the [rows, V] probabilities are never stored.
+ *
+ * Technique: one workgroup per row, the row's log-sum-exp by the shared workgroup reduction
+ * (softmax.wgsl.ts); the backward then writes the whole gradient row in one strided pass.
+ *
+ * Targets: ignoreIndex gives loss 0 and a zero gradient row. Unlike the reference, which throws,
+ * a target outside [0, cols) is treated the same way (a kernel cannot throw); the tensor layer
+ * validates targets on the host where it matters.
+ */
+
+const params = [
+  { name: "rows", type: "u32" },
+  { name: "cols", type: "u32" },
+  { name: "ignore", type: "i32" },
+] as const;
+
+/** WGSL: whether row `row` has a target inside [0, cols) that is not ignoreIndex. */
+const HAS_TARGET = `fn has_target(t: i32) -> bool { return t != P.ignore && t >= 0 && u32(t) < P.cols; }`;
+
+const forwardKernel = (wg: number) =>
+  kernel(`crossEntropy.wg${wg}`, () => ({
+    params,
+    buffers: [
+      { name: "x", type: "f32", access: "read" },
+      { name: "targets", type: "i32", access: "read" },
+      { name: "y", type: "f32", access: "read_write" },
+    ],
+    body: () => `${rowLse(wg)}
+${HAS_TARGET}
+@compute @workgroup_size(${wg})
+fn main(${ROW_MAIN_ARGS}) {
+  let row = wg_linear(wid, nwg);
+  if (row >= P.rows) { return; }
+  let base = row * P.cols;
+  let lse = row_lse(base, P.cols, lid);
+  let t = targets[row];
+  if (lid == 0u) {
+    var loss = 0.0;
+    if (has_target(t)) { loss = lse - x[base + u32(t)]; }
+    y[row] = loss;
+  }
+}`,
+  }));
+
+const backwardKernel = (wg: number) =>
+  kernel(`crossEntropyBackward.wg${wg}`, () => ({
+    params,
+    buffers: [
+      { name: "x", type: "f32", access: "read" },
+      { name: "targets", type: "i32", access: "read" },
+      { name: "gradLoss", type: "f32", access: "read" },
+      { name: "y", type: "f32", access: "read_write" },
+    ],
+    body: () => `${rowLse(wg)}
+${HAS_TARGET}
+@compute @workgroup_size(${wg})
+fn main(${ROW_MAIN_ARGS}) {
+  let row = wg_linear(wid, nwg);
+  if (row >= P.rows) { return; }
+  let base = row * P.cols;
+  // Computed for ignored rows too: row_lse has barriers, so every row's workgroup must call it.
+  let lse = row_lse(base, P.cols, lid);
+  let t = targets[row];
+  let g = select(0.0, gradLoss[row], has_target(t));
+  for (var c = lid; c < P.cols; c += ${wg}u) {
+    let onehot = select(0.0, 1.0, i32(c) == t);
+    y[base + c] = (exp(x[base + c] - lse) - onehot) * g;
+  }
+}`,
+  }));
+
+/**
+ * loss[r] for each row.
+ * @param logits f32 contiguous [rows, cols], one chunk
+ * @param targets i32 [rows]
+ * @param out f32 [rows]
+ */
+export function encodeCrossEntropy(host: KernelHost, logits: GpuData, targets: GpuData, out: GpuData, rows: number, cols: number, ignoreIndex: number): void {
+  host.dispatch(forwardKernel(host.rowWorkgroup), { rows, cols, ignore: ignoreIndex }, [single(logits), single(targets), single(out)], rows);
+}
+
+/**
+ * d loss / d logits, scaled per row by gradLoss.
+ * @param logits f32 contiguous [rows, cols], one chunk
+ * @param targets i32 [rows]
+ * @param gradLoss f32 [rows]
+ * @param out f32 [rows, cols]
+ */
+export function encodeCrossEntropyBackward(
+  host: KernelHost,
+  logits: GpuData,
+  targets: GpuData,
+  gradLoss: GpuData,
+  out: GpuData,
+  rows: number,
+  cols: number,
+  ignoreIndex: number,
+): void {
+  host.dispatch(
+    backwardKernel(host.rowWorkgroup),
+    { rows, cols, ignore: ignoreIndex },
+    [single(logits), single(targets), single(gradLoss), single(out)],
+    rows,
+  );
+}

@@ -1,0 +1,212 @@
+import type { BinaryOp, UnaryOp } from "../tensor/backend.ts";
+import { DeviceLimitError } from "../tensor/errors.ts";
+import { contiguousStrides, numel } from "../tensor/shape.ts";
+import { BINARY, UNARY } from "./pointwise.ts";
+import type { Chunk, Field, GpuData, KernelHost } from "./webgpu/program.ts";
+import { groups, kernel } from "./webgpu/program.ts";
+
+/**
+ * WGSL elementwise kernels: unary, binary, where, assign, cast and fill, all generated from one
+ * strided "map" template. Their specification is the CPU reference in src/kernels/elementwise.ts
+ * (unaryRef, binaryRef, whereRef, assignRef, castRef); the per-op math comes from the pointwise
+ * table (src/kernels/pointwise.ts), so no op is written twice.
+ *
+ * Technique: one invocation per output element i. The element's multi-index over the view shape
+ * is recovered by repeated div/mod (innermost axis fastest), and each operand's position is
+ * offset + sum(index[d] * stride[d]), so transposes, slices and stride-0 broadcasts read in
+ * place. Before that, the host merges axes that are contiguous in every operand (a contiguous
+ * tensor becomes rank 1), which removes most of the div/mod work.
+ *
+ * Chunked storages (larger than one binding) are handled by dispatching once per combination of
+ * operand chunks: each dispatch binds one chunk per operand and writes only the elements whose
+ * every operand position falls in its bound chunk, so each element is written exactly once.
+ */
+
+/** Highest rank after merging axes: shapes and strides travel as two vec4s each. */
+const MAX_RANK = 8;
+const WG = 256;
+
+/** A strided operand: a storage and the view's layout on it (elements). */
+export interface StridedOperand {
+  readonly data: GpuData;
+  readonly strides: readonly number[];
+  readonly offset: number;
+}
+
+/** A contiguous operand covering all of `data` for `shape`. */
+function contiguous(data: GpuData, shape: readonly number[]): StridedOperand {
+  return { data, strides: contiguousStrides(shape), offset: 0 };
+}
+
+/**
+ * Drops size-1 axes and merges axis d into d + 1 wherever every operand has
+ * stride[d] = stride[d + 1] * shape[d + 1] (the pair is then one axis in memory).
+ */
+function mergeAxes(shape: readonly number[], strides: readonly (readonly number[])[]): { shape: number[]; strides: number[][] } {
+  const outShape: number[] = [];
+  const outStrides: number[][] = strides.map(() => []);
+  for (let d = 0; d < shape.length; d++) {
+    const size = shape[d]!;
+    if (size === 1) continue;
+    const last = outShape.length - 1;
+    if (last >= 0 && strides.every((s, k) => outStrides[k]![last] === s[d]! * size)) {
+      outShape[last] = outShape[last]! * size;
+      strides.forEach((s, k) => (outStrides[k]![last] = s[d]!));
+    } else {
+      outShape.push(size);
+      strides.forEach((s, k) => outStrides[k]!.push(s[d]!));
+    }
+  }
+  if (outShape.length === 0) return { shape: [1], strides: strides.map(() => [0]) };
+  return { shape: outShape, strides: outStrides };
+}
+
+/**
+ * The map template for `op` with inputs of the given WGSL types and an output of type `outType`.
+ * `fn` is a WGSL function `f(in0, ...) -> outType` that computes one element.
+ */
+function mapKernel(op: string, inTypes: readonly ("f32" | "i32")[], outType: "f32" | "i32", fn: string, extra: readonly Field[]) {
+  const key = `map.${op.replace(" ", ".")}(${inTypes.join(",")})->${outType}`;
+  return kernel(key, () => {
+    const ops = [...inTypes.map((_, k) => `${k}`), "o"];
+    const params: Field[] = [
+      { name: "n", type: "u32" },
+      { name: "rank", type: "u32" },
+      ...extra,
+      { name: "shape", type: "vec4u", count: MAX_RANK / 4 },
+    ];
+    for (const o of ops) {
+      params.push({ name: `off${o}`, type: "i32" }, { name: `len${o}`, type: "u32" }, { name: `st${o}`, type: "vec4i", count: MAX_RANK / 4 });
+    }
+    return {
+      params,
+      buffers: [
+        ...inTypes.map((t, k) => ({ name: `x${k}`, type: t, access: "read" as const })),
+        { name: "y", type: outType, access: "read_write" as const },
+      ],
+      body: () => `
+${fn}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = wg_linear(wid, nwg) * ${WG}u + lid;
+  if (i >= P.n) { return; }
+  // Positions relative to the bound chunk of each operand.
+  ${ops.map((o) => `var q${o} = P.off${o};`).join(" ")}
+  var rem = i;
+  for (var d = i32(P.rank) - 1; d >= 0; d--) {
+    let size = P.shape[d / 4][d % 4];
+    let c = i32(rem % size);
+    rem = rem / size;
+    ${ops.map((o) => `q${o} += c * P.st${o}[d / 4][d % 4];`).join(" ")}
+  }
+  // Negative positions wrap to large u32s: one comparison tests both ends of the chunk.
+  if (${ops.map((o) => `u32(q${o}) >= P.len${o}`).join(" || ")}) { return; }
+  y[qo] = f(${inTypes.map((_, k) => `x${k}[q${k}]`).join(", ")});
+}`,
+    };
+  });
+}
+
+/** Every combination of one chunk per operand (the cartesian product). */
+function chunkCombos(operands: readonly StridedOperand[]): Chunk[][] {
+  let combos: Chunk[][] = [[]];
+  for (const o of operands) combos = combos.flatMap((c) => o.data.chunks.map((ch) => [...c, ch]));
+  return combos;
+}
+
+/**
+ * Records the map over `shape`: out[i] = f(inputs[i]), with the output itself a strided view
+ * (contiguous for fresh outputs, any layout for assign).
+ * @throws DeviceLimitError when the merged rank exceeds 8.
+ */
+function encodeMap(
+  host: KernelHost,
+  op: string,
+  fn: string,
+  inputs: readonly StridedOperand[],
+  out: StridedOperand,
+  shape: readonly number[],
+  extra: { fields: readonly Field[]; values: Record<string, number> } = { fields: [], values: {} },
+): void {
+  const n = numel(shape);
+  if (n === 0) return;
+  const operands = [...inputs, out];
+  const merged = mergeAxes(shape, operands.map((o) => o.strides));
+  if (merged.shape.length > MAX_RANK) {
+    throw new DeviceLimitError(op, `view of rank ${merged.shape.length} after merging contiguous axes; webgpu kernels take at most ${MAX_RANK}`);
+  }
+  const k = mapKernel(op, inputs.map((o) => o.data.dtype), out.data.dtype, fn, extra.fields);
+  const names = [...inputs.map((_, i) => `${i}`), "o"];
+  for (const combo of chunkCombos(operands)) {
+    const params: Record<string, number | readonly number[]> = { n, rank: merged.shape.length, shape: merged.shape, ...extra.values };
+    combo.forEach((ch, j) => {
+      params[`off${names[j]}`] = operands[j]!.offset - ch.base;
+      params[`len${names[j]}`] = ch.len;
+      params[`st${names[j]}`] = merged.strides[j]!;
+    });
+    host.dispatch(k, params, combo.map((ch) => ch.buf), groups(n, WG));
+  }
+}
+
+/**
+ * out = f(x) for a unary op of the pointwise table.
+ * @param x strided view of `shape`, f32 (i32 for the ops of unaryDefinedOnInt; the caller checks)
+ * @param out contiguous, numel(shape) elements, dtype of x
+ */
+export function encodeUnary(host: KernelHost, op: UnaryOp, x: StridedOperand, shape: readonly number[], out: GpuData): void {
+  const t = x.data.dtype;
+  const fn = `fn f(x: ${t}) -> ${t} { return ${UNARY[op].wgsl}; }`;
+  encodeMap(host, `unary ${op}`, fn, [x], contiguous(out, shape), shape);
+}
+
+/**
+ * out = f(a, b) for a binary op of the pointwise table (its i32 form for i32 operands).
+ * @param a, b strided views of `shape`, one dtype (i32 only where binaryDefinedOnInt; the caller checks)
+ * @param out contiguous, dtype of a
+ */
+export function encodeBinary(host: KernelHost, op: BinaryOp, a: StridedOperand, b: StridedOperand, shape: readonly number[], out: GpuData): void {
+  const t = a.data.dtype;
+  const expr = t === "i32" ? BINARY[op].wgslInt! : BINARY[op].wgsl;
+  const fn = `fn f(a: ${t}, b: ${t}) -> ${t} { return ${expr}; }`;
+  encodeMap(host, `binary ${op}`, fn, [a, b], contiguous(out, shape), shape);
+}
+
+/**
+ * out = cond != 0 ? a : b.
+ * @param cond strided view of `shape`, f32 or i32
+ * @param a, b strided views of `shape`, one dtype
+ * @param out contiguous, dtype of a
+ */
+export function encodeWhere(host: KernelHost, cond: StridedOperand, a: StridedOperand, b: StridedOperand, shape: readonly number[], out: GpuData): void {
+  const t = a.data.dtype;
+  const fn = `fn f(c: ${cond.data.dtype}, a: ${t}, b: ${t}) -> ${t} { return select(b, a, c != ${cond.data.dtype}(0)); }`;
+  encodeMap(host, "where", fn, [cond, a, b], contiguous(out, shape), shape);
+}
+
+/**
+ * dst = src through the strided view dst, in place. The storages must differ (the backend copies
+ * src first when they alias, since a kernel cannot read and write one buffer).
+ */
+export function encodeAssign(host: KernelHost, dst: StridedOperand, src: StridedOperand, shape: readonly number[]): void {
+  const t = src.data.dtype;
+  encodeMap(host, "assign", `fn f(x: ${t}) -> ${t} { return x; }`, [src], dst, shape);
+}
+
+/**
+ * out = dtype(x): f32 -> i32 truncates toward zero and saturates (WGSL's conversion, which
+ * toInt32 in elementwise.ts mirrors); i32 -> f32 rounds to nearest.
+ */
+export function encodeCast(host: KernelHost, x: StridedOperand, shape: readonly number[], out: GpuData): void {
+  const fn = `fn f(x: ${x.data.dtype}) -> ${out.dtype} { return ${out.dtype}(x); }`;
+  encodeMap(host, "cast", fn, [x], contiguous(out, shape), shape);
+}
+
+/** Sets every element of a contiguous storage to `value` (as i32 for i32 storages: truncated like Int32Array). */
+export function encodeFill(host: KernelHost, out: GpuData, value: number): void {
+  const t = out.dtype;
+  const fn = `fn f() -> ${t} { return P.value; }`;
+  encodeMap(host, "fill", fn, [], contiguous(out, [out.numel]), [out.numel], {
+    fields: [{ name: "value", type: t }],
+    values: { value },
+  });
+}

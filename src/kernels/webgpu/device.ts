@@ -1,0 +1,59 @@
+import { WebGpuBackend } from "./backend.ts";
+
+/** Options of `createWebGpuBackend`. */
+export interface WebGpuOptions {
+  /**
+   * Lowers the per-binding limit below the adapter's (bytes, a multiple of 4). Storages larger
+   * than it are split into chunks; tests set a few KB to exercise the large-tensor paths.
+   */
+  maxBindingBytes?: number;
+  /**
+   * Invocations per row in the row kernels (a power of two). Default: 256, or one subgroup on a
+   * fallback (CPU) adapter such as SwiftShader; tests set it to run the GPU variant there too.
+   */
+  rowWorkgroup?: number;
+  powerPreference?: GPUPowerPreference;
+}
+
+/**
+ * Limits the backend needs above WebGPU's defaults: the defaults allow 128 MiB per binding,
+ * far below a model's embedding table, so the adapter's own values are requested.
+ */
+const RAISED_LIMITS = [
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+] as const;
+
+/**
+ * Opens a WebGPU device through Dawn (the `webgpu` npm package) and wraps it in a backend.
+ * The native module is loaded here, on first use, so importing qalign costs nothing on machines
+ * that only use the cpu device.
+ * @returns the backend, or null when Dawn finds no adapter (no GPU and no software Vulkan).
+ * @throws Error when the adapter refuses the device (e.g. the requested limits).
+ */
+export async function createWebGpuBackend(opts: WebGpuOptions = {}): Promise<WebGpuBackend | null> {
+  const { create, globals } = await import("webgpu");
+  // Dawn's constants (GPUBufferUsage, GPUMapMode, GPUShaderStage) are not globals in Node.
+  if (typeof (globalThis as { GPUBufferUsage?: unknown }).GPUBufferUsage === "undefined") {
+    Object.assign(globalThis, globals);
+  }
+  const gpu = create([]);
+  const adapter = await gpu.requestAdapter(opts.powerPreference ? { powerPreference: opts.powerPreference } : undefined);
+  if (!adapter) return null;
+  const requiredLimits: Record<string, number> = {};
+  for (const name of RAISED_LIMITS) requiredLimits[name] = adapter.limits[name];
+  const device = await adapter.requestDevice({ label: "qalign", requiredLimits });
+  return new WebGpuBackend(gpu, device, opts);
+}
+
+let shared: Promise<WebGpuBackend | null> | null = null;
+
+/** The process-wide webgpu backend (created once, default options), or null without an adapter. */
+export function getWebGpuBackend(): Promise<WebGpuBackend | null> {
+  shared ??= createWebGpuBackend();
+  return shared;
+}
