@@ -76,3 +76,27 @@ export { pca, type PcaOptions, type PcaResult } from "./interp/pca.ts";
 export { pearson, correlationByLayer, type CorrelationPoint } from "./interp/correlation.ts";
 export { buildProbeSets, type ProbeSetOptions } from "./interp/sets.ts";
 export { interpret, summarize, writeInterpReport, type InterpOptions, type InterpReport, type InterpSummary, type PcaLayer } from "./interp/report.ts";
+
+// eval
+export { LANGUAGES, LANGUAGE_NAMES, isLang, parseLangs, type Lang } from "./eval/languages.ts";
+export { TASKS, getTask, type TaskId, type TaskSpec, type InputField } from "./eval/tasks.ts";
+export { FolderSource, MemorySource, sampleSource, resolveDataSource, SHARED_DATA_DIR, type DataSource } from "./eval/source.ts";
+export { loadTaskData, readItems, checkFields, type Item, type TaskData, type OnInvalid } from "./eval/data.ts";
+export { FIELD_WORDS, fieldWords, questionFile, parseQuestionLabels, type FieldWords } from "./eval/fields.ts";
+export { selectDemos, formatItem, formatPrefix, languagePrompts, type PromptOptions, type LanguagePrompts } from "./eval/prompt.ts";
+export { byteToUnicode, labelTokenCandidates, labelTokenIds, type Vocabulary } from "./eval/label_tokens.ts";
+export { logSumExp, prefixMasses, argmaxWithTies } from "./eval/decode.ts";
+export { wilsonInterval, confusionMatrix, accuracyOf, macroAverage, Z95, type Interval, type Accuracy } from "./eval/metrics.ts";
+export { commonPrefix, truncateLeft, PrefixCache, windowLogits } from "./eval/batch.ts";
+export {
+  evaluateLanguage,
+  type EvalOptions,
+  type EvalContext,
+  type ScoreMode,
+  type LanguageResult,
+  type ItemResult,
+  type Truncation,
+} from "./eval/evaluate.ts";
+export { questionPairs, questionLanguages } from "./eval/questions.ts";
+export { formatTable, resultRows, comparisonTable, writeAccuracyChart, type Comparison } from "./eval/report.ts";
+export { runAlign, QUESTION_TASK, trainTaskMessage, PAPER_COMMAND, type AlignConfig, type AlignTraining, type AlignResults, type TrainingSummary } from "./eval/align.ts";

@@ -1,0 +1,243 @@
+import type { DataIssue } from "../lora/data.ts";
+import type { LlamaModel } from "../model/llama.ts";
+import type { Tokenizer } from "../model/tokenizer.ts";
+import { Rng } from "../tensor/random.ts";
+import { commonPrefix, PrefixCache, truncateLeft, windowLogits } from "./batch.ts";
+import { argmaxWithTies, logSumExp, prefixMasses } from "./decode.ts";
+import { labelTokenIds } from "./label_tokens.ts";
+import type { Lang } from "./languages.ts";
+import { accuracyOf, confusionMatrix, type Accuracy } from "./metrics.ts";
+import { languagePrompts, type PromptOptions } from "./prompt.ts";
+import type { DataSource } from "./source.ts";
+import type { TaskId, TaskSpec } from "./tasks.ts";
+
+/**
+ * Evaluation of one task in one language as Zhang et al. (2024) evaluate it: k-shot prompts in
+ * the item's language, scored by constrained decoding over the label words, accuracy Acc_l.
+ */
+
+/**
+ * "prefix": the paper's constrained decoding, next-token probability mass of each label's
+ * prefix tokens (see label_tokens.ts). "loglik": the log-likelihood of each whole label word
+ * (sum of its tokens' log-probabilities given the prompt), for labels of several tokens.
+ */
+export type ScoreMode = "prefix" | "loglik";
+
+/** Prompt choice (shots, seed, limit, englishLabels, onInvalid) plus how to score. */
+export interface EvalOptions extends PromptOptions {
+  /** Default "prefix". */
+  mode?: ScoreMode;
+  /** Items per forward pass (x classes in loglik mode); default 8. */
+  batchSize?: number;
+  /** Reuse the KV cache of the shared demonstrations; default true. */
+  prefixCache?: boolean;
+  /** Longest prompt in tokens; longer ones lose tokens on the left. Default max_position_embeddings. */
+  maxLength?: number;
+  /** Called after each batch with items done and total. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** The outcome for one item. */
+export interface ItemResult {
+  index: number;
+  /** True class (index into the task's classes). */
+  label: number;
+  pred: number;
+  /** Per class: probability mass (prefix mode) or log-likelihood in nats (loglik mode). */
+  scores: number[];
+  tie: boolean;
+}
+
+/** A prompt shortened to the model's context: the item's index and the tokens dropped on the left. */
+export interface Truncation {
+  index: number;
+  dropped: number;
+}
+
+/** The evaluation of one task in one language: Acc_l with its counts, and all that led to it. */
+export interface LanguageResult extends Accuracy {
+  task: TaskId;
+  lang: Lang;
+  file: string;
+  mode: ScoreMode;
+  shots: number;
+  /** The English class names, in class order. */
+  classes: string[];
+  /** The answer words used in prompts and scoring, in class order. */
+  labelWords: string[];
+  /** Prefix mode: how many vocabulary tokens begin each label word. */
+  labelTokenCounts: number[];
+  /** Indices of the demonstrations (never scored). */
+  demos: number[];
+  /** Items whose best score was tied (broken at random, seeded). */
+  ties: number;
+  /** confusion[true][pred]. */
+  confusion: number[][];
+  truncated: Truncation[];
+  skipped: DataIssue[];
+  /** Tokens of the shared prefix computed once (0 without the cache). */
+  prefixTokens: number;
+  /** Wall-clock seconds: loading, tokenization, the prefix and every batch. */
+  seconds: number;
+  /** n / seconds. */
+  itemsPerSecond: number;
+  /** Every scored item, in file order. */
+  items: ItemResult[];
+}
+
+/** What an evaluation runs on. */
+export interface EvalContext {
+  model: LlamaModel;
+  tokenizer: Tokenizer;
+  source: DataSource;
+  task: TaskSpec;
+  options?: EvalOptions;
+}
+
+/** A sequence to run: its ids, and how many trailing ids are scored (0: the next token is). */
+interface Row {
+  ids: number[];
+  scored: number;
+}
+
+/**
+ * Evaluates `ctx.task` in `lang`. Each prompt (demonstrations + item, see languagePrompts) is
+ * tokenized whole, as the paper's scripts do; the shared prefix is the longest run of the
+ * demonstrations' tokens that every prompt starts with, so splitting it off into a KV cache
+ * changes no token. Prompts longer than maxLength lose their oldest tokens (BOS kept) and run
+ * without the cache. Batches of `batchSize` items then give the next-token logits after each
+ * prompt (prefix mode) or the logits over each label word's tokens (loglik mode), and each
+ * item is assigned the best-scoring class (ties broken at random, seeded, and counted).
+ * @returns counts, accuracy with a Wilson 95% interval, confusion matrix, ties, truncations and
+ *   every item's scores
+ * @throws DataError for bad data (see loadTaskData); RangeError when nothing is left to score,
+ *   maxLength cannot hold a label, a label word has no vocabulary token (prefix mode), or the
+ *   tokenizer's ids exceed the model's vocabulary.
+ */
+export async function evaluateLanguage(ctx: EvalContext, lang: Lang): Promise<LanguageResult> {
+  const started = performance.now();
+  const { model, tokenizer, source, task } = ctx;
+  const opts = ctx.options ?? {};
+  const mode = opts.mode ?? "prefix";
+  const maxLength = opts.maxLength ?? model.config.max_position_embeddings;
+  const { data, labelWords, demos, items: scored, prefix: prefixText, prompts } = await languagePrompts(source, task, lang, opts);
+
+  // Each prompt is tokenized whole, as one string; the cache split below is then exact.
+  const rows: Row[][] = prompts.map((p) => {
+    const ids = tokenizer.encode(p);
+    if (mode === "prefix") return [{ ids, scored: 0 }];
+    return labelWords.map((w) => {
+      const full = tokenizer.encode(p + w);
+      // Where the label's tokens start: usually ids.length, earlier if the label merged
+      // with the prompt's last token.
+      const start = commonPrefix(ids, full);
+      if (start === full.length) throw new RangeError(`loglik: label "${w}" adds no token to the prompt`);
+      return { ids: full, scored: full.length - start };
+    });
+  });
+
+  // Prompts longer than the context lose their oldest tokens and run without the cache.
+  const truncated: Truncation[] = [];
+  const cut = new Set<number>(); // positions in `scored`
+  rows.forEach((itemRows, i) => {
+    let worst = 0;
+    for (const row of itemRows) {
+      if (row.ids.length <= maxLength) continue;
+      const t = truncateLeft(row.ids, maxLength, tokenizer.bosId);
+      if (t.ids.length < row.scored + 1) throw new RangeError(`maxLength ${maxLength} cannot hold a label of ${row.scored} tokens and its context`);
+      row.ids = t.ids;
+      worst = Math.max(worst, t.dropped);
+    }
+    if (worst > 0) {
+      truncated.push({ index: scored[i]!.index, dropped: worst });
+      cut.add(i);
+    }
+  });
+
+  // The shared prefix: the demonstrations' tokens that every uncut row starts with, leaving
+  // each row its scored tokens and one more (whose logits predict the first of them).
+  const prefixIds = tokenizer.encode(prefixText);
+  const useCache = (opts.prefixCache ?? true) && prefixText !== "" && cut.size < rows.length;
+  let P = useCache ? prefixIds.length : 0;
+  rows.forEach((itemRows, i) => {
+    if (!cut.has(i)) for (const r of itemRows) P = Math.min(P, commonPrefix(prefixIds, r.ids), r.ids.length - r.scored - 1);
+  });
+
+  const V = model.config.vocab_size;
+  const sets = labelWords.map((w) => labelTokenIds(tokenizer, w));
+  const outside = sets.flat().find((id) => id >= V);
+  if (outside !== undefined) throw new RangeError(`label token id ${outside} is outside the model's vocabulary (${V}): tokenizer and model disagree`);
+  const empty = sets.findIndex((ids) => ids.length === 0);
+  if (mode === "prefix" && empty >= 0) throw new RangeError(`no vocabulary token begins the label word "${labelWords[empty]}": use --mode loglik`);
+
+  // Its own stream, so tie-breaks do not move the demonstrations or the subset.
+  const tieRng = new Rng((opts.seed ?? 0) + 1);
+  const results: ItemResult[] = new Array(scored.length);
+  const batchSize = Math.max(1, opts.batchSize ?? 8);
+  const prefix = P > 0 ? PrefixCache.build(model, prefixIds.slice(0, P)) : null;
+  try {
+    const positions = [...scored.keys()];
+    const groups: [number[], PrefixCache | null][] = [
+      [positions.filter((i) => prefix !== null && !cut.has(i)), prefix],
+      [positions.filter((i) => prefix === null || cut.has(i)), null],
+    ];
+    let done = 0;
+    for (const [group, cache] of groups) {
+      for (let s = 0; s < group.length; s += batchSize) {
+        const batch = group.slice(s, s + batchSize);
+        const batchRows = batch.flatMap((i) => rows[i]!);
+        const W = 1 + Math.max(...batchRows.map((r) => r.scored));
+        const logits = await windowLogits(model, batchRows.map((r) => (cache ? r.ids.slice(P) : r.ids)), W, cache);
+        let b = 0; // row within the batch
+        for (const i of batch) {
+          const scores = mode === "prefix" ? prefixMasses(logits, (b++ * W + W - 1) * V, V, sets) : rows[i]!.map((row) => labelLogLik(logits, b++, W, V, row));
+          const { pred, tie } = argmaxWithTies(scores, tieRng);
+          results[i] = { index: scored[i]!.index, label: scored[i]!.label, pred, scores, tie };
+        }
+        done += batch.length;
+        opts.onProgress?.(done, scored.length);
+      }
+    }
+  } finally {
+    prefix?.dispose();
+  }
+
+  const truth = results.map((r) => r.label);
+  const preds = results.map((r) => r.pred);
+  const seconds = (performance.now() - started) / 1000;
+  return {
+    task: task.id,
+    lang,
+    file: data.file,
+    mode,
+    shots: demos.length,
+    classes: [...task.classes],
+    labelWords,
+    labelTokenCounts: sets.map((s) => s.length),
+    demos: demos.map((d) => d.index),
+    ...accuracyOf(truth, preds),
+    ties: results.filter((r) => r.tie).length,
+    confusion: confusionMatrix(truth, preds, task.classes.length),
+    truncated,
+    skipped: data.skipped,
+    prefixTokens: P,
+    seconds,
+    itemsPerSecond: results.length / seconds,
+    items: results,
+  };
+}
+
+/**
+ * Log-likelihood of a row's last `row.scored` tokens: sum_j log softmax(logits[w_j])[t_j], where
+ * window index w_j = W - n + j - 1 predicts token j of the n scored ones.
+ * @param logits [B, W, V]; `b` is the row's index in the batch
+ */
+function labelLogLik(logits: Float32Array, b: number, W: number, V: number, row: Row): number {
+  const n = row.scored;
+  let sum = 0;
+  for (let j = 0; j < n; j++) {
+    const start = (b * W + W - n + j - 1) * V;
+    sum += logits[start + row.ids[row.ids.length - n + j]!]! - logSumExp(logits, start, V);
+  }
+  return sum;
+}

@@ -1,0 +1,79 @@
+import { DataError, type DataIssue, type QuestionPair } from "../lora/data.ts";
+import { checkFields, readItems, type OnInvalid } from "./data.ts";
+import { questionFile } from "./fields.ts";
+import { LANGUAGE_NAMES, LANGUAGES, type Lang } from "./languages.ts";
+import type { DataSource } from "./source.ts";
+
+/**
+ * Question-translation pairs, the training data of question alignment (Zhang et al. 2024):
+ * the model learns only to translate task questions into the target language, never
+ * to answer them. The release holds SNLI question files for de es it sw zh into English; they
+ * are parallel (item i is the same question in every file), so pairs into another target
+ * language are built by index (the paper also aligns to non-English target languages).
+ *
+ * The pairs have the LoRA trainer's shape (src/lora/data.ts `QuestionPair`): `input` is the
+ * question followed by `Translate the input from <Src> to <Tgt>:` and a newline, `answer` the
+ * question in the target language, ending `<answer word>: "` as the evaluation prompts do.
+ * Capping, shuffling and the validation split are the trainer's (`splitPairs`).
+ */
+
+/** `<question>\nTranslate the input from X to Y:\n` -> the question and X. */
+const INSTRUCTION = /^([\s\S]*)\nTranslate the input from (.+) to (.+):\n?$/;
+
+/** The languages with a question file in `source`. */
+export function questionLanguages(source: DataSource): Lang[] {
+  return LANGUAGES.filter((l) => source.has(questionFile(l)));
+}
+
+/**
+ * Builds the training pairs of `langs` into `target`, language by language in file order (the
+ * paper's mixtures, e.g. zh + es, are such concatenations).
+ * @returns the pairs, and the items left out (onInvalid "skip")
+ * @throws DataError when a language has no question file (naming those that exist), when the
+ *   target is also a source language, when source and target files are not parallel, when an
+ *   input lacks the instruction line, or (onInvalid "error") for an item without a non-empty
+ *   `input` / `answer`.
+ */
+export async function questionPairs(
+  source: DataSource,
+  langs: readonly Lang[],
+  target: Lang = "en",
+  onInvalid: OnInvalid = "error",
+): Promise<{ pairs: QuestionPair[]; issues: DataIssue[] }> {
+  const available = questionLanguages(source);
+  const missing = [...langs, ...(target === "en" ? [] : [target])].find((l) => !available.includes(l));
+  if (missing !== undefined) {
+    throw new DataError(source.describe(questionFile(missing)), `no question-translation file for "${missing}"; ${source.description} has them for: ${available.join(" ") || "none"}`);
+  }
+  if (langs.includes(target)) throw new DataError(source.describe(questionFile(target)), `the target language "${target}" is also a training language`);
+
+  const issues: DataIssue[] = [];
+  const load = async (lang: Lang) => {
+    const path = questionFile(lang);
+    const file = source.describe(path);
+    const fields = checkFields(file, await readItems(source, path), ["input", "answer"], onInvalid, issues);
+    const questions = fields.map((f, index) => {
+      if (f === null) return null;
+      const m = INSTRUCTION.exec(f["input"]!);
+      if (!m) throw new DataError(file, 'expected the input to end with "\\nTranslate the input from <language> to <language>:\\n"', index, "input");
+      return { question: m[1]!, from: m[2]!, english: f["answer"]! };
+    });
+    return { file, questions };
+  };
+
+  const into = target === "en" ? null : await load(target);
+  const pairs: QuestionPair[] = [];
+  for (const lang of langs) {
+    const { file, questions } = await load(lang);
+    if (into && into.questions.length !== questions.length) {
+      throw new DataError(file, `has ${questions.length} items but ${into.file} has ${into.questions.length}: question files must be parallel`);
+    }
+    questions.forEach((q, index) => {
+      const t = into ? into.questions[index] : q;
+      if (!q || !t) return;
+      const answer = into ? t.question : t.english;
+      pairs.push({ input: `${q.question}\nTranslate the input from ${q.from} to ${LANGUAGE_NAMES[target]}:\n`, answer, file, index });
+    });
+  }
+  return { pairs, issues };
+}

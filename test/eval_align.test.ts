@@ -1,0 +1,109 @@
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it, type TestContext } from "vitest";
+import type { AlignResults } from "../src/eval/align.ts";
+import { SHARED_DATA_DIR } from "../src/eval/source.ts";
+import { ensureTinyModel } from "../src/model/tiny.ts";
+
+/**
+ * `qalign align` end to end through the command line, on the release's SNLI files and the tiny
+ * model (no --model): base evaluation, LoRA training on question pairs, aligned evaluation and
+ * the report; then a rerun that resumes from the saved pieces.
+ */
+const ROOT = join(import.meta.dirname, "..");
+const tmp = mkdtempSync(join(tmpdir(), "qalign-align-"));
+const TINY = await ensureTinyModel();
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** Runs `qalign <args>` with tsx; returns exit status, stdout and stderr. */
+function qalign(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "src", "cli", "main.ts"), ...args], { cwd: ROOT, encoding: "utf8", timeout: 240_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function sharedOrSkip(ctx: TestContext): void {
+  if (existsSync(SHARED_DATA_DIR)) return;
+  const why = `${SHARED_DATA_DIR} is absent`;
+  if (process.env["CI"]) throw new Error(`CI is set but ${why}`);
+  process.stderr.write(`skipping "${ctx.task.name}": ${why}\n`);
+  ctx.skip(why);
+}
+
+describe("qalign eval", () => {
+  it("prints the table of one evaluation", () => {
+    const r = qalign(["eval", "--model", TINY, "--task", "paws", "--langs", "en,th", "--data", "sample", "--device", "cpu"]);
+    expect(r.status).toBe(0);
+    const lines = r.stdout.trim().split("\n");
+    expect(lines[0]).toMatch(/^lang +n +acc % +95% CI +ties +trunc +labels$/);
+    expect(lines[1]).toMatch(/^en +2 /);
+    expect(lines[2]).toMatch(/^th +2 .*same \/ different$/);
+    expect(lines[3]).toMatch(/^Acc +4 /);
+  });
+});
+
+describe("qalign align", () => {
+  const out = join(tmp, "run");
+  // --limit 20 as the issue asks; three languages and 16 training pairs keep it cheap.
+  const args = ["align", "--data", SHARED_DATA_DIR, "--task", "snli", "--train", "zh", "--langs", "en,zh,sw", "--limit", "20", "--max-train-samples", "16", "--epochs", "1", "--out", out, "--device", "cpu"];
+
+  it("--limit 20 runs end to end on the real SNLI files and writes every result", (ctx) => {
+    sharedOrSkip(ctx);
+    const r = qalign(args);
+    expect(r.stderr).not.toMatch(/Error|at .*\.ts:\d+/);
+    expect(r.status).toBe(0);
+    for (const f of ["run.json", "results.json", "results.csv", "report.md", "accuracy.svg", "adapter/adapter_model.safetensors", "adapter/training.json", "base/sw.json", "aligned/sw.json"]) {
+      expect(existsSync(join(out, f)), f).toBe(true);
+    }
+    expect(existsSync(join(out, "training"))).toBe(false); // renamed to adapter/ once complete
+    const res = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as AlignResults;
+    expect(res.base.map((b) => [b.lang, b.n])).toEqual([["en", 20], ["zh", 20], ["sw", 20]]);
+    expect(res.aligned).toHaveLength(3);
+    expect(res.versions.node).toBe(process.version);
+    expect(res.config.evaluation.seed).toBe(0);
+    expect(res.training.train + res.training.val).toBe(16);
+    expect(res.training.steps).toBeGreaterThan(0);
+    const csv = readFileSync(join(out, "results.csv"), "utf8").trim().split("\n");
+    expect(csv).toHaveLength(1 + 6);
+    const report = readFileSync(join(out, "report.md"), "utf8");
+    expect(report).toContain("| zh † | 20 |");
+    expect(report).toContain("tiny random model");
+    expect(report).toContain("npm run qalign -- align --model");
+    expect(readFileSync(join(out, "accuracy.svg"), "utf8")).toContain("<svg");
+    expect(r.stdout).toContain("| **Acc** (mean) |");
+  });
+
+  it("resumes from the saved pieces, and refuses other settings in the same folder", (ctx) => {
+    sharedOrSkip(ctx);
+    const before = readFileSync(join(out, "aligned", "zh.json"), "utf8");
+    const again = qalign(args);
+    expect(again.status).toBe(0);
+    expect(again.stderr).toContain(`resuming ${out}`);
+    expect(again.stderr).toContain("loaded the trained adapter");
+    expect(again.stderr).not.toMatch(/training: \d+/);
+    expect(readFileSync(join(out, "aligned", "zh.json"), "utf8")).toBe(before);
+
+    const other = qalign(args.map((a) => (a === "20" ? "10" : a)));
+    expect(other.status).toBe(1);
+    expect(other.stderr.trim().split("\n").at(-1)).toMatch(/^qalign: .*run\.json: holds a run with other settings \(evaluation\)/);
+  });
+
+  it("runs offline on the built-in sample (what npm start does without ../shared/data)", () => {
+    const sampleOut = join(tmp, "sample");
+    const r = qalign(["align", "--data", "sample", "--langs", "en,sw,bn", "--out", sampleOut, "--device", "cpu"]);
+    expect(r.status).toBe(0);
+    expect(r.stderr).toContain("built-in sample");
+    const res = JSON.parse(readFileSync(join(sampleOut, "results.json"), "utf8")) as AlignResults;
+    expect(res.base.map((b) => b.n)).toEqual([6, 6, 6]); // 12 sample items, 6 of them demonstrations
+    expect(res.training.train + res.training.val).toBe(12); // 6 question pairs each for zh and es
+  });
+
+  it("says clearly that only SNLI has question files", () => {
+    const r = qalign(["align", "--task", "paws", "--train-task", "paws", "--out", join(tmp, "none")]);
+    expect(r.status).toBe(1);
+    const last = r.stderr.trim().split("\n").at(-1)!;
+    expect(last).toMatch(/^qalign: align: question-translation files exist for snli only/);
+    expect(r.stderr).not.toMatch(/at .*\.ts:\d+/); // one line, no stack
+  });
+});

@@ -1,0 +1,76 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { evaluateLanguage, type EvalContext, type LanguageResult } from "../src/eval/evaluate.ts";
+import { languagePrompts } from "../src/eval/prompt.ts";
+import { sampleSource } from "../src/eval/source.ts";
+import { TASKS } from "../src/eval/tasks.ts";
+import { cpuDevice } from "../src/kernels/devices.ts";
+import type { LlamaModel } from "../src/model/llama.ts";
+import { loadModel } from "../src/model/load.ts";
+import { ensureTinyModel } from "../src/model/tiny.ts";
+import { loadTokenizer } from "../src/model/tokenizer.ts";
+
+/** evaluateLanguage end to end on the built-in sample with the tiny model (chance-level accuracy). */
+let ctx: Omit<EvalContext, "task" | "options">;
+let model: LlamaModel;
+beforeAll(async () => {
+  const dir = await ensureTinyModel();
+  model = await loadModel(dir, { device: cpuDevice() });
+  ctx = { model, tokenizer: (await loadTokenizer(dir))!, source: await sampleSource() };
+});
+afterAll(() => model.dispose());
+
+/** Scores of two runs agree item by item (relative 1e-4: float32 sums in another order). */
+function expectSameScores(a: LanguageResult, b: LanguageResult): void {
+  expect(b.items.map((r) => r.index)).toEqual(a.items.map((r) => r.index));
+  a.items.forEach((r, i) => r.scores.forEach((s, c) => expect(b.items[i]!.scores[c]).toBeCloseTo(s, Math.abs(s) < 1e-3 ? 8 : 3)));
+}
+
+describe("evaluateLanguage", () => {
+  it("gives the same scores with and without the prefix cache, in both scoring modes", async () => {
+    for (const mode of ["prefix", "loglik"] as const) {
+      const withCache = await evaluateLanguage({ ...ctx, task: TASKS.snli, options: { mode, batchSize: 4 } }, "zh");
+      const without = await evaluateLanguage({ ...ctx, task: TASKS.snli, options: { mode, batchSize: 3, prefixCache: false } }, "zh");
+      expect(withCache.prefixTokens).toBeGreaterThan(50);
+      expect(without.prefixTokens).toBe(0);
+      expectSameScores(withCache, without);
+      expect(withCache.n).toBe(12 - 6);
+      expect(withCache.demos).toHaveLength(6);
+      expect(withCache.confusion.flat().reduce((s, x) => s + x, 0)).toBe(withCache.n);
+      if (mode === "prefix") expect(withCache.items[0]!.scores.every((p) => p > 0 && p < 1)).toBe(true);
+      else expect(withCache.items[0]!.scores.every((l) => l < 0)).toBe(true);
+    }
+  });
+
+  it("truncates prompts longer than the context from the left and reports them", async () => {
+    const full = await evaluateLanguage({ ...ctx, task: TASKS.emotion, options: {} }, "de");
+    const cut = await evaluateLanguage({ ...ctx, task: TASKS.emotion, options: { maxLength: 48 } }, "de");
+    expect(cut.n).toBe(full.n); // still scored, each one reported
+    expect(cut.truncated.length).toBeGreaterThan(0);
+    for (const t of cut.truncated) {
+      expect(full.items.map((r) => r.index)).toContain(t.index);
+      expect(t.dropped).toBeGreaterThan(0);
+    }
+    expect(cut.file).toBe("sample:ap_emotion/emotion_de500_test.json");
+    expect(cut.prefixTokens).toBe(0); // every prompt was cut, so none could share the cached prefix
+
+    // A limit between the prompt lengths: the short prompts keep the cache and their scores.
+    const prompts = await languagePrompts(ctx.source, TASKS.emotion, "de");
+    const lengths = prompts.prompts.map((p) => ctx.tokenizer.encode(p).length).sort((a, b) => a - b);
+    const mixed = await evaluateLanguage({ ...ctx, task: TASKS.emotion, options: { maxLength: lengths[1]! } }, "de");
+    expect(mixed.truncated.length).toBeGreaterThan(0);
+    expect(mixed.truncated.length).toBeLessThan(mixed.n);
+    expect(mixed.prefixTokens).toBeGreaterThan(0);
+    const cutIndices = mixed.truncated.map((t) => t.index);
+    mixed.items.forEach((r, i) => {
+      if (!cutIndices.includes(r.index)) r.scores.forEach((x, c) => expect(x).toBeCloseTo(full.items[i]!.scores[c]!, 8));
+    });
+  });
+
+  it("computes accuracy from the predictions", async () => {
+    const r = await evaluateLanguage({ ...ctx, task: TASKS.paws, options: { shots: 2 } }, "sw");
+    const correct = r.items.filter((it) => it.pred === it.label).length;
+    expect(r).toMatchObject({ n: 4, correct, shots: 2, labelWords: ["same", "different"], classes: ["same", "different"] });
+    expect(r.accuracy).toBe(correct / 4);
+    expect(r.labelTokenCounts.every((n) => n > 0)).toBe(true);
+  });
+});
