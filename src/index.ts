@@ -20,7 +20,7 @@ export { defaultDevice, setDefaultDevice } from "./tensor/device.ts";
 export { tensor, zeros, ones, full, fullLike, arange, randn, rand, type CreateOptions } from "./tensor/ops/create.ts";
 export { unary, binary, where, cast } from "./tensor/ops/pointwise.ts";
 export { sum, mean, max } from "./tensor/ops/reduce.ts";
-export { reshape, permute, transpose, narrow, expand, unsqueeze, squeeze, contiguous, concat } from "./tensor/ops/views.ts";
+export { reshape, permute, transpose, slice, expand, unsqueeze, squeeze, contiguous, concat } from "./tensor/ops/views.ts";
 export { matmul } from "./tensor/ops/matmul.ts";
 export {
   softmax,
@@ -38,6 +38,15 @@ export {
 export { SGD, AdamW, clipGradNorm, zeroGrad, type SgdOptions, type AdamWOptions } from "./tensor/optim.ts";
 export { init, getDevice, cpuDevice, type DeviceKind } from "./kernels/devices.ts";
 
+// model
+export { loadModel, validateCheckpoint, type LoadOptions } from "./model/load.ts";
+export { LlamaModel, KVCache, Linear, Attention, Mlp, DecoderLayer, baseLinear, type LinearLike, type ForwardOptions, type ForwardOutput } from "./model/llama.ts";
+export { loadConfig, parseConfig, ropeInvFreq, expectedWeights, MODEL_TYPES, type LlamaConfig, type ModelType } from "./model/config.ts";
+export { loadTokenizer, Tokenizer } from "./model/tokenizer.ts";
+export { generate, sampleToken, type GenerateOptions } from "./model/generate.ts";
+export { openSafetensors, openCheckpoint, writeSafetensors, CheckpointError, type Checkpoint, type TensorToWrite } from "./model/safetensors.ts";
+export { ensureTinyModel, writeTinyModel, TINY_CONFIG } from "./model/tiny.ts";
+export { positionIds, ropeTables } from "./model/positions.ts";
 // lora
 export {
   LoraLinear,

@@ -108,10 +108,10 @@ describe("reductions: backward matches finite differences (f64)", () => {
 });
 
 describe("views and copies: backward matches finite differences (f64)", () => {
-  test("permute, reshape, narrow, expand, unsqueeze, squeeze, concat", async () => {
+  test("permute, reshape, slice, expand, unsqueeze, squeeze, concat", async () => {
     await gradcheck(
       (x, y) => {
-        const p = x.permute([2, 0, 1]).reshape([4, 6]).narrow(1, 1, 5); // [4, 4]
+        const p = x.permute([2, 0, 1]).reshape([4, 6]).slice(1, 1, 5); // [4, 4]
         const e = y.unsqueeze(0).expand([4, 4]); // broadcast of [4]
         return qa.concat([p.mul(e), y.reshape([1, 4]).squeeze(0).unsqueeze(0)], 0);
       },
@@ -194,6 +194,12 @@ describe("autograd mechanics", () => {
     const x = qa.tensor([1, 2], { device: cpu, requiresGrad: true });
     expect(() => x.mul(2).backward()).toThrow(/non-scalar tensor of shape \[2\]/);
   });
+  test("backward through a disposed intermediate throws instead of losing the gradient", () => {
+    const w = qa.tensor([1, 2], { device: cpu, requiresGrad: true });
+    const loss = qa.tidy(() => w.mul(w).exp().sum()); // intermediates freed by tidy
+    expect(() => loss.backward()).toThrow(/graph through a \[2\] tensor was released: it was disposed/);
+    expect(w.grad).toBeNull();
+  });
   test("noGrad records nothing; detach cuts the graph", () => {
     const x = qa.tensor([1, 2], { device: cpu, requiresGrad: true });
     expect(qa.noGrad(() => x.mul(2)).requiresGrad).toBe(false);
@@ -204,6 +210,9 @@ describe("autograd mechanics", () => {
     x.dispose();
     expect(() => x.exp()).toThrow(qa.DisposedError);
     expect(() => x.exp()).toThrow(/exp: tensor was disposed/);
+  });
+  test("slice out of range throws instead of clamping", () => {
+    expect(() => qa.zeros([2, 3], { device: cpu }).slice(1, 2, 5)).toThrow(/slice: range \[2, 5\) out of bounds for axis 1 of \[2,3\]/);
   });
   test("shape and dtype errors name the op and both shapes", () => {
     const a = qa.zeros([2, 3], { device: cpu });

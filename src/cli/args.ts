@@ -28,29 +28,35 @@ export function required(command: string, values: Record<string, unknown>, name:
   return v;
 }
 
+/** Decimal integers only: "0x10", "1e2" and "1.5" are not token ids or counts. */
+const INTEGER = /^[+-]?\d+$/;
+
 /** An integer option within [min, max], or its default. */
 export function int(command: string, values: Record<string, unknown>, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   const v = values[name];
   if (v === undefined) return fallback;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new CliError(`${command}: --${name} must be an integer in [${min}, ${max}], got "${v}"`);
+  if (typeof v !== "string" || !INTEGER.test(v.trim()) || n < min || n > max) throw new CliError(`${command}: --${name} must be an integer in [${min}, ${max}], got "${v}"`);
   return n;
 }
 
-/** A finite number option, or its default. */
-export function num(command: string, values: Record<string, unknown>, name: string, fallback: number): number {
+/** A finite number option within [min, max], or its default. */
+export function num(command: string, values: Record<string, unknown>, name: string, fallback: number, min = -Infinity, max = Infinity): number {
   const v = values[name];
   if (v === undefined) return fallback;
   const n = Number(v);
-  if (!Number.isFinite(n)) throw new CliError(`${command}: --${name} must be a number, got "${v}"`);
+  if (typeof v !== "string" || v.trim() === "" || !Number.isFinite(n) || n < min || n > max) {
+    throw new CliError(`${command}: --${name} must be a number in [${min}, ${max}], got "${v}"`);
+  }
   return n;
 }
+
 
 /** Comma-separated integers, e.g. token ids "5,17,42". */
 export function intList(command: string, name: string, text: string): number[] {
   const parts = text.split(",").map((s) => s.trim());
   const ids = parts.map(Number);
-  const bad = parts.findIndex((p, i) => p === "" || !Number.isInteger(ids[i]));
+  const bad = parts.findIndex((p, i) => !INTEGER.test(p) || !Number.isSafeInteger(ids[i]));
   if (bad >= 0) throw new CliError(`${command}: --${name} must be comma-separated integers, got "${parts[bad]}" at position ${bad}`);
   return ids;
 }

@@ -30,8 +30,8 @@ export async function run(args: string[]): Promise<void> {
   let printed = "";
   await generate(model, promptIds, {
     maxNewTokens: int("generate", v, "max-new-tokens", 32, 1),
-    temperature: num("generate", v, "temperature", 0),
-    topP: num("generate", v, "top-p", 1),
+    temperature: num("generate", v, "temperature", 0, 0),
+    topP: num("generate", v, "top-p", 1, Number.MIN_VALUE, 1),
     seed: int("generate", v, "seed", 0),
     eosTokenIds: tokenizer.eosId !== null ? [tokenizer.eosId, ...model.config.eos_token_id] : undefined,
     onToken: (id) => {

@@ -36,9 +36,11 @@ main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
     const e = err as Error;
-    // Expected failures (bad arguments, bad files) print one clear line; bugs print the stack.
-    const known = err instanceof CliError || ["CheckpointError", "ShapeError", "DTypeError", "DeviceLimitError", "DataError"].includes(e?.name);
-    process.stderr.write(`qalign: ${known ? e.message : (e?.stack ?? String(err))}\n`);
+    // Failures caused by input (arguments, files, limits) print one line; programming errors
+    // (TypeError, ReferenceError) print the stack, as does any error with QALIGN_DEBUG=1.
+    const bug = e instanceof TypeError || e instanceof ReferenceError || !(e instanceof Error);
+    const showStack = (bug || process.env.QALIGN_DEBUG === "1") && !(err instanceof CliError);
+    process.stderr.write(`qalign: ${showStack ? (e?.stack ?? String(err)) : e.message}\n`);
     process.exit(1);
   },
 );

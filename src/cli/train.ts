@@ -40,7 +40,7 @@ export async function run(args: string[]): Promise<void> {
   if (files.length === 0) throw new CliError("train: --data names no file");
   const out = required("train", v, "out");
   const seed = int("train", v, "seed", TRAIN_DEFAULTS.seed);
-  const valSize = num("train", v, "val-size", 0.05);
+  const valSize = num("train", v, "val-size", 0.05, 0, 0.5);
   if (!(valSize >= 0 && valSize < 1)) throw new CliError(`train: --val-size must be in [0, 1), got ${valSize}`);
   const say = (line: string) => process.stderr.write(`${line}\n`);
 
@@ -57,8 +57,8 @@ export async function run(args: string[]): Promise<void> {
       // PEFT's "all-linear" is a string; a list is comma-separated names.
       target_modules: targets === "all-linear" ? targets : targets.split(",").map((s) => s.trim()),
       r: int("train", v, "r", LORA_DEFAULTS.r, 1),
-      lora_alpha: num("train", v, "alpha", LORA_DEFAULTS.lora_alpha),
-      lora_dropout: num("train", v, "dropout", LORA_DEFAULTS.lora_dropout),
+      lora_alpha: num("train", v, "alpha", LORA_DEFAULTS.lora_alpha, 0),
+      lora_dropout: num("train", v, "dropout", LORA_DEFAULTS.lora_dropout, 0, 0.99),
       seed,
     });
   } catch (e) {
@@ -82,7 +82,7 @@ export async function run(args: string[]): Promise<void> {
     adapter,
     { train: trainSet.examples, val: valSet.examples },
     {
-      lr: num("train", v, "lr", TRAIN_DEFAULTS.lr),
+      lr: num("train", v, "lr", TRAIN_DEFAULTS.lr, 0),
       epochs: int("train", v, "epochs", TRAIN_DEFAULTS.epochs, 1),
       batchSize: int("train", v, "batch-size", TRAIN_DEFAULTS.batchSize, 1),
       gradAccum: int("train", v, "grad-accum", TRAIN_DEFAULTS.gradAccum, 1),

@@ -104,7 +104,7 @@ export async function windowLogits(model: LlamaModel, rows: readonly (readonly n
         if (W === 1) return model.forward(input, { ...opts, logits: "last" }).logits!;
         // Only the window is unembedded: [B, W, D] -> [B, W, V], not [B, T, V].
         const hidden = model.forward(input, { ...opts, logits: "none", outputHiddenStates: true }).hiddenStates!;
-        return model.unembed(model.finalNorm(hidden[hidden.length - 1]!.narrow(1, T - W, T)));
+        return model.unembed(model.finalNorm(hidden[hidden.length - 1]!.slice(1, T - W, T)));
       }),
     );
     const data = (await logits.data()) as Float32Array;

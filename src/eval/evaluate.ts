@@ -4,7 +4,7 @@ import type { Tokenizer } from "../model/tokenizer.ts";
 import { Rng } from "../tensor/random.ts";
 import { commonPrefix, PrefixCache, truncateLeft, windowLogits } from "./batch.ts";
 import { argmaxWithTies, logSumExp, prefixMasses } from "./decode.ts";
-import { labelTokenIds } from "./label_tokens.ts";
+import { labelTokenIds, shadowedClasses } from "./label_tokens.ts";
 import type { Lang } from "./languages.ts";
 import { accuracyOf, confusionMatrix, type Accuracy } from "./metrics.ts";
 import { languagePrompts, type PromptOptions } from "./prompt.ts";
@@ -67,6 +67,8 @@ export interface LanguageResult extends Accuracy {
   labelWords: string[];
   /** Prefix mode: how many vocabulary tokens begin each label word. */
   labelTokenCounts: number[];
+  /** Prefix mode: label words whose token set another one's contains (see shadowedClasses). */
+  warnings: string[];
   /** Indices of the demonstrations (never scored). */
   demos: number[];
   /** Items whose best score was tied (broken at random, seeded). */
@@ -169,6 +171,13 @@ export async function evaluateLanguage(ctx: EvalContext, lang: Lang): Promise<La
   if (outside !== undefined) throw new RangeError(`label token id ${outside} is outside the model's vocabulary (${V}): tokenizer and model disagree`);
   const empty = sets.findIndex((ids) => ids.length === 0);
   if (mode === "prefix" && empty >= 0) throw new RangeError(`no vocabulary token begins the label word "${labelWords[empty]}": use --mode loglik`);
+  const warnings =
+    mode === "prefix"
+      ? shadowedClasses(sets).map(
+          ([a, b]) => `label word "${labelWords[a]}" begins only with tokens that also begin "${labelWords[b]}": prefix scoring cannot predict it (use --mode loglik)`,
+        )
+      : [];
+  for (const w of warnings) process.stderr.write(`eval ${lang}: ${w}\n`);
 
   // Its own stream, so tie-breaks do not move the demonstrations or the subset.
   const tieRng = new Rng((opts.seed ?? 0) + 1);
@@ -214,6 +223,7 @@ export async function evaluateLanguage(ctx: EvalContext, lang: Lang): Promise<La
     classes: [...task.classes],
     labelWords,
     labelTokenCounts: sets.map((s) => s.length),
+    warnings,
     demos: demos.map((d) => d.index),
     ...accuracyOf(truth, preds),
     ties: results.filter((r) => r.tie).length,

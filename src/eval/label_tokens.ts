@@ -83,3 +83,21 @@ export function labelTokenIds(vocab: Vocabulary, word: string): number[] {
   }
   return ids;
 }
+
+/**
+ * Pairs of classes that prefix scoring cannot tell apart: class a's token set is contained in
+ * class b's (equal sets included), so b's mass is always >= a's and a can never win (or they
+ * always tie). Happens when label words share their first bytes, e.g. Thai เชิงบวก / เชิงลบ under
+ * a byte-fallback vocabulary. Loglik mode scores whole words and has no such blind spot.
+ * @param sets per class, sorted token ids (labelTokenIds)
+ * @returns [a, b] pairs with set(a) ⊆ set(b), a != b
+ */
+export function shadowedClasses(sets: readonly (readonly number[])[]): [number, number][] {
+  const pairs: [number, number][] = [];
+  sets.forEach((a, i) =>
+    sets.forEach((b, j) => {
+      if (i !== j && a.length > 0 && a.every((id) => b.includes(id))) pairs.push([i, j]);
+    }),
+  );
+  return pairs;
+}

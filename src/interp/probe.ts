@@ -125,7 +125,7 @@ function lastPosition(model: LlamaModel, rows: readonly (readonly number[])[], l
       const input = tensor(ids, { device: model.device, shape: [B, T] });
       const hidden = model.forward(input, { attentionMask: mask, outputHiddenStates: true, logits: "none" }).hiddenStates!;
       // L + 1 of [B, 1, D] -> [(L + 1) B, D]
-      const states = concat(hidden.map((h) => h.narrow(1, T - 1, T)), 0).reshape([-1, model.config.hidden_size]);
+      const states = concat(hidden.map((h) => h.slice(1, T - 1, T)), 0).reshape([-1, model.config.hidden_size]);
       return { states, logits: lens ? lensLogits(model, states) : null };
     }),
   );

@@ -2,7 +2,10 @@ import type { Backend } from "../tensor/backend.ts";
 import { setDefaultDevice } from "../tensor/device.ts";
 import { CpuBackend } from "./cpu.ts";
 
-/** Which device to use: "auto" picks webgpu when an adapter exists, else cpu with a notice. */
+/**
+ * Which device to use: "auto" picks webgpu when a hardware adapter exists, else cpu with a
+ * notice (a software adapter such as SwiftShader is used only when asked for by name).
+ */
 export type DeviceKind = "cpu" | "webgpu" | "auto";
 
 let cpu: CpuBackend | null = null;
@@ -23,7 +26,19 @@ export async function getDevice(kind: DeviceKind = "auto"): Promise<Backend> {
   // Loaded on demand: cpu-only use never loads Dawn's native module.
   const { getWebGpuBackend } = await import("./webgpu/device.ts");
   const gpu = await getWebGpuBackend();
-  if (gpu) return gpu;
+  if (gpu && kind === "webgpu") return gpu;
+  const info = gpu?.device.adapterInfo;
+  const name = [info?.vendor, info?.architecture, info?.description].filter(Boolean).join(" ") || "unnamed adapter";
+  if (gpu && !info?.isFallbackAdapter) {
+    process.stderr.write(`qalign: using the webgpu device (${name})\n`);
+    return gpu;
+  }
+  if (gpu) {
+    // A software adapter (SwiftShader) runs WGSL on the CPU, slower than the cpu device's plain
+    // loops for the small models such a machine can hold; it stays available explicitly.
+    process.stderr.write(`qalign: the WebGPU adapter is a CPU emulation (${name}); using the cpu device (--device webgpu to use it)\n`);
+    return cpuDevice();
+  }
   if (kind === "webgpu") {
     throw new Error(
       "webgpu: no WebGPU adapter found. Without a GPU, install SwiftShader (Debian: apt-get install libvulkan1 chromium) " +

@@ -50,11 +50,16 @@ export function sampleToken(logits: ArrayLike<number>, temperature: number, topP
 /**
  * Generates up to maxNewTokens ids after `promptIds` (one sequence), stopping after an eos id.
  * @returns the new ids (without the prompt)
- * @throws RangeError when the prompt is empty or prompt + new tokens exceed max_position_embeddings.
+ * @throws RangeError when the prompt is empty, prompt + new tokens exceed max_position_embeddings,
+ *   temperature < 0 or top-p outside (0, 1].
  */
 export async function generate(model: LlamaModel, promptIds: readonly number[], opts: GenerateOptions = {}): Promise<number[]> {
   const maxNew = opts.maxNewTokens ?? 32;
   if (promptIds.length === 0) throw new RangeError("generate: the prompt has no tokens");
+  const temperature = opts.temperature ?? 0;
+  const topP = opts.topP ?? 1;
+  if (!(temperature >= 0)) throw new RangeError(`generate: temperature must be >= 0, got ${temperature}`);
+  if (!(topP > 0 && topP <= 1)) throw new RangeError(`generate: top-p must be in (0, 1], got ${topP}`);
   const limit = model.config.max_position_embeddings;
   if (promptIds.length + maxNew > limit) {
     throw new RangeError(`generate: prompt (${promptIds.length}) + max new tokens (${maxNew}) exceed max_position_embeddings ${limit}`);
@@ -74,7 +79,7 @@ export async function generate(model: LlamaModel, promptIds: readonly number[], 
       );
       const row = await logits.data();
       logits.dispose();
-      const id = sampleToken(row, opts.temperature ?? 0, opts.topP ?? 1, rng);
+      const id = sampleToken(row, temperature, topP, rng);
       out.push(id);
       opts.onToken?.(id);
       if (eos.has(id)) break;

@@ -207,8 +207,10 @@ export class LlamaModel {
   /**
    * input_ids i32 [B, T] -> logits [B, T, V] (see ForwardOptions). Records the autograd graph
    * when parameters require grad; wrap inference in `noGrad` and `tidy`.
-   * @throws ShapeError when input_ids is not [B, T] i32 or the mask's shape disagrees;
-   *   RangeError from the embedding for ids outside [0, V).
+   * @throws ShapeError when input_ids is not [B, T] i32, the mask's shape disagrees, or the
+   *   sequence exceeds max_position_embeddings;
+   *   RangeError from the embedding for ids outside [0, V) on cpu (webgpu reads such ids as zero
+   *   rows: validate ids on the host, as the CLI does).
    */
   forward(inputIds: Tensor, opts: ForwardOptions = {}): ForwardOutput {
     if (inputIds.rank !== 2 || inputIds.dtype !== "i32") {
@@ -220,6 +222,10 @@ export class LlamaModel {
     const mask = opts.attentionMask ?? null;
     if (mask && (mask.length !== B || mask.some((row) => row.length !== past + T))) {
       throw new ShapeError("forward", `attention_mask must be [${B}][${past + T}] (cached + new tokens)`);
+    }
+    const limit = this.config.max_position_embeddings;
+    if (past + T > limit) {
+      throw new ShapeError("forward", `${past} cached + ${T} new tokens exceed max_position_embeddings ${limit} (config.json)`);
     }
     const fullMask = mask ?? Array.from({ length: B }, (_, b) => [...(cache?.mask[b] ?? []), ...new Array<number>(T).fill(1)]);
     const { cos, sin } = ropeTables(this.invFreq, positionIds(B, T, past, fullMask), this.device);
@@ -236,7 +242,7 @@ export class LlamaModel {
     const want = opts.logits ?? "all";
     let logits: Tensor | null = null;
     if (want !== "none") {
-      const last = want === "last" ? x.narrow(1, T - 1, T) : x;
+      const last = want === "last" ? x.slice(1, T - 1, T) : x;
       logits = this.unembed(this.finalNorm(last));
     }
     return { logits, hiddenStates: hidden };

@@ -102,7 +102,11 @@ export function backward(root: Tensor, grad?: Tensor): void {
       grads.delete(t);
       if (t.node === null) {
         if (t.graphReleased) {
-          throw new AutogradError("backward", "the graph was already released by an earlier backward() through it");
+          throw new AutogradError(
+            "backward",
+            `the graph through a ${fmt(t.shape)} tensor was released: it was disposed (or freed by tidy) or an earlier ` +
+              "backward() went through it; call backward() inside the tidy that computed the loss",
+          );
         }
         accumulateLeaf(t, g === grad ? g.contiguous(true) : g);
         continue;

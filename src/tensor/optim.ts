@@ -10,6 +10,11 @@ import { zeros } from "./ops/create.ts";
  */
 
 /** Checks that `p` can be optimised: a live float parameter, dense so kernels may update it in place. */
+/** Checks a hyper-parameter: finite and >= 0 (a negative learning rate would ascend the loss). */
+export function assertNonNegative(op: string, name: string, value: number): void {
+  if (!(Number.isFinite(value) && value >= 0)) throw new RangeError(`${op}: ${name} must be a finite number >= 0, got ${value}`);
+}
+
 function assertParam(op: string, p: Tensor): void {
   p.assertAlive(op);
   if (p.dtype === "i32") throw new DTypeError(op, `parameter ${fmt(p.shape)} is i32`);
@@ -43,6 +48,7 @@ export class SGD {
     for (const p of params) assertParam("SGD", p);
     this.params = params;
     this.opts = { momentum: 0, weightDecay: 0, ...opts };
+    for (const [k, v] of Object.entries(this.opts)) assertNonNegative("SGD", k, v);
   }
 
   /** One update from the current `.grad`s (parameters without a grad are skipped). */
@@ -97,6 +103,7 @@ export class AdamW {
     for (const p of params) assertParam("AdamW", p);
     this.params = params;
     this.opts = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, ...opts };
+    for (const [k, v] of Object.entries(this.opts)) assertNonNegative("AdamW", k, v);
   }
 
   /** First and second moments of `p` (zeros before its first update). */
@@ -110,6 +117,7 @@ export class AdamW {
   }
 
   step(): void {
+    assertNonNegative("AdamW", "lr", this.opts.lr);
     this.stepCount++;
     const { lr, beta1, beta2, eps, weightDecay } = this.opts;
     for (const p of this.params) {

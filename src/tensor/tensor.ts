@@ -116,6 +116,9 @@ export class Tensor implements Disposable, View {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    // A disposed intermediate cuts the graph: a later backward() through it must fail, not
+    // mistake it for a leaf.
+    if (this.node !== null) this.graphReleased = true;
     releaseNode(this);
     this.grad?.dispose();
     this.grad = null;
@@ -245,9 +248,9 @@ export class Tensor implements Disposable, View {
   transpose(a = -2, b = -1): Tensor {
     return vw.transpose(this, a, b);
   }
-  /** Slices `axis` to [start, end). */
-  narrow(axis: number, start: number, end: number): Tensor {
-    return vw.narrow(this, axis, start, end);
+  /** Elements [start, end) of `axis`, a view; out-of-range bounds throw (see ops/views.ts). */
+  slice(axis: number, start: number, end: number): Tensor {
+    return vw.slice(this, axis, start, end);
   }
   expand(shape: readonly number[]): Tensor {
     return vw.expand(this, shape);

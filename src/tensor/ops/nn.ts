@@ -70,6 +70,8 @@ export interface CrossEntropyOptions {
  * [target != ignoreIndex]; an all-ignored batch gives 0, not NaN.
  * Gradient: d loss_r / d logits_r = softmax(logits_r) - onehot(target_r) (kernel), times the
  * incoming gradient of each row.
+ * Targets outside [0, V) other than ignoreIndex: the cpu device throws a RangeError; the webgpu
+ * device gives them zero loss and gradient (they still count in the mean's divisor).
  * @throws ShapeError when targets' shape is not logits' without the last axis.
  */
 export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropyOptions = {}): Tensor {
@@ -108,7 +110,9 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
 /**
  * Embedding lookup: table [V, D], ids i32 [...] -> [..., D] (HF nn.Embedding).
  * Gradient w.r.t. the table: scatter-add of the output gradient rows into the ids' rows.
- * @throws ShapeError when the table is not 2-D; the backend throws on ids outside [0, V).
+ * Ids outside [0, V): the cpu device throws a RangeError; the webgpu device cannot check
+ * without a readback and yields zero rows, so validate ids on the host where they come from.
+ * @throws ShapeError when the table is not 2-D.
  */
 export function embedding(table: Tensor, ids: Tensor): Tensor {
   assertFloat("embedding", table);

@@ -87,23 +87,27 @@ export function transpose(x: Tensor, a = -2, b = -1): Tensor {
   return permute(x, axes);
 }
 
-/** Elements [start, end) of `axis` (negative indices count from the end). A view. */
-export function narrow(x: Tensor, axis: number, start: number, end: number): Tensor {
-  x.assertAlive("narrow");
-  const ax = normAxis("narrow", axis, x.rank);
+/**
+ * Elements [start, end) of `axis`, a view (like x[..., start:end, ...] in NumPy; negative
+ * indices count from the end). Unlike NumPy, an out-of-range bound is an error, not clamped.
+ * @throws ShapeError naming the range, the axis and the shape.
+ */
+export function slice(x: Tensor, axis: number, start: number, end: number): Tensor {
+  x.assertAlive("slice");
+  const ax = normAxis("slice", axis, x.rank);
   const n = x.shape[ax]!;
   const s = start < 0 ? start + n : start;
-  const e = end < 0 ? end + n : Math.min(end, n);
+  const e = end < 0 ? end + n : end;
   if (!(Number.isInteger(s) && Number.isInteger(e) && 0 <= s && s <= e && e <= n)) {
-    throw new ShapeError("narrow", `range [${start}, ${end}) out of bounds for axis ${axis} of ${fmt(x.shape)}`);
+    throw new ShapeError("slice", `range [${start}, ${end}) out of bounds for axis ${axis} of ${fmt(x.shape)}`);
   }
   const shape = x.shape.slice();
   shape[ax] = e - s;
   const y = x.view(shape, x.strides, x.offset + s * x.strides[ax]!);
-  return record(y, "narrow", [x], (g) => {
+  return record(y, "slice", [x], (g) => {
     // The gradient of a slice is the incoming gradient placed in a zero tensor of x's shape.
     const gx = zeros(x.shape, { device: g.backend, dtype: g.dtype });
-    const dst = narrow(gx, ax, s, e);
+    const dst = slice(gx, ax, s, e);
     g.backend.assign(dst, g);
     dst.dispose();
     return [gx];
@@ -169,5 +173,5 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
     dst.dispose();
     at += x.shape[ax]!;
   }
-  return record(y, "concat", [...xs], (g) => xs.map((x, i) => narrow(g, ax, starts[i]!, starts[i]! + x.shape[ax]!).contiguous()));
+  return record(y, "concat", [...xs], (g) => xs.map((x, i) => slice(g, ax, starts[i]!, starts[i]! + x.shape[ax]!).contiguous()));
 }
