@@ -51,10 +51,16 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Ll
   const device = opts.device ?? defaultDevice();
   const config = await loadConfig(dir);
   const ckpt = await openCheckpoint(dir);
+  // Weights uploaded so far, freed if a later read fails (a short read, an I/O error).
+  const loaded: Tensor[] = [];
   try {
     validateCheckpoint(config, ckpt, dir);
     const expected = expectedWeights(config);
-    const load = async (name: string): Promise<Tensor> => tensor(await ckpt.readF32(name), { device, shape: expected.get(name)! });
+    const load = async (name: string): Promise<Tensor> => {
+      const t = tensor(await ckpt.readF32(name), { device, shape: expected.get(name)! });
+      loaded.push(t);
+      return t;
+    };
     const maybe = (name: string) => (expected.has(name) ? load(name) : Promise.resolve(null));
     const lin = async (name: string) => new Linear(await load(`${name}.weight`), await maybe(`${name}.bias`));
 
@@ -76,6 +82,9 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Ll
     const norm = await load("model.norm.weight");
     const head = config.tie_word_embeddings ? embed : await load("lm_head.weight");
     return new LlamaModel(config, device, embed, layers, norm, head);
+  } catch (err) {
+    for (const t of loaded) t.dispose();
+    throw err;
   } finally {
     await ckpt.close();
   }
