@@ -1,5 +1,5 @@
 import fc from "fast-check";
-import { describe, expect } from "vitest";
+import { describe, expect, test } from "vitest";
 import type { AdamWStep, AttentionGeometry, BinaryOp, MatmulGeometry, Storage, UnaryOp, View } from "../src/tensor/backend.ts";
 import type { HostArray } from "../src/tensor/dtype.ts";
 import { DTypeError, DeviceLimitError, DisposedError, ShapeError } from "../src/tensor/errors.ts";
@@ -9,7 +9,9 @@ import { binaryDefinedOnInt, unaryDefinedOnInt } from "../src/kernels/elementwis
 import { BINARY, UNARY } from "../src/kernels/pointwise.ts";
 import type { WebGpuBackend, WebGpuStorage } from "../src/kernels/webgpu/backend.ts";
 import { kernel } from "../src/kernels/webgpu/program.ts";
-import { describeWebGpu, testWebGpu } from "./helpers/devices.ts";
+import { createWebGpuBackend } from "../src/kernels/webgpu/device.ts";
+import { MATMUL_VARIANTS } from "../src/kernels/matmul.wgsl.ts";
+import { describeWebGpu, testWebGpu, webgpuOrSkip } from "./helpers/devices.ts";
 
 /**
  * Every Backend method on webgpu against the cpu reference on the same random inputs.
@@ -376,36 +378,57 @@ describe("row kernels", () => {
   testWebGpu("rmsNorm", (gpu) => checkRmsNorm(gpu, 30));
 });
 
+/**
+ * matmul against the reference: batched, transA / transB, broadcast batch strides, edges that are
+ * not multiples of any tile, and sizes in multiples of 4 often enough that the vec4 / quad
+ * variants (which need them) run as well as their "tiled" fallback.
+ */
+async function checkMatmul(gpu: WebGpuBackend, numRuns: number): Promise<void> {
+  const dimArb = fc.oneof(fc.integer({ min: 1, max: 9 }), fc.integer({ min: 10, max: 80 }), fc.integer({ min: 1, max: 40 }).map((d) => 4 * d));
+  await fc.assert(
+    fc.asyncProperty(
+      fc.record({ batch: fc.integer({ min: 1, max: 3 }), M: dimArb, N: dimArb, K: fc.oneof(dimArb, fc.constantFrom(0, 300)) }),
+      fc.boolean(),
+      fc.boolean(),
+      fc.boolean(),
+      fc.boolean(),
+      fc.constantFrom(1e-10, 1, 1e10),
+      fc.nat(),
+      async ({ batch, M, N, K }, transA, transB, bcastA, bcastB, mag, seed) => {
+        const g: MatmulGeometry = { batch, M, N, K, transA, transB, batchStrideA: bcastA ? 0 : M * K, batchStrideB: bcastB ? 0 : K * N };
+        const a = f32s((bcastA ? 1 : batch) * M * K, seed, (u) => u * mag);
+        const b = f32s((bcastB ? 1 : batch) * K * N, seed + 1);
+        const [ga, ca] = both(gpu, a);
+        const [gb, cb] = both(gpu, b);
+        const [go, co] = [gpu.matmul(ga, gb, g), cpu.matmul(ca, cb, g)];
+        // f32 accumulation of K products: error ~ sqrt(K) eps sum_k |a_ik b_kj| (random signs);
+        // 4 sqrt(K) is a wide margin. The bound is per element: (|A| @ |B|)_ij from the cpu.
+        const [aa, ab] = [cpu.upload(a.map(Math.abs)), cpu.upload(b.map(Math.abs))];
+        const bound = await cpu.read(cpu.matmul(aa, ab, g));
+        await compare(gpu, go, co, (_, i) => DENORMAL + 4 * Math.sqrt(K) * EPS * bound[i]!, `matmul ${gpu.matmulVariant} ${JSON.stringify(g)}`);
+        freeAll(gpu, ga, gb, go);
+      },
+    ),
+    { seed: SEED, numRuns },
+  );
+}
+
 describe("matmul", () => {
-  const dimArb = fc.oneof(fc.integer({ min: 1, max: 9 }), fc.integer({ min: 10, max: 80 }));
-  testWebGpu("batched, transA / transB, broadcast batch strides, edges not multiples of the tile", async (gpu) => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.record({ batch: fc.integer({ min: 1, max: 3 }), M: dimArb, N: dimArb, K: fc.oneof(dimArb, fc.constantFrom(0, 300)) }),
-        fc.boolean(),
-        fc.boolean(),
-        fc.boolean(),
-        fc.boolean(),
-        fc.constantFrom(1e-10, 1, 1e10),
-        fc.nat(),
-        async ({ batch, M, N, K }, transA, transB, bcastA, bcastB, mag, seed) => {
-          const g: MatmulGeometry = { batch, M, N, K, transA, transB, batchStrideA: bcastA ? 0 : M * K, batchStrideB: bcastB ? 0 : K * N };
-          const a = f32s((bcastA ? 1 : batch) * M * K, seed, (u) => u * mag);
-          const b = f32s((bcastB ? 1 : batch) * K * N, seed + 1);
-          const [ga, ca] = both(gpu, a);
-          const [gb, cb] = both(gpu, b);
-          const [go, co] = [gpu.matmul(ga, gb, g), cpu.matmul(ca, cb, g)];
-          // f32 accumulation of K products: error ~ sqrt(K) eps sum_k |a_ik b_kj| (random signs);
-          // 4 sqrt(K) is a wide margin. The bound is per element: (|A| @ |B|)_ij from the cpu.
-          const [aa, ab] = [cpu.upload(a.map(Math.abs)), cpu.upload(b.map(Math.abs))];
-          const bound = await cpu.read(cpu.matmul(aa, ab, g));
-          await compare(gpu, go, co, (_, i) => DENORMAL + 4 * Math.sqrt(K) * EPS * bound[i]!, `matmul ${JSON.stringify(g)}`);
-          freeAll(gpu, ga, gb, go);
-        },
-      ),
-      { seed: SEED, numRuns: 60 },
-    );
-  });
+  testWebGpu("batched, transA / transB, broadcast batch strides, edges not multiples of the tile", (gpu) => checkMatmul(gpu, 60));
+
+  // Every variant on its own backend (the default one ran above); "quad" needs the subgroups feature.
+  for (const variant of MATMUL_VARIANTS) {
+    test(`variant ${variant} against the reference`, async (ctx) => {
+      const shared = await webgpuOrSkip(ctx);
+      if (variant === "quad" && !shared.device.features.has("subgroups")) return ctx.skip("the adapter has no subgroups feature");
+      const gpu = (await createWebGpuBackend({ matmulVariant: variant }))!;
+      try {
+        await checkMatmul(gpu, 30);
+      } finally {
+        await gpu.destroy();
+      }
+    });
+  }
 });
 
 describe("nn kernels", () => {
@@ -565,9 +588,9 @@ describe("attention", () => {
   });
 });
 
-describeWebGpu("row kernels and attention with GPU-sized workgroups (256 per row, 64 per attention block)", { rowWorkgroup: 256 }, (testOn) => {
-  // This adapter may default to smaller workgroups (SwiftShader: one subgroup per row); these
-  // runs check the variant a GPU uses, with fewer cases.
+describeWebGpu("row kernels and attention with GPU-sized workgroups (256 per row, 64 per attention block)", { rowWorkgroup: 256, attentionVariant: "rows" }, (testOn) => {
+  // This adapter may default to smaller workgroups (SwiftShader: one subgroup per row) and the
+  // "quad" attention forward; these runs check the variants a GPU uses, with fewer cases.
   const checks: [string, (gpu: WebGpuBackend, numRuns: number) => Promise<void>][] = [
     ["reduceRows", checkReduceRows],
     ["softmax", checkSoftmax],
@@ -613,6 +636,21 @@ describeWebGpu("chunked storages (per-binding limit lowered to 4 KB = 1024 f32)"
     const tol = rel(1e-5, 1e-5);
     expectClose(await gpu.read(gpu.matmul(gx, gw, fwd)), await cpu.read(cpu.matmul(cx, cw, fwd)), tol, "x @ W^T");
     const dy = f32s(M * V, 11);
+    const [gd, cd] = [gpu.upload(dy), cpu.upload(dy)];
+    const bwd: MatmulGeometry = { batch: 1, M, N: D, K: V, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 };
+    expectClose(await gpu.read(gpu.matmul(gd, gw, bwd)), await cpu.read(cpu.matmul(cd, cw, bwd)), tol, "dY @ W");
+  });
+
+  testOn("matmul with a chunked B whose rows are multiples of 4 (vec4 / quad pieces, tiled where a piece is unaligned)", async (gpu) => {
+    const [V, D, M] = [150, 36, 6];
+    const w = f32s(V * D, 14);
+    const [gw, cw] = [gpu.upload(w), cpu.upload(w)];
+    const x = f32s(M * D, 15);
+    const [gx, cx] = [gpu.upload(x), cpu.upload(x)];
+    const tol = rel(1e-5, 1e-5);
+    const fwd: MatmulGeometry = { batch: 1, M, N: V, K: D, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 };
+    expectClose(await gpu.read(gpu.matmul(gx, gw, fwd)), await cpu.read(cpu.matmul(cx, cw, fwd)), tol, "x @ W^T");
+    const dy = f32s(M * V, 16);
     const [gd, cd] = [gpu.upload(dy), cpu.upload(dy)];
     const bwd: MatmulGeometry = { batch: 1, M, N: D, K: V, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 };
     expectClose(await gpu.read(gpu.matmul(gd, gw, bwd)), await cpu.read(cpu.matmul(cd, cw, bwd)), tol, "dY @ W");

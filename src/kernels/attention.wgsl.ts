@@ -8,12 +8,27 @@ import { ROW_MAIN_ARGS, workgroupReduce } from "./reduce.wgsl.ts";
  * attentionBackwardRef in src/kernels/attention.ts (FlashAttention-2, Dao 2023): no [Tq, Tk]
  * score matrix is ever stored.
  *
- * Forward, one workgroup per query row (b, h, i): the visible keys are walked in blocks of wg
+ * Two forward variants (the backward has one), chosen by KernelHost.attentionVariant:
+ *
+ * "rows", one workgroup per query row (b, h, i): the visible keys are walked in blocks of wg
  * (the workgroup size). Invocation t scores key j0 + t (s = scale q.k, q held in workgroup memory); the block maximum
  * updates the running max m -> m', the old sum l and output accumulator are rescaled by
  * exp(m - m') (online softmax), the block's p = exp(s - m') are summed into l, and every
  * invocation adds sum_j p_j v_j for the head dimensions it owns (d = t, t + wg, ...; coalesced
- * reads of v). At the end out = acc / l and lse = m + log l.
+ * reads of v). At the end out = acc / l and lse = m + log l. Every query row reads all of its
+ * keys and values, so K and V are read Tq times per head.
+ *
+ * "quad", one quad of invocations (a workgroup of 4) per block of TQ query rows of one head: the
+ * four lanes split the head dimension (lane l owns dims [l Dh/4, (l + 1) Dh/4), read as vec4),
+ * keep their quarter of the TQ query rows and of the TQ output accumulators in registers, and
+ * walk the keys visible to any row of the block 4 at a time. Per key block each lane loads its
+ * quarter of 4 keys, forms partial dot products for TQ x 4 scores, and two quad swaps
+ * (quadSwapX, quadSwapY) sum the quarters so every lane holds the full scores; all lanes then
+ * run the same online-softmax update (per-row max m, sum l, rescale by exp(m - m')) and add
+ * p_ij v_j for their quarter of v_j. So each key and value is loaded once per TQ query rows
+ * instead of once per row, with no workgroup memory and no barriers (costly on CPU adapters).
+ * Rows of the block that may not see a key (causal diagonal, sliding window, padding) get p = 0.
+ * Needs the `subgroups` feature and Dh a multiple of 16.
  *
  * Backward recomputes p_ij = exp(s_ij - lse_i) instead of storing it:
  *   pass 1 (dq), one workgroup per query row: D_i = sum_d dO_i O_i (saved for pass 2), then
@@ -138,6 +153,90 @@ fn main(${ROW_MAIN_ARGS}) {
   if (lid == 0u) { lse[row] = select(0.0, m + log(l), seesAny); }
 }`,
   }));
+
+/**
+ * Query rows per quad in the "quad" forward: each key and value loaded serves this many rows; the
+ * accumulators (16 x Dh / 4 per lane) spill to L1 on a CPU adapter, which costs less than loads.
+ */
+const QUAD_ROWS = 16;
+
+const quadForwardKernel = (maskType: "f32" | "i32", dh: number, tq: number) =>
+  kernel(`attention.fwd.quad.mask_${maskType}.dh${dh}.tq${tq}`, () => {
+    const rows = Array.from({ length: tq }, (_, r) => r);
+    // vec4s of the head dimension owned by one lane, and the 4 keys of a block.
+    const dv = Array.from({ length: dh / 16 }, (_, v) => v);
+    const keys = [0, 1, 2, 3];
+    const perRows = (f: (r: number) => string, sep = " ") => rows.map(f).join(sep);
+    const perVec = (f: (v: number) => string) => dv.map(f).join(" ");
+    return {
+      params: geometryParams,
+      enables: ["subgroups"],
+      buffers: [
+        { name: "q", type: "vec4<f32>", access: "read" },
+        { name: "k", type: "vec4<f32>", access: "read" },
+        { name: "v", type: "vec4<f32>", access: "read" },
+        maskBuffer(maskType),
+        { name: "out", type: "vec4<f32>", access: "read_write" },
+        { name: "lse", type: "f32", access: "read_write" },
+      ],
+      body: () => `${COMMON}
+@compute @workgroup_size(4)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_invocation_id) sg: u32) {
+  let blk = wg_linear(wid, nwg);                 // (b * H + h) * blocks + block
+  if (blk >= P.rows) { return; }
+  let lane = sg % 4u;
+  let blocks = (P.Tq + ${tq - 1}u) / ${tq}u;
+  let i0 = (blk % blocks) * ${tq}u;
+  let head = blk / blocks;                       // b * H + h
+  let d4 = P.Dh / 4u;                            // vec4s per row
+  let mine = lane * ${dh / 16}u;                 // this lane's first vec4 of a row
+  // Keys visible to some row of the block: from the first row's window start to the last row's causal end.
+  let first = query_row(head * P.Tq + i0);
+  let last = query_row(head * P.Tq + min(i0 + ${tq - 1}u, P.Tq - 1u));
+  let kvRow = first.kv / 4u;                     // vec4 index of key 0 of this kv head
+  let shift = i32(P.Tk) - i32(P.Tq);             // query i sits at position shift + i
+  ${perRows((r) => `let qr${r} = (head * P.Tq + min(i0 + ${r}u, P.Tq - 1u)) * d4 + mine;`, "\n  ")}
+  ${perRows((r) => perVec((v) => `let q${r}_${v} = q[qr${r} + ${v}u] * P.scale;`), "\n  ")}
+  ${perRows((r) => `var m${r} = NEG; var l${r} = 0.0; ${perVec((v) => `var o${r}_${v} = vec4<f32>();`)}`, "\n  ")}
+  for (var j0 = first.lo; j0 < last.hi; j0 += 4) {
+    // This lane's quarter of keys and values j0 .. j0 + 3 (clamped; keys past hi get p = 0).
+    ${keys.map((t) => `let at${t} = kvRow + u32(min(j0 + ${t}, i32(P.Tk) - 1)) * d4 + mine;`).join(" ")}
+    ${keys.map((t) => perVec((v) => `let k${t}_${v} = k[at${t} + ${v}u];`)).join("\n    ")}
+    let kept = vec4<bool>(${keys.map((t) => `j0 + ${t} < last.hi && key_kept(first.b, u32(min(j0 + ${t}, i32(P.Tk) - 1)))`).join(", ")});
+    let js = vec4<i32>(j0, j0 + 1, j0 + 2, j0 + 3);
+    ${perRows(
+      (r) => `{
+      // Scores of row i0 + ${r} against the 4 keys: partial dots over this lane's dims, summed over the quad.
+      var s = vec4<f32>(${keys.map((t) => dv.map((v) => `dot(q${r}_${v}, k${t}_${v})`).join(" + ")).join(", ")});
+      s += quadSwapX(s);
+      s += quadSwapY(s);
+      let pos = shift + i32(i0 + ${r}u);
+      var seen = kept;
+      if (P.causal == 1u) { seen = seen & (js <= vec4<i32>(pos)); }
+      if (P.window > 0u) { seen = seen & (js > vec4<i32>(pos - i32(P.window))); }
+      s = select(vec4<f32>(NEG), s, seen);
+      let mNew = max(m${r}, max(max(s.x, s.y), max(s.z, s.w)));
+      let alpha = exp(m${r} - mNew);
+      let p = select(vec4<f32>(0.0), exp(s - vec4<f32>(mNew)), seen);
+      l${r} = l${r} * alpha + p.x + p.y + p.z + p.w;
+      m${r} = mNew;
+      ${perVec((v) => `o${r}_${v} = o${r}_${v} * alpha + ${keys.map((t) => `p.${"xyzw"[t]} * v[at${t} + ${v}u]`).join(" + ")};`)}
+    }`,
+      "\n    ",
+    )}
+  }
+  ${perRows(
+    (r) => `if (i0 + ${r}u < P.Tq) {
+    let seesAny = l${r} > 0.0;
+    let inv = select(0.0, 1.0 / l${r}, seesAny);
+    ${perVec((v) => `out[qr${r} + ${v}u] = o${r}_${v} * inv;`)}
+    if (lane == 0u) { lse[head * P.Tq + i0 + ${r}u] = select(0.0, m${r} + log(l${r}), seesAny); }
+  }`,
+    "\n  ",
+  )}
+}`,
+    };
+  });
 
 const dqKernel = (maskType: "f32" | "i32", wg: number) =>
   kernel(`attention.bwd_dq.mask_${maskType}.wg${wg}`, () => ({
@@ -313,7 +412,7 @@ function maskArgs(q: GpuData, keyMask: GpuData | null) {
 }
 
 /**
- * Fused forward.
+ * Fused forward: the host's variant ("quad" when it has one and Dh is a multiple of 16, else "rows").
  * @param q f32 [B, H, Tq, Dh]; k, v f32 [B, Hkv, Tk, Dh]; all one chunk, Dh <= 256
  * @param keyMask [B, Tk] f32 or i32 (nonzero = keep), or null
  * @param out f32 [B, H, Tq, Dh]; lse f32 [B, H, Tq]
@@ -328,15 +427,19 @@ export function encodeAttention(
   lse: GpuData,
   g: AttentionGeometry,
 ): void {
-  const rows = g.B * g.H * g.Tq;
   const mask = maskArgs(q, keyMask);
-  host.dispatch(
-    forwardKernel(mask.type, blockSize(host)),
-    { ...geometry(g, rows), hasMask: mask.has },
-    [single(q), single(k), single(v), mask.buf, single(out), single(lse)],
-    rows,
-  );
+  const buffers = [single(q), single(k), single(v), mask.buf, single(out), single(lse)];
+  if (host.attentionVariant === "quad" && quadFits(g)) {
+    const blocks = g.B * g.H * Math.ceil(g.Tq / QUAD_ROWS);
+    host.dispatch(quadForwardKernel(mask.type, g.Dh, QUAD_ROWS), { ...geometry(g, blocks), hasMask: mask.has }, buffers, blocks);
+    return;
+  }
+  const rows = g.B * g.H * g.Tq;
+  host.dispatch(forwardKernel(mask.type, blockSize(host)), { ...geometry(g, rows), hasMask: mask.has }, buffers, rows);
 }
+
+/** Whether the "quad" forward handles this geometry: lanes own Dh / 4 dims as whole vec4s. */
+const quadFits = (g: AttentionGeometry) => g.Dh % 16 === 0 && g.Dh > 0;
 
 /**
  * Backward: dq, dk, dv from dOut, recomputing probabilities from lse.

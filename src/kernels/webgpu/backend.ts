@@ -21,7 +21,7 @@ import type { StridedOperand } from "../elementwise.wgsl.ts";
 import { encodeAssign, encodeBinary, encodeCast, encodeFill, encodeUnary, encodeWhere } from "../elementwise.wgsl.ts";
 import { encodeGather, encodeScatterAdd } from "../embedding.wgsl.ts";
 import { matmulOperandNumel } from "../matmul.ts";
-import { encodeMatmul } from "../matmul.wgsl.ts";
+import { MATMUL_VARIANTS, encodeMatmul } from "../matmul.wgsl.ts";
 import { encodeReduceRows } from "../reduce.wgsl.ts";
 import { encodeRmsNorm } from "../rmsnorm.wgsl.ts";
 import { encodeRope } from "../rope.wgsl.ts";
@@ -29,11 +29,17 @@ import { encodeSoftmax } from "../softmax.wgsl.ts";
 import { PipelineCache } from "./pipelines.ts";
 import type { PooledBuffer } from "./pool.ts";
 import { BufferPool } from "./pool.ts";
-import type { Chunk, GpuData, Kernel, KernelHost, ParamValues } from "./program.ts";
+import type { AttentionVariant, Chunk, GpuData, Kernel, KernelHost, MatmulVariant, ParamValues } from "./program.ts";
 import { packParams } from "./program.ts";
 
 /** Kernels index elements with 32-bit integers, so one storage holds at most 2^31 - 1 of them. */
 const MAX_ELEMENTS = 2 ** 31 - 1;
+/**
+ * Bytes kept below the adapter's buffer limits: SwiftShader advertises maxBufferSize = 1 GiB but
+ * fails to allocate a buffer of exactly 1 GiB (VK_ERROR_OUT_OF_DEVICE_MEMORY: the driver's
+ * allocation limit is 1 GiB and the buffer needs a little more), while 1 GiB - 256 works.
+ */
+const BUFFER_SLACK = 256;
 /** Dispatches recorded before a batch is submitted, so the GPU starts while more are recorded. */
 const MAX_BATCH = 128;
 
@@ -84,6 +90,8 @@ export class WebGpuBackend implements Backend, KernelHost {
   readonly maxBindingBytes: number;
   readonly maxGridDim: number;
   readonly rowWorkgroup: number;
+  readonly matmulVariant: MatmulVariant;
+  readonly attentionVariant: AttentionVariant;
   /** Elements per chunk of a chunked storage. */
   private readonly chunkElems: number;
   private readonly pool: BufferPool;
@@ -99,6 +107,8 @@ export class WebGpuBackend implements Backend, KernelHost {
   private batchKernels = new Set<string>();
   private batchDispatches = 0;
   private readonly pendingScopes = new Set<Promise<void>>();
+  /** While `gpuTime` runs: its query set, the queries written so far, and those already resolved. */
+  private timing: { set: GPUQuerySet; resolved: GPUBuffer; used: number; resolvedUpTo: number; overflow: boolean } | null = null;
   private failure: Error | null = null;
 
   /**
@@ -107,11 +117,16 @@ export class WebGpuBackend implements Backend, KernelHost {
    * @param opts.maxBindingBytes a lower per-binding limit (tests of chunked storages)
    * @param opts.rowWorkgroup invocations per row in row kernels (a power of two); by default 256,
    *   or one subgroup on a fallback (CPU) adapter such as SwiftShader
+   * @param opts.matmulVariant the matmul variant (src/kernels/matmul.wgsl.ts); by default
+   *   $QALIGN_MATMUL, else "quad" on a fallback (CPU) adapter with the `subgroups` feature, else "vec4"
+   * @param opts.attentionVariant the fused attention forward; by default "quad" where the matmul
+   *   default is "quad" (a CPU adapter with subgroups), else "rows"
+   * @throws RangeError for a bad rowWorkgroup, or a "quad" variant without the `subgroups` feature
    */
   constructor(
     readonly gpu: GPU,
     readonly device: GPUDevice,
-    opts: { maxBindingBytes?: number; rowWorkgroup?: number } = {},
+    opts: { maxBindingBytes?: number; rowWorkgroup?: number; matmulVariant?: MatmulVariant; attentionVariant?: AttentionVariant } = {},
   ) {
     const { maxBindingBytes, rowWorkgroup } = opts;
     const limits = device.limits;
@@ -120,7 +135,18 @@ export class WebGpuBackend implements Backend, KernelHost {
     if (!Number.isInteger(Math.log2(this.rowWorkgroup)) || this.rowWorkgroup > limits.maxComputeInvocationsPerWorkgroup) {
       throw new RangeError(`webgpu: rowWorkgroup ${this.rowWorkgroup} is not a power of two <= ${limits.maxComputeInvocationsPerWorkgroup}`);
     }
-    const deviceMax = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+    const subgroups = device.features.has("subgroups");
+    const fromEnv = process.env["QALIGN_MATMUL"];
+    if (fromEnv !== undefined && !(MATMUL_VARIANTS as readonly string[]).includes(fromEnv)) {
+      throw new RangeError(`webgpu: QALIGN_MATMUL=${fromEnv} is not one of ${MATMUL_VARIANTS.join(", ")}`);
+    }
+    const cpuQuads = info.isFallbackAdapter && subgroups;
+    this.matmulVariant = opts.matmulVariant ?? (fromEnv as MatmulVariant | undefined) ?? (cpuQuads ? "quad" : "vec4");
+    this.attentionVariant = opts.attentionVariant ?? (cpuQuads ? "quad" : "rows");
+    if ((this.matmulVariant === "quad" || this.attentionVariant === "quad") && !subgroups) {
+      throw new RangeError("webgpu: the quad kernel variants need the adapter's `subgroups` feature, which this adapter lacks");
+    }
+    const deviceMax = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) - BUFFER_SLACK;
     this.maxBindingBytes = Math.min(deviceMax, maxBindingBytes ?? Infinity);
     this.chunkElems = Math.max(64, Math.floor(this.maxBindingBytes / 4 / 64) * 64);
     this.maxGridDim = limits.maxComputeWorkgroupsPerDimension;
@@ -128,7 +154,7 @@ export class WebGpuBackend implements Backend, KernelHost {
     const closeScope = (describe: (message: string) => Error) => this.closeScope(describe);
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
     this.pool = new BufferPool(device, usage, deviceMax, "qalign storage", closeScope);
-    this.staging = new BufferPool(device, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, limits.maxBufferSize, "qalign readback", closeScope);
+    this.staging = new BufferPool(device, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, limits.maxBufferSize - BUFFER_SLACK, "qalign readback", closeScope);
     this.pipelines = new PipelineCache(device, closeScope);
     this.uniformHost = new ArrayBuffer(MAX_BATCH * 256);
     this.uniformView = new DataView(this.uniformHost);
@@ -225,6 +251,57 @@ export class WebGpuBackend implements Backend, KernelHost {
   /** Pool counters: bytes in use by storages, held by the pool in total, and the peak in use. */
   memoryStats(): { inUseBytes: number; allocatedBytes: number; peakBytes: number } {
     return { inUseBytes: this.pool.inUseBytes, allocatedBytes: this.pool.allocatedBytes, peakBytes: this.pool.peakBytes };
+  }
+
+  /** Starts a new peak in `memoryStats().peakBytes` from the bytes in use now. */
+  resetPeakBytes(): void {
+    this.pool.resetPeak();
+  }
+
+  /**
+   * GPU time of the work that `record` encodes, in ms: with the adapter's `timestamp-query`
+   * feature, every compute pass recorded meanwhile gets timestamps at its start and end, and the
+   * result is the sum of the pass durations (copies and clears between passes are not counted).
+   * Pending work is submitted first. Returns null without the feature, or when `record` opens more
+   * than 2048 passes (one per MAX_BATCH dispatches or per copy); the work is then still done.
+   */
+  async gpuTime(record: () => void): Promise<number | null> {
+    if (!this.device.features.has("timestamp-query")) {
+      record();
+      await this.sync();
+      return null;
+    }
+    this.flush();
+    const count = 4096;
+    const set = this.device.createQuerySet({ label: "qalign timing", type: "timestamp", count });
+    const resolved = this.device.createBuffer({ label: "qalign timing", size: count * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
+    const staging = this.device.createBuffer({ label: "qalign timing readback", size: count * 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    this.timing = { set, resolved, used: 0, resolvedUpTo: 0, overflow: false };
+    let used = 0;
+    let overflow = false;
+    try {
+      record();
+      this.flush();
+    } finally {
+      ({ used, overflow } = this.timing);
+      this.timing = null;
+    }
+    let ns = 0n;
+    if (used > 0) {
+      const enc = this.device.createCommandEncoder({ label: "qalign timing" });
+      enc.copyBufferToBuffer(resolved, 0, staging, 0, used * 8);
+      this.device.queue.submit([enc.finish()]);
+      await staging.mapAsync(GPUMapMode.READ, 0, used * 8);
+      // Pairs of (start, end) nanoseconds, one per pass.
+      const t = new BigUint64Array(staging.getMappedRange(0, used * 8));
+      for (let i = 0; i < used; i += 2) ns += t[i + 1]! - t[i]!;
+      staging.unmap();
+    }
+    set.destroy();
+    resolved.destroy();
+    staging.destroy();
+    await this.settle();
+    return overflow ? null : Number(ns) / 1e6;
   }
 
   /** Number of distinct kernels compiled so far (each shader key compiles once). */
@@ -512,7 +589,15 @@ export class WebGpuBackend implements Backend, KernelHost {
   }
 
   private computePass(): GPUComputePassEncoder {
-    this.pass ??= this.commandEncoder().beginComputePass({ label: "qalign kernels" });
+    if (this.pass) return this.pass;
+    const t = this.timing;
+    const room = t !== null && t.used + 2 <= t.set.count;
+    if (t && !room) t.overflow = true;
+    this.pass = this.commandEncoder().beginComputePass({
+      label: "qalign kernels",
+      ...(t && room ? { timestampWrites: { querySet: t.set, beginningOfPassWriteIndex: t.used, endOfPassWriteIndex: t.used + 1 } } : {}),
+    });
+    if (t && room) t.used += 2;
     return this.pass;
   }
 
@@ -520,6 +605,11 @@ export class WebGpuBackend implements Backend, KernelHost {
   private flush(): void {
     if (!this.encoder) return;
     if (this.pass) this.pass.end();
+    const t = this.timing;
+    if (t && t.used > t.resolvedUpTo) {
+      this.encoder.resolveQuerySet(t.set, t.resolvedUpTo, t.used - t.resolvedUpTo, t.resolved, t.resolvedUpTo * 8);
+      t.resolvedUpTo = t.used;
+    }
     if (this.uniformUsed > 0) this.device.queue.writeBuffer(this.uniforms, 0, this.uniformHost, 0, this.uniformUsed);
     this.device.queue.submit([this.encoder.finish()]);
     const kernels = [...this.batchKernels].join(", ") || "copies only";

@@ -1,4 +1,5 @@
 import { WebGpuBackend } from "./backend.ts";
+import type { AttentionVariant, MatmulVariant } from "./program.ts";
 
 /** Options of `createWebGpuBackend`. */
 export interface WebGpuOptions {
@@ -12,6 +13,13 @@ export interface WebGpuOptions {
    * fallback (CPU) adapter such as SwiftShader; tests set it to run the GPU variant there too.
    */
   rowWorkgroup?: number;
+  /**
+   * Forces a matmul variant (where the operands' layout allows it); default: $QALIGN_MATMUL, else
+   * chosen by adapter (see WebGpuBackend).
+   */
+  matmulVariant?: MatmulVariant;
+  /** Forces the fused attention forward variant; default chosen by adapter (see WebGpuBackend). */
+  attentionVariant?: AttentionVariant;
   powerPreference?: GPUPowerPreference;
 }
 
@@ -27,6 +35,12 @@ const RAISED_LIMITS = [
   "maxComputeWorkgroupSizeX",
   "maxComputeWorkgroupSizeY",
 ] as const;
+
+/**
+ * Features used when the adapter has them: `subgroups` (the matmul variant that shares loads
+ * within a quad of invocations) and `timestamp-query` (GPU-side timing in the benchmark).
+ */
+const OPTIONAL_FEATURES: GPUFeatureName[] = ["subgroups", "timestamp-query"];
 
 /**
  * Opens a WebGPU device through Dawn (the `webgpu` npm package) and wraps it in a backend.
@@ -46,7 +60,8 @@ export async function createWebGpuBackend(opts: WebGpuOptions = {}): Promise<Web
   if (!adapter) return null;
   const requiredLimits: Record<string, number> = {};
   for (const name of RAISED_LIMITS) requiredLimits[name] = adapter.limits[name];
-  const device = await adapter.requestDevice({ label: "qalign", requiredLimits });
+  const requiredFeatures = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f));
+  const device = await adapter.requestDevice({ label: "qalign", requiredLimits, requiredFeatures });
   return new WebGpuBackend(gpu, device, opts);
 }
 

@@ -83,8 +83,13 @@ export class BufferPool {
   get allocatedBytes(): number {
     return this.allocated;
   }
-  /** Highest `inUseBytes` so far. */
+  /** Highest `inUseBytes` since creation or the last `resetPeak`. */
   get peakBytes(): number {
     return this.peak;
+  }
+
+  /** Starts a new peak measurement from the bytes in use now. */
+  resetPeak(): void {
+    this.peak = this.inUse;
   }
 }

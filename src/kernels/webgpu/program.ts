@@ -19,10 +19,14 @@ export type Field =
   | { name: string; type: "vec4i"; count: number }
   | { name: string; type: "vec4u"; count: number };
 
-/** A storage buffer binding; `type` is the WGSL element type. */
+/**
+ * A storage buffer binding; `type` is the WGSL element type. `vec4<f32>` reads an f32 storage 4
+ * elements at a time (16-byte loads); the kernel then needs its offsets and row lengths in
+ * multiples of 4.
+ */
 export interface BufferDecl {
   name: string;
-  type: "f32" | "i32";
+  type: "f32" | "i32" | "vec4<f32>";
   access: "read" | "read_write";
 }
 
@@ -88,7 +92,28 @@ export interface KernelHost {
    * every barrier (measured: 256 invocations per row ran 10-30x slower there than 4).
    */
   readonly rowWorkgroup: number;
+  /**
+   * The matmul variant to use where the operands' layout allows it (src/kernels/matmul.wgsl.ts);
+   * elsewhere matmul falls back to "tiled".
+   */
+  readonly matmulVariant: MatmulVariant;
+  /**
+   * The fused attention forward (src/kernels/attention.wgsl.ts): "rows" (a workgroup per query
+   * row) or "quad" (a quad of invocations per block of query rows; needs `subgroups`).
+   */
+  readonly attentionVariant: AttentionVariant;
 }
+
+/** Fused attention forward variants (see attention.wgsl.ts). */
+export type AttentionVariant = "rows" | "quad";
+
+/**
+ * Matmul kernel variants, from the readable reference to the fastest (see matmul.wgsl.ts):
+ * "naive" one output per invocation; "tiled" a 4x4 register tile per invocation, any layout;
+ * "vec4" 16-byte loads along the contiguous axis; "quad" vec4 plus loads shared by the four
+ * invocations of a quad (needs the `subgroups` feature).
+ */
+export type MatmulVariant = "naive" | "tiled" | "vec4" | "quad";
 
 function fieldWords(f: Field): number {
   return f.type === "vec4i" || f.type === "vec4u" ? 4 * f.count : 1;
@@ -106,6 +131,8 @@ export interface KernelDef {
   buffers: readonly BufferDecl[];
   /** WGSL after the generated header; must declare the `@compute` entry point `main`. */
   body: () => string;
+  /** WGSL extensions the body uses (`enable subgroups;`); the device must have the feature. */
+  enables?: readonly "subgroups"[];
 }
 
 const kernels = new Map<string, Kernel>();
@@ -133,7 +160,8 @@ export function kernel(key: string, define: () => KernelDef): Kernel {
     const bufs = def.buffers.map(
       (b, i) => `@group(0) @binding(${i + 1}) var<storage, ${b.access}> ${b.name}: array<${b.type}>;`,
     );
-    return [`struct Params { ${fields.join(", ")} }`, `@group(0) @binding(0) var<uniform> P: Params;`, ...bufs, WG_LINEAR, def.body()].join("\n");
+    const enables = (def.enables ?? []).map((e) => `enable ${e};`);
+    return [...enables, `struct Params { ${fields.join(", ")} }`, `@group(0) @binding(0) var<uniform> P: Params;`, ...bufs, WG_LINEAR, def.body()].join("\n");
   };
   const k: Kernel = { key, params: def.params, buffers: def.buffers, source, offsets, paramBytes };
   kernels.set(key, k);

@@ -1,0 +1,144 @@
+/**
+ * The peer: TensorFlow.js's WebGPU backend (@tensorflow/tfjs-backend-webgpu, a dev dependency) on
+ * the same Dawn adapter as qalign. In Node, tfjs finds WebGPU through `navigator.gpu`; it is given
+ * the `GPU` object qalign's backend was created from, so both request their devices from the same
+ * Dawn instance and adapter.
+ *
+ * Timing as for qalign: N ops recorded back to back, one wait, no readback of results. With the
+ * `timestamp-query` feature tfjs's own `tf.time` reports the summed GPU time of its kernels
+ * (`kernelMs`); without it, wall clock around the N ops and `onSubmittedWorkDone`.
+ */
+import { createRequire } from "node:module";
+import type { Clock, Contender } from "./harness.ts";
+import { PEER_ENGINE } from "./harness.ts";
+
+type Tf = typeof import("@tensorflow/tfjs-core");
+
+/** The internals of tfjs's WebGPU backend that timing needs (not part of its typed API). */
+interface TfWebGpuBackend {
+  device: GPUDevice;
+  commandEncoder: GPUCommandEncoder | null;
+  endComputePassEncoder(): void;
+  submitQueue(): void;
+}
+
+/** A ready TensorFlow.js WebGPU backend, or why there is none. */
+export type Peer = { ok: true; tf: Tf; backend: TfWebGpuBackend; version: string; timestamps: boolean } | { ok: false; error: string; version: string | null };
+
+const require = createRequire(import.meta.url);
+
+function version(pkg: string): string | null {
+  try {
+    return (require(`${pkg}/package.json`) as { version: string }).version;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Starts TensorFlow.js's WebGPU backend on `gpu` (qalign's Dawn GPU object). Never throws: a
+ * failure is returned, so the benchmark reports it and goes on without the peer.
+ */
+export async function startPeer(gpu: GPU): Promise<Peer> {
+  const v = version("@tensorflow/tfjs-backend-webgpu");
+  try {
+    // tfjs-backend-webgpu registers itself at import time only if navigator.gpu exists.
+    const g = globalThis as { navigator?: object };
+    g.navigator ??= {};
+    Object.defineProperty(g.navigator, "gpu", { value: gpu, configurable: true });
+    const tf = await import("@tensorflow/tfjs-core");
+    await import("@tensorflow/tfjs-backend-webgpu");
+    if (!(await tf.setBackend("webgpu"))) return { ok: false, error: "tf.setBackend('webgpu') returned false", version: v };
+    await tf.ready();
+    const backend = tf.backend() as unknown as TfWebGpuBackend;
+    return { ok: true, tf, backend, version: v ?? "?", timestamps: backend.device.features.has("timestamp-query") };
+  } catch (e) {
+    return { ok: false, error: (e as Error).message, version: v };
+  }
+}
+
+/** Submits what tfjs has recorded and waits for the queue. */
+async function drain(p: Extract<Peer, { ok: true }>): Promise<void> {
+  if (p.backend.commandEncoder) {
+    p.backend.endComputePassEncoder();
+    p.backend.submitQueue();
+  }
+  await p.backend.device.queue.onSubmittedWorkDone();
+}
+
+/** Times `n` calls of `op` (each result disposed) the way the file comment says. */
+async function timeOps(p: Extract<Peer, { ok: true }>, n: number, op: () => { dispose(): void }): Promise<{ ms: number; clock: Clock }> {
+  await drain(p);
+  if (p.timestamps) {
+    const info = await p.tf.time(() => {
+      for (let i = 0; i < n; i++) op().dispose();
+    });
+    if (typeof info.kernelMs === "number") return { ms: info.kernelMs, clock: "gpu-timestamps" };
+  }
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) op().dispose();
+  await drain(p);
+  return { ms: performance.now() - t0, clock: "wall" };
+}
+
+/** Uniform values in [-1, 1) from a seed (xorshift32), as host data for both engines. */
+export function hostRandom(n: number, seed: number): Float32Array {
+  let s = seed >>> 0 || 1;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    out[i] = (s >>> 0) / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+/** A tfjs contender and a way to read its result once (to check it agrees with qalign). */
+export interface PeerCase {
+  contender: Contender;
+  result(): Promise<Float32Array>;
+  dispose(): void;
+}
+
+/** x [M, K] @ w [N, K]^T in tfjs (tf.matMul with transposeB), inputs uploaded once. */
+export function peerMatmul(p: Extract<Peer, { ok: true }>, x: Float32Array, w: Float32Array, M: number, N: number, K: number): PeerCase {
+  const a = p.tf.tensor2d(x, [M, K]);
+  const b = p.tf.tensor2d(w, [N, K]);
+  const op = () => p.tf.matMul(a, b, false, true);
+  return {
+    contender: { engine: PEER_ENGINE, variant: "tf.matMul", time: (n) => timeOps(p, n, op) },
+    result: async () => {
+      const y = op();
+      const data = (await y.data()) as Float32Array;
+      y.dispose();
+      return data;
+    },
+    dispose: () => {
+      a.dispose();
+      b.dispose();
+    },
+  };
+}
+
+/** Softmax over the last axis of [rows, cols] in tfjs. */
+export function peerSoftmax(p: Extract<Peer, { ok: true }>, x: Float32Array, rows: number, cols: number): PeerCase {
+  const a = p.tf.tensor2d(x, [rows, cols]);
+  const op = () => p.tf.softmax(a);
+  return {
+    contender: { engine: PEER_ENGINE, variant: "tf.softmax", time: (n) => timeOps(p, n, op) },
+    result: async () => {
+      const y = op();
+      const data = (await y.data()) as Float32Array;
+      y.dispose();
+      return data;
+    },
+    dispose: () => a.dispose(),
+  };
+}
+
+/** Versions of the packages the benchmark reports. */
+export function packageVersions(): Record<string, string | null> {
+  const names = ["webgpu", "@tensorflow/tfjs-core", "@tensorflow/tfjs-backend-webgpu", "typescript", "tsx"];
+  return Object.fromEntries(names.map((n) => [n, version(n)]));
+}

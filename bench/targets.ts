@@ -1,0 +1,90 @@
+/**
+ * The performance targets, evaluated on the cases of one run (ratios, so load from other
+ * processes cancels out). Reported, never asserted: `met` is null when the run lacks the cases
+ * (e.g. `--quick`, or no peer).
+ */
+import type { WebGpuBackend } from "../src/kernels/webgpu/backend.ts";
+import type { CaseResult, Timing } from "./harness.ts";
+
+export interface Target {
+  name: string;
+  /** The measured value behind `met`, in words with numbers. */
+  measured: string;
+  value: number | null;
+  met: boolean | null;
+}
+
+const find = (cases: readonly CaseResult[], name: (n: string) => boolean, pick: (t: Timing) => boolean) =>
+  cases.filter((c) => name(c.name)).flatMap((c) => c.results.filter(pick).map((t) => ({ c, t })));
+
+const fmt = (x: number, d = 2) => x.toFixed(d);
+
+export function targets(cases: readonly CaseResult[], gpu: WebGpuBackend | null): Target[] {
+  const out: Target[] = [];
+  const qalignGpu = (t: Timing) => t.engine === "qalign webgpu";
+
+  // matmul: at least 5x TensorFlow.js's throughput, at 1024^3 and at the Qwen1.5-1.8B shapes.
+  for (const { c, t } of find(cases, (n) => n === "1024^3" || n.startsWith("Qwen1.5-1.8B "), qalignGpu)) {
+    const v = t.vsPeer;
+    out.push({
+      name: `matmul ${c.name}: >= 5x TensorFlow.js WebGPU`,
+      measured: v === null ? `no peer timing${c.note ? ` (${c.note})` : ""}` : `${fmt(v)}x (${fmt(t.throughput!)} GFLOP/s)`,
+      value: v,
+      met: v === null ? null : v >= 5,
+    });
+  }
+
+  // attention: fused >= 2x unfused at seq 2048, and fused memory linear in the sequence length.
+  const att = cases.filter((c) => c.group === "attention");
+  const at2048 = att.find((c) => c.params["T"] === 2048);
+  const fusedOf = (c: CaseResult) => c.results.find((r) => r.variant.startsWith("fused") && r.extra?.["speedupVsUnfused"] !== undefined);
+  const f2048 = at2048 ? fusedOf(at2048) : undefined;
+  const s = f2048?.extra?.["speedupVsUnfused"] as number | undefined;
+  out.push({
+    name: "attention T=2048: fused >= 2x the unfused ops path",
+    measured: s === undefined ? "no T=2048 case in this run" : `${fmt(s)}x`,
+    value: s ?? null,
+    met: s === undefined ? null : s >= 2,
+  });
+  if (att.length >= 2) {
+    const [lo, hi] = [att[0]!, att[att.length - 1]!];
+    const bytes = (c: CaseResult, prefix: string) => c.results.find((r) => r.variant.startsWith(prefix) && r.extra?.["deviceBytes"] !== undefined)?.extra?.["deviceBytes"] as number;
+    const growth = hi.params["T"] as number / (lo.params["T"] as number);
+    const fusedGrowth = bytes(hi, "fused") / bytes(lo, "fused");
+    const unfusedGrowth = bytes(hi, "unfused") / bytes(lo, "unfused");
+    out.push({
+      name: `attention memory grows linearly in T (T x${growth} from ${lo.params["T"]} to ${hi.params["T"]})`,
+      measured: `fused bytes x${fmt(fusedGrowth)}, unfused x${fmt(unfusedGrowth)}`,
+      value: fusedGrowth,
+      met: fusedGrowth <= growth * 1.25,
+    });
+  }
+
+  // end to end: prefill reaches >= 50% of the matmul throughput at the same shapes.
+  for (const { c, t } of find(cases, (n) => n.includes("prefill"), (t) => t.variant === "forward prefill" && t.extra?.["fractionOfMatmulThroughput"] !== undefined)) {
+    const v = t.extra!["fractionOfMatmulThroughput"] as number;
+    out.push({ name: `${c.name}: >= 50% of its matmuls' throughput`, measured: `${fmt(100 * v, 0)}%`, value: v, met: v >= 0.5 });
+  }
+
+  // loader: transient host memory below the largest tensor plus a small constant (32 MiB).
+  for (const { c, t } of find(cases, () => true, (t) => t.variant === "loadModel")) {
+    const e = t.extra!;
+    const over = (e["transientHostBytes"] as number) - (e["largestTensorBytes"] as number);
+    out.push({
+      name: `${c.name}: transient host memory <= largest tensor + 32 MiB`,
+      measured: `peak ArrayBuffers ${fmt((e["transientHostBytes"] as number) / 2 ** 20, 0)} MiB above start for a ${fmt((e["largestTensorBytes"] as number) / 2 ** 20, 0)} MiB tensor (rss +${fmt((e["peakRssAboveStartBytes"] as number) / 2 ** 20, 0)} MiB)`,
+      value: over,
+      met: over <= 32 * 2 ** 20,
+    });
+  }
+
+  // Real GPU: % of FP32 peak at 4096^3 needs a GPU and its datasheet peak; recorded as null here.
+  const fallback = gpu?.device.adapterInfo.isFallbackAdapter ?? true;
+  out.push({
+    name: "real GPU: % of FP32 peak at 4096^3",
+    measured: fallback ? "null: no GPU (the adapter is a CPU emulation, or --device cpu), so there is no FP32 peak to compare with" : "null: not measured (needs the GPU's FP32 peak, which the adapter does not report)",
+    value: null,
+    met: null,
+  });
+  return out;
+}
