@@ -11,6 +11,8 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { applyLora } from "../src/lora/layer.ts";
 import { optimizerStep } from "../src/lora/trainer.ts";
 import { parseConfig, type LlamaConfig } from "../src/model/config.ts";
@@ -71,6 +73,18 @@ async function writeRandomCheckpoint(config: Record<string, unknown>, seed: numb
   await writeSafetensors(join(dir, "model.safetensors"), tensors, { format: "pt" });
   await writeFile(join(dir, "config.json"), JSON.stringify(config));
   return { dir, largestBytes };
+}
+
+/**
+ * Runs V8's garbage collector (exposed at run time, so the benchmark needs no node flag) twice,
+ * 100 ms apart: ArrayBuffer memory is released by a background sweeper after a collection.
+ */
+async function collectGarbage(): Promise<void> {
+  setFlagsFromString("--expose-gc");
+  const gc = runInNewContext("gc") as () => void;
+  gc();
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  gc();
 }
 
 /** Samples process memory every few ms until stopped: the peak rss and JS ArrayBuffer bytes. */
@@ -326,7 +340,7 @@ export async function loaderCase(ctx: BenchContext, device: Backend): Promise<Ca
   const { dir, largestBytes } = await writeRandomCheckpoint(config, 200);
   const totalBytes = [...expectedWeights(parseConfig(config, "bench config")).values()].reduce((s, sh) => s + 4 * sh.reduce((a, b) => a * b, 1), 0);
   try {
-    (globalThis as { gc?: () => void }).gc?.();
+    await collectGarbage(); // so garbage from earlier cases neither inflates the baseline nor vanishes mid-load
     const base = process.memoryUsage();
     const sampler = memorySampler();
     const t0 = performance.now();

@@ -431,6 +431,26 @@ describe("matmul", () => {
   }
 });
 
+describe("timing", () => {
+  testWebGpu("gpuTime sums the passes of work spread over several batches, and the work is done", async (gpu) => {
+    const x = f32s(1000, 17);
+    const gx = gpu.upload(x);
+    let y = gx;
+    const ms = await gpu.gpuTime(() => {
+      // 300 dispatches: three batches of at most 128, each submitted in its own compute pass.
+      for (let i = 0; i < 300; i++) {
+        const next = gpu.unary(i % 2 ? "neg" : "copy", { storage: y, shape: [1000], strides: [1], offset: 0 });
+        if (y !== gx) gpu.free(y);
+        y = next;
+      }
+    });
+    if (gpu.device.features.has("timestamp-query")) expect(ms).toBeGreaterThan(0);
+    else expect(ms).toBeNull();
+    await compare(gpu, y, cpu.upload(x), EXACT, "150 negations");
+    freeAll(gpu, gx, y);
+  });
+});
+
 describe("nn kernels", () => {
   testWebGpu("gather and scatterAdd (repeated ids accumulate in order)", async (gpu) => {
     await fc.assert(

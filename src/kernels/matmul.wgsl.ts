@@ -183,9 +183,7 @@ function vec4Kernel(t: Vec4Tile): Kernel {
           : groups4.map((j) => `let bc${j} = min((n0 + ${4 * j}u) / 4u, P.N / 4u - 1u);`);
       return `
 @compute @workgroup_size(${quad ? "4, 1" : "8, 8"}, 1)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>${
-        quad ? ", @builtin(subgroup_invocation_id) sg: u32" : ""
-      }) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, ${quad ? "@builtin(subgroup_invocation_id) sg: u32" : "@builtin(local_invocation_id) lid: vec3<u32>"}) {
   ${quad ? "let lane = sg % 4u;\n  let x = wid.x * 4u + lane;\n  let y = wid.y;" : "let x = wid.x * 8u + lid.x;\n  let y = wid.y * 8u + lid.y;"}
   let m0 = y * ${tm}u;
   let n0 = x * ${tn}u;

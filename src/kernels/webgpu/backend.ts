@@ -107,8 +107,8 @@ export class WebGpuBackend implements Backend, KernelHost {
   private batchKernels = new Set<string>();
   private batchDispatches = 0;
   private readonly pendingScopes = new Set<Promise<void>>();
-  /** While `gpuTime` runs: its query set, the queries written so far, and those already resolved. */
-  private timing: { set: GPUQuerySet; resolved: GPUBuffer; used: number; resolvedUpTo: number; overflow: boolean } | null = null;
+  /** While `gpuTime` runs: its query set, the queries written so far, and whether it ran out of them. */
+  private timing: { set: GPUQuerySet; used: number; overflow: boolean } | null = null;
   private failure: Error | null = null;
 
   /**
@@ -276,7 +276,7 @@ export class WebGpuBackend implements Backend, KernelHost {
     const set = this.device.createQuerySet({ label: "qalign timing", type: "timestamp", count });
     const resolved = this.device.createBuffer({ label: "qalign timing", size: count * 8, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
     const staging = this.device.createBuffer({ label: "qalign timing readback", size: count * 8, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    this.timing = { set, resolved, used: 0, resolvedUpTo: 0, overflow: false };
+    this.timing = { set, used: 0, overflow: false };
     let used = 0;
     let overflow = false;
     try {
@@ -288,7 +288,9 @@ export class WebGpuBackend implements Backend, KernelHost {
     }
     let ns = 0n;
     if (used > 0) {
+      // A query set keeps its values across submits: resolve them all once, after the work.
       const enc = this.device.createCommandEncoder({ label: "qalign timing" });
+      enc.resolveQuerySet(set, 0, used, resolved, 0);
       enc.copyBufferToBuffer(resolved, 0, staging, 0, used * 8);
       this.device.queue.submit([enc.finish()]);
       await staging.mapAsync(GPUMapMode.READ, 0, used * 8);
@@ -605,11 +607,6 @@ export class WebGpuBackend implements Backend, KernelHost {
   private flush(): void {
     if (!this.encoder) return;
     if (this.pass) this.pass.end();
-    const t = this.timing;
-    if (t && t.used > t.resolvedUpTo) {
-      this.encoder.resolveQuerySet(t.set, t.resolvedUpTo, t.used - t.resolvedUpTo, t.resolved, t.resolvedUpTo * 8);
-      t.resolvedUpTo = t.used;
-    }
     if (this.uniformUsed > 0) this.device.queue.writeBuffer(this.uniforms, 0, this.uniformHost, 0, this.uniformUsed);
     this.device.queue.submit([this.encoder.finish()]);
     const kernels = [...this.batchKernels].join(", ") || "copies only";
