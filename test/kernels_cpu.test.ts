@@ -4,6 +4,7 @@ import type { AttentionGeometry, Storage, View } from "../src/tensor/backend.ts"
 import { DTypeError, DisposedError, ShapeError } from "../src/tensor/errors.ts";
 import { contiguousStrides, numel } from "../src/tensor/shape.ts";
 import { CpuBackend, CpuStorage } from "../src/kernels/cpu.ts";
+import { random } from "./helpers/random.ts";
 
 /**
  * The CPU references checked against independent closed forms and naive formulas written here in
@@ -18,18 +19,6 @@ const cpu = new CpuBackend();
 const RUNS = { seed: 20240611, numRuns: 40 };
 const TIGHT = 1e-12;
 const FD = 1e-6;
-
-/** Deterministic uniform values in [-1, 1) (mulberry32), so data follows from a drawn seed. */
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
-  };
-}
 
 function randomArray(rand: () => number, n: number, scale = 1): Float64Array {
   return Float64Array.from({ length: n }, () => rand() * scale);

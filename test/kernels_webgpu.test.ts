@@ -12,6 +12,7 @@ import { kernel } from "../src/kernels/webgpu/program.ts";
 import { createWebGpuBackend } from "../src/kernels/webgpu/device.ts";
 import { MATMUL_VARIANTS } from "../src/kernels/matmul.wgsl.ts";
 import { describeWebGpu, testWebGpu, webgpuOrSkip } from "./helpers/devices.ts";
+import { random } from "./helpers/random.ts";
 
 /**
  * Every Backend method on webgpu against the cpu reference on the same random inputs.
@@ -29,18 +30,6 @@ const SEED = 20250611;
 const EPS = 2 ** -23;
 /** Results below f32's normal range may be flushed to zero on the GPU (SwiftShader does). */
 const DENORMAL = 1.2e-38;
-
-/** Deterministic uniform values in [-1, 1) (mulberry32), so data follows from a drawn seed. */
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
-  };
-}
 
 function f32s(n: number, seed: number, f: (u: number, i: number) => number = (u) => u): Float32Array {
   const r = random(seed);
