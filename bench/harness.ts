@@ -9,6 +9,7 @@
  * `iterations` back-to-back runs and one wait, without reading results back; iterations are chosen
  * so that a sample lasts about `minSampleMs`. The reported time is per iteration.
  */
+import type { WebGpuBackend } from "../src/kernels/webgpu/backend.ts";
 
 /** How a sample was timed: GPU timestamp queries, or wall clock around submit-and-wait. */
 export type Clock = "gpu-timestamps" | "wall";
@@ -202,4 +203,14 @@ export function table(cases: readonly CaseResult[]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const line = (r: string[]) => `| ${r.map((x, i) => x.padEnd(widths[i]!)).join(" | ")} |`;
   return [line(rows[0]!), `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`, ...rows.slice(1).map(line)].join("\n");
+}
+
+/** Times `n` iterations of `record` on the webgpu backend: GPU timestamps when it has them. */
+export async function gpuTimer(gpu: WebGpuBackend, n: number, record: () => void): Promise<{ ms: number; clock: "gpu-timestamps" | "wall" }> {
+  await gpu.sync();
+  const t0 = performance.now();
+  const ms = await gpu.gpuTime(() => {
+    for (let i = 0; i < n; i++) record();
+  });
+  return ms === null ? { ms: performance.now() - t0, clock: "wall" } : { ms, clock: "gpu-timestamps" };
 }

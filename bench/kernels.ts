@@ -5,8 +5,9 @@
  * interleaved run (see harness.ts).
  */
 import type { CpuBackend } from "../src/kernels/cpu.ts";
+import { readRateCase } from "./bandwidth.ts";
 import { matmulRef } from "../src/kernels/matmul.ts";
-import { MATMUL_VARIANTS } from "../src/kernels/matmul.wgsl.ts";
+import { MATMUL_VARIANTS, matmulKernelKey } from "../src/kernels/matmul.wgsl.ts";
 import type { WebGpuBackend } from "../src/kernels/webgpu/backend.ts";
 import { createWebGpuBackend } from "../src/kernels/webgpu/device.ts";
 import type { AttentionVariant } from "../src/kernels/webgpu/program.ts";
@@ -16,7 +17,7 @@ import { tensor } from "../src/tensor/ops/create.ts";
 import { attention, softmax } from "../src/tensor/ops/nn.ts";
 import { tidy } from "../src/tensor/scope.ts";
 import type { CaseResult, Contender, MeasureOptions, Timing, Work } from "./harness.ts";
-import { attempt, measure, wallTime } from "./harness.ts";
+import { attempt, gpuTimer, measure, wallTime } from "./harness.ts";
 import type { Peer, PeerCase } from "./peer.ts";
 import { hostRandom, peerMatmul, peerSoftmax } from "./peer.ts";
 
@@ -30,16 +31,6 @@ export interface BenchContext {
   opts: MeasureOptions;
   /** Progress on stderr. */
   log(msg: string): void;
-}
-
-/** Times `n` iterations of `record` on the webgpu backend: GPU timestamps when it has them. */
-export async function gpuTimer(gpu: WebGpuBackend, n: number, record: () => void): Promise<{ ms: number; clock: "gpu-timestamps" | "wall" }> {
-  await gpu.sync();
-  const t0 = performance.now();
-  const ms = await gpu.gpuTime(() => {
-    for (let i = 0; i < n; i++) record();
-  });
-  return ms === null ? { ms: performance.now() - t0, clock: "wall" } : { ms, clock: "gpu-timestamps" };
 }
 
 /** A contender that runs `op` on a backend and frees its outputs each iteration. */
@@ -87,7 +78,7 @@ async function matmulCase(ctx: BenchContext, name: string, M: number, N: number,
     const gpu = ctx.gpu;
     const [a, b] = [gpu.upload(x), gpu.upload(w)];
     cleanup.push(() => [a, b].forEach((s) => gpu.free(s)));
-    contenders.push(backendContender("qalign webgpu", gpu.matmulVariant, gpu, () => [gpu.matmul(a, b, g)]));
+    contenders.push(backendContender("qalign webgpu", matmulKernelKey(gpu, g).replace(/^matmul\./, ""), gpu, () => [gpu.matmul(a, b, g)]));
     if (M * N <= 1 << 22) {
       const y = gpu.matmul(a, b, g);
       qalignOut = (await gpu.read(y)) as Float32Array;
@@ -97,13 +88,10 @@ async function matmulCase(ctx: BenchContext, name: string, M: number, N: number,
   let peerCase: PeerCase | null = null;
   if (ctx.peer.ok) {
     const limit = ctx.peer.backend.device.limits.maxStorageBufferBindingSize;
-    if (4 * N * K > limit) {
-      note = `peer not run: w is ${4 * N * K} bytes, above the ${limit}-byte binding limit, and TensorFlow.js does not split operands`;
-    } else {
-      peerCase = peerMatmul(ctx.peer, x, w, M, N, K);
-      contenders.push(peerCase.contender);
-      cleanup.push(() => peerCase!.dispose());
-    }
+    peerCase = peerMatmul(ctx.peer, x, w, M, N, K, limit);
+    contenders.push(peerCase.contender);
+    cleanup.push(() => peerCase!.dispose());
+    if (4 * N * K > limit) note = `w is ${4 * N * K} bytes, above the ${limit}-byte binding limit: TensorFlow.js ran it as row blocks (see its variant)`;
   }
   if (withCpu) {
     const [a, b] = [ctx.cpu.upload(x), ctx.cpu.upload(w)];
@@ -165,6 +153,7 @@ export async function matmulCases(ctx: BenchContext): Promise<CaseResult[]> {
   out.push(await shape(`${model} gate/up ${T}x${F}x${D}`, T, F, D, false));
   out.push(await shape(`${model} down ${T}x${D}x${F}`, T, D, F, false));
   out.push(await shape(`${model} lm_head decode 1x${V}x${D}`, 1, V, D, false));
+  out.push(await attempt("matmul", "read rate", () => readRateCase(ctx, `read rate over ${model} lm_head's ${4 * V * D} bytes (the decode row's bound)`, 4 * V * D)));
   const lab = ctx.quick ? [128] : [256, 512];
   for (const S of lab) for (const transB of [true, false]) out.push(await attempt("matmul variants", `lab ${S}^3`, () => matmulLab(ctx, S, transB)));
   return out;

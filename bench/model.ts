@@ -29,9 +29,8 @@ import { AdamW } from "../src/tensor/optim.ts";
 import { Rng } from "../src/tensor/random.ts";
 import { tidy } from "../src/tensor/scope.ts";
 import type { CaseResult, Contender, Work } from "./harness.ts";
-import { attempt, measure, wallTime } from "./harness.ts";
+import { attempt, gpuTimer, measure, wallTime } from "./harness.ts";
 import type { BenchContext } from "./kernels.ts";
-import { gpuTimer } from "./kernels.ts";
 import { hostRandom } from "./peer.ts";
 
 /** Qwen1.5-0.5B's config.json with 4 of its 24 layers. */

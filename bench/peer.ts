@@ -101,22 +101,45 @@ export interface PeerCase {
   dispose(): void;
 }
 
-/** x [M, K] @ w [N, K]^T in tfjs (tf.matMul with transposeB), inputs uploaded once. */
-export function peerMatmul(p: Extract<Peer, { ok: true }>, x: Float32Array, w: Float32Array, M: number, N: number, K: number): PeerCase {
+/**
+ * x [M, K] @ w [N, K]^T in tfjs (tf.matMul with transposeB), inputs uploaded once. TensorFlow.js
+ * binds each tensor whole, so a w above `maxBindingBytes` (the lm_head of a large vocabulary) is
+ * given to it as row blocks that each fit, one tf.matMul per block: what a tfjs user has to
+ * write. The blocks' outputs are not concatenated in the timed op (the peer saves that copy).
+ */
+export function peerMatmul(p: Extract<Peer, { ok: true }>, x: Float32Array, w: Float32Array, M: number, N: number, K: number, maxBindingBytes: number): PeerCase {
   const a = p.tf.tensor2d(x, [M, K]);
-  const b = p.tf.tensor2d(w, [N, K]);
-  const op = () => p.tf.matMul(a, b, false, true);
+  const rowsPerBlock = Math.max(1, Math.floor(maxBindingBytes / (4 * K)));
+  const blocks: { dispose(): void }[] = [];
+  for (let n0 = 0; n0 < N; n0 += rowsPerBlock) {
+    const n1 = Math.min(N, n0 + rowsPerBlock);
+    blocks.push(p.tf.tensor2d(w.subarray(n0 * K, n1 * K), [n1 - n0, K]));
+  }
+  const ops = () => blocks.map((b) => p.tf.matMul(a, b as Parameters<Tf["matMul"]>[1], false, true));
+  const op = () => {
+    const ys = ops();
+    return { dispose: () => ys.forEach((y) => y.dispose()) };
+  };
+  const variant = blocks.length === 1 ? "tf.matMul" : `tf.matMul x ${blocks.length} row blocks of w`;
   return {
-    contender: { engine: PEER_ENGINE, variant: "tf.matMul", time: (n) => timeOps(p, n, op) },
+    contender: { engine: PEER_ENGINE, variant, time: (n) => timeOps(p, n, op) },
     result: async () => {
-      const y = op();
-      const data = (await y.data()) as Float32Array;
-      y.dispose();
-      return data;
+      const ys = ops();
+      // Block outputs are [M, rows]; interleave them back into [M, N].
+      const out = new Float32Array(M * N);
+      let n0 = 0;
+      for (const y of ys) {
+        const rows = y.shape[1]!;
+        const data = (await y.data()) as Float32Array;
+        for (let m = 0; m < M; m++) out.set(data.subarray(m * rows, (m + 1) * rows), m * N + n0);
+        n0 += rows;
+        y.dispose();
+      }
+      return out;
     },
     dispose: () => {
       a.dispose();
-      b.dispose();
+      blocks.forEach((b) => b.dispose());
     },
   };
 }

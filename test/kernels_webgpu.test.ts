@@ -10,7 +10,7 @@ import { BINARY, UNARY } from "../src/kernels/pointwise.ts";
 import type { WebGpuBackend, WebGpuStorage } from "../src/kernels/webgpu/backend.ts";
 import { kernel } from "../src/kernels/webgpu/program.ts";
 import { createWebGpuBackend } from "../src/kernels/webgpu/device.ts";
-import { MATMUL_VARIANTS } from "../src/kernels/matmul.wgsl.ts";
+import { MATMUL_VARIANTS, matmulKernelKey } from "../src/kernels/matmul.wgsl.ts";
 import { describeWebGpu, testWebGpu, webgpuOrSkip } from "./helpers/devices.ts";
 import { random } from "./helpers/random.ts";
 
@@ -372,13 +372,14 @@ describe("row kernels", () => {
  * not multiples of any tile, and sizes in multiples of 4 often enough that the vec4 / quad
  * variants (which need them) run as well as their "tiled" fallback.
  */
-async function checkMatmul(gpu: WebGpuBackend, numRuns: number): Promise<void> {
+async function checkMatmul(gpu: WebGpuBackend, numRuns: number, only: MatmulOnly = {}): Promise<void> {
   const dimArb = fc.oneof(fc.integer({ min: 1, max: 9 }), fc.integer({ min: 10, max: 80 }), fc.integer({ min: 1, max: 40 }).map((d) => 4 * d));
+  const K = fc.oneof(dimArb, fc.constantFrom(0, 300));
   await fc.assert(
     fc.asyncProperty(
-      fc.record({ batch: fc.integer({ min: 1, max: 3 }), M: dimArb, N: dimArb, K: fc.oneof(dimArb, fc.constantFrom(0, 300)) }),
-      fc.boolean(),
-      fc.boolean(),
+      fc.record({ batch: fc.integer({ min: 1, max: 3 }), M: only.M ?? dimArb, N: only.N ?? dimArb, K: only.K ?? K }),
+      only.transA ?? fc.boolean(),
+      only.transB ?? fc.boolean(),
       fc.boolean(),
       fc.boolean(),
       fc.constantFrom(1e-10, 1, 1e10),
@@ -402,8 +403,50 @@ async function checkMatmul(gpu: WebGpuBackend, numRuns: number): Promise<void> {
   );
 }
 
+/** Arbitraries that narrow checkMatmul's geometry to one path. */
+interface MatmulOnly {
+  M?: fc.Arbitrary<number>;
+  N?: fc.Arbitrary<number>;
+  K?: fc.Arbitrary<number>;
+  transA?: fc.Arbitrary<boolean>;
+  transB?: fc.Arbitrary<boolean>;
+}
+
+/**
+ * One row of x @ W^T (decoding): the matrix-vector kernel where K is a multiple of 4, the tiled
+ * fallback elsewhere; N up to a few blocks of 8 x 64 columns, K up to 2048.
+ */
+const GEMV: MatmulOnly = {
+  M: fc.constant(1),
+  N: fc.oneof(fc.integer({ min: 1, max: 40 }), fc.integer({ min: 500, max: 1100 })),
+  K: fc.oneof(fc.integer({ min: 1, max: 64 }).map((d) => 4 * d), fc.constantFrom(0, 2048), fc.integer({ min: 1, max: 99 })),
+  transA: fc.constant(false),
+  transB: fc.constant(true),
+};
+
+/** A decode row against a vocabulary: the shape the matrix-vector kernel exists for. */
+const DECODE_ROW: MatmulGeometry = { batch: 1, M: 1, N: 32000, K: 2048, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 };
+
 describe("matmul", () => {
   testWebGpu("batched, transA / transB, broadcast batch strides, edges not multiples of the tile", (gpu) => checkMatmul(gpu, 60));
+
+  testWebGpu("one row (the matrix-vector kernel, one lane per column block on a CPU adapter)", async (gpu) => {
+    expect(matmulKernelKey(gpu, DECODE_ROW)).toMatch(/^matmul\.gemv\./);
+    await checkMatmul(gpu, 40, GEMV);
+  });
+
+  test("one row with lanes splitting K and a tree reduction (the GPU form), 64 and 4 lanes", async (ctx) => {
+    await webgpuOrSkip(ctx);
+    for (const gemvLanes of [64, 4]) {
+      const gpu = (await createWebGpuBackend({ gemvLanes, matmulVariant: "vec4" }))!;
+      try {
+        expect(matmulKernelKey(gpu, DECODE_ROW)).toBe(`matmul.gemv.${gemvLanes}x4x${64 / gemvLanes}`);
+        await checkMatmul(gpu, 25, GEMV);
+      } finally {
+        await gpu.destroy();
+      }
+    }
+  });
 
   // Every variant on its own backend (the default one ran above); "quad" needs the subgroups feature.
   for (const variant of MATMUL_VARIANTS) {
@@ -659,6 +702,8 @@ describeWebGpu("chunked storages (per-binding limit lowered to 4 KB = 1024 f32)"
     const tol = rel(1e-5, 1e-5);
     const fwd: MatmulGeometry = { batch: 1, M, N: V, K: D, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 };
     expectClose(await gpu.read(gpu.matmul(gx, gw, fwd)), await cpu.read(cpu.matmul(cx, cw, fwd)), tol, "x @ W^T");
+    const decode: MatmulGeometry = { ...fwd, M: 1 };
+    expectClose(await gpu.read(gpu.matmul(gx, gw, decode)), await cpu.read(cpu.matmul(cx, cw, decode)), tol, "one row of x @ W^T (matrix-vector pieces)");
     const dy = f32s(M * V, 16);
     const [gd, cd] = [gpu.upload(dy), cpu.upload(dy)];
     const bwd: MatmulGeometry = { batch: 1, M, N: D, K: V, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 };

@@ -2,7 +2,7 @@ import type { BinaryOp, UnaryOp } from "../tensor/backend.ts";
 import { DeviceLimitError } from "../tensor/errors.ts";
 import { contiguousStrides, numel } from "../tensor/shape.ts";
 import { BINARY, UNARY } from "./pointwise.ts";
-import type { Chunk, Field, GpuData, KernelHost } from "./webgpu/program.ts";
+import type { BufferDecl, Chunk, Field, GpuData, KernelHost } from "./webgpu/program.ts";
 import { groups, kernel } from "./webgpu/program.ts";
 
 /**
@@ -15,7 +15,11 @@ import { groups, kernel } from "./webgpu/program.ts";
  * is recovered by repeated div/mod (innermost axis fastest), and each operand's position is
  * offset + sum(index[d] * stride[d]), so transposes, slices and stride-0 broadcasts read in
  * place. Before that, the host merges axes that are contiguous in every operand (a contiguous
- * tensor becomes rank 1), which removes most of the div/mod work.
+ * tensor becomes rank 1), which removes most of the div/mod work, and the kernel is generated
+ * per rank, so the axis loop is unrolled. When every operand is contiguous over the same
+ * elements, a dense form without any index arithmetic runs instead, four elements (a vec4) per
+ * invocation where the operands are f32 and aligned (measured on SwiftShader for 64 Ki floats:
+ * 4.4 ms for the generic loop, 1.4 unrolled, 0.33 dense vec4).
  *
  * Chunked storages (larger than one binding) are handled by dispatching once per combination of
  * operand chunks: each dispatch binds one chunk per operand and writes only the elements whose
@@ -65,19 +69,28 @@ function mergeAxes(shape: readonly number[], strides: readonly (readonly number[
  * The map template for `op` with inputs of the given WGSL types and an output of type `outType`.
  * `fn` is a WGSL function `f(in0, ...) -> outType` that computes one element.
  */
-function mapKernel(op: string, inTypes: readonly ("f32" | "i32")[], outType: "f32" | "i32", fn: string, extra: readonly Field[]) {
-  const key = `map.${op.replace(" ", ".")}(${inTypes.join(",")})->${outType}`;
+function mapKernel(op: string, inTypes: readonly ("f32" | "i32")[], outType: "f32" | "i32", fn: string, extra: readonly Field[], rank: number) {
+  const key = `map.${op.replace(" ", ".")}(${inTypes.join(",")})->${outType}.r${rank}`;
   return kernel(key, () => {
     const ops = [...inTypes.map((_, k) => `${k}`), "o"];
-    const params: Field[] = [
-      { name: "n", type: "u32" },
-      { name: "rank", type: "u32" },
-      ...extra,
-      { name: "shape", type: "vec4u", count: MAX_RANK / 4 },
-    ];
+    const params: Field[] = [{ name: "n", type: "u32" }, ...extra, { name: "shape", type: "vec4u", count: MAX_RANK / 4 }];
     for (const o of ops) {
       params.push({ name: `off${o}`, type: "i32" }, { name: `len${o}`, type: "u32" }, { name: `st${o}`, type: "vec4i", count: MAX_RANK / 4 });
     }
+    // Axis d of the merged shape, innermost last; unrolled per rank, so every uniform index is
+    // a constant (one load for all invocations) and the outermost axis needs no division.
+    const at = (name: string, d: number) => `P.${name}[${d >> 2}].${"xyzw"[d & 3]}`;
+    const axes = Array.from({ length: rank }, (_, j) => rank - 1 - j)
+      .map((d) => {
+        const c = d === 0 ? "rem" : `rem - t${d} * ${at("shape", d)}`;
+        return `{
+    ${d === 0 ? "" : `let t${d} = rem / ${at("shape", d)};`}
+    let c = i32(${c});
+    ${ops.map((o) => `q${o} += c * ${at(`st${o}`, d)};`).join(" ")}
+    ${d === 0 ? "" : `rem = t${d};`}
+  }`;
+      })
+      .join("\n  ");
     return {
       params,
       buffers: [
@@ -90,18 +103,49 @@ ${fn}
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let i = wg_linear(wid, nwg) * ${WG}u + lid;
   if (i >= P.n) { return; }
-  // Positions relative to the bound chunk of each operand.
+  // Positions relative to the bound chunk of each operand: i's multi-index (innermost axis
+  // fastest) dotted with each operand's strides.
   ${ops.map((o) => `var q${o} = P.off${o};`).join(" ")}
   var rem = i;
-  for (var d = i32(P.rank) - 1; d >= 0; d--) {
-    let size = P.shape[d / 4][d % 4];
-    let c = i32(rem % size);
-    rem = rem / size;
-    ${ops.map((o) => `q${o} += c * P.st${o}[d / 4][d % 4];`).join(" ")}
-  }
+  ${axes}
   // Negative positions wrap to large u32s: one comparison tests both ends of the chunk.
   if (${ops.map((o) => `u32(q${o}) >= P.len${o}`).join(" || ")}) { return; }
   y[qo] = f(${inTypes.map((_, k) => `x${k}[q${k}]`).join(", ")});
+}`,
+    };
+  });
+}
+
+/**
+ * The dense form of the map, for operands that are all contiguous over the same elements (the
+ * common case: a fresh tensor in, a fresh tensor out): no index arithmetic at all. With `width`
+ * 4 every operand is f32 and read and written as vec4 (offsets and n in vec4s), and `f` is
+ * applied to each of the four lanes; `width` 1 reads scalars.
+ */
+function denseMapKernel(op: string, inTypes: readonly ("f32" | "i32")[], outType: "f32" | "i32", fn: string, extra: readonly Field[], width: 1 | 4) {
+  const key = `map.${op.replace(" ", ".")}(${inTypes.join(",")})->${outType}.dense${width}`;
+  return kernel(key, () => {
+    const ins = inTypes.map((_, k) => k);
+    const params: Field[] = [{ name: "n", type: "u32" }, ...extra, ...[...ins.map((k) => `off${k}`), "offo"].map((name) => ({ name, type: "u32" as const }))];
+    const type = (t: "f32" | "i32"): BufferDecl["type"] => (width === 4 ? "vec4<f32>" : t);
+    const value =
+      width === 1
+        ? `f(${ins.map((k) => `x${k}[P.off${k} + i]`).join(", ")})`
+        : `vec4<f32>(${["x", "y", "z", "w"].map((c) => `f(${ins.map((k) => `a${k}.${c}`).join(", ")})`).join(", ")})`;
+    return {
+      params,
+      buffers: [
+        ...inTypes.map((t, k) => ({ name: `x${k}`, type: type(t), access: "read" as const })),
+        { name: "y", type: type(outType), access: "read_write" as const },
+      ],
+      body: () => `
+${fn}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = wg_linear(wid, nwg) * ${WG}u + lid;
+  if (i >= P.n) { return; }
+  ${width === 4 ? ins.map((k) => `let a${k} = x${k}[P.off${k} + i];`).join(" ") : ""}
+  y[P.offo + i] = ${value};
 }`,
     };
   });
@@ -135,10 +179,20 @@ function encodeMap(
   if (merged.shape.length > MAX_RANK) {
     throw new DeviceLimitError(op, `view of rank ${merged.shape.length} after merging contiguous axes; webgpu kernels take at most ${MAX_RANK}`);
   }
-  const k = mapKernel(op, inputs.map((o) => o.data.dtype), out.data.dtype, fn, extra.fields);
+  const inTypes = inputs.map((o) => o.data.dtype);
   const names = [...inputs.map((_, i) => `${i}`), "o"];
+  const dense = merged.shape.length === 1 && merged.strides.every((st) => st[0] === 1) && operands.every((o) => o.data.chunks.length === 1);
+  if (dense) {
+    const width = n % 4 === 0 && operands.every((o) => o.data.dtype === "f32" && o.offset % 4 === 0) ? 4 : 1;
+    const params: Record<string, number> = { n: n / width, ...extra.values };
+    operands.forEach((o, j) => (params[`off${names[j]}`] = o.offset / width));
+    const k = denseMapKernel(op, inTypes, out.data.dtype, fn, extra.fields, width);
+    host.dispatch(k, params, operands.map((o) => o.data.chunks[0]!.buf), groups(n / width, WG));
+    return;
+  }
+  const k = mapKernel(op, inTypes, out.data.dtype, fn, extra.fields, merged.shape.length);
   for (const combo of chunkCombos(operands)) {
-    const params: Record<string, number | readonly number[]> = { n, rank: merged.shape.length, shape: merged.shape, ...extra.values };
+    const params: Record<string, number | readonly number[]> = { n, shape: merged.shape, ...extra.values };
     combo.forEach((ch, j) => {
       params[`off${names[j]}`] = operands[j]!.offset - ch.base;
       params[`len${names[j]}`] = ch.len;

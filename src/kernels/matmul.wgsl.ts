@@ -1,4 +1,6 @@
 import type { MatmulGeometry } from "../tensor/backend.ts";
+import { gemvKernel, gemvShape } from "./gemv.wgsl.ts";
+import { MATMUL_PARAMS, ints, storeC } from "./matmul_params.ts";
 import type { PooledBuffer } from "./webgpu/pool.ts";
 import type { Chunk, GpuData, Kernel, KernelHost, MatmulVariant, ParamValues } from "./webgpu/program.ts";
 import { groups, kernel, single } from "./webgpu/program.ts";
@@ -34,6 +36,9 @@ import { groups, kernel, single } from "./webgpu/program.ts";
  *     cheaply to the CPU's L1 cache. Only for CPU adapters: on a GPU this many accumulators
  *     would spill registers; GPUs get "vec4".
  *
+ * One row (M = 1, decoding) in the "nt" layout with "vec4" or "quad" runs the matrix-vector
+ * kernel of gemv.wgsl.ts instead, which streams W once.
+ *
  * Edges: rows and columns past the matrix edge are clamped when loading (every read stays in
  * bounds) and skipped when storing, so M and N need not be multiples of the tile.
  *
@@ -45,34 +50,7 @@ import { groups, kernel, single } from "./webgpu/program.ts";
  * piece whose offsets are not multiples of 4 runs "tiled").
  */
 
-/** Uniforms shared by both templates (elements, not bytes). */
-const PARAMS = [
-  "M",
-  "N",
-  "K",
-  "batch0",
-  "aOff",
-  "bOff",
-  "cOff",
-  // strided template: element strides of opA over (m, k) and of opB over (k, n)
-  "sAm",
-  "sAk",
-  "sBk",
-  "sBn",
-  // batch strides of A, B, C and C's row stride
-  "sAb",
-  "sBb",
-  "sCb",
-  "ldc",
-  // 1: add to the output (a later slice of k); 0: overwrite it.
-  "accumulate",
-].map((name) => ({ name, type: "u32" as const }));
-
-const ints = (n: number) => Array.from({ length: n }, (_, i) => i);
 const LANE = ["x", "y", "z", "w"] as const;
-
-/** The store of one output element, overwriting or accumulating (a later slice of k). */
-const storeC = (at: string, value: string) => `C[${at}] = select(0.0, C[${at}], P.accumulate == 1u) + ${value};`;
 
 /**
  * The strided template: a TM x TN register tile per invocation on an 8 x 8 workgroup; 1 x 1 is
@@ -80,7 +58,7 @@ const storeC = (at: string, value: string) => `C[${at}] = select(0.0, C[${at}], 
  */
 function stridedKernel(tm: number, tn: number): Kernel {
   return kernel(`matmul.strided.${tm}x${tn}`, () => ({
-    params: PARAMS,
+    params: MATMUL_PARAMS,
     buffers: [
       { name: "A", type: "f32", access: "read" },
       { name: "B", type: "f32", access: "read" },
@@ -140,7 +118,7 @@ interface Vec4Tile {
 function vec4Kernel(t: Vec4Tile): Kernel {
   const { form, quad, tm, tn } = t;
   return kernel(`matmul.${form}.${quad ? "quad" : "vec4"}.${tm}x${tn}`, () => ({
-    params: PARAMS,
+    params: MATMUL_PARAMS,
     enables: quad ? ["subgroups"] : [],
     buffers: [
       { name: "A", type: "vec4<f32>", access: "read" },
@@ -239,10 +217,19 @@ function vec4Form(p: ParamValues, transA: boolean, transB: boolean): "nt" | "nn"
   return must4.every((name) => (p[name] as number) % 4 === 0) ? form : null;
 }
 
-/** The kernel and grid of one dispatch: the host's variant where the layout allows, else "tiled". */
+/**
+ * The kernel and grid of one dispatch: the matrix-vector kernel for one row of x @ W^T with
+ * vec4 variants; else the host's variant where the layout allows; else "tiled".
+ */
 function plan(host: KernelHost, p: ParamValues, g: MatmulGeometry): { k: Kernel; perX: number; perY: number; wgX: number; wgY: number } {
   const v = host.matmulVariant;
   const form = v === "vec4" || v === "quad" ? vec4Form(p, g.transA, g.transB) : null;
+  if (form === "nt" && p["M"] === 1) {
+    const sh = gemvShape(host.gemvLanes);
+    if (groups(p["N"] as number, sh.tn * sh.blocksPerWorkgroup) <= host.maxGridDim) {
+      return { k: gemvKernel(sh), perX: sh.tn, perY: 1, wgX: sh.blocksPerWorkgroup, wgY: 1 };
+    }
+  }
   if ((v === "vec4" || v === "quad") && form) {
     const t = vec4Tile(v, form, p["M"] as number);
     return { k: vec4Kernel(t), perX: t.tn, perY: t.tm, wgX: t.quad ? 4 : 8, wgY: t.quad ? 1 : 8 };
@@ -294,23 +281,7 @@ function copyAcrossChunks(host: KernelHost, d: GpuData, start: number, n: number
 export function encodeMatmul(host: KernelHost, a: GpuData, b: GpuData, out: GpuData, g: MatmulGeometry): void {
   const { batch, M, N, K } = g;
   if (batch === 0 || M === 0 || N === 0) return;
-  const base: ParamValues = {
-    M,
-    N,
-    K,
-    aOff: 0,
-    bOff: 0,
-    cOff: 0,
-    sAm: g.transA ? 1 : K,
-    sAk: g.transA ? M : 1,
-    sBk: g.transB ? 1 : N,
-    sBn: g.transB ? K : 1,
-    sAb: g.batchStrideA,
-    sBb: g.batchStrideB,
-    sCb: M * N,
-    ldc: N,
-    accumulate: 0,
-  };
+  const base = wholeParams(g);
   const run = (p: ParamValues, bBuf: PooledBuffer) => {
     const { k, perX, perY, wgX, wgY } = plan(host, p, g);
     const gridX = groups(groups(p["N"] as number, perX), wgX);
@@ -336,6 +307,36 @@ export function encodeMatmul(host: KernelHost, a: GpuData, b: GpuData, out: GpuD
     if (piece.kind === "straddle") host.releaseTemp(bBuf);
     first = false;
   }
+}
+
+/** The uniforms of the whole product (one piece: B in one chunk, no offsets). */
+function wholeParams(g: MatmulGeometry): ParamValues {
+  const { M, N, K } = g;
+  return {
+    M,
+    N,
+    K,
+    aOff: 0,
+    bOff: 0,
+    cOff: 0,
+    sAm: g.transA ? 1 : K,
+    sAk: g.transA ? M : 1,
+    sBk: g.transB ? 1 : N,
+    sBn: g.transB ? K : 1,
+    sAb: g.batchStrideA,
+    sBb: g.batchStrideB,
+    sCb: M * N,
+    ldc: N,
+    accumulate: 0,
+  };
+}
+
+/**
+ * The cache key of the kernel that runs `g` when B fits one binding (e.g. "matmul.gemv.1x8x64",
+ * "matmul.nt.quad.64x16"), so the benchmark can say which kernel it timed.
+ */
+export function matmulKernelKey(host: KernelHost, g: MatmulGeometry): string {
+  return plan(host, wholeParams(g), g).k.key;
 }
 
 /** The variants, for the benchmark's lab and the tests. */

@@ -14,6 +14,11 @@ export interface WebGpuOptions {
    */
   rowWorkgroup?: number;
   /**
+   * Invocations per column block in the matrix-vector kernel (a power of two). Default:
+   * rowWorkgroup, or 1 on a fallback (CPU) adapter; tests set it to run the GPU form there too.
+   */
+  gemvLanes?: number;
+  /**
    * Forces a matmul variant (where the operands' layout allows it); default: $QALIGN_MATMUL, else
    * chosen by adapter (see WebGpuBackend).
    */

@@ -93,6 +93,13 @@ export interface KernelHost {
    */
   readonly rowWorkgroup: number;
   /**
+   * Invocations that split K for one block of output columns in the matrix-vector kernel
+   * (src/kernels/gemv.wgsl.ts, matmuls with one row), a power of two: `rowWorkgroup` on a GPU; 1
+   * on a CPU emulation, where an invocation runs all of K for its columns without a barrier
+   * (measured on SwiftShader: 1 lane streams W at 2.5 GB/s, 4 lanes and a reduction at 1-1.8).
+   */
+  readonly gemvLanes: number;
+  /**
    * The matmul variant to use where the operands' layout allows it (src/kernels/matmul.wgsl.ts);
    * elsewhere matmul falls back to "tiled".
    */
