@@ -233,7 +233,7 @@ export async function attentionCases(ctx: BenchContext): Promise<CaseResult[]> {
 /** Row-kernel contenders on the webgpu backend and, for small sizes, the cpu device. */
 function rowContenders(ctx: BenchContext, withCpu: boolean, make: (be: Backend) => () => Storage[]): Contender[] {
   const list: Contender[] = [];
-  if (ctx.gpu) list.push(backendContender("qalign webgpu", `wg ${ctx.gpu.rowWorkgroup}`, ctx.gpu, make(ctx.gpu)));
+  if (ctx.gpu) list.push(backendContender("qalign webgpu", `lanes ${ctx.gpu.rowWorkgroup}`, ctx.gpu, make(ctx.gpu)));
   if (withCpu || !ctx.gpu) list.push(backendContender("qalign cpu", "reference", ctx.cpu, make(ctx.cpu)));
   return list;
 }

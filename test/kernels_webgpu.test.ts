@@ -437,10 +437,10 @@ describe("matmul", () => {
 
   test("one row with lanes splitting K and a tree reduction (the GPU form), 64 and 4 lanes", async (ctx) => {
     await webgpuOrSkip(ctx);
-    for (const gemvLanes of [64, 4]) {
-      const gpu = (await createWebGpuBackend({ gemvLanes, matmulVariant: "vec4" }))!;
+    for (const rowWorkgroup of [64, 4]) {
+      const gpu = (await createWebGpuBackend({ rowWorkgroup, matmulVariant: "vec4" }))!;
       try {
-        expect(matmulKernelKey(gpu, DECODE_ROW)).toBe(`matmul.gemv.${gemvLanes}x4x${64 / gemvLanes}`);
+        expect(matmulKernelKey(gpu, DECODE_ROW)).toBe(`matmul.gemv.${rowWorkgroup}x4x${64 / rowWorkgroup}`);
         await checkMatmul(gpu, 25, GEMV);
       } finally {
         await gpu.destroy();

@@ -44,10 +44,10 @@ import { ROW_MAIN_ARGS, workgroupReduce } from "./reduce.wgsl.ts";
  */
 
 /**
- * Invocations per workgroup, also the block of keys (or queries) scored at once: 64 on a GPU, the
- * device's row workgroup (one subgroup) on SwiftShader, where barriers are costly.
+ * Invocations per workgroup, also the block of keys (or queries) scored at once: 64 on a GPU; on a
+ * CPU emulation (rowWorkgroup 1), where barriers are costly, 4, one SIMD group of SwiftShader.
  */
-const blockSize = (host: KernelHost) => Math.min(64, host.rowWorkgroup);
+const blockSize = (host: KernelHost) => Math.max(4, Math.min(64, host.rowWorkgroup));
 /** Largest head dimension: each invocation owns ATTENTION_MAX_DH / wg dimensions of the row. */
 export const ATTENTION_MAX_DH = 256;
 const NEG = "-1.0e30";

@@ -9,9 +9,10 @@ import type {
   UnaryOp,
   View,
 } from "../tensor/backend.ts";
+import { assertViewInBounds, attentionSizes } from "./checks.ts";
 import type { DType, HostArray } from "../tensor/dtype.ts";
 import { dtypeOf, hostArray, isFloat } from "../tensor/dtype.ts";
-import { DTypeError, DisposedError, ShapeError, fmt } from "../tensor/errors.ts";
+import { DTypeError, DisposedError, ShapeError } from "../tensor/errors.ts";
 import { numel } from "../tensor/shape.ts";
 import { adamwRef } from "./adamw.ts";
 import { attentionBackwardRef, attentionRef } from "./attention.ts";
@@ -83,21 +84,7 @@ function floatArgs(op: string, storages: readonly Storage[]): HostArray[] {
  */
 function hostView(op: string, v: View): HostView {
   const data = hostData(op, v.storage);
-  if (numel(v.shape) > 0) {
-    let lo = v.offset;
-    let hi = v.offset;
-    v.shape.forEach((size, axis) => {
-      const span = (size - 1) * v.strides[axis]!;
-      lo += Math.min(0, span);
-      hi += Math.max(0, span);
-    });
-    if (lo < 0 || hi >= data.length) {
-      throw new ShapeError(
-        op,
-        `view ${fmt(v.shape)} with strides ${fmt(v.strides)} at offset ${v.offset} reaches outside its storage of ${data.length} elements`,
-      );
-    }
-  }
+  assertViewInBounds(op, v, data.length);
   return { data, shape: v.shape, strides: v.strides, offset: v.offset };
 }
 
@@ -106,11 +93,12 @@ function hostView(op: string, v: View): HostView {
  * may have any dtype) and returns the mask's data.
  */
 function attentionInputs(op: string, q: Storage, k: Storage, v: Storage, keyMask: Storage | null, g: AttentionGeometry): HostArray | null {
-  need(op, "q", q, g.B * g.H * g.Tq * g.Dh);
-  need(op, "k", k, g.B * g.Hkv * g.Tk * g.Dh);
-  need(op, "v", v, g.B * g.Hkv * g.Tk * g.Dh);
+  const n = attentionSizes(op, g);
+  need(op, "q", q, n.q);
+  need(op, "k", k, n.kv);
+  need(op, "v", v, n.kv);
   if (keyMask === null) return null;
-  need(op, "keyMask", keyMask, g.B * g.Tk);
+  need(op, "keyMask", keyMask, n.keyMask);
   return hostData(op, keyMask);
 }
 

@@ -1,6 +1,6 @@
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { kernel, single } from "./webgpu/program.ts";
-import { ROW_MAIN_ARGS } from "./reduce.wgsl.ts";
+import { ROW_MAIN_ARGS, dispatchRows, rowPrologue, rowWorkgroupSize } from "./reduce.wgsl.ts";
 import { rowLse } from "./softmax.wgsl.ts";
 
 /**
@@ -9,8 +9,9 @@ import { rowLse } from "./softmax.wgsl.ts";
  *   loss_r = lse(z_r) - z_{r,t},   d loss_r / d z_{r,c} = (softmax(z_r)_c - [c = t]) * gradLoss_r
  * Fused with the log-softmax, so the [rows, V] probabilities are never stored.
  *
- * Technique: one workgroup per row, the row's log-sum-exp by the shared workgroup reduction
- * (softmax.wgsl.ts); the backward then writes the whole gradient row in one strided pass.
+ * Technique: the row kernels' layout (reduce.wgsl.ts), the row's log-sum-exp by the shared
+ * reduction (softmax.wgsl.ts); the backward then writes the whole gradient row in one strided
+ * pass.
  *
  * Targets: ignoreIndex gives loss 0 and a zero gradient row. Unlike the reference, which throws,
  * a target outside [0, cols) is treated the same way (a kernel cannot throw); the tensor layer
@@ -26,24 +27,23 @@ const params = [
 /** WGSL: whether row `row` has a target inside [0, cols) that is not ignoreIndex. */
 const HAS_TARGET = `fn has_target(t: i32) -> bool { return t != P.ignore && t >= 0 && u32(t) < P.cols; }`;
 
-const forwardKernel = (wg: number) =>
-  kernel(`crossEntropy.wg${wg}`, () => ({
+const forwardKernel = (lanes: number) =>
+  kernel(`crossEntropy.lanes${lanes}`, () => ({
     params,
     buffers: [
       { name: "x", type: "f32", access: "read" },
       { name: "targets", type: "i32", access: "read" },
       { name: "y", type: "f32", access: "read_write" },
     ],
-    body: () => `${rowLse(wg)}
+    body: () => `${rowLse(lanes)}
 ${HAS_TARGET}
-@compute @workgroup_size(${wg})
+@compute @workgroup_size(${rowWorkgroupSize(lanes)})
 fn main(${ROW_MAIN_ARGS}) {
-  let row = wg_linear(wid, nwg);
-  if (row >= P.rows) { return; }
+  ${rowPrologue(lanes)}
   let base = row * P.cols;
-  let lse = row_lse(base, P.cols, lid);
+  let lse = row_lse(base, P.cols, lane);
   let t = targets[row];
-  if (lid == 0u) {
+  if (lane == 0u) {
     var loss = 0.0;
     if (has_target(t)) { loss = lse - x[base + u32(t)]; }
     y[row] = loss;
@@ -51,8 +51,8 @@ fn main(${ROW_MAIN_ARGS}) {
 }`,
   }));
 
-const backwardKernel = (wg: number) =>
-  kernel(`crossEntropyBackward.wg${wg}`, () => ({
+const backwardKernel = (lanes: number) =>
+  kernel(`crossEntropyBackward.lanes${lanes}`, () => ({
     params,
     buffers: [
       { name: "x", type: "f32", access: "read" },
@@ -60,18 +60,17 @@ const backwardKernel = (wg: number) =>
       { name: "gradLoss", type: "f32", access: "read" },
       { name: "y", type: "f32", access: "read_write" },
     ],
-    body: () => `${rowLse(wg)}
+    body: () => `${rowLse(lanes)}
 ${HAS_TARGET}
-@compute @workgroup_size(${wg})
+@compute @workgroup_size(${rowWorkgroupSize(lanes)})
 fn main(${ROW_MAIN_ARGS}) {
-  let row = wg_linear(wid, nwg);
-  if (row >= P.rows) { return; }
+  ${rowPrologue(lanes)}
   let base = row * P.cols;
-  // Computed for ignored rows too: row_lse has barriers, so every row's workgroup must call it.
-  let lse = row_lse(base, P.cols, lid);
+  // Computed for ignored rows too: row_lse may have barriers, so every row's invocations call it.
+  let lse = row_lse(base, P.cols, lane);
   let t = targets[row];
   let g = select(0.0, gradLoss[row], has_target(t));
-  for (var c = lid; c < P.cols; c += ${wg}u) {
+  for (var c = lane; c < P.cols; c += ${lanes}u) {
     let onehot = select(0.0, 1.0, i32(c) == t);
     y[base + c] = (exp(x[base + c] - lse) - onehot) * g;
   }
@@ -85,7 +84,7 @@ fn main(${ROW_MAIN_ARGS}) {
  * @param out f32 [rows]
  */
 export function encodeCrossEntropy(host: KernelHost, logits: GpuData, targets: GpuData, out: GpuData, rows: number, cols: number, ignoreIndex: number): void {
-  host.dispatch(forwardKernel(host.rowWorkgroup), { rows, cols, ignore: ignoreIndex }, [single(logits), single(targets), single(out)], rows);
+  dispatchRows(host, forwardKernel(host.rowWorkgroup), { rows, cols, ignore: ignoreIndex }, [single(logits), single(targets), single(out)], rows);
 }
 
 /**
@@ -105,7 +104,8 @@ export function encodeCrossEntropyBackward(
   cols: number,
   ignoreIndex: number,
 ): void {
-  host.dispatch(
+  dispatchRows(
+    host,
     backwardKernel(host.rowWorkgroup),
     { rows, cols, ignore: ignoreIndex },
     [single(logits), single(targets), single(gradLoss), single(out)],

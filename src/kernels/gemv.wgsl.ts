@@ -33,7 +33,7 @@ export interface GemvShape {
 }
 
 /**
- * The shape for `lanes` invocations per block (KernelHost.gemvLanes: 256 on a GPU, 1 on a CPU
+ * The shape for `lanes` invocations per block (KernelHost.rowWorkgroup: 256 on a GPU, 1 on a CPU
  * emulation): 8 columns per block for a single lane, 4 when lanes split K. A workgroup holds at
  * least 64 invocations.
  */

@@ -225,7 +225,7 @@ function plan(host: KernelHost, p: ParamValues, g: MatmulGeometry): { k: Kernel;
   const v = host.matmulVariant;
   const form = v === "vec4" || v === "quad" ? vec4Form(p, g.transA, g.transB) : null;
   if (form === "nt" && p["M"] === 1) {
-    const sh = gemvShape(host.gemvLanes);
+    const sh = gemvShape(host.rowWorkgroup);
     if (groups(p["N"] as number, sh.tn * sh.blocksPerWorkgroup) <= host.maxGridDim) {
       return { k: gemvKernel(sh), perX: sh.tn, perY: 1, wgX: sh.blocksPerWorkgroup, wgY: 1 };
     }

@@ -1,17 +1,18 @@
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { kernel, single } from "./webgpu/program.ts";
-import { ROW_MAIN_ARGS, workgroupReduce } from "./reduce.wgsl.ts";
+import { ROW_MAIN_ARGS, dispatchRows, rowPrologue, rowWorkgroupSize, workgroupReduce } from "./reduce.wgsl.ts";
 
 /**
  * WGSL RMSNorm, specified by rmsNormRef in src/kernels/rmsnorm.ts:
  * y[r, d] = x[r, d] * rsqrt(mean_d x[r, d]^2 + eps) * weight[d].
  *
- * Technique: one workgroup per row; the sum of squares by the shared workgroup reduction
- * (reduce.wgsl.ts), then one strided pass scales the row.
+ * Technique: the row kernels' layout (reduce.wgsl.ts: a workgroup per row on a GPU, an
+ * invocation per row on a CPU emulation); the sum of squares by the shared reduction, then one
+ * strided pass scales the row.
  */
 
-const rmsNormKernel = (wg: number) =>
-  kernel(`rmsNorm.wg${wg}`, () => ({
+const rmsNormKernel = (lanes: number) =>
+  kernel(`rmsNorm.lanes${lanes}`, () => ({
     params: [
       { name: "rows", type: "u32" },
       { name: "D", type: "u32" },
@@ -22,16 +23,15 @@ const rmsNormKernel = (wg: number) =>
       { name: "w", type: "f32", access: "read" },
       { name: "y", type: "f32", access: "read_write" },
     ],
-    body: () => `${workgroupReduce("f32", wg)}
-@compute @workgroup_size(${wg})
+    body: () => `${workgroupReduce("f32", lanes)}
+@compute @workgroup_size(${rowWorkgroupSize(lanes)})
 fn main(${ROW_MAIN_ARGS}) {
-  let row = wg_linear(wid, nwg);
-  if (row >= P.rows) { return; }
+  ${rowPrologue(lanes)}
   let base = row * P.D;
   var ss = 0.0;
-  for (var d = lid; d < P.D; d += ${wg}u) { let v = x[base + d]; ss += v * v; }
-  let inv = inverseSqrt(wg_sum(ss, lid) / f32(P.D) + P.eps);
-  for (var d = lid; d < P.D; d += ${wg}u) { y[base + d] = x[base + d] * inv * w[d]; }
+  for (var d = lane; d < P.D; d += ${lanes}u) { let v = x[base + d]; ss += v * v; }
+  let inv = inverseSqrt(wg_sum(ss, lane) / f32(P.D) + P.eps);
+  for (var d = lane; d < P.D; d += ${lanes}u) { y[base + d] = x[base + d] * inv * w[d]; }
 }`,
   }));
 
@@ -41,5 +41,5 @@ fn main(${ROW_MAIN_ARGS}) {
  * @param out f32 [rows, D]
  */
 export function encodeRmsNorm(host: KernelHost, x: GpuData, weight: GpuData, out: GpuData, rows: number, D: number, eps: number): void {
-  host.dispatch(rmsNormKernel(host.rowWorkgroup), { rows, D, eps }, [single(x), single(weight), single(out)], rows);
+  dispatchRows(host, rmsNormKernel(host.rowWorkgroup), { rows, D, eps }, [single(x), single(weight), single(out)], rows);
 }

@@ -11,9 +11,10 @@ import type {
 } from "../../tensor/backend.ts";
 import type { DType, HostArray } from "../../tensor/dtype.ts";
 import { dtypeOf, hostArray } from "../../tensor/dtype.ts";
-import { DTypeError, DeviceLimitError, DisposedError, ShapeError, fmt } from "../../tensor/errors.ts";
+import { DTypeError, DeviceLimitError, DisposedError, ShapeError } from "../../tensor/errors.ts";
 import { assertSameShape, contiguousStrides, numel } from "../../tensor/shape.ts";
 import { encodeAdamW } from "../adamw.wgsl.ts";
+import { assertViewInBounds, attentionSizes } from "../checks.ts";
 import { ATTENTION_MAX_DH, encodeAttention, encodeAttentionBackward } from "../attention.wgsl.ts";
 import { encodeCrossEntropy, encodeCrossEntropyBackward } from "../cross_entropy.wgsl.ts";
 import { binaryDefinedOnInt, unaryDefinedOnInt } from "../elementwise.ts";
@@ -95,7 +96,6 @@ export class WebGpuBackend implements Backend, KernelHost {
   readonly maxBindingBytes: number;
   readonly maxGridDim: number;
   readonly rowWorkgroup: number;
-  readonly gemvLanes: number;
   readonly matmulVariant: MatmulVariant;
   readonly attentionVariant: AttentionVariant;
   /** Elements per chunk of a chunked storage. */
@@ -121,30 +121,25 @@ export class WebGpuBackend implements Backend, KernelHost {
    * @param gpu the Dawn GPU object (kept alive with the device)
    * @param device a device created with the adapter's binding and buffer limits
    * @param opts.maxBindingBytes a lower per-binding limit (tests of chunked storages)
-   * @param opts.rowWorkgroup invocations per row in row kernels (a power of two); by default 256,
-   *   or one subgroup on a fallback (CPU) adapter such as SwiftShader
-   * @param opts.gemvLanes invocations per column block in the matrix-vector kernel (a power of
-   *   two); by default rowWorkgroup, or 1 on a fallback (CPU) adapter
+   * @param opts.rowWorkgroup invocations per row in the row kernels and the matrix-vector kernel
+   *   (a power of two); by default 256, or 1 on a fallback (CPU) adapter such as SwiftShader
    * @param opts.matmulVariant the matmul variant (src/kernels/matmul.wgsl.ts); by default
    *   $QALIGN_MATMUL, else "quad" on a fallback (CPU) adapter with the `subgroups` feature, else "vec4"
    * @param opts.attentionVariant the fused attention forward; by default "quad" where the matmul
    *   default is "quad" (a CPU adapter with subgroups), else "rows"
-   * @throws RangeError for a bad rowWorkgroup or gemvLanes, or a "quad" variant without the `subgroups` feature
+   * @throws RangeError for a bad rowWorkgroup, or a "quad" variant without the `subgroups` feature
    */
   constructor(
     readonly gpu: GPU,
     readonly device: GPUDevice,
-    opts: { maxBindingBytes?: number; rowWorkgroup?: number; gemvLanes?: number; matmulVariant?: MatmulVariant; attentionVariant?: AttentionVariant } = {},
+    opts: { maxBindingBytes?: number; rowWorkgroup?: number; matmulVariant?: MatmulVariant; attentionVariant?: AttentionVariant } = {},
   ) {
     const { maxBindingBytes, rowWorkgroup } = opts;
     const limits = device.limits;
     const info = device.adapterInfo;
-    this.rowWorkgroup = rowWorkgroup ?? (info.isFallbackAdapter ? Math.max(4, info.subgroupMinSize ?? 4) : 256);
-    this.gemvLanes = opts.gemvLanes ?? (info.isFallbackAdapter ? 1 : this.rowWorkgroup);
-    for (const [name, n] of [["rowWorkgroup", this.rowWorkgroup], ["gemvLanes", this.gemvLanes]] as const) {
-      if (!Number.isInteger(Math.log2(n)) || n > limits.maxComputeInvocationsPerWorkgroup) {
-        throw new RangeError(`webgpu: ${name} ${n} is not a power of two <= ${limits.maxComputeInvocationsPerWorkgroup}`);
-      }
+    this.rowWorkgroup = rowWorkgroup ?? (info.isFallbackAdapter ? 1 : 256);
+    if (!Number.isInteger(Math.log2(this.rowWorkgroup)) || this.rowWorkgroup > limits.maxComputeInvocationsPerWorkgroup) {
+      throw new RangeError(`webgpu: rowWorkgroup ${this.rowWorkgroup} is not a power of two <= ${limits.maxComputeInvocationsPerWorkgroup}`);
     }
     const subgroups = device.features.has("subgroups");
     const fromEnv = process.env["QALIGN_MATMUL"];
@@ -727,16 +722,16 @@ export class WebGpuBackend implements Backend, KernelHost {
   }
 
   private attentionInputs(op: string, q: Storage, k: Storage, v: Storage, keyMask: Storage | null, g: AttentionGeometry) {
-    if (g.Hkv <= 0 || g.H % g.Hkv !== 0) throw new ShapeError(op, `query heads H = ${g.H} are not a multiple of kv heads Hkv = ${g.Hkv}`);
+    const n = attentionSizes(op, g);
     if (g.Dh > ATTENTION_MAX_DH) throw new DeviceLimitError(op, `head dim ${g.Dh} > ${ATTENTION_MAX_DH}, the kernel's largest`);
     const [qs, ks, vs] = [["q", q], ["k", k], ["v", v]].map(([w, s]) =>
       this.float(op, w as string, this.whole(op, w as string, s as Storage)),
     ) as [WebGpuStorage, WebGpuStorage, WebGpuStorage];
-    this.need(op, "q", qs, g.B * g.H * g.Tq * g.Dh);
-    this.need(op, "k", ks, g.B * g.Hkv * g.Tk * g.Dh);
-    this.need(op, "v", vs, g.B * g.Hkv * g.Tk * g.Dh);
+    this.need(op, "q", qs, n.q);
+    this.need(op, "k", ks, n.kv);
+    this.need(op, "v", vs, n.kv);
     const ms = keyMask === null ? null : this.whole(op, "keyMask", keyMask);
-    if (ms) this.need(op, "keyMask", ms, g.B * g.Tk);
+    if (ms) this.need(op, "keyMask", ms, n.keyMask);
     return { qs, ks, vs, ms };
   }
 
@@ -747,21 +742,7 @@ export class WebGpuBackend implements Backend, KernelHost {
    */
   private operand(op: string, v: View): StridedOperand {
     const data = this.live(op, v.storage);
-    if (numel(v.shape) > 0) {
-      let lo = v.offset;
-      let hi = v.offset;
-      v.shape.forEach((size, axis) => {
-        const span = (size - 1) * v.strides[axis]!;
-        lo += Math.min(0, span);
-        hi += Math.max(0, span);
-      });
-      if (lo < 0 || hi >= data.numel) {
-        throw new ShapeError(
-          op,
-          `view ${fmt(v.shape)} with strides ${fmt(v.strides)} at offset ${v.offset} reaches outside its storage of ${data.numel} elements`,
-        );
-      }
-    }
+    assertViewInBounds(op, v, data.numel);
     return { data, strides: v.strides, offset: v.offset };
   }
 }

@@ -9,15 +9,11 @@ export interface WebGpuOptions {
    */
   maxBindingBytes?: number;
   /**
-   * Invocations per row in the row kernels (a power of two). Default: 256, or one subgroup on a
-   * fallback (CPU) adapter such as SwiftShader; tests set it to run the GPU variant there too.
+   * Invocations per row in the row kernels and the matrix-vector kernel (a power of two).
+   * Default: 256, or 1 on a fallback (CPU) adapter such as SwiftShader; tests set it to run the
+   * GPU form there too.
    */
   rowWorkgroup?: number;
-  /**
-   * Invocations per column block in the matrix-vector kernel (a power of two). Default:
-   * rowWorkgroup, or 1 on a fallback (CPU) adapter; tests set it to run the GPU form there too.
-   */
-  gemvLanes?: number;
   /**
    * Forces a matmul variant (where the operands' layout allows it); default: $QALIGN_MATMUL, else
    * chosen by adapter (see WebGpuBackend).

@@ -87,18 +87,13 @@ export interface KernelHost {
   readonly maxGridDim: number;
   /**
    * Invocations that cooperate on one row in the row kernels (reduce, softmax, cross-entropy,
-   * rmsnorm, attention), a power of two: 256 on a GPU; one subgroup on a CPU emulation such as
-   * SwiftShader, which runs each subgroup as a thread and pays a thread switch per subgroup at
-   * every barrier (measured: 256 invocations per row ran 10-30x slower there than 4).
+   * rmsnorm; see reduce.wgsl.ts) and on one block of output columns in the matrix-vector kernel
+   * (gemv.wgsl.ts), a power of two: 256 on a GPU; 1 on a CPU emulation such as SwiftShader, which
+   * runs invocations 4 at a time in SIMD lanes and pays a thread switch per barrier, so there an
+   * invocation owns a whole row, with no reduction (measured: 256 invocations per row ran 10-30x
+   * slower there than 4, and 4 up to 2x slower than 1).
    */
   readonly rowWorkgroup: number;
-  /**
-   * Invocations that split K for one block of output columns in the matrix-vector kernel
-   * (src/kernels/gemv.wgsl.ts, matmuls with one row), a power of two: `rowWorkgroup` on a GPU; 1
-   * on a CPU emulation, where an invocation runs all of K for its columns without a barrier
-   * (measured on SwiftShader: 1 lane streams W at 2.5 GB/s, 4 lanes and a reduction at 1-1.8).
-   */
-  readonly gemvLanes: number;
   /**
    * The matmul variant to use where the operands' layout allows it (src/kernels/matmul.wgsl.ts);
    * elsewhere matmul falls back to "tiled".
