@@ -1,12 +1,13 @@
 /**
- * `npm run bench [-- --quick] [-- --json FILE] [-- --device webgpu|cpu] [-- --only GROUPS]`
+ * `npm run bench [-- --quick] [-- --json FILE] [-- --device webgpu|cpu] [-- --only GROUPS] [-- --help]`
  *
  * qalign's benchmark: kernels (matmul, attention, RMSNorm, softmax, cross-entropy), end to end
  * (prefill, decode, LoRA training step) and the loader's host memory, each against TensorFlow.js's
  * WebGPU backend on the same adapter where it has the op (matmul, softmax) and the cpu device for
  * scale. Prints a table and the targets, and writes JSON with the adapter, its limits, the
  * versions, and per case the median and spread over repeats, the throughput and the ratio to the
- * peer. `--quick` is CI's smoke test: small sizes, few repeats, every kind of case, no thresholds.
+ * peer. `--quick` is CI's smoke test: small sizes, few repeats, every kind of case; targets are
+ * printed, never enforced. Each run writes its own JSON file (see USAGE).
  * Nothing here is a test: numbers are printed, never asserted.
  */
 import { mkdir, writeFile } from "node:fs/promises";
@@ -27,25 +28,55 @@ import { targets } from "./targets.ts";
 
 const GROUPS = ["matmul", "attention", "rows", "e2e", "loader"] as const;
 
-const { values } = parseArgs({
-  options: {
-    quick: { type: "boolean", default: false },
-    json: { type: "string" },
-    device: { type: "string", default: "webgpu" },
-    only: { type: "string", default: GROUPS.join(",") },
-  },
-});
-const quick = values.quick!;
-const only = new Set(values.only!.split(","));
-const jsonPath = values.json ?? `runs/bench/bench-${quick ? "quick" : "full"}.json`;
+const USAGE = `usage: npm run bench [-- --quick] [-- --json FILE] [-- --device webgpu|cpu] [-- --only GROUP,...]
+  --quick   small sizes and few repeats (CI's smoke test; targets are printed, never enforced)
+  --json    where to write the results (default runs/bench/<full|quick>-<date and time>.json)
+  --device  webgpu (default) or cpu
+  --only    a comma-separated subset of ${GROUPS.join(", ")}`;
+
+/** Prints `message` and the usage on stderr and exits 2 (a bad command line, not a failure of the run). */
+function usageError(message: string): never {
+  process.stderr.write(`bench: ${message}\n${USAGE}\n`);
+  process.exit(2);
+}
+
+const parsed = (() => {
+  try {
+    return parseArgs({
+      options: {
+        quick: { type: "boolean", default: false },
+        json: { type: "string" },
+        device: { type: "string", default: "webgpu" },
+        only: { type: "string", default: GROUPS.join(",") },
+        help: { type: "boolean", default: false },
+      },
+    }).values;
+  } catch (e) {
+    return usageError((e as Error).message);
+  }
+})();
+if (parsed.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+const quick = parsed.quick!;
+const only = new Set(parsed.only!.split(",").filter((g) => g !== ""));
+const unknown = [...only].filter((g) => !(GROUPS as readonly string[]).includes(g));
+if (unknown.length > 0 || only.size === 0) usageError(`--only ${parsed.only}: ${unknown.length > 0 ? `unknown group ${unknown.join(", ")}` : "no group"}`);
+if (parsed.device !== "webgpu" && parsed.device !== "cpu") usageError(`--device must be webgpu or cpu, got ${parsed.device}`);
+// A new file per run, so no run overwrites another's results.
+const started = new Date();
+const jsonPath = parsed.json ?? `runs/bench/${quick ? "quick" : "full"}-${started.toISOString().replace(/:/g, "-").replace(/\.\d+Z$/, "Z")}.json`;
 const log = (msg: string) => process.stderr.write(`bench: ${msg}\n`);
 
-if (values.device !== "webgpu" && values.device !== "cpu") throw new Error(`--device must be webgpu or cpu, got ${values.device}`);
-if (values.device === "webgpu" && process.env["VK_ICD_FILENAMES"] === undefined) {
+if (parsed.device === "webgpu" && process.env["VK_ICD_FILENAMES"] === undefined) {
   log("VK_ICD_FILENAMES is not set: without a GPU, see the README (SwiftShader)");
 }
-const gpu: WebGpuBackend | null = values.device === "webgpu" ? await createWebGpuBackend() : null;
-if (values.device === "webgpu" && !gpu) throw new Error("--device webgpu: no WebGPU adapter found (see the README: SwiftShader)");
+const gpu: WebGpuBackend | null = parsed.device === "webgpu" ? await createWebGpuBackend() : null;
+if (parsed.device === "webgpu" && !gpu) {
+  process.stderr.write("bench: --device webgpu: no WebGPU adapter found (without a GPU, see the README: SwiftShader)\n");
+  process.exit(1);
+}
 const cpu = cpuDevice();
 
 const peer = gpu ? await startPeer(gpu.gpu) : ({ ok: false, error: "not started: --device cpu", version: null } as const);
@@ -85,7 +116,6 @@ function adapterJson(b: WebGpuBackend) {
   };
 }
 
-const started = new Date();
 const cases: CaseResult[] = [];
 const run = async (group: (typeof GROUPS)[number], f: () => Promise<CaseResult[]>) => {
   if (!only.has(group)) return;
@@ -105,7 +135,7 @@ const report = {
   date: started.toISOString(),
   durationS: Math.round((Date.now() - started.getTime()) / 1000),
   quick,
-  device: values.device,
+  device: parsed.device,
   timing: gpu?.device.features.has("timestamp-query") ? "gpu-timestamps (webgpu), wall (cpu, end to end)" : "wall",
   protocol: { ...opts, note: "one untimed warm-up per contender, then repeats rounds visiting contenders in turn; per-iteration times" },
   environment: {
@@ -127,5 +157,5 @@ await writeFile(jsonPath, JSON.stringify(report, null, 2) + "\n");
 console.log(table(cases));
 console.log("\nTargets (ratios measured in this run):");
 for (const t of goals) console.log(`- ${t.met === null ? "n/a " : t.met ? "met " : "MISS"} ${t.name}: ${t.measured}`);
-console.log(`\n${quick ? "quick run, no thresholds; " : ""}JSON: ${jsonPath} (${report.durationS} s)`);
+console.log(`\n${quick ? "quick run (cut sizes; targets printed, not enforced); " : ""}JSON: ${jsonPath} (${report.durationS} s)`);
 await gpu?.destroy();

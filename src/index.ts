@@ -12,7 +12,7 @@ setDefaultDevice(cpuDevice());
 export { Tensor } from "./tensor/tensor.ts";
 export type { Backend, Storage, View } from "./tensor/backend.ts";
 export type { DType, HostArray } from "./tensor/dtype.ts";
-export { ShapeError, DTypeError, DeviceLimitError, DisposedError, AutogradError } from "./tensor/errors.ts";
+export { ShapeError, DTypeError, DeviceError, DeviceLimitError, DisposedError, AutogradError } from "./tensor/errors.ts";
 export { backward, noGrad, isGradEnabled } from "./tensor/autograd.ts";
 export { tidy, keep } from "./tensor/scope.ts";
 export { Rng } from "./tensor/random.ts";

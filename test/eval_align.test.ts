@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it, type TestContext } from "vitest";
-import type { AlignResults } from "../src/eval/align.ts";
+import { settingsDiff, type AlignResults } from "../src/eval/align.ts";
 import { SHARED_DATA_DIR } from "../src/eval/source.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 
@@ -57,6 +57,8 @@ describe("qalign align", () => {
       expect(existsSync(join(out, f)), f).toBe(true);
     }
     expect(existsSync(join(out, "training"))).toBe(false); // renamed to adapter/ once complete
+    expect(r.stderr).toContain(`adapter written to ${join(out, "adapter")}\n`);
+    expect(r.stderr).not.toContain(`adapter written to ${join(out, "training")}`);
     const res = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as AlignResults;
     expect(res.base.map((b) => [b.lang, b.n])).toEqual([["en", 20], ["zh", 20], ["sw", 20]]);
     expect(res.aligned).toHaveLength(3);
@@ -86,7 +88,9 @@ describe("qalign align", () => {
 
     const other = qalign(args.map((a) => (a === "20" ? "10" : a)));
     expect(other.status).toBe(1);
-    expect(other.stderr.trim().split("\n").at(-1)).toMatch(/^qalign: .*run\.json: holds a run with other settings \(evaluation\)/);
+    expect(other.stderr.trim().split("\n").at(-1)).toBe(
+      `qalign: ${join(out, "run.json")}: holds a run with other settings (evaluation.limit was 20, now 10); choose another --out or remove the folder`,
+    );
   });
 
   it("runs offline on the built-in sample (what npm start does without ../shared/data)", () => {
@@ -105,5 +109,20 @@ describe("qalign align", () => {
     const last = r.stderr.trim().split("\n").at(-1)!;
     expect(last).toMatch(/^qalign: align: question-translation files exist for snli only/);
     expect(r.stderr).not.toMatch(/at .*\.ts:\d+/); // one line, no stack
+  });
+});
+
+describe("settingsDiff", () => {
+  it("names each differing setting by its path, with the saved and the new value", () => {
+    const saved = { task: "snli", train: ["zh", "es"], evaluation: { limit: 20, shots: 6, mode: "prefix" }, training: { lr: 5e-5, epochs: 3 } };
+    expect(settingsDiff(saved, structuredClone(saved))).toEqual([]);
+    const now = { task: "snli", train: ["zh"], evaluation: { shots: 2, mode: "prefix", limit: undefined }, training: { lr: 1e-3, epochs: 3 } };
+    expect(settingsDiff(saved, now)).toEqual([
+      'train was ["zh","es"], now ["zh"]',
+      "evaluation.limit was 20, now unset",
+      "evaluation.shots was 6, now 2",
+      "training.lr was 0.00005, now 0.001",
+    ]);
+    expect(settingsDiff(undefined, 3, "evaluation.seed")).toEqual(["evaluation.seed was unset, now 3"]);
   });
 });

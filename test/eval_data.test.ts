@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { describe, expect, it, type TestContext } from "vitest";
 import { checkFields, loadTaskData, readItems } from "../src/eval/data.ts";
 import { FIELD_WORDS, fieldWords, parseQuestionLabels } from "../src/eval/fields.ts";
@@ -125,6 +125,17 @@ describe("the built-in sample", () => {
     expect(pairs).toHaveLength(12);
     expect(pairs[0]!.input).toMatch(/^前提: .*\n假设: .*\n答案: "\nTranslate the input from Chinese to English:\n$/);
     expect(pairs[0]!.answer).toMatch(/^Premise: .*\nHypothesis: .*\nAnswer: "$/);
+  });
+});
+
+describe("question pairs", () => {
+  it("refuse a language whose question file has no usable item, naming the file", async () => {
+    const sample = JSON.parse(readFileSync(new URL("../src/eval/sample_data.json", import.meta.url), "utf8")) as { files: Record<string, unknown> };
+    const source = new MemorySource({ ...sample.files, "snli/snli_zh10k_train_question.json": [] });
+    await expect(questionPairs(source, ["zh", "es"])).rejects.toThrow(new DataError("sample:snli/snli_zh10k_train_question.json", "no usable {input, answer} items (0 in the file)"));
+    const skipAll = new MemorySource({ ...sample.files, "snli/snli_es10k_train_question.json": [{ input: "" }] });
+    await expect(questionPairs(skipAll, ["zh", "es"], "en", "skip")).rejects.toThrow("sample:snli/snli_es10k_train_question.json: no usable {input, answer} items (1 in the file)");
+    expect((await questionPairs(source, ["es"])).pairs).toHaveLength(6);
   });
 });
 

@@ -68,6 +68,15 @@ describe("readQuestionPairs", () => {
     }
   });
 
+  test("a file without a usable item fails, named, even when another file has pairs", async () => {
+    const good = jsonFile("good.json", [items[0]]);
+    const empty = jsonFile("none.json", []);
+    const bad = jsonFile("allbad.json", [{ answer: "x" }]);
+    await expect(qa.readQuestionPairs([good, empty])).rejects.toThrow(`${empty}: no usable {input, answer} items (0 in the file)`);
+    await expect(qa.readQuestionPairs([bad, good])).rejects.toThrow(`${bad}: no usable {input, answer} items (1 in the file)`);
+    expect((await qa.readQuestionPairs([good, good])).pairs).toHaveLength(2);
+  });
+
   test("mixes files in order (the shared zh and es question files, when present)", async (ctx) => {
     const files = ["zh", "es"].map((l) => join(SHARED, `snli_${l}10k_train_question.json`));
     if (!files.every(existsSync)) {

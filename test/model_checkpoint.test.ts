@@ -78,6 +78,33 @@ describe("safetensors validation", () => {
     await expectError(openSafetensors(file), file, "b", /\[16, 32\] out of range.*holds 24 bytes/);
   });
 
+  it("rejects reversed data offsets as reversed, not as a truncated file", async () => {
+    const file = craft({ w: { dtype: "F32", shape: [2], data_offsets: [100, 50] } }, 200);
+    await expectError(openSafetensors(file), file, "w", /data_offsets \[100, 50\] are reversed: end 50 is before begin 100$/);
+    const err = await openSafetensors(file).catch((e: Error) => e);
+    expect((err as Error).message).not.toMatch(/truncated|out of range/);
+  });
+
+  it("names a missing dtype, shape or data_offsets field of a header entry", async () => {
+    const fields = { dtype: "F32", shape: [2], data_offsets: [0, 8] };
+    for (const field of ["dtype", "shape", "data_offsets"] as const) {
+      const entry: Record<string, unknown> = { ...fields };
+      delete entry[field];
+      const file = craft({ "model.norm.weight": entry }, 8);
+      await expectError(
+        openSafetensors(file),
+        file,
+        "model.norm.weight",
+        new RegExp(`field "${field}" is missing \\(every header entry needs dtype, shape and data_offsets\\)$`),
+      );
+      const err = await openSafetensors(file).catch((e: Error) => e);
+      expect((err as Error).message).not.toContain("undefined");
+    }
+    // A present but null dtype is still reported as a bad value, readably.
+    const nul = craft({ w: { ...fields, dtype: null } }, 8);
+    await expectError(openSafetensors(nul), nul, "w", /unknown dtype null \(null\)/);
+  });
+
   it("rejects a file cut in the middle of its data", async () => {
     const file = craft({ a: f32([4], 0), b: f32([4], 16) }, 32);
     truncateSync(file, readFileSync(file).length - 3);

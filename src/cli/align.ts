@@ -16,7 +16,7 @@ import { loadForCli } from "./model.ts";
  * higher learning rate than the paper's 5e-5, so that a handful of pairs (the built-in sample
  * has 12 per source pair) still moves the adapter away from its zero start.
  */
-const TINY_DEFAULTS = { limit: 12, maxTrainSamples: 48, epochs: 2, lr: 1e-3, batchSize: 4, gradAccum: 1 } as const;
+export const TINY_DEFAULTS = { limit: 12, maxTrainSamples: 48, epochs: 2, lr: 1e-3, batchSize: 4, gradAccum: 1 } as const;
 
 /**
  * `qalign align [--model DIR] [--task snli] [--train zh,es] [--target en] [--train-task snli]

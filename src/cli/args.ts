@@ -21,36 +21,57 @@ export function parse<O extends Options>(command: string, args: string[], option
   }
 }
 
-/** The value of a required option. */
+/** The value of a required option. @throws CliError when it is absent or empty. */
 export function required(command: string, values: Record<string, unknown>, name: string): string {
   const v = values[name];
-  if (typeof v !== "string" || v === "") throw new CliError(`${command}: --${name} is required`);
+  if (v === "") throw new CliError(`${command}: --${name} must not be empty`);
+  if (typeof v !== "string") throw new CliError(`${command}: --${name} is required`);
   return v;
 }
 
 /** Decimal integers only: "0x10", "1e2" and "1.5" are not token ids or counts. */
 const INTEGER = /^[+-]?\d+$/;
 
-/** An integer option within [min, max], or its default. */
+/**
+ * The bounds of a range as people write them: "in [1, 8]", ">= 1", "in (0, 1]", "<= 1", or "" when
+ * unbounded (never Number.MAX_SAFE_INTEGER or Infinity).
+ * @param minExclusive the lower bound itself is not allowed (written "(min, ..." or "> min")
+ */
+export function describeBounds(min: number, max: number, minExclusive = false): string {
+  const hasMin = Number.isFinite(min);
+  const hasMax = Number.isFinite(max) && max < Number.MAX_SAFE_INTEGER;
+  if (hasMin && hasMax) return `in ${minExclusive ? "(" : "["}${min}, ${max}]`;
+  if (hasMin) return `${minExclusive ? ">" : ">="} ${min}`;
+  if (hasMax) return `<= ${max}`;
+  return "";
+}
+
+/** "must be an integer >= 1, got "x"": the message of a value outside its kind or bounds. */
+function outOfBounds(command: string, name: string, kind: string, bounds: string, v: unknown): CliError {
+  return new CliError(`${command}: --${name} must be ${kind}${bounds ? ` ${bounds}` : ""}, got "${String(v)}"`);
+}
+
+/** An integer option within [min, max], or its default. @throws CliError naming the bounds. */
 export function int(command: string, values: Record<string, unknown>, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   const v = values[name];
   if (v === undefined) return fallback;
   const n = Number(v);
-  if (typeof v !== "string" || !INTEGER.test(v.trim()) || n < min || n > max) throw new CliError(`${command}: --${name} must be an integer in [${min}, ${max}], got "${v}"`);
+  if (typeof v !== "string" || !INTEGER.test(v.trim()) || n < min || n > max) throw outOfBounds(command, name, "an integer", describeBounds(min, max), v);
   return n;
 }
 
-/** A finite number option within [min, max], or its default. */
-export function num(command: string, values: Record<string, unknown>, name: string, fallback: number, min = -Infinity, max = Infinity): number {
+/**
+ * A finite number option within [min, max] (within (min, max] with `minExclusive`, e.g. --top-p),
+ * or its default. @throws CliError naming the bounds.
+ */
+export function num(command: string, values: Record<string, unknown>, name: string, fallback: number, min = -Infinity, max = Infinity, minExclusive = false): number {
   const v = values[name];
   if (v === undefined) return fallback;
   const n = Number(v);
-  if (typeof v !== "string" || v.trim() === "" || !Number.isFinite(n) || n < min || n > max) {
-    throw new CliError(`${command}: --${name} must be a number in [${min}, ${max}], got "${v}"`);
-  }
+  const below = minExclusive ? n <= min : n < min;
+  if (typeof v !== "string" || v.trim() === "" || !Number.isFinite(n) || below || n > max) throw outOfBounds(command, name, "a number", describeBounds(min, max, minExclusive), v);
   return n;
 }
-
 
 /** Comma-separated integers, e.g. token ids "5,17,42". */
 export function intList(command: string, name: string, text: string): number[] {

@@ -2,7 +2,7 @@ import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { toCsv } from "../interp/plot.ts";
 import { writeFileAtomic } from "../model/atomic.ts";
-import { evaluateLanguage, type EvalOptions, type LanguageResult, type ScoreMode } from "../eval/evaluate.ts";
+import { checkLanguages, evaluateLanguage, type EvalOptions, type LanguageResult, type ScoreMode } from "../eval/evaluate.ts";
 import { parseLangs, type Lang } from "../eval/languages.ts";
 import { macroAverage } from "../eval/metrics.ts";
 import { formatTable, pct, resultRows, versions } from "../eval/report.ts";
@@ -70,12 +70,35 @@ export async function tokenizerFor(command: string, dir: string): Promise<Tokeni
   return tokenizer;
 }
 
+/** Where `qalign eval --out DIR` writes, and what goes in results.json besides the results. */
+interface EvalOutput {
+  dir: string;
+  record: Record<string, unknown>;
+  /** Requested languages, in order; those without a result yet are listed as `pending`. */
+  langs: readonly Lang[];
+  adapter: boolean;
+}
+
 /**
- * `qalign eval --model DIR [--adapter DIR] --task snli|emotion|paws [--langs all|en,zh,...]
+ * Writes results.json and results.csv with the languages finished so far: called after every
+ * language, so that a failure later in the run keeps them. results.json says `complete` and
+ * lists the `pending` languages.
+ */
+async function writeResults(out: EvalOutput, results: readonly LanguageResult[]): Promise<void> {
+  const done = new Set(results.map((r) => r.lang));
+  const pending = out.langs.filter((l) => !done.has(l));
+  const record = { ...out.record, complete: pending.length === 0, pending, average: macroAverage(results.map((r) => r.accuracy)), results };
+  await writeFileAtomic(join(out.dir, "results.json"), JSON.stringify(record, null, 1) + "\n");
+  await writeFileAtomic(join(out.dir, "results.csv"), toCsv(resultRows(out.adapter ? "adapter" : "base", results)));
+}
+
+/**
+ * `qalign eval --model DIR [--adapter DIR] [--task snli|emotion|paws] [--langs all|en,zh,...]
  * [--limit N] [--shots K] [--mode prefix|loglik] [--english-labels] [--batch-size B] [--seed S]
  * [--max-length N] [--no-cache] [--skip-invalid] [--data DIR] [--out DIR] [--device ...]`:
  * evaluates one model and prints the table of accuracies on stdout (progress on stderr); with
- * --out also writes results.json (every number, every item) and results.csv.
+ * --out also writes results.json (every number, every item) and results.csv, rewritten after
+ * each language. Every language's data is checked before the model is loaded.
  */
 export async function run(args: string[]): Promise<void> {
   const v = parse("eval", args, {
@@ -90,14 +113,25 @@ export async function run(args: string[]): Promise<void> {
   const task = taskOption("eval", v);
   const langs = langsOption("eval", v, "langs", "all");
   const say = (line: string) => process.stderr.write(`${line}\n`);
-  const tokenizer = await tokenizerFor("eval", modelDir);
-  const source = await resolveDataSource(v.data);
-  const model = await loadForCli("eval", v);
   const options: EvalOptions = {
     ...evalOptions("eval", v, task),
     prefixCache: !v["no-cache"],
     onInvalid: v["skip-invalid"] ? "skip" : "error",
   };
+  const tokenizer = await tokenizerFor("eval", modelDir);
+  const source = await resolveDataSource(v.data);
+  await checkLanguages(source, task, langs, options);
+  const out: EvalOutput | null =
+    typeof v.out === "string"
+      ? {
+          dir: v.out,
+          record: { model: modelDir, adapter: v.adapter ?? null, task: task.id, data: source.description, options, versions: await versions() },
+          langs,
+          adapter: typeof v.adapter === "string",
+        }
+      : null;
+  if (out) await mkdir(out.dir, { recursive: true });
+  const model = await loadForCli("eval", v);
   say(`eval: ${task.title}, ${langs.length} language(s), ${source.description}`);
   const results: LanguageResult[] = [];
   for (const lang of langs) {
@@ -106,13 +140,8 @@ export async function run(args: string[]): Promise<void> {
     for (const t of r.truncated) say(`truncated ${r.file}[${t.index}]: ${t.dropped} tokens dropped on the left`);
     say(`${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)`);
     results.push(r);
+    if (out) await writeResults(out, results);
   }
   process.stdout.write(formatTable(results));
-  if (typeof v.out === "string") {
-    await mkdir(v.out, { recursive: true });
-    const record = { model: modelDir, adapter: v.adapter ?? null, task: task.id, data: source.description, options, versions: await versions(), average: macroAverage(results.map((r) => r.accuracy)), results };
-    await writeFileAtomic(join(v.out, "results.json"), JSON.stringify(record, null, 1) + "\n");
-    await writeFileAtomic(join(v.out, "results.csv"), toCsv(resultRows(v.adapter ? "adapter" : "base", results)));
-    say(`eval: wrote ${join(v.out, "results.json")} and results.csv`);
-  }
+  if (out) say(`eval: wrote ${join(out.dir, "results.json")} and results.csv`);
 }

@@ -22,6 +22,13 @@ export async function run(args: string[]): Promise<void> {
   const dir = required("generate", v, "model");
   const tokenizer = await loadTokenizer(dir);
   if (!tokenizer) throw new CliError(`generate: ${dir} has no tokenizer.json; use "qalign logits --ids" for token ids`);
+  // Options are checked before the (slow) model load.
+  const sampling = {
+    maxNewTokens: int("generate", v, "max-new-tokens", 32, 1),
+    temperature: num("generate", v, "temperature", 0, 0),
+    topP: num("generate", v, "top-p", 1, 0, 1, true), // (0, 1]
+    seed: int("generate", v, "seed", 0),
+  };
   const model = await loadForCli("generate", v);
   const promptIds = tokenizer.encode(prompt, { addSpecialTokens: true });
   // Decode the whole continuation each time and print what is new: multi-byte characters
@@ -29,10 +36,7 @@ export async function run(args: string[]): Promise<void> {
   const ids: number[] = [];
   let printed = "";
   await generate(model, promptIds, {
-    maxNewTokens: int("generate", v, "max-new-tokens", 32, 1),
-    temperature: num("generate", v, "temperature", 0, 0),
-    topP: num("generate", v, "top-p", 1, Number.MIN_VALUE, 1),
-    seed: int("generate", v, "seed", 0),
+    ...sampling,
     eosTokenIds: tokenizer.eosId !== null ? [tokenizer.eosId, ...model.config.eos_token_id] : undefined,
     onToken: (id) => {
       ids.push(id);

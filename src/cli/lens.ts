@@ -3,9 +3,10 @@ import { parseLangs, type Lang } from "../eval/languages.ts";
 import { resolveDataSource } from "../eval/source.ts";
 import { getTask } from "../eval/tasks.ts";
 import { writeInterpReport, interpret, type InterpOptions, type InterpReport } from "../interp/report.ts";
+import type { ProbeSet } from "../interp/probe.ts";
 import { buildProbeSets } from "../interp/sets.ts";
 import { loadAdapter } from "../lora/peft.ts";
-import type { LlamaModel } from "../model/llama.ts";
+import { loadConfig, type LlamaConfig } from "../model/config.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { CliError, deviceOption, int, parse, required } from "./args.ts";
 import { loadForCli } from "./model.ts";
@@ -35,12 +36,16 @@ function option<T>(command: string, flag: string, parseValue: () => T): T {
   }
 }
 
-/** What a command adds to the shared run: its probes, given the loaded model. */
+/** What a command adds to the shared run: its probes, given the model config and the prompts. */
 export interface InterpCommand {
   name: string;
   /** Languages to add to --langs (e.g. the correlation's reference), with the reason. */
   required?: { lang: Lang; why: string };
-  probes(model: LlamaModel): Omit<InterpOptions, "label" | "onProgress" | "batchSize">;
+  /**
+   * The command's probes, given the model's config and the prompts (before the model is loaded).
+   * @throws CliError when the prompts cannot support them.
+   */
+  probes(config: LlamaConfig, sets: readonly ProbeSet[]): Omit<InterpOptions, "label" | "onProgress" | "batchSize">;
 }
 
 /**
@@ -68,21 +73,25 @@ export async function runInterp(cmd: InterpCommand, values: Record<string, unkno
   const limit = values.limit === undefined ? undefined : int(name, values, "limit", 0, 1);
   const adapter = typeof values.adapter === "string" ? values.adapter : null;
 
-  const model = await loadForCli(name, { ...values, adapter: undefined });
+  const batchSize = int(name, values, "batch-size", 8, 1);
+
+  // Data and probe settings are checked before the (slow) model load.
+  const config = await loadConfig(modelDir);
   const sets = await buildProbeSets(tokenizer, source, task, langs, {
     shots,
     limit,
     seed: int(name, values, "seed", 0),
     englishLabels: values["english-labels"] === true,
-    maxLength: model.config.max_position_embeddings,
+    maxLength: config.max_position_embeddings,
   });
-  const probes = cmd.probes(model);
+  const probes = cmd.probes(config, sets);
+  const model = await loadForCli(name, { ...values, adapter: undefined });
   const run = (label: string): Promise<InterpReport> => {
     say(`${name}: ${label} model (${source.description}, ${task.title}, ${langs.join(" ")})`);
     return interpret(model, tokenizer, sets, {
       ...probes,
       label,
-      batchSize: int(name, values, "batch-size", 8, 1),
+      batchSize,
       onProgress: (lang, done, total) => say(`  ${label} ${lang}: ${done}/${total}`),
     });
   };

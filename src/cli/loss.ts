@@ -6,6 +6,7 @@ import { loadForCli } from "./model.ts";
  * `qalign loss --model DIR [--adapter DIR] --ids 5,17,42,... --prompt-len P`: one JSON line
  * {"loss": x}, the mean negative log-likelihood (nats per token) of ids[P:], each token given
  * all tokens before it; the training objective of `qalign train` for one sequence.
+ * @throws CliError for bad options, and when the loss is NaN or infinite (non-finite weights).
  */
 export async function run(args: string[]): Promise<void> {
   const v = parse("loss", args, {
@@ -24,5 +25,10 @@ export async function run(args: string[]): Promise<void> {
   const bad = ids.findIndex((id) => id < 0 || id >= V);
   if (bad >= 0) throw new CliError(`loss: --ids[${bad}] = ${ids[bad]} is outside the vocabulary [0, ${V})`);
   const { loss } = await meanTargetLoss(model, [{ ids, promptLen }], 1);
+  // JSON has no NaN or Infinity: {"loss": null} with exit 0 would pass for a result.
+  if (!Number.isFinite(loss)) {
+    const weights = typeof v.adapter === "string" ? `the checkpoint ${v.model} or the adapter ${v.adapter}` : `the checkpoint ${v.model}`;
+    throw new CliError(`loss: the loss is not finite (${loss}); ${weights} may hold non-finite (NaN or Inf) weights`);
+  }
   process.stdout.write(JSON.stringify({ loss }) + "\n");
 }

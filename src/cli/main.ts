@@ -4,7 +4,7 @@
  * Each command lives in its own file and exports `run(args)`; this file only dispatches.
  * Machine-readable results go to stdout; progress and notices go to stderr.
  */
-import { COMMANDS } from "./commands.ts";
+import { COMMANDS, helpText } from "./commands.ts";
 import { CliError } from "./args.ts";
 
 function usage(): string {
@@ -25,7 +25,7 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (rest.includes("--help") || rest.includes("-h")) {
-    process.stdout.write(`usage: qalign ${name} ${command.usage}\n\n${command.summary}\n`);
+    process.stdout.write(helpText(name));
     return 0;
   }
   await command.run(rest);

@@ -1,4 +1,4 @@
-import type { LlamaModel } from "../model/llama.ts";
+import type { ProbeSet } from "../interp/probe.ts";
 import { CliError, int, parse } from "./args.ts";
 import { INTERP_OPTIONS, runInterp } from "./lens.ts";
 
@@ -16,6 +16,24 @@ export function parseLayers(text: string | undefined, L: number): number[] {
 }
 
 /**
+ * The number of components PCA can give for `sets` (fit on all languages' items together):
+ * at most min(N - 1, D) for N items of hidden size D. Warns on stderr when --components asks
+ * for more.
+ * @throws CliError when the sets hold fewer than 2 items in all.
+ */
+export function pcaComponents(wanted: number, sets: readonly Pick<ProbeSet, "lang" | "prompts">[], D: number, warn: (line: string) => void): number {
+  const N = sets.reduce((sum, s) => sum + s.prompts.length, 0);
+  const counts = sets.map((s) => `${s.lang} ${s.prompts.length}`).join(", ");
+  if (N < 2) throw new CliError(`pca: PCA needs at least 2 items in all languages together, got ${N} (${counts}); raise --limit or add languages to --langs`);
+  const k = Math.min(wanted, N - 1, D);
+  if (k < wanted) {
+    const why = k === D ? `the hidden size is ${D}` : `PCA of ${N} items (${counts}) has at most N - 1 = ${N - 1} components`;
+    warn(`pca: --components ${wanted} reduced to ${k}: ${why}`);
+  }
+  return k;
+}
+
+/**
  * `qalign pca --model DIR [--adapter DIR] --task T --langs L --layers 0,8,16,last --out DIR
  * [--limit N] [--components K]`: PCA scatter of the last-token states at each layer, coloured by
  * language, and the correlation of every language's mean state with English's by layer (English
@@ -28,11 +46,11 @@ export async function run(args: string[]): Promise<void> {
     {
       name: "pca",
       required: { lang: "en", why: "the correlation compares every language with English" },
-      probes: (model: LlamaModel) => ({
+      probes: (config, sets) => ({
         lens: false,
         correlation: true,
-        pcaLayers: parseLayers(typeof v.layers === "string" ? v.layers : undefined, model.config.num_hidden_layers),
-        components,
+        pcaLayers: parseLayers(typeof v.layers === "string" ? v.layers : undefined, config.num_hidden_layers),
+        components: pcaComponents(components, sets, config.hidden_size, (line) => process.stderr.write(`${line}\n`)),
       }),
     },
     v,

@@ -41,9 +41,26 @@ export async function run(args: string[]): Promise<void> {
   const out = required("train", v, "out");
   const seed = int("train", v, "seed", TRAIN_DEFAULTS.seed);
   const valSize = num("train", v, "val-size", 0.05, 0, 0.5);
-  if (!(valSize >= 0 && valSize < 1)) throw new CliError(`train: --val-size must be in [0, 1), got ${valSize}`);
   const say = (line: string) => process.stderr.write(`${line}\n`);
+  // Every number, and the data, is checked before the (slow) model load.
+  const maxSamples = v["max-samples"] === undefined ? undefined : int("train", v, "max-samples", 0, 1);
+  const maxLength = int("train", v, "max-length", 512, 2);
+  const hyper = {
+    lr: num("train", v, "lr", TRAIN_DEFAULTS.lr, 0),
+    epochs: int("train", v, "epochs", TRAIN_DEFAULTS.epochs, 1),
+    batchSize: int("train", v, "batch-size", TRAIN_DEFAULTS.batchSize, 1),
+    gradAccum: int("train", v, "grad-accum", TRAIN_DEFAULTS.gradAccum, 1),
+    saveSteps: int("train", v, "save-steps", TRAIN_DEFAULTS.saveSteps, 1),
+  };
+  const lora = {
+    r: int("train", v, "r", LORA_DEFAULTS.r, 1),
+    lora_alpha: num("train", v, "alpha", LORA_DEFAULTS.lora_alpha, 0),
+    lora_dropout: num("train", v, "dropout", LORA_DEFAULTS.lora_dropout, 0, 0.99),
+  };
 
+  const { pairs, issues } = await readQuestionPairs(files, { strict: v.strict });
+  for (const issue of issues.slice(0, MAX_ISSUE_LINES)) say(`skipped: ${formatIssue(issue)}`);
+  if (issues.length > MAX_ISSUE_LINES) say(`skipped ${issues.length - MAX_ISSUE_LINES} more malformed items`);
   const tokenizer = await loadTokenizer(modelDir);
   if (!tokenizer) throw new CliError(`train: ${modelDir} has no tokenizer.json, which training needs to read text`);
   const model = await loadForCli("train", v);
@@ -56,21 +73,14 @@ export async function run(args: string[]): Promise<void> {
     adapter = applyLora(model, {
       // PEFT's "all-linear" is a string; a list is comma-separated names.
       target_modules: targets === "all-linear" ? targets : targets.split(",").map((s) => s.trim()),
-      r: int("train", v, "r", LORA_DEFAULTS.r, 1),
-      lora_alpha: num("train", v, "alpha", LORA_DEFAULTS.lora_alpha, 0),
-      lora_dropout: num("train", v, "dropout", LORA_DEFAULTS.lora_dropout, 0, 0.99),
+      ...lora,
       seed,
     });
   } catch (e) {
     throw e instanceof RangeError ? new CliError(`train: ${e.message}`) : e; // bad rank, alpha, dropout or target
   }
 
-  const { pairs, issues } = await readQuestionPairs(files, { strict: v.strict });
-  for (const issue of issues.slice(0, MAX_ISSUE_LINES)) say(`skipped: ${formatIssue(issue)}`);
-  if (issues.length > MAX_ISSUE_LINES) say(`skipped ${issues.length - MAX_ISSUE_LINES} more malformed items`);
-  const maxSamples = v["max-samples"] === undefined ? undefined : int("train", v, "max-samples", 0, 1);
   const split = splitPairs(pairs, { maxSamples, valSize, seed });
-  const maxLength = int("train", v, "max-length", 512, 2);
   const trainSet = encodePairs(split.train, tokenizer, { eosId, maxLength });
   const valSet = encodePairs(split.val, tokenizer, { eosId, maxLength });
   say(`${pairs.length} pairs from ${files.length} file(s); ${split.train.length} train, ${split.val.length} validation`);
@@ -82,11 +92,7 @@ export async function run(args: string[]): Promise<void> {
     adapter,
     { train: trainSet.examples, val: valSet.examples },
     {
-      lr: num("train", v, "lr", TRAIN_DEFAULTS.lr, 0),
-      epochs: int("train", v, "epochs", TRAIN_DEFAULTS.epochs, 1),
-      batchSize: int("train", v, "batch-size", TRAIN_DEFAULTS.batchSize, 1),
-      gradAccum: int("train", v, "grad-accum", TRAIN_DEFAULTS.gradAccum, 1),
-      saveSteps: int("train", v, "save-steps", TRAIN_DEFAULTS.saveSteps, 1),
+      ...hyper,
       seed,
       outDir: out,
       resume: v.resume,
@@ -94,6 +100,7 @@ export async function run(args: string[]): Promise<void> {
       log: say,
     },
   );
+  say(`adapter written to ${out}`);
   const lastVal = result.history.val.at(-1)?.loss ?? null;
   process.stdout.write(JSON.stringify({ adapter: out, steps: result.steps, val_loss: lastVal }) + "\n");
 }

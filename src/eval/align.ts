@@ -12,7 +12,7 @@ import { loadAdapter } from "../lora/peft.ts";
 import { train, type TrainResult } from "../lora/trainer.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
-import { evaluateLanguage, type EvalOptions, type LanguageResult } from "./evaluate.ts";
+import { checkLanguages, evaluateLanguage, type EvalOptions, type LanguageResult } from "./evaluate.ts";
 import { LANGUAGE_NAMES, type Lang } from "./languages.ts";
 import { macroAverage } from "./metrics.ts";
 import { questionPairs } from "./questions.ts";
@@ -134,6 +134,28 @@ function fingerprint(cfg: AlignConfig, data: string): Record<string, unknown> {
   return { modelDir: cfg.modelDir, data, task: cfg.task, trainTask: cfg.trainTask, train: cfg.train, target: cfg.target, evaluation, training: cfg.training };
 }
 
+/** A JSON value as the run.json diff shows it; absent values read "unset". */
+function shown(v: unknown): string {
+  return v === undefined ? "unset" : JSON.stringify(v);
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/**
+ * The settings that differ between a saved run.json and this run, one entry per leaf, nested
+ * keys joined by dots: `evaluation.limit was 20, now 10`. `now` is compared as JSON (undefined
+ * fields are absent, as in the saved file).
+ */
+export function settingsDiff(saved: unknown, now: unknown, path = ""): string[] {
+  const current: unknown = now === undefined ? undefined : JSON.parse(JSON.stringify(now));
+  if (isRecord(saved) && isRecord(current)) {
+    const keys = [...new Set([...Object.keys(saved), ...Object.keys(current)])];
+    return keys.flatMap((k) => settingsDiff(saved[k], current[k], path ? `${path}.${k}` : k));
+  }
+  if (JSON.stringify(saved) === JSON.stringify(current)) return [];
+  return [`${path || "settings"} was ${shown(saved)}, now ${shown(current)}`];
+}
+
 /**
  * Runs (or resumes) the experiment on `model`, which must carry no adapter yet.
  * @param log progress lines (stderr in the CLI)
@@ -147,8 +169,9 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
   const runFile = join(out, "run.json");
   if (existsSync(runFile)) {
     const saved = await readJson<Record<string, unknown>>(runFile);
-    const differ = Object.keys(settings).filter((k) => JSON.stringify(saved[k]) !== JSON.stringify(settings[k]));
-    if (differ.length > 0) throw new DataError(runFile, `holds a run with other settings (${differ.join(", ")}); choose another --out or remove the folder`);
+    // Only this version's settings count: a key that an older run.json has in addition is ignored.
+    const differ = Object.keys(settings).flatMap((k) => settingsDiff(saved[k], settings[k], k));
+    if (differ.length > 0) throw new DataError(runFile, `holds a run with other settings (${differ.join("; ")}); choose another --out or remove the folder`);
     log(`resuming ${out}`);
   }
   const task = TASKS[cfg.task];
@@ -189,10 +212,11 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
     return report;
   };
 
-  // Read the training pairs first: bad training data should fail before hours of evaluation
-  // (and before the folder is claimed for these settings).
+  // Read the training pairs and check every language's test data first: bad data should fail
+  // before hours of evaluation (and before the folder is claimed for these settings).
   const trained = existsSync(join(out, "adapter", TRAINING_SUMMARY));
   const pairs = trained ? null : await questionPairs(source, cfg.train, cfg.target);
+  await checkLanguages(source, task, cfg.langs, cfg.evaluation);
   if (!existsSync(runFile)) await saveJson(runFile, settings);
 
   log(`base model: ${task.title} in ${cfg.langs.length} languages (${source.description})`);
@@ -284,6 +308,7 @@ async function trainAdapter(
   await writeFile(join(trainingDir, TRAINING_SUMMARY), JSON.stringify(summary, null, 1) + "\n");
   await rm(adapterDir, { recursive: true, force: true });
   await rename(trainingDir, adapterDir);
+  log(`  adapter written to ${adapterDir}`);
   return summary;
 }
 

@@ -103,6 +103,16 @@ interface Row {
 }
 
 /**
+ * Loads and checks the data of every language in `langs` (test files, the parallel English
+ * file, field words, demonstrations and the `limit` subset) before any is evaluated, so that a
+ * bad file fails in seconds instead of after the languages before it have been evaluated.
+ * @throws DataError / RangeError as {@link languagePrompts} does, for the first bad language.
+ */
+export async function checkLanguages(source: DataSource, task: TaskSpec, langs: readonly Lang[], opts: PromptOptions = {}): Promise<void> {
+  for (const lang of langs) await languagePrompts(source, task, lang, opts);
+}
+
+/**
  * Evaluates `ctx.task` in `lang`. Each prompt (demonstrations + item, see languagePrompts) is
  * tokenized whole, as the paper's scripts do; the shared prefix is the longest run of the
  * demonstrations' tokens that every prompt starts with, so splitting it off into a KV cache
@@ -146,7 +156,7 @@ export async function evaluateLanguage(ctx: EvalContext, lang: Lang): Promise<La
     for (const row of itemRows) {
       if (row.ids.length <= maxLength) continue;
       const t = truncateLeft(row.ids, maxLength, tokenizer.bosId);
-      if (t.ids.length < row.scored + 1) throw new RangeError(`maxLength ${maxLength} cannot hold a label of ${row.scored} tokens and its context`);
+      if (t.ids.length < row.scored + 1) throw new RangeError(`${data.file}: maxLength ${maxLength} cannot hold a label of ${row.scored} tokens and its context`);
       row.ids = t.ids;
       worst = Math.max(worst, t.dropped);
     }

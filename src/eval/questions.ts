@@ -31,8 +31,8 @@ export function questionLanguages(source: DataSource): Lang[] {
  * @returns the pairs, and the items left out (onInvalid "skip")
  * @throws DataError when a language has no question file (naming those that exist), when the
  *   target is also a source language, when source and target files are not parallel, when an
- *   input lacks the instruction line, or (onInvalid "error") for an item without a non-empty
- *   `input` / `answer`.
+ *   input lacks the instruction line, when a file has no usable item (e.g. `[]`), or
+ *   (onInvalid "error") for an item without a non-empty `input` / `answer`.
  */
 export async function questionPairs(
   source: DataSource,
@@ -58,6 +58,8 @@ export async function questionPairs(
       if (!m) throw new DataError(file, 'expected the input to end with "\\nTranslate the input from <language> to <language>:\\n"', index, "input");
       return { question: m[1]!, from: m[2]!, english: f["answer"]! };
     });
+    // An empty file (or one whose items were all skipped) would silently drop its language.
+    if (!questions.some((q) => q !== null)) throw new DataError(file, `no usable {input, answer} items (${questions.length} in the file)`);
     return { file, questions };
   };
 

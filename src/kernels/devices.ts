@@ -1,5 +1,6 @@
 import type { Backend } from "../tensor/backend.ts";
 import { setDefaultDevice } from "../tensor/device.ts";
+import { DeviceError } from "../tensor/errors.ts";
 import { CpuBackend } from "./cpu.ts";
 
 /**
@@ -7,6 +8,16 @@ import { CpuBackend } from "./cpu.ts";
  * notice (a software adapter such as SwiftShader is used only when asked for by name).
  */
 export type DeviceKind = "cpu" | "webgpu" | "auto";
+
+/** Every DeviceKind, in the order messages list them. */
+export const DEVICE_KINDS: readonly DeviceKind[] = ["cpu", "webgpu", "auto"];
+
+/** @throws DeviceError naming `op`, the kind and the accepted kinds when `kind` is not a DeviceKind. */
+function assertDeviceKind(op: string, kind: unknown): asserts kind is DeviceKind {
+  if ((DEVICE_KINDS as readonly unknown[]).includes(kind)) return;
+  const accepted = DEVICE_KINDS.map((k) => `"${k}"`).join(", ");
+  throw new DeviceError(op, `unknown device ${JSON.stringify(kind) ?? String(kind)}; expected one of ${accepted}`);
+}
 
 let cpu: CpuBackend | null = null;
 
@@ -19,9 +30,11 @@ export function cpuDevice(): CpuBackend {
 /**
  * Resolves a device by kind. "webgpu" throws when no adapter exists; "auto" falls back to cpu
  * and prints a notice on stderr (stdout stays clean for machine-readable output).
- * @throws Error naming how to get an adapter on a machine without a GPU.
+ * @throws DeviceError for a kind other than "cpu", "webgpu", "auto" (before any adapter is
+ *   requested); Error naming how to get an adapter on a machine without a GPU.
  */
 export async function getDevice(kind: DeviceKind = "auto"): Promise<Backend> {
+  assertDeviceKind("getDevice", kind);
   if (kind === "cpu") return cpuDevice();
   // Loaded on demand: cpu-only use never loads Dawn's native module.
   const { getWebGpuBackend } = await import("./webgpu/device.ts");
@@ -49,8 +62,12 @@ export async function getDevice(kind: DeviceKind = "auto"): Promise<Backend> {
   return cpuDevice();
 }
 
-/** Selects the default device for tensor creation and returns it. */
+/**
+ * Selects the default device for tensor creation and returns it.
+ * @throws DeviceError for an unknown kind, as getDevice (the default device stays unchanged).
+ */
 export async function init(kind: DeviceKind = "auto"): Promise<Backend> {
+  assertDeviceKind("init", kind);
   const device = await getDevice(kind);
   setDefaultDevice(device);
   return device;

@@ -18,7 +18,7 @@ import { kernel } from "./webgpu/program.ts";
  * in workgroup memory. With lanes = 1 an invocation owns its TN columns and runs the whole of K:
  * no reduction and no barrier, the arrangement for CPU emulations such as SwiftShader, where a
  * barrier costs a thread switch, loads are the bottleneck and register pressure caps TN at 8
- * (measured there: TN 8 streams about 2.5x faster than the 4 x 16 quad tile's decode path; TN 16
+ * (measured there: TN 8 streams about 2.4x faster than the 4 x 16 quad tile's decode path; TN 16
  * spills and falls back to the speed of TN 4).
  *
  * Requires the vec4 layout (checked by the caller): A contiguous along K, K, the offsets and

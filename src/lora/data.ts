@@ -60,12 +60,14 @@ function fieldProblem(v: unknown): string | null {
  * @param opts.strict throw on the first malformed item instead of skipping it
  * @returns the usable pairs and one issue per skipped item
  * @throws DataError naming the file for an unreadable file, invalid JSON or a non-array; with
- *   strict, naming file, index and field for a malformed item; when no file holds a usable item.
+ *   strict, naming file, index and field for a malformed item; naming the file when a file holds
+ *   no usable item (an empty array, or only malformed items).
  */
 export async function readQuestionPairs(files: readonly string[], opts: { strict?: boolean } = {}): Promise<{ pairs: QuestionPair[]; issues: DataIssue[] }> {
   const pairs: QuestionPair[] = [];
   const issues: DataIssue[] = [];
   for (const file of files) {
+    const before = pairs.length;
     let items: unknown;
     try {
       items = JSON.parse(await readFile(file, "utf8"));
@@ -86,8 +88,9 @@ export async function readQuestionPairs(files: readonly string[], opts: { strict
       else if (opts.strict) throw new DataError(file, found[0]!.problem, index, found[0]!.field);
       else issues.push(...found);
     });
+    // Each file must contribute: an empty one in a mixture would silently drop its language.
+    if (pairs.length === before) throw new DataError(file, `no usable {input, answer} items (${items.length} in the file)`);
   }
-  if (pairs.length === 0) throw new DataError(files.join(", "), "no usable {input, answer} items");
   return { pairs, issues };
 }
 

@@ -72,7 +72,8 @@ export interface StepInfo {
 export interface RunOptions {
   /**
    * The final adapter is written here (PEFT layout), and `<outDir>/checkpoint/` every
-   * `saveSteps` steps while training; null writes nothing.
+   * `saveSteps` steps while training; null writes nothing. The caller logs where the adapter
+   * ends up (it may move the folder).
    */
   outDir: string | null;
   /** Continue from `<outDir>/checkpoint/` (start afresh, with a notice, when there is none). */
@@ -296,7 +297,8 @@ export async function train(
     await saveAdapter(adapter, outDir, options.baseModel ?? null);
     await rm(checkpointDir, { recursive: true, force: true });
     await rm(`${checkpointDir}.old`, { recursive: true, force: true });
-    log(`adapter written to ${outDir}`);
+    // No "adapter written" line here: callers may move outDir (qalign align renames it), so
+    // they name the adapter's final place.
   }
   return { steps: state.step, history: state.history };
 }

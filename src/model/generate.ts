@@ -50,12 +50,21 @@ export function sampleToken(logits: ArrayLike<number>, temperature: number, topP
 /**
  * Generates up to maxNewTokens ids after `promptIds` (one sequence), stopping after an eos id.
  * @returns the new ids (without the prompt)
- * @throws RangeError when the prompt is empty, prompt + new tokens exceed max_position_embeddings,
- *   temperature < 0 or top-p outside (0, 1].
+ * @throws RangeError when the prompt is empty or holds an id outside [0, vocab_size) (checked
+ *   on the host, since the webgpu embedding reads such ids as zero rows), prompt + new tokens
+ *   exceed max_position_embeddings, temperature < 0 or top-p outside (0, 1].
  */
 export async function generate(model: LlamaModel, promptIds: readonly number[], opts: GenerateOptions = {}): Promise<number[]> {
   const maxNew = opts.maxNewTokens ?? 32;
   if (promptIds.length === 0) throw new RangeError("generate: the prompt has no tokens");
+  const V = model.config.vocab_size;
+  const bad = promptIds.findIndex((id) => !(Number.isInteger(id) && id >= 0 && id < V));
+  if (bad >= 0) {
+    throw new RangeError(
+      `generate: prompt id ${promptIds[bad]} at position ${bad} is outside the vocabulary [0, ${V}) (config.json vocab_size); ` +
+        "was the prompt encoded by a tokenizer of another checkpoint?",
+    );
+  }
   const temperature = opts.temperature ?? 0;
   const topP = opts.topP ?? 1;
   if (!(temperature >= 0)) throw new RangeError(`generate: temperature must be >= 0, got ${temperature}`);

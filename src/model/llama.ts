@@ -1,5 +1,6 @@
+import { CpuStorage } from "../kernels/cpu.ts";
 import type { Backend } from "../tensor/backend.ts";
-import { ShapeError, fmt } from "../tensor/errors.ts";
+import { DeviceError, ShapeError, fmt } from "../tensor/errors.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import { attention, embedding, linear, rmsNorm, rope } from "../tensor/ops/nn.ts";
 import { concat } from "../tensor/ops/views.ts";
@@ -208,14 +209,21 @@ export class LlamaModel {
    * input_ids i32 [B, T] -> logits [B, T, V] (see ForwardOptions). Records the autograd graph
    * when parameters require grad; wrap inference in `noGrad` and `tidy`.
    * @throws ShapeError when input_ids is not [B, T] i32, the mask's shape disagrees, or the
-   *   sequence exceeds max_position_embeddings;
-   *   RangeError from the embedding for ids outside [0, V) on cpu (webgpu reads such ids as zero
-   *   rows: validate ids on the host, as the CLI does).
+   *   sequence exceeds max_position_embeddings; DeviceError when input_ids are not on the
+   *   model's device; RangeError naming the position for an id outside [0, V) when the ids are
+   *   on the cpu device (on webgpu they cannot be read without a readback, and the embedding
+   *   reads such ids as zero rows: loadTokenizer checks that a checkpoint's tokenizer fits V,
+   *   and generate() checks its prompt on the host).
    */
   forward(inputIds: Tensor, opts: ForwardOptions = {}): ForwardOutput {
     if (inputIds.rank !== 2 || inputIds.dtype !== "i32") {
       throw new ShapeError("forward", `input_ids must be i32 [batch, seq], got ${inputIds.dtype} ${fmt(inputIds.shape)}`);
     }
+    if (inputIds.backend !== this.device) {
+      const where = inputIds.device === this.device.name ? `another ${this.device.name} device than the model` : `the ${inputIds.device} device but the model is on ${this.device.name}`;
+      throw new DeviceError("forward", `input_ids are on ${where}; create them with { device: model.device }`);
+    }
+    checkHostIds(inputIds, this.config.vocab_size);
     const [B, T] = inputIds.shape as [number, number];
     const cache = opts.cache ?? null;
     const past = cache?.length ?? 0;
@@ -278,6 +286,30 @@ export class LlamaModel {
   /** Frees every weight. */
   dispose(): void {
     for (const t of this.namedWeights().values()) t.dispose();
+  }
+}
+
+/**
+ * Checks input_ids [B, T] against the vocabulary [0, V) when their values are on the host (the
+ * cpu device), which costs one pass over B*T ints; ids on webgpu are left to the caller, since
+ * reading them would stall on a GPU readback.
+ * @throws RangeError naming the position, the id and V.
+ */
+function checkHostIds(ids: Tensor, V: number): void {
+  const s = ids.storage;
+  if (!(s instanceof CpuStorage) || s.freed) return;
+  const [B, T] = ids.shape as [number, number];
+  const [sb, st] = ids.strides as [number, number];
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T; t++) {
+      const id = s.data[ids.offset + b * sb + t * st]!;
+      if (id < 0 || id >= V) {
+        throw new RangeError(
+          `forward: input_ids[${b}][${t}] = ${id} is outside the vocabulary [0, ${V}) (config.json vocab_size); ` +
+            "was it made by a tokenizer of another checkpoint?",
+        );
+      }
+    }
   }
 }
 

@@ -84,7 +84,7 @@ const IO_CHUNK = 1 << 30;
 // Reading
 
 function describe(v: unknown): string {
-  return `${JSON.stringify(v)} (${Array.isArray(v) ? "array" : v === null ? "null" : typeof v})`;
+  return `${JSON.stringify(v) ?? String(v)} (${Array.isArray(v) ? "array" : v === null ? "null" : typeof v})`;
 }
 
 function isCount(v: unknown): v is number {
@@ -95,6 +95,9 @@ function isCount(v: unknown): v is number {
 function parseEntry(file: string, name: string, v: unknown, dataStart: number, dataBytes: number): TensorInfo {
   if (typeof v !== "object" || v === null || Array.isArray(v)) {
     throw new CheckpointError(file, `header entry must be an object, got ${describe(v)}`, name);
+  }
+  for (const field of ["dtype", "shape", "data_offsets"]) {
+    if (!Object.hasOwn(v, field)) throw new CheckpointError(file, `field "${field}" is missing (every header entry needs dtype, shape and data_offsets)`, name);
   }
   const { dtype, shape, data_offsets: offsets } = v as Record<string, unknown>;
   if (typeof dtype !== "string" || !Object.hasOwn(DTYPE_SIZE, dtype)) {
@@ -111,7 +114,10 @@ function parseEntry(file: string, name: string, v: unknown, dataStart: number, d
     throw new CheckpointError(file, `data_offsets must be [begin, end] integers, got ${describe(offsets)}`, name);
   }
   const [begin, end] = offsets as [number, number];
-  if (begin > end || end > dataBytes) {
+  if (begin > end) {
+    throw new CheckpointError(file, `data_offsets [${begin}, ${end}] are reversed: end ${end} is before begin ${begin}`, name);
+  }
+  if (end > dataBytes) {
     throw new CheckpointError(
       file,
       `data_offsets [${begin}, ${end}] out of range: the data section holds ${dataBytes} bytes (file truncated?)`,

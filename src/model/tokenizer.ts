@@ -131,11 +131,41 @@ export class Tokenizer {
 }
 
 /**
+ * Checks that every id `tokenizer` can produce has a row in a checkpoint's embedding:
+ * `tokenizer.vocabSize <= vocabSize` (config.json `vocab_size`). A larger vocab_size is fine:
+ * checkpoints often pad their embedding (Qwen: ids up to 151668, vocab_size 151936). The check
+ * belongs where a model and its tokenizer meet, because the webgpu embedding cannot report an
+ * id outside [0, vocab_size) (it reads a zero row) and the model would silently emit garbage.
+ * @param files the tokenizer's and the config's file names, for the message
+ * @throws CheckpointError naming both files and both sizes.
+ */
+export function assertTokenizerFits(tokenizer: Tokenizer, vocabSize: number, files: { tokenizer: string; config: string }): void {
+  if (tokenizer.vocabSize <= vocabSize) return;
+  throw new CheckpointError(
+    files.tokenizer,
+    `has ids up to ${tokenizer.vocabSize - 1} but ${files.config} vocab_size is ${vocabSize}: the tokenizer does not belong to this checkpoint`,
+  );
+}
+
+/** The `vocab_size` of a config.json, or null when the file is absent, not JSON, or lacks a positive integer there. */
+async function configVocabSize(file: string): Promise<number | null> {
+  if (!existsSync(file)) return null;
+  try {
+    const v = (JSON.parse(await readFile(file, "utf8")) as { vocab_size?: unknown } | null)?.vocab_size;
+    return typeof v === "number" && Number.isSafeInteger(v) && v > 0 ? v : null;
+  } catch {
+    return null; // loadModel reports a malformed config.json, naming it
+  }
+}
+
+/**
  * Loads `<dir>/tokenizer.json` with `<dir>/tokenizer_config.json` (optional; without it bos/eos
- * are null).
+ * are null). When `<dir>` is a checkpoint (its config.json has a vocab_size), also checks that
+ * the tokenizer's ids fit that vocabulary (see assertTokenizerFits).
  * @returns null when the folder has no `tokenizer.json`
  * @throws CheckpointError naming the file when a file is not JSON, the tokenizer library
- *   rejects it, or a configured bos/eos token is not in the vocabulary.
+ *   rejects it, a configured bos/eos token is not in the vocabulary, or the tokenizer has ids at
+ *   or above config.json's vocab_size.
  */
 export async function loadTokenizer(dir: string): Promise<Tokenizer | null> {
   const file = join(dir, "tokenizer.json");
@@ -149,5 +179,9 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer | null> {
   } catch (e) {
     throw new CheckpointError(file, `unsupported tokenizer: ${(e as Error).message}`);
   }
-  return new Tokenizer(hf, json, config, configFile);
+  const tokenizer = new Tokenizer(hf, json, config, configFile);
+  const modelConfig = join(dir, "config.json");
+  const vocabSize = await configVocabSize(modelConfig);
+  if (vocabSize !== null) assertTokenizerFits(tokenizer, vocabSize, { tokenizer: file, config: modelConfig });
+  return tokenizer;
 }

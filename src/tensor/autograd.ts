@@ -1,3 +1,4 @@
+import { assertSameDevice } from "./device.ts";
 import { AutogradError, fmt } from "./errors.ts";
 import { keep, tidy } from "./scope.ts";
 import type { Tensor } from "./tensor.ts";
@@ -81,7 +82,8 @@ function topoSort(root: Tensor): Tensor[] {
  * as soon as they are used, and the graph is released (backward twice through it throws).
  *
  * @throws AutogradError when root does not require grad, when root is not a scalar and no
- *   grad is given, when grad's shape differs from root's, or when the graph was released.
+ *   grad is given, when grad's shape differs from root's, or when the graph was released;
+ *   DeviceError when grad is on another device than root.
  */
 export function backward(root: Tensor, grad?: Tensor): void {
   if (!root.requiresGrad) throw new AutogradError("backward", "tensor does not require grad");
@@ -91,6 +93,7 @@ export function backward(root: Tensor, grad?: Tensor): void {
   if (grad !== undefined && grad.shape.join() !== root.shape.join()) {
     throw new AutogradError("backward", `gradient shape ${fmt(grad.shape)} differs from tensor shape ${fmt(root.shape)}`);
   }
+  assertSameDevice("backward", root, grad);
   const order = topoSort(root);
   const grads = new Map<Tensor, Tensor>();
   noGrad(() => {

@@ -24,6 +24,18 @@ export class DeviceLimitError extends Error {
   }
 }
 
+/**
+ * Operands on different devices (cpu and webgpu, or two webgpu devices), or a device name that
+ * does not exist. Ops never move data between devices implicitly: a copy costs a readback, so
+ * the caller makes it with `await t.to(device)`.
+ */
+export class DeviceError extends Error {
+  override name = "DeviceError";
+  constructor(op: string, message: string) {
+    super(`${op}: ${message}`);
+  }
+}
+
 /** Use of a tensor after `dispose()`, or of a storage after it was freed. */
 export class DisposedError extends Error {
   override name = "DisposedError";

@@ -1,4 +1,12 @@
-import { ShapeError, fmt } from "./errors.ts";
+import { constants } from "node:buffer";
+import { DeviceLimitError, ShapeError, fmt } from "./errors.ts";
+
+/**
+ * The most elements one tensor may have: the longest typed array this JavaScript engine allows
+ * (2^32 on Node 20; later engines allow more, up to Number.MAX_SAFE_INTEGER), since every
+ * storage is filled from or read into one host array.
+ */
+export const MAX_ELEMENTS = Math.min(constants.MAX_LENGTH, Number.MAX_SAFE_INTEGER);
 
 /** Number of elements of a shape (1 for a scalar `[]`). */
 export function numel(shape: readonly number[]): number {
@@ -70,9 +78,25 @@ export function assertSameShape(op: string, a: readonly number[], b: readonly nu
   }
 }
 
-/** Checks that every size is a non-negative integer. */
+/**
+ * Checks a shape that came from a caller, before anything is allocated: an array of sizes, each a
+ * non-negative integer, with at most MAX_ELEMENTS elements in all. Every creation function
+ * (tensor, zeros, full, randn, ...) and reshape call it.
+ * @throws ShapeError naming `op`, the shape and the bad size and axis; DeviceLimitError naming
+ *   the shape, its element count and MAX_ELEMENTS when no host array can hold it.
+ */
 export function assertValidShape(op: string, shape: readonly number[]): void {
-  for (const d of shape) {
-    if (!Number.isInteger(d) || d < 0) throw new ShapeError(op, `invalid shape ${fmt(shape)}`);
+  if (!Array.isArray(shape)) {
+    throw new ShapeError(op, `shape must be an array of sizes, got ${JSON.stringify(shape) ?? String(shape)}`);
+  }
+  let n = 1;
+  for (const [axis, d] of shape.entries()) {
+    if (typeof d !== "number" || !Number.isInteger(d) || d < 0) {
+      throw new ShapeError(op, `invalid shape ${fmt(shape)}: size ${d} at axis ${axis} is not a non-negative integer`);
+    }
+    n *= d;
+  }
+  if (n > MAX_ELEMENTS) {
+    throw new DeviceLimitError(op, `shape ${fmt(shape)} has ${n} elements, more than the ${MAX_ELEMENTS} a tensor (one typed array) can hold`);
   }
 }

@@ -135,6 +135,20 @@ export class Tensor implements Disposable, View {
     return this.view(this.shape, this.strides, this.offset);
   }
 
+  /**
+   * This tensor's values on `device` (e.g. `await x.to(qa.cpuDevice())`), as a new dense tensor
+   * that owns its storage; on the same device, a new view of the same storage. Ops take all
+   * operands from one device and never copy implicitly, since a copy between devices costs a
+   * readback to the host and an upload. The copy is cut from the graph (a leaf, no grad).
+   * @throws DTypeError when `device` cannot hold this dtype (webgpu has no f64: cast first).
+   */
+  async to(device: Backend): Promise<Tensor> {
+    this.assertAlive("to");
+    if (device === this.backend) return this.detach();
+    const host = await this.data();
+    return Tensor.fromStorage(device, device.upload(host), this.shape.slice());
+  }
+
   /** Marks this tensor as a parameter (a leaf that accumulates `.grad`). Returns this. */
   requireGrad(on = true): this {
     this.requiresGrad = on;

@@ -1,12 +1,17 @@
 import type { Backend } from "../backend.ts";
 import { defaultDevice } from "../device.ts";
-import { dtypeOf, hostArray, type DType, type HostArray } from "../dtype.ts";
+import { assertDType, dtypeOf, hostArray, isHostArray, type DType, type HostArray } from "../dtype.ts";
 import { DTypeError, ShapeError, fmt } from "../errors.ts";
 import { Rng } from "../random.ts";
 import { assertValidShape, numel } from "../shape.ts";
 import { Tensor } from "../tensor.ts";
 
-/** Where and how to create a tensor. Defaults: the default device, dtype f32, no grad. */
+/**
+ * Where and how to create a tensor. Defaults: the default device, dtype f32, no grad.
+ * Every creation function checks `dtype` (DTypeError for a name other than f32, f64, i32) and the
+ * shape (ShapeError for a negative or fractional size, DeviceLimitError beyond MAX_ELEMENTS in
+ * shape.ts) before it allocates anything.
+ */
 export interface CreateOptions {
   device?: Backend;
   dtype?: DType;
@@ -42,13 +47,20 @@ function flatten(x: Nested, shape: readonly number[], depth: number, out: number
  * A tensor from a number, a nested array, or a flat host array with an explicit shape.
  * @example tensor([[1, 2], [3, 4]]) // f32 [2, 2]
  * @example tensor(new Int32Array([5, 17, 42]), { shape: [1, 3] }) // i32 [1, 3]
- * @throws ShapeError when the data's length disagrees with `shape` or a nested array is ragged.
+ * @throws ShapeError when the data's length disagrees with `shape`, a nested array is ragged or
+ *   `shape` is invalid; DTypeError for an unknown dtype or a typed array other than Float32Array,
+ *   Float64Array, Int32Array.
  */
 export function tensor(data: Nested | HostArray, opts: CreateOptions & { shape?: readonly number[] } = {}): Tensor {
+  if (opts.dtype !== undefined) assertDType("tensor", opts.dtype);
+  if (opts.shape !== undefined) assertValidShape("tensor", opts.shape);
   const device = opts.device ?? defaultDevice();
   let host: HostArray;
   let shape: readonly number[];
   if (ArrayBuffer.isView(data)) {
+    if (!isHostArray(data)) {
+      throw new DTypeError("tensor", `${(data as ArrayBufferView).constructor.name} holds no dtype; pass a Float32Array (f32), Float64Array (f64), Int32Array (i32) or a plain array`);
+    }
     const dtype = opts.dtype ?? dtypeOf(data);
     host = dtype === dtypeOf(data) ? data : hostArray(dtype, data.length);
     if (host !== data) host.set(data);
@@ -69,23 +81,35 @@ export function tensor(data: Nested | HostArray, opts: CreateOptions & { shape?:
   return t;
 }
 
-/** A tensor of `shape` filled with `value` (filled on the device: nothing is uploaded). */
+/**
+ * A tensor of `shape` filled with `value` (filled on the device: nothing is uploaded).
+ * @throws ShapeError for an invalid shape; DTypeError for an unknown dtype.
+ */
 export function full(shape: readonly number[], value: number, opts: CreateOptions = {}): Tensor {
-  assertValidShape("full", shape);
+  return filled("full", shape, value, opts);
+}
+
+/** zeros of `shape`; see full. */
+export function zeros(shape: readonly number[], opts: CreateOptions = {}): Tensor {
+  return filled("zeros", shape, 0, opts);
+}
+
+/** ones of `shape`; see full. */
+export function ones(shape: readonly number[], opts: CreateOptions = {}): Tensor {
+  return filled("ones", shape, 1, opts);
+}
+
+/** full, with the caller's name in messages. */
+function filled(op: string, shape: readonly number[], value: number, opts: CreateOptions): Tensor {
+  assertValidShape(op, shape);
+  const dtype = opts.dtype ?? "f32";
+  assertDType(op, dtype);
   const device = opts.device ?? defaultDevice();
-  const storage = device.zeros(opts.dtype ?? "f32", numel(shape));
+  const storage = device.zeros(dtype, numel(shape));
   if (value !== 0) device.fill(storage, value);
   const t = Tensor.fromStorage(device, storage, shape);
   t.requiresGrad = opts.requiresGrad ?? false;
   return t;
-}
-
-export function zeros(shape: readonly number[], opts: CreateOptions = {}): Tensor {
-  return full(shape, 0, opts);
-}
-
-export function ones(shape: readonly number[], opts: CreateOptions = {}): Tensor {
-  return full(shape, 1, opts);
 }
 
 /** `value` in the shape, dtype and device of `like`. */
@@ -93,18 +117,30 @@ export function fullLike(like: Tensor, value: number, shape: readonly number[] =
   return full(shape, value, { device: like.backend, dtype: like.dtype });
 }
 
-/** [start, start + step, ...) below `end`, like numpy.arange; i32 unless a dtype is given. */
+/**
+ * [start, start + step, ...) below `end`, like numpy.arange; i32 unless a dtype is given.
+ * @throws RangeError when step is 0 or a bound is not finite; DeviceLimitError for more than
+ *   MAX_ELEMENTS values.
+ */
 export function arange(start: number, end: number, step = 1, opts: CreateOptions = {}): Tensor {
   if (step === 0) throw new RangeError("arange: step must not be 0");
+  if (![start, end, step].every(Number.isFinite)) throw new RangeError(`arange: start, end and step must be finite, got ${start}, ${end}, ${step}`);
+  if (opts.dtype !== undefined) assertDType("arange", opts.dtype);
   const n = Math.max(0, Math.ceil((end - start) / step));
+  assertValidShape("arange", [n]);
   const host = hostArray(opts.dtype ?? "i32", n);
   for (let i = 0; i < n; i++) host[i] = start + i * step;
   return tensor(host, { ...opts, shape: [n] });
 }
 
-/** Seeded standard-normal samples times `std` (xoshiro128** + Box-Muller, see random.ts). */
+/**
+ * Seeded standard-normal samples times `std` (xoshiro128** + Box-Muller, see random.ts).
+ * @throws ShapeError for an invalid shape; DTypeError for an unknown or integer dtype.
+ */
 export function randn(shape: readonly number[], opts: CreateOptions & { seed?: number; rng?: Rng; std?: number } = {}): Tensor {
+  assertValidShape("randn", shape);
   const dtype = opts.dtype ?? "f32";
+  assertDType("randn", dtype);
   if (dtype === "i32") throw new DTypeError("randn", "needs a float dtype");
   const rng = opts.rng ?? new Rng(opts.seed ?? 0);
   const host = hostArray(dtype, numel(shape));
@@ -113,12 +149,17 @@ export function randn(shape: readonly number[], opts: CreateOptions & { seed?: n
   return tensor(host, { ...opts, shape });
 }
 
-/** Seeded uniform samples in [low, high). */
+/**
+ * Seeded uniform samples in [low, high).
+ * @throws ShapeError for an invalid shape; DTypeError for an unknown or integer dtype.
+ */
 export function rand(
   shape: readonly number[],
   opts: CreateOptions & { seed?: number; rng?: Rng; low?: number; high?: number } = {},
 ): Tensor {
+  assertValidShape("rand", shape);
   const dtype = opts.dtype ?? "f32";
+  assertDType("rand", dtype);
   if (dtype === "i32") throw new DTypeError("rand", "needs a float dtype");
   const rng = opts.rng ?? new Rng(opts.seed ?? 0);
   const low = opts.low ?? 0;

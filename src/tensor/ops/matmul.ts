@@ -1,5 +1,6 @@
 import { record } from "../autograd.ts";
 import type { Storage } from "../backend.ts";
+import { assertSameDevice } from "../device.ts";
 import { DTypeError, ShapeError, fmt } from "../errors.ts";
 import { isFloat } from "../dtype.ts";
 import { broadcastShapes, numel } from "../shape.ts";
@@ -58,11 +59,13 @@ function operand(t: Tensor, batchShape: readonly number[]): Operand {
  * copies nothing. A 2-D b is applied to all rows of a at once ([B*M, K] @ [K, N]).
  *
  * Gradients: dA = g B^T, dB = A^T g, each summed over broadcast batch axes.
- * @throws ShapeError when a rank is below 2 or inner sizes differ; DTypeError on non-float or mixed dtypes.
+ * @throws ShapeError when a rank is below 2 or inner sizes differ; DTypeError on non-float or
+ *   mixed dtypes; DeviceError when a and b are on different devices.
  */
 export function matmul(a: Tensor, b: Tensor): Tensor {
   a.assertAlive("matmul");
   b.assertAlive("matmul");
+  assertSameDevice("matmul", a, b);
   if (a.rank < 2 || b.rank < 2) throw new ShapeError("matmul", `needs rank >= 2, got ${fmt(a.shape)} x ${fmt(b.shape)}`);
   if (a.dtype !== b.dtype || !isFloat(a.dtype)) throw new DTypeError("matmul", `needs equal float dtypes, got ${a.dtype} x ${b.dtype}`);
   const M = a.shape[a.rank - 2]!;

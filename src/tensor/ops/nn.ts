@@ -1,5 +1,6 @@
 import { record } from "../autograd.ts";
 import type { AttentionGeometry } from "../backend.ts";
+import { assertSameDevice } from "../device.ts";
 import { hostArray, isFloat } from "../dtype.ts";
 import { DTypeError, ShapeError, fmt } from "../errors.ts";
 import type { Rng } from "../random.ts";
@@ -72,11 +73,13 @@ export interface CrossEntropyOptions {
  * incoming gradient of each row.
  * Targets outside [0, V) other than ignoreIndex: the cpu device throws a RangeError; the webgpu
  * device gives them zero loss and gradient (they still count in the mean's divisor).
- * @throws ShapeError when targets' shape is not logits' without the last axis.
+ * @throws ShapeError when targets' shape is not logits' without the last axis; DeviceError when
+ *   logits, targets and mask are not on one device.
  */
 export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropyOptions = {}): Tensor {
   assertFloat("crossEntropy", logits);
   targets.assertAlive("crossEntropy");
+  assertSameDevice("crossEntropy", logits, targets, opts.mask);
   if (targets.dtype !== "i32") throw new DTypeError("crossEntropy", `targets must be i32, got ${targets.dtype}`);
   const rowShape = logits.shape.slice(0, -1);
   if (targets.shape.join() !== rowShape.join()) {
@@ -112,11 +115,12 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
  * Gradient w.r.t. the table: scatter-add of the output gradient rows into the ids' rows.
  * Ids outside [0, V): the cpu device throws a RangeError; the webgpu device cannot check
  * without a readback and yields zero rows, so validate ids on the host where they come from.
- * @throws ShapeError when the table is not 2-D.
+ * @throws ShapeError when the table is not 2-D; DeviceError when table and ids are on different devices.
  */
 export function embedding(table: Tensor, ids: Tensor): Tensor {
   assertFloat("embedding", table);
   ids.assertAlive("embedding");
+  assertSameDevice("embedding", table, ids);
   if (table.rank !== 2) throw new ShapeError("embedding", `table must be [V, D], got ${fmt(table.shape)}`);
   if (ids.dtype !== "i32") throw new DTypeError("embedding", `ids must be i32, got ${ids.dtype}`);
   const [V, D] = table.shape as [number, number];
@@ -139,8 +143,10 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
 /**
  * Linear layer as in PyTorch nn.Linear: y = x W^T + b; x [..., in], weight [out, in],
  * bias [out]. The transposed weight is read in place (no copy).
+ * @throws DeviceError when x, weight and bias are not on one device.
  */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
+  assertSameDevice("linear", x, weight, bias);
   const y = x.matmul(weight.transpose());
   if (!bias) return y;
   const out = y.add(bias);
@@ -152,9 +158,11 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
  * over the last axis of x [..., D], weight [D]; fused kernel forward.
  * Gradient, with r = (mean(x^2) + eps)^(-1/2) and u = g * weight:
  *   dx = r u - x r^3 mean(u x),  dweight = sum over rows of g x r.
+ * @throws ShapeError when weight is not [D]; DeviceError when x and weight are on different devices.
  */
 export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   assertFloat("rmsNorm", x, weight);
+  assertSameDevice("rmsNorm", x, weight);
   const D = x.shape[x.rank - 1]!;
   if (weight.rank !== 1 || weight.shape[0] !== D) {
     throw new ShapeError("rmsNorm", `weight ${fmt(weight.shape)} does not match x ${fmt(x.shape)} (last axis ${D})`);
@@ -178,9 +186,11 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
  * (modeling_llama.py apply_rotary_pos_emb): x [B, H, T, Dh] with cos, sin [Bc, T, Dh/2]
  * (Bc = 1 or B: per-row positions for left-padded batches), the angles of each position and
  * frequency. Gradient: the inverse rotation of g (rotations are orthogonal).
+ * @throws ShapeError when the shapes disagree; DeviceError when x, cos and sin are not on one device.
  */
 export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   assertFloat("rope", x, cos, sin);
+  assertSameDevice("rope", x, cos, sin);
   if (x.rank !== 4) throw new ShapeError("rope", `x must be [B, H, T, Dh], got ${fmt(x.shape)}`);
   const [B, H, T, Dh] = x.shape as [number, number, number, number];
   const Bc = cos.shape[0]!;
@@ -222,10 +232,12 @@ export interface AttentionOptions {
  * the online softmax of flash attention (Dao 2022) so no [Tq, Tk] matrix is stored; the
  * backward recomputes probabilities from the saved row log-sum-exp (flash attention 2).
  * A query that sees no key (all padding) outputs zeros.
- * @throws ShapeError when heads do not divide, or shapes disagree.
+ * @throws ShapeError when heads do not divide, or shapes disagree; DeviceError when q, k, v and
+ *   keyMask are not on one device.
  */
 export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): Tensor {
   assertFloat("attention", q, k, v);
+  assertSameDevice("attention", q, k, v, opts.keyMask);
   if (q.rank !== 4 || k.rank !== 4 || v.rank !== 4) {
     throw new ShapeError("attention", `q, k, v must be 4-D, got ${fmt(q.shape)}, ${fmt(k.shape)}, ${fmt(v.shape)}`);
   }

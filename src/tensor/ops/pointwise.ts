@@ -1,6 +1,7 @@
 import { record } from "../autograd.ts";
 import type { BinaryOp, UnaryOp } from "../backend.ts";
-import { isFloat, type DType } from "../dtype.ts";
+import { assertSameDevice } from "../device.ts";
+import { assertDType, isFloat, type DType } from "../dtype.ts";
 import { DTypeError } from "../errors.ts";
 import { broadcastShapes } from "../shape.ts";
 import { Tensor } from "../tensor.ts";
@@ -82,14 +83,14 @@ function scalarLike(like: Tensor, value: number): Tensor {
  * minimum, a tie sends the gradient to `a`. Comparisons (eq, gt, ge, lt) return 1/0 in the
  * input dtype and have no gradient. `pow` follows WGSL: defined for a > 0.
  * @throws ShapeError when shapes do not broadcast; DTypeError when dtypes differ or the op
- *   is not defined on integers.
+ *   is not defined on integers; DeviceError when a and b are on different devices.
  */
 export function binary(op: BinaryOp, a: Tensor, bIn: Tensor | number): Tensor {
   a.assertAlive(op);
   const b = typeof bIn === "number" ? scalarLike(a, bIn) : bIn.assertAlive(op);
   try {
+    assertSameDevice(op, a, b);
     if (a.dtype !== b.dtype) throw new DTypeError(op, `dtypes differ: ${a.dtype} vs ${b.dtype}`);
-    if (a.backend !== b.backend) throw new DTypeError(op, `devices differ: ${a.device} vs ${b.device}`);
     if (!isFloat(a.dtype) && (op === "div" || op === "pow")) throw new DTypeError(op, `not defined on ${a.dtype}`);
     const shape = broadcastShapes(op, a.shape, b.shape);
     const y = Tensor.fromStorage(a.backend, a.backend.binary(op, broadcastView(a, shape), broadcastView(b, shape)), shape);
@@ -121,8 +122,11 @@ function ownScalars(y: Tensor, scalars: Tensor[]): Tensor {
 /**
  * y = cond ? a : b elementwise, all three broadcast together; cond is nonzero-is-true in any
  * dtype. Gradients flow to a where cond holds and to b elsewhere.
+ * @throws DeviceError when the tensors are on different devices; DTypeError when the branch
+ *   dtypes differ; ShapeError when the shapes do not broadcast.
  */
 export function where(cond: Tensor, a: Tensor | number, b: Tensor | number): Tensor {
+  assertSameDevice("where", cond, typeof a === "number" ? null : a, typeof b === "number" ? null : b);
   const like = typeof a !== "number" ? a : typeof b !== "number" ? b : cond;
   const ta = typeof a === "number" ? scalarLike(like, a) : a;
   const tb = typeof b === "number" ? scalarLike(like, b) : b;
@@ -138,9 +142,13 @@ export function where(cond: Tensor, a: Tensor | number, b: Tensor | number): Ten
   return ownScalars(y, scalars);
 }
 
-/** Converts dtype. Float to float keeps gradients; anything involving i32 has none. */
+/**
+ * Converts dtype. Float to float keeps gradients; anything involving i32 has none.
+ * @throws DTypeError for an unknown dtype.
+ */
 export function cast(x: Tensor, dtype: DType): Tensor {
   x.assertAlive("cast");
+  assertDType("cast", dtype);
   if (x.dtype === dtype) return x.contiguous(true);
   const y = Tensor.fromStorage(x.backend, x.backend.cast(x, dtype), x.shape);
   if (!isFloat(dtype) || !isFloat(x.dtype)) return y;

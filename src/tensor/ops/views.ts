@@ -1,4 +1,5 @@
 import { record } from "../autograd.ts";
+import { assertSameDevice } from "../device.ts";
 import { ShapeError, fmt } from "../errors.ts";
 import { assertValidShape, contiguousStrides, isContiguous, normAxis, numel } from "../shape.ts";
 import { Tensor } from "../tensor.ts";
@@ -149,10 +150,11 @@ export function squeeze(x: Tensor, axis: number): Tensor {
 
 /**
  * Joins tensors along `axis`; all other sizes must agree.
- * @throws ShapeError naming the first disagreeing input.
+ * @throws ShapeError naming the first disagreeing input; DeviceError when the inputs are not on one device.
  */
 export function concat(xs: readonly Tensor[], axis: number): Tensor {
   if (xs.length === 0) throw new ShapeError("concat", "no tensors");
+  assertSameDevice("concat", ...xs);
   const first = xs[0]!;
   const ax = normAxis("concat", axis, first.rank);
   for (const [i, x] of xs.entries()) {

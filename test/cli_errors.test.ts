@@ -1,0 +1,191 @@
+import { spawnSync } from "node:child_process";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { TINY_DEFAULTS } from "../src/cli/align.ts";
+import { CliError, describeBounds, int, num, required } from "../src/cli/args.ts";
+import { helpText } from "../src/cli/commands.ts";
+import { pcaComponents } from "../src/cli/pca.ts";
+import { TASKS } from "../src/eval/tasks.ts";
+import { TRAIN_DEFAULTS } from "../src/lora/trainer.ts";
+import { ensureTinyModel } from "../src/model/tiny.ts";
+import { fixtureDir } from "./helpers/fixtures.ts";
+
+/**
+ * How the command line fails: bad data found before any work, finished work kept when a later
+ * step fails, non-finite results refused, and messages that speak in option values, not internals.
+ */
+const ROOT = join(import.meta.dirname, "..");
+const tmp = mkdtempSync(join(tmpdir(), "qalign-cli-"));
+const TINY = await ensureTinyModel();
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** Runs `qalign <args>` with tsx; returns exit status, stdout and stderr. */
+function qalign(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "src", "cli", "main.ts"), ...args], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const lastLine = (text: string) => text.trim().split("\n").at(-1);
+
+/** The built-in sample's files by relative path (src/eval/sample_data.json). */
+const SAMPLE = (JSON.parse(readFileSync(join(ROOT, "src", "eval", "sample_data.json"), "utf8")) as { files: Record<string, unknown[]> }).files;
+
+/** A data folder in the release's layout holding `files` (relative path -> JSON value). */
+function dataDir(name: string, files: Record<string, unknown>): string {
+  const dir = join(tmp, name);
+  for (const [path, value] of Object.entries(files)) {
+    mkdirSync(dirname(join(dir, path)), { recursive: true });
+    writeFileSync(join(dir, path), JSON.stringify(value));
+  }
+  return dir;
+}
+
+describe("qalign eval", () => {
+  it("checks every language's data before loading the model, and creates no --out", () => {
+    const fr = structuredClone(SAMPLE["snli/snli_fr600_test.json"]!) as Record<string, string>[];
+    delete fr[3]!["hypothesis"];
+    const dir = dataDir("missingfield", { "snli/snli_en600_test.json": SAMPLE["snli/snli_en600_test.json"], "snli/snli_fr600_test.json": fr });
+    const out = join(tmp, "eval-missing");
+    const r = qalign(["eval", "--model", TINY, "--task", "snli", "--langs", "en,fr", "--limit", "3", "--shots", "0", "--data", dir, "--out", out, "--device", "cpu"]);
+    expect(r.status).toBe(1);
+    expect(lastLine(r.stderr)).toBe(`qalign: ${join(dir, "snli", "snli_fr600_test.json")}: item 3: field "hypothesis": missing field`);
+    expect(r.stderr).not.toMatch(/^en: /m); // English was not evaluated first
+    expect(existsSync(out)).toBe(false);
+  });
+
+  it("--out keeps the languages finished before a later one fails", () => {
+    // Loglik labels: the English ones take at most 3 tokens, 矛盾 6, so --max-length 4 fails in zh only.
+    const out = join(tmp, "eval-partial");
+    const r = qalign(["eval", "--model", TINY, "--task", "snli", "--langs", "en,zh", "--limit", "3", "--shots", "0", "--mode", "loglik", "--max-length", "4", "--data", "sample", "--out", out, "--device", "cpu"]);
+    expect(r.status).toBe(1);
+    expect(lastLine(r.stderr)).toMatch(/^qalign: sample:snli\/snli_zh600_test\.json: maxLength 4 cannot hold a label of \d+ tokens/);
+    const saved = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as { complete: boolean; pending: string[]; results: { lang: string; n: number }[] };
+    expect(saved.complete).toBe(false);
+    expect(saved.pending).toEqual(["zh"]);
+    expect(saved.results.map((x) => [x.lang, x.n])).toEqual([["en", 3]]);
+    const csv = readFileSync(join(out, "results.csv"), "utf8").trim().split("\n");
+    expect(csv).toHaveLength(2);
+    expect(csv[1]).toMatch(/^base,snli,en,false,loglik,0,3,/);
+  });
+});
+
+describe("qalign align", () => {
+  it("refuses an empty question file, naming it, before any evaluation", () => {
+    const dir = dataDir("qempty", {
+      "snli/snli_en600_test.json": SAMPLE["snli/snli_en600_test.json"],
+      "snli/snli_zh10k_train_question.json": [],
+      "snli/snli_es10k_train_question.json": SAMPLE["snli/snli_es10k_train_question.json"],
+    });
+    const out = join(tmp, "align-qempty");
+    const r = qalign(["align", "--model", TINY, "--langs", "en", "--limit", "3", "--epochs", "1", "--data", dir, "--out", out, "--device", "cpu"]);
+    expect(r.status).toBe(1);
+    expect(lastLine(r.stderr)).toBe(`qalign: ${join(dir, "snli", "snli_zh10k_train_question.json")}: no usable {input, answer} items (0 in the file)`);
+    expect(r.stderr).not.toContain("base en");
+    expect(existsSync(join(out, "run.json"))).toBe(false);
+  });
+});
+
+describe("qalign loss", () => {
+  it("fails on a non-finite loss instead of printing {\"loss\":null}", () => {
+    const dir = join(tmp, "nan-model");
+    cpSync(fixtureDir("llama-untied"), dir, { recursive: true });
+    // Set model.norm.weight (float32) to NaN: every logit, and so the loss, becomes NaN.
+    const file = join(dir, "model.safetensors");
+    const bytes = readFileSync(file);
+    const headerLen = Number(bytes.readBigUInt64LE(0));
+    const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString("utf8")) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+    const norm = header["model.norm.weight"]!;
+    expect(norm.dtype).toBe("F32");
+    for (let o = norm.data_offsets[0]; o < norm.data_offsets[1]; o += 4) bytes.writeFloatLE(NaN, 8 + headerLen + o);
+    writeFileSync(file, bytes);
+
+    const r = qalign(["loss", "--model", dir, "--ids", "5,17,42", "--prompt-len", "1", "--device", "cpu"]);
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(lastLine(r.stderr)).toBe(`qalign: loss: the loss is not finite (NaN); the checkpoint ${dir} may hold non-finite (NaN or Inf) weights`);
+  });
+});
+
+describe("qalign pca", () => {
+  it("needs 2 items in all, checked before the model runs", () => {
+    const r = qalign(["pca", "--model", TINY, "--task", "snli", "--langs", "en", "--limit", "1", "--data", "sample", "--out", join(tmp, "pca1"), "--device", "cpu"]);
+    expect(r.status).toBe(1);
+    expect(lastLine(r.stderr)).toBe("qalign: pca: PCA needs at least 2 items in all languages together, got 1 (en 1); raise --limit or add languages to --langs");
+    expect(r.stderr).not.toContain("base model");
+  });
+
+  it("says when --components is more than the items allow", () => {
+    const warnings: string[] = [];
+    const sets = [
+      { lang: "en" as const, prompts: [[1], [2], [3], [4], [5], [6]] },
+      { lang: "zh" as const, prompts: [[1], [2], [3], [4], [5], [6]] },
+    ];
+    expect(pcaComponents(50, sets, 64, (l) => warnings.push(l))).toBe(11);
+    expect(warnings).toEqual(["pca: --components 50 reduced to 11: PCA of 12 items (en 6, zh 6) has at most N - 1 = 11 components"]);
+    expect(pcaComponents(50, sets, 8, (l) => warnings.push(l))).toBe(8);
+    expect(warnings[1]).toBe("pca: --components 50 reduced to 8: the hidden size is 8");
+    expect(pcaComponents(4, sets, 64, (l) => warnings.push(l))).toBe(4);
+    expect(warnings).toHaveLength(2); // no warning when nothing is cut
+    expect(() => pcaComponents(4, [{ lang: "en", prompts: [[1]] }], 64, () => {})).toThrow(CliError);
+  });
+});
+
+describe("option messages", () => {
+  const fail = (f: () => unknown) => {
+    try {
+      f();
+    } catch (e) {
+      expect(e).toBeInstanceOf(CliError);
+      return (e as Error).message;
+    }
+    throw new Error("expected a CliError");
+  };
+
+  it("state bounds as people write them", () => {
+    expect(describeBounds(1, Number.MAX_SAFE_INTEGER)).toBe(">= 1");
+    expect(describeBounds(0, Infinity)).toBe(">= 0");
+    expect(describeBounds(0, 1, true)).toBe("in (0, 1]");
+    expect(describeBounds(0, 0.5)).toBe("in [0, 0.5]");
+    expect(describeBounds(-Infinity, 1)).toBe("<= 1");
+    expect(describeBounds(-Infinity, Infinity)).toBe("");
+    expect(fail(() => int("eval", { limit: "0" }, "limit", 0, 1))).toBe('eval: --limit must be an integer >= 1, got "0"');
+    expect(fail(() => int("loss", { "prompt-len": "3" }, "prompt-len", 0, 1, 2))).toBe('loss: --prompt-len must be an integer in [1, 2], got "3"');
+    expect(fail(() => num("generate", { "top-p": "0" }, "top-p", 1, 0, 1, true))).toBe('generate: --top-p must be a number in (0, 1], got "0"');
+    expect(fail(() => num("train", { lr: "-1" }, "lr", 1, 0))).toBe('train: --lr must be a number >= 0, got "-1"');
+    expect(fail(() => num("x", { t: "abc" }, "t", 1))).toBe('x: --t must be a number, got "abc"');
+    expect(num("generate", { "top-p": "1" }, "top-p", 0.5, 0, 1, true)).toBe(1);
+    expect(num("generate", { "top-p": "1e-9" }, "top-p", 0.5, 0, 1, true)).toBe(1e-9);
+  });
+
+  it("say an empty required value must not be empty", () => {
+    expect(fail(() => required("generate", { prompt: "" }, "prompt"))).toBe("generate: --prompt must not be empty");
+    expect(fail(() => required("generate", {}, "prompt"))).toBe("generate: --prompt is required");
+    expect(required("generate", { prompt: "Hi" }, "prompt")).toBe("Hi");
+  });
+});
+
+describe("--help", () => {
+  /** The default `--flag` shows in a command's help. */
+  const shown = (command: string, flag: string) => new RegExp(`^  ${flag} +(.+)$`, "m").exec(helpText(command))?.[1];
+
+  it("lists the defaults the usage line does not show, with the values the parsers use", () => {
+    expect(shown("generate", "--max-new-tokens")).toBe("32");
+    expect(shown("generate", "--top-p")).toMatch(/^1 /);
+    for (const command of ["eval", "align", "lens", "pca"]) {
+      expect(shown(command, "--shots"), command).toBe(`the task's: emotion ${TASKS.emotion.shots}, snli ${TASKS.snli.shots}, paws ${TASKS.paws.shots}`);
+    }
+    expect(shown("eval", "--task")).toBe("snli");
+    expect(shown("eval", "--batch-size")).toBe("8");
+    expect(Number(shown("align", "--lr"))).toBe(TRAIN_DEFAULTS.lr);
+    expect(Number(shown("align", "--epochs"))).toBe(TRAIN_DEFAULTS.epochs);
+    const tiny = shown("align", "--model")!;
+    expect(tiny).toContain(`--limit ${TINY_DEFAULTS.limit},`);
+    expect(tiny).toContain(`--max-train-samples ${TINY_DEFAULTS.maxTrainSamples},`);
+    expect(tiny).toContain(`--epochs ${TINY_DEFAULTS.epochs},`);
+    expect(Number(/--lr (\S+)/.exec(tiny)![1])).toBe(TINY_DEFAULTS.lr);
+    expect(shown("pca", "--components")).toMatch(/^4 /);
+    expect(shown("lens", "--top-k")).toBe("5");
+  });
+});
