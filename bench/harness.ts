@@ -152,6 +152,18 @@ export async function measure(contenders: readonly Contender[], work: Work, opts
 }
 
 /**
+ * Withdraws `engine`'s timing from `timings` because its run did not do the work (`reason`):
+ * its times and throughput become null with the reason as its error, and no contender keeps a
+ * ratio to it.
+ */
+export function withdraw(timings: Timing[], engine: string, reason: string): void {
+  for (const t of timings) {
+    if (t.engine === engine) Object.assign(t, { medianMs: null, minMs: null, maxMs: null, spreadPct: null, throughput: null, error: reason });
+    t.vsPeer = null;
+  }
+}
+
+/**
  * Runs one case; a failure becomes a case that carries the error (printed and written like the
  * others) instead of ending the run.
  */

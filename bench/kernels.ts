@@ -16,10 +16,10 @@ import type { Backend, MatmulGeometry, Storage } from "../src/tensor/backend.ts"
 import { tensor } from "../src/tensor/ops/create.ts";
 import { attention, softmax } from "../src/tensor/ops/nn.ts";
 import { tidy } from "../src/tensor/scope.ts";
-import type { CaseResult, Contender, MeasureOptions, Timing, Work } from "./harness.ts";
+import type { CaseResult, Contender, MeasureOptions, Work } from "./harness.ts";
 import { attempt, gpuTimer, measure, wallTime } from "./harness.ts";
 import type { Peer, PeerCase } from "./peer.ts";
-import { hostRandom, peerMatmul, peerSoftmax } from "./peer.ts";
+import { checkPeer, hostRandom, peerMatmul, peerSoftmax, relErr } from "./peer.ts";
 
 /** What every case needs: the devices, the peer, the size regime and the sampling options. */
 export interface BenchContext {
@@ -45,17 +45,6 @@ function backendContender(engine: string, variant: string, backend: Backend, op:
   return { engine, variant, time: (n) => wallTime(() => {
     for (let i = 0; i < n; i++) once();
   }) };
-}
-
-/** Largest |a - b| over max |b|: how far a result is from the one it is checked against. */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / (scale || 1);
 }
 
 const nt = (M: number, N: number, K: number): MatmulGeometry => ({ batch: 1, M, N, K, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 });
@@ -86,6 +75,7 @@ async function matmulCase(ctx: BenchContext, name: string, M: number, N: number,
     }
   }
   let peerCase: PeerCase | null = null;
+  const peerErrors = ctx.peer.ok ? ctx.peer.deviceErrors.length : 0;
   if (ctx.peer.ok) {
     const limit = ctx.peer.backend.device.limits.maxStorageBufferBindingSize;
     peerCase = peerMatmul(ctx.peer, x, w, M, N, K, limit);
@@ -99,11 +89,7 @@ async function matmulCase(ctx: BenchContext, name: string, M: number, N: number,
     contenders.push(backendContender("qalign cpu", "reference", ctx.cpu, () => [ctx.cpu.matmul(a, b, g)]));
   }
   const results = await measure(contenders, work, ctx.opts);
-  if (peerCase && qalignOut) {
-    const err = relErr(await peerCase.result(), qalignOut);
-    const r = results.find((t) => t.engine === "tfjs webgpu")!;
-    r.extra = { ...r.extra, maxRelDiffToQalign: err };
-  }
+  if (peerCase && ctx.peer.ok) await checkPeer(ctx.peer, peerErrors, peerCase, qalignOut, results);
   cleanup.forEach((f) => f());
   return { group: "matmul", name, params: { M, N, K, layout: "x @ w^T" }, work, results, ...(note ? { note } : {}) };
 }
@@ -271,17 +257,17 @@ async function softmaxCase(ctx: BenchContext, rows: number, cols: number, withCp
     return () => [be.softmax(xs!, rows, cols, false)];
   });
   let peerCase: PeerCase | null = null;
+  const peerErrors = ctx.peer.ok ? ctx.peer.deviceErrors.length : 0;
   if (ctx.peer.ok) {
     peerCase = peerSoftmax(ctx.peer, x, rows, cols);
     contenders.push(peerCase.contender);
   }
   const work = { bytes: 4 * 2 * rows * cols };
   const results = await measure(contenders, work, ctx.opts);
-  if (peerCase && ctx.gpu) {
+  if (peerCase && ctx.peer.ok && ctx.gpu) {
     const xs = ctx.gpu.upload(x);
     const y = ctx.gpu.softmax(xs, rows, cols, false);
-    const r = results.find((t: Timing) => t.engine === "tfjs webgpu")!;
-    r.extra = { maxRelDiffToQalign: relErr(await peerCase.result(), await ctx.gpu.read(y)) };
+    await checkPeer(ctx.peer, peerErrors, peerCase, (await ctx.gpu.read(y)) as Float32Array, results);
     [xs, y].forEach((s) => ctx.gpu!.free(s));
   }
   peerCase?.dispose();

@@ -9,8 +9,8 @@
  * (`kernelMs`); without it, wall clock around the N ops and `onSubmittedWorkDone`.
  */
 import { createRequire } from "node:module";
-import type { Clock, Contender } from "./harness.ts";
-import { PEER_ENGINE } from "./harness.ts";
+import type { Clock, Contender, Timing } from "./harness.ts";
+import { PEER_ENGINE, withdraw } from "./harness.ts";
 
 type Tf = typeof import("@tensorflow/tfjs-core");
 
@@ -22,8 +22,14 @@ interface TfWebGpuBackend {
   submitQueue(): void;
 }
 
-/** A ready TensorFlow.js WebGPU backend, or why there is none. */
-export type Peer = { ok: true; tf: Tf; backend: TfWebGpuBackend; version: string; timestamps: boolean } | { ok: false; error: string; version: string | null };
+/**
+ * A ready TensorFlow.js WebGPU backend, or why there is none. `deviceErrors` collects what its
+ * device reported (tfjs does not check: a failed allocation leaves it timing commands that do
+ * nothing), for the cases to check after timing.
+ */
+export type Peer =
+  | { ok: true; tf: Tf; backend: TfWebGpuBackend; version: string; timestamps: boolean; deviceErrors: string[] }
+  | { ok: false; error: string; version: string | null };
 
 const require = createRequire(import.meta.url);
 
@@ -51,7 +57,9 @@ export async function startPeer(gpu: GPU): Promise<Peer> {
     if (!(await tf.setBackend("webgpu"))) return { ok: false, error: "tf.setBackend('webgpu') returned false", version: v };
     await tf.ready();
     const backend = tf.backend() as unknown as TfWebGpuBackend;
-    return { ok: true, tf, backend, version: v ?? "?", timestamps: backend.device.features.has("timestamp-query") };
+    const deviceErrors: string[] = [];
+    backend.device.addEventListener("uncapturederror", (ev) => deviceErrors.push((ev as GPUUncapturedErrorEvent).error.message.split("\n")[0]!));
+    return { ok: true, tf, backend, version: v ?? "?", timestamps: backend.device.features.has("timestamp-query"), deviceErrors };
   } catch (e) {
     return { ok: false, error: (e as Error).message, version: v };
   }
@@ -158,6 +166,34 @@ export function peerSoftmax(p: Extract<Peer, { ok: true }>, x: Float32Array, row
     },
     dispose: () => a.dispose(),
   };
+}
+
+/**
+ * After a case: checks that the peer did the work, i.e. its device reported no error since
+ * `errorsBefore` and its result agrees with qalign's (max relative difference below 1e-3, far
+ * above f32 rounding); otherwise withdraws its timing (see `withdraw`). Returns the difference.
+ */
+export async function checkPeer(p: Extract<Peer, { ok: true }>, errorsBefore: number, peerCase: PeerCase, reference: Float32Array | null, timings: Timing[]): Promise<number | null> {
+  const diff = reference ? relErr(await peerCase.result(), reference) : null;
+  const errors = p.deviceErrors.slice(errorsBefore);
+  const r = timings.find((t) => t.engine === PEER_ENGINE)!;
+  r.extra = { ...r.extra, ...(diff !== null ? { maxRelDiffToQalign: diff } : {}) };
+  if (errors.length > 0 || (diff !== null && !(diff < 1e-3))) {
+    const why = errors.length > 0 ? `its device reported: ${[...new Set(errors)].join("; ")}` : `its result differs from qalign's (max relative difference ${diff})`;
+    withdraw(timings, PEER_ENGINE, `TensorFlow.js did not do the work, so its time is not reported: ${why}`);
+  }
+  return diff;
+}
+
+/** Largest |a - b| over max |b|: how far a result is from the one it is checked against. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < b.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
+  }
+  return diff / (scale || 1);
 }
 
 /** Versions of the packages the benchmark reports. */

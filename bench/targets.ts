@@ -29,7 +29,8 @@ export function targets(cases: readonly CaseResult[], gpu: WebGpuBackend | null)
   const bestRead = Math.max(0, ...(readRate?.results ?? []).map((r) => r.throughput ?? 0));
   for (const { c, t } of find(cases, (n) => n === "1024^3" || n.startsWith("Qwen1.5-1.8B "), qalignGpu)) {
     const v = t.vsPeer;
-    let measured = v === null ? `no peer timing${c.note ? ` (${c.note})` : ""}` : `${fmt(v)}x (${fmt(t.throughput!)} GFLOP/s)`;
+    const peerError = c.results.find((r) => r.engine !== t.engine && r.error)?.error;
+    let measured = v === null ? `no peer timing (${peerError ?? c.note ?? "no peer"})` : `${fmt(v)}x (${fmt(t.throughput!)} GFLOP/s)`;
     if (c.params["M"] === 1 && bestRead > 0 && t.medianMs) {
       const bytes = 4 * (c.params["N"] as number) * (c.params["K"] as number);
       const gbs = (ms: number) => bytes / ms / 1e6;
