@@ -87,24 +87,37 @@ describe("qalign align", () => {
   });
 });
 
-describe("qalign loss", () => {
-  it("fails on a non-finite loss instead of printing {\"loss\":null}", () => {
-    const dir = join(tmp, "nan-model");
-    cpSync(fixtureDir("llama-untied"), dir, { recursive: true });
-    // Set model.norm.weight (float32) to NaN: every logit, and so the loss, becomes NaN.
-    const file = join(dir, "model.safetensors");
-    const bytes = readFileSync(file);
-    const headerLen = Number(bytes.readBigUInt64LE(0));
-    const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString("utf8")) as Record<string, { dtype: string; data_offsets: [number, number] }>;
-    const norm = header["model.norm.weight"]!;
-    expect(norm.dtype).toBe("F32");
-    for (let o = norm.data_offsets[0]; o < norm.data_offsets[1]; o += 4) bytes.writeFloatLE(NaN, 8 + headerLen + o);
-    writeFileSync(file, bytes);
+/** A copy of the llama-untied fixture whose model.norm.weight (float32) is NaN: every logit is NaN. */
+function nanModel(): string {
+  const dir = join(tmp, "nan-model");
+  if (existsSync(dir)) return dir;
+  cpSync(fixtureDir("llama-untied"), dir, { recursive: true });
+  const file = join(dir, "model.safetensors");
+  const bytes = readFileSync(file);
+  const headerLen = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString("utf8")) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  const norm = header["model.norm.weight"]!;
+  expect(norm.dtype).toBe("F32");
+  for (let o = norm.data_offsets[0]; o < norm.data_offsets[1]; o += 4) bytes.writeFloatLE(NaN, 8 + headerLen + o);
+  writeFileSync(file, bytes);
+  return dir;
+}
 
+describe("non-finite weights", () => {
+  it("loss fails instead of printing {\"loss\":null}", () => {
+    const dir = nanModel();
     const r = qalign(["loss", "--model", dir, "--ids", "5,17,42", "--prompt-len", "1", "--device", "cpu"]);
     expect(r.status).toBe(1);
     expect(r.stdout).toBe("");
     expect(lastLine(r.stderr)).toBe(`qalign: loss: the loss is not finite (NaN); the checkpoint ${dir} may hold non-finite (NaN or Inf) weights`);
+  });
+
+  it("logits fails instead of printing null logits", () => {
+    const dir = nanModel();
+    const r = qalign(["logits", "--model", dir, "--ids", "5,17,42", "--device", "cpu"]);
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(lastLine(r.stderr)).toBe(`qalign: logits: logit [0][0] is not finite (NaN); the checkpoint ${dir} may hold non-finite (NaN or Inf) weights`);
   });
 });
 

@@ -6,16 +6,22 @@ import { CliError, deviceOption, intList, parse, required } from "./args.ts";
 /**
  * `qalign logits --model DIR --ids 5,17,42 [--adapter DIR] [--device ...]`: one JSON object
  * {"logits": [[...V], ...T]} on stdout, nothing else.
+ * @throws CliError for bad options, and when a logit is NaN or infinite (JSON would print null).
  */
 export async function run(args: string[]): Promise<void> {
   const v = parse("logits", args, { model: { type: "string" }, ids: { type: "string" }, adapter: { type: "string" }, ...deviceOption });
   const ids = intList("logits", "ids", required("logits", v, "ids"));
   const model = await loadForCli("logits", v);
   const V = model.config.vocab_size;
-  const bad = ids.findIndex((id) => id < 0 || id >= V);
-  if (bad >= 0) throw new CliError(`logits: --ids[${bad}] = ${ids[bad]} is outside the vocabulary [0, ${V})`);
+  const outside = ids.findIndex((id) => id < 0 || id >= V);
+  if (outside >= 0) throw new CliError(`logits: --ids[${outside}] = ${ids[outside]} is outside the vocabulary [0, ${V})`);
   const logits = noGrad(() => model.forward(tensor(Int32Array.from(ids), { device: model.device, shape: [1, ids.length] })).logits!);
   const flat = await logits.data();
+  const bad = flat.findIndex((x) => !Number.isFinite(x));
+  if (bad >= 0) {
+    const weights = typeof v.adapter === "string" ? `the checkpoint ${v.model} or the adapter ${v.adapter}` : `the checkpoint ${v.model}`;
+    throw new CliError(`logits: logit [${Math.floor(bad / V)}][${bad % V}] is not finite (${flat[bad]}); ${weights} may hold non-finite (NaN or Inf) weights`);
+  }
   const rows = Array.from({ length: ids.length }, (_, t) => Array.from(flat.subarray(t * V, (t + 1) * V)));
   process.stdout.write(JSON.stringify({ logits: rows }) + "\n");
 }
