@@ -137,6 +137,21 @@ describe("question pairs", () => {
     await expect(questionPairs(skipAll, ["zh", "es"], "en", "skip")).rejects.toThrow("sample:snli/snli_es10k_train_question.json: no usable {input, answer} items (1 in the file)");
     expect((await questionPairs(source, ["es"])).pairs).toHaveLength(6);
   });
+
+  it("take English questions from the target file's answers (English as a source language)", async () => {
+    const sample = JSON.parse(readFileSync(new URL("../src/eval/sample_data.json", import.meta.url), "utf8")) as { files: Record<string, unknown> };
+    const source = new MemorySource(sample.files);
+    const zh = sample.files["snli/snli_zh10k_train_question.json"] as { input: string; answer: string }[];
+    const { pairs } = await questionPairs(source, ["en", "es"], "zh");
+    expect(pairs).toHaveLength(2 * zh.length);
+    zh.forEach((item, i) => {
+      expect(pairs[i]!.input).toBe(`${item.answer}\nTranslate the input from English to Chinese:\n`);
+      expect(pairs[i]!.answer).toBe(item.input.replace(/\nTranslate the input from .+ to .+:\n?$/, ""));
+      expect(pairs[i]!.file).toBe("sample:snli/snli_zh10k_train_question.json");
+    });
+    expect(pairs[zh.length]!.input).toMatch(/\nTranslate the input from Spanish to Chinese:\n$/);
+    await expect(questionPairs(source, ["en"], "en")).rejects.toThrow('the target language "en" is also a training language');
+  });
 });
 
 describe("the release data (../shared/data/qalign)", () => {

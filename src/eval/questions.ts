@@ -9,7 +9,8 @@ import type { DataSource } from "./source.ts";
  * the model learns only to translate task questions into the target language, never
  * to answer them. The release holds SNLI question files for de es it sw zh into English; they
  * are parallel (item i is the same question in every file), so pairs into another target
- * language are built by index (the paper also aligns to non-English target languages).
+ * language are built by index (the paper also aligns to non-English target languages), and
+ * English as a source language takes its questions from the target file's English answers.
  *
  * The pairs have the LoRA trainer's shape (src/lora/data.ts `QuestionPair`): `input` is the
  * question followed by `Translate the input from <Src> to <Tgt>:` and a newline, `answer` the
@@ -29,8 +30,9 @@ export function questionLanguages(source: DataSource): Lang[] {
  * Builds the training pairs of `langs` into `target`, language by language in file order (the
  * paper's mixtures, e.g. zh + es, are such concatenations).
  * @returns the pairs, and the items left out (onInvalid "skip")
- * @throws DataError when a language has no question file (naming those that exist), when the
- *   target is also a source language, when source and target files are not parallel, when an
+ * @throws DataError when a language has no question file (naming those that exist; English
+ *   needs none, its questions being the target file's answers), when the target is also a
+ *   source language, when source and target files are not parallel, when an
  *   input lacks the instruction line, when a file has no usable item (e.g. `[]`), or
  *   (onInvalid "error") for an item without a non-empty `input` / `answer`.
  */
@@ -41,7 +43,8 @@ export async function questionPairs(
   onInvalid: OnInvalid = "error",
 ): Promise<{ pairs: QuestionPair[]; issues: DataIssue[] }> {
   const available = questionLanguages(source);
-  const missing = [...langs, ...(target === "en" ? [] : [target])].find((l) => !available.includes(l));
+  // English questions are every file's answers, so English is a source wherever the target has a file.
+  const missing = [...langs.filter((l) => l !== "en"), ...(target === "en" ? [] : [target])].find((l) => !available.includes(l));
   if (missing !== undefined) {
     throw new DataError(source.describe(questionFile(missing)), `no question-translation file for "${missing}"; ${source.description} has them for: ${available.join(" ") || "none"}`);
   }
@@ -66,7 +69,8 @@ export async function questionPairs(
   const into = target === "en" ? null : await load(target);
   const pairs: QuestionPair[] = [];
   for (const lang of langs) {
-    const { file, questions } = await load(lang);
+    const { file, questions } =
+      lang === "en" ? { ...into!, questions: into!.questions.map((q) => q && { question: q.english, from: LANGUAGE_NAMES.en, english: q.english }) } : await load(lang);
     if (into && into.questions.length !== questions.length) {
       throw new DataError(file, `has ${questions.length} items but ${into.file} has ${into.questions.length}: question files must be parallel`);
     }
