@@ -30,6 +30,12 @@ import { groups, kernel } from "./webgpu/program.ts";
 const MAX_RANK = 8;
 const WG = 256;
 
+/** The start of every map kernel's entry point: invocation i handles element (or vec4) i < n. */
+const MAP_MAIN = `@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = wg_linear(wid, nwg) * ${WG}u + lid;
+  if (i >= P.n) { return; }`;
+
 /** A strided operand: a storage and the view's layout on it (elements). */
 export interface StridedOperand {
   readonly data: GpuData;
@@ -99,10 +105,7 @@ function mapKernel(op: string, inTypes: readonly ("f32" | "i32")[], outType: "f3
       ],
       body: () => `
 ${fn}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = wg_linear(wid, nwg) * ${WG}u + lid;
-  if (i >= P.n) { return; }
+${MAP_MAIN}
   // Positions relative to the bound chunk of each operand: i's multi-index (innermost axis
   // fastest) dotted with each operand's strides.
   ${ops.map((o) => `var q${o} = P.off${o};`).join(" ")}
@@ -140,10 +143,7 @@ function denseMapKernel(op: string, inTypes: readonly ("f32" | "i32")[], outType
       ],
       body: () => `
 ${fn}
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let i = wg_linear(wid, nwg) * ${WG}u + lid;
-  if (i >= P.n) { return; }
+${MAP_MAIN}
   ${width === 4 ? ins.map((k) => `let a${k} = x${k}[P.off${k} + i];`).join(" ") : ""}
   y[P.offo + i] = ${value};
 }`,
