@@ -226,3 +226,14 @@ export async function gpuTimer(gpu: WebGpuBackend, n: number, record: () => void
   });
   return ms === null ? { ms: performance.now() - t0, clock: "wall" } : { ms, clock: "gpu-timestamps" };
 }
+
+/** Largest |a - b| over max |b|: how far a result is from the one it is checked against. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < b.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
+  }
+  return diff / (scale || 1);
+}

@@ -17,9 +17,9 @@ import { tensor } from "../src/tensor/ops/create.ts";
 import { attention, softmax } from "../src/tensor/ops/nn.ts";
 import { tidy } from "../src/tensor/scope.ts";
 import type { CaseResult, Contender, MeasureOptions, Work } from "./harness.ts";
-import { attempt, gpuTimer, measure, wallTime } from "./harness.ts";
+import { attempt, gpuTimer, measure, relErr, wallTime } from "./harness.ts";
 import type { Peer, PeerCase } from "./peer.ts";
-import { checkPeer, hostRandom, peerMatmul, peerSoftmax, relErr } from "./peer.ts";
+import { checkPeer, hostRandom, peerMatmul, peerSoftmax } from "./peer.ts";
 
 /** What every case needs: the devices, the peer, the size regime and the sampling options. */
 export interface BenchContext {

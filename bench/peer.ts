@@ -10,7 +10,7 @@
  */
 import { createRequire } from "node:module";
 import type { Clock, Contender, Timing } from "./harness.ts";
-import { PEER_ENGINE, withdraw } from "./harness.ts";
+import { PEER_ENGINE, relErr, withdraw } from "./harness.ts";
 
 type Tf = typeof import("@tensorflow/tfjs-core");
 
@@ -183,17 +183,6 @@ export async function checkPeer(p: Extract<Peer, { ok: true }>, errorsBefore: nu
     withdraw(timings, PEER_ENGINE, `TensorFlow.js did not do the work, so its time is not reported: ${why}`);
   }
   return diff;
-}
-
-/** Largest |a - b| over max |b|: how far a result is from the one it is checked against. */
-export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / (scale || 1);
 }
 
 /** Versions of the packages the benchmark reports. */

@@ -16,7 +16,7 @@ import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import { cpuDevice } from "../src/kernels/devices.ts";
 import type { WebGpuBackend } from "../src/kernels/webgpu/backend.ts";
-import { createWebGpuBackend } from "../src/kernels/webgpu/device.ts";
+import { RAISED_LIMITS, createWebGpuBackend } from "../src/kernels/webgpu/device.ts";
 import type { Backend } from "../src/tensor/backend.ts";
 import type { CaseResult, MeasureOptions } from "./harness.ts";
 import { attempt, table } from "./harness.ts";
@@ -89,12 +89,7 @@ const ctx: BenchContext = { gpu, cpu, peer, quick, opts, log };
 function adapterJson(b: WebGpuBackend) {
   const info = b.device.adapterInfo;
   const limitNames = [
-    "maxStorageBufferBindingSize",
-    "maxBufferSize",
-    "maxComputeWorkgroupStorageSize",
-    "maxComputeInvocationsPerWorkgroup",
-    "maxComputeWorkgroupSizeX",
-    "maxComputeWorkgroupSizeY",
+    ...RAISED_LIMITS,
     "maxComputeWorkgroupSizeZ",
     "maxComputeWorkgroupsPerDimension",
     "maxStorageBuffersPerShaderStage",

@@ -1,4 +1,3 @@
-import { spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -10,22 +9,17 @@ import { pcaComponents } from "../src/cli/pca.ts";
 import { TASKS } from "../src/eval/tasks.ts";
 import { TRAIN_DEFAULTS } from "../src/lora/trainer.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
+import { ROOT, runCli } from "./helpers/cli.ts";
 import { fixtureDir } from "./helpers/fixtures.ts";
 
 /**
  * How the command line fails: bad data found before any work, finished work kept when a later
  * step fails, non-finite results refused, and messages that speak in option values, not internals.
  */
-const ROOT = join(import.meta.dirname, "..");
 const tmp = mkdtempSync(join(tmpdir(), "qalign-cli-"));
 const TINY = await ensureTinyModel();
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-/** Runs `qalign <args>` with tsx; returns exit status, stdout and stderr. */
-function qalign(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "src", "cli", "main.ts"), ...args], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const qalign = (args: string[]) => runCli(args);
 
 const lastLine = (text: string) => text.trim().split("\n").at(-1);
 

@@ -1,4 +1,3 @@
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -6,22 +5,17 @@ import { afterAll, describe, expect, it, type TestContext } from "vitest";
 import { settingsDiff, type AlignResults } from "../src/eval/align.ts";
 import { SHARED_DATA_DIR } from "../src/eval/source.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
+import { runCli } from "./helpers/cli.ts";
 
 /**
  * `qalign align` end to end through the command line, on the release's SNLI files and the tiny
  * model (no --model): base evaluation, LoRA training on question pairs, aligned evaluation and
  * the report; then a rerun that resumes from the saved pieces.
  */
-const ROOT = join(import.meta.dirname, "..");
 const tmp = mkdtempSync(join(tmpdir(), "qalign-align-"));
 const TINY = await ensureTinyModel();
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-/** Runs `qalign <args>` with tsx; returns exit status, stdout and stderr. */
-function qalign(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "src", "cli", "main.ts"), ...args], { cwd: ROOT, encoding: "utf8", timeout: 240_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const qalign = (args: string[]) => runCli(args, 240_000);
 
 function sharedOrSkip(ctx: TestContext): void {
   if (existsSync(SHARED_DATA_DIR)) return;

@@ -424,6 +424,23 @@ const GEMV: MatmulOnly = {
   transB: fc.constant(true),
 };
 
+/**
+ * x @ W^T for each of `forwards` and dY @ W (its backward), W [V, D] in a chunked storage,
+ * against the cpu reference: W, x [M, D] and dY [M, V] drawn from `seed`, `seed + 1`, `seed + 2`.
+ */
+async function checkChunkedMatmul(gpu: WebGpuBackend, [V, D, M]: [number, number, number], seed: number, forwards: [string, MatmulGeometry][]): Promise<void> {
+  const tol = rel(1e-5, 1e-5);
+  const w = f32s(V * D, seed);
+  const [gw, cw] = [gpu.upload(w), cpu.upload(w)];
+  const x = f32s(M * D, seed + 1);
+  const [gx, cx] = [gpu.upload(x), cpu.upload(x)];
+  for (const [what, g] of forwards) expectClose(await gpu.read(gpu.matmul(gx, gw, g)), await cpu.read(cpu.matmul(cx, cw, g)), tol, what);
+  const dy = f32s(M * V, seed + 2);
+  const [gd, cd] = [gpu.upload(dy), cpu.upload(dy)];
+  const bwd: MatmulGeometry = { batch: 1, M, N: D, K: V, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 };
+  expectClose(await gpu.read(gpu.matmul(gd, gw, bwd)), await cpu.read(cpu.matmul(cd, cw, bwd)), tol, "dY @ W");
+}
+
 /** A decode row against a vocabulary: the shape the matrix-vector kernel exists for. */
 const DECODE_ROW: MatmulGeometry = { batch: 1, M: 1, N: 32000, K: 2048, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 };
 
@@ -680,34 +697,16 @@ describeWebGpu("chunked storages (per-binding limit lowered to 4 KB = 1024 f32)"
   testOn("matmul with a chunked B: x @ W^T (lm_head) and dY @ W (its backward)", async (gpu) => {
     // W [150, 37]: 5550 floats in 6 chunks; rows straddle every boundary.
     const [V, D, M] = [150, 37, 5];
-    const w = f32s(V * D, 9);
-    const [gw, cw] = [gpu.upload(w), cpu.upload(w)];
-    const x = f32s(M * D, 10);
-    const [gx, cx] = [gpu.upload(x), cpu.upload(x)];
-    const fwd: MatmulGeometry = { batch: 2, M: M - 3, N: V, K: D, transA: false, transB: true, batchStrideA: (M - 3) * D, batchStrideB: 0 };
-    const tol = rel(1e-5, 1e-5);
-    expectClose(await gpu.read(gpu.matmul(gx, gw, fwd)), await cpu.read(cpu.matmul(cx, cw, fwd)), tol, "x @ W^T");
-    const dy = f32s(M * V, 11);
-    const [gd, cd] = [gpu.upload(dy), cpu.upload(dy)];
-    const bwd: MatmulGeometry = { batch: 1, M, N: D, K: V, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 };
-    expectClose(await gpu.read(gpu.matmul(gd, gw, bwd)), await cpu.read(cpu.matmul(cd, cw, bwd)), tol, "dY @ W");
+    await checkChunkedMatmul(gpu, [V, D, M], 9, [["x @ W^T", { batch: 2, M: M - 3, N: V, K: D, transA: false, transB: true, batchStrideA: (M - 3) * D, batchStrideB: 0 }]]);
   });
 
   testOn("matmul with a chunked B whose rows are multiples of 4 (vec4 / quad pieces, tiled where a piece is unaligned)", async (gpu) => {
     const [V, D, M] = [150, 36, 6];
-    const w = f32s(V * D, 14);
-    const [gw, cw] = [gpu.upload(w), cpu.upload(w)];
-    const x = f32s(M * D, 15);
-    const [gx, cx] = [gpu.upload(x), cpu.upload(x)];
-    const tol = rel(1e-5, 1e-5);
     const fwd: MatmulGeometry = { batch: 1, M, N: V, K: D, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 };
-    expectClose(await gpu.read(gpu.matmul(gx, gw, fwd)), await cpu.read(cpu.matmul(cx, cw, fwd)), tol, "x @ W^T");
-    const decode: MatmulGeometry = { ...fwd, M: 1 };
-    expectClose(await gpu.read(gpu.matmul(gx, gw, decode)), await cpu.read(cpu.matmul(cx, cw, decode)), tol, "one row of x @ W^T (matrix-vector pieces)");
-    const dy = f32s(M * V, 16);
-    const [gd, cd] = [gpu.upload(dy), cpu.upload(dy)];
-    const bwd: MatmulGeometry = { batch: 1, M, N: D, K: V, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 };
-    expectClose(await gpu.read(gpu.matmul(gd, gw, bwd)), await cpu.read(cpu.matmul(cd, cw, bwd)), tol, "dY @ W");
+    await checkChunkedMatmul(gpu, [V, D, M], 14, [
+      ["x @ W^T", fwd],
+      ["one row of x @ W^T (matrix-vector pieces)", { ...fwd, M: 1 }],
+    ]);
   });
 
   testOn("elementwise ops and assign on chunked operands", async (gpu) => {

@@ -1,14 +1,13 @@
-import { execFile } from "node:child_process";
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { afterAll, describe, expect, test } from "vitest";
 import * as qa from "../src/index.ts";
 import { loadModel } from "../src/model/load.ts";
 import { Linear, type LlamaModel } from "../src/model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors } from "../src/model/safetensors.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
+import { runCli } from "./helpers/cli.ts";
 import { fixtureDir, maxAbs } from "./helpers/fixtures.ts";
 
 /**
@@ -214,10 +213,8 @@ describe("PEFT layout", () => {
     const model = await fixtureModel();
     await qa.loadAdapter(model, GOLDEN);
     const { loss } = await qa.meanTargetLoss(model, [{ ids: IDS, promptLen: 3 }], 1);
-    const cli = join(import.meta.dirname, "..", "src", "cli", "main.ts");
-    const tsx = join(import.meta.dirname, "..", "node_modules", ".bin", "tsx");
-    const args = ["loss", "--model", fixtureDir("llama-untied"), "--adapter", GOLDEN, "--ids", IDS.join(","), "--prompt-len", "3", "--device", "cpu"];
-    const { stdout } = await promisify(execFile)(tsx, [cli, ...args]);
+    const { status, stdout } = runCli(["loss", "--model", fixtureDir("llama-untied"), "--adapter", GOLDEN, "--ids", IDS.join(","), "--prompt-len", "3", "--device", "cpu"]);
+    expect(status).toBe(0);
     expect(JSON.parse(stdout)).toEqual({ loss });
   });
 });

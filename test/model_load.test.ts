@@ -1,14 +1,13 @@
-import { execFile } from "node:child_process";
 import { cpSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { describe, expect, test } from "vitest";
 import * as qa from "../src/index.ts";
 import { CpuBackend } from "../src/kernels/cpu.ts";
 import { loadModel } from "../src/model/load.ts";
 import { DeviceError } from "../src/tensor/errors.ts";
 import { openSafetensors, writeSafetensors, type TensorToWrite } from "../src/model/safetensors.ts";
+import { runCli } from "./helpers/cli.ts";
 import { fixtureDir, loadExpected, maxAbs, maxDiffAtTokens } from "./helpers/fixtures.ts";
 
 /**
@@ -60,11 +59,8 @@ describe("qalign logits", () => {
   test("prints the golden logits of a committed fixture, and nothing else on stdout", async () => {
     const exp = await loadExpected("qwen2-tied");
     const row = exp.inputIds[0]!;
-    const { stdout } = await promisify(execFile)(
-      "npx",
-      ["tsx", "src/cli/main.ts", "logits", "--model", fixtureDir("qwen2-tied"), "--ids", row.join(","), "--device", "cpu"],
-      { maxBuffer: 64 << 20 },
-    );
+    const { status, stdout } = runCli(["logits", "--model", fixtureDir("qwen2-tied"), "--ids", row.join(","), "--device", "cpu"]);
+    expect(status).toBe(0);
     const logits = (JSON.parse(stdout) as { logits: number[][] }).logits;
     expect(logits).toHaveLength(row.length);
     const ref = exp.logits.subarray(0, row.length * exp.V);

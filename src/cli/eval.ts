@@ -120,7 +120,7 @@ export async function run(args: string[]): Promise<void> {
   };
   const tokenizer = await tokenizerFor("eval", modelDir);
   const source = await resolveDataSource(v.data);
-  await checkLanguages(source, task, langs, options);
+  const prompts = await checkLanguages(source, task, langs, options);
   const out: EvalOutput | null =
     typeof v.out === "string"
       ? {
@@ -135,7 +135,7 @@ export async function run(args: string[]): Promise<void> {
   say(`eval: ${task.title}, ${langs.length} language(s), ${source.description}`);
   const results: LanguageResult[] = [];
   for (const lang of langs) {
-    const r = await evaluateLanguage({ model, tokenizer, source, task, options }, lang);
+    const r = await evaluateLanguage({ model, tokenizer, source, task, options, prompts }, lang);
     for (const s of r.skipped) say(`skipped ${s.file}[${s.index}].${s.field}: ${s.problem}`);
     for (const t of r.truncated) say(`truncated ${r.file}[${t.index}]: ${t.dropped} tokens dropped on the left`);
     say(`${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)`);

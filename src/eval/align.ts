@@ -147,10 +147,14 @@ const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "obj
  * fields are absent, as in the saved file).
  */
 export function settingsDiff(saved: unknown, now: unknown, path = ""): string[] {
-  const current: unknown = now === undefined ? undefined : JSON.parse(JSON.stringify(now));
+  return leafDiff(saved, now === undefined ? undefined : JSON.parse(JSON.stringify(now)), path);
+}
+
+/** settingsDiff on two parsed JSON values. */
+function leafDiff(saved: unknown, current: unknown, path: string): string[] {
   if (isRecord(saved) && isRecord(current)) {
     const keys = [...new Set([...Object.keys(saved), ...Object.keys(current)])];
-    return keys.flatMap((k) => settingsDiff(saved[k], current[k], path ? `${path}.${k}` : k));
+    return keys.flatMap((k) => leafDiff(saved[k], current[k], path ? `${path}.${k}` : k));
   }
   if (JSON.stringify(saved) === JSON.stringify(current)) return [];
   return [`${path || "settings"} was ${shown(saved)}, now ${shown(current)}`];
@@ -185,7 +189,7 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
         results.push(await readJson<LanguageResult>(file));
         continue;
       }
-      const r = await evaluateLanguage({ model, tokenizer, source, task, options: cfg.evaluation }, lang);
+      const r = await evaluateLanguage({ model, tokenizer, source, task, options: cfg.evaluation, prompts }, lang);
       await saveJson(file, r);
       const notes = [r.ties ? `${r.ties} ties` : "", r.truncated.length ? `${r.truncated.length} truncated` : "", r.skipped.length ? `${r.skipped.length} skipped` : ""].filter(Boolean);
       log(`${label} ${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)${notes.length ? `; ${notes.join(", ")}` : ""}`);
@@ -216,7 +220,7 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
   // before hours of evaluation (and before the folder is claimed for these settings).
   const trained = existsSync(join(out, "adapter", TRAINING_SUMMARY));
   const pairs = trained ? null : await questionPairs(source, cfg.train, cfg.target);
-  await checkLanguages(source, task, cfg.langs, cfg.evaluation);
+  const prompts = await checkLanguages(source, task, cfg.langs, cfg.evaluation);
   if (!existsSync(runFile)) await saveJson(runFile, settings);
 
   log(`base model: ${task.title} in ${cfg.langs.length} languages (${source.description})`);

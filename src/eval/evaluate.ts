@@ -7,7 +7,7 @@ import { argmaxWithTies, logSumExp, prefixMasses } from "./decode.ts";
 import { labelTokenIds, shadowedClasses } from "./label_tokens.ts";
 import type { Lang } from "./languages.ts";
 import { accuracyOf, confusionMatrix, type Accuracy } from "./metrics.ts";
-import { languagePrompts, type PromptOptions } from "./prompt.ts";
+import { languagePrompts, type LanguagePrompts, type PromptOptions } from "./prompt.ts";
 import type { DataSource } from "./source.ts";
 import type { TaskId, TaskSpec } from "./tasks.ts";
 
@@ -94,6 +94,11 @@ export interface EvalContext {
   source: DataSource;
   task: TaskSpec;
   options?: EvalOptions;
+  /**
+   * Each language's prompts, built by checkLanguages with these same options; a language not in
+   * the map has its prompts built from `source` when it is evaluated.
+   */
+  prompts?: ReadonlyMap<Lang, LanguagePrompts>;
 }
 
 /** A sequence to run: its ids, and how many trailing ids are scored (0: the next token is). */
@@ -106,10 +111,13 @@ interface Row {
  * Loads and checks the data of every language in `langs` (test files, the parallel English
  * file, field words, demonstrations and the `limit` subset) before any is evaluated, so that a
  * bad file fails in seconds instead of after the languages before it have been evaluated.
+ * @returns each language's prompts, for EvalContext.prompts (so no file is read twice)
  * @throws DataError / RangeError as {@link languagePrompts} does, for the first bad language.
  */
-export async function checkLanguages(source: DataSource, task: TaskSpec, langs: readonly Lang[], opts: PromptOptions = {}): Promise<void> {
-  for (const lang of langs) await languagePrompts(source, task, lang, opts);
+export async function checkLanguages(source: DataSource, task: TaskSpec, langs: readonly Lang[], opts: PromptOptions = {}): Promise<Map<Lang, LanguagePrompts>> {
+  const prompts = new Map<Lang, LanguagePrompts>();
+  for (const lang of langs) prompts.set(lang, await languagePrompts(source, task, lang, opts));
+  return prompts;
 }
 
 /**
@@ -132,7 +140,7 @@ export async function evaluateLanguage(ctx: EvalContext, lang: Lang): Promise<La
   const opts = ctx.options ?? {};
   const mode = opts.mode ?? "prefix";
   const maxLength = opts.maxLength ?? model.config.max_position_embeddings;
-  const { data, labelWords, demos, items: scored, prefix: prefixText, prompts } = await languagePrompts(source, task, lang, opts);
+  const { data, labelWords, demos, items: scored, prefix: prefixText, prompts } = ctx.prompts?.get(lang) ?? (await languagePrompts(source, task, lang, opts));
 
   // Each prompt is tokenized whole, as one string; the cache split below is then exact.
   const rows: Row[][] = prompts.map((p) => {

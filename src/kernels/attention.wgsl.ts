@@ -1,6 +1,6 @@
 import type { AttentionGeometry } from "../tensor/backend.ts";
 import type { Field, GpuData, KernelHost } from "./webgpu/program.ts";
-import { kernel, single } from "./webgpu/program.ts";
+import { VEC4_LANES, ints, kernel, single } from "./webgpu/program.ts";
 import { ROW_MAIN_ARGS, workgroupReduce } from "./reduce.wgsl.ts";
 
 /**
@@ -162,10 +162,10 @@ const QUAD_ROWS = 16;
 
 const quadForwardKernel = (maskType: "f32" | "i32", dh: number, tq: number) =>
   kernel(`attention.fwd.quad.mask_${maskType}.dh${dh}.tq${tq}`, () => {
-    const rows = Array.from({ length: tq }, (_, r) => r);
+    const rows = ints(tq);
     // vec4s of the head dimension owned by one lane, and the 4 keys of a block.
-    const dv = Array.from({ length: dh / 16 }, (_, v) => v);
-    const keys = [0, 1, 2, 3];
+    const dv = ints(dh / 16);
+    const keys = ints(4);
     const perRows = (f: (r: number) => string, sep = " ") => rows.map(f).join(sep);
     const perVec = (f: (v: number) => string) => dv.map(f).join(" ");
     return {
@@ -220,7 +220,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       let p = select(vec4<f32>(0.0), exp(s - vec4<f32>(mNew)), seen);
       l${r} = l${r} * alpha + p.x + p.y + p.z + p.w;
       m${r} = mNew;
-      ${perVec((v) => `o${r}_${v} = o${r}_${v} * alpha + ${keys.map((t) => `p.${"xyzw"[t]} * v[at${t} + ${v}u]`).join(" + ")};`)}
+      ${perVec((v) => `o${r}_${v} = o${r}_${v} * alpha + ${keys.map((t) => `p.${VEC4_LANES[t]} * v[at${t} + ${v}u]`).join(" + ")};`)}
     }`,
       "\n    ",
     )}

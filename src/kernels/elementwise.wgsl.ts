@@ -3,7 +3,7 @@ import { DeviceLimitError } from "../tensor/errors.ts";
 import { contiguousStrides, numel } from "../tensor/shape.ts";
 import { BINARY, UNARY } from "./pointwise.ts";
 import type { BufferDecl, Chunk, Field, GpuData, KernelHost } from "./webgpu/program.ts";
-import { groups, kernel } from "./webgpu/program.ts";
+import { VEC4_LANES, groups, ints, kernel } from "./webgpu/program.ts";
 
 /**
  * WGSL elementwise kernels: unary, binary, where, assign, cast and fill, all generated from one
@@ -85,8 +85,9 @@ function mapKernel(op: string, inTypes: readonly ("f32" | "i32")[], outType: "f3
     }
     // Axis d of the merged shape, innermost last; unrolled per rank, so every uniform index is
     // a constant (one load for all invocations) and the outermost axis needs no division.
-    const at = (name: string, d: number) => `P.${name}[${d >> 2}].${"xyzw"[d & 3]}`;
-    const axes = Array.from({ length: rank }, (_, j) => rank - 1 - j)
+    const at = (name: string, d: number) => `P.${name}[${d >> 2}].${VEC4_LANES[d & 3]}`;
+    const axes = ints(rank)
+      .reverse()
       .map((d) => {
         const c = d === 0 ? "rem" : `rem - t${d} * ${at("shape", d)}`;
         return `{
@@ -134,7 +135,7 @@ function denseMapKernel(op: string, inTypes: readonly ("f32" | "i32")[], outType
     const value =
       width === 1
         ? `f(${ins.map((k) => `x${k}[P.off${k} + i]`).join(", ")})`
-        : `vec4<f32>(${["x", "y", "z", "w"].map((c) => `f(${ins.map((k) => `a${k}.${c}`).join(", ")})`).join(", ")})`;
+        : `vec4<f32>(${VEC4_LANES.map((c) => `f(${ins.map((k) => `a${k}.${c}`).join(", ")})`).join(", ")})`;
     return {
       params,
       buffers: [

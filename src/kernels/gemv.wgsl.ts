@@ -1,6 +1,6 @@
-import { MATMUL_PARAMS, ints, storeC } from "./matmul_params.ts";
+import { MATMUL_PARAMS, storeC } from "./matmul_params.ts";
 import type { Kernel } from "./webgpu/program.ts";
-import { kernel } from "./webgpu/program.ts";
+import { ints, kernel } from "./webgpu/program.ts";
 
 /**
  * WGSL matrix-vector product: the matmul with one row, y [1, N] = x [1, K] @ W [N, K]^T, as in

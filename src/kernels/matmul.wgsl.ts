@@ -1,9 +1,9 @@
 import type { MatmulGeometry } from "../tensor/backend.ts";
 import { gemvKernel, gemvShape } from "./gemv.wgsl.ts";
-import { MATMUL_PARAMS, ints, storeC } from "./matmul_params.ts";
+import { MATMUL_PARAMS, storeC } from "./matmul_params.ts";
 import type { PooledBuffer } from "./webgpu/pool.ts";
 import type { Chunk, GpuData, Kernel, KernelHost, MatmulVariant, ParamValues } from "./webgpu/program.ts";
-import { groups, kernel, single } from "./webgpu/program.ts";
+import { VEC4_LANES, groups, ints, kernel, single } from "./webgpu/program.ts";
 
 /**
  * WGSL batched matrix product, specified by matmulRef in src/kernels/matmul.ts:
@@ -50,8 +50,6 @@ import { groups, kernel, single } from "./webgpu/program.ts";
  * piece whose offsets are not multiples of 4 runs "tiled").
  */
 
-const LANE = ["x", "y", "z", "w"] as const;
-
 /**
  * The strided template: a TM x TN register tile per invocation on an 8 x 8 workgroup; 1 x 1 is
  * "naive", 4 x 4 is "tiled".
@@ -67,7 +65,7 @@ function stridedKernel(tm: number, tn: number): Kernel {
     body: () => {
       const [rows, cols] = [ints(tm), ints(tn)];
       const vec = (n: number) => (n === 1 ? "f32" : `vec${n}<f32>`);
-      const lane = (n: number, i: number) => (n === 1 ? "" : `.${LANE[i]}`);
+      const lane = (n: number, i: number) => (n === 1 ? "" : `.${VEC4_LANES[i]}`);
       return `
 @compute @workgroup_size(8, 8, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -150,7 +148,7 @@ function vec4Kernel(t: Vec4Tile): Kernel {
       .join("\n    ")}`
           : // B [K, N]: for each of the 4 k, b{j} = B[k, n0 + 4j .. n0 + 4j + 3]; acc += a[k] * b.
             `${rows.map((r) => `let a${r}v = ${aRow(r)};`).join(" ")}
-    ${LANE.map(
+    ${VEC4_LANES.map(
       (l, kk) => `{ let brow = bBase + (4u * k4 + ${kk}u) * ldb4;
       ${groups4.map((j) => `let b${j} = B[brow + bc${j}];`).join(" ")}
       ${rows.map((r) => groups4.map((j) => `acc${r}_${j} += a${r}v.${l} * b${j};`).join(" ")).join("\n      ")} }`,
@@ -185,7 +183,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, ${quad ? "@builtin(subgroup_invoc
       (r) => `if (m0 + ${r}u < P.M) {
     let row = cBase + (m0 + ${r}u) * P.ldc;
     ${groups4
-      .map((j) => ints(4).map((e) => `if (n0 + ${4 * j + e}u < P.N) { ${storeC(`row + n0 + ${4 * j + e}u`, `acc${r}_${j}.${LANE[e]}`)} }`).join(" "))
+      .map((j) => ints(4).map((e) => `if (n0 + ${4 * j + e}u < P.N) { ${storeC(`row + n0 + ${4 * j + e}u`, `acc${r}_${j}.${VEC4_LANES[e]}`)} }`).join(" "))
       .join("\n    ")}
   }`,
     )

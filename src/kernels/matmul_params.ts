@@ -31,6 +31,3 @@ export const MATMUL_PARAMS: readonly Field[] = [
 
 /** The store of one output element, overwriting or accumulating (a later slice of k). */
 export const storeC = (at: string, value: string) => `C[${at}] = select(0.0, C[${at}], P.accumulate == 1u) + ${value};`;
-
-/** [0, 1, ..., n - 1], for unrolling WGSL per row, column or lane. */
-export const ints = (n: number) => Array.from({ length: n }, (_, i) => i);

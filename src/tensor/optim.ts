@@ -9,12 +9,12 @@ import { zeros } from "./ops/create.ts";
  * graph and write the parameters in place, so views and references to them stay valid.
  */
 
-/** Checks that `p` can be optimised: a live float parameter, dense so kernels may update it in place. */
 /** Checks a hyper-parameter: finite and >= 0 (a negative learning rate would ascend the loss). */
 export function assertNonNegative(op: string, name: string, value: number): void {
   if (!(Number.isFinite(value) && value >= 0)) throw new RangeError(`${op}: ${name} must be a finite number >= 0, got ${value}`);
 }
 
+/** Checks that `p` can be optimised: a live float parameter, dense so kernels may update it in place. */
 function assertParam(op: string, p: Tensor): void {
   p.assertAlive(op);
   if (p.dtype === "i32") throw new DTypeError(op, `parameter ${fmt(p.shape)} is i32`);

@@ -28,7 +28,7 @@ export interface WebGpuOptions {
  * Limits the backend needs above WebGPU's defaults: the defaults allow 128 MiB per binding,
  * far below a model's embedding table, so the adapter's own values are requested.
  */
-const RAISED_LIMITS = [
+export const RAISED_LIMITS = [
   "maxStorageBufferBindingSize",
   "maxBufferSize",
   "maxComputeWorkgroupStorageSize",

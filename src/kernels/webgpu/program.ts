@@ -192,6 +192,12 @@ export function packParams(k: Kernel, values: ParamValues, view: DataView, at: n
   }
 }
 
+/** [0, 1, ..., n - 1], for unrolling WGSL per row, column, key or lane. */
+export const ints = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+/** The components of a WGSL vec4, in order. */
+export const VEC4_LANES = ["x", "y", "z", "w"] as const;
+
 /** Number of workgroups to cover `n` items with `per` items each. */
 export function groups(n: number, per: number): number {
   return Math.ceil(n / per);
