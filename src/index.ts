@@ -1,14 +1,19 @@
 /**
  * qalign: the public entry. `import * as qa from "qalign"`.
  *
- * Layers, lowest first: tensor (Tensor, views, autograd, optimizers) -> kernels (CPU
- * reference and WGSL per op family, devices) -> model -> lora -> eval, interp.
+ * Exports grouped by layer, in the layer order of the README's Layout table (which
+ * test/layers.test.ts enforces on every import under src/).
  */
 import { setDefaultDevice } from "./tensor/device.ts";
 import { cpuDevice } from "./kernels/devices.ts";
 
 setDefaultDevice(cpuDevice());
 
+// io
+export { DataError, formatIssue, type DataIssue } from "./io/data_error.ts";
+export { renderSvg, writePlot, toCsv, PlotSpecError, type PlotSpec, type FullSpec, type PlotRow, type PlotFiles } from "./io/plot.ts";
+
+// tensor
 export { Tensor } from "./tensor/tensor.ts";
 export type { Backend, Storage, View } from "./tensor/backend.ts";
 export type { DType, HostArray } from "./tensor/dtype.ts";
@@ -68,23 +73,11 @@ export {
   splitPairs,
   encodePairs,
   truncatedLengths,
-  formatIssue,
-  DataError,
   type QuestionPair,
-  type DataIssue,
   type SplitOptions,
 } from "./lora/data.ts";
 export { cosineWithWarmup, warmupSteps } from "./lora/schedule.ts";
 export { train, optimizerStep, TRAIN_DEFAULTS, type TrainOptions, type RunOptions, type StepInfo, type TrainResult } from "./lora/trainer.ts";
-
-// interp
-export { renderSvg, writePlot, toCsv, PlotSpecError, type PlotSpec, type FullSpec, type PlotRow, type PlotFiles } from "./interp/plot.ts";
-export { lensLogits, softmaxRow, entropyOf, topK, type LensToken } from "./interp/lens.ts";
-export { probe, type ProbeSet, type ProbeOptions, type ProbeResult, type LensItem, type LensLayer, type LensLanguage, type KeptStates } from "./interp/probe.ts";
-export { pca, type PcaOptions, type PcaResult } from "./interp/pca.ts";
-export { pearson, correlationByLayer, type CorrelationPoint } from "./interp/correlation.ts";
-export { buildProbeSets, type ProbeSetOptions } from "./interp/sets.ts";
-export { interpret, summarize, writeInterpReport, type InterpOptions, type InterpReport, type InterpSummary, type PcaLayer } from "./interp/report.ts";
 
 // eval
 export { LANGUAGES, LANGUAGE_NAMES, isLang, parseLangs, type Lang } from "./eval/languages.ts";
@@ -107,5 +100,18 @@ export {
   type Truncation,
 } from "./eval/evaluate.ts";
 export { questionPairs, questionLanguages } from "./eval/questions.ts";
-export { formatTable, resultRows, comparisonTable, writeAccuracyChart, type Comparison } from "./eval/report.ts";
-export { runAlign, QUESTION_TASK, trainTaskMessage, PAPER_COMMAND, type AlignConfig, type AlignTraining, type AlignResults, type TrainingSummary } from "./eval/align.ts";
+export { formatTable, resultRows } from "./eval/report.ts";
+
+// interp
+export { lensLogits, softmaxRow, entropyOf, topK, type LensToken } from "./interp/lens.ts";
+export { probe, type ProbeSet, type ProbeOptions, type ProbeResult, type LensItem, type LensLayer, type LensLanguage, type KeptStates } from "./interp/probe.ts";
+export { pca, type PcaOptions, type PcaResult } from "./interp/pca.ts";
+export { pearson, correlationByLayer, type CorrelationPoint } from "./interp/correlation.ts";
+export { buildProbeSets, type ProbeSetOptions } from "./interp/sets.ts";
+export { interpret, summarize, writeInterpReport, type InterpOptions, type InterpReport, type InterpSummary, type PcaLayer } from "./interp/report.ts";
+
+// align
+export { QUESTION_TASK, trainTaskMessage, type AlignConfig, type AlignTraining, type AlignResults, type TrainingSummary } from "./align/config.ts";
+export { settingsDiff } from "./align/folder.ts";
+export { comparisons, comparisonTable, writeAccuracyChart, PAPER_COMMAND, type Comparison } from "./align/report.ts";
+export { runAlign } from "./align/run.ts";

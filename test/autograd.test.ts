@@ -1,7 +1,8 @@
 import fc from "fast-check";
 import { describe, expect, test } from "vitest";
 import * as qa from "../src/index.ts";
-import { expectClose, gradcheck, randomData } from "./helpers/gradcheck.ts";
+import { expectClose } from "./helpers/close.ts";
+import { gradcheck, randomData } from "./helpers/gradcheck.ts";
 
 /**
  * Every differentiable op's backward rule against central finite differences in float64 on

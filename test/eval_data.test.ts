@@ -7,7 +7,7 @@ import { formatItem, languagePrompts } from "../src/eval/prompt.ts";
 import { questionLanguages, questionPairs } from "../src/eval/questions.ts";
 import { FolderSource, MemorySource, sampleSource, SHARED_DATA_DIR } from "../src/eval/source.ts";
 import { TASKS } from "../src/eval/tasks.ts";
-import { DataError, type DataIssue } from "../src/lora/data.ts";
+import { DataError, type DataIssue } from "../src/io/data_error.ts";
 
 /** The shared release data, or a printed skip (a failure in CI, where it must exist). */
 function sharedOrSkip(ctx: TestContext): FolderSource {

@@ -5,7 +5,8 @@ import { loadModel } from "../src/model/load.ts";
 import { Linear } from "../src/model/llama.ts";
 import { openSafetensors } from "../src/model/safetensors.ts";
 import { fixtureDir, maxAbs } from "./helpers/fixtures.ts";
-import { expectClose, gradcheck, randomData } from "./helpers/gradcheck.ts";
+import { expectClose } from "./helpers/close.ts";
+import { gradcheck, randomData } from "./helpers/gradcheck.ts";
 
 /**
  * LoRA gradients against the float64 PyTorch reference of scripts/make_lora_fixtures.py, and by

@@ -9,7 +9,7 @@ import { CheckpointError } from "../src/model/safetensors.ts";
 import { loadTokenizer } from "../src/model/tokenizer.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 import { fixtureDir } from "./helpers/fixtures.ts";
-import { expectClose } from "./helpers/gradcheck.ts";
+import { expectClose } from "./helpers/close.ts";
 
 /**
  * The trainer: schedule, accumulation, a real (small) question-alignment run, and checkpoints

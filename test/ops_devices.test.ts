@@ -3,7 +3,8 @@ import { describe, expect } from "vitest";
 import * as qa from "../src/index.ts";
 import type { UnaryOp } from "../src/tensor/backend.ts";
 import { testWebGpu } from "./helpers/devices.ts";
-import { expectClose, randomData } from "./helpers/gradcheck.ts";
+import { expectClose } from "./helpers/close.ts";
+import { randomData } from "./helpers/gradcheck.ts";
 
 /**
  * The conformance suite: every op of the public API, forward and backward, on `webgpu` against

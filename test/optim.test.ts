@@ -1,6 +1,6 @@
 import { describe, expect, test } from "vitest";
 import * as qa from "../src/index.ts";
-import { expectClose } from "./helpers/gradcheck.ts";
+import { expectClose } from "./helpers/close.ts";
 
 /**
  * Optimizer steps against their closed forms (computed here in float64 from the formulas of

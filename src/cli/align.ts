@@ -1,6 +1,7 @@
 import { basename, join } from "node:path";
-import { runAlign, QUESTION_TASK, trainTaskMessage, type AlignConfig } from "../eval/align.ts";
-import { comparisonTable } from "../eval/report.ts";
+import { QUESTION_TASK, trainTaskMessage, type AlignConfig } from "../align/config.ts";
+import { comparisons, comparisonTable } from "../align/report.ts";
+import { runAlign } from "../align/run.ts";
 import { resolveDataSource } from "../eval/source.ts";
 import { LORA_DEFAULTS } from "../lora/layer.ts";
 import { TRAIN_DEFAULTS } from "../lora/trainer.ts";
@@ -23,7 +24,7 @@ export const TINY_DEFAULTS = { limit: 12, maxTrainSamples: 48, epochs: 2, lr: 1e
  * [--langs all|...] [--limit N] [--max-train-samples N] [--epochs E] [--lr LR] [--out runs/NAME]
  * [--interp] [eval options]`: evaluates the base model, LoRA-tunes it on question translation
  * only, evaluates the aligned model, and writes results.json, results.csv, report.md and a chart
- * to --out (see src/eval/align.ts); the comparison table goes to stdout, progress to stderr. A
+ * to --out (see src/align/); the comparison table goes to stdout, progress to stderr. A
  * rerun with the same --out resumes. Without --model it runs the embedded default: the tiny
  * random checkpoint on small limits (TINY_DEFAULTS).
  */
@@ -83,6 +84,6 @@ export async function run(args: string[]): Promise<void> {
   const started = performance.now();
   const r = await runAlign(model, tokenizer, source, cfg, say);
   model.dispose();
-  process.stdout.write(comparisonTable(r.base.map((b, i) => ({ lang: b.lang, base: b, aligned: r.aligned[i] ?? null })), cfg.train));
+  process.stdout.write(comparisonTable(comparisons(r), cfg.train));
   say(`align: done in ${((performance.now() - started) / 1000).toFixed(0)} s; report ${join(cfg.out, "report.md")}`);
 }

@@ -1,7 +1,7 @@
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { toCsv } from "../interp/plot.ts";
-import { writeFileAtomic } from "../model/atomic.ts";
+import { toCsv } from "../io/plot.ts";
+import { writeFileAtomic } from "../io/atomic.ts";
 import { checkLanguages, evaluateLanguage, type EvalOptions, type LanguageResult, type ScoreMode } from "../eval/evaluate.ts";
 import { parseLangs, type Lang } from "../eval/languages.ts";
 import { macroAverage } from "../eval/metrics.ts";

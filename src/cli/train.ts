@@ -1,4 +1,5 @@
-import { readQuestionPairs, splitPairs, encodePairs, formatIssue } from "../lora/data.ts";
+import { formatIssue } from "../io/data_error.ts";
+import { readQuestionPairs, splitPairs, encodePairs } from "../lora/data.ts";
 import { applyLora, LORA_DEFAULTS } from "../lora/layer.ts";
 import { train, TRAIN_DEFAULTS } from "../lora/trainer.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";

@@ -1,4 +1,4 @@
-import { DataError, type DataIssue } from "../lora/data.ts";
+import { DataError, type DataIssue } from "../io/data_error.ts";
 import type { Lang } from "./languages.ts";
 import type { DataSource } from "./source.ts";
 import type { TaskSpec } from "./tasks.ts";

@@ -1,4 +1,4 @@
-import type { DataIssue } from "../lora/data.ts";
+import type { DataIssue } from "../io/data_error.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { Rng } from "../tensor/random.ts";

@@ -1,4 +1,4 @@
-import { DataError } from "../lora/data.ts";
+import { DataError } from "../io/data_error.ts";
 import type { Lang } from "./languages.ts";
 import type { DataSource } from "./source.ts";
 

@@ -1,4 +1,5 @@
-import { DataError, type DataIssue, type QuestionPair } from "../lora/data.ts";
+import { DataError, type DataIssue } from "../io/data_error.ts";
+import type { QuestionPair } from "../lora/data.ts";
 import { checkFields, readItems, type OnInvalid } from "./data.ts";
 import { questionFile } from "./fields.ts";
 import { LANGUAGE_NAMES, LANGUAGES, type Lang } from "./languages.ts";

@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { DataError } from "../lora/data.ts";
+import { DataError } from "../io/data_error.ts";
 
 /**
  * Where evaluation data comes from: a folder in the layout of the paper's release

@@ -3,7 +3,7 @@
  * specs with their data rows, for plot.ts. Each takes one or more reports (base, aligned, ...)
  * and draws the models with different line dashes, so before and after sit in one chart.
  */
-import type { PlotRow, PlotSpec } from "./plot.ts";
+import type { PlotRow, PlotSpec } from "../io/plot.ts";
 import type { InterpReport } from "./report.ts";
 
 /** A spec and the rows it draws. */

@@ -13,7 +13,7 @@ import { tensor } from "../tensor/ops/create.ts";
 import { correlationChart, lensEntropyChart, lensMassChart, pcaChart, pcaVarianceChart, type Chart } from "./charts.ts";
 import { correlationByLayer, type CorrelationPoint } from "./correlation.ts";
 import { pca } from "./pca.ts";
-import { toCsv, writePlot, type PlotRow } from "./plot.ts";
+import { toCsv, writePlot, type PlotRow } from "../io/plot.ts";
 import { probe, type LensLanguage, type ProbeSet } from "./probe.ts";
 
 /** What {@link interpret} measures; `label` names the model. */

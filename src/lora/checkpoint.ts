@@ -4,14 +4,14 @@ import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import type { AdamW } from "../tensor/optim.ts";
-import { writeFileAtomic } from "../model/atomic.ts";
-import { latestDir, replaceDirAtomic } from "./files.ts";
+import { writeFileAtomic } from "../io/atomic.ts";
+import { latestDir, replaceDirAtomic } from "../io/atomic_dir.ts";
 import type { LoraAdapter } from "./layer.ts";
 import { readAdapterWeights, saveAdapter, setAdapterWeights } from "./peft.ts";
 
 /**
  * Training checkpoints: everything a run needs to continue bit for bit on the cpu device.
- * A checkpoint is a folder, replaced atomically as a whole (files.ts), holding
+ * A checkpoint is a folder, replaced atomically as a whole (src/io/atomic_dir.ts), holding
  *   adapter_config.json, adapter_model.safetensors   the adapter, in PEFT layout (loadable as is)
  *   optimizer.safetensors   AdamW moments, `<PEFT key>.exp_avg` and `.exp_avg_sq` (torch's names), F32
  *   trainer_state.json      {@link TrainerState} plus the AdamW step count and the run's settings

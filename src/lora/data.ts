@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { Rng } from "../tensor/random.ts";
+import { DataError, type DataIssue } from "../io/data_error.ts";
 import type { Example } from "./loss.ts";
 
 /**
@@ -18,32 +19,6 @@ export interface QuestionPair {
   file: string;
   /** 0-based position in the file's array. */
   index: number;
-}
-
-/** A malformed item: `file`, item `index`, the `field` at fault ("item" for the item itself). */
-export interface DataIssue {
-  file: string;
-  index: number;
-  field: string;
-  problem: string;
-}
-
-/** A file that cannot be used, or (with `strict`) a malformed item. The message names file, index and field. */
-export class DataError extends Error {
-  override name = "DataError";
-  constructor(
-    readonly file: string,
-    message: string,
-    readonly index?: number,
-    readonly field?: string,
-  ) {
-    super(`${file}: ${index === undefined ? "" : `item ${index}: `}${field === undefined ? "" : `field "${field}": `}${message}`);
-  }
-}
-
-/** The line `DataError` would print for an issue. */
-export function formatIssue(i: DataIssue): string {
-  return new DataError(i.file, i.problem, i.index, i.field).message;
 }
 
 /** What is wrong with one field value, or null when it is a non-empty string. */

@@ -5,8 +5,8 @@ import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, SINGLE_FILE, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { noGrad } from "../tensor/autograd.ts";
 import { tidy } from "../tensor/scope.ts";
-import { writeFileAtomic } from "../model/atomic.ts";
-import { replaceDirAtomic } from "./files.ts";
+import { writeFileAtomic } from "../io/atomic.ts";
+import { replaceDirAtomic } from "../io/atomic_dir.ts";
 import { loraModules, moduleSlots, LoraLinear } from "./layer.ts";
 
 /**

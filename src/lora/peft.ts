@@ -5,7 +5,7 @@ import { baseLinear, type LlamaModel } from "../model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import { applyLora, peftKey, selectTargets, LoraAdapter, type LoraConfig } from "./layer.ts";
-import { writeFileAtomic } from "../model/atomic.ts";
+import { writeFileAtomic } from "../io/atomic.ts";
 
 /**
  * Adapters in PEFT's on-disk layout, so that `PeftModel.from_pretrained(base, dir)` loads what

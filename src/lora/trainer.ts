@@ -5,7 +5,7 @@ import { CheckpointError } from "../model/safetensors.ts";
 import { AdamW, clipGradNorm } from "../tensor/optim.ts";
 import { Rng } from "../tensor/random.ts";
 import { tidy } from "../tensor/scope.ts";
-import { latestDir } from "./files.ts";
+import { latestDir } from "../io/atomic_dir.ts";
 import { loadCheckpoint, saveCheckpoint, type TrainerState } from "./checkpoint.ts";
 import type { LoraAdapter } from "./layer.ts";
 import { collate, meanTargetLoss, targetNllSum, type Example } from "./loss.ts";

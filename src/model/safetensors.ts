@@ -14,7 +14,7 @@ import { endianness } from "node:os";
 import { existsSync } from "node:fs";
 import { open, readFile, type FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
-import { writeAtomic } from "./atomic.ts";
+import { writeAtomic } from "../io/atomic.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "./half.ts";
 
 if (endianness() !== "LE") throw new Error("safetensors: big-endian hosts are not supported");

@@ -1,5 +1,5 @@
-import { expect } from "vitest";
 import * as qa from "../../src/index.ts";
+import { expectClose } from "./close.ts";
 
 /**
  * Finite-difference gradient check in float64 on the cpu device.
@@ -41,27 +41,6 @@ export async function gradcheck(
       numeric[e] = ((await loss(plus)) - (await loss(minus))) / (2 * h);
     }
     expectClose(analytic, numeric, tol, `gradient of input ${i}`);
-  }
-}
-
-/**
- * Asserts |a - b| <= tol (1 + |b|) elementwise; on failure prints the first differing values
- * side by side and the max difference.
- */
-export function expectClose(a: ArrayLike<number>, b: ArrayLike<number>, tol: number, what = "values"): void {
-  expect(a.length, `${what}: lengths`).toBe(b.length);
-  let worst = -1;
-  let maxDiff = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    const bad = !(d <= tol * (1 + Math.abs(b[i]!)));
-    if (d > maxDiff || Number.isNaN(d)) maxDiff = Number.isNaN(d) ? NaN : d;
-    if (bad && worst < 0) worst = i;
-  }
-  if (worst >= 0) {
-    const lo = Math.max(0, worst - 2);
-    const rows = Array.from({ length: Math.min(5, a.length - lo) }, (_, k) => `  [${lo + k}] got ${a[lo + k]} want ${b[lo + k]}`);
-    expect.fail(`${what}: first mismatch at ${worst}, max |diff| ${maxDiff}, tol ${tol} (abs + rel)\n${rows.join("\n")}`);
   }
 }
 

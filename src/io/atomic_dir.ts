@@ -4,7 +4,7 @@ import { readdir, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 /**
- * Crash-safe folder writes (files: src/model/atomic.ts): a reader (or a resumed run) sees either
+ * Crash-safe folder writes (files: atomic.ts): a reader (or a resumed run) sees either
  * the old or the new version of a folder, never a half-written one, because POSIX `rename`
  * within a filesystem is atomic.
  */

@@ -2,7 +2,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { PlotSpecError, renderSvg, toCsv, writePlot, type FullSpec, type PlotSpec } from "../src/interp/plot.ts";
+import { PlotSpecError, renderSvg, toCsv, writePlot, type FullSpec, type PlotSpec } from "../src/io/plot.ts";
 
 const encoding = {
   x: { field: "layer", type: "quantitative", title: "layer (0 = embedding)" },

@@ -1,0 +1,84 @@
+import type { DataIssue } from "../io/data_error.ts";
+import type { TrainResult } from "../lora/trainer.ts";
+import type { EvalOptions, LanguageResult } from "../eval/evaluate.ts";
+import type { Lang } from "../eval/languages.ts";
+import { TASKS, type TaskId } from "../eval/tasks.ts";
+
+/**
+ * The settings and results of one question-alignment run (Zhang et al. 2024, arXiv 2405.13816):
+ * what run.ts runs, folder.ts fingerprints and report.ts writes.
+ */
+
+/** Settings of the LoRA training (defaults: the paper's, via the trainer). */
+export interface AlignTraining {
+  /** Pairs kept in all (a seeded subset of the training languages' files); default all. */
+  maxSamples?: number;
+  epochs: number;
+  lr: number;
+  batchSize: number;
+  gradAccum: number;
+  /** Longest training pair in tokens. */
+  maxLength: number;
+  /** Share of pairs held out for the validation loss. */
+  valSize: number;
+  r: number;
+  alpha: number;
+  dropout: number;
+  targetModules: string[];
+}
+
+export interface AlignConfig {
+  /** The base checkpoint's folder. */
+  modelDir: string;
+  /** The model is the tiny random checkpoint: the report says its accuracy means nothing. */
+  tiny: boolean;
+  task: TaskId;
+  /** Whose question files train the adapter (only snli has them in the release). */
+  trainTask: TaskId;
+  /** Question-translation source languages. */
+  train: Lang[];
+  /** The language questions are translated into (default en). */
+  target: Lang;
+  /** Evaluation languages. */
+  langs: Lang[];
+  evaluation: Pick<EvalOptions, "limit" | "shots" | "mode" | "englishLabels" | "seed" | "batchSize" | "maxLength">;
+  training: AlignTraining;
+  interp: boolean;
+  out: string;
+}
+
+/** What training produced, as saved in adapter/training.json. */
+export interface TrainingSummary {
+  pairs: number;
+  train: number;
+  val: number;
+  truncated: number;
+  issues: DataIssue[];
+  steps: number;
+  history: TrainResult["history"];
+  seconds: number;
+}
+
+export interface AlignResults {
+  config: AlignConfig;
+  versions: { node: string; qalign: string };
+  data: string;
+  base: LanguageResult[];
+  aligned: LanguageResult[];
+  training: TrainingSummary;
+  /** Acc: the mean over languages, base and aligned. */
+  average: { base: number; aligned: number };
+  files: string[];
+}
+
+/** The only task whose question-translation files the release holds. */
+export const QUESTION_TASK: TaskId = "snli";
+
+/** Why `trainTask` cannot be trained on: the release has question files for snli only. */
+export function trainTaskMessage(trainTask: TaskId): string {
+  return (
+    `question-translation files exist for snli only (snli/snli_<lang>10k_train_question.json for de es it sw zh); ` +
+    `the paper's ${TASKS[trainTask].title} question files are not in the release, so --train-task ${trainTask} cannot be trained. ` +
+    `Use --train-task snli (the default) to align on SNLI questions and evaluate --task ${trainTask}`
+  );
+}

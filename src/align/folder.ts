@@ -1,0 +1,101 @@
+import { existsSync } from "node:fs";
+import { mkdir, readFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { writeFileAtomic } from "../io/atomic.ts";
+import { DataError } from "../io/data_error.ts";
+import type { AlignConfig } from "./config.ts";
+
+/**
+ * The run folder of a question-alignment run: one folder holds everything, each piece written
+ * atomically as soon as it is done, so that a rerun with the same folder reads the finished
+ * pieces instead of recomputing them:
+ *
+ *     run.json               the settings; a rerun with other settings is refused
+ *     base/<lang>.json       base-model result of each language
+ *     adapter/               the trained PEFT adapter and training.json (built in training/,
+ *                            which holds the trainer's resumable checkpoints, then renamed)
+ *     aligned/<lang>.json    aligned-model result of each language
+ *     interp/                with --interp: Logit Lens / PCA of both models
+ *     results.json, results.csv, report.md, accuracy.svg (+ .json / .csv of its rows)
+ */
+
+/** The summary file written into the adapter folder once training is complete. */
+export const TRAINING_SUMMARY = "training.json";
+
+/** Paths inside the run folder `out`. */
+export function runPaths(out: string) {
+  return {
+    settings: join(out, "run.json"),
+    /** One language's result of the base or the aligned model. */
+    result: (label: "base" | "aligned", lang: string) => join(out, label, `${lang}.json`),
+    /** The finished adapter (only ever a complete one: training/ is renamed to it). */
+    adapter: join(out, "adapter"),
+    /** The trainer's working folder with its resumable checkpoints. */
+    training: join(out, "training"),
+    interpDir: join(out, "interp"),
+    /** Logit Lens / PCA of one model. */
+    interp: (label: string) => join(out, "interp", `${label}.json`),
+  };
+}
+
+/** Writes JSON atomically, creating its folder. */
+export async function saveJson(file: string, value: unknown): Promise<void> {
+  await mkdir(dirname(file), { recursive: true });
+  await writeFileAtomic(file, JSON.stringify(value, null, 1) + "\n");
+}
+
+/** Reads a JSON file this run folder wrote (its shape is trusted, as the run wrote it). */
+export async function readJson<T>(file: string): Promise<T> {
+  return JSON.parse(await readFile(file, "utf8")) as T;
+}
+
+/**
+ * The settings that decide the numbers: all but the languages list (each language is stored on
+ * its own, so a rerun may add languages), the batch size and the interp switch.
+ * @param data the data source's description
+ */
+export function fingerprint(cfg: AlignConfig, data: string): Record<string, unknown> {
+  const { batchSize: _, ...evaluation } = cfg.evaluation;
+  return { modelDir: cfg.modelDir, data, task: cfg.task, trainTask: cfg.trainTask, train: cfg.train, target: cfg.target, evaluation, training: cfg.training };
+}
+
+/** A JSON value as the run.json diff shows it; absent values read "unset". */
+function shown(v: unknown): string {
+  return v === undefined ? "unset" : JSON.stringify(v);
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/**
+ * The settings that differ between a saved run.json and this run, one entry per leaf, nested
+ * keys joined by dots: `evaluation.limit was 20, now 10`. `now` is compared as JSON (undefined
+ * fields are absent, as in the saved file).
+ */
+export function settingsDiff(saved: unknown, now: unknown, path = ""): string[] {
+  return leafDiff(saved, now === undefined ? undefined : JSON.parse(JSON.stringify(now)), path);
+}
+
+/** settingsDiff on two parsed JSON values. */
+function leafDiff(saved: unknown, current: unknown, path: string): string[] {
+  if (isRecord(saved) && isRecord(current)) {
+    const keys = [...new Set([...Object.keys(saved), ...Object.keys(current)])];
+    return keys.flatMap((k) => leafDiff(saved[k], current[k], path ? `${path}.${k}` : k));
+  }
+  if (JSON.stringify(saved) === JSON.stringify(current)) return [];
+  return [`${path || "settings"} was ${shown(saved)}, now ${shown(current)}`];
+}
+
+/**
+ * Checks a saved run.json against this run's settings (see {@link fingerprint}).
+ * @returns true when the folder holds a run with these settings (to resume), false when it
+ *   holds none yet
+ * @throws DataError naming run.json and every differing setting when it holds another run.
+ */
+export async function checkSettings(file: string, settings: Record<string, unknown>): Promise<boolean> {
+  if (!existsSync(file)) return false;
+  const saved = await readJson<Record<string, unknown>>(file);
+  // Only this version's settings count: a key that an older run.json has in addition is ignored.
+  const differ = Object.keys(settings).flatMap((k) => settingsDiff(saved[k], settings[k], k));
+  if (differ.length > 0) throw new DataError(file, `holds a run with other settings (${differ.join("; ")}); choose another --out or remove the folder`);
+  return true;
+}

@@ -1,0 +1,181 @@
+import { existsSync } from "node:fs";
+import { rename, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { DataError, type DataIssue } from "../io/data_error.ts";
+import { latestDir } from "../io/atomic_dir.ts";
+import { interpret, writeInterpReport, type InterpReport } from "../interp/report.ts";
+import { buildProbeSets } from "../interp/sets.ts";
+import { encodePairs, splitPairs, type QuestionPair } from "../lora/data.ts";
+import { applyLora } from "../lora/layer.ts";
+import { loadAdapter } from "../lora/peft.ts";
+import { train } from "../lora/trainer.ts";
+import type { LlamaModel } from "../model/llama.ts";
+import type { Tokenizer } from "../model/tokenizer.ts";
+import { checkLanguages, evaluateLanguage, type LanguageResult } from "../eval/evaluate.ts";
+import { LANGUAGE_NAMES } from "../eval/languages.ts";
+import { macroAverage } from "../eval/metrics.ts";
+import { questionPairs } from "../eval/questions.ts";
+import { pct, versions } from "../eval/report.ts";
+import type { DataSource } from "../eval/source.ts";
+import { TASKS } from "../eval/tasks.ts";
+import { QUESTION_TASK, trainTaskMessage, type AlignConfig, type AlignResults, type TrainingSummary } from "./config.ts";
+import { checkSettings, fingerprint, readJson, runPaths, saveJson, TRAINING_SUMMARY } from "./folder.ts";
+import { writeReports } from "./report.ts";
+
+/**
+ * The experiment of the paper (Zhang et al. 2024, arXiv 2405.13816): evaluate a base model in every
+ * language, LoRA-tune it only to translate questions from a few languages into the target
+ * language, evaluate again, and report the change per language, the unseen languages included.
+ * Everything lands in one run folder (its layout and resume rules: folder.ts).
+ */
+
+/**
+ * Runs (or resumes) the experiment on `model`, which must carry no adapter yet.
+ * @param log progress lines (stderr in the CLI)
+ * @throws DataError when `out` holds a run with other settings, or for bad data; RangeError
+ *   when the train task has no question files; CheckpointError for a bad saved adapter.
+ */
+export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: DataSource, cfg: AlignConfig, log: (line: string) => void = () => {}): Promise<AlignResults> {
+  if (cfg.trainTask !== QUESTION_TASK) throw new RangeError(trainTaskMessage(cfg.trainTask));
+  const paths = runPaths(cfg.out);
+  const settings = fingerprint(cfg, source.description);
+  const resuming = await checkSettings(paths.settings, settings);
+  if (resuming) log(`resuming ${cfg.out}`);
+  const task = TASKS[cfg.task];
+
+  /** Each language's result: read from <out>/<label>/<lang>.json when saved, else computed and saved. */
+  const evaluateAll = async (label: "base" | "aligned"): Promise<LanguageResult[]> => {
+    const results: LanguageResult[] = [];
+    for (const lang of cfg.langs) {
+      const file = paths.result(label, lang);
+      if (existsSync(file)) {
+        results.push(await readJson<LanguageResult>(file));
+        continue;
+      }
+      const r = await evaluateLanguage({ model, tokenizer, source, task, options: cfg.evaluation, prompts }, lang);
+      await saveJson(file, r);
+      const notes = [r.ties ? `${r.ties} ties` : "", r.truncated.length ? `${r.truncated.length} truncated` : "", r.skipped.length ? `${r.skipped.length} skipped` : ""].filter(Boolean);
+      log(`${label} ${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)${notes.length ? `; ${notes.join(", ")}` : ""}`);
+      results.push(r);
+    }
+    return results;
+  };
+
+  /** Logit Lens / PCA of the current model, saved as interp/<label>.json. */
+  const interpOf = async (label: "base" | "aligned"): Promise<InterpReport> => {
+    const file = paths.interp(label);
+    if (existsSync(file)) return readJson<InterpReport>(file);
+    const sets = await buildProbeSets(tokenizer, source, task, cfg.langs, { ...cfg.evaluation, maxLength: cfg.evaluation.maxLength ?? model.config.max_position_embeddings });
+    const L = model.config.num_hidden_layers;
+    const report = await interpret(model, tokenizer, sets, {
+      label,
+      lens: true,
+      pcaLayers: [...new Set([0, Math.round(L / 2), L])],
+      correlation: cfg.langs.includes("en"),
+      batchSize: cfg.evaluation.batchSize,
+    });
+    await saveJson(file, report);
+    log(`interp ${label}: written ${file}`);
+    return report;
+  };
+
+  // Read the training pairs and check every language's test data first: bad data should fail
+  // before hours of evaluation (and before the folder is claimed for these settings).
+  const trained = existsSync(join(paths.adapter, TRAINING_SUMMARY));
+  const pairs = trained ? null : await questionPairs(source, cfg.train, cfg.target);
+  const prompts = await checkLanguages(source, task, cfg.langs, cfg.evaluation);
+  if (!resuming) await saveJson(paths.settings, settings);
+
+  log(`base model: ${task.title} in ${cfg.langs.length} languages (${source.description})`);
+  const base = await evaluateAll("base");
+  const interpBase = cfg.interp ? await interpOf("base") : null;
+
+  const training = pairs ? await trainAdapter(model, tokenizer, pairs, cfg, log) : await loadTrained(model, cfg, log);
+  log(`aligned model: ${task.title} in ${cfg.langs.length} languages`);
+  const aligned = await evaluateAll("aligned");
+  const files: string[] = [];
+  if (cfg.interp) {
+    const reports = [interpBase!, await interpOf("aligned")];
+    files.push(...(await writeInterpReport(paths.interpDir, reports, `${task.title}, base vs aligned (${cfg.train.join("+")} -> ${cfg.target})`)));
+  }
+
+  const results: AlignResults = {
+    config: cfg,
+    versions: await versions(),
+    data: source.description,
+    base,
+    aligned,
+    training,
+    average: { base: macroAverage(base.map((r) => r.accuracy)), aligned: macroAverage(aligned.map((r) => r.accuracy)) },
+    files,
+  };
+  files.push(...(await writeReports(results)));
+  return results;
+}
+
+/** Loads the adapter a previous run finished training (<out>/adapter) onto `model`. */
+async function loadTrained(model: LlamaModel, cfg: AlignConfig, log: (line: string) => void): Promise<TrainingSummary> {
+  const adapterDir = runPaths(cfg.out).adapter;
+  await loadAdapter(model, adapterDir);
+  log(`loaded the trained adapter from ${adapterDir}`);
+  return readJson<TrainingSummary>(join(adapterDir, TRAINING_SUMMARY));
+}
+
+/**
+ * Trains LoRA on `model` with the question pairs, in <out>/training (resuming the trainer's
+ * checkpoint there, if any), and renames the folder to <out>/adapter once complete, so that an
+ * adapter folder is always a finished one.
+ */
+async function trainAdapter(
+  model: LlamaModel,
+  tokenizer: Tokenizer,
+  { pairs, issues }: { pairs: QuestionPair[]; issues: DataIssue[] },
+  cfg: AlignConfig,
+  log: (line: string) => void,
+): Promise<TrainingSummary> {
+  const started = performance.now();
+  const t = cfg.training;
+  const seed = cfg.evaluation.seed ?? 0;
+  const split = splitPairs(pairs, { maxSamples: t.maxSamples, valSize: t.valSize, seed });
+  const eosId = tokenizer.eosId ?? model.config.eos_token_id[0];
+  if (eosId === undefined) throw new DataError(cfg.modelDir, "the model defines no eos token, which ends every training target");
+  const trainSet = encodePairs(split.train, tokenizer, { eosId, maxLength: t.maxLength });
+  const valSet = encodePairs(split.val, tokenizer, { eosId, maxLength: t.maxLength });
+  log(`training: ${split.train.length} + ${split.val.length} validation question pairs, ${cfg.train.map((l) => LANGUAGE_NAMES[l]).join(" + ")} -> ${LANGUAGE_NAMES[cfg.target]}`);
+
+  const adapter = applyLora(model, { target_modules: t.targetModules, r: t.r, lora_alpha: t.alpha, lora_dropout: t.dropout, seed });
+  const paths = runPaths(cfg.out);
+  const trainingDir = paths.training;
+  const result = await train(
+    model,
+    adapter,
+    { train: trainSet.examples, val: valSet.examples },
+    {
+      epochs: t.epochs,
+      lr: t.lr,
+      batchSize: t.batchSize,
+      gradAccum: t.gradAccum,
+      seed,
+      outDir: trainingDir,
+      resume: latestDir(join(trainingDir, "checkpoint")) !== null,
+      baseModel: cfg.modelDir,
+      log: (line) => log(`  ${line}`),
+    },
+  );
+  const summary: TrainingSummary = {
+    pairs: pairs.length,
+    train: split.train.length,
+    val: split.val.length,
+    truncated: trainSet.truncated + valSet.truncated,
+    issues,
+    steps: result.steps,
+    history: result.history,
+    seconds: (performance.now() - started) / 1000,
+  };
+  const adapterDir = paths.adapter;
+  await writeFile(join(trainingDir, TRAINING_SUMMARY), JSON.stringify(summary, null, 1) + "\n");
+  await rm(adapterDir, { recursive: true, force: true });
+  await rename(trainingDir, adapterDir);
+  log(`  adapter written to ${adapterDir}`);
+  return summary;
+}

@@ -1,0 +1,88 @@
+import { readdirSync, readFileSync } from "node:fs";
+import { dirname, join, relative, resolve } from "node:path";
+import ts from "typescript";
+import { describe, expect, it } from "vitest";
+
+/**
+ * Folders are layers and imports go one way. The layer order is written once, as the table of
+ * the README's "Layout" section (lowest first); this test reads it from there and checks every
+ * import under src/ (static, type-only, re-exports and dynamic `import()`, as TypeScript's
+ * pre-processor lists them, comments excluded) against it: a file may import from its own layer
+ * and from layers listed before it, never from one listed after it. `src/index.ts`, the public
+ * entry, stands above every layer.
+ */
+const ROOT = resolve(import.meta.dirname, "..");
+const SRC = join(ROOT, "src");
+
+/** The `src/<name>` cells of the README's Layout table, in row order. */
+function readmeLayers(): string[] {
+  const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+  const section = readme.split(/^## /m).find((s) => s.startsWith("Layout\n"));
+  if (!section) throw new Error("README.md has no ## Layout section");
+  return [...section.matchAll(/^\| `src\/([a-z_]+)` \|/gm)].map((m) => m[1]!);
+}
+
+/** Every .ts file under `dir`, as paths relative to the repository root. */
+function sources(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const path = join(dir, e.name);
+    if (e.isDirectory()) return sources(path);
+    return e.name.endsWith(".ts") ? [relative(ROOT, path)] : [];
+  });
+}
+
+/** The layer of a path under src/: its first folder, or null for a file directly in src/. */
+function layerOf(path: string): string | null {
+  const parts = relative(SRC, join(ROOT, path)).split("/");
+  return parts.length > 1 ? parts[0]! : null;
+}
+
+/** Every relative import of `file`: [importing file, imported file], both relative to the root. */
+function importsOf(file: string): [string, string][] {
+  const info = ts.preProcessFile(readFileSync(join(ROOT, file), "utf8"), true, true);
+  return info.importedFiles.filter((f) => f.fileName.startsWith(".")).map((f) => [file, relative(ROOT, resolve(ROOT, dirname(file), f.fileName))]);
+}
+
+/**
+ * Above `kernels`, code reaches the kernels only through device selection (`devices.ts`): a
+ * concrete backend is an implementation detail behind the `Backend` interface of src/tensor.
+ */
+const KERNELS_ENTRY = "src/kernels/devices.ts";
+
+/**
+ * Imports that break a rule today, until the change that removes them lands. An allowance that
+ * no longer matches an import fails the test, so it goes when the fix lands.
+ */
+const PENDING = [
+  // llama.ts checks a storage's host residency with `instanceof CpuStorage` instead of asking
+  // the Backend interface.
+  "src/model/llama.ts -> src/kernels/cpu.ts",
+];
+
+const LAYERS = readmeLayers();
+const FILES = sources(SRC);
+const IMPORTS = FILES.flatMap(importsOf);
+
+describe("layers", () => {
+  it("the README's Layout table lists every folder of src/ once", () => {
+    expect(LAYERS.length).toBeGreaterThan(0);
+    expect(new Set(LAYERS).size, `duplicates in ${LAYERS.join(", ")}`).toBe(LAYERS.length);
+    const folders = [...new Set(FILES.map(layerOf).filter((l) => l !== null))].sort();
+    expect(folders).toEqual([...LAYERS].sort());
+  });
+
+  it("every import goes to the importer's layer or one below it", () => {
+    const rank = (path: string) => {
+      const layer = layerOf(path);
+      return layer === null ? Infinity : LAYERS.indexOf(layer);
+    };
+    const upward = IMPORTS.filter(([from, to]) => rank(to) > rank(from)).map(([from, to]) => `${from} -> ${to}`);
+    expect(upward, `imports against the layer order ${LAYERS.join(" -> ")}`).toEqual([]);
+  });
+
+  it(`above kernels, only ${KERNELS_ENTRY} is imported from kernels`, () => {
+    const reaching = IMPORTS.filter(([from, to]) => layerOf(from) !== "kernels" && layerOf(to) === "kernels" && to !== KERNELS_ENTRY).map(([from, to]) => `${from} -> ${to}`);
+    expect(reaching.filter((edge) => !PENDING.includes(edge))).toEqual([]);
+    expect(PENDING.filter((edge) => !reaching.includes(edge)), "allowances whose import is gone: remove them").toEqual([]);
+  });
+});
