@@ -239,7 +239,7 @@ async function rmsNormCase(ctx: BenchContext, rows: number, D: number, withCpu: 
   const frees: (() => void)[] = [];
   const contenders = rowContenders(ctx, withCpu, (be) => {
     const [xs, ws] = inputs(be, [x, w], frees);
-    return () => [be.rmsNorm(xs!, ws!, rows, D, 1e-6)];
+    return () => [be.rmsNorm(xs!, ws!, { rows, D, eps: 1e-6 })];
   });
   const work = { bytes: 4 * (2 * rows * D + D) };
   const results = await measure(contenders, work, ctx.opts);
@@ -287,7 +287,7 @@ async function crossEntropyCase(ctx: BenchContext, rows: number, V: number, with
   const frees: (() => void)[] = [];
   const contenders = rowContenders(ctx, withCpu, (be) => {
     const [ls, ts, gs] = inputs(be, [logits, targets, grad], frees);
-    return () => [be.crossEntropy(ls!, ts!, rows, V, -100), be.crossEntropyBackward(ls!, ts!, gs!, rows, V, -100)];
+    return () => [be.crossEntropy(ls!, ts!, { rows, cols: V, ignoreIndex: -100 }), be.crossEntropyBackward(ls!, ts!, gs!, { rows, cols: V, ignoreIndex: -100 })];
   });
   const work = { bytes: 4 * 3 * rows * V };
   const results = await measure(contenders, work, ctx.opts);

@@ -309,7 +309,7 @@ describe("crossEntropy", () => {
     fc.assert(
       fc.property(problem, ({ rows, cols, seed }) => {
         const { logits, targets } = setup(rows, cols, seed);
-        const loss = values(cpu.crossEntropy(f64(logits), i32(targets), rows, cols, IGNORE));
+        const loss = values(cpu.crossEntropy(f64(logits), i32(targets), { rows, cols, ignoreIndex: IGNORE }));
         const logp = values(cpu.softmax(f64(logits), rows, cols, true));
         const expected = targets.map((t, r) => (t === IGNORE ? 0 : -logp[r * cols + t]!));
         expectClose(loss, expected, TIGHT);
@@ -323,8 +323,8 @@ describe("crossEntropy", () => {
       fc.property(problem, ({ rows, cols, seed }) => {
         const { logits, targets, gradLoss } = setup(rows, cols, seed);
         const weighted = (z: Float64Array) =>
-          values(cpu.crossEntropy(f64(z), i32(targets), rows, cols, IGNORE)).reduce((acc, l, r) => acc + l * gradLoss[r]!, 0);
-        const grad = values(cpu.crossEntropyBackward(f64(logits), i32(targets), f64(gradLoss), rows, cols, IGNORE));
+          values(cpu.crossEntropy(f64(z), i32(targets), { rows, cols, ignoreIndex: IGNORE })).reduce((acc, l, r) => acc + l * gradLoss[r]!, 0);
+        const grad = values(cpu.crossEntropyBackward(f64(logits), i32(targets), f64(gradLoss), { rows, cols, ignoreIndex: IGNORE }));
         expectClose(grad, finiteDifferences(weighted, logits), FD);
       }),
       { ...RUNS, numRuns: 20 },
@@ -332,7 +332,7 @@ describe("crossEntropy", () => {
   });
 
   it("a target outside [0, cols) that is not ignored throws a RangeError naming it", () => {
-    expect(() => cpu.crossEntropy(f64([0, 0]), i32([2]), 1, 2, IGNORE)).toThrow(/target 2 at row 0/);
+    expect(() => cpu.crossEntropy(f64([0, 0]), i32([2]), { rows: 1, cols: 2, ignoreIndex: IGNORE })).toThrow(/target 2 at row 0/);
   });
 });
 
@@ -361,9 +361,9 @@ describe("gather and scatterAdd", () => {
           const ids = Array.from({ length: N }, () => Math.floor(((rand() + 1) / 2) * V));
           const T = randomArray(rand, V * D);
           const G = randomArray(rand, N * D);
-          const gathered = values(cpu.gather(f64(T), i32(ids), V, D));
+          const gathered = values(cpu.gather(f64(T), i32(ids), { V, D }));
           ids.forEach((id, n) => expectClose(gathered.subarray(n * D, (n + 1) * D), T.subarray(id * D, (id + 1) * D), 0, `row ${n}`));
-          const scattered = values(cpu.scatterAdd(f64(G), i32(ids), V, D));
+          const scattered = values(cpu.scatterAdd(f64(G), i32(ids), { V, D }));
           const dot = (x: ArrayLike<number>, y: ArrayLike<number>) => Array.from(x).reduce((acc, v, i) => acc + v * y[i]!, 0);
           expectClose([dot(gathered, G)], [dot(T, scattered)], TIGHT);
         },
@@ -373,9 +373,9 @@ describe("gather and scatterAdd", () => {
   });
 
   it("an id outside [0, V) throws a RangeError naming the id, its index and V", () => {
-    expect(() => cpu.gather(f64([1, 2, 3, 4, 5]), i32([0, 4, 7]), 5, 1)).toThrow(RangeError);
-    expect(() => cpu.gather(f64([1, 2, 3, 4, 5]), i32([0, 4, 7]), 5, 1)).toThrow(/id 7 at index 2 is outside \[0, 5\)/);
-    expect(() => cpu.scatterAdd(f64([1]), i32([-1]), 5, 1)).toThrow(/id -1 at index 0/);
+    expect(() => cpu.gather(f64([1, 2, 3, 4, 5]), i32([0, 4, 7]), { V: 5, D: 1 })).toThrow(RangeError);
+    expect(() => cpu.gather(f64([1, 2, 3, 4, 5]), i32([0, 4, 7]), { V: 5, D: 1 })).toThrow(/id 7 at index 2 is outside \[0, 5\)/);
+    expect(() => cpu.scatterAdd(f64([1]), i32([-1]), { V: 5, D: 1 })).toThrow(/id -1 at index 0/);
   });
 });
 
@@ -392,7 +392,7 @@ describe("rmsNorm", () => {
           const rms = Math.sqrt(row.reduce((acc, v) => acc + v * v, 0) / D + eps);
           return (xi / rms) * w[i % D]!;
         });
-        expectClose(values(cpu.rmsNorm(f64(x), f64(w), rows, D, eps)), expected, TIGHT);
+        expectClose(values(cpu.rmsNorm(f64(x), f64(w), { rows, D, eps })), expected, TIGHT);
       }),
       RUNS,
     );
@@ -425,7 +425,7 @@ describe("rope", () => {
         const Dh = 2 * half;
         const x = randomArray(random(seed), B * H * T * Dh);
         const { Bc, cos, sin } = tables(B, T, half, perBatch);
-        const rotated = values(cpu.rope(f64(x), f64(cos), f64(sin), B, H, T, Dh, Bc, false));
+        const rotated = values(cpu.rope(f64(x), f64(cos), f64(sin), { B, H, T, Dh, Bc, inverse: false }));
         const expected = Array.from(x, (xi, n) => {
           const d = n % Dh;
           const row = n - d;
@@ -436,7 +436,7 @@ describe("rope", () => {
           return xi * cos[table]! + rotateHalf * sin[table]!;
         });
         expectClose(rotated, expected, TIGHT, "forward");
-        const back = values(cpu.rope(f64(rotated), f64(cos), f64(sin), B, H, T, Dh, Bc, true));
+        const back = values(cpu.rope(f64(rotated), f64(cos), f64(sin), { B, H, T, Dh, Bc, inverse: true }));
         expectClose(back, x, TIGHT, "inverse");
       }),
       RUNS,
@@ -444,7 +444,7 @@ describe("rope", () => {
   });
 
   it("an odd head dim throws ShapeError", () => {
-    expect(() => cpu.rope(f64([1, 2, 3]), f64([1]), f64([0]), 1, 1, 1, 3, 1, false)).toThrow(ShapeError);
+    expect(() => cpu.rope(f64([1, 2, 3]), f64([1]), f64([0]), { B: 1, H: 1, T: 1, Dh: 3, Bc: 1, inverse: false })).toThrow(ShapeError);
   });
 });
 
@@ -480,7 +480,7 @@ describe("attention", () => {
   }
 
   function run(g: AttentionGeometry, mask: number[] | null, q: Float64Array, k: Float64Array, v: Float64Array) {
-    const { out, lse } = cpu.attention(f64(q), f64(k), f64(v), mask && f64(mask), g);
+    const { out, lse } = cpu.attention({ q: f64(q), k: f64(k), v: f64(v), keyMask: mask && f64(mask) }, g);
     return { out: values(out), lse: values(lse) };
   }
 
@@ -537,8 +537,8 @@ describe("attention", () => {
         const { g, mask, q, k, v, w } = setup(p);
         const loss = (qq: Float64Array, kk: Float64Array, vv: Float64Array) =>
           run(g, mask, qq, kk, vv).out.reduce((acc, o, n) => acc + o * w[n]!, 0);
-        const { out, lse } = cpu.attention(f64(q), f64(k), f64(v), mask && f64(mask), g);
-        const grads = cpu.attentionBackward(f64(q), f64(k), f64(v), mask && f64(mask), out, f64(w), lse, g);
+        const { out, lse } = cpu.attention({ q: f64(q), k: f64(k), v: f64(v), keyMask: mask && f64(mask) }, g);
+        const grads = cpu.attentionBackward({ q: f64(q), k: f64(k), v: f64(v), keyMask: mask && f64(mask), out, dOut: f64(w), lse }, g);
         expectClose(values(grads.dq), finiteDifferences((x) => loss(x, k, v), q), FD, "dq");
         expectClose(values(grads.dk), finiteDifferences((x) => loss(q, x, v), k), FD, "dk");
         expectClose(values(grads.dv), finiteDifferences((x) => loss(q, k, x), v), FD, "dv");
@@ -554,10 +554,10 @@ describe("attention", () => {
     const k = randomArray(rand, 2 * 3 * 2);
     const v = randomArray(rand, 2 * 3 * 2);
     const mask = f64([0, 0, 0, 1, 1, 1]); // batch row 0 is all padding
-    const { out, lse } = cpu.attention(f64(q), f64(k), f64(v), mask, g);
+    const { out, lse } = cpu.attention({ q: f64(q), k: f64(k), v: f64(v), keyMask: mask }, g);
     expect(Array.from(values(out).subarray(0, 12))).toEqual(new Array(12).fill(0));
     expect(Array.from(values(lse)).every(Number.isFinite)).toBe(true);
-    const grads = cpu.attentionBackward(f64(q), f64(k), f64(v), mask, out, f64(randomArray(rand, 24)), lse, g);
+    const grads = cpu.attentionBackward({ q: f64(q), k: f64(k), v: f64(v), keyMask: mask, out, dOut: f64(randomArray(rand, 24)), lse }, g);
     expect(Array.from(values(grads.dq).subarray(0, 12))).toEqual(new Array(12).fill(0));
     expect(Array.from(values(grads.dk).subarray(0, 6))).toEqual(new Array(6).fill(0));
     expect(Array.from(values(grads.dv).subarray(0, 6))).toEqual(new Array(6).fill(0));
@@ -566,7 +566,7 @@ describe("attention", () => {
 
   it("H not a multiple of Hkv throws ShapeError", () => {
     const g: AttentionGeometry = { B: 1, H: 3, Hkv: 2, Tq: 1, Tk: 1, Dh: 1, scale: 1, causal: false, window: 0 };
-    expect(() => cpu.attention(f64([1, 1, 1]), f64([1, 1]), f64([1, 1]), null, g)).toThrow(ShapeError);
+    expect(() => cpu.attention({ q: f64([1, 1, 1]), k: f64([1, 1]), v: f64([1, 1]), keyMask: null }, g)).toThrow(ShapeError);
   });
 });
 
@@ -614,6 +614,6 @@ describe("the cpu backend", () => {
   it("kernels check dtypes and sizes", () => {
     expect(() => cpu.matmul(i32([1]), i32([1]), { batch: 1, M: 1, N: 1, K: 1, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 })).toThrow(DTypeError);
     expect(() => cpu.softmax(f64([1, 2, 3]), 2, 2, false)).toThrow(ShapeError);
-    expect(() => cpu.gather(f64([1, 2]), f64([0]), 2, 1)).toThrow(/ids must be i32/);
+    expect(() => cpu.gather(f64([1, 2]), f64([0]), { V: 2, D: 1 })).toThrow(/ids must be i32/);
   });
 });

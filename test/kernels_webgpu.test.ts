@@ -320,11 +320,11 @@ async function checkCrossEntropy(gpu: WebGpuBackend, numRuns: number): Promise<v
       const targets = Int32Array.from(f32s(rows, seed + 1), (u) => (u > 0.7 ? -100 : Math.floor(((u + 1) / 2) * cols)));
       const [gt, ct] = both(gpu, targets);
       const [gg, cg] = both(gpu, f32s(rows, seed + 2));
-      const [gf, cf] = [gpu.crossEntropy(gl, gt, rows, cols, -100), cpu.crossEntropy(cl, ct, rows, cols, -100)];
+      const [gf, cf] = [gpu.crossEntropy(gl, gt, { rows, cols, ignoreIndex: -100 }), cpu.crossEntropy(cl, ct, { rows, cols, ignoreIndex: -100 })];
       // loss = lse - x_t: absolute error ~ eps (|lse| + |x_t|) from the log-sum-exp.
       const spread = 2 * scale + Math.log(cols);
       await compare(gpu, gf, cf, rel(2 * EPS, 8 * EPS * spread), `crossEntropy [${rows},${cols}]`);
-      const [gb, cb] = [gpu.crossEntropyBackward(gl, gt, gg, rows, cols, -100), cpu.crossEntropyBackward(cl, ct, cg, rows, cols, -100)];
+      const [gb, cb] = [gpu.crossEntropyBackward(gl, gt, gg, { rows, cols, ignoreIndex: -100 }), cpu.crossEntropyBackward(cl, ct, cg, { rows, cols, ignoreIndex: -100 })];
       // softmax - onehot: softmax's error, absolute where p - 1 cancels.
       await compare(gpu, gb, cb, rel((8 + 4 * spread) * EPS, (8 + 4 * spread) * EPS), `crossEntropyBackward [${rows},${cols}]`);
       freeAll(gpu, gl, gt, gg, gf, gb);
@@ -339,7 +339,7 @@ async function checkRmsNorm(gpu: WebGpuBackend, numRuns: number): Promise<void> 
     fc.asyncProperty(rowsArb, colsArb, fc.constantFrom(1e-3, 1, 1e3), fc.nat(), async (rows, D, scale, seed) => {
       const [gx, cx] = both(gpu, f32s(rows * D, seed, (u) => u * scale));
       const [gw, cw] = both(gpu, f32s(D, seed + 1, (u) => 1 + u / 2));
-      const [go, co] = [gpu.rmsNorm(gx, gw, rows, D, 1e-6), cpu.rmsNorm(cx, cw, rows, D, 1e-6)];
+      const [go, co] = [gpu.rmsNorm(gx, gw, { rows, D, eps: 1e-6 }), cpu.rmsNorm(cx, cw, { rows, D, eps: 1e-6 })];
       // The sum of squares (positive terms: relative error <= few eps) under inverseSqrt (2 ulp), then two products.
       await compare(gpu, go, co, rel(1e-5), `rmsNorm [${rows},${D}]`);
       freeAll(gpu, gx, gw, go);
@@ -507,14 +507,14 @@ describe("nn kernels", () => {
         const ids = Int32Array.from(f32s(N, seed), (u) => Math.floor(((u + 1) / 2) * V));
         const [gt, ct] = both(gpu, f32s(V * D, seed + 1));
         const [gi, ci] = both(gpu, ids);
-        const [go, co] = [gpu.gather(gt, gi, V, D), cpu.gather(ct, ci, V, D)];
+        const [go, co] = [gpu.gather(gt, gi, { V, D }), cpu.gather(ct, ci, { V, D })];
         await compare(gpu, go, co, EXACT, "gather");
         const grad = f32s(N * D, seed + 2);
         const [gg, cg] = both(gpu, grad);
-        const [gs, cs] = [gpu.scatterAdd(gg, gi, V, D), cpu.scatterAdd(cg, ci, V, D)];
+        const [gs, cs] = [gpu.scatterAdd(gg, gi, { V, D }), cpu.scatterAdd(cg, ci, { V, D })];
         // A sequential f32 sum of the rows with one id: error <= count eps sum|grad| (bounded per
         // element by scattering |grad| on the cpu).
-        const bound = await cpu.read(cpu.scatterAdd(cpu.upload(grad.map(Math.abs)), ci, V, D));
+        const bound = await cpu.read(cpu.scatterAdd(cpu.upload(grad.map(Math.abs)), ci, { V, D }));
         await compare(gpu, gs, cs, (_, i) => DENORMAL + N * EPS * bound[i]!, "scatterAdd");
         freeAll(gpu, gt, gi, go, gg, gs);
       }),
@@ -525,9 +525,9 @@ describe("nn kernels", () => {
   testWebGpu("gather: ids outside [0, V) give zero rows; scatterAdd skips them", async (gpu) => {
     const table = gpu.upload(Float32Array.from([1, 2, 3, 4]));
     const ids = gpu.upload(Int32Array.from([1, -1, 2, 0]));
-    expect(Array.from(await gpu.read(gpu.gather(table, ids, 2, 2)))).toEqual([3, 4, 0, 0, 0, 0, 1, 2]);
+    expect(Array.from(await gpu.read(gpu.gather(table, ids, { V: 2, D: 2 })))).toEqual([3, 4, 0, 0, 0, 0, 1, 2]);
     const grad = gpu.upload(Float32Array.from([1, 1, 2, 2, 3, 3, 4, 4]));
-    expect(Array.from(await gpu.read(gpu.scatterAdd(grad, ids, 2, 2)))).toEqual([4, 4, 1, 1]);
+    expect(Array.from(await gpu.read(gpu.scatterAdd(grad, ids, { V: 2, D: 2 })))).toEqual([4, 4, 1, 1]);
   });
 
   testWebGpu("rope, forward and inverse, shared or per-batch tables", async (gpu) => {
@@ -546,7 +546,7 @@ describe("nn kernels", () => {
           const [gc, cc] = both(gpu, angles.map(Math.cos));
           const [gs, cs] = both(gpu, angles.map(Math.sin));
           const [gx, cx] = both(gpu, f32s(B * H * T * Dh, seed + 1));
-          const [go, co] = [gpu.rope(gx, gc, gs, B, H, T, Dh, Bc, inverse), cpu.rope(cx, cc, cs, B, H, T, Dh, Bc, inverse)];
+          const [go, co] = [gpu.rope(gx, gc, gs, { B, H, T, Dh, Bc, inverse }), cpu.rope(cx, cc, cs, { B, H, T, Dh, Bc, inverse })];
           // Two products and a sum per element: a few ulp of max(|x|) (cancellation in the sum).
           await compare(gpu, go, co, rel(4 * EPS, 4 * EPS), `rope B${B} H${H} T${T} Dh${Dh}`);
           freeAll(gpu, gc, gs, gx, go);
@@ -625,16 +625,16 @@ async function checkAttention(gpu: WebGpuBackend, numRuns: number): Promise<void
       const [gk, ck] = both(gpu, f32s(B * Hkv * Tk * Dh, seed + 1, (u) => u * 2));
       const [gv, cv] = both(gpu, f32s(B * Hkv * Tk * Dh, seed + 2));
       const mask = masked ? both(gpu, f32s(B * Tk, seed + 3, (u) => (u > -0.6 ? 1 : 0))) : null;
-      const gf = gpu.attention(gq, gk, gv, mask?.[0] ?? null, g);
-      const cf = cpu.attention(cq, ck, cv, mask?.[1] ?? null, g);
+      const gf = gpu.attention({ q: gq, k: gk, v: gv, keyMask: mask?.[0] ?? null }, g);
+      const cf = cpu.attention({ q: cq, k: ck, v: cv, keyMask: mask?.[1] ?? null }, g);
       // Scores are dot products of Dh terms (sqrt(Dh) eps), exp adds 3 + 2|s| ulp, and the output
       // is a convex combination of v: absolute error of a few hundred eps at these magnitudes.
       const tol = rel(1e-5, 64 * Math.sqrt(Dh) * EPS);
       await compare(gpu, gf.out, cf.out, tol, `attention out ${JSON.stringify(g)}`);
       await compare(gpu, gf.lse, cf.lse, tol, `attention lse ${JSON.stringify(g)}`);
       const [gd, cd] = both(gpu, f32s(B * H * Tq * Dh, seed + 4));
-      const gb = gpu.attentionBackward(gq, gk, gv, mask?.[0] ?? null, gf.out, gd, gf.lse, g);
-      const cb = cpu.attentionBackward(cq, ck, cv, mask?.[1] ?? null, cf.out, cd, cf.lse, g);
+      const gb = gpu.attentionBackward({ q: gq, k: gk, v: gv, keyMask: mask?.[0] ?? null, out: gf.out, dOut: gd, lse: gf.lse }, g);
+      const cb = cpu.attentionBackward({ q: cq, k: ck, v: cv, keyMask: mask?.[1] ?? null, out: cf.out, dOut: cd, lse: cf.lse }, g);
       // Gradients sum over up to Tk (dq) or group * Tq (dk, dv) terms of the forward's accuracy.
       const gtol = rel(1e-4, 256 * Math.sqrt(Dh * (Tk + H * Tq)) * EPS);
       await compare(gpu, gb.dq, cb.dq, gtol, `attention dq ${JSON.stringify(g)}`);
@@ -652,7 +652,7 @@ describe("attention", () => {
   testWebGpu("head dim above the kernel's limit throws DeviceLimitError", async (gpu) => {
     const q = gpu.zeros("f32", 512);
     const g: AttentionGeometry = { B: 1, H: 1, Hkv: 1, Tq: 1, Tk: 1, Dh: 512, scale: 1, causal: true, window: 0 };
-    expect(() => gpu.attention(q, q, q, null, g)).toThrow(DeviceLimitError);
+    expect(() => gpu.attention({ q, k: q, v: q, keyMask: null }, g)).toThrow(DeviceLimitError);
     gpu.free(q);
   });
 });
@@ -691,7 +691,7 @@ describeWebGpu("chunked storages (per-binding limit lowered to 4 KB = 1024 f32)"
     const ids = Int32Array.from([0, 27, 28, 99, 55, 27, 83]);
     const [gt, ct] = [gpu.upload(table), cpu.upload(table)];
     const [gi, ci] = [gpu.upload(ids), cpu.upload(ids)];
-    expectClose(await gpu.read(gpu.gather(gt, gi, V, D)), await cpu.read(cpu.gather(ct, ci, V, D)), EXACT, "gather chunked");
+    expectClose(await gpu.read(gpu.gather(gt, gi, { V, D })), await cpu.read(cpu.gather(ct, ci, { V, D })), EXACT, "gather chunked");
   });
 
   testOn("matmul with a chunked B: x @ W^T (lm_head) and dY @ W (its backward)", async (gpu) => {

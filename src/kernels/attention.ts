@@ -1,6 +1,6 @@
-import type { AttentionGeometry } from "../tensor/backend.ts";
+import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
-import { ShapeError } from "../tensor/errors.ts";
+import { attentionSizes } from "./checks.ts";
 
 /**
  * Scaled-dot-product attention with causal / sliding-window / padding masks and grouped-query
@@ -16,13 +16,6 @@ import { ShapeError } from "../tensor/errors.ts";
  * query before the first key) has no distribution: by convention its output is 0, its lse is 0
  * (a finite sentinel; nothing reads it, as the row has no visible pair) and its gradients are 0.
  */
-
-/** Checks the head grouping: each kv head serves H / Hkv query heads. */
-function checkGeometry(op: string, g: AttentionGeometry): void {
-  if (g.Hkv <= 0 || g.H % g.Hkv !== 0) {
-    throw new ShapeError(op, `query heads H = ${g.H} are not a multiple of kv heads Hkv = ${g.Hkv}`);
-  }
-}
 
 /**
  * Whether query i (0 <= i < Tq) may see key j (0 <= j < Tk) in batch row b. The query sits at
@@ -59,21 +52,15 @@ function dot(x: HostArray, xs: number, y: HostArray, ys: number, n: number): num
  * sum l = sum exp(s_j - m) and an unnormalised output acc = sum exp(s_j - m) v_j; when a larger
  * score raises m to m', the old terms are rescaled by exp(m - m'). At the end o = acc / l and
  * lse = m + log l.
- * @param q float [B, H, Tq, Dh]
- * @param k, v [B, Hkv, Tk, Dh], dtype of q
- * @param keyMask [B, Tk] (nonzero = keep), any dtype, or null
+ * @param ins.q float [B, H, Tq, Dh]
+ * @param ins.k, ins.v [B, Hkv, Tk, Dh], dtype of q
+ * @param ins.keyMask [B, Tk] (nonzero = keep), any dtype, or null
  * @param outs.out [B, H, Tq, Dh] and outs.lse [B, H, Tq], dtype of q
  * @throws ShapeError when H is not a multiple of Hkv.
  */
-export function attentionRef(
-  q: HostArray,
-  k: HostArray,
-  v: HostArray,
-  keyMask: HostArray | null,
-  outs: { out: HostArray; lse: HostArray },
-  g: AttentionGeometry,
-): void {
-  checkGeometry("attention", g);
+export function attentionRef(ins: AttentionInputs<HostArray>, outs: { out: HostArray; lse: HostArray }, g: AttentionGeometry): void {
+  attentionSizes("attention", g); // checks the head grouping
+  const { q, k, v, keyMask } = ins;
   const { B, H, Tq, Tk, Dh } = g;
   const at = rowIndex(g);
   const acc = new Float64Array(Dh);
@@ -113,25 +100,16 @@ export function attentionRef(
  *   dq_i  = scale sum_j ds_ij k_j,   dk_j = scale sum_i ds_ij q_i
  * where sums over i run over the query rows of every query head of the kv head's group, and only
  * over visible pairs. Accumulates in doubles and rounds once into the outputs.
- * @param q, out, dOut float [B, H, Tq, Dh]
- * @param k, v [B, Hkv, Tk, Dh]
- * @param keyMask [B, Tk] (nonzero = keep), any dtype, or null
- * @param lse [B, H, Tq] from attentionRef
+ * @param ins.q, ins.out, ins.dOut float [B, H, Tq, Dh]
+ * @param ins.k, ins.v [B, Hkv, Tk, Dh]
+ * @param ins.keyMask [B, Tk] (nonzero = keep), any dtype, or null
+ * @param ins.lse [B, H, Tq] from attentionRef
  * @param grads.dq [B, H, Tq, Dh]; grads.dk, grads.dv [B, Hkv, Tk, Dh]; dtype of q; overwritten
  * @throws ShapeError when H is not a multiple of Hkv.
  */
-export function attentionBackwardRef(
-  q: HostArray,
-  k: HostArray,
-  v: HostArray,
-  keyMask: HostArray | null,
-  out: HostArray,
-  dOut: HostArray,
-  lse: HostArray,
-  grads: { dq: HostArray; dk: HostArray; dv: HostArray },
-  g: AttentionGeometry,
-): void {
-  checkGeometry("attentionBackward", g);
+export function attentionBackwardRef(ins: AttentionBackwardInputs<HostArray>, grads: AttentionGrads<HostArray>, g: AttentionGeometry): void {
+  attentionSizes("attentionBackward", g); // checks the head grouping
+  const { q, k, v, keyMask, out, dOut, lse } = ins;
   const { B, H, Tq, Tk, Dh } = g;
   const at = rowIndex(g);
   const dq = new Float64Array(grads.dq.length);

@@ -1,4 +1,4 @@
-import type { AttentionGeometry } from "../tensor/backend.ts";
+import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../tensor/backend.ts";
 import type { Field, GpuData, KernelHost } from "./webgpu/program.ts";
 import { VEC4_LANES, ints, kernel, single } from "./webgpu/program.ts";
 import { ROW_MAIN_ARGS, workgroupReduce } from "./reduce.wgsl.ts";
@@ -413,20 +413,18 @@ function maskArgs(q: GpuData, keyMask: GpuData | null) {
 
 /**
  * Fused forward: the host's variant ("quad" when it has one and Dh is a multiple of 16, else "rows").
- * @param q f32 [B, H, Tq, Dh]; k, v f32 [B, Hkv, Tk, Dh]; all one chunk, Dh <= 256
- * @param keyMask [B, Tk] f32 or i32 (nonzero = keep), or null
+ * @param ins.q f32 [B, H, Tq, Dh]; ins.k, ins.v f32 [B, Hkv, Tk, Dh]; all one chunk, Dh <= 256
+ * @param ins.keyMask [B, Tk] f32 or i32 (nonzero = keep), or null
  * @param out f32 [B, H, Tq, Dh]; lse f32 [B, H, Tq]
  */
 export function encodeAttention(
   host: KernelHost,
-  q: GpuData,
-  k: GpuData,
-  v: GpuData,
-  keyMask: GpuData | null,
-  out: GpuData,
-  lse: GpuData,
+  ins: AttentionInputs<GpuData>,
+  outs: { out: GpuData; lse: GpuData },
   g: AttentionGeometry,
 ): void {
+  const { q, k, v, keyMask } = ins;
+  const { out, lse } = outs;
   const mask = maskArgs(q, keyMask);
   const buffers = [single(q), single(k), single(v), mask.buf, single(out), single(lse)];
   if (host.attentionVariant === "quad" && quadFits(g)) {
@@ -448,8 +446,8 @@ const quadFits = (g: AttentionGeometry) => g.Dh % 16 === 0 && g.Dh > 0;
  */
 export function encodeAttentionBackward(
   host: KernelHost,
-  ins: { q: GpuData; k: GpuData; v: GpuData; keyMask: GpuData | null; out: GpuData; dOut: GpuData; lse: GpuData },
-  grads: { dq: GpuData; dk: GpuData; dv: GpuData },
+  ins: AttentionBackwardInputs<GpuData>,
+  grads: AttentionGrads<GpuData>,
   g: AttentionGeometry,
 ): void {
   const { q, k, v, out, dOut, lse } = ins;

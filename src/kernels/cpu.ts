@@ -1,18 +1,37 @@
 import type {
   AdamWStep,
+  AttentionBackwardInputs,
   AttentionGeometry,
+  AttentionGrads,
+  AttentionInputs,
   Backend,
   BinaryOp,
+  CrossEntropyGeometry,
+  EmbeddingGeometry,
   MatmulGeometry,
   ReduceOp,
+  RmsNormGeometry,
+  RopeGeometry,
   Storage,
   UnaryOp,
   View,
 } from "../tensor/backend.ts";
-import { assertViewInBounds, attentionSizes } from "./checks.ts";
+import {
+  assertViewInBounds,
+  checkAdamW,
+  checkAttention,
+  checkAttentionBackward,
+  checkCrossEntropy,
+  checkGather,
+  checkMatmul,
+  checkRmsNorm,
+  checkRope,
+  checkRows,
+  checkScatterAdd,
+} from "./checks.ts";
 import type { DType, HostArray } from "../tensor/dtype.ts";
 import { dtypeOf, hostArray, isFloat } from "../tensor/dtype.ts";
-import { DTypeError, DisposedError, ShapeError } from "../tensor/errors.ts";
+import { DTypeError, DisposedError } from "../tensor/errors.ts";
 import { numel } from "../tensor/shape.ts";
 import { adamwRef } from "./adamw.ts";
 import { attentionBackwardRef, attentionRef } from "./attention.ts";
@@ -20,7 +39,7 @@ import { crossEntropyBackwardRef, crossEntropyRef } from "./cross_entropy.ts";
 import type { HostView } from "./elementwise.ts";
 import { assignRef, binaryRef, castRef, unaryRef, whereRef } from "./elementwise.ts";
 import { gatherRef, scatterAddRef } from "./embedding.ts";
-import { matmulOperandNumel, matmulRef } from "./matmul.ts";
+import { matmulRef } from "./matmul.ts";
 import { reduceRowsRef } from "./reduce.ts";
 import { rmsNormRef } from "./rmsnorm.ts";
 import { ropeRef } from "./rope.ts";
@@ -55,11 +74,6 @@ function hostData(op: string, s: Storage): HostArray {
   return s.data;
 }
 
-/** Throws a ShapeError naming `op` and `what` when `s` holds fewer than `n` elements. */
-function need(op: string, what: string, s: Storage, n: number): void {
-  if (s.numel < n) throw new ShapeError(op, `${what} has ${s.numel} elements, needs ${n}`);
-}
-
 /** Throws a DTypeError naming `op` and `what` unless `s` has dtype `dtype`. */
 function expectDType(op: string, what: string, s: Storage, dtype: DType): void {
   if (s.dtype !== dtype) throw new DTypeError(op, `${what} must be ${dtype}, got ${s.dtype}`);
@@ -86,20 +100,6 @@ function hostView(op: string, v: View): HostView {
   const data = hostData(op, v.storage);
   assertViewInBounds(op, v, data.length);
   return { data, shape: v.shape, strides: v.strides, offset: v.offset };
-}
-
-/**
- * Checks the sizes of the inputs both attention passes share (q, k, v and the key mask, which
- * may have any dtype) and returns the mask's data.
- */
-function attentionInputs(op: string, q: Storage, k: Storage, v: Storage, keyMask: Storage | null, g: AttentionGeometry): HostArray | null {
-  const n = attentionSizes(op, g);
-  need(op, "q", q, n.q);
-  need(op, "k", k, n.kv);
-  need(op, "v", v, n.kv);
-  if (keyMask === null) return null;
-  need(op, "keyMask", keyMask, n.keyMask);
-  return hostData(op, keyMask);
 }
 
 /** The reference backend. `maxBindingBytes` is Infinity: host arrays have no binding limit. */
@@ -175,7 +175,7 @@ export class CpuBackend implements Backend {
 
   reduceRows(op: ReduceOp, x: Storage, rows: number, cols: number): Storage {
     const name = `reduce ${op}`;
-    need(name, "x", x, rows * cols);
+    checkRows(name, x, rows, cols);
     const out = hostArray(x.dtype, rows);
     reduceRowsRef(op, hostData(name, x), out, rows, cols);
     return this.wrap(out);
@@ -183,127 +183,97 @@ export class CpuBackend implements Backend {
 
   matmul(a: Storage, b: Storage, g: MatmulGeometry): Storage {
     const [ha, hb] = floatArgs("matmul", [a, b]);
-    need("matmul", "a", a, matmulOperandNumel(g.batch, g.batchStrideA, g.M, g.K));
-    need("matmul", "b", b, matmulOperandNumel(g.batch, g.batchStrideB, g.K, g.N));
-    const out = hostArray(a.dtype, g.batch * g.M * g.N);
+    const out = hostArray(a.dtype, checkMatmul("matmul", a, b, g));
     matmulRef(ha!, hb!, out, g);
     return this.wrap(out);
   }
 
   softmax(x: Storage, rows: number, cols: number, log: boolean): Storage {
     const [hx] = floatArgs("softmax", [x]);
-    need("softmax", "x", x, rows * cols);
-    const out = hostArray(x.dtype, rows * cols);
+    const out = hostArray(x.dtype, checkRows("softmax", x, rows, cols));
     softmaxRef(hx!, out, rows, cols, log);
     return this.wrap(out);
   }
 
   /** @throws RangeError when a target is outside [0, cols) and not ignoreIndex. */
-  crossEntropy(logits: Storage, targets: Storage, rows: number, cols: number, ignoreIndex: number): Storage {
-    const [hl] = floatArgs("crossEntropy", [logits]);
-    expectDType("crossEntropy", "targets", targets, "i32");
-    need("crossEntropy", "logits", logits, rows * cols);
-    need("crossEntropy", "targets", targets, rows);
-    const out = hostArray(logits.dtype, rows);
-    crossEntropyRef(hl!, hostData("crossEntropy", targets) as Int32Array, out, rows, cols, ignoreIndex);
+  crossEntropy(logits: Storage, targets: Storage, g: CrossEntropyGeometry): Storage {
+    const op = "crossEntropy";
+    const [hl] = floatArgs(op, [logits]);
+    expectDType(op, "targets", targets, "i32");
+    checkCrossEntropy(op, logits, targets, null, g);
+    const out = hostArray(logits.dtype, g.rows);
+    crossEntropyRef(hl!, hostData(op, targets) as Int32Array, out, g);
     return this.wrap(out);
   }
 
   /** @throws RangeError when a target is outside [0, cols) and not ignoreIndex. */
-  crossEntropyBackward(
-    logits: Storage,
-    targets: Storage,
-    gradLoss: Storage,
-    rows: number,
-    cols: number,
-    ignoreIndex: number,
-  ): Storage {
+  crossEntropyBackward(logits: Storage, targets: Storage, gradLoss: Storage, g: CrossEntropyGeometry): Storage {
     const op = "crossEntropyBackward";
     const [hl, hg] = floatArgs(op, [logits, gradLoss]);
     expectDType(op, "targets", targets, "i32");
-    need(op, "logits", logits, rows * cols);
-    need(op, "targets", targets, rows);
-    need(op, "gradLoss", gradLoss, rows);
-    const out = hostArray(logits.dtype, rows * cols);
-    crossEntropyBackwardRef(hl!, hostData(op, targets) as Int32Array, hg!, out, rows, cols, ignoreIndex);
+    const out = hostArray(logits.dtype, checkCrossEntropy(op, logits, targets, gradLoss, g));
+    crossEntropyBackwardRef(hl!, hostData(op, targets) as Int32Array, hg!, out, g);
     return this.wrap(out);
   }
 
   /** Ids outside [0, V) throw a RangeError naming the id, its index and V. */
-  gather(table: Storage, ids: Storage, V: number, D: number): Storage {
+  gather(table: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
     expectDType("gather", "ids", ids, "i32");
-    need("gather", "table", table, V * D);
-    const out = hostArray(table.dtype, ids.numel * D);
-    gatherRef(hostData("gather", table), hostData("gather", ids) as Int32Array, out, V, D);
+    const out = hostArray(table.dtype, checkGather("gather", table, ids, g));
+    gatherRef(hostData("gather", table), hostData("gather", ids) as Int32Array, out, g);
     return this.wrap(out);
   }
 
   /** Ids outside [0, V) throw a RangeError naming the id, its index and V. */
-  scatterAdd(grad: Storage, ids: Storage, V: number, D: number): Storage {
+  scatterAdd(grad: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
     expectDType("scatterAdd", "ids", ids, "i32");
-    need("scatterAdd", "grad", grad, ids.numel * D);
-    const out = hostArray(grad.dtype, V * D);
-    scatterAddRef(hostData("scatterAdd", grad), hostData("scatterAdd", ids) as Int32Array, out, V, D);
+    const out = hostArray(grad.dtype, checkScatterAdd("scatterAdd", grad, ids, g));
+    scatterAddRef(hostData("scatterAdd", grad), hostData("scatterAdd", ids) as Int32Array, out, g);
     return this.wrap(out);
   }
 
-  rmsNorm(x: Storage, weight: Storage, rows: number, D: number, eps: number): Storage {
+  rmsNorm(x: Storage, weight: Storage, g: RmsNormGeometry): Storage {
     const [hx, hw] = floatArgs("rmsNorm", [x, weight]);
-    need("rmsNorm", "x", x, rows * D);
-    need("rmsNorm", "weight", weight, D);
-    const out = hostArray(x.dtype, rows * D);
-    rmsNormRef(hx!, hw!, out, rows, D, eps);
+    const out = hostArray(x.dtype, checkRmsNorm("rmsNorm", x, weight, g));
+    rmsNormRef(hx!, hw!, out, g);
     return this.wrap(out);
   }
 
-  rope(x: Storage, cos: Storage, sin: Storage, B: number, H: number, T: number, Dh: number, Bc: number, inverse: boolean): Storage {
+  /** @throws ShapeError when Dh is odd or Bc is neither 1 nor B. */
+  rope(x: Storage, cos: Storage, sin: Storage, g: RopeGeometry): Storage {
     const [hx, hc, hs] = floatArgs("rope", [x, cos, sin]);
-    need("rope", "x", x, B * H * T * Dh);
-    need("rope", "cos", cos, (Bc * T * Dh) / 2);
-    need("rope", "sin", sin, (Bc * T * Dh) / 2);
-    const out = hostArray(x.dtype, B * H * T * Dh);
-    ropeRef(hx!, hc!, hs!, out, B, H, T, Dh, Bc, inverse);
+    const out = hostArray(x.dtype, checkRope("rope", x, cos, sin, g));
+    ropeRef(hx!, hc!, hs!, out, g);
     return this.wrap(out);
   }
 
   /** keyMask may have any dtype (nonzero = keep). Rows that see no key give out 0 and lse 0. */
-  attention(q: Storage, k: Storage, v: Storage, keyMask: Storage | null, g: AttentionGeometry): { out: Storage; lse: Storage } {
-    const [hq, hk, hv] = floatArgs("attention", [q, k, v]);
-    const mask = attentionInputs("attention", q, k, v, keyMask, g);
-    const out = hostArray(q.dtype, g.B * g.H * g.Tq * g.Dh);
-    const lse = hostArray(q.dtype, g.B * g.H * g.Tq);
-    attentionRef(hq!, hk!, hv!, mask, { out, lse }, g);
+  attention(ins: AttentionInputs<Storage>, g: AttentionGeometry): { out: Storage; lse: Storage } {
+    const op = "attention";
+    const [q, k, v] = floatArgs(op, [ins.q, ins.k, ins.v]);
+    const n = checkAttention(op, ins, g);
+    const keyMask = ins.keyMask && hostData(op, ins.keyMask);
+    const out = hostArray(ins.q.dtype, n.q);
+    const lse = hostArray(ins.q.dtype, n.lse);
+    attentionRef({ q: q!, k: k!, v: v!, keyMask }, { out, lse }, g);
     return { out: this.wrap(out), lse: this.wrap(lse) };
   }
 
-  attentionBackward(
-    q: Storage,
-    k: Storage,
-    v: Storage,
-    keyMask: Storage | null,
-    out: Storage,
-    dOut: Storage,
-    lse: Storage,
-    g: AttentionGeometry,
-  ): { dq: Storage; dk: Storage; dv: Storage } {
+  attentionBackward(ins: AttentionBackwardInputs<Storage>, g: AttentionGeometry): AttentionGrads<Storage> {
     const op = "attentionBackward";
-    const [hq, hk, hv, ho, hdo, hlse] = floatArgs(op, [q, k, v, out, dOut, lse]);
-    const mask = attentionInputs(op, q, k, v, keyMask, g);
-    need(op, "out", out, g.B * g.H * g.Tq * g.Dh);
-    need(op, "dOut", dOut, g.B * g.H * g.Tq * g.Dh);
-    need(op, "lse", lse, g.B * g.H * g.Tq);
-    const dq = hostArray(q.dtype, g.B * g.H * g.Tq * g.Dh);
-    const dk = hostArray(q.dtype, g.B * g.Hkv * g.Tk * g.Dh);
-    const dv = hostArray(q.dtype, g.B * g.Hkv * g.Tk * g.Dh);
-    attentionBackwardRef(hq!, hk!, hv!, mask, ho!, hdo!, hlse!, { dq, dk, dv }, g);
+    const [q, k, v, out, dOut, lse] = floatArgs(op, [ins.q, ins.k, ins.v, ins.out, ins.dOut, ins.lse]);
+    const n = checkAttentionBackward(op, ins, g);
+    const keyMask = ins.keyMask && hostData(op, ins.keyMask);
+    const dq = hostArray(ins.q.dtype, n.q);
+    const dk = hostArray(ins.q.dtype, n.kv);
+    const dv = hostArray(ins.q.dtype, n.kv);
+    attentionBackwardRef({ q: q!, k: k!, v: v!, keyMask, out: out!, dOut: dOut!, lse: lse! }, { dq, dk, dv }, g);
     return { dq: this.wrap(dq), dk: this.wrap(dk), dv: this.wrap(dv) };
   }
 
   adamw(param: Storage, grad: Storage, m: Storage, v: Storage, h: AdamWStep): void {
     const [hp, hg, hm, hv] = floatArgs("adamw", [param, grad, m, v]);
-    need("adamw", "grad", grad, param.numel);
-    need("adamw", "m", m, param.numel);
-    need("adamw", "v", v, param.numel);
+    checkAdamW("adamw", param, { grad, m, v });
     adamwRef(hp!, hg!, hm!, hv!, h);
   }
 

@@ -1,3 +1,4 @@
+import type { CrossEntropyGeometry } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
 import { rowLogSumExp } from "./softmax.ts";
 
@@ -28,14 +29,8 @@ function targetOf(targets: Int32Array, r: number, cols: number, ignoreIndex: num
  * @param out [rows], dtype of logits
  * @throws RangeError naming the target and row when a target is outside [0, cols) and not ignored.
  */
-export function crossEntropyRef(
-  logits: HostArray,
-  targets: Int32Array,
-  out: HostArray,
-  rows: number,
-  cols: number,
-  ignoreIndex: number,
-): void {
+export function crossEntropyRef(logits: HostArray, targets: Int32Array, out: HostArray, g: CrossEntropyGeometry): void {
+  const { rows, cols, ignoreIndex } = g;
   for (let r = 0; r < rows; r++) {
     const t = targetOf(targets, r, cols, ignoreIndex);
     out[r] = t === null ? 0 : rowLogSumExp(logits, r * cols, cols) - logits[r * cols + t]!;
@@ -51,15 +46,8 @@ export function crossEntropyRef(
  * @param out [rows, cols], dtype of logits
  * @throws RangeError as crossEntropyRef.
  */
-export function crossEntropyBackwardRef(
-  logits: HostArray,
-  targets: Int32Array,
-  gradLoss: HostArray,
-  out: HostArray,
-  rows: number,
-  cols: number,
-  ignoreIndex: number,
-): void {
+export function crossEntropyBackwardRef(logits: HostArray, targets: Int32Array, gradLoss: HostArray, out: HostArray, g: CrossEntropyGeometry): void {
+  const { rows, cols, ignoreIndex } = g;
   for (let r = 0; r < rows; r++) {
     const start = r * cols;
     const t = targetOf(targets, r, cols, ignoreIndex);

@@ -1,3 +1,4 @@
+import type { CrossEntropyGeometry } from "../tensor/backend.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { kernel, single } from "./webgpu/program.ts";
 import { ROW_MAIN_ARGS, dispatchRows, rowPrologue, rowWorkgroupSize } from "./reduce.wgsl.ts";
@@ -83,7 +84,8 @@ fn main(${ROW_MAIN_ARGS}) {
  * @param targets i32 [rows]
  * @param out f32 [rows]
  */
-export function encodeCrossEntropy(host: KernelHost, logits: GpuData, targets: GpuData, out: GpuData, rows: number, cols: number, ignoreIndex: number): void {
+export function encodeCrossEntropy(host: KernelHost, logits: GpuData, targets: GpuData, out: GpuData, g: CrossEntropyGeometry): void {
+  const { rows, cols, ignoreIndex } = g;
   dispatchRows(host, forwardKernel(host.rowWorkgroup), { rows, cols, ignore: ignoreIndex }, [single(logits), single(targets), single(out)], rows);
 }
 
@@ -100,10 +102,9 @@ export function encodeCrossEntropyBackward(
   targets: GpuData,
   gradLoss: GpuData,
   out: GpuData,
-  rows: number,
-  cols: number,
-  ignoreIndex: number,
+  g: CrossEntropyGeometry,
 ): void {
+  const { rows, cols, ignoreIndex } = g;
   dispatchRows(
     host,
     backwardKernel(host.rowWorkgroup),

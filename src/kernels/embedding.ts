@@ -1,3 +1,4 @@
+import type { EmbeddingGeometry } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
 
 /**
@@ -20,7 +21,8 @@ function rowOf(op: string, ids: Int32Array, n: number, V: number): number {
  * @param out [N, D], dtype of table
  * @throws RangeError naming the id, its index n and V when an id is outside [0, V).
  */
-export function gatherRef(table: HostArray, ids: Int32Array, out: HostArray, V: number, D: number): void {
+export function gatherRef(table: HostArray, ids: Int32Array, out: HostArray, g: EmbeddingGeometry): void {
+  const { V, D } = g;
   for (let n = 0; n < ids.length; n++) {
     const row = rowOf("gather", ids, n, V);
     out.set(table.subarray(row * D, row * D + D), n * D);
@@ -35,7 +37,8 @@ export function gatherRef(table: HostArray, ids: Int32Array, out: HostArray, V: 
  * @param out [V, D], dtype of grad; overwritten
  * @throws RangeError as gatherRef.
  */
-export function scatterAddRef(grad: HostArray, ids: Int32Array, out: HostArray, V: number, D: number): void {
+export function scatterAddRef(grad: HostArray, ids: Int32Array, out: HostArray, g: EmbeddingGeometry): void {
+  const { V, D } = g;
   // Sum in doubles, then round once into out's dtype.
   const sum = new Float64Array(V * D);
   for (let n = 0; n < ids.length; n++) {

@@ -1,3 +1,4 @@
+import type { EmbeddingGeometry } from "../tensor/backend.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { groups, kernel, single } from "./webgpu/program.ts";
 
@@ -82,7 +83,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * @param ids i32 [N]
  * @param out [N, D], dtype of table, one chunk
  */
-export function encodeGather(host: KernelHost, table: GpuData, ids: GpuData, out: GpuData, V: number, D: number): void {
+export function encodeGather(host: KernelHost, table: GpuData, ids: GpuData, out: GpuData, g: EmbeddingGeometry): void {
+  const { V, D } = g;
   const n = ids.numel * D;
   if (n === 0) return;
   const k = gatherKernel(table.dtype);
@@ -98,6 +100,6 @@ export function encodeGather(host: KernelHost, table: GpuData, ids: GpuData, out
  * @param ids i32 [N]
  * @param out [V, D], dtype of grad, zero-filled, one chunk
  */
-export function encodeScatterAdd(host: KernelHost, grad: GpuData, ids: GpuData, out: GpuData, V: number, D: number): void {
-  host.dispatch(scatterAddKernel(grad.dtype), { N: ids.numel, D, V }, [single(grad), single(ids), single(out)], groups(D, WG));
+export function encodeScatterAdd(host: KernelHost, grad: GpuData, ids: GpuData, out: GpuData, g: EmbeddingGeometry): void {
+  host.dispatch(scatterAddKernel(grad.dtype), { N: ids.numel, D: g.D, V: g.V }, [single(grad), single(ids), single(out)], groups(g.D, WG));
 }

@@ -1,3 +1,4 @@
+import type { RmsNormGeometry } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
 
 /**
@@ -12,7 +13,8 @@ import type { HostArray } from "../tensor/dtype.ts";
  * @param weight [D], dtype of x
  * @param out [rows, D], dtype of x
  */
-export function rmsNormRef(x: HostArray, weight: HostArray, out: HostArray, rows: number, D: number, eps: number): void {
+export function rmsNormRef(x: HostArray, weight: HostArray, out: HostArray, g: RmsNormGeometry): void {
+  const { rows, D, eps } = g;
   for (let r = 0; r < rows; r++) {
     const start = r * D;
     let sumSq = 0;

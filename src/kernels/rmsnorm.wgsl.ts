@@ -1,3 +1,4 @@
+import type { RmsNormGeometry } from "../tensor/backend.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { kernel, single } from "./webgpu/program.ts";
 import { ROW_MAIN_ARGS, dispatchRows, rowPrologue, rowWorkgroupSize, workgroupReduce } from "./reduce.wgsl.ts";
@@ -40,6 +41,6 @@ fn main(${ROW_MAIN_ARGS}) {
  * @param weight f32 [D]
  * @param out f32 [rows, D]
  */
-export function encodeRmsNorm(host: KernelHost, x: GpuData, weight: GpuData, out: GpuData, rows: number, D: number, eps: number): void {
-  dispatchRows(host, rmsNormKernel(host.rowWorkgroup), { rows, D, eps }, [single(x), single(weight), single(out)], rows);
+export function encodeRmsNorm(host: KernelHost, x: GpuData, weight: GpuData, out: GpuData, g: RmsNormGeometry): void {
+  dispatchRows(host, rmsNormKernel(host.rowWorkgroup), { rows: g.rows, D: g.D, eps: g.eps }, [single(x), single(weight), single(out)], g.rows);
 }

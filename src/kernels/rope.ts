@@ -1,5 +1,6 @@
+import type { RopeGeometry } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
-import { ShapeError } from "../tensor/errors.ts";
+import { checkRopeGeometry } from "./checks.ts";
 
 /**
  * Rotary position embedding (Su et al. 2021, RoFormer) in the Hugging Face layout:
@@ -15,26 +16,15 @@ import { ShapeError } from "../tensor/errors.ts";
 
 /**
  * Rotates each (d, d + Dh/2) pair of x by the angle of its position, or by minus it when
- * `inverse`.
+ * `g.inverse`.
  * @param x contiguous float [B, H, T, Dh]
  * @param cos, sin [Bc, T, Dh/2] with Bc = 1 (shared by every batch row) or B, dtype of x
  * @param out [B, H, T, Dh], dtype of x
  * @throws ShapeError when Dh is odd or Bc is neither 1 nor B.
  */
-export function ropeRef(
-  x: HostArray,
-  cos: HostArray,
-  sin: HostArray,
-  out: HostArray,
-  B: number,
-  H: number,
-  T: number,
-  Dh: number,
-  Bc: number,
-  inverse: boolean,
-): void {
-  if (Dh % 2 !== 0) throw new ShapeError("rope", `head dim ${Dh} is odd`);
-  if (Bc !== 1 && Bc !== B) throw new ShapeError("rope", `cos/sin batch ${Bc} is neither 1 nor B = ${B}`);
+export function ropeRef(x: HostArray, cos: HostArray, sin: HostArray, out: HostArray, g: RopeGeometry): void {
+  checkRopeGeometry("rope", g);
+  const { B, H, T, Dh, Bc, inverse } = g;
   const half = Dh / 2;
   const sign = inverse ? -1 : 1;
   for (let b = 0; b < B; b++) {

@@ -1,3 +1,4 @@
+import type { RopeGeometry } from "../tensor/backend.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { groups, kernel, single } from "./webgpu/program.ts";
 
@@ -60,9 +61,9 @@ export function encodeRope(
   cos: GpuData,
   sin: GpuData,
   out: GpuData,
-  dims: { B: number; H: number; T: number; Dh: number; Bc: number; inverse: boolean },
+  g: RopeGeometry,
 ): void {
-  const { B, H, T, Dh, Bc, inverse } = dims;
+  const { B, H, T, Dh, Bc, inverse } = g;
   const pairs = (B * H * T * Dh) / 2;
   const params = { pairs, HT: H * T, T, half: Dh / 2, perBatch: Bc === 1 ? 0 : 1, sign: inverse ? -1 : 1 };
   host.dispatch(ropeKernel(), params, [single(x), single(cos), single(sin), single(out)], groups(pairs, WG));

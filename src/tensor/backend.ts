@@ -12,6 +12,12 @@ import type { DType, HostArray } from "./dtype.ts";
  * Two backends implement it: `cpu` (src/kernels/cpu, plain TypeScript, the reference
  * numerics, f32/f64/i32) and `webgpu` (src/kernels/webgpu, WGSL kernels through Dawn,
  * f32/i32). Each kernel's CPU twin is the specification of its WGSL.
+ *
+ * Arguments: storages first, then one geometry object naming the sizes (`MatmulGeometry`,
+ * `AttentionGeometry`, ...), so no call passes a long list of bare integers. Every backend checks
+ * a call's storage sizes against its geometry with the shared checks of src/kernels/checks.ts
+ * (ShapeError naming the op, the operand and both sizes) before any compute, and its dtypes
+ * itself (DTypeError), then allocates the outputs the geometry implies.
  */
 
 /** A device buffer. Backends subclass it; the tensor layer only counts references. */
@@ -98,6 +104,72 @@ export interface AttentionGeometry {
   window: number;
 }
 
+/**
+ * The operands of attention: q [B, H, Tq, Dh], k and v [B, Hkv, Tk, Dh], all contiguous, and
+ * keyMask [B, Tk] (nonzero keep, 0 padding) or null. `S` is the storage type (a backend's
+ * `Storage`, or a kernel's host or GPU array).
+ */
+export interface AttentionInputs<S> {
+  q: S;
+  k: S;
+  v: S;
+  keyMask: S | null;
+}
+
+/**
+ * What attention's backward pass reads: the forward operands, the forward's output `out`
+ * [B, H, Tq, Dh] and its row log-sum-exp `lse` [B, H, Tq], and the output gradient `dOut`
+ * [B, H, Tq, Dh].
+ */
+export interface AttentionBackwardInputs<S> extends AttentionInputs<S> {
+  out: S;
+  dOut: S;
+  lse: S;
+}
+
+/** The gradients of attention w.r.t. its operands: dq [B, H, Tq, Dh], dk and dv [B, Hkv, Tk, Dh]. */
+export interface AttentionGrads<S> {
+  dq: S;
+  dk: S;
+  dv: S;
+}
+
+/** Geometry of a per-row cross-entropy over contiguous logits [rows, cols] (cols = V, the classes). */
+export interface CrossEntropyGeometry {
+  rows: number;
+  cols: number;
+  /** Target value that marks a row as ignored (loss 0, gradient 0): -100 in Hugging Face labels. */
+  ignoreIndex: number;
+}
+
+/** Geometry of an embedding table [V, D]: V rows (the vocabulary), D columns (the hidden size). */
+export interface EmbeddingGeometry {
+  V: number;
+  D: number;
+}
+
+/** Geometry of RMSNorm over contiguous x [rows, D] with weight [D]. */
+export interface RmsNormGeometry {
+  rows: number;
+  D: number;
+  /** Added to mean(x^2) under the square root (config `rms_norm_eps`). */
+  eps: number;
+}
+
+/**
+ * Geometry of a rotary embedding of contiguous x [B, H, T, Dh] with angle tables cos, sin
+ * [Bc, T, Dh/2]: Bc = 1 (every batch row shares positions) or B (per-row positions, e.g. left
+ * padding). `inverse` rotates by minus the angle (the backward pass).
+ */
+export interface RopeGeometry {
+  B: number;
+  H: number;
+  T: number;
+  Dh: number;
+  Bc: number;
+  inverse: boolean;
+}
+
 /** Hyper-parameters of one AdamW step (Loshchilov & Hutter, decoupled weight decay). */
 export interface AdamWStep {
   lr: number;
@@ -145,50 +217,33 @@ export interface Backend {
   softmax(x: Storage, rows: number, cols: number, log: boolean): Storage;
 
   /** Per-row cross-entropy loss: logsumexp(logits[r]) - logits[r, target[r]], 0 where target == ignoreIndex. */
-  crossEntropy(logits: Storage, targets: Storage, rows: number, cols: number, ignoreIndex: number): Storage;
+  crossEntropy(logits: Storage, targets: Storage, g: CrossEntropyGeometry): Storage;
   /** d loss[r] / d logits[r] scaled by gradLoss[r]: (softmax(logits[r]) - onehot(target[r])) * gradLoss[r]; 0 rows where ignored. */
-  crossEntropyBackward(
-    logits: Storage,
-    targets: Storage,
-    gradLoss: Storage,
-    rows: number,
-    cols: number,
-    ignoreIndex: number,
-  ): Storage;
+  crossEntropyBackward(logits: Storage, targets: Storage, gradLoss: Storage, g: CrossEntropyGeometry): Storage;
 
   /** out[n] = table[ids[n]] for table [V, D] and ids i32 [N]; out is [N, D]. Ids outside [0, V) throw or yield zeros (documented per backend). */
-  gather(table: Storage, ids: Storage, V: number, D: number): Storage;
+  gather(table: Storage, ids: Storage, g: EmbeddingGeometry): Storage;
   /** out [V, D] = sum over n of onehot(ids[n]) grad[n]: the transpose of gather. */
-  scatterAdd(grad: Storage, ids: Storage, V: number, D: number): Storage;
+  scatterAdd(grad: Storage, ids: Storage, g: EmbeddingGeometry): Storage;
 
   /** RMSNorm over rows: y = x / sqrt(mean(x^2) + eps) * weight; x [rows, D], weight [D]. */
-  rmsNorm(x: Storage, weight: Storage, rows: number, D: number, eps: number): Storage;
+  rmsNorm(x: Storage, weight: Storage, g: RmsNormGeometry): Storage;
 
   /**
    * Rotary embedding, Hugging Face "rotate_half" layout: for d < Dh/2,
    * out[d] = x[d] cos - x[d + Dh/2] sin and out[d + Dh/2] = x[d + Dh/2] cos + x[d] sin,
-   * with cos/sin [Bc, T, Dh/2] (Bc = 1 or B) for x [B, H, T, Dh]. `inverse` rotates by -angle
-   * (the backward pass).
+   * with cos/sin [Bc, T, Dh/2] (Bc = 1 or B) for x [B, H, T, Dh], see RopeGeometry.
    */
-  rope(x: Storage, cos: Storage, sin: Storage, B: number, H: number, T: number, Dh: number, Bc: number, inverse: boolean): Storage;
+  rope(x: Storage, cos: Storage, sin: Storage, g: RopeGeometry): Storage;
 
   /**
    * Fused attention forward (online softmax, no [Tq, Tk] matrix in memory).
    * Returns out [B, H, Tq, Dh] and the row log-sum-exp of the scaled, masked scores [B, H, Tq],
-   * which the backward pass reuses. keyMask: f32 [B, Tk] (1 keep, 0 padding) or null.
+   * which the backward pass reuses.
    */
-  attention(q: Storage, k: Storage, v: Storage, keyMask: Storage | null, g: AttentionGeometry): { out: Storage; lse: Storage };
+  attention(ins: AttentionInputs<Storage>, g: AttentionGeometry): { out: Storage; lse: Storage };
   /** Gradients of attention w.r.t. q, k, v given dOut, recomputing probabilities from lse. */
-  attentionBackward(
-    q: Storage,
-    k: Storage,
-    v: Storage,
-    keyMask: Storage | null,
-    out: Storage,
-    dOut: Storage,
-    lse: Storage,
-    g: AttentionGeometry,
-  ): { dq: Storage; dk: Storage; dv: Storage };
+  attentionBackward(ins: AttentionBackwardInputs<Storage>, g: AttentionGeometry): AttentionGrads<Storage>;
 
   /** In place: one AdamW step on param, with moments m and v, given grad (all contiguous, same size). */
   adamw(param: Storage, grad: Storage, m: Storage, v: Storage, h: AdamWStep): void;

@@ -89,12 +89,13 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   const { dense, rows, cols } = rowsOf(logits);
   const tg = targets.isDense() ? targets : targets.contiguous(true);
   const be = logits.backend;
-  const perRow = Tensor.fromStorage(be, be.crossEntropy(dense.storage, tg.storage, rows, cols, ignoreIndex), rowShape);
+  const geo = { rows, cols, ignoreIndex };
+  const perRow = Tensor.fromStorage(be, be.crossEntropy(dense.storage, tg.storage, geo), rowShape);
   release(dense, logits);
   record(perRow, "crossEntropy", [logits], (g) => {
     const lg = rowsOf(logits);
     const gd = g.isDense() ? g : g.contiguous(true);
-    const dx = be.crossEntropyBackward(lg.dense.storage, tg.storage, gd.storage, rows, cols, ignoreIndex);
+    const dx = be.crossEntropyBackward(lg.dense.storage, tg.storage, gd.storage, geo);
     release(lg.dense, logits);
     release(gd, g);
     return [Tensor.fromStorage(be, dx, logits.shape)];
@@ -127,11 +128,11 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
   const tb = table.isDense() ? table : table.contiguous(true);
   const idd = ids.isDense() ? ids : ids.contiguous(true);
   const be = table.backend;
-  const y = Tensor.fromStorage(be, be.gather(tb.storage, idd.storage, V, D), [...ids.shape, D]);
+  const y = Tensor.fromStorage(be, be.gather(tb.storage, idd.storage, { V, D }), [...ids.shape, D]);
   release(tb, table);
   record(y, "embedding", [table], (g) => {
     const gd = g.isDense() ? g : g.contiguous(true);
-    const dt = be.scatterAdd(gd.storage, idd.storage, V, D);
+    const dt = be.scatterAdd(gd.storage, idd.storage, { V, D });
     release(gd, g);
     return [Tensor.fromStorage(be, dt, table.shape)];
   });
@@ -169,7 +170,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   }
   const { dense, rows } = rowsOf(x);
   const wd = weight.isDense() ? weight : weight.contiguous(true);
-  const y = Tensor.fromStorage(x.backend, x.backend.rmsNorm(dense.storage, wd.storage, rows, D, eps), x.shape);
+  const y = Tensor.fromStorage(x.backend, x.backend.rmsNorm(dense.storage, wd.storage, { rows, D, eps }), x.shape);
   release(dense, x);
   release(wd, weight);
   return record(y, "rmsNorm", [x, weight], (g) => {
@@ -202,7 +203,7 @@ export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   const s = sin.isDense() ? sin : sin.contiguous(true);
   const apply = (t: Tensor, inverse: boolean): Tensor => {
     const td = t.isDense() ? t : t.contiguous(true);
-    const out = Tensor.fromStorage(be, be.rope(td.storage, c.storage, s.storage, B, H, T, Dh, Bc, inverse), t.shape);
+    const out = Tensor.fromStorage(be, be.rope(td.storage, c.storage, s.storage, { B, H, T, Dh, Bc, inverse }), t.shape);
     release(td, t);
     return out;
   };
@@ -259,12 +260,13 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const be = q.backend;
   const [qd, kd, vd] = [q, k, v].map((t) => (t.isDense() ? t : t.contiguous(true))) as [Tensor, Tensor, Tensor];
   const md = mask === null ? null : mask.isDense() ? mask : mask.contiguous(true);
-  const { out, lse } = be.attention(qd.storage, kd.storage, vd.storage, md?.storage ?? null, geo);
+  const ins = { q: qd.storage, k: kd.storage, v: vd.storage, keyMask: md?.storage ?? null };
+  const { out, lse } = be.attention(ins, geo);
   const y = Tensor.fromStorage(be, out, q.shape);
   const lseT = Tensor.fromStorage(be, lse, [B, H, Tq]);
   record(y, "attention", [q, k, v], (g) => {
     const gd = g.isDense() ? g : g.contiguous(true);
-    const grads = be.attentionBackward(qd.storage, kd.storage, vd.storage, md?.storage ?? null, y.storage, gd.storage, lseT.storage, geo);
+    const grads = be.attentionBackward({ ...ins, out: y.storage, dOut: gd.storage, lse: lseT.storage }, geo);
     release(gd, g);
     return [
       Tensor.fromStorage(be, grads.dq, q.shape),
