@@ -78,6 +78,7 @@ export {
 } from "./lora/data.ts";
 export { cosineWithWarmup, warmupSteps } from "./lora/schedule.ts";
 export { train, optimizerStep, TRAIN_DEFAULTS, type TrainOptions, type RunOptions, type StepInfo, type TrainResult } from "./lora/trainer.ts";
+export { trainOnPairs, type TrainingRecipe, type RecipeData, type RecipeResult } from "./lora/recipe.ts";
 
 // eval
 export { LANGUAGES, LANGUAGE_NAMES, isLang, parseLangs, type Lang } from "./eval/languages.ts";
@@ -92,6 +93,11 @@ export { wilsonInterval, confusionMatrix, accuracyOf, macroAverage, Z95, type In
 export { commonPrefix, truncateLeft, PrefixCache, windowLogits } from "./eval/batch.ts";
 export {
   evaluateLanguage,
+  prepareRows,
+  checkLabelSets,
+  scoreBatches,
+  type PreparedRows,
+  type Row,
   type EvalOptions,
   type EvalContext,
   type ScoreMode,

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, test } from "vitest";
@@ -8,6 +8,7 @@ import type { LlamaModel } from "../src/model/llama.ts";
 import { CheckpointError } from "../src/model/safetensors.ts";
 import { loadTokenizer } from "../src/model/tokenizer.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
+import { runCli } from "./helpers/cli.ts";
 import { fixtureDir } from "./helpers/fixtures.ts";
 import { expectClose } from "./helpers/close.ts";
 
@@ -81,6 +82,24 @@ describe("question alignment on the shared data", () => {
     console.log(`tiny model, 60 zh pairs, 1 epoch: validation loss ${before.toFixed(4)} -> ${after.toFixed(4)}`);
     expect(result.steps).toBe(15);
     expect(after).toBeLessThan(before - 0.05);
+  });
+});
+
+describe("qalign train", () => {
+  test("trains the tiny model on a pairs file, skipping a malformed item, and prints where the adapter went", async () => {
+    const dir = await ensureTinyModel();
+    const file = join(tmp, "pairs.json");
+    const pairs = ["hola", "gracias", "adiós", "sí", "buenos días", "por favor"].map((q, i) => ({ input: `¿${q} ${i}?\nTranslate the input from Spanish to English:\n`, answer: `question ${i}?` }));
+    writeFileSync(file, JSON.stringify([...pairs, { input: "sin respuesta" }]));
+    const out = join(tmp, "cli-adapter");
+    const r = runCli(["train", "--model", dir, "--data", file, "--out", out, "--epochs", "1", "--max-length", "32", "--device", "cpu"]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`skipped: ${file}: item 6: field "answer": missing\n`);
+    // 6 usable pairs, ceil(0.05 * 6) = 1 held out; the 5 left make 2 micro-batches of at most 4,
+    // fewer than the 4 micro-batches of one accumulation window: one optimizer step per epoch.
+    expect(r.stderr).toContain("6 pairs from 1 file(s); 5 train, 1 validation\n");
+    expect(JSON.parse(r.stdout)).toMatchObject({ adapter: out, steps: 1 });
+    expect(readdirSync(out).sort()).toEqual(["adapter_config.json", "adapter_model.safetensors"]);
   });
 });
 

@@ -1,18 +1,17 @@
 import { existsSync } from "node:fs";
 import { rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { DataError, type DataIssue } from "../io/data_error.ts";
+import type { DataIssue } from "../io/data_error.ts";
 import { latestDir } from "../io/atomic_dir.ts";
 import { interpret, writeInterpReport, type InterpReport } from "../interp/report.ts";
 import { buildProbeSets } from "../interp/sets.ts";
-import { encodePairs, splitPairs, type QuestionPair } from "../lora/data.ts";
-import { applyLora } from "../lora/layer.ts";
+import type { QuestionPair } from "../lora/data.ts";
 import { loadAdapter } from "../lora/peft.ts";
-import { train } from "../lora/trainer.ts";
+import { trainOnPairs, type TrainingRecipe } from "../lora/recipe.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { checkLanguages, evaluateLanguage, type LanguageResult } from "../eval/evaluate.ts";
-import { LANGUAGE_NAMES } from "../eval/languages.ts";
+import { LANGUAGE_NAMES, type Lang } from "../eval/languages.ts";
 import { macroAverage } from "../eval/metrics.ts";
 import { questionPairs } from "../eval/questions.ts";
 import { pct, versions } from "../eval/report.ts";
@@ -52,7 +51,8 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
         results.push(await readJson<LanguageResult>(file));
         continue;
       }
-      const r = await evaluateLanguage({ model, tokenizer, source, task, options: cfg.evaluation, prompts }, lang);
+      const options = { ...cfg.evaluation, onWarning: (l: Lang, w: string) => log(`eval ${l}: ${w}`) };
+      const r = await evaluateLanguage({ model, tokenizer, source, task, options, prompts }, lang);
       await saveJson(file, r);
       const notes = [r.ties ? `${r.ties} ties` : "", r.truncated.length ? `${r.truncated.length} truncated` : "", r.skipped.length ? `${r.skipped.length} skipped` : ""].filter(Boolean);
       log(`${label} ${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)${notes.length ? `; ${notes.join(", ")}` : ""}`);
@@ -135,38 +135,25 @@ async function trainAdapter(
 ): Promise<TrainingSummary> {
   const started = performance.now();
   const t = cfg.training;
-  const seed = cfg.evaluation.seed ?? 0;
-  const split = splitPairs(pairs, { maxSamples: t.maxSamples, valSize: t.valSize, seed });
-  const eosId = tokenizer.eosId ?? model.config.eos_token_id[0];
-  if (eosId === undefined) throw new DataError(cfg.modelDir, "the model defines no eos token, which ends every training target");
-  const trainSet = encodePairs(split.train, tokenizer, { eosId, maxLength: t.maxLength });
-  const valSet = encodePairs(split.val, tokenizer, { eosId, maxLength: t.maxLength });
-  log(`training: ${split.train.length} + ${split.val.length} validation question pairs, ${cfg.train.map((l) => LANGUAGE_NAMES[l]).join(" + ")} -> ${LANGUAGE_NAMES[cfg.target]}`);
-
-  const adapter = applyLora(model, { target_modules: t.targetModules, r: t.r, lora_alpha: t.alpha, lora_dropout: t.dropout, seed });
   const paths = runPaths(cfg.out);
   const trainingDir = paths.training;
-  const result = await train(
-    model,
-    adapter,
-    { train: trainSet.examples, val: valSet.examples },
-    {
-      epochs: t.epochs,
-      lr: t.lr,
-      batchSize: t.batchSize,
-      gradAccum: t.gradAccum,
-      seed,
-      outDir: trainingDir,
-      resume: latestDir(join(trainingDir, "checkpoint")) !== null,
-      baseModel: cfg.modelDir,
-      log: (line) => log(`  ${line}`),
-    },
-  );
+  const recipe: TrainingRecipe = {
+    lora: { target_modules: t.targetModules, r: t.r, lora_alpha: t.alpha, lora_dropout: t.dropout },
+    maxSamples: t.maxSamples,
+    valSize: t.valSize,
+    maxLength: t.maxLength,
+    seed: cfg.evaluation.seed ?? 0,
+    hyper: { epochs: t.epochs, lr: t.lr, batchSize: t.batchSize, gradAccum: t.gradAccum },
+  };
+  const { data, result } = await trainOnPairs(model, tokenizer, pairs, recipe, {
+    outDir: trainingDir,
+    resume: latestDir(join(trainingDir, "checkpoint")) !== null,
+    baseModel: cfg.modelDir,
+    log: (line) => log(`  ${line}`),
+    onData: (d) => log(`training: ${d.train} + ${d.val} validation question pairs, ${cfg.train.map((l) => LANGUAGE_NAMES[l]).join(" + ")} -> ${LANGUAGE_NAMES[cfg.target]}`),
+  });
   const summary: TrainingSummary = {
-    pairs: pairs.length,
-    train: split.train.length,
-    val: split.val.length,
-    truncated: trainSet.truncated + valSet.truncated,
+    ...data,
     issues,
     steps: result.steps,
     history: result.history,

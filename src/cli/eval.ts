@@ -117,6 +117,7 @@ export async function run(args: string[]): Promise<void> {
     ...evalOptions("eval", v, task),
     prefixCache: !v["no-cache"],
     onInvalid: v["skip-invalid"] ? "skip" : "error",
+    onWarning: (lang, w) => say(`eval ${lang}: ${w}`),
   };
   const tokenizer = await tokenizerFor("eval", modelDir);
   const source = await resolveDataSource(v.data);

@@ -1,7 +1,8 @@
 import { formatIssue } from "../io/data_error.ts";
-import { readQuestionPairs, splitPairs, encodePairs } from "../lora/data.ts";
-import { applyLora, LORA_DEFAULTS } from "../lora/layer.ts";
-import { train, TRAIN_DEFAULTS } from "../lora/trainer.ts";
+import { readQuestionPairs } from "../lora/data.ts";
+import { LORA_DEFAULTS } from "../lora/layer.ts";
+import { trainOnPairs, type TrainingRecipe } from "../lora/recipe.ts";
+import { TRAIN_DEFAULTS } from "../lora/trainer.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { CliError, deviceOption, int, num, parse, required } from "./args.ts";
 import { loadForCli } from "./model.ts";
@@ -65,42 +66,26 @@ export async function run(args: string[]): Promise<void> {
   const tokenizer = await loadTokenizer(modelDir);
   if (!tokenizer) throw new CliError(`train: ${modelDir} has no tokenizer.json, which training needs to read text`);
   const model = await loadForCli("train", v);
-  const eosId = tokenizer.eosId ?? model.config.eos_token_id[0];
-  if (eosId === undefined) throw new CliError(`train: ${modelDir} defines no eos token (tokenizer_config.json or config.json)`);
-
   const targets = v["target-modules"] ?? "q_proj,v_proj";
-  let adapter;
-  try {
-    adapter = applyLora(model, {
-      // PEFT's "all-linear" is a string; a list is comma-separated names.
-      target_modules: targets === "all-linear" ? targets : targets.split(",").map((s) => s.trim()),
-      ...lora,
-      seed,
-    });
-  } catch (e) {
-    throw e instanceof RangeError ? new CliError(`train: ${e.message}`) : e; // bad rank, alpha, dropout or target
-  }
-
-  const split = splitPairs(pairs, { maxSamples, valSize, seed });
-  const trainSet = encodePairs(split.train, tokenizer, { eosId, maxLength });
-  const valSet = encodePairs(split.val, tokenizer, { eosId, maxLength });
-  say(`${pairs.length} pairs from ${files.length} file(s); ${split.train.length} train, ${split.val.length} validation`);
-  const truncated = trainSet.truncated + valSet.truncated;
-  if (truncated > 0) say(`truncated ${truncated} pair(s) longer than --max-length ${maxLength} tokens`);
-
-  const result = await train(
-    model,
-    adapter,
-    { train: trainSet.examples, val: valSet.examples },
-    {
-      ...hyper,
-      seed,
-      outDir: out,
-      resume: v.resume,
-      baseModel: modelDir,
-      log: say,
+  const recipe: TrainingRecipe = {
+    // PEFT's "all-linear" is a string; a list is comma-separated names.
+    lora: { target_modules: targets === "all-linear" ? targets : targets.split(",").map((s) => s.trim()), ...lora },
+    maxSamples,
+    valSize,
+    maxLength,
+    seed,
+    hyper,
+  };
+  const { result } = await trainOnPairs(model, tokenizer, pairs, recipe, {
+    outDir: out,
+    resume: v.resume,
+    baseModel: modelDir,
+    log: say,
+    onData: (d) => {
+      say(`${d.pairs} pairs from ${files.length} file(s); ${d.train} train, ${d.val} validation`);
+      if (d.truncated > 0) say(`truncated ${d.truncated} pair(s) longer than --max-length ${maxLength} tokens`);
     },
-  );
+  });
   say(`adapter written to ${out}`);
   const lastVal = result.history.val.at(-1)?.loss ?? null;
   process.stdout.write(JSON.stringify({ adapter: out, steps: result.steps, val_loss: lastVal }) + "\n");

@@ -3,6 +3,7 @@ import type { LlamaModel } from "../model/llama.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { Rng } from "../tensor/random.ts";
 import { commonPrefix, PrefixCache, truncateLeft, windowLogits } from "./batch.ts";
+import type { Item } from "./data.ts";
 import { argmaxWithTies, logSumExp, prefixMasses } from "./decode.ts";
 import { labelTokenIds, shadowedClasses } from "./label_tokens.ts";
 import type { Lang } from "./languages.ts";
@@ -35,6 +36,11 @@ export interface EvalOptions extends PromptOptions {
   maxLength?: number;
   /** Called after each batch with items done and total. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Called with each label-set warning (a label word prefix scoring cannot predict) before the
+   * language is scored; the warnings are also in the result.
+   */
+  onWarning?: (lang: Lang, warning: string) => void;
 }
 
 /** The outcome for one item. */
@@ -102,7 +108,7 @@ export interface EvalContext {
 }
 
 /** A sequence to run: its ids, and how many trailing ids are scored (0: the next token is). */
-interface Row {
+export interface Row {
   ids: number[];
   scored: number;
 }
@@ -121,13 +127,10 @@ export async function checkLanguages(source: DataSource, task: TaskSpec, langs: 
 }
 
 /**
- * Evaluates `ctx.task` in `lang`. Each prompt (demonstrations + item, see languagePrompts) is
- * tokenized whole, as the paper's scripts do; the shared prefix is the longest run of the
- * demonstrations' tokens that every prompt starts with, so splitting it off into a KV cache
- * changes no token. Prompts longer than maxLength lose their oldest tokens (BOS kept) and run
- * without the cache. Batches of `batchSize` items then give the next-token logits after each
- * prompt (prefix mode) or the logits over each label word's tokens (loglik mode), and each
- * item is assigned the best-scoring class (ties broken at random, seeded, and counted).
+ * Evaluates `ctx.task` in `lang`: {@link prepareRows} tokenizes the prompts, truncates the long
+ * ones and finds the shared prefix, {@link checkLabelSets} checks the label words against the
+ * vocabulary, and {@link scoreBatches} runs the model and assigns each item its best-scoring
+ * class. Label-set warnings go to `options.onWarning` (and into the result).
  * @returns counts, accuracy with a Wilson 95% interval, confusion matrix, ties, truncations and
  *   every item's scores
  * @throws DataError for bad data (see loadTaskData); RangeError when nothing is left to score,
@@ -139,14 +142,72 @@ export async function evaluateLanguage(ctx: EvalContext, lang: Lang): Promise<La
   const { model, tokenizer, source, task } = ctx;
   const opts = ctx.options ?? {};
   const mode = opts.mode ?? "prefix";
-  const maxLength = opts.maxLength ?? model.config.max_position_embeddings;
-  const { data, labelWords, demos, items: scored, prefix: prefixText, prompts } = ctx.prompts?.get(lang) ?? (await languagePrompts(source, task, lang, opts));
+  const prompts = ctx.prompts?.get(lang) ?? (await languagePrompts(source, task, lang, opts));
+  const prepared = prepareRows(tokenizer, prompts, {
+    mode,
+    maxLength: opts.maxLength ?? model.config.max_position_embeddings,
+    prefixCache: opts.prefixCache ?? true,
+  });
+  const { sets, warnings } = checkLabelSets(tokenizer, prompts.labelWords, model.config.vocab_size, mode);
+  for (const w of warnings) opts.onWarning?.(lang, w);
+  const results = await scoreBatches(model, prepared, sets, { mode, batchSize: Math.max(1, opts.batchSize ?? 8), seed: opts.seed ?? 0, onProgress: opts.onProgress });
 
-  // Each prompt is tokenized whole, as one string; the cache split below is then exact.
-  const rows: Row[][] = prompts.map((p) => {
+  const truth = results.map((r) => r.label);
+  const preds = results.map((r) => r.pred);
+  const seconds = (performance.now() - started) / 1000;
+  return {
+    task: task.id,
+    lang,
+    file: prompts.data.file,
+    mode,
+    shots: prompts.demos.length,
+    classes: [...task.classes],
+    labelWords: prompts.labelWords,
+    labelTokenCounts: sets.map((s) => s.length),
+    warnings,
+    demos: prompts.demos.map((d) => d.index),
+    ...accuracyOf(truth, preds),
+    ties: results.filter((r) => r.tie).length,
+    confusion: confusionMatrix(truth, preds, task.classes.length),
+    truncated: prepared.truncated,
+    skipped: prompts.data.skipped,
+    prefixTokens: prepared.prefixIds.length,
+    seconds,
+    itemsPerSecond: results.length / seconds,
+    items: results,
+  };
+}
+
+/** One language's token rows, ready to score (see {@link prepareRows}). */
+export interface PreparedRows {
+  /** The scored items, in file order. */
+  items: Item[];
+  /** Per scored item: one row (prefix mode) or one per class (loglik mode). */
+  rows: Row[][];
+  /** Items whose prompt lost tokens on the left (they run without the cache). */
+  truncated: Truncation[];
+  /** Positions in `items` of the truncated ones. */
+  cut: Set<number>;
+  /** The shared prefix every uncut row starts with, [P] ids (empty: no cache). */
+  prefixIds: number[];
+}
+
+/**
+ * Tokenizes each prompt whole, as one string, as the paper's scripts do (in loglik mode also
+ * prompt + each label word, scoring the tokens the label adds). Rows longer than `maxLength`
+ * lose their oldest tokens (BOS kept). The shared prefix is the longest run of the
+ * demonstrations' tokens that every uncut row starts with, leaving each row its scored tokens
+ * and one more (whose logits predict the first of them): splitting it off into a KV cache
+ * changes no token.
+ * @throws RangeError when a label word adds no token to its prompt (loglik), or maxLength cannot
+ *   hold a label and its context.
+ */
+export function prepareRows(tokenizer: Tokenizer, prompts: LanguagePrompts, opts: { mode: ScoreMode; maxLength: number; prefixCache: boolean }): PreparedRows {
+  const { mode, maxLength } = opts;
+  const rows: Row[][] = prompts.prompts.map((p) => {
     const ids = tokenizer.encode(p);
     if (mode === "prefix") return [{ ids, scored: 0 }];
-    return labelWords.map((w) => {
+    return prompts.labelWords.map((w) => {
       const full = tokenizer.encode(p + w);
       // Where the label's tokens start: usually ids.length, earlier if the label merged
       // with the prompt's last token.
@@ -158,32 +219,40 @@ export async function evaluateLanguage(ctx: EvalContext, lang: Lang): Promise<La
 
   // Prompts longer than the context lose their oldest tokens and run without the cache.
   const truncated: Truncation[] = [];
-  const cut = new Set<number>(); // positions in `scored`
+  const cut = new Set<number>(); // positions in `items`
   rows.forEach((itemRows, i) => {
     let worst = 0;
     for (const row of itemRows) {
       if (row.ids.length <= maxLength) continue;
       const t = truncateLeft(row.ids, maxLength, tokenizer.bosId);
-      if (t.ids.length < row.scored + 1) throw new RangeError(`${data.file}: maxLength ${maxLength} cannot hold a label of ${row.scored} tokens and its context`);
+      if (t.ids.length < row.scored + 1) throw new RangeError(`${prompts.data.file}: maxLength ${maxLength} cannot hold a label of ${row.scored} tokens and its context`);
       row.ids = t.ids;
       worst = Math.max(worst, t.dropped);
     }
     if (worst > 0) {
-      truncated.push({ index: scored[i]!.index, dropped: worst });
+      truncated.push({ index: prompts.items[i]!.index, dropped: worst });
       cut.add(i);
     }
   });
 
-  // The shared prefix: the demonstrations' tokens that every uncut row starts with, leaving
-  // each row its scored tokens and one more (whose logits predict the first of them).
-  const prefixIds = tokenizer.encode(prefixText);
-  const useCache = (opts.prefixCache ?? true) && prefixText !== "" && cut.size < rows.length;
+  const prefixIds = tokenizer.encode(prompts.prefix);
+  const useCache = opts.prefixCache && prompts.prefix !== "" && cut.size < rows.length;
   let P = useCache ? prefixIds.length : 0;
   rows.forEach((itemRows, i) => {
     if (!cut.has(i)) for (const r of itemRows) P = Math.min(P, commonPrefix(prefixIds, r.ids), r.ids.length - r.scored - 1);
   });
+  return { items: prompts.items, rows, truncated, cut, prefixIds: prefixIds.slice(0, P) };
+}
 
-  const V = model.config.vocab_size;
+/**
+ * Each label word's vocabulary tokens (see label_tokens.ts), checked against the model.
+ * @param V the model's vocab_size
+ * @returns the token set of each class, and a warning for each label word that prefix scoring
+ *   cannot predict (its tokens all begin another label word too: see shadowedClasses)
+ * @throws RangeError when a token id is outside the model's vocabulary, or (prefix mode) a label
+ *   word has no token.
+ */
+export function checkLabelSets(tokenizer: Tokenizer, labelWords: readonly string[], V: number, mode: ScoreMode): { sets: number[][]; warnings: string[] } {
   const sets = labelWords.map((w) => labelTokenIds(tokenizer, w));
   const outside = sets.flat().find((id) => id >= V);
   if (outside !== undefined) throw new RangeError(`label token id ${outside} is outside the model's vocabulary (${V}): tokenizer and model disagree`);
@@ -195,64 +264,58 @@ export async function evaluateLanguage(ctx: EvalContext, lang: Lang): Promise<La
           ([a, b]) => `label word "${labelWords[a]}" begins only with tokens that also begin "${labelWords[b]}": prefix scoring cannot predict it (use --mode loglik)`,
         )
       : [];
-  for (const w of warnings) process.stderr.write(`eval ${lang}: ${w}\n`);
+  return { sets, warnings };
+}
 
-  // Its own stream, so tie-breaks do not move the demonstrations or the subset.
-  const tieRng = new Rng((opts.seed ?? 0) + 1);
-  const results: ItemResult[] = new Array(scored.length);
-  const batchSize = Math.max(1, opts.batchSize ?? 8);
-  const prefix = P > 0 ? PrefixCache.build(model, prefixIds.slice(0, P)) : null;
+/**
+ * Runs the prepared rows through the model in batches of `batchSize` items (the uncut ones after
+ * the shared prefix's KV cache, the cut ones whole) and scores each class: the probability mass
+ * of its label's prefix tokens in the next-token distribution (prefix mode), or the label word's
+ * log-likelihood (loglik mode). Each item gets the best class, ties broken at random by a
+ * generator of its own (seed + 1), so that tie-breaks move neither the demonstrations nor the
+ * subset.
+ * @param sets each class's label token ids, from {@link checkLabelSets}
+ * @returns one result per item, in the order of `prepared.items`
+ */
+export async function scoreBatches(
+  model: LlamaModel,
+  prepared: PreparedRows,
+  sets: readonly number[][],
+  opts: { mode: ScoreMode; batchSize: number; seed: number; onProgress?: (done: number, total: number) => void },
+): Promise<ItemResult[]> {
+  const { items, rows, cut, prefixIds } = prepared;
+  const V = model.config.vocab_size;
+  const P = prefixIds.length;
+  const tieRng = new Rng(opts.seed + 1);
+  const results: ItemResult[] = new Array(items.length);
+  const prefix = P > 0 ? PrefixCache.build(model, prefixIds) : null;
   try {
-    const positions = [...scored.keys()];
+    const positions = [...items.keys()];
     const groups: [number[], PrefixCache | null][] = [
       [positions.filter((i) => prefix !== null && !cut.has(i)), prefix],
       [positions.filter((i) => prefix === null || cut.has(i)), null],
     ];
     let done = 0;
     for (const [group, cache] of groups) {
-      for (let s = 0; s < group.length; s += batchSize) {
-        const batch = group.slice(s, s + batchSize);
+      for (let s = 0; s < group.length; s += opts.batchSize) {
+        const batch = group.slice(s, s + opts.batchSize);
         const batchRows = batch.flatMap((i) => rows[i]!);
         const W = 1 + Math.max(...batchRows.map((r) => r.scored));
         const logits = await windowLogits(model, batchRows.map((r) => (cache ? r.ids.slice(P) : r.ids)), W, cache);
         let b = 0; // row within the batch
         for (const i of batch) {
-          const scores = mode === "prefix" ? prefixMasses(logits, (b++ * W + W - 1) * V, V, sets) : rows[i]!.map((row) => labelLogLik(logits, b++, W, V, row));
+          const scores = opts.mode === "prefix" ? prefixMasses(logits, (b++ * W + W - 1) * V, V, sets) : rows[i]!.map((row) => labelLogLik(logits, b++, W, V, row));
           const { pred, tie } = argmaxWithTies(scores, tieRng);
-          results[i] = { index: scored[i]!.index, label: scored[i]!.label, pred, scores, tie };
+          results[i] = { index: items[i]!.index, label: items[i]!.label, pred, scores, tie };
         }
         done += batch.length;
-        opts.onProgress?.(done, scored.length);
+        opts.onProgress?.(done, items.length);
       }
     }
   } finally {
     prefix?.dispose();
   }
-
-  const truth = results.map((r) => r.label);
-  const preds = results.map((r) => r.pred);
-  const seconds = (performance.now() - started) / 1000;
-  return {
-    task: task.id,
-    lang,
-    file: data.file,
-    mode,
-    shots: demos.length,
-    classes: [...task.classes],
-    labelWords,
-    labelTokenCounts: sets.map((s) => s.length),
-    warnings,
-    demos: demos.map((d) => d.index),
-    ...accuracyOf(truth, preds),
-    ties: results.filter((r) => r.tie).length,
-    confusion: confusionMatrix(truth, preds, task.classes.length),
-    truncated,
-    skipped: data.skipped,
-    prefixTokens: P,
-    seconds,
-    itemsPerSecond: results.length / seconds,
-    items: results,
-  };
+  return results;
 }
 
 /**
