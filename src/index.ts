@@ -45,7 +45,7 @@ export { init, getDevice, cpuDevice, type DeviceKind } from "./kernels/devices.t
 
 // model
 export { loadModel, validateCheckpoint, type LoadOptions } from "./model/load.ts";
-export { LlamaModel, KVCache, Linear, Attention, Mlp, DecoderLayer, baseLinear, type LinearLike, type ForwardOptions, type ForwardOutput } from "./model/llama.ts";
+export { LlamaModel, KVCache, Linear, Attention, Mlp, DecoderLayer, type LinearLike, type ForwardOptions, type ForwardOutput } from "./model/llama.ts";
 export { loadConfig, parseConfig, ropeInvFreq, expectedWeights, MODEL_TYPES, type LlamaConfig, type ModelType } from "./model/config.ts";
 export { loadTokenizer, Tokenizer } from "./model/tokenizer.ts";
 export { generate, sampleToken, type GenerateOptions } from "./model/generate.ts";

@@ -49,15 +49,6 @@ function importsOf(file: string): [string, string][] {
  */
 const KERNELS_ENTRY = "src/kernels/devices.ts";
 
-/**
- * Imports that break a rule today, until the change that removes them lands. An allowance that
- * no longer matches an import fails the test, so it goes when the fix lands.
- */
-const PENDING = [
-  // llama.ts checks a storage's host residency with `instanceof CpuStorage` instead of asking
-  // the Backend interface.
-  "src/model/llama.ts -> src/kernels/cpu.ts",
-];
 
 /**
  * Library code reports through callbacks and return values; only the command line (src/cli)
@@ -94,8 +85,7 @@ describe("layers", () => {
 
   it(`above kernels, only ${KERNELS_ENTRY} is imported from kernels`, () => {
     const reaching = IMPORTS.filter(([from, to]) => layerOf(from) !== "kernels" && layerOf(to) === "kernels" && to !== KERNELS_ENTRY).map(([from, to]) => `${from} -> ${to}`);
-    expect(reaching.filter((edge) => !PENDING.includes(edge))).toEqual([]);
-    expect(PENDING.filter((edge) => !reaching.includes(edge)), "allowances whose import is gone: remove them").toEqual([]);
+    expect(reaching).toEqual([]);
   });
 
   it("only src/cli writes to stdout or stderr", () => {

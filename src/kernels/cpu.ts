@@ -132,6 +132,11 @@ export class CpuBackend implements Backend {
   }
 
   /** @throws DisposedError when the storage was already freed. */
+  peek(storage: Storage): HostArray {
+    return hostData("peek", storage);
+  }
+
+  /** @throws DisposedError when the storage was already freed. */
   free(storage: Storage): void {
     const data = hostData("free", storage);
     this.bytes -= data.byteLength;

@@ -66,7 +66,7 @@ export class LoraLinear implements LinearLike {
   rng: Rng | null = null;
 
   /**
-   * @param base the frozen layer, weight [out, in] (read by `baseLinear`, merged by `mergeLora`)
+   * @param base the frozen layer, weight [out, in] (merged by `mergeLora`)
    * @param lora_A [r, in]
    * @param lora_B [out, r]
    * @param scaling see {@link loraScaling}
@@ -79,6 +79,11 @@ export class LoraLinear implements LinearLike {
     readonly scaling: number,
     readonly dropoutP: number,
   ) {}
+
+  /** The frozen layer: its weights are the checkpoint's (LinearLike). */
+  get linear(): Linear {
+    return this.base;
+  }
 
   /** x [..., in] -> [..., out]. */
   forward(x: Tensor): Tensor {

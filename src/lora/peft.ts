@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { baseLinear, type LlamaModel } from "../model/llama.ts";
+import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import { applyLora, peftKey, selectTargets, LoraAdapter, type LoraConfig } from "./layer.ts";
@@ -159,7 +159,7 @@ export async function readAdapterWeights(dir: string, model: LlamaModel, config:
   }
   const expected = new Map<string, number[]>();
   for (const { path, get } of targets) {
-    const [out, inp] = baseLinear(get()).weight.shape as [number, number];
+    const [out, inp] = get().linear.weight.shape as [number, number];
     expected.set(peftKey(path, "A"), [config.r, inp]);
     expected.set(peftKey(path, "B"), [out, config.r]);
   }

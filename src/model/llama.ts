@@ -1,4 +1,3 @@
-import { CpuStorage } from "../kernels/cpu.ts";
 import type { Backend } from "../tensor/backend.ts";
 import { DeviceError, ShapeError, fmt } from "../tensor/errors.ts";
 import { tensor } from "../tensor/ops/create.ts";
@@ -19,9 +18,14 @@ import { positionIds, ropeTables } from "./positions.ts";
  * F intermediate_size, V vocab_size, L num_hidden_layers.
  */
 
-/** Anything that maps [..., in] to [..., out]; LoRA swaps a Linear for a wrapper of it. */
+/**
+ * A linear layer slot of the model: anything that maps [..., in] to [..., out] and holds a plain
+ * Linear with the checkpoint's weight and bias. LoRA swaps a Linear for a wrapper of it.
+ */
 export interface LinearLike {
   forward(x: Tensor): Tensor;
+  /** The plain Linear holding this layer's checkpoint weights: the layer itself, or the frozen one a wrapper adapts. */
+  readonly linear: Linear;
 }
 
 /** nn.Linear: y = x W^T + b, weight [out, in], bias [out] or null. */
@@ -32,6 +36,9 @@ export class Linear implements LinearLike {
   ) {}
   forward(x: Tensor): Tensor {
     return linear(x, this.weight, this.bias);
+  }
+  get linear(): Linear {
+    return this;
   }
 }
 
@@ -271,9 +278,8 @@ export class LlamaModel {
         ["mlp.down_proj", layer.mlp.down_proj],
       ];
       for (const [name, lin] of linears) {
-        const base = baseLinear(lin);
-        w.set(`${p}${name}.weight`, base.weight);
-        if (base.bias) w.set(`${p}${name}.bias`, base.bias);
+        w.set(`${p}${name}.weight`, lin.linear.weight);
+        if (lin.linear.bias) w.set(`${p}${name}.bias`, lin.linear.bias);
       }
       w.set(`${p}input_layernorm.weight`, layer.input_layernorm);
       w.set(`${p}post_attention_layernorm.weight`, layer.post_attention_layernorm);
@@ -296,13 +302,13 @@ export class LlamaModel {
  * @throws RangeError naming the position, the id and V.
  */
 function checkHostIds(ids: Tensor, V: number): void {
-  const s = ids.storage;
-  if (!(s instanceof CpuStorage) || s.freed) return;
+  const data = ids.backend.peek(ids.storage);
+  if (data === null) return;
   const [B, T] = ids.shape as [number, number];
   const [sb, st] = ids.strides as [number, number];
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < T; t++) {
-      const id = s.data[ids.offset + b * sb + t * st]!;
+      const id = data[ids.offset + b * sb + t * st]!;
       if (id < 0 || id >= V) {
         throw new RangeError(
           `forward: input_ids[${b}][${t}] = ${id} is outside the vocabulary [0, ${V}) (config.json vocab_size); ` +
@@ -313,10 +319,3 @@ function checkHostIds(ids: Tensor, V: number): void {
   }
 }
 
-/** The plain Linear under a LinearLike (a LoRA wrapper exposes its base as `base`). */
-export function baseLinear(l: LinearLike): Linear {
-  if (l instanceof Linear) return l;
-  const base = (l as { base?: LinearLike }).base;
-  if (base) return baseLinear(base);
-  throw new TypeError("baseLinear: not a Linear and has no `base`");
-}

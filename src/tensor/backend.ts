@@ -193,6 +193,12 @@ export interface Backend {
   upload(data: HostArray): Storage;
   /** Copies `numel` elements starting at element `offset` back to the host. */
   read(storage: Storage, offset?: number, numel?: number): Promise<HostArray>;
+  /**
+   * The elements of a live storage without a copy when the device keeps them in host memory
+   * (cpu), else null (webgpu: its values need the asynchronous `read`). For cheap host-side
+   * checks of small inputs (token ids); callers must not write to the array.
+   */
+  peek(storage: Storage): HostArray | null;
   /** Releases the storage's memory (to a pool or to the system). */
   free(storage: Storage): void;
   /** Sets every element of a contiguous storage to `value`. */

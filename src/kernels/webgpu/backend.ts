@@ -122,6 +122,11 @@ export class WebGpuBackend implements Backend, KernelHost {
     return this.space.read(storage, offset, numel);
   }
 
+  /** Always null: webgpu storages live in device memory (see `read`). */
+  peek(): null {
+    return null;
+  }
+
   /** @throws DisposedError when already freed. */
   free(storage: Storage): void {
     this.space.free(storage);
