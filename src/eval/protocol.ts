@@ -1,0 +1,157 @@
+import type { Tokenizer } from "../model/tokenizer.ts";
+import { Rng } from "../tensor/random.ts";
+import { authorsRule, type AuthorsRule } from "./authors_scoring.ts";
+import { authorsTokenIds } from "./authors_tokens.ts";
+import { loadTaskData, type Item, type OnInvalid, type TaskData } from "./data.ts";
+import { labelTokenIds } from "./label_tokens.ts";
+import type { Lang } from "./languages.ts";
+import { commonStart, paperPrefix, paperPrompts, paperScript, renderPaperPrompt, scriptKey, tableWords, type LabelLanguage } from "./paper.ts";
+import { languagePrompts, selectDemos } from "./prompt.ts";
+import type { DataSource } from "./source.ts";
+import type { TaskSpec } from "./tasks.ts";
+
+/**
+ * Evaluation protocols: how the prompts of a language are built and which tokens score a class.
+ *
+ * - `paper`: the authors' experiment exactly (Zhang et al. 2024; prompts from paper.ts): their
+ *   fixed, hand-translated demonstrations and the language's template, English answer words
+ *   (the `_enout` scripts behind the paper's tables) or with `labels: "native"` the native-label
+ *   emotion script, every item of the test file scored, and their token sets (authors_tokens.ts).
+ *   Native-label emotion in Thai follows the authors' rule: both Thai words begin with เชิง, so
+ *   the prompt's tokens are followed by the tokens of that common start and the classes are
+ *   scored on the rest (บวก / ลบ); here the common start is derived from the table's words,
+ *   which gives เชิง for Thai and nothing for the other 19 languages.
+ * - `qalign`: qalign's own (prompt.ts): demonstrations drawn from the test file by seed (the
+ *   rest is scored), field words per language, native or English words, byte-level token sets
+ *   (label_tokens.ts).
+ */
+export type Protocol = "paper" | "qalign";
+
+export const PROTOCOLS: readonly Protocol[] = ["paper", "qalign"];
+
+/** What a protocol's prompts depend on. */
+export interface ProtocolOptions {
+  /** Default "qalign". */
+  protocol?: Protocol;
+  /** Default: "english" for paper (its tables), "native" for qalign. */
+  labels?: LabelLanguage;
+  /** qalign only: demonstrations per prompt; default the task's (2 / 6 / 4). */
+  shots?: number;
+  /** Seeds the `limit` subset (and qalign's demonstrations); default 0. */
+  seed?: number;
+  /** Keep at most this many scored items: a seeded, class-balanced subset, the same indices in every language. */
+  limit?: number;
+  onInvalid?: OnInvalid;
+}
+
+/** The prompts of one language under a protocol, and how to score them. */
+export interface ProtocolPrompts {
+  protocol: Protocol;
+  labels: LabelLanguage;
+  data: TaskData;
+  /** The answer word of each class as the prompts write it. */
+  labelWords: string[];
+  /** Demonstrations per prompt. */
+  shots: number;
+  /** Test-file indices of the demonstrations (qalign); empty when they are not from the test file (paper). */
+  demos: number[];
+  /** The scored items, in file order. */
+  items: Item[];
+  /** The text every prompt starts with (its KV cache is computed once). */
+  prefix: string;
+  /** The whole prompt of each scored item, ending in the open quote before the answer. */
+  prompts: string[];
+  /** Text whose tokens follow every prompt's tokens (the authors' Thai rule); "" for none. */
+  continuation: string;
+  /** Per class, the word whose token set scores it (labelWords, less `continuation`). */
+  scoredWords: string[];
+  /** Which token-set rule scores the classes. */
+  tokenRule: "authors" | "qalign";
+  /** The authors' choice and correctness rule (`--scoring authors`), or null where they have no script for these words. */
+  authors: AuthorsRule | null;
+}
+
+/** The labels a protocol uses when none are asked for. */
+export function defaultLabels(protocol: Protocol): LabelLanguage {
+  return protocol === "paper" ? "english" : "native";
+}
+
+/**
+ * Builds the prompts of `task` in `lang` under `opts.protocol`, loading and checking the
+ * language's test file against the English one (classes by index, loadTaskData).
+ * @throws DataError for bad data or a malformed prompt asset; RangeError when the paper
+ *   protocol is asked for words the authors never scripted (native SNLI / PAWS), or no item is
+ *   left to score.
+ */
+export async function buildPrompts(source: DataSource, task: TaskSpec, lang: Lang, opts: ProtocolOptions = {}): Promise<ProtocolPrompts> {
+  const protocol = opts.protocol ?? "qalign";
+  const labels = opts.labels ?? defaultLabels(protocol);
+  const prompts = await paperPrompts();
+  const rule = (): AuthorsRule | null => {
+    try {
+      return authorsRule(prompts, task, labels, lang);
+    } catch (e) {
+      if (e instanceof RangeError) return null;
+      throw e;
+    }
+  };
+  if (protocol === "qalign") {
+    const q = await languagePrompts(source, task, lang, { ...opts, englishLabels: labels === "english" });
+    return {
+      protocol,
+      labels,
+      data: q.data,
+      labelWords: q.labelWords,
+      shots: q.demos.length,
+      demos: q.demos.map((d) => d.index),
+      items: q.items,
+      prefix: q.prefix,
+      prompts: q.prompts,
+      continuation: "",
+      scoredWords: q.labelWords,
+      tokenRule: "qalign",
+      authors: rule(),
+    };
+  }
+  const { script } = paperScript(prompts, task, labels);
+  const key = scriptKey(task.id, labels);
+  const data = await loadTaskData(source, task, lang, opts.onInvalid ?? "error");
+  let items = data.items;
+  if (opts.limit !== undefined && opts.limit < items.length) {
+    items = selectDemos(items, task.classes.length, opts.limit, new Rng(opts.seed ?? 0)).sort((a, b) => a.index - b.index);
+  }
+  if (items.length === 0) throw new RangeError(`${data.file}: no item to score`);
+  const labelWords = labels === "english" ? [...task.classes] : tableWords(prompts, task, labels, lang);
+  const continuation = labels === "native" ? commonStart(labelWords) : "";
+  return {
+    protocol,
+    labels,
+    data,
+    labelWords,
+    shots: task.shots,
+    demos: [],
+    items,
+    prefix: paperPrefix(script, lang),
+    prompts: items.map((it) => renderPaperPrompt(prompts, script, key, lang, it.fields)),
+    continuation,
+    scoredWords: labelWords.map((w) => Array.from(w).slice(Array.from(continuation).length).join("")),
+    tokenRule: "authors",
+    authors: rule(),
+  };
+}
+
+/**
+ * The token ids a prompt runs as: the prompt tokenized whole (special tokens added, as the
+ * scripts' `tokenizer(input)` does), then the tokens of `continuation` tokenized on their own,
+ * special tokens included (the scripts concatenate `tokenizer("เชิง")['input_ids']`, which under
+ * Mistral begins with its BOS).
+ */
+export function promptIds(tokenizer: Pick<Tokenizer, "encode">, p: Pick<ProtocolPrompts, "continuation">, text: string): number[] {
+  const ids = tokenizer.encode(text);
+  return p.continuation === "" ? ids : [...ids, ...tokenizer.encode(p.continuation)];
+}
+
+/** Per class, the ids of the tokens that score it under the prompts' token rule (sorted, unique). */
+export function classTokenIds(tokenizer: Tokenizer, p: Pick<ProtocolPrompts, "scoredWords" | "tokenRule">): number[][] {
+  return p.scoredWords.map((w) => (p.tokenRule === "authors" ? authorsTokenIds(tokenizer, w) : labelTokenIds(tokenizer, w)));
+}
