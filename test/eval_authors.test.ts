@@ -1,36 +1,13 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { authorsChoice, authorsCorrect, authorsRule, type AuthorsRule } from "../src/eval/authors_scoring.ts";
 import { authorsTokenIds } from "../src/eval/authors_tokens.ts";
-import { labelTokenIds } from "../src/eval/label_tokens.ts";
+import { describeToken, labelTokenIds } from "../src/eval/label_tokens.ts";
 import { paperPrompts } from "../src/eval/paper.ts";
 import { PythonRandom } from "../src/eval/python_random.ts";
 import { TASKS } from "../src/eval/tasks.ts";
 import type { Tokenizer } from "../src/model/tokenizer.ts";
+import { processTokens } from "./helpers/authors_rule.ts";
 import { tokenizerFromPackage } from "./helpers/tokenizers.ts";
-
-/**
- * The authors' `process_tokens` (every evaluation script of Shimao-Zhang/LLM-Multilingual-Learner),
- * transcribed line by line: prefixes `token_str[:i]`, `'▁' + t` and `t` looked up in the
- * vocabulary, `unicode_prefix_tokid(token_str[0])` (the first byte of a character whose UTF-8
- * repr starts with `\x`), and for Qwen `tokenizer(tok)['input_ids'][0][0]` per prefix.
- */
-function processTokens(tokenStr: string, tok: Tokenizer, isQwen: boolean): number[] {
-  const chars = [...tokenStr];
-  const withPrefixes = chars.map((_, i) => chars.slice(0, i + 1).join(""));
-  const withSpaces = [...withPrefixes.map((t) => "▁" + t), ...withPrefixes];
-  const final: number[] = [];
-  for (const t of new Set(withSpaces)) {
-    const id = tok.tokenToId(t);
-    if (id !== undefined) final.push(id);
-  }
-  const firstBytes = Buffer.from(chars[0]!, "utf8");
-  if (firstBytes[0]! >= 0x80) {
-    const id = tok.tokenToId(`<0x${firstBytes.toString("hex").slice(0, 2).toUpperCase()}>`);
-    if (id !== undefined) final.push(id);
-  }
-  if (isQwen) for (const t of new Set(withPrefixes)) final.push(tok.encode(t)[0]!);
-  return [...new Set(final)].sort((a, b) => a - b);
-}
 
 let qwen: Tokenizer;
 let mistral: Tokenizer;
@@ -129,5 +106,17 @@ describe("the authors' choice and correctness check", () => {
     expect(authorsCorrect(native, 0, "เชิงบวก")).toBe(true); // startswith(answer)
     expect(authorsCorrect(native, 0, "เชิง")).toBe(true);
     expect(authorsCorrect(native, 1, "เชิงบวก")).toBe(false);
+  });
+});
+
+describe("token pieces for audits", () => {
+  it("show whole characters as text and tokens that end inside a character as bytes", () => {
+    const po = qwen.tokenToId("ãĥĿ")!; // GPT-2 byte map of e3 83 9d, "ポ"
+    expect(describeToken(qwen, po)).toBe('"ポ"');
+    const half = qwen.tokenToId("à¸")!; // e0 b8: the first two bytes of a Thai character
+    expect(describeToken(qwen, half)).toBe("bytes e0 b8");
+    expect(describeToken(qwen, qwen.tokenToId("Ġneutral")!)).toBe('" neutral"');
+    expect(describeToken(mistral, mistral.tokenToId("<0xE0>")!)).toBe("bytes e0");
+    expect(describeToken(mistral, mistral.tokenToId("▁neutral")!)).toBe('" neutral"');
   });
 });

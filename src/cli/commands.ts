@@ -83,6 +83,12 @@ export const COMMANDS: Record<string, Command> = {
     },
     run: lazy(() => import("./pca.ts")),
   },
+  prompt: {
+    summary: "print the exact prompt of one test item as evaluation builds it; with --model also its token ids and each class's token set",
+    usage: "--task snli|emotion|paws --lang L --index I [--protocol paper|qalign] [--labels english|native] [--shots K] [--seed S] [--model DIR] [--json] [--data DIR]",
+    defaults: { "--protocol": "paper", "--labels": "english for paper, native for qalign", "--shots": SHOTS, "--seed": "0", "--data": DATA },
+    run: lazy(() => import("./prompt.ts")),
+  },
   // eval
   eval: {
     summary: "k-shot accuracy per language (constrained decoding over the label words) with 95% intervals, as a table; JSON/CSV with --out",

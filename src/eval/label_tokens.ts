@@ -101,3 +101,34 @@ export function shadowedClasses(sets: readonly (readonly number[])[]): [number, 
   );
   return pairs;
 }
+
+const BYTE_OF = new Map(BYTE_TABLE.map((ch, b) => [ch, b]));
+
+/**
+ * The bytes a vocabulary entry stands for: a byte-level entry ("Ġ" vocabularies) mapped back
+ * through GPT-2's table, a sentencepiece byte token `<0xNN>` as its byte, any other entry as its
+ * UTF-8 with "▁" read as a space.
+ * @returns null for an id outside the vocabulary
+ */
+export function tokenBytes(vocab: Pick<Vocabulary, "spaceMarker"> & Pick<Tokenizer, "idToToken">, id: number): Uint8Array | null {
+  const token = vocab.idToToken(id);
+  if (token === undefined) return null;
+  const byte = /^<0x([0-9A-F]{2})>$/.exec(token);
+  if (byte) return Uint8Array.of(parseInt(byte[1]!, 16));
+  if (vocab.spaceMarker === "Ġ" && Array.from(token).every((ch) => BYTE_OF.has(ch))) return Uint8Array.from(Array.from(token), (ch) => BYTE_OF.get(ch)!);
+  return utf8.encode(vocab.spaceMarker === "▁" ? token.replaceAll("▁", " ") : token);
+}
+
+/**
+ * A token as a person reads it: its text in JSON quotes when its bytes are whole UTF-8
+ * characters, else its bytes in hex (`bytes e0 b8`: a token that ends inside a character).
+ */
+export function describeToken(vocab: Pick<Vocabulary, "spaceMarker"> & Pick<Tokenizer, "idToToken">, id: number): string {
+  const bytes = tokenBytes(vocab, id);
+  if (bytes === null) return "(no such token)";
+  try {
+    return JSON.stringify(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch {
+    return `bytes ${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(" ")}`;
+  }
+}
