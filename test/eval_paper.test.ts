@@ -6,7 +6,7 @@ import { PAPER_PROMPTS_FILE, paperPrompts, parsePaperPrompts, type LabelLanguage
 import { buildPrompts } from "../src/eval/protocol.ts";
 import { FolderSource, MemorySource } from "../src/eval/source.ts";
 import { TASKS, type TaskId } from "../src/eval/tasks.ts";
-import { DataError } from "../src/lora/data.ts";
+import { DataError } from "../src/io/data_error.ts";
 import { sharedDataOrSkip } from "./helpers/shared_data.ts";
 
 /** The shared copy of the authors' prompts, parsed here without the code under test. */

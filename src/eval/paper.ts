@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
-import { DataError } from "../lora/data.ts";
+import { DataError } from "../io/data_error.ts";
 import { LANGUAGES, type Lang } from "./languages.ts";
 import type { TaskId, TaskSpec } from "./tasks.ts";
 
