@@ -117,13 +117,13 @@ TORCH_DTYPE = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat1
 def tensor_bytes(t):
     """(dtype name, shape, raw bytes) of a tensor in its own dtype."""
     name = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-            torch.float64: "F64", torch.int32: "I32"}[t.dtype]
+            torch.float64: "F64", torch.int32: "I32", torch.uint8: "U8"}[t.dtype]
     t = t.contiguous()
     raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t  # numpy has no bfloat16
     return name, list(t.shape), raw.numpy().tobytes()
 
 
-ITEM_SIZE = {"F64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2}
+ITEM_SIZE = {"F64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "U8": 1}
 
 
 def write_safetensors(path, tensors, metadata):

@@ -71,6 +71,12 @@ export interface Checkpoint {
    * @throws CheckpointError for a missing tensor, a non-integer dtype, or an out-of-range value.
    */
   readI32(name: string): Promise<Int32Array>;
+  /**
+   * The stored bytes of a tensor in any dtype, little-endian as on disk: U8 data of quantized
+   * weights, and the 16-bit patterns of F16/BF16 weights kept in 16 bits.
+   * @throws CheckpointError for a missing tensor or a short read.
+   */
+  readRaw(name: string): Promise<Uint8Array>;
   /** Closes the file handles; reads after `close()` fail. */
   close(): Promise<void>;
 }
@@ -284,6 +290,10 @@ export class SafetensorsFile implements Checkpoint {
     return out;
   }
 
+  async readRaw(name: string): Promise<Uint8Array> {
+    return new Uint8Array(await this.readBytes(name, this.info(name)));
+  }
+
   async close(): Promise<void> {
     await this.fh.close();
   }
@@ -339,6 +349,10 @@ class ShardedCheckpoint implements Checkpoint {
 
   async readI32(name: string): Promise<Int32Array> {
     return this.shard(name).readI32(name);
+  }
+
+  async readRaw(name: string): Promise<Uint8Array> {
+    return this.shard(name).readRaw(name);
   }
 
   async close(): Promise<void> {
