@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
-import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../src/model/half.ts";
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../src/tensor/half.ts";
 import {
   CheckpointError,
   openCheckpoint,

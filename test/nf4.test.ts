@@ -6,7 +6,7 @@ import {
   decompressAbsmax,
   dequantizeNf4,
   quantizeNf4,
-} from "../src/kernels/nf4.ts";
+} from "../src/tensor/nf4.ts";
 
 /**
  * NF4 quantization against scripts/make_nf4_fixtures.py, which implements bitsandbytes'

@@ -10,6 +10,7 @@ import type {
   View,
 } from "../tensor/backend.ts";
 import { ShapeError, fmt } from "../tensor/errors.ts";
+import type { WeightStorage } from "../tensor/weight.ts";
 import { numel } from "../tensor/shape.ts";
 import { matmulOperandNumel } from "./matmul.ts";
 
@@ -94,6 +95,16 @@ export function checkCrossEntropy(op: string, logits: Sized, targets: Sized, gra
 export function checkGather(op: string, table: Sized, ids: Sized, g: EmbeddingGeometry): number {
   need(op, "table", table, g.V * g.D);
   return ids.numel * g.D;
+}
+
+/**
+ * matmulWeight with a packed W [N, K]: x [M, K] for "nt" (out [M, N]), x [M, N] for "nn" (out [M, K]).
+ * @returns the element count of out
+ */
+export function checkMatmulWeight(op: string, x: Sized, w: WeightStorage, M: number, form: "nt" | "nn"): number {
+  const [inner, outer] = form === "nt" ? [w.cols, w.rows] : [w.rows, w.cols];
+  need(op, "x", x, M * inner);
+  return M * outer;
 }
 
 /**

@@ -24,6 +24,7 @@ import {
   checkCrossEntropy,
   checkGather,
   checkMatmul,
+  checkMatmulWeight,
   checkRmsNorm,
   checkRope,
   checkRows,
@@ -39,6 +40,8 @@ import { crossEntropyBackwardRef, crossEntropyRef } from "./cross_entropy.ts";
 import type { HostView } from "./elementwise.ts";
 import { assignRef, binaryRef, castRef, unaryRef, whereRef } from "./elementwise.ts";
 import { gatherRef, scatterAddRef } from "./embedding.ts";
+import type { HostWeight, PackedDType, WeightStorage } from "../tensor/weight.ts";
+import { decodeWeight, gatherWeightRef, matmulWeightRef } from "./weights.ts";
 import { matmulRef } from "./matmul.ts";
 import { reduceRowsRef } from "./reduce.ts";
 import { rmsNormRef } from "./rmsnorm.ts";
@@ -65,6 +68,29 @@ export class CpuStorage implements Storage {
     this.dtype = dtypeOf(data);
     this.numel = data.length;
   }
+}
+
+/** A packed weight in host memory: the stored form itself (16-bit weights as a Uint16Array, NF4 as bytes + absmax). */
+export class CpuWeightStorage implements WeightStorage {
+  readonly dtype: PackedDType;
+  readonly bytes: number;
+  freed = false;
+
+  constructor(
+    public data: HostWeight,
+    readonly rows: number,
+    readonly cols: number,
+  ) {
+    this.dtype = data.dtype;
+    this.bytes = data.dtype === "nf4" ? data.packed.byteLength + data.absmax.byteLength : data.bits.byteLength;
+  }
+}
+
+/** The stored form of a live cpu weight; throws DisposedError naming `op` once it is freed. */
+function weightData(op: string, w: WeightStorage): CpuWeightStorage {
+  if (!(w instanceof CpuWeightStorage)) throw new TypeError(`${op}: weight does not belong to the cpu backend`);
+  if (w.freed) throw new DisposedError(op);
+  return w;
 }
 
 /** The host array of a live cpu storage; throws DisposedError naming `op` once it is freed. */
@@ -280,6 +306,41 @@ export class CpuBackend implements Backend {
     const [hp, hg, hm, hv] = floatArgs("adamw", [param, grad, m, v]);
     checkAdamW("adamw", param, { grad, m, v });
     adamwRef(hp!, hg!, hm!, hv!, h);
+  }
+
+  /** Keeps the host weight itself (no copy): the loader hands over arrays it made for the purpose. */
+  uploadWeight(w: HostWeight, rows: number, cols: number): WeightStorage {
+    const s = new CpuWeightStorage(w, rows, cols);
+    this.bytes += s.bytes;
+    return s;
+  }
+
+  async readWeight(w: WeightStorage): Promise<Float32Array> {
+    const s = weightData("readWeight", w);
+    return decodeWeight(s.data, s.rows, s.cols);
+  }
+
+  freeWeight(w: WeightStorage): void {
+    const s = weightData("freeWeight", w);
+    this.bytes -= s.bytes;
+    s.freed = true;
+    s.data = { dtype: "f16", bits: new Uint16Array(0) };
+  }
+
+  matmulWeight(x: Storage, w: WeightStorage, M: number, form: "nt" | "nn"): Storage {
+    const s = weightData("matmulWeight", w);
+    expectDType("matmulWeight", "x", x, "f32");
+    const out = new Float32Array(checkMatmulWeight("matmulWeight", x, s, M, form));
+    matmulWeightRef(hostData("matmulWeight", x) as Float32Array, s.data, s.rows, s.cols, M, form, out);
+    return this.wrap(out);
+  }
+
+  gatherWeight(w: WeightStorage, ids: Storage): Storage {
+    const s = weightData("gatherWeight", w);
+    expectDType("gatherWeight", "ids", ids, "i32");
+    const out = new Float32Array(ids.numel * s.cols);
+    gatherWeightRef(s.data, s.rows, s.cols, hostData("gatherWeight", ids) as Int32Array, out);
+    return this.wrap(out);
   }
 
   async sync(): Promise<void> {}

@@ -15,7 +15,7 @@ import { existsSync } from "node:fs";
 import { open, readFile, type FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { writeAtomic } from "../io/atomic.ts";
-import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "./half.ts";
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../tensor/half.ts";
 
 if (endianness() !== "LE") throw new Error("safetensors: big-endian hosts are not supported");
 

@@ -1,4 +1,5 @@
 import type { DType, HostArray } from "./dtype.ts";
+import type { HostWeight, WeightStorage } from "./weight.ts";
 
 /**
  * The contract between tensors and devices.
@@ -250,6 +251,26 @@ export interface Backend {
   attention(ins: AttentionInputs<Storage>, g: AttentionGeometry): { out: Storage; lse: Storage };
   /** Gradients of attention w.r.t. q, k, v given dOut, recomputing probabilities from lse. */
   attentionBackward(ins: AttentionBackwardInputs<Storage>, g: AttentionGeometry): AttentionGrads<Storage>;
+
+  /**
+   * Uploads a packed weight [rows, cols] (bf16, f16 or NF4; see src/tensor/weight.ts) in its
+   * stored form; the caller checked its sizes (assertHostWeight).
+   * @throws DeviceLimitError when it does not fit one binding or the device's memory.
+   */
+  uploadWeight(w: HostWeight, rows: number, cols: number): WeightStorage;
+  /** The dequantized values of a packed weight, row-major f32 [rows * cols], on the host. */
+  readWeight(w: WeightStorage): Promise<Float32Array>;
+  /** Releases a packed weight's memory. */
+  freeWeight(w: WeightStorage): void;
+  /**
+   * The product with a packed weight W [N, K] (N = w.rows, K = w.cols), dequantized in
+   * registers, summed in f32: "nt" out [M, N] = x [M, K] @ W^T (a Linear's forward, and
+   * decoding's matrix-vector product when M = 1); "nn" out [M, K] = x [M, N] @ W (its input
+   * gradient). x contiguous f32.
+   */
+  matmulWeight(x: Storage, w: WeightStorage, M: number, form: "nt" | "nn"): Storage;
+  /** out [n, D] = W[ids[i], :] for a packed table W [V, D] and ids i32 [n]; out-of-range ids as gather. */
+  gatherWeight(w: WeightStorage, ids: Storage): Storage;
 
   /** In place: one AdamW step on param, with moments m and v, given grad (all contiguous, same size). */
   adamw(param: Storage, grad: Storage, m: Storage, v: Storage, h: AdamWStep): void;

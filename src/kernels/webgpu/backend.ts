@@ -29,6 +29,7 @@ import {
   checkCrossEntropy,
   checkGather,
   checkMatmul,
+  checkMatmulWeight,
   checkRmsNorm,
   checkRope,
   checkRows,
@@ -40,6 +41,9 @@ import type { StridedOperand } from "../elementwise.wgsl.ts";
 import { encodeAssign, encodeBinary, encodeCast, encodeFill, encodeUnary, encodeWhere } from "../elementwise.wgsl.ts";
 import { encodeGather, encodeScatterAdd } from "../embedding.wgsl.ts";
 import { encodeMatmul } from "../matmul.wgsl.ts";
+import type { HostWeight, WeightStorage } from "../../tensor/weight.ts";
+import { encodeWeightGather, encodeWeightMatmul } from "../weights.wgsl.ts";
+import { WeightSpace } from "./weights.ts";
 import { encodeReduceRows } from "../reduce.wgsl.ts";
 import { encodeRmsNorm } from "../rmsnorm.wgsl.ts";
 import { encodeRope } from "../rope.wgsl.ts";
@@ -47,6 +51,7 @@ import { encodeSoftmax } from "../softmax.wgsl.ts";
 import { PipelineCache } from "./pipelines.ts";
 import type { PooledBuffer } from "./pool.ts";
 import type { AttentionVariant, Kernel, KernelHost, MatmulVariant, ParamValues } from "./program.ts";
+import { single } from "./program.ts";
 import { CommandQueue } from "./queue.ts";
 import { ErrorScopes } from "./scopes.ts";
 import type { WebGpuStorage } from "./storage.ts";
@@ -66,6 +71,7 @@ export { WebGpuStorage } from "./storage.ts";
  * - scopes.ts: Dawn's asynchronous validation errors (ErrorScopes);
  * - timing.ts: GPU time by timestamp queries;
  * - storage.ts: storages, chunking above the binding limit, upload and readback (StorageSpace);
+ * - weights.ts: packed bf16/f16/NF4 weights (WeightSpace);
  * - variants.ts: which kernel variant runs on this adapter;
  * - pipelines.ts, pool.ts, program.ts: the pipeline cache, the buffer pool, the kernel description.
  *
@@ -83,6 +89,7 @@ export class WebGpuBackend implements Backend, KernelHost {
   private readonly pipelines: PipelineCache;
   private readonly queue: CommandQueue;
   private readonly space: StorageSpace;
+  private readonly weights: WeightSpace;
 
   /**
    * @param gpu the Dawn GPU object (kept alive with the device)
@@ -102,6 +109,7 @@ export class WebGpuBackend implements Backend, KernelHost {
     this.pipelines = new PipelineCache(device, (describe) => this.scopes.close(describe));
     this.queue = new CommandQueue(device, this.scopes, this.pipelines);
     this.space = new StorageSpace(device, this.queue, this.scopes, opts.maxBindingBytes);
+    this.weights = new WeightSpace(device, this.queue, this.scopes, this.space);
     this.maxBindingBytes = this.space.maxBindingBytes;
     this.maxGridDim = this.queue.maxGridDim;
   }
@@ -142,7 +150,7 @@ export class WebGpuBackend implements Backend, KernelHost {
   }
 
   liveBytes(): number {
-    return this.space.buffers.inUseBytes;
+    return this.space.buffers.inUseBytes + this.weights.liveBytes;
   }
 
   /** Pool counters: bytes in use by storages, held by the pool in total, and the peak in use. */
@@ -295,6 +303,38 @@ export class WebGpuBackend implements Backend, KernelHost {
     const out = this.space.output("scatterAdd", gs.dtype, checkScatterAdd("scatterAdd", gs, is, g));
     for (const ch of out.chunks) this.queue.clear(ch.buf);
     encodeScatterAdd(this, gs, is, out, g);
+    return out;
+  }
+
+  // ---- packed weights (weights.ts, src/kernels/weights.wgsl.ts) ----
+
+  /** @throws DeviceLimitError when a part exceeds the per-binding limit or the device's memory. */
+  uploadWeight(w: HostWeight, rows: number, cols: number): WeightStorage {
+    return this.weights.upload(w, rows, cols);
+  }
+
+  readWeight(w: WeightStorage): Promise<Float32Array> {
+    return this.weights.read(w);
+  }
+
+  freeWeight(w: WeightStorage): void {
+    this.weights.free(w);
+  }
+
+  matmulWeight(x: Storage, w: WeightStorage, M: number, form: "nt" | "nn"): Storage {
+    const s = this.weights.live("matmulWeight", w);
+    const xs = this.space.wholeFloat("matmulWeight", "x", x);
+    const out = this.space.output("matmulWeight", "f32", checkMatmulWeight("matmulWeight", xs, s, M, form));
+    encodeWeightMatmul(this, single(xs), s, single(out), M, form);
+    return out;
+  }
+
+  /** Ids outside [0, V) give zero rows (the cpu device throws), as gather. */
+  gatherWeight(w: WeightStorage, ids: Storage): Storage {
+    const s = this.weights.live("gatherWeight", w);
+    const is = this.space.wholeInt("gatherWeight", "ids", ids);
+    const out = this.space.output("gatherWeight", "f32", is.numel * s.cols);
+    encodeWeightGather(this, s, single(is), is.numel, single(out));
     return out;
   }
 

@@ -5,6 +5,7 @@ import { hostArray, isFloat } from "../dtype.ts";
 import { DTypeError, ShapeError, fmt } from "../errors.ts";
 import type { Rng } from "../random.ts";
 import { Tensor } from "../tensor.ts";
+import { PackedWeight } from "../weight.ts";
 import { tensor } from "./create.ts";
 
 /**
@@ -118,7 +119,8 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
  * without a readback and yields zero rows, so validate ids on the host where they come from.
  * @throws ShapeError when the table is not 2-D; DeviceError when table and ids are on different devices.
  */
-export function embedding(table: Tensor, ids: Tensor): Tensor {
+export function embedding(table: WeightLike, ids: Tensor): Tensor {
+  if (table instanceof PackedWeight) return packedEmbedding(table, ids);
   assertFloat("embedding", table);
   ids.assertAlive("embedding");
   assertSameDevice("embedding", table, ids);
@@ -141,14 +143,60 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
   return y;
 }
 
+/** A weight operand: a Tensor (f32, or f64 on cpu) or a frozen PackedWeight (bf16, f16, NF4). */
+export type WeightLike = Tensor | PackedWeight;
+
+/** Checks a PackedWeight operand of `op` and the f32 tensor it meets. */
+function assertPacked(op: string, w: PackedWeight, x: Tensor): void {
+  w.assertAlive(op);
+  x.assertAlive(op);
+  assertSameDevice(op, x, w);
+  if (x.dtype !== (op === "embedding" ? "i32" : "f32")) {
+    throw new DTypeError(op, `a ${w.dtype} weight needs ${op === "embedding" ? "i32 ids" : "an f32 input"}, got ${x.dtype}`);
+  }
+}
+
+/** The embedding lookup in a packed table [V, D]: ids [...] -> [..., D] f32. The table is frozen: no gradient. */
+function packedEmbedding(table: PackedWeight, ids: Tensor): Tensor {
+  assertPacked("embedding", table, ids);
+  const idd = ids.isDense() ? ids : ids.contiguous(true);
+  const be = table.backend;
+  const y = Tensor.fromStorage(be, be.gatherWeight(table.storage, idd.storage), [...ids.shape, table.shape[1]]);
+  release(idd, ids);
+  return y;
+}
+
+/**
+ * y [..., N] = x [..., K] W^T for a packed W [N, K], read in its stored form (QLoRA's frozen base,
+ * Dettmers et al. 2023 section 3: the weight is dequantized inside the kernel, the product is f32).
+ * Gradient: dx = g W (the "nn" kernel); W itself is frozen and gets none.
+ */
+function packedLinear(x: Tensor, w: PackedWeight): Tensor {
+  assertPacked("linear", w, x);
+  const [N, K] = w.shape;
+  if (x.shape[x.rank - 1] !== K) throw new ShapeError("linear", `x ${fmt(x.shape)} does not match a weight ${fmt(w.shape)} (last axis must be ${K})`);
+  const { dense, rows } = rowsOf(x);
+  const be = x.backend;
+  const y = Tensor.fromStorage(be, be.matmulWeight(dense.storage, w.storage, rows, "nt"), [...x.shape.slice(0, -1), N]);
+  release(dense, x);
+  return record(y, "linear", [x], (g) => {
+    const gd = g.isDense() ? g : g.contiguous(true);
+    const dx = Tensor.fromStorage(be, be.matmulWeight(gd.storage, w.storage, rows, "nn"), x.shape);
+    release(gd, g);
+    return [dx];
+  });
+}
+
 /**
  * Linear layer as in PyTorch nn.Linear: y = x W^T + b; x [..., in], weight [out, in],
- * bias [out]. The transposed weight is read in place (no copy).
- * @throws DeviceError when x, weight and bias are not on one device.
+ * bias [out]. A Tensor weight's transpose is read in place (no copy); a PackedWeight is read in
+ * its stored form (packedLinear).
+ * @throws DeviceError when x, weight and bias are not on one device; ShapeError / DTypeError for
+ *   a packed weight that does not fit x.
  */
-export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
+export function linear(x: Tensor, weight: WeightLike, bias?: Tensor | null): Tensor {
   assertSameDevice("linear", x, weight, bias);
-  const y = x.matmul(weight.transpose());
+  const y = weight instanceof PackedWeight ? packedLinear(x, weight) : x.matmul(weight.transpose());
   if (!bias) return y;
   const out = y.add(bias);
   return out;

@@ -1,0 +1,74 @@
+import { bf16ToF32, f16ToF32 } from "../tensor/half.ts";
+import type { HostWeight } from "../tensor/weight.ts";
+import { NF4_BLOCK, NF4_CODE, nibble } from "../tensor/nf4.ts";
+
+/**
+ * The kernels that read a packed weight (bf16, f16, NF4; see src/tensor/weight.ts), as plain
+ * TypeScript: the `cpu` device runs them and they specify the WGSL of weights.wgsl.ts. A row of
+ * the weight is decoded to f32 at a time, so no f32 copy of the whole weight is ever made.
+ */
+
+/**
+ * Decodes row `r` of a [rows, cols] host weight into `out` [cols], exactly: a 16-bit value is
+ * its f32 value; an NF4 value is f32(NF4_CODE[q] * absmax[i / 64]) for flat index i = r cols + c.
+ */
+export function decodeRow(w: HostWeight, cols: number, r: number, out: Float32Array): void {
+  const i0 = r * cols;
+  if (w.dtype === "nf4") {
+    for (let c = 0; c < cols; c++) out[c] = NF4_CODE[nibble(w.packed, i0 + c)]! * w.absmax[Math.floor((i0 + c) / NF4_BLOCK)]!;
+    return;
+  }
+  const bits = w.bits.subarray(i0, i0 + cols);
+  out.set(w.dtype === "bf16" ? bf16ToF32(bits) : f16ToF32(bits));
+}
+
+/** All rows x cols values of a host weight, row-major f32. */
+export function decodeWeight(w: HostWeight, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) decodeRow(w, cols, r, out.subarray(r * cols, (r + 1) * cols));
+  return out;
+}
+
+/**
+ * The product with a packed weight W [N, K] (N = rows, K = cols), summed in doubles:
+ * - "nt": out [M, N] = x [M, K] @ W^T (a Linear's forward, matmulRef with transB);
+ * - "nn": out [M, K] = x [M, N] @ W (its input gradient, g W).
+ * @param x f32, contiguous
+ * @param out f32, contiguous, overwritten
+ */
+export function matmulWeightRef(x: Float32Array, w: HostWeight, N: number, K: number, M: number, form: "nt" | "nn", out: Float32Array): void {
+  const row = new Float32Array(K);
+  if (form === "nt") {
+    for (let n = 0; n < N; n++) {
+      decodeRow(w, K, n, row);
+      for (let m = 0; m < M; m++) {
+        let acc = 0;
+        for (let k = 0; k < K; k++) acc += x[m * K + k]! * row[k]!;
+        out[m * N + n] = acc;
+      }
+    }
+    return;
+  }
+  const acc = new Float64Array(M * K);
+  for (let n = 0; n < N; n++) {
+    decodeRow(w, K, n, row);
+    for (let m = 0; m < M; m++) {
+      const g = x[m * N + n]!;
+      if (g === 0) continue;
+      for (let k = 0; k < K; k++) acc[m * K + k]! += g * row[k]!;
+    }
+  }
+  out.set(acc);
+}
+
+/**
+ * out[n, :] = W[ids[n], :] decoded: the embedding lookup in a packed table W [V, D].
+ * @throws RangeError naming the id and its index when an id is outside [0, V).
+ */
+export function gatherWeightRef(w: HostWeight, V: number, D: number, ids: Int32Array, out: Float32Array): void {
+  for (let n = 0; n < ids.length; n++) {
+    const id = ids[n]!;
+    if (id < 0 || id >= V) throw new RangeError(`gather: id ${id} at index ${n} is outside [0, ${V})`);
+    decodeRow(w, D, id, out.subarray(n * D, (n + 1) * D));
+  }
+}
