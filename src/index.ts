@@ -41,7 +41,7 @@ export {
   type AttentionOptions,
 } from "./tensor/ops/nn.ts";
 export { SGD, AdamW, clipGradNorm, zeroGrad, type SgdOptions, type AdamWOptions } from "./tensor/optim.ts";
-export { init, getDevice, cpuDevice, type DeviceKind } from "./kernels/devices.ts";
+export { init, getDevice, cpuDevice, wasmDevice, type DeviceKind, type DeviceOptions } from "./kernels/devices.ts";
 
 // model
 export { loadModel, validateCheckpoint, type LoadOptions } from "./model/load.ts";

@@ -97,8 +97,8 @@ describe("device names", () => {
   test("init and getDevice reject an unknown kind, naming the accepted ones, and keep the default", async () => {
     const before = qa.defaultDevice();
     await expect(qa.init("tpu" as qa.DeviceKind)).rejects.toThrow(DeviceError);
-    await expect(qa.init("tpu" as qa.DeviceKind)).rejects.toThrow('init: unknown device "tpu"; expected one of "cpu", "webgpu", "auto"');
-    await expect(qa.getDevice("GPU" as qa.DeviceKind)).rejects.toThrow('getDevice: unknown device "GPU"; expected one of "cpu", "webgpu", "auto"');
+    await expect(qa.init("tpu" as qa.DeviceKind)).rejects.toThrow('init: unknown device "tpu"; expected one of "cpu", "wasm", "webgpu", "auto"');
+    await expect(qa.getDevice("GPU" as qa.DeviceKind)).rejects.toThrow('getDevice: unknown device "GPU"; expected one of "cpu", "wasm", "webgpu", "auto"');
     expect(qa.defaultDevice()).toBe(before);
     expect(await qa.getDevice("cpu")).toBe(cpu);
   });

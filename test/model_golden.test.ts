@@ -1,13 +1,13 @@
 import { describe, expect, test } from "vitest";
 import * as qa from "../src/index.ts";
 import { loadModel } from "../src/model/load.ts";
-import { testWebGpu } from "./helpers/devices.ts";
+import { testDevices } from "./helpers/devices.ts";
 import { FIXTURE_MODELS, fixtureDir, loadExpected, maxAbs, maxDiffAtTokens } from "./helpers/fixtures.ts";
 
 /**
- * The transformer against the float64 PyTorch reference of scripts/make_fixtures.py, on both
- * devices. Tolerance: max |logit error| <= 1e-4 x max |logit| (the issue's bound) on cpu and
- * on webgpu: both compute in f32, and f32 through two layers of width 32-64 accumulates ~1e-6
+ * The transformer against the float64 PyTorch reference of scripts/make_fixtures.py, on every
+ * device. Tolerance: max |logit error| <= 1e-4 x max |logit| (the issue's bound) on cpu, wasm and
+ * webgpu: both compute in f32, and f32 through two layers of width 32-64 accumulates ~1e-6
  * relative error (measured: 2e-7 to 7e-8 of the logit scale on cpu), far inside it; the
  * webgpu kernels sum in other orders and use WGSL's exp/tanh (a few ulp), which moves that by a
  * few times, not by the factor 100 of headroom. A wrong rule (rope layout, mask, bias, tie)
@@ -35,10 +35,10 @@ async function checkGolden(name: string, device: qa.Backend): Promise<void> {
 
 describe.each(FIXTURE_MODELS)("%s", (name) => {
   test("cpu: logits and every layer's residual stream match the reference at real tokens", () => checkGolden(name, cpu));
-  testWebGpu("webgpu: logits and every layer's residual stream match the reference at real tokens", (gpu) => checkGolden(name, gpu));
+  testDevices("logits and every layer's residual stream match the reference at real tokens", (device) => checkGolden(name, device));
 
   test("cpu: KV-cache decoding, one token at a time, equals the full forward", () => checkCache(name, cpu));
-  testWebGpu("webgpu: KV-cache decoding, one token at a time, equals the full forward", (gpu) => checkCache(name, gpu));
+  testDevices("KV-cache decoding, one token at a time, equals the full forward", (device) => checkCache(name, device));
 });
 
 /** Prefill 3 tokens, then decode one at a time through the KV cache; compare with one full forward. */

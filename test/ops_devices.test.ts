@@ -2,16 +2,16 @@ import fc from "fast-check";
 import { describe, expect } from "vitest";
 import * as qa from "../src/index.ts";
 import type { UnaryOp } from "../src/tensor/backend.ts";
-import { testWebGpu } from "./helpers/devices.ts";
+import { testDevices } from "./helpers/devices.ts";
 import { expectClose } from "./helpers/close.ts";
 import { randomData } from "./helpers/gradcheck.ts";
 
 /**
- * The conformance suite: every op of the public API, forward and backward, on `webgpu` against
- * the `cpu` reference, on the same f32 inputs, with random shapes (fast-check, seeded) that
+ * The conformance suite: every op of the public API, forward and backward, on `webgpu` and on
+ * `wasm` against the `cpu` reference, on the same f32 inputs, with random shapes (fast-check, seeded) that
  * include size-1 axes, sizes that are not multiples of tile sizes, broadcasting and strided views.
  *
- * Tolerance, |gpu - cpu| <= tol (1 + |cpu|): both devices compute in f32 but in different
+ * Tolerance, |device - cpu| <= tol (1 + |cpu|): both devices compute in f32 but in different
  * orders (tiled sums, tree reductions, online softmax) and with different transcendental
  * implementations (WGSL exp/log/tanh are accurate to a few ulp, not correctly rounded), so
  * results differ by a few ulps times the depth of the computation: 1e-5 for pointwise and
@@ -28,7 +28,7 @@ const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
  * random R, and compares the outputs and the gradients of every input.
  */
 async function same(
-  gpu: qa.Backend,
+  dev: qa.Backend,
   f: (...xs: qa.Tensor[]) => qa.Tensor,
   inputs: Float64Array[],
   shapes: number[][],
@@ -36,7 +36,7 @@ async function same(
   opts: { grad?: boolean } = {},
 ): Promise<void> {
   const results = [];
-  for (const device of [cpu, gpu]) {
+  for (const device of [cpu, dev]) {
     const xs = inputs.map((d, i) => qa.tensor(Float32Array.from(d), { device, shape: shapes[i], requiresGrad: opts.grad ?? true }));
     const y = f(...xs);
     const r = qa.randn(y.shape, { device, seed: 3 });
@@ -52,7 +52,7 @@ async function same(
   });
 }
 
-describe("pointwise ops: webgpu equals cpu", () => {
+describe("pointwise ops: webgpu and wasm equal cpu", () => {
   const unary: [UnaryOp, (x: number) => number][] = [
     ["neg", (x) => x],
     ["exp", (x) => x],
@@ -69,54 +69,54 @@ describe("pointwise ops: webgpu equals cpu", () => {
     ["reciprocal", (x) => Math.abs(x) + 0.1],
   ];
   for (const [op, domain] of unary) {
-    testWebGpu(`${op} on a transposed view`, async (gpu) => {
+    testDevices(`${op} on a transposed view`, async (dev) => {
       await fc.assert(
         fc.asyncProperty(dim, dim, fc.integer(), async (a, b, seed) => {
-          await same(gpu, (x) => qa.unary(op, x.transpose()), [randomData(a * b, seed, domain)], [[a, b]], 1e-5);
+          await same(dev, (x) => qa.unary(op, x.transpose()), [randomData(a * b, seed, domain)], [[a, b]], 1e-5);
         }),
         runs,
       );
     });
   }
   for (const op of ["add", "sub", "mul", "div", "pow", "maximum", "minimum"] as const) {
-    testWebGpu(`${op} with broadcasting`, async (gpu) => {
+    testDevices(`${op} with broadcasting`, async (dev) => {
       await fc.assert(
         fc.asyncProperty(shape, fc.integer(), async (s, seed) => {
           const sb = s.map((d, i) => (i % 2 === 0 ? 1 : d)).slice(1);
           const da = op === "pow" ? (x: number) => Math.abs(x) + 0.5 : (x: number) => x;
           const db = op === "div" ? (x: number) => Math.abs(x) + 0.5 : op === "maximum" || op === "minimum" ? (x: number) => x + 0.01 : (x: number) => x;
-          await same(gpu, (a, b) => a[op](b), [randomData(size(s), seed, da), randomData(size(sb), seed + 1, db)], [s, sb], 1e-5);
+          await same(dev, (a, b) => a[op](b), [randomData(size(s), seed, da), randomData(size(sb), seed + 1, db)], [s, sb], 1e-5);
         }),
         runs,
       );
     });
   }
-  testWebGpu("where, comparisons, cast, large and tiny magnitudes", async (gpu) => {
+  testDevices("where, comparisons, cast, large and tiny magnitudes", async (dev) => {
     const big = randomData(24, 5, (x) => x * 1e30);
     const tiny = randomData(24, 6, (x) => x * 1e-30);
-    await same(gpu, (a, b) => qa.where(a.gt(b), a, b.mul(2)), [big, tiny], [[4, 6], [4, 6]], 1e-6);
-    await same(gpu, (a) => a.cast("i32").cast("f32").add(a.ge(0.5)), [randomData(12, 7, (x) => 10 * x)], [[12]], 0, { grad: false });
+    await same(dev, (a, b) => qa.where(a.gt(b), a, b.mul(2)), [big, tiny], [[4, 6], [4, 6]], 1e-6);
+    await same(dev, (a) => a.cast("i32").cast("f32").add(a.ge(0.5)), [randomData(12, 7, (x) => 10 * x)], [[12]], 0, { grad: false });
   });
 });
 
-describe("reductions and views: webgpu equals cpu", () => {
+describe("reductions and views: webgpu and wasm equal cpu", () => {
   for (const op of ["sum", "mean", "max"] as const) {
-    testWebGpu(`${op} over random axes`, async (gpu) => {
+    testDevices(`${op} over random axes`, async (dev) => {
       await fc.assert(
         fc.asyncProperty(
           shape.chain((s) => fc.tuple(fc.constant(s), fc.subarray(s.map((_, i) => i), { minLength: 1 }), fc.boolean())),
           fc.integer(),
           async ([s, axes, keep], seed) => {
-            await same(gpu, (x) => x[op](axes, keep), [randomData(size(s), seed)], [s], 1e-5);
+            await same(dev, (x) => x[op](axes, keep), [randomData(size(s), seed)], [s], 1e-5);
           },
         ),
         runs,
       );
     });
   }
-  testWebGpu("permute, slice, expand, concat, reshape of strided views", async (gpu) => {
+  testDevices("permute, slice, expand, concat, reshape of strided views", async (dev) => {
     await same(
-      gpu,
+      dev,
       (x, y) => qa.concat([x.permute([2, 0, 1]).slice(0, 1, 4).reshape([3, 6]), y.expand([2, 6])], 0),
       [randomData(2 * 3 * 5, 8), randomData(6, 9)],
       [[2, 3, 5], [1, 6]],
@@ -125,12 +125,12 @@ describe("reductions and views: webgpu equals cpu", () => {
   });
 });
 
-describe("matmul and nn ops: webgpu equals cpu", () => {
-  testWebGpu("matmul: batched, broadcast, transposed, odd sizes", async (gpu) => {
+describe("matmul and nn ops: webgpu and wasm equal cpu", () => {
+  testDevices("matmul: batched, broadcast, transposed, odd sizes", async (dev) => {
     await fc.assert(
       fc.asyncProperty(fc.integer({ min: 1, max: 37 }), fc.integer({ min: 1, max: 37 }), fc.integer({ min: 1, max: 37 }), fc.integer({ min: 1, max: 3 }), fc.boolean(), fc.boolean(), fc.integer(), async (M, K, N, B, ta, tb, seed) => {
         await same(
-          gpu,
+          dev,
           (a, b) => (ta ? a.transpose() : a).matmul(tb ? b.transpose() : b),
           [randomData(B * M * K, seed), randomData(K * N, seed + 1)],
           [ta ? [B, K, M] : [B, M, K], tb ? [N, K] : [K, N]],
@@ -140,27 +140,27 @@ describe("matmul and nn ops: webgpu equals cpu", () => {
       runs,
     );
   });
-  testWebGpu("softmax, logSoftmax over wide rows with large logits", async (gpu) => {
-    await same(gpu, (x) => x.softmax(), [randomData(3 * 300, 10, (x) => 30 * x)], [[3, 300]], 1e-5);
-    await same(gpu, (x) => x.logSoftmax(), [randomData(3 * 300, 11, (x) => 30 * x)], [[3, 300]], 1e-5);
+  testDevices("softmax, logSoftmax over wide rows with large logits", async (dev) => {
+    await same(dev, (x) => x.softmax(), [randomData(3 * 300, 10, (x) => 30 * x)], [[3, 300]], 1e-5);
+    await same(dev, (x) => x.logSoftmax(), [randomData(3 * 300, 11, (x) => 30 * x)], [[3, 300]], 1e-5);
   });
-  testWebGpu("crossEntropy with ignore index and mask", async (gpu) => {
+  testDevices("crossEntropy with ignore index and mask", async (dev) => {
     const targetsHost = new Int32Array([5, -100, 0, 299, 17, 3]);
     const f = (x: qa.Tensor) => qa.crossEntropy(x, qa.tensor(targetsHost, { device: x.backend, shape: [2, 3] }));
-    await same(gpu, f, [randomData(6 * 300, 12, (x) => 5 * x)], [[2, 3, 300]], 1e-5);
+    await same(dev, f, [randomData(6 * 300, 12, (x) => 5 * x)], [[2, 3, 300]], 1e-5);
   });
-  testWebGpu("embedding with repeated ids", async (gpu) => {
+  testDevices("embedding with repeated ids", async (dev) => {
     const ids = new Int32Array([4, 0, 4, 9, 1]);
-    await same(gpu, (t) => qa.embedding(t, qa.tensor(ids, { device: t.backend, shape: [5] })), [randomData(10 * 7, 13)], [[10, 7]], 1e-6);
+    await same(dev, (t) => qa.embedding(t, qa.tensor(ids, { device: t.backend, shape: [5] })), [randomData(10 * 7, 13)], [[10, 7]], 1e-6);
   });
-  testWebGpu("rmsNorm", async (gpu) => {
-    await same(gpu, (x, w) => qa.rmsNorm(x, w, 1e-6), [randomData(5 * 67, 14), randomData(67, 15)], [[5, 67], [67]], 1e-5);
+  testDevices("rmsNorm", async (dev) => {
+    await same(dev, (x, w) => qa.rmsNorm(x, w, 1e-6), [randomData(5 * 67, 14), randomData(67, 15)], [[5, 67], [67]], 1e-5);
   });
-  testWebGpu("rope with per-row angles", async (gpu) => {
+  testDevices("rope with per-row angles", async (dev) => {
     const B = 2, H = 3, T = 5, Dh = 8;
     const ang = randomData(B * T * (Dh / 2), 16, (x) => 10 * x);
     await same(
-      gpu,
+      dev,
       (x) => {
         const cos = qa.tensor(Float32Array.from(ang, Math.cos), { device: x.backend, shape: [B, T, Dh / 2] });
         const sin = qa.tensor(Float32Array.from(ang, Math.sin), { device: x.backend, shape: [B, T, Dh / 2] });
@@ -171,12 +171,12 @@ describe("matmul and nn ops: webgpu equals cpu", () => {
       1e-5,
     );
   });
-  testWebGpu("attention: GQA, padding, sliding window, cache offset", async (gpu) => {
+  testDevices("attention: GQA, padding, sliding window, cache offset", async (dev) => {
     const B = 2, H = 4, Hkv = 2, Tq = 5, Tk = 9, Dh = 16;
     const mask = [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
     for (const window of [0, 4]) {
       await same(
-        gpu,
+        dev,
         (q, k, v) => qa.attention(q, k, v, { keyMask: qa.tensor(mask, { device: q.backend, shape: [B, Tk] }), window }),
         [randomData(B * H * Tq * Dh, 18), randomData(B * Hkv * Tk * Dh, 19), randomData(B * Hkv * Tk * Dh, 20)],
         [[B, H, Tq, Dh], [B, Hkv, Tk, Dh], [B, Hkv, Tk, Dh]],

@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { getDevice, type DeviceKind } from "../kernels/devices.ts";
+import { DEVICE_KINDS, getDevice, type DeviceKind } from "../kernels/devices.ts";
 import type { Backend } from "../tensor/backend.ts";
 
 /** A usage error: printed as one line, exit status 1. */
@@ -82,12 +82,21 @@ export function intList(command: string, name: string, text: string): number[] {
   return ids;
 }
 
-/** The common --device option. */
-export const deviceOption = { device: { type: "string", default: "auto" } } as const;
+/** The common --device option, and --threads of the wasm device. */
+export const deviceOption = { device: { type: "string", default: "auto" }, threads: { type: "string" } } as const;
 
-/** Resolves --device (cpu | webgpu | auto). */
+/** Most threads --threads accepts (more than any machine's cores; the wasm memory is shared by all). */
+const MAX_THREADS = 256;
+
+/**
+ * Resolves --device (cpu | wasm | webgpu | auto) and --threads (wasm's thread count, default every
+ * core). @throws CliError for an unknown device or a thread count outside [1, 256].
+ */
 export async function device(command: string, values: Record<string, unknown>): Promise<Backend> {
   const kind = (values.device ?? "auto") as string;
-  if (!["cpu", "webgpu", "auto"].includes(kind)) throw new CliError(`${command}: --device must be cpu, webgpu or auto, got "${kind}"`);
-  return getDevice(kind as DeviceKind);
+  if (!(DEVICE_KINDS as readonly string[]).includes(kind)) {
+    throw new CliError(`${command}: --device must be ${DEVICE_KINDS.slice(0, -1).join(", ")} or ${DEVICE_KINDS.at(-1)}, got "${kind}"`);
+  }
+  const threads = values.threads === undefined ? undefined : int(command, values, "threads", 1, 1, MAX_THREADS);
+  return getDevice(kind as DeviceKind, { threads });
 }

@@ -12,7 +12,7 @@ export interface Command {
 /** Defaults shared by several commands (the values the option parsers fall back to). */
 const SHOTS = `the task's: ${Object.values(TASKS).map((t) => `${t.id} ${t.shots}`).join(", ")}`;
 const DATA = "../shared/data/qalign when it exists, else the built-in sample (--data sample)";
-const DEVICE = "auto (webgpu on a hardware GPU, else cpu)";
+const DEVICE = "auto (webgpu on a hardware GPU, else wasm on --threads threads, default every core)";
 /** The evaluation options' defaults, shared by eval and align. */
 const EVAL_DEFAULTS: Record<string, string> = {
   "--task": "snli",
@@ -32,7 +32,7 @@ const lazy = (load: () => Promise<{ run(args: string[]): Promise<void> }>) => as
 export const COMMANDS: Record<string, Command> = {
   logits: {
     summary: "print the logits of a token sequence as JSON {\"logits\": [[...], ...]} ([seq, vocab])",
-    usage: "--model DIR --ids 5,17,42 [--adapter DIR] [--device cpu|webgpu|auto]",
+    usage: "--model DIR --ids 5,17,42 [--adapter DIR] [--device cpu|wasm|webgpu|auto] [--threads N]",
     defaults: { "--device": DEVICE },
     run: lazy(() => import("./logits.ts")),
   },
@@ -47,13 +47,13 @@ export const COMMANDS: Record<string, Command> = {
     usage:
       "--model DIR --data FILE[,FILE...] --out DIR [--target-modules q_proj,v_proj|all-linear] [--r 8] [--alpha 16] [--dropout 0.05] " +
       "[--lr 5e-5] [--epochs 3] [--batch-size 4] [--grad-accum 4] [--max-samples N] [--max-length 512] [--val-size 0.05] " +
-      "[--save-steps 50] [--seed 0] [--strict] [--resume] [--device cpu|webgpu|auto]",
+      "[--save-steps 50] [--seed 0] [--strict] [--resume] [--device cpu|wasm|webgpu|auto] [--threads N]",
     defaults: { "--max-samples": "all pairs", "--device": DEVICE },
     run: lazy(() => import("./train.ts")),
   },
   loss: {
     summary: "print the mean next-token loss of ids[P:] as JSON {\"loss\": x}",
-    usage: "--model DIR --ids 5,17,42,... --prompt-len P [--adapter DIR] [--device cpu|webgpu|auto]",
+    usage: "--model DIR --ids 5,17,42,... --prompt-len P [--adapter DIR] [--device cpu|wasm|webgpu|auto] [--threads N]",
     defaults: { "--device": DEVICE },
     run: lazy(() => import("./loss.ts")),
   },
@@ -62,7 +62,7 @@ export const COMMANDS: Record<string, Command> = {
     summary: "Logit Lens: answer-word probability per layer (prompt language vs English), entropy and top tokens, as SVG charts + JSON/CSV",
     usage:
       "--model DIR [--adapter DIR] --task snli|emotion|paws --langs en,zh,...|all --out DIR [--limit N] [--top-k 5] [--shots K] " +
-      "[--seed 0] [--batch-size 8] [--english-labels] [--data DIR] [--device cpu|webgpu|auto]",
+      "[--seed 0] [--batch-size 8] [--english-labels] [--data DIR] [--device cpu|wasm|webgpu|auto] [--threads N]",
     defaults: { "--limit": "all items", "--top-k": "5", "--shots": SHOTS, "--seed": "0", "--batch-size": "8", "--data": DATA, "--device": DEVICE },
     run: lazy(() => import("./lens.ts")),
   },
@@ -70,7 +70,7 @@ export const COMMANDS: Record<string, Command> = {
     summary: "PCA of last-token hidden states per layer, coloured by language, and their correlation with English, as SVG charts + JSON/CSV",
     usage:
       "--model DIR [--adapter DIR] --task snli|emotion|paws --langs en,zh,...|all --out DIR [--layers 0,8,16,last] [--components 4] " +
-      "[--limit N] [--shots K] [--seed 0] [--batch-size 8] [--english-labels] [--data DIR] [--device cpu|webgpu|auto]",
+      "[--limit N] [--shots K] [--seed 0] [--batch-size 8] [--english-labels] [--data DIR] [--device cpu|wasm|webgpu|auto] [--threads N]",
     defaults: {
       "--layers": "0,<half the layers>,last",
       "--components": "4 (at most the number of items - 1)",
@@ -94,7 +94,7 @@ export const COMMANDS: Record<string, Command> = {
     summary: "k-shot accuracy per language (constrained decoding over the label words) with 95% intervals, as a table; JSON/CSV with --out",
     usage:
       "--model DIR [--adapter DIR] [--task snli|emotion|paws] [--langs all|en,zh,...] [--limit N] [--shots K] [--mode prefix|loglik] " +
-      "[--english-labels] [--batch-size B] [--seed S] [--max-length N] [--no-cache] [--skip-invalid] [--data DIR] [--out DIR] [--device cpu|webgpu|auto]",
+      "[--english-labels] [--batch-size B] [--seed S] [--max-length N] [--no-cache] [--skip-invalid] [--data DIR] [--out DIR] [--device cpu|wasm|webgpu|auto] [--threads N]",
     defaults: EVAL_DEFAULTS,
     run: lazy(() => import("./eval.ts")),
   },
@@ -103,7 +103,7 @@ export const COMMANDS: Record<string, Command> = {
     usage:
       "[--model DIR] [--task snli|emotion|paws] [--train zh,es] [--target en] [--train-task snli] [--langs all|...] [--limit N] " +
       "[--max-train-samples N] [--epochs E] [--lr LR] [--out runs/NAME] [--interp] [--shots K] [--mode prefix|loglik] [--english-labels] " +
-      "[--batch-size B] [--seed S] [--max-length N] [--data DIR] [--device cpu|webgpu|auto]",
+      "[--batch-size B] [--seed S] [--max-length N] [--data DIR] [--device cpu|wasm|webgpu|auto] [--threads N]",
     defaults: {
       "--model": "the tiny random checkpoint, with --limit 12, --max-train-samples 48, --epochs 2, --lr 1e-3 (a demo)",
       "--train": "zh,es",

@@ -128,24 +128,47 @@ function hostView(op: string, v: View): HostView {
   return { data, shape: v.shape, strides: v.strides, offset: v.offset };
 }
 
-/** The reference backend. `maxBindingBytes` is Infinity: host arrays have no binding limit. */
+/**
+ * The kernels a host-memory backend runs, by op. The cpu device uses the references; the wasm
+ * device (src/kernels/wasm) replaces some with WebAssembly kernels over its shared memory.
+ */
+export interface HostKernels {
+  matmul: typeof matmulRef;
+}
+
+/**
+ * The reference backend. `maxBindingBytes` is Infinity: host arrays have no binding limit.
+ * Subclasses keep its argument checks and change where storages live (`allocate`, `release`)
+ * and which kernels run (`kernels`).
+ */
 export class CpuBackend implements Backend {
-  readonly name = "cpu";
-  readonly maxBindingBytes = Infinity;
+  readonly name: Backend["name"] = "cpu";
+  readonly maxBindingBytes: number = Infinity;
+  protected readonly kernels: HostKernels = { matmul: matmulRef };
   private bytes = 0;
 
   /** Takes ownership of a host array as a new storage, counting its bytes as live. */
-  private wrap(data: HostArray): CpuStorage {
+  protected wrap(data: HostArray): CpuStorage {
     this.bytes += data.byteLength;
     return new CpuStorage(data);
   }
 
+  /** A zero-filled host array for a new storage. */
+  protected allocate(dtype: DType, numel: number): HostArray {
+    return hostArray(dtype, numel);
+  }
+
+  /** Gives a freed storage's memory back (the garbage collector does it for plain arrays). */
+  protected release(_data: HostArray): void {}
+
   zeros(dtype: DType, numel: number): Storage {
-    return this.wrap(hostArray(dtype, numel));
+    return this.wrap(this.allocate(dtype, numel));
   }
 
   upload(data: HostArray): Storage {
-    return this.wrap(data.slice());
+    const out = this.allocate(dtypeOf(data), data.length);
+    out.set(data);
+    return this.wrap(out);
   }
 
   /** @throws RangeError when [offset, offset + numel) is not inside the storage. */
@@ -168,6 +191,7 @@ export class CpuBackend implements Backend {
     this.bytes -= data.byteLength;
     const s = storage as CpuStorage;
     s.freed = true;
+    this.release(s.data);
     s.data = hostArray(s.dtype, 0);
   }
 
@@ -176,20 +200,20 @@ export class CpuBackend implements Backend {
   }
 
   unary(op: UnaryOp, x: View): Storage {
-    const out = hostArray(x.storage.dtype, numel(x.shape));
+    const out = this.allocate(x.storage.dtype, numel(x.shape));
     unaryRef(op, hostView(`unary ${op}`, x), out);
     return this.wrap(out);
   }
 
   binary(op: BinaryOp, a: View, b: View): Storage {
     const name = `binary ${op}`;
-    const out = hostArray(a.storage.dtype, numel(a.shape));
+    const out = this.allocate(a.storage.dtype, numel(a.shape));
     binaryRef(op, hostView(name, a), hostView(name, b), out);
     return this.wrap(out);
   }
 
   where(cond: View, a: View, b: View): Storage {
-    const out = hostArray(a.storage.dtype, numel(a.shape));
+    const out = this.allocate(a.storage.dtype, numel(a.shape));
     whereRef(hostView("where", cond), hostView("where", a), hostView("where", b), out);
     return this.wrap(out);
   }
@@ -199,7 +223,7 @@ export class CpuBackend implements Backend {
   }
 
   cast(x: View, dtype: DType): Storage {
-    const out = hostArray(dtype, numel(x.shape));
+    const out = this.allocate(dtype, numel(x.shape));
     castRef(hostView("cast", x), out);
     return this.wrap(out);
   }
@@ -207,21 +231,21 @@ export class CpuBackend implements Backend {
   reduceRows(op: ReduceOp, x: Storage, rows: number, cols: number): Storage {
     const name = `reduce ${op}`;
     checkRows(name, x, rows, cols);
-    const out = hostArray(x.dtype, rows);
+    const out = this.allocate(x.dtype, rows);
     reduceRowsRef(op, hostData(name, x), out, rows, cols);
     return this.wrap(out);
   }
 
   matmul(a: Storage, b: Storage, g: MatmulGeometry): Storage {
     const [ha, hb] = floatArgs("matmul", [a, b]);
-    const out = hostArray(a.dtype, checkMatmul("matmul", a, b, g));
-    matmulRef(ha!, hb!, out, g);
+    const out = this.allocate(a.dtype, checkMatmul("matmul", a, b, g));
+    this.kernels.matmul(ha!, hb!, out, g);
     return this.wrap(out);
   }
 
   softmax(x: Storage, rows: number, cols: number, log: boolean): Storage {
     const [hx] = floatArgs("softmax", [x]);
-    const out = hostArray(x.dtype, checkRows("softmax", x, rows, cols));
+    const out = this.allocate(x.dtype, checkRows("softmax", x, rows, cols));
     softmaxRef(hx!, out, rows, cols, log);
     return this.wrap(out);
   }
@@ -232,7 +256,7 @@ export class CpuBackend implements Backend {
     const [hl] = floatArgs(op, [logits]);
     expectDType(op, "targets", targets, "i32");
     checkCrossEntropy(op, logits, targets, null, g);
-    const out = hostArray(logits.dtype, g.rows);
+    const out = this.allocate(logits.dtype, g.rows);
     crossEntropyRef(hl!, hostData(op, targets) as Int32Array, out, g);
     return this.wrap(out);
   }
@@ -242,7 +266,7 @@ export class CpuBackend implements Backend {
     const op = "crossEntropyBackward";
     const [hl, hg] = floatArgs(op, [logits, gradLoss]);
     expectDType(op, "targets", targets, "i32");
-    const out = hostArray(logits.dtype, checkCrossEntropy(op, logits, targets, gradLoss, g));
+    const out = this.allocate(logits.dtype, checkCrossEntropy(op, logits, targets, gradLoss, g));
     crossEntropyBackwardRef(hl!, hostData(op, targets) as Int32Array, hg!, out, g);
     return this.wrap(out);
   }
@@ -250,7 +274,7 @@ export class CpuBackend implements Backend {
   /** Ids outside [0, V) throw a RangeError naming the id, its index and V. */
   gather(table: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
     expectDType("gather", "ids", ids, "i32");
-    const out = hostArray(table.dtype, checkGather("gather", table, ids, g));
+    const out = this.allocate(table.dtype, checkGather("gather", table, ids, g));
     gatherRef(hostData("gather", table), hostData("gather", ids) as Int32Array, out, g);
     return this.wrap(out);
   }
@@ -258,14 +282,14 @@ export class CpuBackend implements Backend {
   /** Ids outside [0, V) throw a RangeError naming the id, its index and V. */
   scatterAdd(grad: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
     expectDType("scatterAdd", "ids", ids, "i32");
-    const out = hostArray(grad.dtype, checkScatterAdd("scatterAdd", grad, ids, g));
+    const out = this.allocate(grad.dtype, checkScatterAdd("scatterAdd", grad, ids, g));
     scatterAddRef(hostData("scatterAdd", grad), hostData("scatterAdd", ids) as Int32Array, out, g);
     return this.wrap(out);
   }
 
   rmsNorm(x: Storage, weight: Storage, g: RmsNormGeometry): Storage {
     const [hx, hw] = floatArgs("rmsNorm", [x, weight]);
-    const out = hostArray(x.dtype, checkRmsNorm("rmsNorm", x, weight, g));
+    const out = this.allocate(x.dtype, checkRmsNorm("rmsNorm", x, weight, g));
     rmsNormRef(hx!, hw!, out, g);
     return this.wrap(out);
   }
@@ -273,7 +297,7 @@ export class CpuBackend implements Backend {
   /** @throws ShapeError when Dh is odd or Bc is neither 1 nor B. */
   rope(x: Storage, cos: Storage, sin: Storage, g: RopeGeometry): Storage {
     const [hx, hc, hs] = floatArgs("rope", [x, cos, sin]);
-    const out = hostArray(x.dtype, checkRope("rope", x, cos, sin, g));
+    const out = this.allocate(x.dtype, checkRope("rope", x, cos, sin, g));
     ropeRef(hx!, hc!, hs!, out, g);
     return this.wrap(out);
   }
@@ -284,8 +308,8 @@ export class CpuBackend implements Backend {
     const [q, k, v] = floatArgs(op, [ins.q, ins.k, ins.v]);
     const n = checkAttention(op, ins, g);
     const keyMask = ins.keyMask && hostData(op, ins.keyMask);
-    const out = hostArray(ins.q.dtype, n.q);
-    const lse = hostArray(ins.q.dtype, n.lse);
+    const out = this.allocate(ins.q.dtype, n.q);
+    const lse = this.allocate(ins.q.dtype, n.lse);
     attentionRef({ q: q!, k: k!, v: v!, keyMask }, { out, lse }, g);
     return { out: this.wrap(out), lse: this.wrap(lse) };
   }
@@ -295,9 +319,9 @@ export class CpuBackend implements Backend {
     const [q, k, v, out, dOut, lse] = floatArgs(op, [ins.q, ins.k, ins.v, ins.out, ins.dOut, ins.lse]);
     const n = checkAttentionBackward(op, ins, g);
     const keyMask = ins.keyMask && hostData(op, ins.keyMask);
-    const dq = hostArray(ins.q.dtype, n.q);
-    const dk = hostArray(ins.q.dtype, n.kv);
-    const dv = hostArray(ins.q.dtype, n.kv);
+    const dq = this.allocate(ins.q.dtype, n.q);
+    const dk = this.allocate(ins.q.dtype, n.kv);
+    const dv = this.allocate(ins.q.dtype, n.kv);
     attentionBackwardRef({ q: q!, k: k!, v: v!, keyMask, out: out!, dOut: dOut!, lse: lse! }, { dq, dk, dv }, g);
     return { dq: this.wrap(dq), dk: this.wrap(dk), dv: this.wrap(dv) };
   }

@@ -2,15 +2,23 @@ import type { Backend } from "../tensor/backend.ts";
 import { setDefaultDevice } from "../tensor/device.ts";
 import { DeviceError } from "../tensor/errors.ts";
 import { CpuBackend } from "./cpu.ts";
+import type { WasmBackend } from "./wasm/backend.ts";
 
 /**
- * Which device to use: "auto" picks webgpu when a hardware adapter exists, else cpu with a
- * notice (a software adapter such as SwiftShader is used only when asked for by name).
+ * Which device to use: "auto" picks webgpu when a hardware adapter exists, else wasm (SIMD
+ * kernels on every core) with a notice; a software adapter such as SwiftShader is used only when
+ * asked for by name, and cpu (the reference numerics, f64) too.
  */
-export type DeviceKind = "cpu" | "webgpu" | "auto";
+export type DeviceKind = "cpu" | "wasm" | "webgpu" | "auto";
 
 /** Every DeviceKind, in the order messages list them. */
-export const DEVICE_KINDS: readonly DeviceKind[] = ["cpu", "webgpu", "auto"];
+export const DEVICE_KINDS: readonly DeviceKind[] = ["cpu", "wasm", "webgpu", "auto"];
+
+/** Options of the devices that have any. */
+export interface DeviceOptions {
+  /** Threads of the wasm device, the caller's included (default: every core). */
+  threads?: number;
+}
 
 /** @throws DeviceError naming `op`, the kind and the accepted kinds when `kind` is not a DeviceKind. */
 function assertDeviceKind(op: string, kind: unknown): asserts kind is DeviceKind {
@@ -27,15 +35,44 @@ export function cpuDevice(): CpuBackend {
   return cpu;
 }
 
+const wasmByThreads = new Map<number, Promise<WasmBackend>>();
+
 /**
- * Resolves a device by kind. "webgpu" throws when no adapter exists; "auto" falls back to cpu
- * and prints a notice on stderr (stdout stays clean for machine-readable output).
- * @throws DeviceError for a kind other than "cpu", "webgpu", "auto" (before any adapter is
- *   requested); Error naming how to get an adapter on a machine without a GPU.
+ * The process-wide wasm device for a thread count (default: every core), started on first use.
+ * @throws RangeError when threads is not a positive integer.
  */
-export async function getDevice(kind: DeviceKind = "auto"): Promise<Backend> {
+export async function wasmDevice(threads?: number): Promise<WasmBackend> {
+  // Loaded on demand, like webgpu: the cpu device alone never starts workers.
+  const { coreCount } = await import("./wasm/pool.ts");
+  const n = threads ?? (await coreCount());
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`wasm: threads must be a positive integer, got ${n}`);
+  let device = wasmByThreads.get(n);
+  if (!device) {
+    const { createWasmBackend } = await import("./wasm/backend.ts");
+    device = createWasmBackend({ threads: n });
+    wasmByThreads.set(n, device);
+  }
+  return device;
+}
+
+/** The wasm device with a notice on stderr saying why auto chose it. */
+async function autoWasm(reason: string, opts: DeviceOptions): Promise<Backend> {
+  const device = await wasmDevice(opts.threads);
+  process.stderr.write(`qalign: ${reason}; using the wasm device (${device.threads} thread${device.threads === 1 ? "" : "s"})\n`);
+  return device;
+}
+
+/**
+ * Resolves a device by kind. "webgpu" throws when no adapter exists; "auto" falls back to wasm
+ * and prints a notice on stderr (stdout stays clean for machine-readable output).
+ * @throws DeviceError for a kind other than "cpu", "wasm", "webgpu", "auto" (before any adapter
+ *   is requested); Error naming how to get an adapter on a machine without a GPU; RangeError for
+ *   a bad thread count.
+ */
+export async function getDevice(kind: DeviceKind = "auto", opts: DeviceOptions = {}): Promise<Backend> {
   assertDeviceKind("getDevice", kind);
   if (kind === "cpu") return cpuDevice();
+  if (kind === "wasm") return wasmDevice(opts.threads);
   // Loaded on demand: cpu-only use never loads Dawn's native module.
   const { getWebGpuBackend } = await import("./webgpu/device.ts");
   const gpu = await getWebGpuBackend();
@@ -47,10 +84,9 @@ export async function getDevice(kind: DeviceKind = "auto"): Promise<Backend> {
     return gpu;
   }
   if (gpu) {
-    // A software adapter (SwiftShader) runs WGSL on the CPU, slower than the cpu device's plain
-    // loops for the small models such a machine can hold; it stays available explicitly.
-    process.stderr.write(`qalign: the WebGPU adapter is a CPU emulation (${name}); using the cpu device (--device webgpu to use it)\n`);
-    return cpuDevice();
+    // A software adapter (SwiftShader) runs WGSL on the CPU, several times slower than the wasm
+    // device's SIMD kernels; it stays available explicitly.
+    return autoWasm(`the WebGPU adapter is a CPU emulation (${name}; --device webgpu to use it)`, opts);
   }
   if (kind === "webgpu") {
     throw new Error(
@@ -58,17 +94,16 @@ export async function getDevice(kind: DeviceKind = "auto"): Promise<Backend> {
         "and set VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json",
     );
   }
-  process.stderr.write("qalign: no WebGPU adapter found, using the cpu device\n");
-  return cpuDevice();
+  return autoWasm("no WebGPU adapter found", opts);
 }
 
 /**
  * Selects the default device for tensor creation and returns it.
  * @throws DeviceError for an unknown kind, as getDevice (the default device stays unchanged).
  */
-export async function init(kind: DeviceKind = "auto"): Promise<Backend> {
+export async function init(kind: DeviceKind = "auto", opts: DeviceOptions = {}): Promise<Backend> {
   assertDeviceKind("init", kind);
-  const device = await getDevice(kind);
+  const device = await getDevice(kind, opts);
   setDefaultDevice(device);
   return device;
 }

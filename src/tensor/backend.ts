@@ -10,8 +10,9 @@ import type { HostWeight, WeightStorage } from "./weight.ts";
  * strided views (so transposes, slices and broadcasts by stride 0 cost no copy) and write
  * fresh contiguous storages, except `assign` and the optimizer steps, which write in place.
  *
- * Two backends implement it: `cpu` (src/kernels/cpu, plain TypeScript, the reference
- * numerics, f32/f64/i32) and `webgpu` (src/kernels/webgpu, WGSL kernels through Dawn,
+ * Three backends implement it: `cpu` (src/kernels/cpu, plain TypeScript, the reference
+ * numerics, f32/f64/i32), `wasm` (src/kernels/wasm, the cpu device with its storages in one
+ * WebAssembly memory and SIMD kernels on worker threads where they pay) and `webgpu` (src/kernels/webgpu, WGSL kernels through Dawn,
  * f32/i32). Each kernel's CPU twin is the specification of its WGSL.
  *
  * Arguments: storages first, then one geometry object naming the sizes (`MatmulGeometry`,
@@ -184,7 +185,7 @@ export interface AdamWStep {
 
 /** Contiguous inputs are passed as bare storages; `View`s may be strided. */
 export interface Backend {
-  readonly name: "cpu" | "webgpu";
+  readonly name: "cpu" | "wasm" | "webgpu";
   /** Largest storage in bytes that one kernel binding may address. */
   readonly maxBindingBytes: number;
 
@@ -196,7 +197,7 @@ export interface Backend {
   read(storage: Storage, offset?: number, numel?: number): Promise<HostArray>;
   /**
    * The elements of a live storage without a copy when the device keeps them in host memory
-   * (cpu), else null (webgpu: its values need the asynchronous `read`). For cheap host-side
+   * (cpu, wasm), else null (webgpu: its values need the asynchronous `read`). For cheap host-side
    * checks of small inputs (token ids); callers must not write to the array.
    */
   peek(storage: Storage): HostArray | null;

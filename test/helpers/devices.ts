@@ -1,6 +1,8 @@
 import { existsSync } from "node:fs";
 import { afterAll, describe, test, type TestContext } from "vitest";
+import { wasmDevice } from "../../src/kernels/devices.ts";
 import { createWebGpuBackend, getWebGpuBackend, type WebGpuOptions } from "../../src/kernels/webgpu/device.ts";
+import type { Backend } from "../../src/tensor/backend.ts";
 import type { WebGpuBackend } from "../../src/kernels/webgpu/backend.ts";
 
 /**
@@ -36,6 +38,21 @@ export async function webgpuOrSkip(ctx: TestContext): Promise<WebGpuBackend> {
 /** `test(name, fn)` for a test that runs on the shared webgpu backend (skip rule as webgpuOrSkip). */
 export function testWebGpu(name: string, fn: (gpu: WebGpuBackend, ctx: TestContext) => Promise<void>, timeout?: number): void {
   test(name, async (ctx) => fn(await webgpuOrSkip(ctx), ctx), timeout);
+}
+
+/**
+ * Threads of the wasm device in tests: two, so that every kernel runs split between the calling
+ * thread and a worker whatever the machine's core count.
+ */
+export const TEST_WASM_THREADS = 2;
+
+/**
+ * Registers `fn` once per fast device checked against the cpu reference: "webgpu: name" (skip
+ * rule as webgpuOrSkip) and "wasm: name" (never skips: it needs no adapter).
+ */
+export function testDevices(name: string, fn: (device: Backend, ctx: TestContext) => Promise<void>, timeout?: number): void {
+  testWebGpu(`webgpu: ${name}`, fn, timeout);
+  test(`wasm: ${name}`, async (ctx) => fn(await wasmDevice(TEST_WASM_THREADS), ctx), timeout);
 }
 
 /**

@@ -1,0 +1,103 @@
+import { DeviceLimitError } from "../../tensor/errors.ts";
+
+/**
+ * The `wasm` device's allocator over one WebAssembly.Memory: every storage is a block of it, so
+ * kernels on any thread address it by a byte pointer. Blocks are multiples of 64 bytes (a cache
+ * line, and the alignment of every v128 access). Free blocks are kept sorted by address and merged
+ * with free neighbours, and a request takes the smallest free block that fits (best fit), so
+ * storages of slowly changing sizes (a growing KV cache) reuse memory instead of leaking it; past
+ * the free blocks the heap grows the memory (a shared memory grows in place, visible to every
+ * thread; a private one, without threads, is allocated at its maximum up front, since growing it
+ * would detach the views storages hold).
+ */
+
+const PAGE = 65536;
+const ALIGN = 64;
+
+interface Block {
+  ptr: number;
+  bytes: number;
+}
+
+export class WasmHeap {
+  readonly memory: WebAssembly.Memory;
+  /** The memory's size limit in bytes. */
+  readonly maxBytes: number;
+  private top = ALIGN; // address 0 stays unused, so a pointer is never 0
+  private readonly free: Block[] = [];
+  private readonly sizes = new Map<number, number>();
+
+  /**
+   * @param shared a SharedArrayBuffer-backed memory (threads), else a private one
+   * @param maxBytes the memory's maximum (at most 4 GiB, wasm32's address space)
+   */
+  constructor(shared: boolean, maxBytes: number) {
+    const maximum = Math.min(65536, Math.ceil(maxBytes / PAGE));
+    this.maxBytes = maximum * PAGE;
+    this.memory = new WebAssembly.Memory({ initial: shared ? 16 : maximum, maximum, shared });
+  }
+
+  /** A zero-filled block of at least `bytes` bytes; returns its address. @throws DeviceLimitError past maxBytes. */
+  alloc(bytes: number): number {
+    const size = Math.max(ALIGN, Math.ceil(bytes / ALIGN) * ALIGN);
+    let best = -1;
+    for (let i = 0; i < this.free.length; i++) {
+      const b = this.free[i]!;
+      if (b.bytes >= size && (best < 0 || b.bytes < this.free[best]!.bytes)) best = i;
+    }
+    let ptr: number;
+    if (best >= 0) {
+      const b = this.free[best]!;
+      ptr = b.ptr;
+      if (b.bytes === size) this.free.splice(best, 1);
+      else {
+        b.ptr += size;
+        b.bytes -= size;
+      }
+    } else {
+      ptr = this.top;
+      this.ensure(ptr + size);
+      this.top = ptr + size;
+    }
+    this.sizes.set(ptr, size);
+    new Uint8Array(this.memory.buffer, ptr, size).fill(0);
+    return ptr;
+  }
+
+  /** Returns a block to the heap. @throws Error when `ptr` is not a live block. */
+  release(ptr: number): void {
+    const size = this.sizes.get(ptr);
+    if (size === undefined) throw new Error(`wasm heap: ${ptr} is not an allocated block`);
+    this.sizes.delete(ptr);
+    // Insert sorted by address, then merge with the neighbours it touches.
+    let i = 0;
+    while (i < this.free.length && this.free[i]!.ptr < ptr) i++;
+    this.free.splice(i, 0, { ptr, bytes: size });
+    const next = this.free[i + 1];
+    if (next && ptr + size === next.ptr) {
+      this.free[i]!.bytes += next.bytes;
+      this.free.splice(i + 1, 1);
+    }
+    const prev = this.free[i - 1];
+    if (prev && prev.ptr + prev.bytes === ptr) {
+      prev.bytes += this.free[i]!.bytes;
+      this.free.splice(i, 1);
+      i--;
+    }
+    // A free block at the top goes back to the bump region.
+    const last = this.free[this.free.length - 1];
+    if (last && last.ptr + last.bytes === this.top) {
+      this.top = last.ptr;
+      this.free.pop();
+    }
+  }
+
+  /** Grows the memory to hold `end` bytes. */
+  private ensure(end: number): void {
+    if (end > this.maxBytes) {
+      throw new DeviceLimitError("wasm", `out of memory: ${end} bytes needed, the device's memory is limited to ${this.maxBytes} bytes`);
+    }
+    const have = this.memory.buffer.byteLength;
+    if (end > have) this.memory.grow(Math.ceil((end - have) / PAGE));
+  }
+}
