@@ -9,6 +9,7 @@ import { ensureTinyModel } from "../model/tiny.ts";
 import { CliError, int, num, parse } from "./args.ts";
 import { EVAL_OPTIONS, evalOptions, langsOption, taskOption, tokenizerFor } from "./eval.ts";
 import { loadForCli } from "./model.ts";
+import { prepareOutDir } from "./output.ts";
 
 /**
  * Limits of the embedded default (`npm start`: no --model, so the tiny random checkpoint):
@@ -80,6 +81,7 @@ export async function run(args: string[]): Promise<void> {
   };
   const tokenizer = await tokenizerFor("align", modelDir);
   const source = await resolveDataSource(v.data);
+  await prepareOutDir("align", cfg.out);
   const model = await loadForCli("align", { ...v, model: modelDir });
   const started = performance.now();
   const r = await runAlign(model, tokenizer, source, cfg, say);

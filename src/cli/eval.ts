@@ -1,4 +1,3 @@
-import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { toCsv } from "../io/plot.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
@@ -11,6 +10,7 @@ import { getTask, type TaskSpec } from "../eval/tasks.ts";
 import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
 import { CliError, deviceOption, int, parse, required } from "./args.ts";
 import { loadForCli } from "./model.ts";
+import { prepareOutDir } from "./output.ts";
 
 /** Options shared by `qalign eval` and `qalign align`: what to evaluate and how. */
 export const EVAL_OPTIONS = {
@@ -131,7 +131,7 @@ export async function run(args: string[]): Promise<void> {
           adapter: typeof v.adapter === "string",
         }
       : null;
-  if (out) await mkdir(out.dir, { recursive: true });
+  if (out) await prepareOutDir("eval", out.dir);
   const model = await loadForCli("eval", v);
   say(`eval: ${task.title}, ${langs.length} language(s), ${source.description}`);
   const results: LanguageResult[] = [];

@@ -10,6 +10,7 @@ import { loadConfig, type LlamaConfig } from "../model/config.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { CliError, deviceOption, int, parse, required } from "./args.ts";
 import { loadForCli } from "./model.ts";
+import { prepareOutDir } from "./output.ts";
 
 /** Options shared by `qalign lens` and `qalign pca`. */
 export const INTERP_OPTIONS = {
@@ -85,6 +86,7 @@ export async function runInterp(cmd: InterpCommand, values: Record<string, unkno
     maxLength: config.max_position_embeddings,
   });
   const probes = cmd.probes(config, sets);
+  await prepareOutDir(name, out);
   const model = await loadForCli(name, { ...values, adapter: undefined });
   const run = (label: string): Promise<InterpReport> => {
     say(`${name}: ${label} model (${source.description}, ${task.title}, ${langs.join(" ")})`);

@@ -6,6 +6,7 @@
  */
 import { COMMANDS, helpText } from "./commands.ts";
 import { CliError } from "./args.ts";
+import { flush } from "./output.ts";
 
 function usage(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
@@ -32,15 +33,35 @@ async function main(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** The one-line message (or, for a bug or with QALIGN_DEBUG=1, the stack) of a failure. */
+function describeFailure(err: unknown): string {
+  const e = err as Error;
+  // Failures caused by input (arguments, files, limits) print one line; programming errors
+  // (TypeError, ReferenceError) print the stack, as does any error with QALIGN_DEBUG=1.
+  const bug = e instanceof TypeError || e instanceof ReferenceError || !(e instanceof Error);
+  const showStack = (bug || process.env.QALIGN_DEBUG === "1") && !(err instanceof CliError);
+  return `qalign: ${showStack ? (e?.stack ?? String(err)) : e.message}\n`;
+}
+
+/**
+ * Exits once stdout and stderr hold nothing unwritten: a result cut short by the exit is worse
+ * than none. A stdout that cannot take the rest (its reader has gone) makes the status 1.
+ */
+async function exitAfterOutput(code: number): Promise<never> {
+  try {
+    await flush(process.stdout);
+  } catch (e) {
+    process.stderr.write(`qalign: stdout: ${(e as Error).message}\n`);
+    code = 1;
+  }
+  await flush(process.stderr).catch(() => {});
+  process.exit(code);
+}
+
 main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
+  (code) => exitAfterOutput(code),
   (err: unknown) => {
-    const e = err as Error;
-    // Failures caused by input (arguments, files, limits) print one line; programming errors
-    // (TypeError, ReferenceError) print the stack, as does any error with QALIGN_DEBUG=1.
-    const bug = e instanceof TypeError || e instanceof ReferenceError || !(e instanceof Error);
-    const showStack = (bug || process.env.QALIGN_DEBUG === "1") && !(err instanceof CliError);
-    process.stderr.write(`qalign: ${showStack ? (e?.stack ?? String(err)) : e.message}\n`);
-    process.exit(1);
+    process.stderr.write(describeFailure(err));
+    return exitAfterOutput(1);
   },
 );

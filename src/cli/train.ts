@@ -6,6 +6,7 @@ import { TRAIN_DEFAULTS } from "../lora/trainer.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { CliError, deviceOption, int, num, parse, required } from "./args.ts";
 import { loadForCli } from "./model.ts";
+import { prepareOutDir } from "./output.ts";
 
 /** Malformed items listed one per line before this many are summarised. */
 const MAX_ISSUE_LINES = 20;
@@ -61,6 +62,7 @@ export async function run(args: string[]): Promise<void> {
   };
 
   const { pairs, issues } = await readQuestionPairs(files, { strict: v.strict });
+  await prepareOutDir("train", out);
   for (const issue of issues.slice(0, MAX_ISSUE_LINES)) say(`skipped: ${formatIssue(issue)}`);
   if (issues.length > MAX_ISSUE_LINES) say(`skipped ${issues.length - MAX_ISSUE_LINES} more malformed items`);
   const tokenizer = await loadTokenizer(modelDir);
