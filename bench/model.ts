@@ -16,7 +16,7 @@ import { runInNewContext } from "node:vm";
 import { applyLora } from "../src/lora/layer.ts";
 import { optimizerStep } from "../src/lora/trainer.ts";
 import { parseConfig, type LlamaConfig } from "../src/model/config.ts";
-import { expectedWeights } from "../src/model/config.ts";
+import { expectedWeights } from "../src/model/params.ts";
 import type { LlamaModel } from "../src/model/llama.ts";
 import { loadModel } from "../src/model/load.ts";
 import { writeSafetensors, type TensorToWrite } from "../src/model/safetensors.ts";
@@ -337,7 +337,7 @@ export async function loaderCase(ctx: BenchContext, device: Backend): Promise<Ca
   };
   ctx.log(`loader: checkpoint with a ${largestMiB} MiB tensor`);
   const { dir, largestBytes } = await writeRandomCheckpoint(config, 200);
-  const totalBytes = [...expectedWeights(parseConfig(config, "bench config")).values()].reduce((s, sh) => s + 4 * sh.reduce((a, b) => a * b, 1), 0);
+  const totalBytes = [...expectedWeights(parseConfig(config, "bench config"))].reduce((s, [, sh]) => s + 4 * sh.reduce((a, b) => a * b, 1), 0);
   try {
     await collectGarbage(); // so garbage from earlier cases neither inflates the baseline nor vanishes mid-load
     const base = process.memoryUsage();

@@ -46,12 +46,13 @@ export { init, getDevice, cpuDevice, wasmDevice, type DeviceKind, type DeviceOpt
 // model
 export { loadModel, validateCheckpoint, type LoadOptions } from "./model/load.ts";
 export { LlamaModel, KVCache, Linear, Attention, Mlp, DecoderLayer, type LinearLike, type ForwardOptions, type ForwardOutput } from "./model/llama.ts";
-export { loadConfig, parseConfig, ropeInvFreq, expectedWeights, MODEL_TYPES, type LlamaConfig, type ModelType } from "./model/config.ts";
+export { loadConfig, parseConfig, MODEL_TYPES, type LlamaConfig, type ModelType } from "./model/config.ts";
+export { LAYER_MODULES, TOP_MODULES, checkpointTensors, expectedWeights, expectedWeightCount, expectedShape, type ModuleSpec } from "./model/params.ts";
 export { loadTokenizer, Tokenizer } from "./model/tokenizer.ts";
 export { generate, sampleToken, type GenerateOptions } from "./model/generate.ts";
 export { openSafetensors, openCheckpoint, writeSafetensors, CheckpointError, type Checkpoint, type TensorToWrite } from "./model/safetensors.ts";
 export { ensureTinyModel, writeTinyModel, TINY_CONFIG } from "./model/tiny.ts";
-export { positionIds, ropeTables } from "./model/positions.ts";
+export { positionIds, ropeInvFreq, ropeTables } from "./model/rope.ts";
 // lora
 export {
   LoraLinear,

@@ -11,7 +11,9 @@ import {
   writeSafetensors,
   type Checkpoint,
 } from "../src/model/safetensors.ts";
-import { expectedWeights, loadConfig, parseConfig, ropeInvFreq, type LlamaConfig } from "../src/model/config.ts";
+import { loadConfig, parseConfig, type LlamaConfig } from "../src/model/config.ts";
+import { expectedShape, expectedWeightCount, expectedWeights } from "../src/model/params.ts";
+import { ropeInvFreq } from "../src/model/rope.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "qalign-ckpt-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -359,7 +361,7 @@ describe.each(["llama-untied", "mistral-sliding", "qwen2-tied", "qwen2-sharded"]
     const config = await loadConfig(dir);
     const ckpt = await openCheckpoint(dir);
     try {
-      const expected = expectedWeights(config);
+      const expected = new Map(expectedWeights(config));
       expect(new Set(ckpt.names())).toEqual(new Set(expected.keys()));
       for (const [w, shape] of expected) {
         const info = ckpt.info(w);
@@ -368,6 +370,22 @@ describe.each(["llama-untied", "mistral-sliding", "qwen2-tied", "qwen2-sharded"]
         const data = await ckpt.readF32(w);
         expect(data.length).toBe(shape.reduce((a, b) => a * b, 1));
         expect(data.every(Number.isFinite)).toBe(true);
+      }
+    } finally {
+      await ckpt.close();
+    }
+  });
+
+  it("expectedWeightCount and expectedShape answer for the checkpoint's tensors without listing them", async () => {
+    const config = await loadConfig(dir);
+    const ckpt = await openCheckpoint(dir);
+    try {
+      // The PyTorch-written files are the reference: their count and each tensor's shape.
+      expect(expectedWeightCount(config)).toBe(ckpt.names().length);
+      for (const name of ckpt.names()) expect(expectedShape(config, name), name).toEqual(ckpt.info(name).shape);
+      const L = config.num_hidden_layers;
+      for (const foreign of [`model.layers.${L}.input_layernorm.weight`, "model.layers.00.input_layernorm.weight", "model.layers.0.mlp.gate_proj.bias", "model.layers.0.mlp.gate_proj", "model.rotary_emb.inv_freq"]) {
+        expect(expectedShape(config, foreign), foreign).toBeNull();
       }
     } finally {
       await ckpt.close();

@@ -12,7 +12,7 @@ import { tidy } from "../tensor/scope.ts";
  *
  *     keys:  [ prefix (P) | pad ... pad | row tokens ]      attention_mask 1...1 0...0 1...1
  *
- * Positions come from the mask (cumsum - 1, src/model/positions.ts), so a row's tokens get the
+ * Positions come from the mask (cumsum - 1, src/model/rope.ts), so a row's tokens get the
  * positions they would have right after the prefix, and the padding is never attended; the
  * logits therefore equal those of the unpadded full prompt (checked in test/eval_cache.test.ts).
  * Without a cache, rows are left-padded full prompts (HF's padding_side = "left"). One caveat:

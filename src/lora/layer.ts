@@ -1,4 +1,5 @@
 import { Linear, type DecoderLayer, type LinearLike, type LlamaModel } from "../model/llama.ts";
+import { LAYER_MODULES, layerPrefix, moduleName, type LoraPath, type ModuleName } from "../model/params.ts";
 import { rand, zeros } from "../tensor/ops/create.ts";
 import { dropout, linear } from "../tensor/ops/nn.ts";
 import { Rng } from "../tensor/random.ts";
@@ -15,10 +16,12 @@ import type { Tensor } from "../tensor/tensor.ts";
  * B starts at zero, so the adapted model starts equal to the base model.
  */
 
-/** The seven linear layers of a Llama-family decoder layer that LoRA can adapt. */
-export const LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
+/** The decoder layer's LoRA-targetable modules (the `lora` rows of params.ts's table), by path. */
+const LORA_PATHS: readonly LoraPath[] = LAYER_MODULES.flatMap((m) => (m.lora ? [m.path] : []));
+/** PEFT's short names of the linear layers LoRA can adapt, in table order (q_proj ... down_proj). */
+export const LORA_MODULES: readonly LoraModuleName[] = LORA_PATHS.map(moduleName);
 /** One of {@link LORA_MODULES}. */
-export type LoraModuleName = (typeof LORA_MODULES)[number];
+export type LoraModuleName = ModuleName<LoraPath>;
 
 /** The LoRA hyper-parameters, named as the fields of PEFT's `LoraConfig` (adapter_config.json). */
 export interface LoraConfig {
@@ -107,29 +110,13 @@ export interface ModuleSlot {
   set(module: LinearLike): void;
 }
 
-function slotOf(layer: DecoderLayer, i: number, name: LoraModuleName): ModuleSlot {
-  switch (name) {
-    case "q_proj":
-    case "k_proj":
-    case "v_proj":
-    case "o_proj":
-      return {
-        path: `model.layers.${i}.self_attn.${name}`,
-        get: () => layer.self_attn[name],
-        set: (m) => (layer.self_attn[name] = m),
-      };
-    default:
-      return {
-        path: `model.layers.${i}.mlp.${name}`,
-        get: () => layer.mlp[name],
-        set: (m) => (layer.mlp[name] = m),
-      };
-  }
+function slotOf(layer: DecoderLayer, i: number, path: LoraPath): ModuleSlot {
+  return { path: `${layerPrefix(i)}${path}`, get: () => layer.linearAt(path), set: (m) => layer.setLinearAt(path, m) };
 }
 
 /** Every adaptable linear layer of `model`, layer by layer in {@link LORA_MODULES} order. */
 export function moduleSlots(model: LlamaModel): ModuleSlot[] {
-  return model.layers.flatMap((layer, i) => LORA_MODULES.map((name) => slotOf(layer, i, name)));
+  return model.layers.flatMap((layer, i) => LORA_PATHS.map((path) => slotOf(layer, i, path)));
 }
 
 /**

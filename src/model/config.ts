@@ -1,7 +1,8 @@
 /**
  * `config.json` of a Llama-family checkpoint (llama, mistral, qwen2), parsed strictly into a
- * typed {@link LlamaConfig} with Hugging Face field names and HF's defaults, plus the two things
- * that follow from it: the RoPE inverse frequencies and the list of expected weights.
+ * typed {@link LlamaConfig} with Hugging Face field names and HF's defaults. What follows from
+ * a config lives beside it: the parameter tree and its shapes in params.ts, the rotary
+ * frequencies in rope.ts.
  *
  * Sources: transformers' `configuration_{llama,mistral,qwen2}.py`, `modeling_rope_utils.py`,
  * `modeling_{llama,mistral,qwen2}.py`.
@@ -283,68 +284,4 @@ export async function loadConfig(dir: string): Promise<LlamaConfig> {
     throw new CheckpointError(file, `not valid JSON: ${(e as Error).message}`);
   }
   return parseConfig(raw, file);
-}
-
-/**
- * RoPE inverse frequencies `inv_freq[i] = θ^(-2i/Dh)`, i = 0..Dh/2-1, in radians per position,
- * with scaling applied. Computed in float64 (HF computes in float32).
- *
- * Source: transformers `modeling_rope_utils.py`: `_compute_default_rope_parameters`;
- * `_compute_linear_scaling_rope_parameters` (positions / factor, i.e. inv_freq / factor);
- * `_compute_llama3_parameters` (wavelength 2π/inv_freq above `original / low_freq_factor`:
- * divide by factor; below `original / high_freq_factor`: keep; between: blend with
- * s = (original / wavelength - low) / (high - low), result (1 - s) * inv / factor + s * inv).
- * @returns Float64Array [Dh / 2]
- */
-export function ropeInvFreq(config: LlamaConfig): Float64Array {
-  const dim = config.head_dim;
-  const inv = new Float64Array(dim / 2);
-  for (let i = 0; i < inv.length; i++) inv[i] = 1 / config.rope_theta ** ((2 * i) / dim);
-  const s = config.rope_scaling;
-  if (s === null) return inv;
-  if (s.rope_type === "linear") return inv.map((x) => x / s.factor);
-  const lowWavelen = s.original_max_position_embeddings / s.low_freq_factor;
-  const highWavelen = s.original_max_position_embeddings / s.high_freq_factor;
-  return inv.map((x) => {
-    const wavelen = (2 * Math.PI) / x;
-    if (wavelen < highWavelen) return x;
-    if (wavelen > lowWavelen) return x / s.factor;
-    const smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-    return ((1 - smooth) * x) / s.factor + smooth * x;
-  });
-}
-
-/**
- * Every weight an HF checkpoint of `config` holds, with its shape, in HF naming
- * (`LlamaForCausalLM` / `MistralForCausalLM` / `Qwen2ForCausalLM` state dicts). Linear weights
- * are `[out, in]` as in `nn.Linear`:
- * - `model.embed_tokens.weight` [V, D]
- * - per layer i, `model.layers.{i}.`: `self_attn.q_proj.weight` [H*Dh, D], `k_proj`/`v_proj`
- *   [Hkv*Dh, D], `o_proj` [D, H*Dh]; `.bias` [out] for q/k/v when `qkv_bias`, for o when
- *   `o_bias`; `mlp.gate_proj.weight`/`up_proj` [F, D], `down_proj` [D, F];
- *   `input_layernorm.weight`/`post_attention_layernorm.weight` [D]
- * - `model.norm.weight` [D]; `lm_head.weight` [V, D] unless `tie_word_embeddings`.
- */
-export function expectedWeights(config: LlamaConfig): Map<string, number[]> {
-  const { vocab_size: V, hidden_size: D, intermediate_size: F, head_dim: Dh } = config;
-  const q = config.num_attention_heads * Dh;
-  const kv = config.num_key_value_heads * Dh;
-  const w = new Map<string, number[]>([["model.embed_tokens.weight", [V, D]]]);
-  for (let i = 0; i < config.num_hidden_layers; i++) {
-    const p = `model.layers.${i}.`;
-    for (const [name, out] of [["q_proj", q], ["k_proj", kv], ["v_proj", kv]] as const) {
-      w.set(`${p}self_attn.${name}.weight`, [out, D]);
-      if (config.qkv_bias) w.set(`${p}self_attn.${name}.bias`, [out]);
-    }
-    w.set(`${p}self_attn.o_proj.weight`, [D, q]);
-    if (config.o_bias) w.set(`${p}self_attn.o_proj.bias`, [D]);
-    w.set(`${p}mlp.gate_proj.weight`, [F, D]);
-    w.set(`${p}mlp.up_proj.weight`, [F, D]);
-    w.set(`${p}mlp.down_proj.weight`, [D, F]);
-    w.set(`${p}input_layernorm.weight`, [D]);
-    w.set(`${p}post_attention_layernorm.weight`, [D]);
-  }
-  w.set("model.norm.weight", [D]);
-  if (!config.tie_word_embeddings) w.set("lm_head.weight", [V, D]);
-  return w;
 }

@@ -5,14 +5,17 @@ import { attention, embedding, linear, rmsNorm, rope } from "../tensor/ops/nn.ts
 import { concat } from "../tensor/ops/views.ts";
 import { keep } from "../tensor/scope.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import { ropeInvFreq, type LlamaConfig } from "./config.ts";
-import { positionIds, ropeTables } from "./positions.ts";
+import type { LlamaConfig } from "./config.ts";
+import type { CheckpointTensor, LayerLinearPath, LayerWeightPath, TopModule } from "./params.ts";
+import { checkpointTensors } from "./params.ts";
+import { positionIds, ropeInvFreq, ropeTables } from "./rope.ts";
 
 /**
  * The Llama-family decoder (llama, mistral, qwen2), top-down as in transformers'
  * modeling_llama.py; the three architectures differ only in config flags (qwen2: q/k/v biases;
  * mistral: sliding-window attention). Field names equal the checkpoint keys, so
- * `model.layers[3].self_attn.q_proj.weight` is `model.layers.3.self_attn.q_proj.weight`.
+ * `model.layers[3].self_attn.q_proj.weight` is `model.layers.3.self_attn.q_proj.weight`; the
+ * list of modules, their shapes and biases is the table of params.ts.
  *
  * Shapes: B batch, T new tokens, P cached tokens, D hidden_size, H / Hkv heads, Dh head_dim,
  * F intermediate_size, V vocab_size, L num_hidden_layers.
@@ -141,6 +144,9 @@ export class Mlp {
   }
 }
 
+/** A decoder layer's modules by their paths in the table of params.ts. */
+export type LayerModules = { [P in LayerLinearPath]: LinearLike } & { [P in LayerWeightPath]: Tensor };
+
 /** One pre-norm decoder layer (LlamaDecoderLayer). */
 export class DecoderLayer {
   constructor(
@@ -150,6 +156,30 @@ export class DecoderLayer {
     public input_layernorm: Tensor,
     public post_attention_layernorm: Tensor,
   ) {}
+
+  /** Layer `layerIndex` assembled from its modules (what the loader reads by the table). */
+  static fromModules(config: LlamaConfig, layerIndex: number, m: LayerModules): DecoderLayer {
+    const attn = new Attention(config, layerIndex, m["self_attn.q_proj"], m["self_attn.k_proj"], m["self_attn.v_proj"], m["self_attn.o_proj"]);
+    const mlp = new Mlp(m["mlp.gate_proj"], m["mlp.up_proj"], m["mlp.down_proj"]);
+    return new DecoderLayer(config, attn, mlp, m["input_layernorm"], m["post_attention_layernorm"]);
+  }
+
+  /** The Linear slot at a table path (`self_attn.q_proj`): the path walks the fields. */
+  linearAt(path: LayerLinearPath): LinearLike {
+    const [block, name] = path.split(".") as ["self_attn" | "mlp", string];
+    return (this[block] as unknown as Record<string, LinearLike>)[name]!;
+  }
+
+  /** Puts `module` in the Linear slot at `path` (LoRA's module swap). */
+  setLinearAt(path: LayerLinearPath, module: LinearLike): void {
+    const [block, name] = path.split(".") as ["self_attn" | "mlp", string];
+    (this[block] as unknown as Record<string, LinearLike>)[name] = module;
+  }
+
+  /** The bare weight at a table path (`input_layernorm`). */
+  weightAt(path: LayerWeightPath): Tensor {
+    return this[path];
+  }
 
   /** x [B, T, D] -> x + attn(norm(x)), then + mlp(norm(.)). */
   forward(x: Tensor, ctx: Context): Tensor {
@@ -263,29 +293,30 @@ export class LlamaModel {
     return { logits, hiddenStates: hidden };
   }
 
-  /** Every weight by its checkpoint name (the tied lm_head appears once, as the embedding). */
+  /** The weight of a top module by its table path. */
+  topWeight(path: TopModule["path"]): Tensor {
+    return { "model.embed_tokens": this.embed_tokens, "model.norm": this.norm, lm_head: this.lm_head }[path];
+  }
+
+  /** The tensor of the model that holds a checkpoint tensor, or null for a bias its Linear lacks. */
+  tensorOf(t: CheckpointTensor): Tensor | null {
+    if (t.layer === null) return this.topWeight(t.module.path);
+    const layer = this.layers[t.layer]!;
+    if (t.module.kind === "weight") return layer.weightAt(t.module.path);
+    const lin = layer.linearAt(t.module.path).linear;
+    return t.part === "weight" ? lin.weight : lin.bias;
+  }
+
+  /**
+   * Every weight by its checkpoint name, in state-dict order (params.ts's tables; the tied
+   * lm_head appears once, as the embedding).
+   */
   namedWeights(): Map<string, Tensor> {
-    const w = new Map<string, Tensor>([["model.embed_tokens.weight", this.embed_tokens]]);
-    this.layers.forEach((layer, i) => {
-      const p = `model.layers.${i}.`;
-      const linears: [string, LinearLike][] = [
-        ["self_attn.q_proj", layer.self_attn.q_proj],
-        ["self_attn.k_proj", layer.self_attn.k_proj],
-        ["self_attn.v_proj", layer.self_attn.v_proj],
-        ["self_attn.o_proj", layer.self_attn.o_proj],
-        ["mlp.gate_proj", layer.mlp.gate_proj],
-        ["mlp.up_proj", layer.mlp.up_proj],
-        ["mlp.down_proj", layer.mlp.down_proj],
-      ];
-      for (const [name, lin] of linears) {
-        w.set(`${p}${name}.weight`, lin.linear.weight);
-        if (lin.linear.bias) w.set(`${p}${name}.bias`, lin.linear.bias);
-      }
-      w.set(`${p}input_layernorm.weight`, layer.input_layernorm);
-      w.set(`${p}post_attention_layernorm.weight`, layer.post_attention_layernorm);
-    });
-    w.set("model.norm.weight", this.norm);
-    if (!this.config.tie_word_embeddings) w.set("lm_head.weight", this.lm_head);
+    const w = new Map<string, Tensor>();
+    for (const t of checkpointTensors(this.config)) {
+      const tensor = this.tensorOf(t);
+      if (tensor) w.set(t.key, tensor);
+    }
     return w;
   }
 

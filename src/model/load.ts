@@ -2,8 +2,9 @@ import type { Backend } from "../tensor/backend.ts";
 import { defaultDevice } from "../tensor/device.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import { expectedWeights, loadConfig, type LlamaConfig } from "./config.ts";
-import { Attention, DecoderLayer, Linear, LlamaModel, Mlp } from "./llama.ts";
+import { loadConfig, type LlamaConfig } from "./config.ts";
+import { DecoderLayer, Linear, LlamaModel, type LayerModules } from "./llama.ts";
+import { LAYER_MODULES, expectedShape, expectedWeights, layerPrefix } from "./params.ts";
 import { CheckpointError, openCheckpoint, type Checkpoint } from "./safetensors.ts";
 
 /**
@@ -22,8 +23,7 @@ const IGNORED = [/\.rotary_emb\.inv_freq$/];
  * @throws CheckpointError naming the file, the tensor, and the expected and found shapes.
  */
 export function validateCheckpoint(config: LlamaConfig, ckpt: Checkpoint, dir: string): void {
-  const expected = expectedWeights(config);
-  for (const [name, shape] of expected) {
+  for (const [name, shape] of expectedWeights(config)) {
     if (!ckpt.has(name)) throw new CheckpointError(dir, `missing tensor (expected shape [${shape}])`, name);
     const info = ckpt.info(name);
     if (info.shape.join() !== shape.join()) {
@@ -31,7 +31,7 @@ export function validateCheckpoint(config: LlamaConfig, ckpt: Checkpoint, dir: s
     }
   }
   for (const name of ckpt.names()) {
-    if (expected.has(name) || IGNORED.some((re) => re.test(name))) continue;
+    if (expectedShape(config, name) !== null || IGNORED.some((re) => re.test(name))) continue;
     // A tied checkpoint may still store lm_head.weight (a copy of the embedding); HF ignores it.
     if (name === "lm_head.weight" && config.tie_word_embeddings) continue;
     throw new CheckpointError(ckpt.info(name).file, "unexpected tensor: not part of this architecture", name);
@@ -55,29 +55,24 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Ll
   const loaded: Tensor[] = [];
   try {
     validateCheckpoint(config, ckpt, dir);
-    const expected = expectedWeights(config);
+    // Validated: every key below exists with the shape expectedShape gives.
     const load = async (name: string): Promise<Tensor> => {
-      const t = tensor(await ckpt.readF32(name), { device, shape: expected.get(name)! });
+      const t = tensor(await ckpt.readF32(name), { device, shape: expectedShape(config, name)! });
       loaded.push(t);
       return t;
     };
-    const maybe = (name: string) => (expected.has(name) ? load(name) : Promise.resolve(null));
-    const lin = async (name: string) => new Linear(await load(`${name}.weight`), await maybe(`${name}.bias`));
+    const maybe = (name: string) => (expectedShape(config, name) !== null ? load(name) : Promise.resolve(null));
 
     const embed = await load("model.embed_tokens.weight");
     const layers: DecoderLayer[] = [];
     for (let i = 0; i < config.num_hidden_layers; i++) {
-      const p = `model.layers.${i}.`;
-      const attn = new Attention(
-        config,
-        i,
-        await lin(`${p}self_attn.q_proj`),
-        await lin(`${p}self_attn.k_proj`),
-        await lin(`${p}self_attn.v_proj`),
-        await lin(`${p}self_attn.o_proj`),
-      );
-      const mlp = new Mlp(await lin(`${p}mlp.gate_proj`), await lin(`${p}mlp.up_proj`), await lin(`${p}mlp.down_proj`));
-      layers.push(new DecoderLayer(config, attn, mlp, await load(`${p}input_layernorm.weight`), await load(`${p}post_attention_layernorm.weight`)));
+      const p = layerPrefix(i);
+      const modules: Record<string, Linear | Tensor> = {};
+      for (const m of LAYER_MODULES) {
+        const weight = await load(`${p}${m.path}.weight`);
+        modules[m.path] = m.kind === "linear" ? new Linear(weight, await maybe(`${p}${m.path}.bias`)) : weight;
+      }
+      layers.push(DecoderLayer.fromModules(config, i, modules as unknown as LayerModules)); // every table path is set
     }
     const norm = await load("model.norm.weight");
     const head = config.tie_word_embeddings ? embed : await load("lm_head.weight");

@@ -4,7 +4,8 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Rng } from "../tensor/random.ts";
-import { expectedWeights, parseConfig } from "./config.ts";
+import { parseConfig } from "./config.ts";
+import { expectedWeights } from "./params.ts";
 import { writeSafetensors, type TensorToWrite } from "./safetensors.ts";
 
 /**

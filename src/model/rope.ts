@@ -1,9 +1,19 @@
 import type { Backend } from "../tensor/backend.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import type { Tensor } from "../tensor/tensor.ts";
+import type { LlamaConfig } from "./config.ts";
 
 /**
- * Token positions and the rotary tables built from them.
+ * Rotary position embedding (RoPE, Su et al. 2021) from config to kernel, in one place. The
+ * angle of the pair (d, d + Dh/2) at position p is p * inv_freq[d]; it takes these forms on
+ * its way to the WGSL:
+ * 1. config.json's `rope_theta` and `rope_scaling` (parsed in config.ts) give
+ *    inv_freq [Dh/2] (`ropeInvFreq`, float64, scaling applied);
+ * 2. the attention mask gives each new token's position (`positionIds`, [B][T]);
+ * 3. `ropeTables` turns both into cos and sin [Bc, T, Dh/2] f32 on the device, which the
+ *    tensor op `rope` (src/tensor/ops/nn.ts, with its backward) applies to q and k
+ *    [B, H, T, Dh] through the backend's `rope` kernel (RopeGeometry; src/kernels/rope.ts is
+ *    the reference, rope.wgsl.ts the WGSL).
  *
  * Positions follow Hugging Face `generate` (utils.py, `prepare_inputs_for_generation`): with an
  * attention mask, position_ids = cumsum(attention_mask) - 1, with padded slots set to 1 in HF
@@ -15,6 +25,35 @@ import type { Tensor } from "../tensor/tensor.ts";
  * Positions [B][T] of the new tokens of each row, given the mask over all keys [B][past + T]
  * (or, without a mask, past .. past + T - 1 for every row).
  */
+/**
+ * RoPE inverse frequencies `inv_freq[i] = θ^(-2i/Dh)`, i = 0..Dh/2-1, in radians per position,
+ * with scaling applied. Computed in float64 (HF computes in float32).
+ *
+ * Source: transformers `modeling_rope_utils.py`: `_compute_default_rope_parameters`;
+ * `_compute_linear_scaling_rope_parameters` (positions / factor, i.e. inv_freq / factor);
+ * `_compute_llama3_parameters` (wavelength 2π/inv_freq above `original / low_freq_factor`:
+ * divide by factor; below `original / high_freq_factor`: keep; between: blend with
+ * s = (original / wavelength - low) / (high - low), result (1 - s) * inv / factor + s * inv).
+ * @returns Float64Array [Dh / 2]
+ */
+export function ropeInvFreq(config: LlamaConfig): Float64Array {
+  const dim = config.head_dim;
+  const inv = new Float64Array(dim / 2);
+  for (let i = 0; i < inv.length; i++) inv[i] = 1 / config.rope_theta ** ((2 * i) / dim);
+  const s = config.rope_scaling;
+  if (s === null) return inv;
+  if (s.rope_type === "linear") return inv.map((x) => x / s.factor);
+  const lowWavelen = s.original_max_position_embeddings / s.low_freq_factor;
+  const highWavelen = s.original_max_position_embeddings / s.high_freq_factor;
+  return inv.map((x) => {
+    const wavelen = (2 * Math.PI) / x;
+    if (wavelen < highWavelen) return x;
+    if (wavelen > lowWavelen) return x / s.factor;
+    const smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+    return ((1 - smooth) * x) / s.factor + smooth * x;
+  });
+}
+
 export function positionIds(B: number, T: number, past: number, attentionMask: readonly (readonly number[])[] | null): number[][] {
   return Array.from({ length: B }, (_, b) => {
     if (attentionMask === null) return Array.from({ length: T }, (_, t) => past + t);
