@@ -1,6 +1,6 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it, type TestContext } from "vitest";
 import type { AlignResults } from "../src/align/config.ts";
 import { settingsDiff } from "../src/align/folder.ts";
@@ -119,5 +119,30 @@ describe("settingsDiff", () => {
       "training.lr was 0.00005, now 0.001",
     ]);
     expect(settingsDiff(undefined, 3, "evaluation.seed")).toEqual(["evaluation.seed was unset, now 3"]);
+  });
+});
+
+describe("a damaged run folder", () => {
+  const args = (out: string) => ["align", "--model", TINY, "--langs", "en", "--limit", "2", "--shots", "0", "--max-train-samples", "8", "--epochs", "1", "--data", "sample", "--out", out, "--device", "cpu"];
+  const damaged = (name: string, file: string, text: string): string => {
+    const out = join(tmp, name);
+    mkdirSync(dirname(join(out, file)), { recursive: true });
+    writeFileSync(join(out, file), text);
+    return out;
+  };
+
+  it("names a run.json cut short, before any evaluation", () => {
+    const out = damaged("cut-run-json", "run.json", '{"modelDir": "x", "task"');
+    const r = qalign(args(out));
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split("\n").at(-1)).toMatch(new RegExp(`^qalign: ${join(out, "run.json")}: cannot be read back \\(.*\\); remove it to recompute`));
+    expect(r.stderr).not.toMatch(/^base en/m);
+  });
+
+  it("names a language's results file cut short", () => {
+    const out = damaged("cut-results", join("base", "en.json"), '{"lang": "en", "accuracy": 0.');
+    const r = qalign(args(out));
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split("\n").at(-1)).toMatch(new RegExp(`^qalign: ${join(out, "base", "en.json")}: cannot be read back \\(.*\\); remove it to recompute`));
   });
 });

@@ -1,4 +1,6 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { describe, expect, it, type TestContext } from "vitest";
 import { checkFields, loadTaskData, readItems } from "../src/eval/data.ts";
 import { FIELD_WORDS, fieldWords, parseQuestionLabels } from "../src/eval/fields.ts";
@@ -36,6 +38,21 @@ describe("loading a task file against the parallel English file", () => {
     expect(data.items.map((it) => it.label)).toEqual([0, 1, 2, 0, 1, 2]);
     expect(data.items[1]!.fields).toEqual({ premise: "前提 1", hypothesis: "假设 1" });
     expect(data.skipped).toEqual([]);
+  });
+
+  it("reads task files that start with a UTF-8 byte-order mark", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "qalign-bom-"));
+    try {
+      for (const [path, items] of Object.entries(snliFiles())) {
+        mkdirSync(dirname(join(dir, path)), { recursive: true });
+        writeFileSync(join(dir, path), "\uFEFF" + JSON.stringify(items));
+      }
+      const data = await loadTaskData(new FolderSource(dir), snli, "zh");
+      expect(data.labelWords).toEqual(["蕴含", "中立", "矛盾"]);
+      expect(data.items).toHaveLength(6);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("reports a missing language file by name", async () => {

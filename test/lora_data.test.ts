@@ -28,6 +28,14 @@ describe("readQuestionPairs", () => {
   const ok = (i: number) => ({ input: `q${i}\nTranslate the input from Chinese to English:\n`, answer: `Q${i}`, extra: 1 });
   const items = [ok(0), { answer: "x" }, { input: "x", answer: 5 }, "text", { input: " ", answer: "x" }, ok(5), { input: null }];
 
+  test("reads a file that starts with a UTF-8 byte-order mark (Windows editors, Python's utf-8-sig)", async () => {
+    const file = join(tmp, "bom.json");
+    writeFileSync(file, "\uFEFF" + JSON.stringify([ok(0), ok(1)]));
+    const { pairs, issues } = await qa.readQuestionPairs([file], { strict: true });
+    expect(pairs.map((p) => p.answer)).toEqual(["Q0", "Q1"]);
+    expect(issues).toEqual([]);
+  });
+
   test("reports each malformed item with file, index and field, and skips it", async () => {
     const file = jsonFile("mixed.json", items);
     const { pairs, issues } = await qa.readQuestionPairs([file]);

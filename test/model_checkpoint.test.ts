@@ -203,6 +203,64 @@ describe("sharded checkpoints", () => {
   });
 });
 
+describe("safetensors: what the reference implementation refuses (safetensors/src/tensor.rs)", () => {
+  it("rejects a tensor named twice in the header, naming it (JSON.parse would keep the last)", async () => {
+    // Raw text: an object literal cannot hold the same key twice.
+    const entry = (begin: number) => JSON.stringify(f32([1], begin));
+    const file = craft(`{"w":${entry(0)},"w":${entry(4)}}`, 8);
+    await expectError(openSafetensors(file), file, undefined, /key "w" appears twice/);
+  });
+
+  it("rejects a hole between two tensors, naming the tensor after it", async () => {
+    const file = craft({ a: f32([2], 0), b: f32([2], 12) }, 20);
+    await expectError(openSafetensors(file), file, "b", /bytes \[\d+, \d+\) between tensor "a" and this tensor belong to no tensor/);
+  });
+
+  it("rejects bytes before the first tensor", async () => {
+    const file = craft({ a: f32([2], 4) }, 12);
+    await expectError(openSafetensors(file), file, "a", /between the start of the data section and this tensor belong to no tensor/);
+  });
+
+  it("rejects trailing bytes after the last tensor, naming it", async () => {
+    const file = craft({ a: f32([2], 0), b: f32([1], 8) }, 15);
+    await expectError(openSafetensors(file), file, undefined, /3 bytes \[\d+, \d+\) follow the last tensor, "b", and belong to no tensor/);
+    const empty = craft({}, 1);
+    await expectError(openSafetensors(empty), empty, undefined, /1 bytes .* follow the header \(no tensors\)/);
+  });
+
+  it("accepts zero-size tensors anywhere in a packed layout, as the reference does", async () => {
+    const file = craft({ a: f32([2], 0), z: { dtype: "F32", shape: [0, 3], data_offsets: [8, 8] }, b: f32([1], 8) }, 12);
+    const st = await openSafetensors(file);
+    try {
+      expect(st.names().sort()).toEqual(["a", "b", "z"]);
+      expect(await st.readF32("z")).toHaveLength(0);
+    } finally {
+      await st.close();
+    }
+  });
+
+  it("rejects a tensor listed twice in model.safetensors.index.json, naming it", async () => {
+    const dir = mkdtempSync(join(tmp, "dup-index-"));
+    writeFileSync(join(dir, "s1.safetensors"), readFileSync(craft({ a: f32([4], 0) }, 16)));
+    writeFileSync(join(dir, "s2.safetensors"), readFileSync(craft({ a: f32([4], 0) }, 16)));
+    writeFileSync(join(dir, "model.safetensors.index.json"), `{"metadata": {}, "weight_map": {"a": "s1.safetensors", "a": "s2.safetensors"}}`);
+    await expectError(openCheckpoint(dir), "model.safetensors.index.json", undefined, /key "weight_map"\."a" appears twice/);
+  });
+
+  it("rejects a key given twice in config.json, naming the file and key", async () => {
+    const dir = mkdtempSync(join(tmp, "dup-config-"));
+    const text = JSON.stringify(BASE).replace(/}$/, `, "num_hidden_layers": 3}`);
+    writeFileSync(join(dir, "config.json"), text);
+    await expect(loadConfig(dir)).rejects.toThrow(new RegExp(`^${join(dir, "config.json")}: .*key "num_hidden_layers" appears twice`));
+  });
+
+  it("reads a config.json that starts with a UTF-8 byte-order mark", async () => {
+    const dir = mkdtempSync(join(tmp, "bom-config-"));
+    writeFileSync(join(dir, "config.json"), "\uFEFF" + JSON.stringify(BASE));
+    expect((await loadConfig(dir)).num_hidden_layers).toBe(BASE.num_hidden_layers);
+  });
+});
+
 // ---------------------------------------------------------------------------------------------
 
 /** Closed forms in float64: (-1)^s 2^(e-bias) (1 + m/2^mbits), subnormals 2^(1-bias) (m/2^mbits). */

@@ -3,6 +3,7 @@ import { mkdir, readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { DataError } from "../io/data_error.ts";
+import { parseJson } from "../io/json.ts";
 import type { AlignConfig } from "./config.ts";
 
 /**
@@ -44,9 +45,16 @@ export async function saveJson(file: string, value: unknown): Promise<void> {
   await writeFileAtomic(file, JSON.stringify(value, null, 1) + "\n");
 }
 
-/** Reads a JSON file this run folder wrote (its shape is trusted, as the run wrote it). */
+/**
+ * Reads a JSON file this run folder wrote (its shape is trusted, as the run wrote it).
+ * @throws DataError naming the file when it is no longer JSON (a full disk, an edit gone wrong)
+ */
 export async function readJson<T>(file: string): Promise<T> {
-  return JSON.parse(await readFile(file, "utf8")) as T;
+  try {
+    return parseJson(await readFile(file, "utf8")) as T;
+  } catch (e) {
+    throw new DataError(file, `cannot be read back (${(e as Error).message}); remove it to recompute what it held`);
+  }
 }
 
 /**

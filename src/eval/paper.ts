@@ -1,6 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { DataError } from "../io/data_error.ts";
+import { parseJson } from "../io/json.ts";
 import { LANGUAGES, type Lang } from "./languages.ts";
 import type { TaskId, TaskSpec } from "./tasks.ts";
 
@@ -112,7 +113,7 @@ export function paperPrompts(): Promise<PaperPrompts> {
     }
     let json: unknown;
     try {
-      json = JSON.parse(text);
+      json = parseJson(text);
     } catch (e) {
       throw new DataError(PAPER_PROMPTS_FILE, `not valid JSON: ${(e as Error).message}`);
     }

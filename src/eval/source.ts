@@ -3,6 +3,7 @@ import { readFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DataError } from "../io/data_error.ts";
+import { parseJson } from "../io/json.ts";
 
 /**
  * Where evaluation data comes from: a folder in the layout of the paper's release
@@ -50,7 +51,7 @@ export class FolderSource implements DataSource {
       throw new DataError(file, "missing file");
     }
     try {
-      return JSON.parse(text);
+      return parseJson(text);
     } catch (e) {
       throw new DataError(file, `not valid JSON: ${(e as Error).message}`);
     }

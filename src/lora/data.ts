@@ -2,6 +2,7 @@ import { readFile } from "node:fs/promises";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { Rng } from "../tensor/random.ts";
 import { DataError, type DataIssue } from "../io/data_error.ts";
+import { parseJson } from "../io/json.ts";
 import type { Example } from "./loss.ts";
 
 /**
@@ -45,7 +46,7 @@ export async function readQuestionPairs(files: readonly string[], opts: { strict
     const before = pairs.length;
     let items: unknown;
     try {
-      items = JSON.parse(await readFile(file, "utf8"));
+      items = parseJson(await readFile(file, "utf8"));
     } catch (e) {
       throw new DataError(file, `cannot read as JSON: ${(e as Error).message}`);
     }

@@ -6,6 +6,7 @@ import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite 
 import { tensor } from "../tensor/ops/create.ts";
 import { applyLora, peftKey, selectTargets, LoraAdapter, type LoraConfig } from "./layer.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
+import { parseJson } from "../io/json.ts";
 
 /**
  * Adapters in PEFT's on-disk layout, so that `PeftModel.from_pretrained(base, dir)` loads what
@@ -109,7 +110,7 @@ export async function readAdapterConfig(dir: string): Promise<LoraConfig> {
   const file = join(dir, ADAPTER_CONFIG_FILE);
   let raw: unknown;
   try {
-    raw = JSON.parse(await readFile(file, "utf8"));
+    raw = parseJson(await readFile(file, "utf8"));
   } catch (e) {
     throw new CheckpointError(file, `cannot read a PEFT adapter config: ${(e as Error).message}`);
   }

@@ -9,6 +9,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { parseJson } from "../io/json.ts";
 import { CheckpointError } from "./safetensors.ts";
 
 /** The architectures this loader understands, by HF `model_type`. */
@@ -279,7 +280,7 @@ export async function loadConfig(dir: string): Promise<LlamaConfig> {
   }
   let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    raw = parseJson(text);
   } catch (e) {
     throw new CheckpointError(file, `not valid JSON: ${(e as Error).message}`);
   }

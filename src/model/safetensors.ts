@@ -16,6 +16,7 @@ import { open, readFile, type FileHandle } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { writeAtomic } from "../io/atomic.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../tensor/half.ts";
+import { parseJson } from "../io/json.ts";
 
 if (endianness() !== "LE") throw new Error("safetensors: big-endian hosts are not supported");
 
@@ -142,20 +143,29 @@ function parseEntry(file: string, name: string, v: unknown, dataStart: number, d
   return { dtype: dtype as SafetensorsDType, shape: shape as number[], file, byteRange: [dataStart + begin, dataStart + end] };
 }
 
-/** Fails when two non-empty tensors share bytes. */
-function checkOverlaps(file: string, infos: Map<string, TensorInfo>): void {
-  const sorted = [...infos].filter(([, t]) => t.byteRange[1] > t.byteRange[0]);
-  sorted.sort((a, b) => a[1].byteRange[0] - b[1].byteRange[0]);
-  for (let i = 1; i < sorted.length; i++) {
-    const [prev, p] = sorted[i - 1]!;
-    const [name, t] = sorted[i]!;
-    if (t.byteRange[0] < p.byteRange[1]) {
-      throw new CheckpointError(
-        file,
-        `bytes [${t.byteRange[0]}, ${t.byteRange[1]}) overlap tensor "${prev}" at [${p.byteRange[0]}, ${p.byteRange[1]})`,
-        name,
-      );
-    }
+/**
+ * Checks that the tensors tile the data section `[dataStart, fileEnd)` exactly: sorted by
+ * offset, each begins where the one before ends, the first at the start and the last at the
+ * end of the file. These are the reference implementation's rules (`Metadata::validate` and
+ * `MetadataIncompleteBuffer` in safetensors/src/tensor.rs): bytes that no tensor owns are a
+ * damaged or hand-edited file, and bytes two tensors share alias them.
+ * @throws CheckpointError naming the tensor at an overlap or a hole, or the trailing bytes
+ */
+function checkLayout(file: string, infos: Map<string, TensorInfo>, dataStart: number, fileEnd: number): void {
+  const sorted = [...infos].sort(([, a], [, b]) => a.byteRange[0] - b.byteRange[0] || a.byteRange[1] - b.byteRange[1]);
+  let end = dataStart;
+  let prev: string | null = null;
+  for (const [name, t] of sorted) {
+    const [begin, stop] = t.byteRange;
+    const after = prev === null ? "the start of the data section" : `tensor "${prev}"`;
+    if (begin < end) throw new CheckpointError(file, `bytes [${begin}, ${stop}) overlap ${after}, which ends at ${end}`, name);
+    if (begin > end) throw new CheckpointError(file, `bytes [${end}, ${begin}) between ${after} and this tensor belong to no tensor (a hole)`, name);
+    end = stop;
+    prev = name;
+  }
+  if (end < fileEnd) {
+    const last = prev === null ? "the header (no tensors)" : `the last tensor, "${prev}",`;
+    throw new CheckpointError(file, `${fileEnd - end} bytes [${end}, ${fileEnd}) follow ${last} and belong to no tensor (trailing bytes)`);
   }
 }
 
@@ -193,8 +203,9 @@ export class SafetensorsFile implements Checkpoint {
   ) {}
 
   /**
-   * Opens and validates `file`: header length, JSON, every entry's dtype, shape and offsets,
-   * overlaps. Only the header is read.
+   * Opens and validates `file`: header length, JSON (a tensor named twice is an error), every
+   * entry's dtype, shape and offsets, and that the tensors fill the data section without
+   * overlaps, holes or trailing bytes. Only the header is read.
    * @throws CheckpointError naming the file (and tensor) for any malformed header.
    */
   static async open(file: string): Promise<SafetensorsFile> {
@@ -221,7 +232,7 @@ export class SafetensorsFile implements Checkpoint {
       await readExactly(fh, headerBuf, 8, file);
       let header: unknown;
       try {
-        header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(headerBuf));
+        header = parseJson(new TextDecoder("utf-8", { fatal: true }).decode(headerBuf));
       } catch (e) {
         throw new CheckpointError(file, `header is not valid UTF-8 JSON: ${(e as Error).message}`);
       }
@@ -234,7 +245,7 @@ export class SafetensorsFile implements Checkpoint {
         if (name === "__metadata__") metadata = parseMetadata(file, v);
         else tensors.set(name, parseEntry(file, name, v, 8 + n, size - 8 - n));
       }
-      checkOverlaps(file, tensors);
+      checkLayout(file, tensors, 8 + n, size);
       return new SafetensorsFile(file, fh, tensors, metadata);
     } catch (e) {
       await fh.close();
@@ -317,8 +328,9 @@ function parseMetadata(file: string, v: unknown): Record<string, string> {
 /**
  * Opens one `.safetensors` file and validates its header (nothing else is read).
  * @throws CheckpointError naming the file and tensor: truncated file, header length beyond the
- *   file, header not JSON, unknown dtype, offsets out of range or overlapping, offsets whose
- *   length disagrees with dtype x shape.
+ *   file, header not JSON, a tensor named twice, unknown dtype, offsets out of range,
+ *   overlapping or leaving a hole, offsets whose length disagrees with dtype x shape, bytes
+ *   after the last tensor.
  */
 export function openSafetensors(file: string): Promise<SafetensorsFile> {
   return SafetensorsFile.open(file);
@@ -375,7 +387,8 @@ export const SINGLE_FILE = "model.safetensors";
  * Opens the weights of a Hugging Face checkpoint folder: `model.safetensors` when it exists,
  * else `model.safetensors.index.json` and its shards (the order of HF `from_pretrained`). All
  * headers are validated up front.
- * @throws CheckpointError when neither file exists, the index is malformed, a shard file is
+ * @throws CheckpointError when neither file exists, the index is malformed (a tensor listed twice
+ *   included), a shard file is
  *   missing, a tensor listed in the index is absent from its shard, or any shard is malformed.
  */
 export async function openCheckpoint(dir: string): Promise<Checkpoint> {
@@ -385,7 +398,7 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
   if (!existsSync(indexPath)) throw new CheckpointError(dir, `neither ${SINGLE_FILE} nor ${INDEX_FILE} exists`);
   let index: unknown;
   try {
-    index = JSON.parse(await readFile(indexPath, "utf8"));
+    index = parseJson(await readFile(indexPath, "utf8"));
   } catch (e) {
     throw new CheckpointError(indexPath, `not valid JSON: ${(e as Error).message}`);
   }
