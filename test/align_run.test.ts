@@ -88,14 +88,19 @@ describe("qalign align", () => {
     );
   });
 
-  it("runs offline on the built-in sample (what npm start does without ../shared/data)", () => {
+  it("runs offline on the built-in sample (what npm start does without ../shared/data), with train's LoRA options", () => {
     const sampleOut = join(tmp, "sample");
-    const r = qalign(["align", "--data", "sample", "--langs", "en,sw,bn", "--out", sampleOut, "--device", "cpu"]);
+    const lora = ["--r", "4", "--lora-alpha", "8", "--target-modules", "q_proj,k_proj"];
+    const r = qalign(["align", "--data", "sample", "--langs", "en,sw,bn", "--out", sampleOut, "--device", "cpu", ...lora]);
     expect(r.status).toBe(0);
     expect(r.stderr).toContain("built-in sample");
     const res = JSON.parse(readFileSync(join(sampleOut, "results.json"), "utf8")) as AlignResults;
     expect(res.base.map((b) => b.n)).toEqual([6, 6, 6]); // 12 sample items, 6 of them demonstrations
     expect(res.training.train + res.training.val).toBe(12); // 6 question pairs each for zh and es
+    // PEFT's names from the command line to adapter_config.json.
+    expect(res.config.training.lora).toMatchObject({ r: 4, lora_alpha: 8, target_modules: ["q_proj", "k_proj"] });
+    const peft = JSON.parse(readFileSync(join(sampleOut, "adapter", "adapter_config.json"), "utf8")) as Record<string, unknown>;
+    expect(peft).toMatchObject({ r: 4, lora_alpha: 8, target_modules: ["q_proj", "k_proj"] });
   });
 
   it("says clearly that only SNLI has question files", () => {

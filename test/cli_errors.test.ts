@@ -2,12 +2,8 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, write
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { TINY_DEFAULTS } from "../src/cli/align.ts";
 import { CliError, describeBounds, int, num, required } from "../src/cli/args.ts";
-import { helpText } from "../src/cli/commands.ts";
 import { pcaComponents } from "../src/cli/pca.ts";
-import { TASKS } from "../src/eval/tasks.ts";
-import { TRAIN_DEFAULTS } from "../src/lora/trainer.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 import { ROOT, runCli } from "./helpers/cli.ts";
 import { fixtureDir } from "./helpers/fixtures.ts";
@@ -50,9 +46,9 @@ describe("qalign eval", () => {
   });
 
   it("--out keeps the languages finished before a later one fails", () => {
-    // Loglik labels: the English ones take at most 3 tokens, 矛盾 6, so --max-length 4 fails in zh only.
+    // Loglik labels: the English ones take at most 3 tokens, 矛盾 6, so --eval-max-length 4 fails in zh only.
     const out = join(tmp, "eval-partial");
-    const r = qalign(["eval", "--model", TINY, "--task", "snli", "--langs", "en,zh", "--limit", "3", "--shots", "0", "--mode", "loglik", "--max-length", "4", "--data", "sample", "--out", out, "--device", "cpu"]);
+    const r = qalign(["eval", "--model", TINY, "--task", "snli", "--langs", "en,zh", "--limit", "3", "--shots", "0", "--mode", "loglik", "--eval-max-length", "4", "--data", "sample", "--out", out, "--device", "cpu"]);
     expect(r.status).toBe(1);
     expect(lastLine(r.stderr)).toMatch(/^qalign: sample:snli\/snli_zh600_test\.json: maxLength 4 cannot hold a label of \d+ tokens/);
     const saved = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as { complete: boolean; pending: string[]; results: { lang: string; n: number }[] };
@@ -170,29 +166,5 @@ describe("option messages", () => {
     expect(fail(() => required("generate", { prompt: "" }, "prompt"))).toBe("generate: --prompt must not be empty");
     expect(fail(() => required("generate", {}, "prompt"))).toBe("generate: --prompt is required");
     expect(required("generate", { prompt: "Hi" }, "prompt")).toBe("Hi");
-  });
-});
-
-describe("--help", () => {
-  /** The default `--flag` shows in a command's help. */
-  const shown = (command: string, flag: string) => new RegExp(`^  ${flag} +(.+)$`, "m").exec(helpText(command))?.[1];
-
-  it("lists the defaults the usage line does not show, with the values the parsers use", () => {
-    expect(shown("generate", "--max-new-tokens")).toBe("32");
-    expect(shown("generate", "--top-p")).toMatch(/^1 /);
-    for (const command of ["eval", "align", "lens", "pca"]) {
-      expect(shown(command, "--shots"), command).toBe(`the task's: emotion ${TASKS.emotion.shots}, snli ${TASKS.snli.shots}, paws ${TASKS.paws.shots}`);
-    }
-    expect(shown("eval", "--task")).toBe("snli");
-    expect(shown("eval", "--batch-size")).toBe("8");
-    expect(Number(shown("align", "--lr"))).toBe(TRAIN_DEFAULTS.lr);
-    expect(Number(shown("align", "--epochs"))).toBe(TRAIN_DEFAULTS.epochs);
-    const tiny = shown("align", "--model")!;
-    expect(tiny).toContain(`--limit ${TINY_DEFAULTS.limit},`);
-    expect(tiny).toContain(`--max-train-samples ${TINY_DEFAULTS.maxTrainSamples},`);
-    expect(tiny).toContain(`--epochs ${TINY_DEFAULTS.epochs},`);
-    expect(Number(/--lr (\S+)/.exec(tiny)![1])).toBe(TINY_DEFAULTS.lr);
-    expect(shown("pca", "--components")).toMatch(/^4 /);
-    expect(shown("lens", "--top-k")).toBe("5");
   });
 });

@@ -1,5 +1,6 @@
 import type { DataIssue } from "../io/data_error.ts";
-import type { TrainResult } from "../lora/trainer.ts";
+import type { TrainingRecipe } from "../lora/recipe.ts";
+import type { TrainOptions, TrainResult } from "../lora/trainer.ts";
 import type { EvalOptions, LanguageResult } from "../eval/evaluate.ts";
 import type { Lang } from "../eval/languages.ts";
 import { TASKS, type TaskId } from "../eval/tasks.ts";
@@ -9,23 +10,11 @@ import { TASKS, type TaskId } from "../eval/tasks.ts";
  * what run.ts runs, folder.ts fingerprints and report.ts writes.
  */
 
-/** Settings of the LoRA training (defaults: the paper's, via the trainer). */
-export interface AlignTraining {
-  /** Pairs kept in all (a seeded subset of the training languages' files); default all. */
-  maxSamples?: number;
-  epochs: number;
-  lr: number;
-  batchSize: number;
-  gradAccum: number;
-  /** Longest training pair in tokens. */
-  maxLength: number;
-  /** Share of pairs held out for the validation loss. */
-  valSize: number;
-  r: number;
-  alpha: number;
-  dropout: number;
-  targetModules: string[];
-}
+/**
+ * Settings of the LoRA training: the training recipe of `qalign train` (PEFT's names in `lora`),
+ * every trainer setting the CLI takes spelled out; its seed is the run's evaluation seed.
+ */
+export type AlignTraining = Omit<TrainingRecipe, "seed" | "hyper"> & { hyper: Pick<TrainOptions, "lr" | "epochs" | "batchSize" | "gradAccum" | "saveSteps"> };
 
 export interface AlignConfig {
   /** The base checkpoint's folder. */

@@ -59,12 +59,14 @@ export async function readJson<T>(file: string): Promise<T> {
 
 /**
  * The settings that decide the numbers: all but the languages list (each language is stored on
- * its own, so a rerun may add languages), the batch size and the interp switch.
+ * its own, so a rerun may add languages), the evaluation batch size, the checkpoint interval
+ * (training resumes bit for bit whatever it is) and the interp switch.
  * @param data the data source's description
  */
 export function fingerprint(cfg: AlignConfig, data: string): Record<string, unknown> {
   const { batchSize: _, ...evaluation } = cfg.evaluation;
-  return { modelDir: cfg.modelDir, data, task: cfg.task, trainTask: cfg.trainTask, train: cfg.train, target: cfg.target, evaluation, training: cfg.training };
+  const { saveSteps: __, ...hyper } = cfg.training.hyper;
+  return { modelDir: cfg.modelDir, data, task: cfg.task, trainTask: cfg.trainTask, train: cfg.train, target: cfg.target, evaluation, training: { ...cfg.training, hyper } };
 }
 
 /** A JSON value as the run.json diff shows it; absent values read "unset". */

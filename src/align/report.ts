@@ -122,14 +122,15 @@ export const PAPER_COMMAND =
 /** report.md: what was run, the table, notes on ties / truncation / skipped items, the chart. */
 function reportMarkdown(r: AlignResults, rows: readonly Comparison[]): string {
   const { config: cfg, training: t } = r;
+  const lora = cfg.training.lora;
   const task = TASKS[cfg.task];
   const ev = r.base[0];
   const lines = [
     `# Question alignment: ${task.title}, ${basename(cfg.modelDir)}`,
     "",
-    `Base model \`${cfg.modelDir}\`, LoRA-tuned (r ${cfg.training.r}, alpha ${cfg.training.alpha}, on ${cfg.training.targetModules.join(", ")}) ` +
+    `Base model \`${cfg.modelDir}\`, LoRA-tuned (r ${lora.r}, lora_alpha ${lora.lora_alpha}, on ${[lora.target_modules].flat().join(", ")}) ` +
       `only to translate ${TASKS[cfg.trainTask].title} questions from ${cfg.train.map((l) => LANGUAGE_NAMES[l]).join(" and ")} into ${LANGUAGE_NAMES[cfg.target]}: ` +
-      `${t.train} training pairs (+${t.val} for validation), ${cfg.training.epochs} epoch(s), ${t.steps} optimizer steps, lr ${cfg.training.lr}. ` +
+      `${t.train} training pairs (+${t.val} for validation), ${cfg.training.hyper.epochs} epoch(s), ${t.steps} optimizer steps, lr ${cfg.training.hyper.lr}. ` +
       `Evaluated ${ev?.shots ?? task.shots}-shot in ${rows.length} languages with ${ev?.mode ?? "prefix"} scoring ` +
       `(${ev?.mode === "loglik" ? "log-likelihood of each whole label word" : "next-token probability of each label's prefix tokens, the paper's constrained decoding"}), ` +
       `label words ${cfg.evaluation.englishLabels ? "in English" : "in each language"}; data: ${r.data}. ` +

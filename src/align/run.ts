@@ -134,17 +134,9 @@ async function trainAdapter(
   log: (line: string) => void,
 ): Promise<TrainingSummary> {
   const started = performance.now();
-  const t = cfg.training;
   const paths = runPaths(cfg.out);
   const trainingDir = paths.training;
-  const recipe: TrainingRecipe = {
-    lora: { target_modules: t.targetModules, r: t.r, lora_alpha: t.alpha, lora_dropout: t.dropout },
-    maxSamples: t.maxSamples,
-    valSize: t.valSize,
-    maxLength: t.maxLength,
-    seed: cfg.evaluation.seed ?? 0,
-    hyper: { epochs: t.epochs, lr: t.lr, batchSize: t.batchSize, gradAccum: t.gradAccum },
-  };
+  const recipe: TrainingRecipe = { ...cfg.training, seed: cfg.evaluation.seed ?? 0 };
   const { data, result } = await trainOnPairs(model, tokenizer, pairs, recipe, {
     outDir: trainingDir,
     resume: latestDir(join(trainingDir, "checkpoint")) !== null,

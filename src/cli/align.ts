@@ -3,13 +3,12 @@ import { QUESTION_TASK, trainTaskMessage, type AlignConfig } from "../align/conf
 import { comparisons, comparisonTable } from "../align/report.ts";
 import { runAlign } from "../align/run.ts";
 import { resolveDataSource } from "../eval/source.ts";
-import { LORA_DEFAULTS } from "../lora/layer.ts";
-import { TRAIN_DEFAULTS } from "../lora/trainer.ts";
 import { ensureTinyModel } from "../model/tiny.ts";
-import { CliError, int, num, parse } from "./args.ts";
+import { CliError, modelOption, type OptionTable, type Values } from "./args.ts";
 import { EVAL_OPTIONS, evalOptions, langsOption, taskOption, tokenizerFor } from "./eval.ts";
 import { loadForCli } from "./model.ts";
 import { prepareOutDir } from "./output.ts";
+import { TRAINING_OPTIONS, trainingRecipe } from "./train.ts";
 
 /**
  * Limits of the embedded default (`npm start`: no --model, so the tiny random checkpoint):
@@ -20,28 +19,36 @@ import { prepareOutDir } from "./output.ts";
  */
 export const TINY_DEFAULTS = { limit: 12, maxTrainSamples: 48, epochs: 2, lr: 1e-3, batchSize: 4, gradAccum: 1 } as const;
 
+const { was: _, ...evalBatchSize } = EVAL_OPTIONS["eval-batch-size"];
+const { was: __, ...evalMaxLength } = EVAL_OPTIONS["eval-max-length"];
+
+export const options = {
+  model: {
+    ...modelOption.model,
+    required: false,
+    default: `the tiny random checkpoint, with --limit ${TINY_DEFAULTS.limit}, --max-train-samples ${TINY_DEFAULTS.maxTrainSamples}, --epochs ${TINY_DEFAULTS.epochs}, --lr ${TINY_DEFAULTS.lr}, --batch-size ${TINY_DEFAULTS.batchSize}, --grad-accum ${TINY_DEFAULTS.gradAccum} (a demo)`,
+  },
+  train: { type: "string", arg: "zh,es", help: "question-translation source languages, comma-separated (any of de en es it sw zh)", default: "zh,es" },
+  target: { type: "string", arg: "LANG", help: "the language questions are translated into", default: "en" },
+  "train-task": { type: "string", arg: "snli", help: "whose question files train the adapter (only snli has them in the release)", default: QUESTION_TASK },
+  out: { type: "string", arg: "DIR", help: "the run folder (results, report, adapter); a rerun with the same folder resumes", default: "runs/align-<model>-<task>-<train>-<target>" },
+  interp: { type: "boolean", help: "also run Logit Lens and PCA on both models (interp/)" },
+  ...EVAL_OPTIONS,
+  seed: { ...EVAL_OPTIONS.seed, help: "seeds the demonstrations, the --limit subset, lora_A's initialisation, the validation split and the training order" },
+  // In align, --batch-size and --max-length are the training's (as in qalign train).
+  "eval-batch-size": evalBatchSize,
+  "eval-max-length": evalMaxLength,
+  ...TRAINING_OPTIONS,
+} as const satisfies OptionTable;
+
 /**
- * `qalign align [--model DIR] [--task snli] [--train zh,es] [--target en] [--train-task snli]
- * [--langs all|...] [--limit N] [--max-train-samples N] [--epochs E] [--lr LR] [--out runs/NAME]
- * [--interp] [eval options]`: evaluates the base model, LoRA-tunes it on question translation
+ * `qalign align [options]`: evaluates the base model, LoRA-tunes it on question translation
  * only, evaluates the aligned model, and writes results.json, results.csv, report.md and a chart
  * to --out (see src/align/); the comparison table goes to stdout, progress to stderr. A
  * rerun with the same --out resumes. Without --model it runs the embedded default: the tiny
  * random checkpoint on small limits (TINY_DEFAULTS).
  */
-export async function run(args: string[]): Promise<void> {
-  const v = parse("align", args, {
-    ...EVAL_OPTIONS,
-    model: { type: "string" },
-    train: { type: "string" },
-    target: { type: "string" },
-    "train-task": { type: "string" },
-    "max-train-samples": { type: "string" },
-    epochs: { type: "string" },
-    lr: { type: "string" },
-    out: { type: "string" },
-    interp: { type: "boolean", default: false },
-  });
+export async function run(v: Values<typeof options>): Promise<void> {
   const say = (line: string) => process.stderr.write(`${line}\n`);
   const tiny = typeof v.model !== "string";
   const modelDir = tiny ? await ensureTinyModel() : (v.model as string);
@@ -53,7 +60,11 @@ export async function run(args: string[]): Promise<void> {
   const targets = langsOption("align", v, "target", "en");
   if (targets.length !== 1) throw new CliError("align: --target takes one language");
   const target = targets[0]!;
-  const maxTrain = v["max-train-samples"] !== undefined || tiny ? int("align", v, "max-train-samples", TINY_DEFAULTS.maxTrainSamples, 1) : undefined;
+  for (const name of ["batch-size", "max-length"] as const) {
+    if (v[name] !== undefined) say(`align: --${name} is the training's (as in qalign train); the evaluation's is --eval-${name}`);
+  }
+  const evaluation = evalOptions("align", v, task, tiny ? TINY_DEFAULTS.limit : undefined);
+  const { seed: _seed, ...training } = trainingRecipe("align", v, evaluation.seed ?? 0, tiny ? TINY_DEFAULTS : {});
   const cfg: AlignConfig = {
     modelDir,
     tiny,
@@ -62,20 +73,8 @@ export async function run(args: string[]): Promise<void> {
     train,
     target,
     langs: langsOption("align", v, "langs", "all"),
-    evaluation: evalOptions("align", v, task, tiny ? TINY_DEFAULTS.limit : undefined),
-    training: {
-      ...(maxTrain !== undefined ? { maxSamples: maxTrain } : {}),
-      epochs: int("align", v, "epochs", tiny ? TINY_DEFAULTS.epochs : TRAIN_DEFAULTS.epochs, 1),
-      lr: num("align", v, "lr", tiny ? TINY_DEFAULTS.lr : TRAIN_DEFAULTS.lr, 0),
-      batchSize: tiny ? TINY_DEFAULTS.batchSize : TRAIN_DEFAULTS.batchSize,
-      gradAccum: tiny ? TINY_DEFAULTS.gradAccum : TRAIN_DEFAULTS.gradAccum,
-      maxLength: 512,
-      valSize: 0.05,
-      r: LORA_DEFAULTS.r,
-      alpha: LORA_DEFAULTS.lora_alpha,
-      dropout: LORA_DEFAULTS.lora_dropout,
-      targetModules: [...(LORA_DEFAULTS.target_modules as string[])],
-    },
+    evaluation,
+    training,
     interp: v.interp,
     out: typeof v.out === "string" ? v.out : join("runs", `align-${tiny ? "tiny" : basename(modelDir)}-${task.id}-${train.join("+")}-${target}`),
   };

@@ -10,15 +10,75 @@ export class CliError extends Error {
 type Options = NonNullable<ParseArgsConfig["options"]>;
 
 /**
- * Parses `args` with node:util parseArgs (strict: unknown options and stray positionals fail),
- * naming the command in errors.
+ * One command-line option: what node:util parseArgs needs (its type) and what `--help` says about
+ * it. Every command declares its options in one table of these (its module's `options`); the
+ * runner parses with that table and `--help` prints it, so no option goes undescribed.
  */
-export function parse<O extends Options>(command: string, args: string[], options: O) {
+export interface OptionSpec {
+  type: "string" | "boolean";
+  /** One line for --help: what the option does, with its unit. */
+  help: string;
+  /** The value's placeholder in --help (DIR, N, LR, prefix|loglik); string options only. */
+  arg?: string;
+  /** The default as --help shows it (the parsers fall back to the same constant). */
+  default?: string;
+  /** The command fails without it (parse checks, before any work). */
+  required?: boolean;
+  /** Old spellings still accepted: each gives a warning naming this option. */
+  was?: readonly string[];
+}
+
+/** A command's options by name (without the leading "--"). */
+export type OptionTable = Record<string, OptionSpec>;
+
+/** Parsed values: a boolean for a flag, a string for a required option, else string | undefined. */
+export type Values<T extends OptionTable> = {
+  [K in keyof T]: T[K]["type"] extends "boolean" ? boolean : T[K] extends { required: true } ? string : string | undefined;
+};
+
+/** A notice on stderr, one line. */
+const stderrLine = (line: string) => void process.stderr.write(`${line}\n`);
+
+/** parseArgs, strict, with its tokens (which tell given options from defaults). @throws CliError */
+function parseStrict(command: string, args: string[], options: Options) {
   try {
-    return parseArgs({ args, options, strict: true, allowPositionals: false }).values;
+    return parseArgs({ args, options, strict: true, allowPositionals: false, tokens: true });
   } catch (e) {
     throw new CliError(`${command}: ${(e as Error).message}`);
   }
+}
+
+/**
+ * Parses `args` with node:util parseArgs against `table` (strict: unknown options and stray
+ * positionals fail), naming the command in errors. An old spelling (`was`) is moved to its new
+ * name with a warning; flags default to false.
+ * @param warn where the old-spelling warnings go (stderr)
+ * @throws CliError for an unknown option, a missing or empty required one, or an option given
+ *   under both its old and new spelling; Error when the table names one option twice.
+ */
+export function parse<T extends OptionTable>(command: string, args: string[], table: T, warn: (line: string) => void = stderrLine): Values<T> {
+  const config: Options = {};
+  const renamed = new Map<string, string>();
+  for (const [name, spec] of Object.entries(table)) {
+    config[name] = spec.type === "boolean" ? { type: "boolean", default: false } : { type: "string" };
+    for (const old of spec.was ?? []) {
+      if (old in table || renamed.has(old)) throw new Error(`${command}: --${old} is both an option and an old spelling`);
+      renamed.set(old, name);
+      config[old] = { type: spec.type };
+    }
+  }
+  const parsed = parseStrict(command, args, config);
+  const values = parsed.values as Record<string, unknown>;
+  const given = new Set(parsed.tokens.flatMap((t) => (t.kind === "option" ? [t.name] : [])));
+  for (const [old, name] of renamed) {
+    if (!given.has(old)) continue;
+    if (given.has(name)) throw new CliError(`${command}: --${old} is the old spelling of --${name}; give only --${name}`);
+    warn(`${command}: --${old} is now called --${name}; the old spelling still works for now`);
+    values[name] = values[old];
+    delete values[old];
+  }
+  for (const [name, spec] of Object.entries(table)) if (spec.required) required(command, values, name);
+  return values as Values<T>;
 }
 
 /** The value of a required option. @throws CliError when it is absent or empty. */
@@ -82,8 +142,26 @@ export function intList(command: string, name: string, text: string): number[] {
   return ids;
 }
 
-/** The common --device option, and --threads of the wasm device. */
-export const deviceOption = { device: { type: "string", default: "auto" }, threads: { type: "string" } } as const;
+/** The checkpoint option of every command that loads a model. */
+export const modelOption = {
+  model: { type: "string", arg: "DIR", required: true, help: "the base checkpoint: a folder in Hugging Face layout (config.json, *.safetensors, tokenizer.json)" },
+} as const satisfies OptionTable;
+
+/** The LoRA adapter option of the commands that can apply one. */
+export const adapterOption = {
+  adapter: { type: "string", arg: "DIR", help: "a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) applied to the model" },
+} as const satisfies OptionTable;
+
+/** The --device option of every command that computes, and --threads of the wasm device. */
+export const deviceOption = {
+  device: {
+    type: "string",
+    arg: DEVICE_KINDS.join("|"),
+    help: "where tensors live and kernels run: webgpu (WGSL through Dawn), wasm (WebAssembly SIMD on worker threads), cpu (plain TypeScript, the reference), or auto",
+    default: "auto (webgpu on a hardware GPU, else wasm)",
+  },
+  threads: { type: "string", arg: "N", help: "worker threads of the wasm device, in [1, 256]", default: "every core" },
+} as const satisfies OptionTable;
 
 /** Most threads --threads accepts (more than any machine's cores; the wasm memory is shared by all). */
 const MAX_THREADS = 256;

@@ -6,26 +6,58 @@ import { parseLangs, type Lang } from "../eval/languages.ts";
 import { macroAverage } from "../eval/metrics.ts";
 import { formatTable, pct, resultRows, versions } from "../eval/report.ts";
 import { resolveDataSource } from "../eval/source.ts";
-import { getTask, type TaskSpec } from "../eval/tasks.ts";
+import { getTask, TASKS, type TaskSpec } from "../eval/tasks.ts";
 import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
-import { CliError, deviceOption, int, parse, required } from "./args.ts";
+import { adapterOption, CliError, deviceOption, int, modelOption, type OptionTable, type Values } from "./args.ts";
 import { loadForCli } from "./model.ts";
 import { prepareOutDir } from "./output.ts";
 
+/** Prompts per forward pass in evaluation, when --eval-batch-size is not given. */
+export const EVAL_BATCH_SIZE = 8;
+
+/** --shots' default, per task. */
+export const SHOTS_DEFAULT = `the task's: ${Object.values(TASKS).map((t) => `${t.id} ${t.shots}`).join(", ")}`;
+
+/** The --data option of the commands that read the question-alignment data. */
+export const dataOption = {
+  data: {
+    type: "string",
+    arg: "DIR|sample",
+    help: "the question-alignment data folder (snli/, ap_emotion/, paws/ in the release's layout), or sample (the built-in sample)",
+    default: "../shared/data/qalign when it exists, else sample",
+  },
+} as const satisfies OptionTable;
+
+/** The prompt options shared by eval, align, lens and pca: which items, how many shots. */
+export const PROMPT_OPTIONS = {
+  task: { type: "string", arg: Object.keys(TASKS).join("|"), help: "the task evaluated", default: "snli" },
+  langs: { type: "string", arg: "all|en,zh,...", help: "languages evaluated: comma-separated codes, or all (the release's 20)", default: "all" },
+  limit: { type: "string", arg: "N", help: "scored items per language at most: a seeded, class-balanced subset, the same items in every language", default: "all items" },
+  shots: { type: "string", arg: "K", help: "demonstrations (solved examples) in each prompt, drawn from the language's own test file", default: SHOTS_DEFAULT },
+  seed: { type: "string", arg: "S", help: "seeds the choice of demonstrations and of the --limit subset", default: "0" },
+  "english-labels": { type: "boolean", help: "keep the label words in English in every language's prompt (the paper's default is the prompt's language)" },
+  "eval-batch-size": { type: "string", arg: "B", help: "prompts per forward pass in evaluation (x label words with --mode loglik)", default: String(EVAL_BATCH_SIZE), was: ["batch-size"] },
+  ...dataOption,
+} as const satisfies OptionTable;
+
 /** Options shared by `qalign eval` and `qalign align`: what to evaluate and how. */
 export const EVAL_OPTIONS = {
-  task: { type: "string" },
-  langs: { type: "string" },
-  limit: { type: "string" },
-  shots: { type: "string" },
-  mode: { type: "string" },
-  "english-labels": { type: "boolean", default: false },
-  "batch-size": { type: "string" },
-  seed: { type: "string" },
-  "max-length": { type: "string" },
-  data: { type: "string" },
+  ...PROMPT_OPTIONS,
+  mode: {
+    type: "string",
+    arg: "prefix|loglik",
+    help: "scoring: prefix (the paper's constrained decoding: next-token mass of each label word's first tokens) or loglik (log-likelihood of each whole label word)",
+    default: "prefix",
+  },
+  "eval-max-length": {
+    type: "string",
+    arg: "N",
+    help: "longest evaluation prompt in tokens; longer ones lose tokens on the left, with a notice",
+    default: "the model's max_position_embeddings",
+    was: ["max-length"],
+  },
   ...deviceOption,
-} as const;
+} as const satisfies OptionTable;
 
 /** Parses --task (default `fallback`). @throws CliError for an unknown task. */
 export function taskOption(command: string, values: Record<string, unknown>, name = "task", fallback = "snli"): TaskSpec {
@@ -49,17 +81,17 @@ export function langsOption(command: string, values: Record<string, unknown>, na
  * The evaluation options of EVAL_OPTIONS (with `limit` defaulting to `defaultLimit`).
  * @throws CliError for a bad number or --mode.
  */
-export function evalOptions(command: string, values: Record<string, unknown>, task: TaskSpec, defaultLimit?: number): EvalOptions {
+export function evalOptions(command: string, values: Values<typeof EVAL_OPTIONS>, task: TaskSpec, defaultLimit?: number): EvalOptions {
   const mode = (values.mode ?? "prefix") as string;
   if (mode !== "prefix" && mode !== "loglik") throw new CliError(`${command}: --mode must be prefix or loglik, got "${mode}"`);
   return {
     shots: int(command, values, "shots", task.shots, 0),
     mode: mode as ScoreMode,
     englishLabels: values["english-labels"] === true,
-    batchSize: int(command, values, "batch-size", 8, 1),
+    batchSize: int(command, values, "eval-batch-size", EVAL_BATCH_SIZE, 1),
     seed: int(command, values, "seed", 0),
     ...(values.limit !== undefined || defaultLimit !== undefined ? { limit: int(command, values, "limit", defaultLimit ?? 0, 1) } : {}),
-    ...(values["max-length"] !== undefined ? { maxLength: int(command, values, "max-length", 0, 2) } : {}),
+    ...(values["eval-max-length"] !== undefined ? { maxLength: int(command, values, "eval-max-length", 0, 2) } : {}),
   };
 }
 
@@ -92,24 +124,23 @@ async function writeResults(out: EvalOutput, results: readonly LanguageResult[])
   await writeFileAtomic(join(out.dir, "results.csv"), toCsv(resultRows(out.adapter ? "adapter" : "base", results)));
 }
 
+export const options = {
+  ...modelOption,
+  ...adapterOption,
+  ...EVAL_OPTIONS,
+  out: { type: "string", arg: "DIR", help: "also write results.json (every number, every item) and results.csv there, rewritten after each language" },
+  "no-cache": { type: "boolean", help: "recompute the demonstrations for every item instead of reusing their KV cache (same numbers, slower; a check)" },
+  "skip-invalid": { type: "boolean", help: "leave out malformed items with a notice instead of failing on the first" },
+} as const satisfies OptionTable;
+
 /**
- * `qalign eval --model DIR [--adapter DIR] [--task snli|emotion|paws] [--langs all|en,zh,...]
- * [--limit N] [--shots K] [--mode prefix|loglik] [--english-labels] [--batch-size B] [--seed S]
- * [--max-length N] [--no-cache] [--skip-invalid] [--data DIR] [--out DIR] [--device ...]`:
+ * `qalign eval --model DIR [options]` (the options: `options` above):
  * evaluates one model and prints the table of accuracies on stdout (progress on stderr); with
  * --out also writes results.json (every number, every item) and results.csv, rewritten after
  * each language. Every language's data is checked before the model is loaded.
  */
-export async function run(args: string[]): Promise<void> {
-  const v = parse("eval", args, {
-    ...EVAL_OPTIONS,
-    model: { type: "string" },
-    adapter: { type: "string" },
-    out: { type: "string" },
-    "no-cache": { type: "boolean", default: false },
-    "skip-invalid": { type: "boolean", default: false },
-  });
-  const modelDir = required("eval", v, "model");
+export async function run(v: Values<typeof options>): Promise<void> {
+  const modelDir = v.model;
   const task = taskOption("eval", v);
   const langs = langsOption("eval", v, "langs", "all");
   const say = (line: string) => process.stderr.write(`${line}\n`);

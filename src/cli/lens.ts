@@ -8,25 +8,24 @@ import { buildProbeSets } from "../interp/sets.ts";
 import { loadAdapter } from "../lora/peft.ts";
 import { loadConfig, type LlamaConfig } from "../model/config.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
-import { CliError, deviceOption, int, parse, required } from "./args.ts";
+import { CliError, deviceOption, int, modelOption, type OptionTable, type Values } from "./args.ts";
+import { EVAL_BATCH_SIZE, PROMPT_OPTIONS } from "./eval.ts";
 import { loadForCli } from "./model.ts";
 import { prepareOutDir } from "./output.ts";
 
-/** Options shared by `qalign lens` and `qalign pca`. */
+const { default: _task, ...task } = PROMPT_OPTIONS.task;
+const { default: _langs, ...langs } = PROMPT_OPTIONS.langs;
+
+/** Options shared by `qalign lens` and `qalign pca`: eval's prompts, --task and --langs required. */
 export const INTERP_OPTIONS = {
-  model: { type: "string" },
-  adapter: { type: "string" },
-  task: { type: "string" },
-  langs: { type: "string" },
-  out: { type: "string" },
-  limit: { type: "string" },
-  data: { type: "string" },
-  shots: { type: "string" },
-  seed: { type: "string" },
-  "batch-size": { type: "string" },
-  "english-labels": { type: "boolean", default: false },
+  ...modelOption,
+  adapter: { type: "string", arg: "DIR", help: "a PEFT LoRA adapter: the aligned model is measured too, beside the base model" },
+  ...PROMPT_OPTIONS,
+  task: { ...task, required: true },
+  langs: { ...langs, required: true },
+  out: { type: "string", arg: "DIR", required: true, help: "where the SVG charts and their JSON/CSV numbers are written" },
   ...deviceOption,
-} as const;
+} as const satisfies OptionTable;
 
 /** Runs `parseValue`; an error other than a CliError becomes one naming --`flag`. */
 function option<T>(command: string, flag: string, parseValue: () => T): T {
@@ -56,12 +55,12 @@ export interface InterpCommand {
  * to stderr; on success one JSON line on stdout: {"out": DIR, "files": [...]}.
  * @throws CliError for missing or invalid options; DataError for bad data; CheckpointError.
  */
-export async function runInterp(cmd: InterpCommand, values: Record<string, unknown>): Promise<void> {
+export async function runInterp(cmd: InterpCommand, values: Values<typeof INTERP_OPTIONS>): Promise<void> {
   const name = cmd.name;
-  const modelDir = required(name, values, "model");
-  const out = required(name, values, "out");
-  const task = option(name, "task", () => getTask(required(name, values, "task")));
-  const langs = option(name, "langs", () => parseLangs(required(name, values, "langs")));
+  const modelDir = values.model;
+  const out = values.out;
+  const task = option(name, "task", () => getTask(values.task));
+  const langs = option(name, "langs", () => parseLangs(values.langs));
   const say = (line: string) => process.stderr.write(`${line}\n`);
   if (cmd.required && !langs.includes(cmd.required.lang)) {
     say(`${name}: adding ${cmd.required.lang} to --langs (${cmd.required.why})`);
@@ -74,7 +73,7 @@ export async function runInterp(cmd: InterpCommand, values: Record<string, unkno
   const limit = values.limit === undefined ? undefined : int(name, values, "limit", 0, 1);
   const adapter = typeof values.adapter === "string" ? values.adapter : null;
 
-  const batchSize = int(name, values, "batch-size", 8, 1);
+  const batchSize = int(name, values, "eval-batch-size", EVAL_BATCH_SIZE, 1);
 
   // Data and probe settings are checked before the (slow) model load.
   const config = await loadConfig(modelDir);
@@ -115,12 +114,19 @@ export async function runInterp(cmd: InterpCommand, values: Record<string, unkno
   process.stdout.write(JSON.stringify({ out, files }) + "\n");
 }
 
+/** Top tokens per layer when --top-k is not given. */
+const TOP_K = 5;
+
+export const options = {
+  ...INTERP_OPTIONS,
+  "top-k": { type: "string", arg: "K", help: "top tokens listed per layer and language (most probable under the lens)", default: String(TOP_K) },
+} as const satisfies OptionTable;
+
 /**
- * `qalign lens --model DIR [--adapter DIR] --task T --langs L --out DIR [--limit N] [--top-k K]`:
+ * `qalign lens --model DIR --task T --langs L --out DIR [options]`:
  * Logit Lens curves per layer (answer word in the prompt's language and in English, entropy,
  * top tokens), base and, with --adapter, aligned. See {@link runInterp}.
  */
-export async function run(args: string[]): Promise<void> {
-  const v = parse("lens", args, { ...INTERP_OPTIONS, "top-k": { type: "string" } });
-  await runInterp({ name: "lens", probes: () => ({ lens: true, correlation: false, topK: int("lens", v, "top-k", 5, 1) }) }, v);
+export async function run(v: Values<typeof options>): Promise<void> {
+  await runInterp({ name: "lens", probes: () => ({ lens: true, correlation: false, topK: int("lens", v, "top-k", TOP_K, 1) }) }, v);
 }

@@ -1,16 +1,22 @@
 import { noGrad } from "../tensor/autograd.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import { loadForCli } from "./model.ts";
-import { CliError, deviceOption, intList, parse, required } from "./args.ts";
+import { adapterOption, CliError, deviceOption, intList, modelOption, type OptionTable, type Values } from "./args.ts";
+
+export const options = {
+  ...modelOption,
+  ids: { type: "string", arg: "5,17,42", required: true, help: "the token ids, comma-separated (the sequence, batch 1)" },
+  ...adapterOption,
+  ...deviceOption,
+} as const satisfies OptionTable;
 
 /**
  * `qalign logits --model DIR --ids 5,17,42 [--adapter DIR] [--device ...]`: one JSON object
  * {"logits": [[...V], ...T]} on stdout, nothing else.
  * @throws CliError for bad options, and when a logit is NaN or infinite (JSON would print null).
  */
-export async function run(args: string[]): Promise<void> {
-  const v = parse("logits", args, { model: { type: "string" }, ids: { type: "string" }, adapter: { type: "string" }, ...deviceOption });
-  const ids = intList("logits", "ids", required("logits", v, "ids"));
+export async function run(v: Values<typeof options>): Promise<void> {
+  const ids = intList("logits", "ids", v.ids);
   const model = await loadForCli("logits", v);
   const V = model.config.vocab_size;
   const outside = ids.findIndex((id) => id < 0 || id >= V);

@@ -1,6 +1,14 @@
 import { meanTargetLoss } from "../lora/loss.ts";
-import { CliError, deviceOption, int, intList, parse, required } from "./args.ts";
+import { adapterOption, CliError, deviceOption, int, intList, modelOption, type OptionTable, type Values } from "./args.ts";
 import { loadForCli } from "./model.ts";
+
+export const options = {
+  ...modelOption,
+  ids: { type: "string", arg: "5,17,42,...", required: true, help: "the token ids, comma-separated: the prompt, then the tokens whose loss is taken" },
+  "prompt-len": { type: "string", arg: "P", required: true, help: "how many leading ids are the prompt (no loss on them), in [1, ids - 1]" },
+  ...adapterOption,
+  ...deviceOption,
+} as const satisfies OptionTable;
 
 /**
  * `qalign loss --model DIR [--adapter DIR] --ids 5,17,42,... --prompt-len P`: one JSON line
@@ -8,17 +16,9 @@ import { loadForCli } from "./model.ts";
  * all tokens before it; the training objective of `qalign train` for one sequence.
  * @throws CliError for bad options, and when the loss is NaN or infinite (non-finite weights).
  */
-export async function run(args: string[]): Promise<void> {
-  const v = parse("loss", args, {
-    model: { type: "string" },
-    adapter: { type: "string" },
-    ids: { type: "string" },
-    "prompt-len": { type: "string" },
-    ...deviceOption,
-  });
-  const ids = intList("loss", "ids", required("loss", v, "ids"));
+export async function run(v: Values<typeof options>): Promise<void> {
+  const ids = intList("loss", "ids", v.ids);
   if (ids.length < 2) throw new CliError("loss: --ids needs at least 2 tokens");
-  required("loss", v, "prompt-len");
   const promptLen = int("loss", v, "prompt-len", 0, 1, ids.length - 1);
   const model = await loadForCli("loss", v);
   const V = model.config.vocab_size;

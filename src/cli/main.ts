@@ -1,11 +1,12 @@
 #!/usr/bin/env -S npx tsx
 /**
  * The `qalign` command line: `npm run -s qalign -- <command> [options]`.
- * Each command lives in its own file and exports `run(args)`; this file only dispatches.
+ * Each command lives in its own file and exports its option table and `run(values)`; this file
+ * parses the arguments with that table and dispatches.
  * Machine-readable results go to stdout; progress and notices go to stderr.
  */
 import { COMMANDS, helpText } from "./commands.ts";
-import { CliError } from "./args.ts";
+import { CliError, parse } from "./args.ts";
 import { flush } from "./output.ts";
 
 function usage(): string {
@@ -26,10 +27,11 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (rest.includes("--help") || rest.includes("-h")) {
-    process.stdout.write(helpText(name));
+    process.stdout.write(await helpText(name));
     return 0;
   }
-  await command.run(rest);
+  const module = await command.load();
+  await module.run(parse(name, rest, module.options));
   return 0;
 }
 

@@ -1,5 +1,5 @@
 import type { ProbeSet } from "../interp/probe.ts";
-import { CliError, int, parse } from "./args.ts";
+import { CliError, int, type OptionTable, type Values } from "./args.ts";
 import { INTERP_OPTIONS, runInterp } from "./lens.ts";
 
 /**
@@ -33,15 +33,22 @@ export function pcaComponents(wanted: number, sets: readonly Pick<ProbeSet, "lan
   return k;
 }
 
+/** Principal components when --components is not given. */
+const COMPONENTS = 4;
+
+export const options = {
+  ...INTERP_OPTIONS,
+  layers: { type: "string", arg: "0,8,16,last", help: "layers whose last-token states are projected: indices in [0, L] (0 the embeddings), last the final layer", default: "0,<half the layers>,last" },
+  components: { type: "string", arg: "K", help: "principal components computed (at least 2)", default: `${COMPONENTS} (at most the number of items - 1)` },
+} as const satisfies OptionTable;
+
 /**
- * `qalign pca --model DIR [--adapter DIR] --task T --langs L --layers 0,8,16,last --out DIR
- * [--limit N] [--components K]`: PCA scatter of the last-token states at each layer, coloured by
+ * `qalign pca --model DIR --task T --langs L --out DIR [options]`: PCA scatter of the last-token states at each layer, coloured by
  * language, and the correlation of every language's mean state with English's by layer (English
  * is added to --langs when missing), base and, with --adapter, aligned. See runInterp in lens.ts.
  */
-export async function run(args: string[]): Promise<void> {
-  const v = parse("pca", args, { ...INTERP_OPTIONS, layers: { type: "string" }, components: { type: "string" } });
-  const components = int("pca", v, "components", 4, 2);
+export async function run(v: Values<typeof options>): Promise<void> {
+  const components = int("pca", v, "components", COMPONENTS, 2);
   await runInterp(
     {
       name: "pca",

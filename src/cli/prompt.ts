@@ -2,14 +2,19 @@ import { describeToken } from "../eval/label_tokens.ts";
 import type { LabelLanguage } from "../eval/paper.ts";
 import { buildPrompts, classTokenIds, promptIds, PROTOCOLS, type Protocol } from "../eval/protocol.ts";
 import { resolveDataSource } from "../eval/source.ts";
-import { CliError, int, parse, required } from "./args.ts";
-import { langsOption, taskOption, tokenizerFor } from "./eval.ts";
+import { CliError, int, type OptionTable, type Values } from "./args.ts";
+import { dataOption, langsOption, PROMPT_OPTIONS, taskOption, tokenizerFor } from "./eval.ts";
 
 /** The options that choose a protocol, shared by eval, align, lens, pca and prompt. */
 export const PROTOCOL_OPTIONS = {
-  protocol: { type: "string" },
-  labels: { type: "string" },
-} as const;
+  protocol: {
+    type: "string",
+    arg: PROTOCOLS.join("|"),
+    help: "how prompts are built and scored: paper (the authors' fixed demonstrations, templates and token sets) or qalign (seeded demonstrations from the test file, byte-level token sets)",
+    default: "paper",
+  },
+  labels: { type: "string", arg: "english|native", help: "the answer words' language in the prompt", default: "english for paper, native for qalign" },
+} as const satisfies OptionTable;
 
 /** Parses --protocol (default `fallback`) and --labels (default: the protocol's). @throws CliError for other values. */
 export function protocolOptions(command: string, values: Record<string, unknown>, fallback: Protocol): { protocol: Protocol; labels?: LabelLanguage } {
@@ -19,6 +24,18 @@ export function protocolOptions(command: string, values: Record<string, unknown>
   if (labels !== undefined && labels !== "english" && labels !== "native") throw new CliError(`${command}: --labels must be english or native, got "${labels}"`);
   return { protocol, ...(labels !== undefined ? { labels: labels as LabelLanguage } : {}) };
 }
+
+export const options = {
+  ...PROTOCOL_OPTIONS,
+  task: PROMPT_OPTIONS.task,
+  lang: { type: "string", arg: "L", required: true, help: "the language of the test file (one code)" },
+  index: { type: "string", arg: "I", required: true, help: "the item's 0-based index in the test file" },
+  shots: { ...PROMPT_OPTIONS.shots, help: "demonstrations in the prompt (--protocol qalign)" },
+  seed: PROMPT_OPTIONS.seed,
+  model: { type: "string", arg: "DIR", help: "a checkpoint folder whose tokenizer gives the token ids and class token sets (the weights are not read)" },
+  json: { type: "boolean", help: "print one JSON object {prompt, input_ids, label_token_ids} instead of text" },
+  ...dataOption,
+} as const satisfies OptionTable;
 
 /**
  * `qalign prompt --task T --lang L --index I [--protocol paper|qalign] [--labels english|native]
@@ -31,23 +48,11 @@ export function protocolOptions(command: string, values: Record<string, unknown>
  * @throws CliError for bad options, an index outside the file, or an item that the qalign
  *   protocol uses as a demonstration; DataError for bad data.
  */
-export async function run(args: string[]): Promise<void> {
-  const v = parse("prompt", args, {
-    ...PROTOCOL_OPTIONS,
-    task: { type: "string" },
-    lang: { type: "string" },
-    index: { type: "string" },
-    shots: { type: "string" },
-    seed: { type: "string" },
-    model: { type: "string" },
-    data: { type: "string" },
-    json: { type: "boolean", default: false },
-  });
+export async function run(v: Values<typeof options>): Promise<void> {
   const task = taskOption("prompt", v);
-  const langs = langsOption("prompt", v, "lang", required("prompt", v, "lang"));
+  const langs = langsOption("prompt", v, "lang", v.lang);
   if (langs.length !== 1) throw new CliError("prompt: --lang takes one language");
   const lang = langs[0]!;
-  required("prompt", v, "index");
   const index = int("prompt", v, "index", 0, 0);
   const protocol = protocolOptions("prompt", v, "paper");
   const tokenizer = typeof v.model === "string" ? await tokenizerFor("prompt", v.model) : null;

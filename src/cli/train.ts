@@ -1,10 +1,11 @@
 import { formatIssue } from "../io/data_error.ts";
 import { readQuestionPairs } from "../lora/data.ts";
-import { LORA_DEFAULTS } from "../lora/layer.ts";
-import { trainOnPairs, type TrainingRecipe } from "../lora/recipe.ts";
-import { TRAIN_DEFAULTS } from "../lora/trainer.ts";
+import { LORA_DEFAULTS, LORA_MODULES } from "../lora/layer.ts";
+import { RECIPE_DEFAULTS, trainOnPairs, type TrainingRecipe } from "../lora/recipe.ts";
+import { TRAIN_DEFAULTS, type TrainOptions } from "../lora/trainer.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
-import { CliError, deviceOption, int, num, parse, required } from "./args.ts";
+import type { AlignTraining } from "../align/config.ts";
+import { CliError, deviceOption, int, modelOption, num, type OptionTable, type Values } from "./args.ts";
 import { loadForCli } from "./model.ts";
 import { prepareOutDir } from "./output.ts";
 
@@ -12,54 +13,91 @@ import { prepareOutDir } from "./output.ts";
 const MAX_ISSUE_LINES = 20;
 
 /**
+ * The LoRA and trainer options, shared by `qalign train` and `qalign align`, under PEFT's names
+ * (target_modules, r, lora_alpha, lora_dropout) and HF Trainer's meanings.
+ */
+export const TRAINING_OPTIONS = {
+  "target-modules": {
+    type: "string",
+    arg: "q_proj,v_proj|all-linear",
+    help: `PEFT target_modules: the Linear layers that get LoRA, comma-separated names among ${LORA_MODULES.join(" ")}, or all-linear`,
+    default: (LORA_DEFAULTS.target_modules as string[]).join(","),
+  },
+  r: { type: "string", arg: "N", help: "PEFT r: the rank of the LoRA update", default: String(LORA_DEFAULTS.r) },
+  "lora-alpha": { type: "string", arg: "A", help: "PEFT lora_alpha: the update is scaled by lora_alpha / r", default: String(LORA_DEFAULTS.lora_alpha), was: ["alpha"] },
+  "lora-dropout": {
+    type: "string",
+    arg: "P",
+    help: "PEFT lora_dropout: dropout probability on the LoRA branch's input while training, in [0, 0.99]",
+    default: String(LORA_DEFAULTS.lora_dropout),
+    was: ["dropout"],
+  },
+  lr: { type: "string", arg: "LR", help: "peak learning rate of AdamW (cosine schedule after a linear warmup over the first 10% of steps)", default: String(TRAIN_DEFAULTS.lr) },
+  epochs: { type: "string", arg: "E", help: "passes over the training pairs", default: String(TRAIN_DEFAULTS.epochs) },
+  "batch-size": { type: "string", arg: "B", help: "training pairs per forward/backward pass (the micro-batch)", default: String(TRAIN_DEFAULTS.batchSize) },
+  "grad-accum": { type: "string", arg: "K", help: "micro-batches per optimizer step: the effective batch is batch-size x grad-accum", default: String(TRAIN_DEFAULTS.gradAccum) },
+  "max-train-samples": { type: "string", arg: "N", help: "question pairs kept in all (a seeded subset, validation included)", default: "all pairs", was: ["max-samples"] },
+  "max-length": { type: "string", arg: "N", help: "longest training pair in tokens, prompt and target (longer ones are truncated)", default: String(RECIPE_DEFAULTS.maxLength) },
+  "val-size": { type: "string", arg: "F", help: "share of the pairs held out for the validation loss, in [0, 0.5]", default: String(RECIPE_DEFAULTS.valSize) },
+  "save-steps": { type: "string", arg: "N", help: "write a resumable checkpoint every N optimizer steps", default: String(TRAIN_DEFAULTS.saveSteps) },
+} as const satisfies OptionTable;
+
+/** Defaults a command puts in place of the paper's (align's tiny demo). */
+export type RecipeFallback = Partial<Pick<TrainOptions, "lr" | "epochs" | "batchSize" | "gradAccum">> & { maxSamples?: number };
+
+/**
+ * The training recipe of TRAINING_OPTIONS' values, `fallback` standing in for the defaults it
+ * names. @throws CliError for a value outside its bounds.
+ */
+export function trainingRecipe(command: string, v: Values<typeof TRAINING_OPTIONS>, seed: number, fallback: RecipeFallback = {}): TrainingRecipe & { hyper: AlignTraining["hyper"] } {
+  const targets = v["target-modules"] ?? (LORA_DEFAULTS.target_modules as string[]).join(",");
+  const maxSamples = v["max-train-samples"] !== undefined || fallback.maxSamples !== undefined ? int(command, v, "max-train-samples", fallback.maxSamples ?? 0, 1) : undefined;
+  return {
+    lora: {
+      // PEFT's "all-linear" is a string; a list is comma-separated names.
+      target_modules: targets === "all-linear" ? targets : targets.split(",").map((s) => s.trim()),
+      r: int(command, v, "r", LORA_DEFAULTS.r, 1),
+      lora_alpha: num(command, v, "lora-alpha", LORA_DEFAULTS.lora_alpha, 0, Infinity, true),
+      lora_dropout: num(command, v, "lora-dropout", LORA_DEFAULTS.lora_dropout, 0, 0.99),
+    },
+    ...(maxSamples !== undefined ? { maxSamples } : {}),
+    valSize: num(command, v, "val-size", RECIPE_DEFAULTS.valSize, 0, 0.5),
+    maxLength: int(command, v, "max-length", RECIPE_DEFAULTS.maxLength, 2),
+    seed,
+    hyper: {
+      lr: num(command, v, "lr", fallback.lr ?? TRAIN_DEFAULTS.lr, 0),
+      epochs: int(command, v, "epochs", fallback.epochs ?? TRAIN_DEFAULTS.epochs, 1),
+      batchSize: int(command, v, "batch-size", fallback.batchSize ?? TRAIN_DEFAULTS.batchSize, 1),
+      gradAccum: int(command, v, "grad-accum", fallback.gradAccum ?? TRAIN_DEFAULTS.gradAccum, 1),
+      saveSteps: int(command, v, "save-steps", TRAIN_DEFAULTS.saveSteps, 1),
+    },
+  };
+}
+
+export const options = {
+  ...modelOption,
+  data: { type: "string", arg: "FILE[,FILE...]", required: true, help: "question-translation files: JSON arrays of {input, answer} items" },
+  out: { type: "string", arg: "DIR", required: true, help: "where the PEFT adapter (and the resumable checkpoint/) is written" },
+  ...TRAINING_OPTIONS,
+  seed: { type: "string", arg: "S", help: "seeds lora_A's initialisation, the validation split, each epoch's order and the dropout masks", default: String(TRAIN_DEFAULTS.seed) },
+  strict: { type: "boolean", help: "fail on the first malformed item instead of skipping it with a notice" },
+  resume: { type: "boolean", help: "continue from <out>/checkpoint/ (bit for bit) instead of starting afresh" },
+  ...deviceOption,
+} as const satisfies OptionTable;
+
+/**
  * `qalign train --model DIR --data FILE[,FILE...] --out DIR [options]`: LoRA question alignment
  * (Zhang et al. 2024). Progress goes to stderr; on success one JSON line on stdout:
  * {"adapter": DIR, "steps": n, "val_loss": x | null}.
  */
-export async function run(args: string[]): Promise<void> {
-  const v = parse("train", args, {
-    model: { type: "string" },
-    data: { type: "string" },
-    out: { type: "string" },
-    "target-modules": { type: "string" },
-    r: { type: "string" },
-    alpha: { type: "string" },
-    dropout: { type: "string" },
-    lr: { type: "string" },
-    epochs: { type: "string" },
-    "batch-size": { type: "string" },
-    "grad-accum": { type: "string" },
-    "max-samples": { type: "string" },
-    "max-length": { type: "string" },
-    "val-size": { type: "string" },
-    "save-steps": { type: "string" },
-    seed: { type: "string" },
-    strict: { type: "boolean", default: false },
-    resume: { type: "boolean", default: false },
-    ...deviceOption,
-  });
-  const modelDir = required("train", v, "model");
-  const files = required("train", v, "data").split(",").map((f) => f.trim()).filter((f) => f !== "");
+export async function run(v: Values<typeof options>): Promise<void> {
+  const modelDir = v.model;
+  const files = v.data.split(",").map((f) => f.trim()).filter((f) => f !== "");
   if (files.length === 0) throw new CliError("train: --data names no file");
-  const out = required("train", v, "out");
-  const seed = int("train", v, "seed", TRAIN_DEFAULTS.seed);
-  const valSize = num("train", v, "val-size", 0.05, 0, 0.5);
+  const out = v.out;
   const say = (line: string) => process.stderr.write(`${line}\n`);
   // Every number, and the data, is checked before the (slow) model load.
-  const maxSamples = v["max-samples"] === undefined ? undefined : int("train", v, "max-samples", 0, 1);
-  const maxLength = int("train", v, "max-length", 512, 2);
-  const hyper = {
-    lr: num("train", v, "lr", TRAIN_DEFAULTS.lr, 0),
-    epochs: int("train", v, "epochs", TRAIN_DEFAULTS.epochs, 1),
-    batchSize: int("train", v, "batch-size", TRAIN_DEFAULTS.batchSize, 1),
-    gradAccum: int("train", v, "grad-accum", TRAIN_DEFAULTS.gradAccum, 1),
-    saveSteps: int("train", v, "save-steps", TRAIN_DEFAULTS.saveSteps, 1),
-  };
-  const lora = {
-    r: int("train", v, "r", LORA_DEFAULTS.r, 1),
-    lora_alpha: num("train", v, "alpha", LORA_DEFAULTS.lora_alpha, 0),
-    lora_dropout: num("train", v, "dropout", LORA_DEFAULTS.lora_dropout, 0, 0.99),
-  };
+  const recipe = trainingRecipe("train", v, int("train", v, "seed", TRAIN_DEFAULTS.seed));
 
   const { pairs, issues } = await readQuestionPairs(files, { strict: v.strict });
   await prepareOutDir("train", out);
@@ -68,16 +106,6 @@ export async function run(args: string[]): Promise<void> {
   const tokenizer = await loadTokenizer(modelDir);
   if (!tokenizer) throw new CliError(`train: ${modelDir} has no tokenizer.json, which training needs to read text`);
   const model = await loadForCli("train", v);
-  const targets = v["target-modules"] ?? "q_proj,v_proj";
-  const recipe: TrainingRecipe = {
-    // PEFT's "all-linear" is a string; a list is comma-separated names.
-    lora: { target_modules: targets === "all-linear" ? targets : targets.split(",").map((s) => s.trim()), ...lora },
-    maxSamples,
-    valSize,
-    maxLength,
-    seed,
-    hyper,
-  };
   const { result } = await trainOnPairs(model, tokenizer, pairs, recipe, {
     outDir: out,
     resume: v.resume,
@@ -85,7 +113,7 @@ export async function run(args: string[]): Promise<void> {
     log: say,
     onData: (d) => {
       say(`${d.pairs} pairs from ${files.length} file(s); ${d.train} train, ${d.val} validation`);
-      if (d.truncated > 0) say(`truncated ${d.truncated} pair(s) longer than --max-length ${maxLength} tokens`);
+      if (d.truncated > 0) say(`truncated ${d.truncated} pair(s) longer than --max-length ${recipe.maxLength} tokens`);
     },
   });
   say(`adapter written to ${out}`);

@@ -28,6 +28,9 @@ export interface TrainingRecipe {
   hyper: Partial<Omit<TrainOptions, "seed">>;
 }
 
+/** The recipe's defaults besides the trainer's and LoRA's: pairs up to 512 tokens, 5% held out. */
+export const RECIPE_DEFAULTS = { maxLength: 512, valSize: 0.05 } as const;
+
 /** The pairs a run trains on, for the caller to report. */
 export interface RecipeData {
   /** Pairs given. */
