@@ -28,6 +28,7 @@ import { tensor } from "../src/tensor/ops/create.ts";
 import { AdamW } from "../src/tensor/optim.ts";
 import { Rng } from "../src/tensor/random.ts";
 import { tidy } from "../src/tensor/scope.ts";
+import { Tensor } from "../src/tensor/tensor.ts";
 import type { CaseResult, Contender, Work } from "./harness.ts";
 import { attempt, gpuTimer, measure, wallTime } from "./harness.ts";
 import type { BenchContext } from "./kernels.ts";
@@ -132,6 +133,7 @@ function prefillMatmuls(gpu: WebGpuBackend, model: LlamaModel, T: number): { rec
     [T, D, F],
   ];
   const weights = shapes.map(([, N, K]) => gpu.upload(hostRandom(N * K, N + K)));
+  if (!(model.lm_head instanceof Tensor)) throw new Error("prefillMatmuls: expects an f32 model (load it with dtype f32)");
   const head = model.lm_head.storage;
   const record = () => {
     const outs: Storage[] = [];

@@ -4,7 +4,10 @@ import { join } from "node:path";
 import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, SINGLE_FILE, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { noGrad } from "../tensor/autograd.ts";
-import { tidy } from "../tensor/scope.ts";
+import { arange } from "../tensor/ops/create.ts";
+import { embedding } from "../tensor/ops/nn.ts";
+import { keep, tidy } from "../tensor/scope.ts";
+import { PackedWeight } from "../tensor/weight.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { replaceDirAtomic } from "../io/atomic_dir.ts";
 import { loraModules, moduleSlots, LoraLinear } from "./layer.ts";
@@ -19,7 +22,9 @@ import { loraModules, moduleSlots, LoraLinear } from "./layer.ts";
 /**
  * Merges every LoRA module of `model` into its base weight, in place on the device, and puts the
  * plain Linear back in its slot. The LoRA tensors are disposed (an adapter object that held them
- * is spent).
+ * is spent). A packed base (bf16, f16, NF4) cannot hold the sum exactly: it is decoded (an
+ * embedding gather of all its rows), the update added in f32, and the module's weight becomes
+ * that f32 tensor; saveMergedModel then writes the model in 16 bits.
  * @returns the number of modules merged
  */
 export function mergeLora(model: LlamaModel): number {
@@ -28,7 +33,12 @@ export function mergeLora(model: LlamaModel): number {
     const m = slot.get();
     if (!(m instanceof LoraLinear)) continue;
     const w = m.base.weight;
-    noGrad(() => tidy(() => w.backend.assign(w, w.add(m.deltaWeight()))));
+    if (w instanceof PackedWeight) {
+      m.base.weight = noGrad(() => tidy(() => keep(embedding(w, arange(0, w.shape[0], 1, { device: w.backend })).add(m.deltaWeight()))));
+      w.dispose();
+    } else {
+      noGrad(() => tidy(() => w.backend.assign(w, w.add(m.deltaWeight()))));
+    }
     slot.set(m.base);
     m.lora_A.dispose();
     m.lora_B.dispose();
@@ -52,15 +62,19 @@ const COMPANION_FILES = [
 /**
  * Writes `model` (typically after {@link mergeLora}) as a Hugging Face checkpoint folder that
  * `loadModel` and transformers' `from_pretrained` read: `config.json` (the source's, with
- * `torch_dtype` "float32"), `model.safetensors` (every weight as F32, one file; the tied lm_head
- * is stored once, as the embedding) and the tokenizer files found in `sourceDir`. The folder is
- * built aside and renamed into place.
+ * `torch_dtype` set to what is written and no `quantization_config`), `model.safetensors` (one
+ * file; the tied lm_head is stored once, as the embedding) and the tokenizer files found in
+ * `sourceDir`. Every weight is written F32, or, when the model holds packed weights, in 16 bits:
+ * F16 when they are all f16, else BF16 (an NF4 base has no 4-bit merged form: 16 bits keep
+ * its values exactly and the merged update to bf16 precision). The folder is built aside and
+ * renamed into place.
+ * @returns the safetensors dtype written
  * @param sourceDir the folder the base model was loaded from
  * @param outDir must not exist or be empty (an existing checkpoint is never overwritten)
  * @throws Error when LoRA modules remain unmerged; CheckpointError when `outDir` holds files or
  *   the source config.json cannot be read.
  */
-export async function saveMergedModel(model: LlamaModel, sourceDir: string, outDir: string): Promise<void> {
+export async function saveMergedModel(model: LlamaModel, sourceDir: string, outDir: string): Promise<"F32" | "BF16" | "F16"> {
   if (loraModules(model).size > 0) throw new Error("saveMergedModel: the model still has LoRA modules; call mergeLora(model) first");
   if (existsSync(outDir) && (await readdir(outDir)).length > 0) throw new CheckpointError(outDir, "exists and is not empty; refusing to overwrite");
   const configFile = join(sourceDir, "config.json");
@@ -70,14 +84,18 @@ export async function saveMergedModel(model: LlamaModel, sourceDir: string, outD
   } catch (e) {
     throw new CheckpointError(configFile, `cannot read: ${(e as Error).message}`);
   }
+  const packed = [...model.namedWeights().values()].flatMap((w) => (w instanceof PackedWeight ? [w.dtype] : []));
+  const dtype = packed.length === 0 ? "F32" : packed.every((d) => d === "f16") ? "F16" : "BF16";
+  const torchDType = { F32: "float32", BF16: "bfloat16", F16: "float16" }[dtype];
   const tensors: Record<string, TensorToWrite> = {};
   for (const [name, t] of model.namedWeights()) {
-    tensors[name] = { dtype: "F32", shape: [...t.shape], data: Float32Array.from(await t.data()) };
+    tensors[name] = { dtype, shape: [...t.shape], data: Float32Array.from(await t.data()) };
   }
   await replaceDirAtomic(outDir, async (tmp) => {
     await mkdir(tmp, { recursive: true });
-    await writeFileAtomic(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: "float32" }, null, 2) + "\n");
+    await writeFileAtomic(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: torchDType, quantization_config: undefined }, null, 2) + "\n");
     await writeSafetensors(join(tmp, SINGLE_FILE), tensors, { format: "pt" });
     for (const f of COMPANION_FILES) if (existsSync(join(sourceDir, f))) await copyFile(join(sourceDir, f), join(tmp, f));
   });
+  return dtype;
 }

@@ -1,7 +1,7 @@
 import type { Backend } from "../tensor/backend.ts";
 import { DeviceError, ShapeError, fmt } from "../tensor/errors.ts";
 import { tensor } from "../tensor/ops/create.ts";
-import { attention, embedding, linear, rmsNorm, rope } from "../tensor/ops/nn.ts";
+import { attention, embedding, linear, rmsNorm, rope, type WeightLike } from "../tensor/ops/nn.ts";
 import { concat } from "../tensor/ops/views.ts";
 import { keep } from "../tensor/scope.ts";
 import type { Tensor } from "../tensor/tensor.ts";
@@ -34,7 +34,7 @@ export interface LinearLike {
 /** nn.Linear: y = x W^T + b, weight [out, in], bias [out] or null. */
 export class Linear implements LinearLike {
   constructor(
-    public weight: Tensor,
+    public weight: WeightLike,
     public bias: Tensor | null = null,
   ) {}
   forward(x: Tensor): Tensor {
@@ -218,11 +218,11 @@ export class LlamaModel {
   constructor(
     readonly config: LlamaConfig,
     readonly device: Backend,
-    public embed_tokens: Tensor,
+    public embed_tokens: WeightLike,
     public layers: DecoderLayer[],
     public norm: Tensor,
     /** [V, D]; the embedding matrix itself when tie_word_embeddings. */
-    public lm_head: Tensor,
+    public lm_head: WeightLike,
   ) {
     this.invFreq = ropeInvFreq(config);
   }
@@ -294,12 +294,12 @@ export class LlamaModel {
   }
 
   /** The weight of a top module by its table path. */
-  topWeight(path: TopModule["path"]): Tensor {
+  topWeight(path: TopModule["path"]): WeightLike {
     return { "model.embed_tokens": this.embed_tokens, "model.norm": this.norm, lm_head: this.lm_head }[path];
   }
 
   /** The tensor of the model that holds a checkpoint tensor, or null for a bias its Linear lacks. */
-  tensorOf(t: CheckpointTensor): Tensor | null {
+  tensorOf(t: CheckpointTensor): WeightLike | null {
     if (t.layer === null) return this.topWeight(t.module.path);
     const layer = this.layers[t.layer]!;
     if (t.module.kind === "weight") return layer.weightAt(t.module.path);
@@ -311,8 +311,8 @@ export class LlamaModel {
    * Every weight by its checkpoint name, in state-dict order (params.ts's tables; the tied
    * lm_head appears once, as the embedding).
    */
-  namedWeights(): Map<string, Tensor> {
-    const w = new Map<string, Tensor>();
+  namedWeights(): Map<string, WeightLike> {
+    const w = new Map<string, WeightLike>();
     for (const t of checkpointTensors(this.config)) {
       const tensor = this.tensorOf(t);
       if (tensor) w.set(t.key, tensor);

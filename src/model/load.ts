@@ -1,7 +1,12 @@
 import type { Backend } from "../tensor/backend.ts";
 import { defaultDevice } from "../tensor/device.ts";
+import { f32ToBf16, f32ToF16 } from "../tensor/half.ts";
+import { dequantizeNf4, quantizeNf4 } from "../tensor/nf4.ts";
 import { tensor } from "../tensor/ops/create.ts";
+import type { WeightLike } from "../tensor/ops/nn.ts";
 import type { Tensor } from "../tensor/tensor.ts";
+import { PackedWeight, WEIGHT_COL_MULTIPLE, assertWeightDType, type HostWeight, type WeightDType } from "../tensor/weight.ts";
+import { bnbPackedShape, isBnb4bit, isBnbCompanion, readBnb4bit } from "./bnb.ts";
 import { loadConfig, type LlamaConfig } from "./config.ts";
 import { DecoderLayer, Linear, LlamaModel, type LayerModules } from "./llama.ts";
 import { LAYER_MODULES, expectedShape, expectedWeights, layerPrefix } from "./params.ts";
@@ -11,8 +16,14 @@ import { CheckpointError, openCheckpoint, type Checkpoint } from "./safetensors.
  * Loads a Hugging Face Llama-family checkpoint folder (config.json + model.safetensors or a
  * sharded index) onto a device, strictly: every expected weight must exist with its expected
  * shape, checked for all tensors before any is read (nanoGPT's and MLX's loaders do the same).
- * Weights are read one at a time by byte range and converted to f32, so peak host memory is
- * about the largest tensor.
+ * Weights are read one at a time by byte range, so peak host memory is about the largest tensor.
+ *
+ * Weight matrices are stored on the device in the `dtype` load option (src/tensor/weight.ts),
+ * by default the checkpoint's own: F32 as f32 tensors, BF16 and F16 kept in 16 bits, weights
+ * saved 4-bit by bitsandbytes (bnb.ts) as NF4. With dtype "nf4" the decoder's Linear weights are
+ * quantized at load (bitsandbytes' algorithm, src/tensor/nf4.ts) and, as transformers does, the
+ * embedding and lm_head keep the checkpoint's dtype unless `quantizeEmbeddings`. Norm weights
+ * and biases are always f32 tensors (they are vectors: a few KB).
  */
 
 /** Keys that HF checkpoints may carry and that the model does not use. */
@@ -26,12 +37,16 @@ export function validateCheckpoint(config: LlamaConfig, ckpt: Checkpoint, dir: s
   for (const [name, shape] of expectedWeights(config)) {
     if (!ckpt.has(name)) throw new CheckpointError(dir, `missing tensor (expected shape [${shape}])`, name);
     const info = ckpt.info(name);
-    if (info.shape.join() !== shape.join()) {
+    if (isBnb4bit(ckpt, name)) {
+      if (info.dtype !== "U8" || info.shape.join() !== bnbPackedShape(shape).join()) {
+        throw new CheckpointError(info.file, `a 4-bit weight of [${shape}] is saved as U8 [${bnbPackedShape(shape)}], found ${info.dtype} [${info.shape}]`, name);
+      }
+    } else if (info.shape.join() !== shape.join()) {
       throw new CheckpointError(info.file, `shape [${info.shape}] disagrees with config.json, which implies [${shape}]`, name);
     }
   }
   for (const name of ckpt.names()) {
-    if (expectedShape(config, name) !== null || IGNORED.some((re) => re.test(name))) continue;
+    if (expectedShape(config, name) !== null || IGNORED.some((re) => re.test(name)) || isBnbCompanion(ckpt, name)) continue;
     // A tied checkpoint may still store lm_head.weight (a copy of the embedding); HF ignores it.
     if (name === "lm_head.weight" && config.tie_word_embeddings) continue;
     throw new CheckpointError(ckpt.info(name).file, "unexpected tensor: not part of this architecture", name);
@@ -40,42 +55,101 @@ export function validateCheckpoint(config: LlamaConfig, ckpt: Checkpoint, dir: s
 
 export interface LoadOptions {
   device?: Backend;
+  /** How weight matrices are stored on the device; default: as the checkpoint stores them. */
+  dtype?: WeightDType;
+  /** With dtype "nf4", quantize the embedding and lm_head too (they keep the checkpoint's dtype otherwise). */
+  quantizeEmbeddings?: boolean;
+}
+
+/** The decoder Linear weights that NF4 quantizes (transformers' bitsandbytes integration replaces every nn.Linear but lm_head). */
+const QUANTIZABLE = /\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$/;
+
+/** How `name` is stored in the checkpoint, as a weight dtype. */
+function storedDType(ckpt: Checkpoint, name: string): WeightDType {
+  if (isBnb4bit(ckpt, name)) return "nf4";
+  const d = ckpt.info(name).dtype;
+  return d === "BF16" ? "bf16" : d === "F16" ? "f16" : "f32";
+}
+
+/** The device dtype of matrix `name` under `opts` (see the file comment). */
+function targetDType(ckpt: Checkpoint, name: string, opts: LoadOptions): WeightDType {
+  const stored = storedDType(ckpt, name);
+  if (opts.dtype === undefined) return stored;
+  if (opts.dtype === "nf4" && !QUANTIZABLE.test(name) && !opts.quantizeEmbeddings) return stored;
+  return opts.dtype;
+}
+
+/**
+ * Reads matrix `name` [rows, cols] from the checkpoint into its device form `target`: f32
+ * values, or a host weight (16-bit patterns copied as stored when the dtypes agree, else
+ * rounded to nearest even; NF4 codes as stored, else quantized from the f32 values).
+ */
+async function readMatrix(ckpt: Checkpoint, name: string, shape: [number, number], target: WeightDType): Promise<Float32Array | HostWeight> {
+  const stored = storedDType(ckpt, name);
+  if (stored === target && target !== "f32" && target !== "nf4") return { dtype: target, bits: new Uint16Array((await ckpt.readRaw(name)).buffer) };
+  let values: Float32Array;
+  if (stored === "nf4") {
+    const q = await readBnb4bit(ckpt, name, shape);
+    if (target === "nf4") return { dtype: "nf4", ...q };
+    values = dequantizeNf4(q, shape[0] * shape[1]);
+  } else {
+    values = await ckpt.readF32(name);
+  }
+  if (target === "f32") return values;
+  if (target === "nf4") return { dtype: "nf4", ...quantizeNf4(values) };
+  return { dtype: target, bits: target === "bf16" ? f32ToBf16(values) : f32ToF16(values) };
 }
 
 /**
  * Loads `dir` into a LlamaModel on `opts.device` (default: the default device).
  * @throws CheckpointError for a bad config.json, a malformed or truncated safetensors file, a
- *   missing shard or tensor, or a shape that disagrees with the config; all before any compute.
+ *   missing shard or tensor, a shape that disagrees with the config, a bad 4-bit quant state,
+ *   or a matrix whose columns do not suit a packed dtype; all before any compute. DTypeError
+ *   for an unknown `dtype`.
  */
 export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LlamaModel> {
   const device = opts.device ?? defaultDevice();
+  if (opts.dtype !== undefined) assertWeightDType("loadModel", opts.dtype);
   const config = await loadConfig(dir);
   const ckpt = await openCheckpoint(dir);
   // Weights uploaded so far, freed if a later read fails (a short read, an I/O error).
-  const loaded: Tensor[] = [];
+  const loaded: WeightLike[] = [];
   try {
     validateCheckpoint(config, ckpt, dir);
+    for (const [name, shape] of expectedWeights(config)) {
+      const target = shape.length === 2 ? targetDType(ckpt, name, opts) : "f32";
+      if (target !== "f32" && shape[1]! % WEIGHT_COL_MULTIPLE !== 0) {
+        throw new CheckpointError(ckpt.info(name).file, `[${shape}] cannot be stored ${target}: its columns are not a multiple of ${WEIGHT_COL_MULTIPLE} (load with dtype "f32")`, name);
+      }
+    }
     // Validated: every key below exists with the shape expectedShape gives.
-    const load = async (name: string): Promise<Tensor> => {
+    const vector = async (name: string): Promise<Tensor> => {
       const t = tensor(await ckpt.readF32(name), { device, shape: expectedShape(config, name)! });
       loaded.push(t);
       return t;
     };
-    const maybe = (name: string) => (expectedShape(config, name) !== null ? load(name) : Promise.resolve(null));
+    const matrix = async (name: string): Promise<WeightLike> => {
+      const shape = expectedShape(config, name)! as [number, number];
+      const host = await readMatrix(ckpt, name, shape, targetDType(ckpt, name, opts));
+      const w = host instanceof Float32Array ? tensor(host, { device, shape }) : PackedWeight.upload(device, host, ...shape);
+      loaded.push(w);
+      return w;
+    };
+    const maybe = (name: string) => (expectedShape(config, name) !== null ? vector(name) : Promise.resolve(null));
 
-    const embed = await load("model.embed_tokens.weight");
+    const embed = await matrix("model.embed_tokens.weight");
     const layers: DecoderLayer[] = [];
     for (let i = 0; i < config.num_hidden_layers; i++) {
       const p = layerPrefix(i);
       const modules: Record<string, Linear | Tensor> = {};
       for (const m of LAYER_MODULES) {
-        const weight = await load(`${p}${m.path}.weight`);
-        modules[m.path] = m.kind === "linear" ? new Linear(weight, await maybe(`${p}${m.path}.bias`)) : weight;
+        const name = `${p}${m.path}.weight`;
+        modules[m.path] = m.kind === "linear" ? new Linear(await matrix(name), await maybe(`${p}${m.path}.bias`)) : await vector(name);
       }
       layers.push(DecoderLayer.fromModules(config, i, modules as unknown as LayerModules)); // every table path is set
     }
-    const norm = await load("model.norm.weight");
-    const head = config.tie_word_embeddings ? embed : await load("lm_head.weight");
+    const norm = await vector("model.norm.weight");
+    const head = config.tie_word_embeddings ? embed : await matrix("lm_head.weight");
     return new LlamaModel(config, device, embed, layers, norm, head);
   } catch (err) {
     for (const t of loaded) t.dispose();

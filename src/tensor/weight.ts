@@ -78,6 +78,8 @@ export function assertHostWeight(op: string, w: HostWeight, rows: number, cols: 
 /** A frozen [rows, cols] weight stored packed on `backend`. Freed by dispose() (or its tidy scope). */
 export class PackedWeight implements Disposable {
   disposed = false;
+  /** Always false: a packed weight is frozen (QLoRA trains adapters beside it, never it). */
+  requiresGrad: false = false;
   readonly shape: readonly [number, number];
 
   constructor(
