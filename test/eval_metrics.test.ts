@@ -4,6 +4,12 @@ import { Rng } from "../src/tensor/random.ts";
 import { argmaxWithTies, logSumExp, prefixMasses } from "../src/eval/decode.ts";
 import { accuracyOf, confusionMatrix, macroAverage, wilsonInterval, Z95 } from "../src/eval/metrics.ts";
 
+/**
+ * Tolerances: closed forms in float64 agree to their rounding (9-15 digits, fewer where more
+ * operations or a large value, 1000 + ln 2, are involved); the hand-built logits are f32
+ * (relative error 6e-8), so masses are compared to 6 digits; tabulated values are given to 7.
+ */
+
 describe("constrained decoding on a hand-built distribution", () => {
   // V = 6 tokens; logits chosen so that softmax is [0.1, 0.2, 0.3, 0.05, 0.25, 0.1].
   const probs = [0.1, 0.2, 0.3, 0.05, 0.25, 0.1];

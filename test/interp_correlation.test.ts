@@ -2,6 +2,12 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { correlationByLayer, pearson } from "../src/interp/correlation.ts";
 
+/**
+ * Tolerances: pearson in float64 on exact linear relations; inputs up to 100 with offsets up to
+ * 50 cost a few digits in the centring, so 9 digits for the property, 12 on the hand-made
+ * vectors and for the symmetry (the same sums in another order).
+ */
+
 describe("pearson", () => {
   it("is cos(theta) for u cos(theta) + w sin(theta) against u, with u, w centred and orthonormal", () => {
     // u and w: centred (sum 0), unit length, orthogonal; so cov(u, b) / (sd u sd b) = cos(theta).

@@ -48,7 +48,7 @@ describe("interpret and writeInterpReport", () => {
       expect(p.points[3]).toMatchObject({ lang: "de", index: 0 });
       const sum = p.explainedVarianceRatio.reduce((a, b) => a + b, 0);
       expect(sum).toBeGreaterThan(0);
-      expect(sum).toBeLessThanOrEqual(1 + 1e-9);
+      expect(sum).toBeLessThanOrEqual(1 + 1e-9); // at most 1, up to float64 rounding of the sum
     }
     expect(report.correlation!.map((c) => [c.lang, c.layer])).toEqual(Array.from({ length: L + 1 }, (_, l) => ["de", l]));
     // qalign align --interp stores reports as JSON and reads them back.
