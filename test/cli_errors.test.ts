@@ -168,3 +168,20 @@ describe("option messages", () => {
     expect(required("generate", { prompt: "Hi" }, "prompt")).toBe("Hi");
   });
 });
+
+describe("--dtype", () => {
+  it("an unknown weight dtype fails before loading, naming the choices", () => {
+    const r = qalign(["logits", "--model", fixtureDir("qwen2-tied"), "--ids", "5,6", "--dtype", "int4", "--device", "cpu"]);
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(lastLine(r.stderr)).toBe('qalign: logits: --dtype must be f32, bf16, f16 or nf4, got "int4"');
+  });
+
+  it("nf4 logits of the bf16 fixture equal those of its committed 4-bit checkpoint (the same weights)", () => {
+    const ids = ["--ids", "5,6,7", "--device", "cpu"];
+    const atLoad = qalign(["logits", "--model", fixtureDir("qwen2-tied"), "--dtype", "nf4", ...ids]);
+    const saved = qalign(["logits", "--model", fixtureDir("qwen2-nf4"), ...ids]);
+    expect(atLoad.status).toBe(0);
+    expect(atLoad.stdout).toBe(saved.stdout);
+  });
+});

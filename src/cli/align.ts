@@ -28,6 +28,8 @@ export const options = {
     required: false,
     default: `the tiny random checkpoint, with --limit ${TINY_DEFAULTS.limit}, --max-train-samples ${TINY_DEFAULTS.maxTrainSamples}, --epochs ${TINY_DEFAULTS.epochs}, --lr ${TINY_DEFAULTS.lr}, --batch-size ${TINY_DEFAULTS.batchSize}, --grad-accum ${TINY_DEFAULTS.gradAccum} (a demo)`,
   },
+  dtype: modelOption.dtype,
+  "quantize-embeddings": modelOption["quantize-embeddings"],
   train: { type: "string", arg: "zh,es", help: "question-translation source languages, comma-separated (any of de en es it sw zh)", default: "zh,es" },
   target: { type: "string", arg: "LANG", help: "the language questions are translated into", default: "en" },
   "train-task": { type: "string", arg: "snli", help: "whose question files train the adapter (only snli has them in the release)", default: QUESTION_TASK },

@@ -1,6 +1,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { DEVICE_KINDS, getDevice, type DeviceKind } from "../kernels/devices.ts";
 import type { Backend } from "../tensor/backend.ts";
+import { WEIGHT_DTYPES, type WeightDType } from "../tensor/weight.ts";
 
 /** A usage error: printed as one line, exit status 1. */
 export class CliError extends Error {
@@ -142,10 +143,27 @@ export function intList(command: string, name: string, text: string): number[] {
   return ids;
 }
 
-/** The checkpoint option of every command that loads a model. */
+/** The checkpoint options of every command that loads a model: the folder and how its weights are stored on the device. */
 export const modelOption = {
   model: { type: "string", arg: "DIR", required: true, help: "the base checkpoint: a folder in Hugging Face layout (config.json, *.safetensors, tokenizer.json)" },
+  dtype: {
+    type: "string",
+    arg: WEIGHT_DTYPES.join("|"),
+    help: "how weight matrices are stored on the device: f32 (4 bytes a weight), bf16 or f16 (2), nf4 (bitsandbytes 4-bit NormalFloat, 0.5625; embeddings and lm_head keep their dtype)",
+    default: "the checkpoint's own (a bitsandbytes 4-bit checkpoint: nf4)",
+  },
+  "quantize-embeddings": { type: "boolean", help: "with --dtype nf4, quantize the embedding and lm_head too" },
 } as const satisfies OptionTable;
+
+/** --dtype, checked. @throws CliError naming the choices. */
+export function weightDType(command: string, values: Record<string, unknown>): WeightDType | undefined {
+  const v = values.dtype;
+  if (v === undefined) return undefined;
+  if (typeof v !== "string" || !(WEIGHT_DTYPES as readonly string[]).includes(v)) {
+    throw new CliError(`${command}: --dtype must be ${WEIGHT_DTYPES.slice(0, -1).join(", ")} or ${WEIGHT_DTYPES.at(-1)}, got "${String(v)}"`);
+  }
+  return v as WeightDType;
+}
 
 /** The LoRA adapter option of the commands that can apply one. */
 export const adapterOption = {
