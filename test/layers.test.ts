@@ -14,12 +14,21 @@ import { describe, expect, it } from "vitest";
 const ROOT = resolve(import.meta.dirname, "..");
 const SRC = join(ROOT, "src");
 
-/** The `src/<name>` cells of the README's Layout table, in row order. */
-function readmeLayers(): string[] {
+/** One row of the README's Layout table: the layer and the layers its "imports from" cell names. */
+interface LayerRow {
+  layer: string;
+  importsFrom: string[];
+}
+
+/** The rows of the README's Layout table (`| \`src/<name>\` | imports from | contents |`), in order. */
+function readmeLayers(): LayerRow[] {
   const readme = readFileSync(join(ROOT, "README.md"), "utf8");
   const section = readme.split(/^## /m).find((s) => s.startsWith("Layout\n"));
   if (!section) throw new Error("README.md has no ## Layout section");
-  return [...section.matchAll(/^\| `src\/([a-z_]+)` \|/gm)].map((m) => m[1]!);
+  return [...section.matchAll(/^\| `src\/([a-z_]+)` \| ([^|]*) \|/gm)].map((m) => ({
+    layer: m[1]!,
+    importsFrom: m[2]!.trim() === "nothing of qalign" ? [] : m[2]!.split(",").map((l) => l.trim()),
+  }));
 }
 
 /** Every .ts file under `dir`, as paths relative to the repository root. */
@@ -49,11 +58,10 @@ function importsOf(file: string): [string, string][] {
  */
 const KERNELS_ENTRY = "src/kernels/devices.ts";
 
-
 /**
  * Library code reports through callbacks and return values; only the command line (src/cli)
- * writes to the process's stdout and stderr. Files that still do, each with its reason; as
- * above, an allowance that no longer matches fails.
+ * writes to the process's stdout and stderr. Files that still do, each with its reason; an
+ * allowance that no longer matches fails, so it goes when the write does.
  */
 const WRITES_STREAMS = [
   // QALIGN_DEBUG_WGSL=1 prints each compiled shader: a debugging switch, not a report.
@@ -62,7 +70,8 @@ const WRITES_STREAMS = [
   "src/kernels/devices.ts",
 ];
 
-const LAYERS = readmeLayers();
+const ROWS = readmeLayers();
+const LAYERS = ROWS.map((r) => r.layer);
 const FILES = sources(SRC);
 const IMPORTS = FILES.flatMap(importsOf);
 
@@ -81,6 +90,18 @@ describe("layers", () => {
     };
     const upward = IMPORTS.filter(([from, to]) => rank(to) > rank(from)).map(([from, to]) => `${from} -> ${to}`);
     expect(upward, `imports against the layer order ${LAYERS.join(" -> ")}`).toEqual([]);
+  });
+
+  it("each layer imports from exactly the layers its \"imports from\" cell names", () => {
+    const used = new Map<string, Set<string>>(LAYERS.map((l) => [l, new Set()]));
+    for (const [from, to] of IMPORTS) {
+      const [a, b] = [layerOf(from), layerOf(to)];
+      if (a !== null && b !== null && a !== b) used.get(a)?.add(b);
+    }
+    for (const { layer, importsFrom } of ROWS) {
+      const actual = LAYERS.filter((l) => used.get(layer)!.has(l)); // in table order, as the cell lists them
+      expect(actual, `README Layout table, src/${layer}: update its "imports from" cell to what the code imports`).toEqual(importsFrom);
+    }
   });
 
   it(`above kernels, only ${KERNELS_ENTRY} is imported from kernels`, () => {
