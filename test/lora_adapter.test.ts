@@ -8,6 +8,7 @@ import { Linear, type LlamaModel } from "../src/model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors } from "../src/model/safetensors.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 import { runCli } from "./helpers/cli.ts";
+import { expectClose } from "./helpers/close.ts";
 import { fixtureDir, maxAbs } from "./helpers/fixtures.ts";
 
 /**
@@ -236,9 +237,7 @@ describe("merging", () => {
     const got = await logits(await loadModel(out, { device: cpu }), ids);
     // W + s B A rounded to f32 once vs the two-branch sum: both are within a few f32 ulps of
     // the exact value, so logits agree to ~1e-6 relative; 1e-5 x max |logit| is the bound.
-    let worst = 0;
-    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
-    expect(worst).toBeLessThanOrEqual(1e-5 * maxAbs(want));
+    expectClose(got, want, { atol: 1e-5 * maxAbs(want), rtol: 0 }, "merged model's logits");
     await expect(qa.saveMergedModel(model, dir, out)).rejects.toThrow(/not empty/);
   });
 });

@@ -48,9 +48,7 @@ describe.each(CASES)("%s against PyTorch", (name, modelName) => {
       const want = await f.readF32(`grad.${key}`);
       expect(maxAbs(want), `${key}: reference gradient is nonzero`).toBeGreaterThan(0);
       const got = await p.grad!.data();
-      let worst = 0;
-      for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
-      expect(worst, key).toBeLessThanOrEqual(1e-4 * maxAbs(want));
+      expectClose(got, want, { atol: 1e-4 * maxAbs(want), rtol: 0 }, key);
     }
     await f.close();
   });

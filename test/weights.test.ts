@@ -5,6 +5,7 @@ import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../src/tensor/half.ts"
 import { dequantizeNf4, quantizeNf4 } from "../src/tensor/nf4.ts";
 import { embedding, linear } from "../src/tensor/ops/nn.ts";
 import { PackedWeight, type HostWeight, type PackedDType } from "../src/tensor/weight.ts";
+import { expectClose } from "./helpers/close.ts";
 import { testWebGpu } from "./helpers/devices.ts";
 import { random } from "./helpers/random.ts";
 
@@ -44,17 +45,6 @@ function refMatmul(x: Float32Array, w: Float32Array, N: number, K: number, M: nu
     }
   }
   return out;
-}
-
-function expectClose(got: ArrayLike<number>, ref: ArrayLike<number>, tol: number): void {
-  expect(got.length).toBe(ref.length);
-  let worst = 0;
-  let at = -1;
-  for (let i = 0; i < ref.length; i++) {
-    const e = Math.abs(got[i]! - ref[i]!) / (1 + Math.abs(ref[i]!));
-    if (e > worst) [worst, at] = [e, i];
-  }
-  expect(worst, `worst at ${at}: ${got[at]} vs ${ref[at]}`).toBeLessThanOrEqual(tol);
 }
 
 /** [N, K, M] cases: tile edges in every direction, decode (M = 1), K a multiple of 8 but not of 64. */
