@@ -144,7 +144,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
   const task = taskOption("eval", v);
   const langs = langsOption("eval", v, "langs", "all");
   const say = (line: string) => process.stderr.write(`${line}\n`);
-  const options: EvalOptions = {
+  const opts: EvalOptions = {
     ...evalOptions("eval", v, task),
     prefixCache: !v["no-cache"],
     onInvalid: v["skip-invalid"] ? "skip" : "error",
@@ -152,12 +152,12 @@ export async function run(v: Values<typeof options>): Promise<void> {
   };
   const tokenizer = await tokenizerFor("eval", modelDir);
   const source = await resolveDataSource(v.data);
-  const prompts = await checkLanguages(source, task, langs, options);
+  const prompts = await checkLanguages(source, task, langs, opts);
   const out: EvalOutput | null =
     typeof v.out === "string"
       ? {
           dir: v.out,
-          record: { model: modelDir, adapter: v.adapter ?? null, task: task.id, data: source.description, options, versions: await versions() },
+          record: { model: modelDir, adapter: v.adapter ?? null, task: task.id, data: source.description, options: opts, versions: await versions() },
           langs,
           adapter: typeof v.adapter === "string",
         }
@@ -167,7 +167,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
   say(`eval: ${task.title}, ${langs.length} language(s), ${source.description}`);
   const results: LanguageResult[] = [];
   for (const lang of langs) {
-    const r = await evaluateLanguage({ model, tokenizer, source, task, options, prompts }, lang);
+    const r = await evaluateLanguage({ model, tokenizer, source, task, options: opts, prompts }, lang);
     for (const s of r.skipped) say(`skipped ${s.file}[${s.index}].${s.field}: ${s.problem}`);
     for (const t of r.truncated) say(`truncated ${r.file}[${t.index}]: ${t.dropped} tokens dropped on the left`);
     say(`${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)`);

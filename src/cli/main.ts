@@ -1,6 +1,7 @@
-#!/usr/bin/env -S npx tsx
+#!/usr/bin/env node
 /**
- * The `qalign` command line: `npm run -s qalign -- <command> [options]`.
+ * The `qalign` command line: `npx qalign <command> [options]` where qalign is installed (the
+ * compiled dist/cli/main.js, plain Node), `npm run -s qalign -- <command> [options]` in the checkout.
  * Each command lives in its own file and exports its option table and `run(values)`; this file
  * parses the arguments with that table and dispatches.
  * Machine-readable results go to stdout; progress and notices go to stderr.
@@ -8,11 +9,12 @@
 import { COMMANDS, helpText } from "./commands.ts";
 import { CliError, parse } from "./args.ts";
 import { flush } from "./output.ts";
+import { packageVersion } from "../io/package.ts";
 
 function usage(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length));
   const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
-  return `usage: qalign <command> [options]   (qalign <command> --help for its options)\n\ncommands:\n${lines.join("\n")}\n`;
+  return `usage: qalign <command> [options]   (qalign <command> --help for its options; qalign --version)\n\ncommands:\n${lines.join("\n")}\n`;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -20,6 +22,10 @@ async function main(argv: string[]): Promise<number> {
   if (name === undefined || name === "--help" || name === "-h" || name === "help") {
     process.stdout.write(usage());
     return name === undefined ? 2 : 0;
+  }
+  if (name === "--version" || name === "-v") {
+    process.stdout.write(`${await packageVersion()}\n`);
+    return 0;
   }
   const command = COMMANDS[name];
   if (!command) {

@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { packageVersion } from "../io/package.ts";
 import type { PlotRow } from "../io/plot.ts";
 import type { LanguageResult } from "./evaluate.ts";
 import type { Lang } from "./languages.ts";
@@ -11,8 +11,7 @@ import { macroAverage } from "./metrics.ts";
 
 /** Node's and qalign's versions (qalign's from package.json), recorded with every result. */
 export async function versions(): Promise<{ node: string; qalign: string }> {
-  const pkg = JSON.parse(await readFile(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
-  return { node: process.version, qalign: pkg.version };
+  return { node: process.version, qalign: await packageVersion() };
 }
 
 /** A percentage with one decimal ("57.5"); "-" for NaN. */

@@ -24,11 +24,13 @@ export interface DataSource {
   readJson(path: string): Promise<unknown>;
 }
 
-/** Root of the repository (two levels above this file). */
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-
-/** Where the shared data lives relative to the repository: `../shared/data/qalign`. */
-export const SHARED_DATA_DIR = resolve(ROOT, "..", "shared", "data", "qalign");
+/**
+ * The default data folder, `../shared/data/qalign`, resolved against the working directory when
+ * qalign is loaded (in the checkout, whose root is the working directory of `npm start` and the
+ * tests, the shared folder beside it). Never relative to qalign's own files, which an install
+ * puts inside node_modules.
+ */
+export const SHARED_DATA_DIR = resolve("..", "shared", "data", "qalign");
 
 /** A folder in the release's layout. */
 export class FolderSource implements DataSource {

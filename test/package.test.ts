@@ -1,0 +1,132 @@
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import ts from "typescript";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROOT } from "./helpers/cli.ts";
+
+/**
+ * qalign as another project gets it: `npm pack` (which builds dist/ through prepack), the
+ * tarball installed into a fresh project that has neither tsx nor TypeScript, then plain Node
+ * imports it, runs its `qalign` bin, and a consumer's TypeScript compiler reads its types.
+ * Dependencies come from npm's cache (--prefer-offline); nothing of the checkout is linked in.
+ */
+const PKG = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string; dependencies: Record<string, string>; devDependencies: Record<string, string> };
+const TSC = join(ROOT, "node_modules", "typescript", "bin", "tsc");
+const tmp = mkdtempSync(join(tmpdir(), "qalign-pack-"));
+const project = join(tmp, "consumer");
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** Runs a command to completion; a non-zero status fails the test with its output. */
+function sh(cmd: string, args: string[], cwd: string): { stdout: string; stderr: string } {
+  const r = spawnSync(cmd, args, { cwd, encoding: "utf8", timeout: 240_000, maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} (in ${cwd}) exited ${r.status}\n${r.stdout}\n${r.stderr}`);
+  return { stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * The README's library example up to its checkpoint part (the autograd part), as written
+ * there: `import * as qa from "qalign"` is exactly what a user runs.
+ */
+function readmeExample(): string {
+  const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+  const block = /```ts\n(import \* as qa from "qalign";[\s\S]*?)```/.exec(readme)?.[1];
+  if (!block) throw new Error("README.md has no ```ts block starting with the qalign import");
+  return block.split("\n\n// A checkpoint folder")[0]!;
+}
+
+beforeAll(() => {
+  sh("npm", ["pack", "--pack-destination", tmp, "--silent"], ROOT);
+  const tarball = readdirSync(tmp).find((f) => f.endsWith(".tgz"));
+  if (!tarball) throw new Error(`npm pack wrote no tarball into ${tmp}`);
+  sh("mkdir", [project], tmp);
+  // @types/node: a Node consumer's own dev dependency (qalign's declarations name Node types).
+  const manifest = { name: "consumer", private: true, type: "module", dependencies: { qalign: `file:../${tarball}`, "@types/node": PKG.devDependencies["@types/node"] } };
+  writeFileSync(join(project, "package.json"), JSON.stringify(manifest, null, 2));
+  sh("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"], project);
+}, 600_000);
+
+describe("the packed tarball in a fresh project", () => {
+  it("ships compiled JavaScript and declarations, not sources, tests or fixtures", () => {
+    const installed = join(project, "node_modules", "qalign");
+    expect(existsSync(join(installed, "dist", "index.js"))).toBe(true);
+    expect(existsSync(join(installed, "dist", "index.d.ts"))).toBe(true);
+    expect(existsSync(join(installed, "dist", "eval", "sample_data.json"))).toBe(true);
+    for (const absent of ["src", "test", "scripts", "bench"]) expect(existsSync(join(installed, absent)), absent).toBe(false);
+    // Neither a TypeScript runtime nor the compiler came along.
+    for (const absent of ["tsx", "typescript"]) expect(existsSync(join(project, "node_modules", absent)), absent).toBe(false);
+    // The tiny model's 14 MB tokenizer is an optional peer: not installed unless asked for.
+    expect(existsSync(join(project, "node_modules", "@lenml", "tokenizer-llama2"))).toBe(false);
+  });
+
+  it("plain Node runs the README example and prints the README's numbers", () => {
+    // The example is TypeScript; the checkout's compiler strips its types (`w.grad!`) here, so
+    // the consumer project runs plain JavaScript.
+    const source = `${readmeExample()}\nconsole.log(JSON.stringify(Array.from(await w.data())));\n`;
+    const js = ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 } }).outputText;
+    writeFileSync(join(project, "example.mjs"), js);
+    // A resolve hook that fails on vega or vega-lite: importing qalign and computing never loads them.
+    writeFileSync(join(project, "no-vega.mjs"), 'export async function resolve(s, c, next) { if (/^vega(-lite)?$/.test(s)) throw new Error(`${s} loaded`); return next(s, c); }\n');
+    writeFileSync(join(project, "register.mjs"), 'import { register } from "node:module";\nregister("./no-vega.mjs", import.meta.url);\n');
+    const lines = sh(process.execPath, ["--import", "./register.mjs", "example.mjs"], project).stdout.trim().split("\n");
+    // The README's printed values, from its comments.
+    const readme = readmeExample();
+    const loss = /\/\/ (\d+\.\d{4}) \(seeded/.exec(readme)![1]!;
+    const grads = /\/\/ (\[ '.*' \])/.exec(readme)![1]!;
+    expect(lines[0]).toBe(loss);
+    expect(lines[1]).toBe(grads);
+    // And the closed form in float64 from w: z = x w, loss = sum_j silu(z_j),
+    // dloss/dw_ij = x_i silu'(z_j), silu'(z) = s(z) (1 + z (1 - s(z))). f32 compute: 1e-5 relative.
+    const w = JSON.parse(lines[2]!) as number[]; // [3, 2] row-major
+    const x = [1, 2, 3];
+    const z = [0, 1].map((j) => x.reduce((a, xi, i) => a + xi * w[2 * i + j]!, 0));
+    const s = z.map((v) => 1 / (1 + Math.exp(-v)));
+    expect(Number(loss)).toBeCloseTo(z[0]! * s[0]! + z[1]! * s[1]!, 4);
+    const dz = z.map((v, j) => s[j]! * (1 + v * (1 - s[j]!)));
+    const expected = x.flatMap((xi) => dz.map((d) => (xi * d).toFixed(4)));
+    expect(grads).toBe(`[ ${expected.map((g) => `'${g}'`).join(", ")} ]`);
+  });
+
+  it("qalign/plot loads vega when a chart is drawn", () => {
+    const chart = 'import { renderSvg } from "qalign/plot";\nconst spec = { title: "t", data: { values: [{ a: 1 }] }, mark: "point", encoding: { x: { field: "a", type: "quantitative", title: "a (units)" } } };\nprocess.stdout.write(await renderSvg(spec));\n';
+    writeFileSync(join(project, "chart.mjs"), chart);
+    expect(sh(process.execPath, ["chart.mjs"], project).stdout).toMatch(/^<svg[^>]*>[\s\S]*<\/svg>$/);
+  });
+
+  it("npx qalign --help and --version run the compiled CLI", () => {
+    const help = sh("npx", ["--no-install", "qalign", "--help"], project).stdout;
+    expect(help).toMatch(/^usage: qalign <command> \[options\]/);
+    expect(help).toMatch(/^ {2}align +/m);
+    expect(sh("npx", ["--no-install", "qalign", "--version"], project).stdout).toBe(`${PKG.version}\n`);
+  });
+
+  for (const moduleResolution of ["nodenext", "bundler"] as const) {
+    it(`a consumer's tsc --noEmit passes with moduleResolution ${moduleResolution}`, () => {
+      const dir = join(project, moduleResolution);
+      sh("mkdir", [dir], project);
+      writeFileSync(
+        join(dir, "use.ts"),
+        [
+          'import * as qa from "qalign";',
+          'import { renderSvg } from "qalign/plot";',
+          "const t: qa.Tensor = qa.tensor([[1, 2]]);",
+          "const n: Promise<number> = t.sum().item();",
+          "// @ts-expect-error a string is not tensor data (fails if qalign's types were `any`)",
+          'qa.tensor("1");',
+          'const svg: Promise<string> = renderSvg({ title: "t", data: { values: [] }, mark: "point" });',
+          "export { n, svg };",
+          "",
+        ].join("\n"),
+      );
+      const module = moduleResolution === "nodenext" ? "nodenext" : "esnext";
+      // skipLibCheck: nodenext rejects the extensionless relative imports in the declarations of
+      // @huggingface/tokenizers 0.2.0 (a dependency), so there only the consumer's file is
+      // checked, as with tsc --init's defaults; with bundler every declaration is checked.
+      const skipLibCheck = moduleResolution === "nodenext";
+      const compilerOptions = { strict: true, noEmit: true, skipLibCheck, target: "es2022", module, moduleResolution, types: ["node"], typeRoots: [join(project, "node_modules", "@types")] };
+      writeFileSync(join(dir, "tsconfig.json"), JSON.stringify({ compilerOptions, files: ["use.ts"] }));
+      sh(process.execPath, [TSC, "-p", "tsconfig.json"], dir);
+    });
+  }
+});
