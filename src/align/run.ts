@@ -8,6 +8,7 @@ import { buildProbeSets } from "../interp/sets.ts";
 import type { QuestionPair } from "../lora/data.ts";
 import { loadAdapter } from "../lora/peft.ts";
 import { trainOnPairs, type TrainingRecipe } from "../lora/recipe.ts";
+import type { StepInfo } from "../lora/trainer.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { checkLanguages, evaluateLanguage, type LanguageResult } from "../eval/evaluate.ts";
@@ -28,13 +29,24 @@ import { writeReports } from "./report.ts";
  * Everything lands in one run folder (its layout and resume rules: folder.ts).
  */
 
+/** How a run reports (the CLI draws it on stderr). */
+export interface AlignHooks {
+  /** Notices, one line each. */
+  log?: (line: string) => void;
+  /** Items done in one language of one stage; `what` is e.g. "base en", "aligned zh", "interp base en". */
+  onItems?: (what: string, done: number, total: number) => void;
+  /** The trainer's report after each optimizer step. */
+  onStep?: (info: StepInfo) => void;
+}
+
 /**
  * Runs (or resumes) the experiment on `model`, which must carry no adapter yet.
- * @param log progress lines (stderr in the CLI)
+ * @param hooks notices and progress
  * @throws DataError when `out` holds a run with other settings, or for bad data; RangeError
  *   when the train task has no question files; CheckpointError for a bad saved adapter.
  */
-export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: DataSource, cfg: AlignConfig, log: (line: string) => void = () => {}): Promise<AlignResults> {
+export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: DataSource, cfg: AlignConfig, hooks: AlignHooks = {}): Promise<AlignResults> {
+  const log = hooks.log ?? (() => {});
   if (cfg.trainTask !== QUESTION_TASK) throw new RangeError(trainTaskMessage(cfg.trainTask));
   const paths = runPaths(cfg.out);
   const settings = fingerprint(cfg, source.description);
@@ -51,7 +63,7 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
         results.push(await readJson<LanguageResult>(file));
         continue;
       }
-      const options = { ...cfg.evaluation, onWarning: (l: Lang, w: string) => log(`eval ${l}: ${w}`) };
+      const options = { ...cfg.evaluation, onWarning: (l: Lang, w: string) => log(`eval ${l}: ${w}`), onProgress: (done: number, total: number) => hooks.onItems?.(`${label} ${lang}`, done, total) };
       const r = await evaluateLanguage({ model, tokenizer, source, task, options, prompts }, lang);
       await saveJson(file, r);
       const notes = [r.ties ? `${r.ties} ties` : "", r.truncated.length ? `${r.truncated.length} truncated` : "", r.skipped.length ? `${r.skipped.length} skipped` : ""].filter(Boolean);
@@ -73,6 +85,7 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
       pcaLayers: [...new Set([0, Math.round(L / 2), L])],
       correlation: cfg.langs.includes("en"),
       batchSize: cfg.evaluation.batchSize,
+      onProgress: (lang, done, total) => hooks.onItems?.(`interp ${label} ${lang}`, done, total),
     });
     await saveJson(file, report);
     log(`interp ${label}: written ${file}`);
@@ -90,7 +103,7 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
   const base = await evaluateAll("base");
   const interpBase = cfg.interp ? await interpOf("base") : null;
 
-  const training = pairs ? await trainAdapter(model, tokenizer, pairs, cfg, log) : await loadTrained(model, cfg, log);
+  const training = pairs ? await trainAdapter(model, tokenizer, pairs, cfg, { ...hooks, log }) : await loadTrained(model, cfg, log);
   log(`aligned model: ${task.title} in ${cfg.langs.length} languages`);
   const aligned = await evaluateAll("aligned");
   const files: string[] = [];
@@ -131,7 +144,7 @@ async function trainAdapter(
   tokenizer: Tokenizer,
   { pairs, issues }: { pairs: QuestionPair[]; issues: DataIssue[] },
   cfg: AlignConfig,
-  log: (line: string) => void,
+  { log, onStep }: AlignHooks & { log: (line: string) => void },
 ): Promise<TrainingSummary> {
   const started = performance.now();
   const paths = runPaths(cfg.out);
@@ -142,6 +155,7 @@ async function trainAdapter(
     resume: latestDir(join(trainingDir, "checkpoint")) !== null,
     baseModel: cfg.modelDir,
     log: (line) => log(`  ${line}`),
+    onStep,
     onData: (d) => log(`training: ${d.train} + ${d.val} validation question pairs, ${cfg.train.map((l) => LANGUAGE_NAMES[l]).join(" + ")} -> ${LANGUAGE_NAMES[cfg.target]}`),
   });
   const summary: TrainingSummary = {

@@ -8,7 +8,8 @@ import { CliError, modelOption, type OptionTable, type Values } from "./args.ts"
 import { EVAL_OPTIONS, evalOptions, langsOption, taskOption, tokenizerFor } from "./eval.ts";
 import { loadForCli } from "./model.ts";
 import { prepareOutDir } from "./output.ts";
-import { TRAINING_OPTIONS, trainingRecipe } from "./train.ts";
+import { Progress } from "./progress.ts";
+import { TRAINING_OPTIONS, trainingProgress, trainingRecipe } from "./train.ts";
 
 /**
  * Limits of the embedded default (`npm start`: no --model, so the tiny random checkpoint):
@@ -51,7 +52,8 @@ export const options = {
  * random checkpoint on small limits (TINY_DEFAULTS).
  */
 export async function run(v: Values<typeof options>): Promise<void> {
-  const say = (line: string) => process.stderr.write(`${line}\n`);
+  const progress = new Progress({ quiet: v.quiet });
+  const say = (line: string) => progress.say(line);
   const tiny = typeof v.model !== "string";
   const modelDir = tiny ? await ensureTinyModel() : (v.model as string);
   if (tiny) say(`align: no --model, so the tiny random checkpoint (${modelDir}) on small limits: expect chance-level accuracy`);
@@ -83,9 +85,9 @@ export async function run(v: Values<typeof options>): Promise<void> {
   const tokenizer = await tokenizerFor("align", modelDir);
   const source = await resolveDataSource(v.data);
   await prepareOutDir("align", cfg.out);
-  const model = await loadForCli("align", { ...v, model: modelDir });
+  const model = await loadForCli("align", { ...v, model: modelDir }, progress);
   const started = performance.now();
-  const r = await runAlign(model, tokenizer, source, cfg, say);
+  const r = await runAlign(model, tokenizer, source, cfg, { log: say, onItems: progress.counters("items"), onStep: trainingProgress(progress) });
   model.dispose();
   process.stdout.write(comparisonTable(comparisons(r), cfg.train));
   say(`align: done in ${((performance.now() - started) / 1000).toFixed(0)} s; report ${join(cfg.out, "report.md")}`);

@@ -10,6 +10,7 @@ import { getTask, TASKS, type TaskSpec } from "../eval/tasks.ts";
 import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
 import { adapterOption, CliError, deviceOption, int, modelOption, type OptionTable, type Values } from "./args.ts";
 import { loadForCli } from "./model.ts";
+import { Progress, quietOption } from "./progress.ts";
 import { prepareOutDir } from "./output.ts";
 
 /** Prompts per forward pass in evaluation, when --eval-batch-size is not given. */
@@ -57,6 +58,7 @@ export const EVAL_OPTIONS = {
     was: ["max-length"],
   },
   ...deviceOption,
+  ...quietOption,
 } as const satisfies OptionTable;
 
 /** Parses --task (default `fallback`). @throws CliError for an unknown task. */
@@ -143,7 +145,8 @@ export async function run(v: Values<typeof options>): Promise<void> {
   const modelDir = v.model;
   const task = taskOption("eval", v);
   const langs = langsOption("eval", v, "langs", "all");
-  const say = (line: string) => process.stderr.write(`${line}\n`);
+  const progress = new Progress({ quiet: v.quiet });
+  const say = (line: string) => progress.say(line);
   const opts: EvalOptions = {
     ...evalOptions("eval", v, task),
     prefixCache: !v["no-cache"],
@@ -163,11 +166,11 @@ export async function run(v: Values<typeof options>): Promise<void> {
         }
       : null;
   if (out) await prepareOutDir("eval", out.dir);
-  const model = await loadForCli("eval", v);
+  const model = await loadForCli("eval", v, progress);
   say(`eval: ${task.title}, ${langs.length} language(s), ${source.description}`);
   const results: LanguageResult[] = [];
   for (const lang of langs) {
-    const r = await evaluateLanguage({ model, tokenizer, source, task, options: opts, prompts }, lang);
+    const r = await evaluateLanguage({ model, tokenizer, source, task, options: { ...opts, onProgress: progress.counter(`eval ${lang}`, "items") }, prompts }, lang);
     for (const s of r.skipped) say(`skipped ${s.file}[${s.index}].${s.field}: ${s.problem}`);
     for (const t of r.truncated) say(`truncated ${r.file}[${t.index}]: ${t.dropped} tokens dropped on the left`);
     say(`${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)`);

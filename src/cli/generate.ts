@@ -2,6 +2,7 @@ import { generate } from "../model/generate.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { adapterOption, CliError, deviceOption, int, modelOption, num, type OptionTable, type Values } from "./args.ts";
 import { loadForCli } from "./model.ts";
+import { Progress, quietOption } from "./progress.ts";
 
 /** Defaults of the sampling options. */
 const SAMPLING = { maxNewTokens: 32, temperature: 0, topP: 1, seed: 0 };
@@ -15,6 +16,7 @@ export const options = {
   seed: { type: "string", arg: "S", help: "seeds the sampler (with temperature > 0)", default: String(SAMPLING.seed) },
   ...adapterOption,
   ...deviceOption,
+  ...quietOption,
 } as const satisfies OptionTable;
 
 /**
@@ -33,7 +35,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
     topP: num("generate", v, "top-p", SAMPLING.topP, 0, 1, true), // (0, 1]
     seed: int("generate", v, "seed", SAMPLING.seed),
   };
-  const model = await loadForCli("generate", v);
+  const model = await loadForCli("generate", v, new Progress({ quiet: v.quiet }));
   const promptIds = tokenizer.encode(prompt, { addSpecialTokens: true });
   // Decode the whole continuation each time and print what is new: multi-byte characters
   // split across byte-fallback tokens appear once complete.

@@ -11,6 +11,7 @@ import { loadTokenizer } from "../model/tokenizer.ts";
 import { CliError, deviceOption, int, modelOption, type OptionTable, type Values } from "./args.ts";
 import { EVAL_BATCH_SIZE, PROMPT_OPTIONS } from "./eval.ts";
 import { loadForCli } from "./model.ts";
+import { Progress, quietOption } from "./progress.ts";
 import { prepareOutDir } from "./output.ts";
 
 const { default: _task, ...task } = PROMPT_OPTIONS.task;
@@ -25,6 +26,7 @@ export const INTERP_OPTIONS = {
   langs: { ...langs, required: true },
   out: { type: "string", arg: "DIR", required: true, help: "where the SVG charts and their JSON/CSV numbers are written" },
   ...deviceOption,
+  ...quietOption,
 } as const satisfies OptionTable;
 
 /** Runs `parseValue`; an error other than a CliError becomes one naming --`flag`. */
@@ -61,7 +63,8 @@ export async function runInterp(cmd: InterpCommand, values: Values<typeof INTERP
   const out = values.out;
   const task = option(name, "task", () => getTask(values.task));
   const langs = option(name, "langs", () => parseLangs(values.langs));
-  const say = (line: string) => process.stderr.write(`${line}\n`);
+  const progress = new Progress({ quiet: values.quiet });
+  const say = (line: string) => progress.say(line);
   if (cmd.required && !langs.includes(cmd.required.lang)) {
     say(`${name}: adding ${cmd.required.lang} to --langs (${cmd.required.why})`);
     langs.unshift(cmd.required.lang);
@@ -86,14 +89,15 @@ export async function runInterp(cmd: InterpCommand, values: Values<typeof INTERP
   });
   const probes = cmd.probes(config, sets);
   await prepareOutDir(name, out);
-  const model = await loadForCli(name, { ...values, adapter: undefined });
+  const model = await loadForCli(name, { ...values, adapter: undefined }, progress);
+  const count = progress.counters("items");
   const run = (label: string): Promise<InterpReport> => {
     say(`${name}: ${label} model (${source.description}, ${task.title}, ${langs.join(" ")})`);
     return interpret(model, tokenizer, sets, {
       ...probes,
       label,
       batchSize,
-      onProgress: (lang, done, total) => say(`  ${label} ${lang}: ${done}/${total}`),
+      onProgress: (lang, done, total) => count(`${name} ${label} ${lang}`, done, total),
     });
   };
   const reports = [await run("base")];

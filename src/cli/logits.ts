@@ -1,6 +1,7 @@
 import { noGrad } from "../tensor/autograd.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import { loadForCli } from "./model.ts";
+import { Progress, quietOption } from "./progress.ts";
 import { adapterOption, CliError, deviceOption, intList, modelOption, type OptionTable, type Values } from "./args.ts";
 
 export const options = {
@@ -8,6 +9,7 @@ export const options = {
   ids: { type: "string", arg: "5,17,42", required: true, help: "the token ids, comma-separated (the sequence, batch 1)" },
   ...adapterOption,
   ...deviceOption,
+  ...quietOption,
 } as const satisfies OptionTable;
 
 /**
@@ -17,7 +19,7 @@ export const options = {
  */
 export async function run(v: Values<typeof options>): Promise<void> {
   const ids = intList("logits", "ids", v.ids);
-  const model = await loadForCli("logits", v);
+  const model = await loadForCli("logits", v, new Progress({ quiet: v.quiet }));
   const V = model.config.vocab_size;
   const outside = ids.findIndex((id) => id < 0 || id >= V);
   if (outside >= 0) throw new CliError(`logits: --ids[${outside}] = ${ids[outside]} is outside the vocabulary [0, ${V})`);

@@ -1,6 +1,7 @@
 import { meanTargetLoss } from "../lora/loss.ts";
 import { adapterOption, CliError, deviceOption, int, intList, modelOption, type OptionTable, type Values } from "./args.ts";
 import { loadForCli } from "./model.ts";
+import { Progress, quietOption } from "./progress.ts";
 
 export const options = {
   ...modelOption,
@@ -8,6 +9,7 @@ export const options = {
   "prompt-len": { type: "string", arg: "P", required: true, help: "how many leading ids are the prompt (no loss on them), in [1, ids - 1]" },
   ...adapterOption,
   ...deviceOption,
+  ...quietOption,
 } as const satisfies OptionTable;
 
 /**
@@ -20,7 +22,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
   const ids = intList("loss", "ids", v.ids);
   if (ids.length < 2) throw new CliError("loss: --ids needs at least 2 tokens");
   const promptLen = int("loss", v, "prompt-len", 0, 1, ids.length - 1);
-  const model = await loadForCli("loss", v);
+  const model = await loadForCli("loss", v, new Progress({ quiet: v.quiet }));
   const V = model.config.vocab_size;
   const bad = ids.findIndex((id) => id < 0 || id >= V);
   if (bad >= 0) throw new CliError(`loss: --ids[${bad}] = ${ids[bad]} is outside the vocabulary [0, ${V})`);

@@ -2,11 +2,12 @@ import { formatIssue } from "../io/data_error.ts";
 import { readQuestionPairs } from "../lora/data.ts";
 import { LORA_DEFAULTS, LORA_MODULES } from "../lora/layer.ts";
 import { RECIPE_DEFAULTS, trainOnPairs, type TrainingRecipe } from "../lora/recipe.ts";
-import { TRAIN_DEFAULTS, type TrainOptions } from "../lora/trainer.ts";
+import { TRAIN_DEFAULTS, type StepInfo, type TrainOptions } from "../lora/trainer.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import type { AlignTraining } from "../align/config.ts";
 import { CliError, deviceOption, int, modelOption, num, type OptionTable, type Values } from "./args.ts";
 import { loadForCli } from "./model.ts";
+import { Progress, quietOption } from "./progress.ts";
 import { prepareOutDir } from "./output.ts";
 
 /** Malformed items listed one per line before this many are summarised. */
@@ -74,6 +75,15 @@ export function trainingRecipe(command: string, v: Values<typeof TRAINING_OPTION
   };
 }
 
+/**
+ * The trainer's onStep drawn as a progress task "training": steps, steps/s, ETA, and the step's
+ * loss, learning rate and tokens per second.
+ */
+export function trainingProgress(progress: Progress): (info: StepInfo) => void {
+  const count = progress.counter("training", "steps");
+  return (info) => count(info.step, info.totalSteps, `epoch ${info.epoch.toFixed(2)} | loss ${info.loss.toFixed(4)} | lr ${info.lr.toExponential(2)} | ${Math.round(info.tokensPerSecond)} tok/s`);
+}
+
 export const options = {
   ...modelOption,
   data: { type: "string", arg: "FILE[,FILE...]", required: true, help: "question-translation files: JSON arrays of {input, answer} items" },
@@ -83,6 +93,7 @@ export const options = {
   strict: { type: "boolean", help: "fail on the first malformed item instead of skipping it with a notice" },
   resume: { type: "boolean", help: "continue from <out>/checkpoint/ (bit for bit) instead of starting afresh" },
   ...deviceOption,
+  ...quietOption,
 } as const satisfies OptionTable;
 
 /**
@@ -95,7 +106,8 @@ export async function run(v: Values<typeof options>): Promise<void> {
   const files = v.data.split(",").map((f) => f.trim()).filter((f) => f !== "");
   if (files.length === 0) throw new CliError("train: --data names no file");
   const out = v.out;
-  const say = (line: string) => process.stderr.write(`${line}\n`);
+  const progress = new Progress({ quiet: v.quiet });
+  const say = (line: string) => progress.say(line);
   // Every number, and the data, is checked before the (slow) model load.
   const recipe = trainingRecipe("train", v, int("train", v, "seed", TRAIN_DEFAULTS.seed));
 
@@ -105,12 +117,13 @@ export async function run(v: Values<typeof options>): Promise<void> {
   if (issues.length > MAX_ISSUE_LINES) say(`skipped ${issues.length - MAX_ISSUE_LINES} more malformed items`);
   const tokenizer = await loadTokenizer(modelDir);
   if (!tokenizer) throw new CliError(`train: ${modelDir} has no tokenizer.json, which training needs to read text`);
-  const model = await loadForCli("train", v);
+  const model = await loadForCli("train", v, progress);
   const { result } = await trainOnPairs(model, tokenizer, pairs, recipe, {
     outDir: out,
     resume: v.resume,
     baseModel: modelDir,
     log: say,
+    onStep: trainingProgress(progress),
     onData: (d) => {
       say(`${d.pairs} pairs from ${files.length} file(s); ${d.train} train, ${d.val} validation`);
       if (d.truncated > 0) say(`truncated ${d.truncated} pair(s) longer than --max-length ${recipe.maxLength} tokens`);

@@ -34,7 +34,7 @@ export interface EvalOptions extends PromptOptions {
   prefixCache?: boolean;
   /** Longest prompt in tokens; longer ones lose tokens on the left. Default max_position_embeddings. */
   maxLength?: number;
-  /** Called after each batch with items done and total. */
+  /** Called with (0, total) when scoring starts, then after each batch with items done and total. */
   onProgress?: (done: number, total: number) => void;
   /**
    * Called with each label-set warning (a label word prefix scoring cannot predict) before the
@@ -296,6 +296,7 @@ export async function scoreBatches(
       [positions.filter((i) => prefix === null || cut.has(i)), null],
     ];
     let done = 0;
+    opts.onProgress?.(0, items.length);
     for (const [group, cache] of groups) {
       for (let s = 0; s < group.length; s += opts.batchSize) {
         const batch = group.slice(s, s + opts.batchSize);

@@ -44,7 +44,7 @@ export interface ProbeOptions {
   keepLayers?: readonly number[];
   /** Prompts per forward pass (default 8). */
   batchSize?: number;
-  /** Called after each batch. */
+  /** Called with (lang, 0, total) when a language starts, then after each batch with items done and total. */
   onProgress?: (lang: string, done: number, total: number) => void;
 }
 
@@ -181,6 +181,7 @@ export async function probe(model: LlamaModel, tokenizer: Pick<Tokenizer, "idToT
     const items: LensItem[] = new Array(n);
     for (const kl of kept) for (let i = 0; i < n; i++) kl.rows.push({ lang: set.lang, index: set.indices[i]! });
     const order = [...set.prompts.keys()].sort((a, b) => set.prompts[a]!.length - set.prompts[b]!.length);
+    opts.onProgress?.(set.lang, 0, n);
     for (let s = 0; s < n; s += batchSize) {
       const batch = order.slice(s, s + batchSize);
       const B = batch.length;

@@ -82,7 +82,7 @@ export interface RunOptions {
   baseModel?: string | null;
   /** Receives progress lines (e.g. write them to stderr). */
   log?: (line: string) => void;
-  /** Called after every optimizer step (and after its checkpoint, if one is due). */
+  /** Called after every optimizer step (and after its checkpoint, if one is due): the progress. */
   onStep?: (info: StepInfo) => void;
 }
 
@@ -162,14 +162,6 @@ export async function optimizerStep(
   opt.step();
   opt.zeroGrad();
   return { loss, tokens };
-}
-
-/** "1h02m", "3m05s", "42s". */
-function formatDuration(seconds: number): string {
-  const s = Math.max(0, Math.round(seconds));
-  const [h, m, r] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60];
-  if (h > 0) return `${h}h${String(m).padStart(2, "0")}m`;
-  return m > 0 ? `${m}m${String(r).padStart(2, "0")}s` : `${r}s`;
 }
 
 /**
@@ -274,10 +266,6 @@ export async function train(
       tokensPerSecond: tokens / ((now - t0) / 1000),
       etaSeconds: (((now - started) / 1000) * (totalSteps - state.step)) / (state.step - firstStep),
     };
-    log(
-      `step ${info.step}/${totalSteps} | epoch ${info.epoch.toFixed(2)} | loss ${loss.toFixed(4)} | lr ${lr.toExponential(2)} | ` +
-        `${Math.round(info.tokensPerSecond)} tok/s | ETA ${formatDuration(info.etaSeconds)}`,
-    );
     if (state.microBatch === microPerEpoch) {
       state.epoch++;
       await validate();

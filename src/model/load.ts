@@ -59,6 +59,12 @@ export interface LoadOptions {
   dtype?: WeightDType;
   /** With dtype "nf4", quantize the embedding and lm_head too (they keep the checkpoint's dtype otherwise). */
   quantizeEmbeddings?: boolean;
+  /**
+   * Called with (0, total) before the first tensor is read and after each one, with the bytes of
+   * tensor data read so far and the total the model reads (as stored on disk: 2 bytes per BF16
+   * value), for a progress line.
+   */
+  onProgress?: (bytesRead: number, totalBytes: number) => void;
 }
 
 /** The decoder Linear weights that NF4 quantizes (transformers' bitsandbytes integration replaces every nn.Linear but lm_head). */
@@ -123,9 +129,18 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Ll
       }
     }
     // Validated: every key below exists with the shape expectedShape gives.
+    const bytes = (name: string) => ckpt.info(name).byteRange[1] - ckpt.info(name).byteRange[0];
+    const totalBytes = [...expectedWeights(config)].reduce((sum, [name]) => sum + bytes(name), 0);
+    let bytesRead = 0;
+    opts.onProgress?.(0, totalBytes);
+    const read = (name: string) => {
+      bytesRead += bytes(name);
+      opts.onProgress?.(bytesRead, totalBytes);
+    };
     const vector = async (name: string): Promise<Tensor> => {
       const t = tensor(await ckpt.readF32(name), { device, shape: expectedShape(config, name)! });
       loaded.push(t);
+      read(name);
       return t;
     };
     const matrix = async (name: string): Promise<WeightLike> => {
@@ -133,6 +148,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Ll
       const host = await readMatrix(ckpt, name, shape, targetDType(ckpt, name, opts));
       const w = host instanceof Float32Array ? tensor(host, { device, shape }) : PackedWeight.upload(device, host, ...shape);
       loaded.push(w);
+      read(name);
       return w;
     };
     const maybe = (name: string) => (expectedShape(config, name) !== null ? vector(name) : Promise.resolve(null));
