@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { evaluateLanguage, type EvalContext, type LanguageResult } from "../src/eval/evaluate.ts";
+import { checkLabelSets, evaluateLanguage, prepareRows, type EvalContext, type LanguageResult } from "../src/eval/evaluate.ts";
 import { languagePrompts } from "../src/eval/prompt.ts";
 import { sampleSource } from "../src/eval/source.ts";
 import { TASKS } from "../src/eval/tasks.ts";
@@ -83,5 +83,69 @@ describe("evaluateLanguage", () => {
     expect(r).toMatchObject({ n: 4, correct, shots: 2, labelWords: ["same", "different"], classes: ["same", "different"] });
     expect(r.accuracy).toBe(correct / 4);
     expect(r.labelTokenCounts.every((n) => n > 0)).toBe(true);
+  });
+});
+
+/**
+ * A character tokenizer (one id per UTF-16 unit, BOS = 1 first) and a three-item language: every
+ * row's ids can be read off its text.
+ */
+const chars = { bosId: 1, encode: (text: string) => [1, ...Array.from(text, (c) => c.charCodeAt(0))] };
+const ids = (text: string) => chars.encode(text).slice(1);
+const lang = {
+  data: { file: "toy.json" },
+  labelWords: ["p", "qq"],
+  prefix: "ab|",
+  prompts: ["ab|x", "ab|yz", "ab|wxyz"],
+  items: [0, 1, 2].map((index) => ({ index: 10 + index, fields: {}, label: 0 })),
+};
+
+describe("prepareRows", () => {
+  it("prefix mode: one row per item, the demonstrations' tokens shared", () => {
+    const r = prepareRows(chars, lang, { mode: "prefix", maxLength: 64, prefixCache: true });
+    expect(r.rows).toEqual(lang.prompts.map((p) => [{ ids: chars.encode(p), scored: 0 }]));
+    expect(r.prefixIds).toEqual(chars.encode("ab|"));
+    expect(r.truncated).toEqual([]);
+    expect(prepareRows(chars, lang, { mode: "prefix", maxLength: 64, prefixCache: false }).prefixIds).toEqual([]);
+  });
+
+  it("loglik mode: a row per class, scoring the tokens the label adds, one more token kept after the prefix", () => {
+    const r = prepareRows(chars, { ...lang, prefix: "ab|x" }, { mode: "loglik", maxLength: 64, prefixCache: true });
+    expect(r.rows[0]).toEqual([
+      { ids: chars.encode("ab|xp"), scored: 1 },
+      { ids: chars.encode("ab|xqq"), scored: 2 },
+    ]);
+    // "ab|x" is a prefix of item 0's prompt, but its row must keep "x" to predict the label from:
+    // the shared prefix stops one token before the first scored token of every row.
+    expect(r.prefixIds).toEqual(chars.encode("ab|"));
+  });
+
+  it("cuts rows longer than maxLength on the left, keeping BOS, and shares no prefix with them", () => {
+    const r = prepareRows(chars, lang, { mode: "prefix", maxLength: 6, prefixCache: true });
+    // "ab|wxyz" is 8 ids with BOS: "a" and "b" dropped, BOS kept; the others fit.
+    expect(r.rows[2]).toEqual([{ ids: [1, ...ids("|wxyz")], scored: 0 }]);
+    expect(r.truncated).toEqual([{ index: 12, dropped: 2 }]);
+    expect([...r.cut]).toEqual([2]);
+    expect(r.prefixIds).toEqual(chars.encode("ab|"));
+    expect(() => prepareRows(chars, lang, { mode: "loglik", maxLength: 2, prefixCache: true })).toThrow(/toy.json: maxLength 2 cannot hold a label of 2 tokens/);
+  });
+});
+
+describe("checkLabelSets", () => {
+  // A sentencepiece-style vocabulary: "no" begins with n, no, ▁no; "not" with those and not.
+  const table: Record<string, number> = { n: 3, no: 4, "▁no": 5, not: 6, y: 7 };
+  const vocab = { spaceMarker: "▁", byteFallback: false, tokenToId: (t: string) => table[t] } as const;
+
+  it("gives each word's prefix tokens and warns when one word's set lies inside another's", () => {
+    const r = checkLabelSets(vocab, ["no", "not", "yes"], 8, "prefix");
+    expect(r.sets).toEqual([[3, 4, 5], [3, 4, 5, 6], [7]]);
+    expect(r.warnings).toEqual(['label word "no" begins only with tokens that also begin "not": prefix scoring cannot predict it (use --mode loglik)']);
+    expect(checkLabelSets(vocab, ["no", "not"], 8, "loglik").warnings).toEqual([]); // whole words: no shadowing
+  });
+
+  it("refuses ids outside the model's vocabulary, and (prefix mode) a word no token begins", () => {
+    expect(() => checkLabelSets(vocab, ["yes"], 7, "prefix")).toThrow("label token id 7 is outside the model's vocabulary (7): tokenizer and model disagree");
+    expect(() => checkLabelSets(vocab, ["maybe"], 8, "prefix")).toThrow('no vocabulary token begins the label word "maybe": use --mode loglik');
+    expect(checkLabelSets(vocab, ["maybe"], 8, "loglik").sets).toEqual([[]]);
   });
 });

@@ -5,7 +5,7 @@ import { Rng } from "../tensor/random.ts";
 import { commonPrefix, PrefixCache, truncateLeft, windowLogits } from "./batch.ts";
 import type { Item } from "./data.ts";
 import { argmaxWithTies, logSumExp, prefixMasses } from "./decode.ts";
-import { labelTokenIds, shadowedClasses } from "./label_tokens.ts";
+import { labelTokenIds, shadowedClasses, type Vocabulary } from "./label_tokens.ts";
 import type { Lang } from "./languages.ts";
 import { accuracyOf, confusionMatrix, type Accuracy } from "./metrics.ts";
 import { languagePrompts, type LanguagePrompts, type PromptOptions } from "./prompt.ts";
@@ -202,7 +202,11 @@ export interface PreparedRows {
  * @throws RangeError when a label word adds no token to its prompt (loglik), or maxLength cannot
  *   hold a label and its context.
  */
-export function prepareRows(tokenizer: Tokenizer, prompts: LanguagePrompts, opts: { mode: ScoreMode; maxLength: number; prefixCache: boolean }): PreparedRows {
+export function prepareRows(
+  tokenizer: Pick<Tokenizer, "encode" | "bosId">,
+  prompts: Pick<LanguagePrompts, "prompts" | "labelWords" | "items" | "prefix"> & { data: { file: string } },
+  opts: { mode: ScoreMode; maxLength: number; prefixCache: boolean },
+): PreparedRows {
   const { mode, maxLength } = opts;
   const rows: Row[][] = prompts.prompts.map((p) => {
     const ids = tokenizer.encode(p);
@@ -252,8 +256,8 @@ export function prepareRows(tokenizer: Tokenizer, prompts: LanguagePrompts, opts
  * @throws RangeError when a token id is outside the model's vocabulary, or (prefix mode) a label
  *   word has no token.
  */
-export function checkLabelSets(tokenizer: Tokenizer, labelWords: readonly string[], V: number, mode: ScoreMode): { sets: number[][]; warnings: string[] } {
-  const sets = labelWords.map((w) => labelTokenIds(tokenizer, w));
+export function checkLabelSets(vocab: Vocabulary, labelWords: readonly string[], V: number, mode: ScoreMode): { sets: number[][]; warnings: string[] } {
+  const sets = labelWords.map((w) => labelTokenIds(vocab, w));
   const outside = sets.flat().find((id) => id >= V);
   if (outside !== undefined) throw new RangeError(`label token id ${outside} is outside the model's vocabulary (${V}): tokenizer and model disagree`);
   const empty = sets.findIndex((ids) => ids.length === 0);
