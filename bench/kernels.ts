@@ -5,6 +5,7 @@
  * interleaved run (see harness.ts).
  */
 import type { CpuBackend } from "../src/kernels/cpu.ts";
+import type { WasmBackend } from "../src/kernels/wasm/backend.ts";
 import { readRateCase } from "./bandwidth.ts";
 import { matmulRef } from "../src/kernels/matmul.ts";
 import { MATMUL_VARIANTS, matmulKernelKey } from "../src/kernels/matmul.wgsl.ts";
@@ -20,13 +21,22 @@ import type { CaseResult, Contender, MeasureOptions, Work } from "./harness.ts";
 import { attempt, gpuTimer, measure, relErr, wallTime } from "./harness.ts";
 import type { Peer, PeerCase } from "./peer.ts";
 import { checkPeer, hostRandom, peerMatmul, peerSoftmax } from "./peer.ts";
+import type { CpuPeak } from "./cpu_peak.ts";
+import type { CpuSidePeer } from "./jax_ort.ts";
+import { peerLinearContenders } from "./jax_ort.ts";
 
 /** What every case needs: the devices, the peer, the size regime and the sampling options. */
 export interface BenchContext {
   /** The webgpu backend, or null when benchmarking the cpu device only. */
   gpu: WebGpuBackend | null;
   cpu: CpuBackend;
+  /** The wasm device (SIMD kernels on every core), benchmarked in every run. */
+  wasm: WasmBackend;
   peer: Peer;
+  /** jax-js and ONNX Runtime, each ready or with its error. */
+  cpuSidePeers: CpuSidePeer[];
+  /** The CPU's FP32 peak, or null where it cannot be computed. */
+  cpuPeak: CpuPeak | null;
   quick: boolean;
   opts: MeasureOptions;
   /** Progress on stderr. */
@@ -50,8 +60,11 @@ function backendContender(engine: string, variant: string, backend: Backend, op:
 const nt = (M: number, N: number, K: number): MatmulGeometry => ({ batch: 1, M, N, K, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 });
 
 /**
- * y [M, N] = x [M, K] @ w [N, K]^T (the Linear layout) on the default webgpu variant, the peer and,
- * when `withCpu`, the cpu device. The peer's result is checked against qalign's once.
+ * y [M, N] = x [M, K] @ w [N, K]^T (the Linear layout) on the default webgpu variant, the wasm
+ * device, the peers (TensorFlow.js webgpu, jax-js wasm and webgpu, ONNX Runtime cpu and webgpu)
+ * and, when `withCpu`, the cpu device. Each peer's result is checked against qalign's once. Every
+ * timing carries its throughput as a percentage of the CPU's FP32 peak (all of them run on it
+ * when the adapter is a CPU emulation).
  */
 async function matmulCase(ctx: BenchContext, name: string, M: number, N: number, K: number, withCpu: boolean): Promise<CaseResult> {
   ctx.log(`matmul ${name}`);
@@ -74,6 +87,20 @@ async function matmulCase(ctx: BenchContext, name: string, M: number, N: number,
       gpu.free(y);
     }
   }
+  {
+    const wasm = ctx.wasm;
+    const [a, b] = [wasm.upload(x), wasm.upload(w)];
+    cleanup.push(() => [a, b].forEach((s) => wasm.free(s)));
+    contenders.push(backendContender("qalign wasm", `simd, ${wasm.threads} threads`, wasm, () => [wasm.matmul(a, b, g)]));
+    if (!qalignOut && M * N <= 1 << 22) {
+      const y = wasm.matmul(a, b, g);
+      qalignOut = (await wasm.read(y)) as Float32Array;
+      wasm.free(y);
+    }
+  }
+  const others = await peerLinearContenders(ctx.cpuSidePeers, x, w, M, N, K);
+  contenders.push(...others.contenders);
+  cleanup.push(others.dispose);
   let peerCase: PeerCase | null = null;
   const peerErrors = ctx.peer.ok ? ctx.peer.deviceErrors.length : 0;
   if (ctx.peer.ok) {
@@ -90,6 +117,8 @@ async function matmulCase(ctx: BenchContext, name: string, M: number, N: number,
   }
   const results = await measure(contenders, work, ctx.opts);
   if (peerCase && ctx.peer.ok) await checkPeer(ctx.peer, peerErrors, peerCase, qalignOut, results);
+  await others.check(results, qalignOut);
+  if (ctx.cpuPeak) for (const t of results) if (t.throughput !== null) t.extra = { ...t.extra, pctOfCpuFp32Peak: (100 * t.throughput) / ctx.cpuPeak.gflops };
   cleanup.forEach((f) => f());
   return { group: "matmul", name, params: { M, N, K, layout: "x @ w^T" }, work, results, ...(note ? { note } : {}) };
 }
@@ -128,10 +157,9 @@ export async function matmulCases(ctx: BenchContext): Promise<CaseResult[]> {
   const out: CaseResult[] = [];
   const cpuMax = ctx.quick ? 128 : 256;
   // Without webgpu only the sizes the cpu device finishes in seconds.
-  const squares = (ctx.quick ? [128, 256] : [256, 512, 1024, 2048]).filter((S) => ctx.gpu || S <= cpuMax);
+  const squares = ctx.quick ? [128, 256] : [256, 512, 1024, 2048];
   const shape = (name: string, M: number, N: number, K: number, withCpu: boolean) => attempt("matmul", name, () => matmulCase(ctx, name, M, N, K, withCpu));
   for (const S of squares) out.push(await shape(`${S}^3`, S, S, S, S <= cpuMax));
-  if (!ctx.gpu) return out;
   // Qwen1.5-1.8B: hidden 2048, intermediate 5504, vocab 151936; a 512-token prefill and one decode row.
   const [T, D, F, V] = ctx.quick ? [64, 512, 1376, 8192] : [512, 2048, 5504, 151936];
   const model = ctx.quick ? "Qwen1.5-1.8B / 4" : "Qwen1.5-1.8B";
@@ -139,6 +167,7 @@ export async function matmulCases(ctx: BenchContext): Promise<CaseResult[]> {
   out.push(await shape(`${model} gate/up ${T}x${F}x${D}`, T, F, D, false));
   out.push(await shape(`${model} down ${T}x${D}x${F}`, T, D, F, false));
   out.push(await shape(`${model} lm_head decode 1x${V}x${D}`, 1, V, D, false));
+  if (!ctx.gpu) return out;
   out.push(await attempt("matmul", "read rate", () => readRateCase(ctx, `read rate over ${model} lm_head's ${4 * V * D} bytes (the decode row's bound)`, 4 * V * D)));
   const lab = ctx.quick ? [128] : [256, 512];
   for (const S of lab) for (const transB of [true, false]) out.push(await attempt("matmul variants", `lab ${S}^3`, () => matmulLab(ctx, S, transB)));

@@ -187,6 +187,6 @@ export async function checkPeer(p: Extract<Peer, { ok: true }>, errorsBefore: nu
 
 /** Versions of the packages the benchmark reports. */
 export function packageVersions(): Record<string, string | null> {
-  const names = ["webgpu", "@tensorflow/tfjs-core", "@tensorflow/tfjs-backend-webgpu", "typescript", "tsx"];
+  const names = ["webgpu", "@tensorflow/tfjs-core", "@tensorflow/tfjs-backend-webgpu", "@jax-js/jax", "onnxruntime-node", "typescript", "tsx"];
   return Object.fromEntries(names.map((n) => [n, version(n)]));
 }

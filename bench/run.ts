@@ -1,10 +1,11 @@
 /**
- * `npm run bench [-- --quick] [-- --json FILE] [-- --device webgpu|cpu] [-- --only GROUPS] [-- --help]`
+ * `npm run bench [-- --quick] [-- --json FILE] [-- --device webgpu|cpu] [-- --threads N] [-- --only GROUPS] [-- --help]`
  *
  * qalign's benchmark: kernels (matmul, attention, RMSNorm, softmax, cross-entropy), end to end
  * (prefill, decode, LoRA training step) and the loader's host memory, each against TensorFlow.js's
  * WebGPU backend on the same adapter where it has the op (matmul, softmax) and the cpu device for
- * scale. Prints a table and the targets, and writes JSON with the adapter, its limits, the
+ * scale; matmuls also on the wasm device and against jax-js (wasm, webgpu) and ONNX Runtime (cpu,
+ * webgpu EP), as percentages of the CPU's FP32 peak. Prints a table and the targets, and writes JSON with the adapter, its limits, the
  * versions, and per case the median and spread over repeats, the throughput and the ratio to the
  * peer. `--quick` is CI's smoke test: small sizes, few repeats, every kind of case; targets are
  * printed, never enforced. Each run writes its own JSON file (see USAGE).
@@ -14,7 +15,8 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
 import { parseArgs } from "node:util";
-import { cpuDevice } from "../src/kernels/devices.ts";
+import { cpuDevice, wasmDevice } from "../src/kernels/devices.ts";
+import { coreCount } from "../src/kernels/wasm/pool.ts";
 import type { WebGpuBackend } from "../src/kernels/webgpu/backend.ts";
 import { RAISED_LIMITS, createWebGpuBackend } from "../src/kernels/webgpu/device.ts";
 import type { Backend } from "../src/tensor/backend.ts";
@@ -23,15 +25,18 @@ import { attempt, table } from "./harness.ts";
 import type { BenchContext } from "./kernels.ts";
 import { attentionCases, matmulCases, rowCases } from "./kernels.ts";
 import { endToEndCases, loaderCase } from "./model.ts";
+import { cpuPeak } from "./cpu_peak.ts";
+import { startCpuSidePeers } from "./jax_ort.ts";
 import { packageVersions, startPeer } from "./peer.ts";
 import { targets } from "./targets.ts";
 
 const GROUPS = ["matmul", "attention", "rows", "e2e", "loader"] as const;
 
-const USAGE = `usage: npm run bench [-- --quick] [-- --json FILE] [-- --device webgpu|cpu] [-- --only GROUP,...]
+const USAGE = `usage: npm run bench [-- --quick] [-- --json FILE] [-- --device webgpu|cpu] [-- --threads N] [-- --only GROUP,...]
   --quick   small sizes and few repeats (CI's smoke test; targets are printed, never enforced)
   --json    where to write the results (default runs/bench/<full|quick>-<date and time>.json)
-  --device  webgpu (default) or cpu
+  --device  webgpu (default) or cpu (no adapter); the wasm device runs in both
+  --threads threads of the wasm device and of ONNX Runtime (default: every core)
   --only    a comma-separated subset of ${GROUPS.join(", ")}`;
 
 /** Prints `message` and the usage on stderr and exits 2 (a bad command line, not a failure of the run). */
@@ -47,6 +52,7 @@ const parsed = (() => {
         quick: { type: "boolean", default: false },
         json: { type: "string" },
         device: { type: "string", default: "webgpu" },
+        threads: { type: "string" },
         only: { type: "string", default: GROUPS.join(",") },
         help: { type: "boolean", default: false },
       },
@@ -78,12 +84,19 @@ if (parsed.device === "webgpu" && !gpu) {
   process.exit(1);
 }
 const cpu = cpuDevice();
+const threads = parsed.threads === undefined ? await coreCount() : Number(parsed.threads);
+if (!Number.isInteger(threads) || threads < 1) usageError(`--threads must be a positive integer, got ${parsed.threads}`);
+const wasm = await wasmDevice(threads);
+const peak = cpuPeak();
+log(peak ? `CPU FP32 peak: ${peak.how}` : "CPU FP32 peak: unknown (no FMA flag or clock in /proc/cpuinfo)");
 
 const peer = gpu ? await startPeer(gpu.gpu) : ({ ok: false, error: "not started: --device cpu", version: null } as const);
 if (!peer.ok) log(`peer unavailable, going on without it: ${peer.error}`);
 
 const opts: MeasureOptions = quick ? { repeats: 2, minSampleMs: 20, maxIterations: 10 } : { repeats: 3, minSampleMs: 300, maxIterations: 50 };
-const ctx: BenchContext = { gpu, cpu, peer, quick, opts, log };
+const cpuSidePeers = await startCpuSidePeers(gpu?.gpu ?? null, threads);
+for (const p of cpuSidePeers) if (p.error) log(`peer ${p.engine} unavailable, reported as failed in each case: ${p.error}`);
+const ctx: BenchContext = { gpu, cpu, wasm, peer, cpuSidePeers, cpuPeak: peak, quick, opts, log };
 
 /** The adapter as JSON: identity, features and the limits that matter to kernels. */
 function adapterJson(b: WebGpuBackend) {
@@ -121,10 +134,10 @@ const run = async (group: (typeof GROUPS)[number], f: () => Promise<CaseResult[]
 await run("matmul", () => matmulCases(ctx));
 await run("attention", () => attentionCases(ctx));
 await run("rows", () => rowCases(ctx));
-await run("e2e", () => endToEndCases(ctx, gpu ? [gpu, cpu] : [cpu]));
+await run("e2e", () => endToEndCases(ctx, gpu ? [gpu, wasm, cpu] : [wasm, cpu]));
 await run("loader", async () => [await attempt("loader", "loadModel", () => loaderCase(ctx, (gpu ?? cpu) as Backend))]);
 
-const goals = targets(cases, gpu);
+const goals = targets(cases, gpu, peak);
 const report = {
   schema: "qalign-bench/1",
   date: started.toISOString(),
@@ -143,6 +156,9 @@ const report = {
     adapter: gpu ? adapterJson(gpu) : null,
   },
   peer: peer.ok ? { name: "TensorFlow.js WebGPU", version: peer.version, status: "ok", timestamps: peer.timestamps } : { name: "TensorFlow.js WebGPU", version: peer.version, status: `unavailable: ${peer.error}` },
+  peers: cpuSidePeers.map((p) => ({ name: p.engine, version: p.version, status: p.error ? `unavailable: ${p.error}` : "ok" })),
+  wasm: { threads: wasm.threads, relaxedSimd: wasm.relaxedSimd },
+  cpuFp32Peak: peak,
   targets: goals,
   cases,
 };
@@ -150,7 +166,9 @@ await mkdir(dirname(jsonPath), { recursive: true });
 await writeFile(jsonPath, JSON.stringify(report, null, 2) + "\n");
 
 console.log(table(cases));
+console.log(`\nCPU FP32 peak: ${peak?.how ?? "unknown"}`);
 console.log("\nTargets (ratios measured in this run):");
 for (const t of goals) console.log(`- ${t.met === null ? "n/a " : t.met ? "met " : "MISS"} ${t.name}: ${t.measured}`);
 console.log(`\n${quick ? "quick run (cut sizes; targets printed, not enforced); " : ""}JSON: ${jsonPath} (${report.durationS} s)`);
 await gpu?.destroy();
+wasm.destroy();

@@ -4,6 +4,7 @@
  * (e.g. `--quick`, or no peer).
  */
 import type { WebGpuBackend } from "../src/kernels/webgpu/backend.ts";
+import type { CpuPeak } from "./cpu_peak.ts";
 import type { CaseResult, Timing } from "./harness.ts";
 
 export interface Target {
@@ -19,8 +20,9 @@ const find = (cases: readonly CaseResult[], name: (n: string) => boolean, pick: 
 
 const fmt = (x: number, d = 2) => x.toFixed(d);
 
-export function targets(cases: readonly CaseResult[], gpu: WebGpuBackend | null): Target[] {
+export function targets(cases: readonly CaseResult[], gpu: WebGpuBackend | null, peak: CpuPeak | null): Target[] {
   const out: Target[] = [];
+  out.push(...wasmTargets(cases, peak));
   const qalignGpu = (t: Timing) => t.engine === "qalign webgpu";
 
   // matmul: at least 5x TensorFlow.js's throughput, at 1024^3 and at the Qwen1.5-1.8B shapes.
@@ -93,5 +95,41 @@ export function targets(cases: readonly CaseResult[], gpu: WebGpuBackend | null)
     value: null,
     met: null,
   });
+  return out;
+}
+
+/** Time of `engine` in case `c`, or null (absent or failed). */
+const medianOf = (c: CaseResult, engine: string) => c.results.find((r) => r.engine === engine)?.medianMs ?? null;
+
+/**
+ * The wasm device's matmul at 1024^3 and the Qwen1.5-1.8B shapes: >= 2x jax-js wasm, within 2x
+ * of ONNX Runtime CPU (>= 0.5x its speed), >= 25% of the CPU's FP32 peak; and the end-to-end
+ * prefill within 3x of ONNX Runtime CPU where the run has that case.
+ */
+function wasmTargets(cases: readonly CaseResult[], peak: CpuPeak | null): Target[] {
+  const out: Target[] = [];
+  const ratio = (c: CaseResult, peerEngine: string, goal: number, label: string) => {
+    const [q, p] = [medianOf(c, "qalign wasm"), medianOf(c, peerEngine)];
+    const v = q && p ? p / q : null;
+    const why = c.results.find((r) => r.engine === peerEngine)?.error ?? "no timing";
+    out.push({ name: `wasm matmul ${c.name}: ${label}`, measured: v === null ? `no ratio (${why})` : `${fmt(v)}x ${peerEngine}'s speed`, value: v, met: v === null ? null : v >= goal });
+  };
+  for (const c of cases.filter((c) => c.group === "matmul" && (c.name === "1024^3" || c.name.startsWith("Qwen1.5-1.8B ")))) {
+    ratio(c, "jax-js wasm", 2, ">= 2x jax-js wasm");
+    ratio(c, "onnxruntime cpu", 0.5, "within 2x of ONNX Runtime CPU");
+    const t = c.results.find((r) => r.engine === "qalign wasm");
+    const pct = (t?.extra?.["pctOfCpuFp32Peak"] as number | undefined) ?? null;
+    out.push({
+      name: `wasm matmul ${c.name}: >= 25% of the CPU's FP32 peak`,
+      measured: pct === null ? `not measured (${peak ? "no wasm timing" : "peak unknown"})` : `${fmt(pct, 1)}% (${fmt(t!.throughput!)} of ${fmt(peak!.gflops, 1)} GFLOP/s)`,
+      value: pct,
+      met: pct === null ? null : pct >= 25,
+    });
+  }
+  for (const c of cases.filter((c) => c.group === "end to end" && c.name.includes("prefill") && c.results.some((r) => r.engine === "onnxruntime cpu"))) {
+    const [q, p] = [medianOf(c, "qalign wasm"), medianOf(c, "onnxruntime cpu")];
+    const v = q && p ? p / q : null;
+    out.push({ name: `${c.name}: wasm within 3x of ONNX Runtime CPU`, measured: v === null ? "no ratio (a timing failed)" : `${fmt(v)}x its speed`, value: v, met: v === null ? null : v >= 1 / 3 });
+  }
   return out;
 }

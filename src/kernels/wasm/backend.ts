@@ -3,7 +3,7 @@ import type { DType, HostArray } from "../../tensor/dtype.ts";
 import { CpuBackend } from "../cpu.ts";
 import { matmulRef } from "../matmul.ts";
 import { WasmHeap } from "./heap.ts";
-import { GEMM_SCRATCH_BYTES, matmulModule } from "./matmul.wasm.ts";
+import { GEMM_SCRATCH_BYTES, MC, NC, NR, matmulModule } from "./matmul.wasm.ts";
 import { hasRelaxedSimd } from "./module.ts";
 import type { KernelRef } from "./pool.ts";
 import { WasmPool } from "./pool.ts";
@@ -119,9 +119,25 @@ export class WasmBackend extends CpuBackend {
       if (sAk === 1) this.pool.run(K.gemvDot, [pa, pb, pc, M, Kd, sAm, batch, sAb, sBb], threads);
       else this.pool.run(K.gemvAxpy, [pa, pb, pc, M, Kd, sAk, batch, sAb, sBb], threads);
     } else {
-      this.pool.run(K.gemm, [pa, pb, pc, M, N, Kd, sAm, sAk, sBk, sBn, batch, sAb, sBb, this.scratch], threads);
+      this.pool.run(K.gemm, [pa, pb, pc, M, N, Kd, sAm, sAk, sBk, sBn, batch, sAb, sBb, unitColumns(batch, M, N, threads), this.scratch], threads);
     }
   }
+}
+
+/** Units per thread the gemm split aims for, so that uneven units still balance. */
+const UNITS_PER_THREAD = 4;
+/** The narrowest unit (columns): below it, packing A again per unit costs more than it shares. */
+const MIN_UNIT_COLUMNS = 8 * NR;
+
+/**
+ * Columns of one gemm unit: NC, halved (staying a multiple of NR) until the batch x M-blocks x
+ * N-blocks units number UNITS_PER_THREAD per thread or the unit is MIN_UNIT_COLUMNS wide.
+ */
+function unitColumns(batch: number, M: number, N: number, threads: number): number {
+  const mBlocks = batch * Math.ceil(M / MC);
+  let nc = NC;
+  while (nc > MIN_UNIT_COLUMNS && mBlocks * Math.ceil(N / nc) < UNITS_PER_THREAD * threads) nc = Math.max(MIN_UNIT_COLUMNS, Math.ceil(nc / 2 / NR) * NR);
+  return nc;
 }
 
 /**

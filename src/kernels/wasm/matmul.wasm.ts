@@ -42,7 +42,10 @@ import {
 /** Micro-tile rows and columns (12 accumulators + 2 B vectors + 1 splat: 15 of x86-64's 16 xmm registers). */
 export const MR = 6;
 export const NR = 8;
-/** Block sizes: a KC x NR panel of B (8 KiB) stays in L1, the MC x KC block of A (144 KiB) in L2. */
+/**
+ * Block sizes: a KC x NR panel of B (8 KiB) stays in L1, the MC x KC block of A (144 KiB) and
+ * the KC x NC block of B (512 KiB) in L2.
+ */
 export const MC = 144;
 export const KC = 256;
 export const NC = 512;
@@ -176,14 +179,16 @@ function micro(relaxed: boolean): { fn: FunctionBuilder; body: Code } {
 }
 
 /**
- * gemm(a, b, c, M, N, K, sAm, sAk, sBk, sBn, batch, sAb, sBb, scratch, tid, threads):
+ * gemm(a, b, c, M, N, K, sAm, sAk, sBk, sBn, batch, sAb, sBb, nc, scratch, tid, threads):
  * C[b] = opA(A[b]) opB(B[b]) for b < batch, opA(A)[m, k] at a + (b sAb + m sAm + k sAk) * 4,
- * opB(B)[k, n] at b + (b sBb + k sBk + n sBn) * 4, C contiguous [batch, M, N] at c. Thread tid
- * uses GEMM_SCRATCH_BYTES at scratch + tid * GEMM_SCRATCH_BYTES. Requires K >= 1.
+ * opB(B)[k, n] at b + (b sBb + k sBk + n sBn) * 4, C contiguous [batch, M, N] at c. Units are
+ * MC x nc blocks (nc a multiple of NR, at most NC: narrower when there are few blocks to share
+ * between threads). Thread tid uses GEMM_SCRATCH_BYTES at scratch + tid * GEMM_SCRATCH_BYTES.
+ * Requires K >= 1.
  */
 function gemm(): { fn: FunctionBuilder; body: Code } {
-  const fn = new FunctionBuilder("gemm", new Array(16).fill(T.i32));
-  const [a, b, cc, M, N, K, sAm, sAk, sBk, sBn, batch, sAb, sBb, scratch, tid, threads] = fn.params as Local[] as Local[] & { length: 16 };
+  const fn = new FunctionBuilder("gemm", new Array(17).fill(T.i32));
+  const [a, b, cc, M, N, K, sAm, sAk, sBk, sBn, batch, sAb, sBb, nc, scratch, tid, threads] = fn.params as Local[] as Local[] & { length: 17 };
   const L = () => fn.local(T.i32);
   const [nMb, nNb, units, u, t, bi, ic, jc, mLen, nLen, aB, bB, cB, pc, kLen, kPad, jp, ip, Ap, Bp, tile, tmp, tmp2] = Array.from({ length: 23 }, L) as Local[];
   // Packs this k-slice of one operand: `rows` rows (row stride sRow) of kLen elements (stride sK).
@@ -200,7 +205,7 @@ function gemm(): { fn: FunctionBuilder; body: Code } {
     );
   const body = seq(
     set(nMb!, i32.div_s(add(get(M!), c(MC - 1)), c(MC))),
-    set(nNb!, i32.div_s(add(get(N!), c(NC - 1)), c(NC))),
+    set(nNb!, i32.div_s(add(get(N!), i32.sub(get(nc!), c(1))), get(nc!))),
     set(units!, mul(mul(get(batch!), get(nMb!)), get(nNb!))),
     set(Ap!, add(get(scratch!), mul(get(tid!), c(GEMM_SCRATCH_BYTES)))),
     set(Bp!, add(get(Ap!), c(MC * KC * 4))),
@@ -211,13 +216,13 @@ function gemm(): { fn: FunctionBuilder; body: Code } {
       get(units!),
       get(threads!),
       seq(
-        set(jc!, mul(i32.rem_s(get(u!), get(nNb!)), c(NC))),
+        set(jc!, mul(i32.rem_s(get(u!), get(nNb!)), get(nc!))),
         set(t!, i32.div_s(get(u!), get(nNb!))),
         set(ic!, mul(i32.rem_s(get(t!), get(nMb!)), c(MC))),
         set(bi!, i32.div_s(get(t!), get(nMb!))),
         set(mLen!, c(MC)),
         set(mLen!, min(mLen!, i32.sub(get(M!), get(ic!)), tmp!)),
-        set(nLen!, c(NC)),
+        set(nLen!, get(nc!)),
         set(nLen!, min(nLen!, i32.sub(get(N!), get(jc!)), tmp!)),
         set(aB!, add(get(a!), i32.shl(add(mul(get(bi!), get(sAb!)), mul(get(ic!), get(sAm!))), c(2)))),
         set(bB!, add(get(b!), i32.shl(add(mul(get(bi!), get(sBb!)), mul(get(jc!), get(sBn!))), c(2)))),
