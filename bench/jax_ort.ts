@@ -32,7 +32,7 @@ export interface CpuSidePeer {
 
 const require = createRequire(import.meta.url);
 /** A package's version, from the package.json above its entry (jax-js does not export ./package.json). */
-const versionOf = (pkg: string): string | null => {
+export const versionOf = (pkg: string): string | null => {
   try {
     for (let dir = dirname(require.resolve(pkg)); dir !== dirname(dir); dir = dirname(dir)) {
       try {

@@ -8,9 +8,9 @@
  * `timestamp-query` feature tfjs's own `tf.time` reports the summed GPU time of its kernels
  * (`kernelMs`); without it, wall clock around the N ops and `onSubmittedWorkDone`.
  */
-import { createRequire } from "node:module";
 import type { Clock, Contender, Timing } from "./harness.ts";
 import { PEER_ENGINE, relErr, withdraw } from "./harness.ts";
+import { versionOf } from "./jax_ort.ts";
 
 type Tf = typeof import("@tensorflow/tfjs-core");
 
@@ -31,22 +31,12 @@ export type Peer =
   | { ok: true; tf: Tf; backend: TfWebGpuBackend; version: string; timestamps: boolean; deviceErrors: string[] }
   | { ok: false; error: string; version: string | null };
 
-const require = createRequire(import.meta.url);
-
-function version(pkg: string): string | null {
-  try {
-    return (require(`${pkg}/package.json`) as { version: string }).version;
-  } catch {
-    return null;
-  }
-}
-
 /**
  * Starts TensorFlow.js's WebGPU backend on `gpu` (qalign's Dawn GPU object). Never throws: a
  * failure is returned, so the benchmark reports it and goes on without the peer.
  */
 export async function startPeer(gpu: GPU): Promise<Peer> {
-  const v = version("@tensorflow/tfjs-backend-webgpu");
+  const v = versionOf("@tensorflow/tfjs-backend-webgpu");
   try {
     // tfjs-backend-webgpu registers itself at import time only if navigator.gpu exists.
     const g = globalThis as { navigator?: object };
@@ -188,5 +178,5 @@ export async function checkPeer(p: Extract<Peer, { ok: true }>, errorsBefore: nu
 /** Versions of the packages the benchmark reports. */
 export function packageVersions(): Record<string, string | null> {
   const names = ["webgpu", "@tensorflow/tfjs-core", "@tensorflow/tfjs-backend-webgpu", "@jax-js/jax", "onnxruntime-node", "typescript", "tsx"];
-  return Object.fromEntries(names.map((n) => [n, version(n)]));
+  return Object.fromEntries(names.map((n) => [n, versionOf(n)]));
 }

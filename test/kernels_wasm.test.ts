@@ -1,12 +1,14 @@
 import { afterAll, describe, expect, test } from "vitest";
 import * as qa from "../src/index.ts";
 import { DEVICE_KINDS, getDevice } from "../src/kernels/devices.ts";
+import { attentionRef } from "../src/kernels/attention.ts";
 import { matmulRef } from "../src/kernels/matmul.ts";
 import { createWasmBackend, type WasmBackend } from "../src/kernels/wasm/backend.ts";
+import { WASM_BINARY, WASM_UNARY } from "../src/kernels/wasm/elementwise.wasm.ts";
 import { WasmHeap } from "../src/kernels/wasm/heap.ts";
 import { KC, MC, MR, NC, NR } from "../src/kernels/wasm/matmul.wasm.ts";
 import { FunctionBuilder, T, buildModule, get, i32, sleb, uleb, type Local } from "../src/kernels/wasm/module.ts";
-import type { MatmulGeometry } from "../src/tensor/backend.ts";
+import type { AttentionGeometry, BinaryOp, MatmulGeometry, UnaryOp, View } from "../src/tensor/backend.ts";
 import { DeviceLimitError } from "../src/tensor/errors.ts";
 import { TEST_WASM_THREADS } from "./helpers/devices.ts";
 import { expectClose } from "./helpers/close.ts";
@@ -158,6 +160,99 @@ describe("matmul kernels against the float64 reference", () => {
     const w = await backends[1]!;
     const foreign = qa.cpuDevice().upload(new Float32Array(4));
     expect(() => w.matmul(foreign, foreign, geometry(1, 2, 2, 2, false, false, false))).toThrow("does not belong to this wasm backend");
+  });
+});
+
+describe("attention kernel against the float64 reference", () => {
+  const backends: Promise<WasmBackend>[] = [1, 3].map((threads) => createWasmBackend({ threads }));
+  afterAll(async () => {
+    for (const b of backends) (await b).destroy();
+  });
+
+  // Long enough rows to go parallel. The mask pads keys 0..32 of batch row 1, and query i sits at
+  // position Tk - Tq + i = 30 + i, so that row's queries 0..2 see no key at all: out 0 and lse 0
+  // by the reference's convention.
+  const g: AttentionGeometry = { B: 2, H: 4, Hkv: 2, Tq: 40, Tk: 70, Dh: 32, scale: 1 / Math.sqrt(32), causal: true, window: 0 };
+  const mask = Int32Array.from({ length: g.B * g.Tk }, (_, i) => (i >= g.Tk && i < g.Tk + 33 ? 0 : 1));
+  for (const window of [0, 5]) {
+    test(`window ${window}: out and lse equal the reference on 1 and 3 threads, bitwise alike`, async () => {
+      const geo = { ...g, window };
+      const [nq, nkv] = [g.B * g.H * g.Tq * g.Dh, g.B * g.Hkv * g.Tk * g.Dh];
+      const host = { q: Float32Array.from(randomData(nq, 1)), k: Float32Array.from(randomData(nkv, 2)), v: Float32Array.from(randomData(nkv, 3)) };
+      const ref = { out: new Float64Array(nq), lse: new Float64Array(g.B * g.H * g.Tq) };
+      attentionRef({ ...host, keyMask: mask }, ref, geo);
+      const outs = [];
+      for (const wp of backends) {
+        const w = await wp;
+        const ins = { q: w.upload(host.q), k: w.upload(host.k), v: w.upload(host.v), keyMask: w.upload(mask) };
+        const r = w.attention(ins, geo);
+        outs.push({ out: await w.read(r.out), lse: await w.read(r.lse) });
+        for (const s of [...Object.values(ins), r.out, r.lse]) w.free(s);
+      }
+      // f32 exp (Cephes, ~1 ulp) and f32 sums over <= 70 keys: within 1e-5 of the float64 answer.
+      expectClose(outs[0]!.out, ref.out, 1e-5, "out");
+      expectClose(outs[0]!.lse, ref.lse, 1e-5, "lse");
+      expect(ref.lse.filter((x) => x === 0).length).toBe(g.H * 3); // the empty rows exist
+      expect(outs[1]).toEqual(outs[0]);
+    });
+  }
+});
+
+describe("elementwise kernels against the cpu device", () => {
+  const backend = createWasmBackend({ threads: 3 });
+  afterAll(async () => (await backend).destroy());
+  const cpu = qa.cpuDevice();
+  // [5, 3, 4099]: above the parallel threshold, inner rows across the 4096-element chunks and
+  // not a multiple of 4 (vector body and scalar tail).
+  const shape = [5, 3, 4099];
+  const n = shape.reduce((p, x) => p * x, 1);
+  const view = (storage: View["storage"], strides: number[], offset = 0): View => ({ storage, shape, strides, offset });
+  const contiguous = [3 * 4099, 4099, 1];
+  /**
+   * Exact ops are single IEEE f32 operations on both devices (the reference rounds a double
+   * result once, which for +, -, *, /, sqrt is the correctly rounded f32); exp-based ops and
+   * rsqrt (f32 sqrt, then f32 divide) differ by a few ulp: 1e-6 relative.
+   */
+  const exact = new Set(["copy", "neg", "abs", "sqrt", "square", "reciprocal", "relu", "add", "sub", "mul", "div", "maximum", "minimum"]);
+  const domain = (op: string, x: number) => (["sqrt", "rsqrt", "reciprocal"].includes(op) ? Math.abs(x) + 0.1 : 4 * x);
+
+  for (const op of Object.keys(WASM_UNARY) as UnaryOp[]) {
+    test(`unary ${op}: contiguous and transposed views`, async () => {
+      const w = await backend;
+      const data = Float32Array.from(randomData(n, 5, (x) => domain(op, x)));
+      const [sw, sc] = [w.upload(data), cpu.upload(data)];
+      // contiguous, then the last two axes read transposed in place ([5, 4099, 3] viewed as [5, 3, 4099])
+      for (const strides of [contiguous, [3 * 4099, 1, 3]]) {
+        const got = await w.read(w.unary(op, view(sw, strides)));
+        const want = await cpu.read(cpu.unary(op, view(sc, strides)));
+        if (exact.has(op)) expect(got).toEqual(want);
+        else expectClose(got, want, 1e-6, op);
+      }
+    });
+  }
+  for (const op of Object.keys(WASM_BINARY) as BinaryOp[]) {
+    test(`binary ${op}: same shape, a broadcast row, a broadcast scalar`, async () => {
+      const w = await backend;
+      const a = Float32Array.from(randomData(n, 6, (x) => domain(op, x)));
+      const b = Float32Array.from(randomData(n, 7, (x) => domain(op, x) + (op === "div" ? 5 : 0)));
+      const [aw, bw, ac, bc] = [w.upload(a), w.upload(b), cpu.upload(a), cpu.upload(b)];
+      // b whole, one broadcast row, one broadcast scalar, a column broadcast along the rows (the
+      // broadcast ones start at element 11 of b)
+      for (const bStrides of [contiguous, [0, 0, 1], [0, 0, 0], [0, 1, 0]]) {
+        const at = bStrides === contiguous ? 0 : 11;
+        const got = await w.read(w.binary(op, view(aw, contiguous), view(bw, bStrides, at)));
+        const want = await cpu.read(cpu.binary(op, view(ac, contiguous), view(bc, bStrides, at)));
+        expect(got).toEqual(want);
+      }
+    });
+  }
+  test("assign into a strided view of another storage", async () => {
+    const w = await backend;
+    const src = Float32Array.from(randomData(n, 8));
+    const [dw, sw, dc, sc] = [w.zeros("f32", n + 7), w.upload(src), cpu.zeros("f32", n + 7), cpu.upload(src)];
+    w.assign(view(dw, [1, 5 * 4099, 5], 7), view(sw, contiguous));
+    cpu.assign(view(dc, [1, 5 * 4099, 5], 7), view(sc, contiguous));
+    expect(await w.read(dw)).toEqual(await cpu.read(dc));
   });
 });
 

@@ -133,7 +133,11 @@ function hostView(op: string, v: View): HostView {
  * device (src/kernels/wasm) replaces some with WebAssembly kernels over its shared memory.
  */
 export interface HostKernels {
+  unary: typeof unaryRef;
+  binary: typeof binaryRef;
+  assign: typeof assignRef;
   matmul: typeof matmulRef;
+  attention: typeof attentionRef;
 }
 
 /**
@@ -144,7 +148,7 @@ export interface HostKernels {
 export class CpuBackend implements Backend {
   readonly name: Backend["name"] = "cpu";
   readonly maxBindingBytes: number = Infinity;
-  protected readonly kernels: HostKernels = { matmul: matmulRef };
+  protected readonly kernels: HostKernels = { unary: unaryRef, binary: binaryRef, assign: assignRef, matmul: matmulRef, attention: attentionRef };
   private bytes = 0;
 
   /** Takes ownership of a host array as a new storage, counting its bytes as live. */
@@ -201,14 +205,14 @@ export class CpuBackend implements Backend {
 
   unary(op: UnaryOp, x: View): Storage {
     const out = this.allocate(x.storage.dtype, numel(x.shape));
-    unaryRef(op, hostView(`unary ${op}`, x), out);
+    this.kernels.unary(op, hostView(`unary ${op}`, x), out);
     return this.wrap(out);
   }
 
   binary(op: BinaryOp, a: View, b: View): Storage {
     const name = `binary ${op}`;
     const out = this.allocate(a.storage.dtype, numel(a.shape));
-    binaryRef(op, hostView(name, a), hostView(name, b), out);
+    this.kernels.binary(op, hostView(name, a), hostView(name, b), out);
     return this.wrap(out);
   }
 
@@ -219,7 +223,7 @@ export class CpuBackend implements Backend {
   }
 
   assign(dst: View, src: View): void {
-    assignRef(hostView("assign", dst), hostView("assign", src));
+    this.kernels.assign(hostView("assign", dst), hostView("assign", src));
   }
 
   cast(x: View, dtype: DType): Storage {
@@ -310,7 +314,7 @@ export class CpuBackend implements Backend {
     const keyMask = ins.keyMask && hostData(op, ins.keyMask);
     const out = this.allocate(ins.q.dtype, n.q);
     const lse = this.allocate(ins.q.dtype, n.lse);
-    attentionRef({ q: q!, k: k!, v: v!, keyMask }, { out, lse }, g);
+    this.kernels.attention({ q: q!, k: k!, v: v!, keyMask }, { out, lse }, g);
     return { out: this.wrap(out), lse: this.wrap(lse) };
   }
 

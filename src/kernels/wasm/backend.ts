@@ -1,7 +1,13 @@
-import type { MatmulGeometry } from "../../tensor/backend.ts";
+import type { AttentionGeometry, AttentionInputs, BinaryOp, MatmulGeometry, UnaryOp } from "../../tensor/backend.ts";
 import type { DType, HostArray } from "../../tensor/dtype.ts";
 import { CpuBackend } from "../cpu.ts";
+import { attentionRef } from "../attention.ts";
+import { attentionSizes } from "../checks.ts";
+import type { HostView } from "../elementwise.ts";
+import { assignRef, binaryRef, unaryRef } from "../elementwise.ts";
 import { matmulRef } from "../matmul.ts";
+import { WASM_BINARY, WASM_UNARY, elementwiseExport, elementwiseModule } from "./elementwise.wasm.ts";
+import { attentionModule } from "./attention.wasm.ts";
 import { WasmHeap } from "./heap.ts";
 import { GEMM_SCRATCH_BYTES, MC, NC, NR, matmulModule } from "./matmul.wasm.ts";
 import { hasRelaxedSimd } from "./module.ts";
@@ -16,7 +22,12 @@ import { WasmPool } from "./pool.ts";
  * Which kernels run where:
  * - matmul (f32): WebAssembly SIMD kernels on every thread (matmul.wasm.ts): the blocked,
  *   register-tiled product, and the matrix-vector forms when M or N is 1.
- * - every other op, and f64 matmul: the cpu device's TypeScript references (src/kernels/*.ts)
+ * - attention forward (f32, head size a multiple of 4): the online-softmax kernel of
+ *   attention.wasm.ts, query rows split between threads.
+ * - unary and binary ops of elementwise.wasm.ts (arithmetic, exp, sigmoid, silu, ...) and assign
+ *   between distinct storages, f32, on views that collapse to at most 4 dims.
+ * - every other op (attention's backward, comparisons, where, cast, rows, ...), and f64: the
+ *   cpu device's TypeScript references (src/kernels/*.ts)
  *   on the calling thread, reading and writing the shared memory in place. Those ops are
  *   memory-bound or small next to the matmuls of a transformer layer; they share the reference's
  *   numerics (computed in doubles, rounded once at the store).
@@ -27,12 +38,57 @@ import { WasmPool } from "./pool.ts";
 const PARALLEL_MIN_MACS = 1 << 16;
 
 // Kernel indices in the pool's list.
-const K = { gemm: 0, gemvDot: 1, gemvAxpy: 2 } as const;
+const K = { gemm: 0, gemvDot: 1, gemvAxpy: 2, attention: 3 } as const;
+const ELEMENTWISE_NAMES = [
+  ...Object.keys(WASM_UNARY).map((op) => elementwiseExport("unary", op)),
+  ...Object.keys(WASM_BINARY).map((op) => elementwiseExport("binary", op)),
+];
 const KERNELS: readonly KernelRef[] = [
   { module: 0, name: "gemm" },
   { module: 0, name: "gemv_dot" },
   { module: 0, name: "gemv_axpy" },
+  { module: 1, name: "attn" },
+  ...ELEMENTWISE_NAMES.map((name) => ({ module: 2, name })),
 ];
+/** Pool index of each elementwise kernel, by export name. */
+const ELEMENTWISE_INDEX = new Map(ELEMENTWISE_NAMES.map((name, i) => [name, 4 + i]));
+
+/** Elementwise ops below this many elements run on the calling thread only. */
+const PARALLEL_MIN_ELEMENTS = 1 << 15;
+
+/**
+ * A strided iteration space collapsed to exactly 4 dims: adjacent axes merge when every operand
+ * steps through them as one (stride[i] = stride[i + 1] * size[i + 1]), size-1 axes drop, and
+ * leading size-1 axes pad. Null when more than 4 remain (the caller runs the reference).
+ */
+function collapse(shape: readonly number[], strides: readonly (readonly number[])[]): { n: number[]; s: number[][] } | null {
+  const n: number[] = [];
+  const s: number[][] = strides.map(() => []);
+  for (let d = 0; d < shape.length; d++) {
+    if (shape[d] === 1) continue;
+    const last = n.length - 1;
+    if (last >= 0 && strides.every((st, k) => s[k]![last] === st[d]! * shape[d]!)) {
+      n[last]! *= shape[d]!;
+      strides.forEach((st, k) => (s[k]![last] = st[d]!));
+    } else {
+      n.push(shape[d]!);
+      strides.forEach((st, k) => s[k]!.push(st[d]!));
+    }
+  }
+  if (n.length > 4) return null;
+  while (n.length < 4) {
+    n.unshift(1);
+    s.forEach((x) => x.unshift(0));
+  }
+  return { n, s };
+}
+
+/** Row-major strides of a contiguous shape. */
+const contiguous = (shape: readonly number[]) => {
+  const st = new Array<number>(shape.length);
+  for (let d = shape.length - 1, acc = 1; d >= 0; acc *= shape[d]!, d--) st[d] = acc;
+  return st;
+};
 
 export interface WasmOptions {
   /** Threads, the caller's included; default: every core. 1 without SharedArrayBuffer. */
@@ -51,7 +107,21 @@ export class WasmBackend extends CpuBackend {
   override readonly maxBindingBytes: number;
   /** Whether the matmul kernels use relaxed SIMD's multiply-add. */
   readonly relaxedSimd: boolean;
-  protected override readonly kernels = { matmul: (a: HostArray, b: HostArray, out: HostArray, g: MatmulGeometry) => this.matmulKernel(a, b, out, g) };
+  protected override readonly kernels = {
+    unary: (op: UnaryOp, x: HostView, out: HostArray) => {
+      if (!this.mapKernel(elementwiseExport("unary", op), out, contiguous(x.shape), [x, x], x.shape)) unaryRef(op, x, out);
+    },
+    binary: (op: BinaryOp, a: HostView, b: HostView, out: HostArray) => {
+      if (!this.mapKernel(elementwiseExport("binary", op), out, contiguous(a.shape), [a, b], a.shape)) binaryRef(op, a, b, out);
+    },
+    // The kernel reads and writes in one pass: only for distinct storages (the reference copies src first).
+    assign: (dst: HostView, src: HostView) => {
+      const ok = dst.data !== src.data && this.mapKernel(elementwiseExport("unary", "copy"), dst.data, dst.strides, [src, src], src.shape, dst.offset);
+      if (!ok) assignRef(dst, src);
+    },
+    matmul: (a: HostArray, b: HostArray, out: HostArray, g: MatmulGeometry) => this.matmulKernel(a, b, out, g),
+    attention: (ins: AttentionInputs<HostArray>, outs: { out: HostArray; lse: HostArray }, g: AttentionGeometry) => this.attentionKernel(ins, outs, g),
+  };
   private readonly heap: WasmHeap;
   private readonly pool: WasmPool;
   private readonly scratch: number;
@@ -122,6 +192,71 @@ export class WasmBackend extends CpuBackend {
       this.pool.run(K.gemm, [pa, pb, pc, M, N, Kd, sAm, sAk, sBk, sBn, batch, sAb, sBb, unitColumns(batch, M, N, threads), this.scratch], threads);
     }
   }
+
+  /**
+   * Runs elementwise kernel `name` when it exists and every array is this backend's f32: out (at
+   * element `outOffset`, with `outStrides`) = f(views[0], views[1]) over `shape`. Returns false
+   * (nothing written) when the reference must run instead.
+   */
+  private mapKernel(name: string, out: HostArray, outStrides: readonly number[], views: readonly [HostView, HostView], shape: readonly number[], outOffset = 0): boolean {
+    const index = ELEMENTWISE_INDEX.get(name);
+    const arrays = [out, views[0].data, views[1].data];
+    if (index === undefined || !arrays.every((x) => x instanceof Float32Array && this.buffers.has(x.buffer))) return false;
+    const dims = collapse(shape, [outStrides, views[0].strides, views[1].strides]);
+    if (!dims) return false;
+    const total = dims.n.reduce((p, x) => p * x, 1);
+    if (total === 0) return true;
+    const ptr = (data: HostArray, offset: number) => data.byteOffset + 4 * offset;
+    const [so, sa, sb] = dims.s as [number[], number[], number[]];
+    const args = [ptr(out, outOffset), ptr(views[0].data, views[0].offset), ptr(views[1].data, views[1].offset), ...dims.n, ...so, ...sa, ...sb];
+    this.pool.run(index, args, total < PARALLEL_MIN_ELEMENTS ? 1 : this.pool.threads);
+    return true;
+  }
+
+  /**
+   * The f32 forward on the SIMD kernel (head size a multiple of 4), else the reference. The key
+   * mask (any dtype, nonzero = keep) is first written as i32 0/1 into the heap; the kernel
+   * leaves (m, l) per row and lse = m + log l is taken here (0 for a row that sees no key).
+   */
+  private attentionKernel(ins: AttentionInputs<HostArray>, outs: { out: HostArray; lse: HostArray }, g: AttentionGeometry): void {
+    const f32 = [ins.q, ins.k, ins.v, outs.out, outs.lse].every((x) => x instanceof Float32Array);
+    if (!f32 || g.Dh % 4 !== 0) {
+      attentionRef(ins, outs, g);
+      return;
+    }
+    attentionSizes("attention", g); // checks the head grouping
+    for (const x of [ins.q, ins.k, ins.v]) if (!this.buffers.has(x.buffer)) throw new TypeError("attention: storage does not belong to this wasm backend");
+    const rows = g.B * g.H * g.Tq;
+    const temps: HostArray[] = [];
+    const temp = (dtype: DType, n: number) => {
+      const a = this.allocate(dtype, n);
+      temps.push(a);
+      return a;
+    };
+    try {
+      let maskPtr = 0;
+      if (ins.keyMask) {
+        const mask = temp("i32", g.B * g.Tk);
+        for (let i = 0; i < mask.length; i++) mask[i] = ins.keyMask[i] !== 0 ? 1 : 0;
+        maskPtr = mask.byteOffset;
+      }
+      const ml = temp("f32", 2 * rows);
+      const scratch = temp("f32", g.Dh * this.pool.threads);
+      const scaleBits = new Int32Array(new Float32Array([g.scale]).buffer)[0]!;
+      const threads = rows * g.Tk * g.Dh < PARALLEL_MIN_MACS ? 1 : this.pool.threads;
+      this.pool.run(
+        K.attention,
+        [ins.q.byteOffset, ins.k.byteOffset, ins.v.byteOffset, maskPtr, outs.out.byteOffset, ml.byteOffset, g.B, g.H, g.Hkv, g.Tq, g.Tk, g.Dh, scaleBits, g.causal ? 1 : 0, g.window, scratch.byteOffset],
+        threads,
+      );
+      for (let r = 0; r < rows; r++) {
+        const l = ml[2 * r + 1]!;
+        outs.lse[r] = l > 0 ? ml[2 * r]! + Math.log(l) : 0;
+      }
+    } finally {
+      for (const a of temps) this.release(a);
+    }
+  }
 }
 
 /** Units per thread the gemm split aims for, so that uneven units still balance. */
@@ -150,7 +285,7 @@ export async function createWasmBackend(opts: WasmOptions & { threads: number })
   const threads = shared ? opts.threads : 1;
   const heap = new WasmHeap(shared, opts.maxMemoryBytes ?? (shared ? 2 ** 32 : 2 ** 30));
   const relaxed = opts.relaxedSimd ?? hasRelaxedSimd();
-  const modules = [await WebAssembly.compile(matmulModule(shared, relaxed))];
+  const modules = await Promise.all([matmulModule(shared, relaxed), attentionModule(shared), elementwiseModule(shared)].map((bytes) => WebAssembly.compile(bytes)));
   const pool = await WasmPool.create(modules, heap.memory, KERNELS, threads);
   return new WasmBackend(heap, pool, relaxed);
 }

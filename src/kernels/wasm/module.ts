@@ -88,6 +88,8 @@ export const i32 = {
   load: mem([0x28], 2),
   store: store([0x36], 2),
   eqz: op1(0x45),
+  /** The bits of an f32 as an i32. */
+  reinterpret_f32: op1(0xbc),
   eq: op1(0x46),
   ne: op1(0x47),
   lt_s: op1(0x48),
@@ -110,8 +112,14 @@ export const f32 = {
   },
   load: mem([0x2a], 2),
   store: store([0x38], 2),
+  lt: op1(0x5d),
+  gt: op1(0x5e),
   add: op1(0x92),
+  sub: op1(0x93),
   mul: op1(0x94),
+  div: op1(0x95),
+  /** An i32's bits as an f32. */
+  reinterpret_i32: op1(0xbe),
 };
 
 export const v128 = {
@@ -125,8 +133,19 @@ export const v128 = {
 export const f32x4 = {
   splat: simd(0x13),
   extract_lane: (v: Code, lane: number) => [...v, 0xfd, ...uleb(0x1f), lane],
+  nearest: simd(0x6a),
+  abs: simd(0xe0),
+  neg: simd(0xe1),
+  sqrt: simd(0xe3),
   add: simd(0xe4),
+  sub: simd(0xe5),
   mul: simd(0xe6),
+  div: simd(0xe7),
+  /** IEEE minimum/maximum: NaN if either lane is NaN, -0 < +0. */
+  min: simd(0xe8),
+  max: simd(0xe9),
+  /** Pseudo-maximum, as the SIMD proposal defines it: pmax(a, b) = a < b ? b : a. */
+  pmax: simd(0xeb),
   /** Relaxed SIMD: a * b + c, fused or not (the platform's choice). */
   relaxed_madd: simd(0x105),
 };
@@ -139,6 +158,39 @@ export const memoryFill = (dest: Code, value: Code, size: Code): number[] => [..
 
 /** `cond ? a : b` (both operands are evaluated). */
 export const select = (a: Code, b: Code, cond: Code): number[] => [...a, ...b, ...cond, 0x1b];
+
+export const i32x4 = {
+  splat: simd(0x11),
+  add: simd(0xae),
+  shl: simd(0xab),
+  /** Converts f32 lanes to i32, saturating (NaN to 0). */
+  trunc_sat_f32x4_s: simd(0xf8),
+};
+
+/**
+ * exp of four f32 lanes: Cephes' expf (Moshier, "Methods and Programs for Mathematical
+ * Functions", 1989): x = n ln 2 + r with n = round(x / ln 2), |r| <= ln 2 / 2, ln 2 split in
+ * two constants so n ln 2 is exact; exp(r) by its degree-7 minimax polynomial; 2^n built in the
+ * exponent bits. Relative error about 1 ulp on [-87.3, 88.7]; inputs are clamped there (exp of
+ * -inf or of a very negative number gives 1.2e-38 instead of 0, 88.7 and above give +inf).
+ * `x` is evaluated once into `t`; `n` and `r` are scratch v128 locals.
+ */
+export function expF32x4(x: Code, t: Local, n: Local, r: Local): number[] {
+  const k = (c: number) => f32x4.splat(f32.const(c));
+  const poly = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1];
+  let p: Code = k(poly[0]!);
+  for (const c of poly.slice(1)) p = f32x4.add(f32x4.mul(p, get(r)), k(c));
+  return seq(
+    set(t, f32x4.min(f32x4.max(x, k(-87.33654)), k(88.72283))),
+    set(n, f32x4.nearest(f32x4.mul(get(t), k(1.44269504088896341)))),
+    set(r, f32x4.sub(f32x4.sub(get(t), f32x4.mul(get(n), k(0.693359375))), f32x4.mul(get(n), k(-2.12194440e-4)))),
+    // p r^2 + r + 1, times 2^n (n + 127 in the exponent field)
+    f32x4.mul(
+      f32x4.add(f32x4.add(f32x4.mul(p, f32x4.mul(get(r), get(r))), get(r)), k(1)),
+      i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(get(n)), i32x4.splat(i32.const(127))), i32.const(23)),
+    ),
+  );
+}
 
 /** Evaluates `e` and drops its value. */
 export const drop = (e: Code): number[] => [...e, 0x1a];

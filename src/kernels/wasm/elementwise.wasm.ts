@@ -1,0 +1,145 @@
+import type { BinaryOp, UnaryOp } from "../../tensor/backend.ts";
+import type { Code, Local } from "./module.ts";
+import { FunctionBuilder, T, buildModule, expF32x4, f32, f32x4, forRange, get, i32, ifElse, inc, seq, set, v128, whileLoop } from "./module.ts";
+
+/**
+ * Elementwise kernels of the `wasm` device (one WebAssembly SIMD module, f32): each op of the
+ * pointwise table (src/kernels/pointwise.ts) that has a short SIMD form, as
+ *   op(out, a, b, n0, n1, n2, n3, so0..so3, sa0..sa3, sb0..sb3, tid, threads):
+ *   out[i0, i1, i2, i3] = f(a[...], b[...]) over a 4-d iteration space, every operand with its
+ *   own element strides (0 broadcasts; out strided too, for assign). Unary ops ignore b.
+ * The caller collapses views to at most 4 dims. Work units are (row i0 i1 i2, chunk of CHUNK
+ * elements of i3), round-robin between threads; where the inner strides are 1 (or 0: a splat)
+ * 4 elements go per vector, the rest one at a time through lane 0 of the same expression, so an
+ * element's value never depends on where it falls.
+ *
+ * Ops with transcendentals use Cephes' expf (expF32x4, ~1 ulp): exp, sigmoid, silu. The others
+ * are exact IEEE f32 operations, as the reference rounds them.
+ */
+
+/** Inner-dimension elements per work unit. */
+const CHUNK = 4096;
+
+type Vec = (a: Code, b: Code, tmp: readonly Local[]) => Code;
+
+const one = () => f32x4.splat(f32.const(1));
+const { abs, neg, sqrt, div } = f32x4;
+/** 1 / (1 + exp(-x)), x evaluated once (it is a local's get). */
+const sigmoid = (x: Code, tmp: readonly Local[]) => div(one(), f32x4.add(one(), expF32x4(neg(x), tmp[0]!, tmp[1]!, tmp[2]!)));
+
+/** The unary ops with a SIMD form (x is a local's get, safe to repeat). */
+export const WASM_UNARY: Partial<Record<UnaryOp, Vec>> = {
+  copy: (a) => a,
+  neg: (a) => neg(a),
+  abs: (a) => abs(a),
+  sqrt: (a) => sqrt(a),
+  rsqrt: (a) => div(one(), sqrt(a)),
+  square: (a) => f32x4.mul(a, a),
+  reciprocal: (a) => div(one(), a),
+  // pmax(0, x) = 0 < x ? x : 0, the reference's rule exactly (NaN and -0 give 0).
+  relu: (a) => f32x4.pmax(v128.zero(), a),
+  exp: (a, _b, t) => expF32x4(a, t[0]!, t[1]!, t[2]!),
+  sigmoid: (a, _b, t) => sigmoid(a, t),
+  silu: (a, _b, t) => f32x4.mul(a, sigmoid(a, t)),
+};
+
+/** The binary ops with a SIMD form (comparisons and pow stay on the reference). */
+export const WASM_BINARY: Partial<Record<BinaryOp, Vec>> = {
+  add: (a, b) => f32x4.add(a, b),
+  sub: (a, b) => f32x4.sub(a, b),
+  mul: (a, b) => f32x4.mul(a, b),
+  div: (a, b) => div(a, b),
+  // pmax/pmin would differ from Math.max on NaN and signed zeros; f32x4.max/min propagate NaN as Math.max does.
+  maximum: (a, b) => f32x4.max(a, b),
+  minimum: (a, b) => f32x4.min(a, b),
+};
+
+/** Export name of an op's kernel. */
+export const elementwiseExport = (kind: "unary" | "binary", op: string) => `${kind}_${op}`;
+
+function mapKernel(name: string, f: Vec): { fn: FunctionBuilder; body: Code } {
+  const fn = new FunctionBuilder(name, new Array(21).fill(T.i32));
+  const p = fn.params;
+  const [out, a, b] = [p[0]!, p[1]!, p[2]!];
+  const n = p.slice(3, 7);
+  const so = p.slice(7, 11);
+  const sa = p.slice(11, 15);
+  const sb = p.slice(15, 19);
+  const [tid, threads] = [p[19]!, p[20]!];
+  const I = () => fn.local(T.i32);
+  const [chunks, units, u, r, e, end, po, pa, pb, t, i0, i1, i2] = Array.from({ length: 13 }, I) as Local[];
+  const [va, vb] = [fn.local(T.v128), fn.local(T.v128)];
+  const tmp = [fn.local(T.v128), fn.local(T.v128), fn.local(T.v128)];
+  const c = i32.const;
+  const offset = (s: Local[]) => i32.shl(i32.add(i32.add(i32.mul(get(i0!), get(s[0]!)), i32.mul(get(i1!), get(s[1]!))), i32.add(i32.mul(get(i2!), get(s[2]!)), i32.mul(get(e!), get(s[3]!)))), c(2));
+  /** The vector loop for one choice of loads (v128.load for stride 1, a splat for stride 0). */
+  const vectorLoop = (splatA: boolean, splatB: boolean) =>
+    whileLoop(
+      i32.le_s(i32.add(get(e!), c(4)), get(end!)),
+      seq(
+        set(va, splatA ? v128.load32_splat(get(pa!)) : v128.load(get(pa!))),
+        set(vb, splatB ? v128.load32_splat(get(pb!)) : v128.load(get(pb!))),
+        v128.store(get(po!), f(get(va), get(vb), tmp)),
+        inc(po!, c(16)),
+        ...(splatA ? [] : [inc(pa!, c(16))]),
+        ...(splatB ? [] : [inc(pb!, c(16))]),
+        inc(e!, c(4)),
+      ),
+    );
+  const is = (s: Local, v: number) => i32.eq(get(s), c(v));
+  const vectorPart = ifElse(
+    is(so[3]!, 1),
+    ifElse(
+      is(sa[3]!, 1),
+      ifElse(is(sb[3]!, 1), vectorLoop(false, false), ifElse(is(sb[3]!, 0), vectorLoop(false, true))),
+      ifElse(is(sa[3]!, 0), ifElse(is(sb[3]!, 1), vectorLoop(true, false), ifElse(is(sb[3]!, 0), vectorLoop(true, true)))),
+    ),
+  );
+  const scalarPart = whileLoop(
+    i32.lt_s(get(e!), get(end!)),
+    seq(
+      set(va, f32x4.splat(f32.load(get(pa!)))),
+      set(vb, f32x4.splat(f32.load(get(pb!)))),
+      f32.store(get(po!), f32x4.extract_lane(f(get(va), get(vb), tmp), 0)),
+      inc(po!, i32.shl(get(so[3]!), c(2))),
+      inc(pa!, i32.shl(get(sa[3]!), c(2))),
+      inc(pb!, i32.shl(get(sb[3]!), c(2))),
+      inc(e!, c(1)),
+    ),
+  );
+  const body = seq(
+    set(chunks!, i32.div_s(i32.add(get(n[3]!), c(CHUNK - 1)), c(CHUNK))),
+    set(units!, i32.mul(i32.mul(i32.mul(get(n[0]!), get(n[1]!)), get(n[2]!)), get(chunks!))),
+    forRange(
+      u!,
+      get(tid),
+      get(units!),
+      get(threads),
+      seq(
+        set(r!, i32.div_s(get(u!), get(chunks!))),
+        set(e!, i32.mul(i32.rem_s(get(u!), get(chunks!)), c(CHUNK))),
+        set(end!, i32.add(get(e!), c(CHUNK))),
+        ifElse(i32.gt_s(get(end!), get(n[3]!)), set(end!, get(n[3]!))),
+        set(i2!, i32.rem_s(get(r!), get(n[2]!))),
+        set(t!, i32.div_s(get(r!), get(n[2]!))),
+        set(i1!, i32.rem_s(get(t!), get(n[1]!))),
+        set(i0!, i32.div_s(get(t!), get(n[1]!))),
+        set(po!, i32.add(get(out), offset(so))),
+        set(pa!, i32.add(get(a), offset(sa))),
+        set(pb!, i32.add(get(b), offset(sb))),
+        vectorPart,
+        scalarPart,
+      ),
+    ),
+  );
+  return { fn, body };
+}
+
+/** The module: one kernel per op of WASM_UNARY and WASM_BINARY, exported as elementwiseExport(kind, op). */
+export function elementwiseModule(shared: boolean): Uint8Array {
+  const kernels = [
+    ...Object.entries(WASM_UNARY).map(([op, f]) => mapKernel(elementwiseExport("unary", op), f!)),
+    ...Object.entries(WASM_BINARY).map(([op, f]) => mapKernel(elementwiseExport("binary", op), f!)),
+  ];
+  return buildModule(shared, kernels);
+}
