@@ -29,6 +29,10 @@ export const COMMANDS: Record<string, Command> = {
     summary: "LoRA question alignment: tune a model to translate questions into English, writing a PEFT adapter",
     load: () => import("./train.ts"),
   },
+  plan: {
+    summary: "the device memory a model needs: weights per dtype, KV cache or training activations, LoRA and AdamW state, against the binding limit",
+    load: () => import("./plan.ts"),
+  },
   loss: {
     summary: "print the mean next-token loss of ids[P:] as JSON {\"loss\": x}",
     load: () => import("./loss.ts"),

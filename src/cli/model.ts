@@ -1,25 +1,31 @@
 import { basename } from "node:path";
 import { loadModel } from "../model/load.ts";
 import type { LlamaModel } from "../model/llama.ts";
+import { formatPlan, planForDir, type PlanOptions } from "../model/plan.ts";
 import { loadAdapter } from "../lora/peft.ts";
 import { device, required, weightDType } from "./args.ts";
 import type { Progress } from "./progress.ts";
 
+/** What a command will run on the model, for the memory plan printed before the load. */
+export type Usage = Pick<PlanOptions, "batch" | "seq" | "train">;
+
 /**
  * Loads --model (and --adapter, a PEFT LoRA adapter folder, when given) on --device for a
  * command, its weights stored as --dtype (with --quantize-embeddings), drawing the bytes read on
- * `progress`.
+ * `progress`. First says the memory plan (src/model/plan.ts): the weights and, when the command
+ * says what it will run (`usage`), the KV cache or activations, LoRA and AdamW lines.
  * @throws CliError when --model is missing or --dtype unknown; CheckpointError for a bad checkpoint or adapter.
  */
-export async function loadForCli(command: string, values: Record<string, unknown>, progress?: Progress): Promise<LlamaModel> {
+export async function loadForCli(command: string, values: Record<string, unknown>, progress?: Progress, usage?: Usage): Promise<LlamaModel> {
   const dir = required(command, values, "model");
   const dtype = weightDType(command, values);
-  const model = await loadModel(dir, {
-    device: await device(command, values),
-    dtype,
-    quantizeEmbeddings: values["quantize-embeddings"] === true,
-    onProgress: progress?.counter(`loading ${basename(dir)}`, "bytes"),
-  });
+  const quantizeEmbeddings = values["quantize-embeddings"] === true;
+  const be = await device(command, values);
+  const plan = await planForDir(dir, { dtype, quantizeEmbeddings, batch: 1, seq: 1, ...usage, maxBindingBytes: be.maxBindingBytes });
+  const lines = formatPlan(plan, be.maxBindingBytes).filter((l) => usage !== undefined || /^(weights|largest)/.test(l));
+  const say = progress ? (l: string) => progress.say(l) : (l: string) => void process.stderr.write(`${l}\n`);
+  for (const line of lines) say(`${command}: plan: ${line}`);
+  const model = await loadModel(dir, { device: be, dtype, quantizeEmbeddings, onProgress: progress?.counter(`loading ${basename(dir)}`, "bytes") });
   if (typeof values.adapter === "string") await loadAdapter(model, values.adapter);
   return model;
 }

@@ -117,7 +117,9 @@ export async function run(v: Values<typeof options>): Promise<void> {
   if (issues.length > MAX_ISSUE_LINES) say(`skipped ${issues.length - MAX_ISSUE_LINES} more malformed items`);
   const tokenizer = await loadTokenizer(modelDir);
   if (!tokenizer) throw new CliError(`train: ${modelDir} has no tokenizer.json, which training needs to read text`);
-  const model = await loadForCli("train", v, progress);
+  const lora = { ...LORA_DEFAULTS, ...recipe.lora };
+  const targets = typeof lora.target_modules === "string" ? [...LORA_MODULES] : lora.target_modules;
+  const model = await loadForCli("train", v, progress, { batch: recipe.hyper.batchSize, seq: recipe.maxLength, train: { r: lora.r, targets, gradientCheckpointing: false } });
   const { result } = await trainOnPairs(model, tokenizer, pairs, recipe, {
     outDir: out,
     resume: v.resume,

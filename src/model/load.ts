@@ -71,15 +71,18 @@ export interface LoadOptions {
 const QUANTIZABLE = /\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$/;
 
 /** How `name` is stored in the checkpoint, as a weight dtype. */
-function storedDType(ckpt: Checkpoint, name: string): WeightDType {
+export function storedDType(ckpt: Checkpoint, name: string): WeightDType {
   if (isBnb4bit(ckpt, name)) return "nf4";
   const d = ckpt.info(name).dtype;
   return d === "BF16" ? "bf16" : d === "F16" ? "f16" : "f32";
 }
 
-/** The device dtype of matrix `name` under `opts` (see the file comment). */
-function targetDType(ckpt: Checkpoint, name: string, opts: LoadOptions): WeightDType {
-  const stored = storedDType(ckpt, name);
+/**
+ * The device dtype of tensor `name` [shape] stored as `stored`, under `opts` (see the file
+ * comment): vectors (norms, biases) f32; matrices as `opts.dtype`, else as stored.
+ */
+export function deviceDType(name: string, shape: readonly number[], stored: WeightDType, opts: Pick<LoadOptions, "dtype" | "quantizeEmbeddings">): WeightDType {
+  if (shape.length !== 2) return "f32";
   if (opts.dtype === undefined) return stored;
   if (opts.dtype === "nf4" && !QUANTIZABLE.test(name) && !opts.quantizeEmbeddings) return stored;
   return opts.dtype;
@@ -123,7 +126,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Ll
   try {
     validateCheckpoint(config, ckpt, dir);
     for (const [name, shape] of expectedWeights(config)) {
-      const target = shape.length === 2 ? targetDType(ckpt, name, opts) : "f32";
+      const target = deviceDType(name, shape, storedDType(ckpt, name), opts);
       if (target !== "f32" && shape[1]! % WEIGHT_COL_MULTIPLE !== 0) {
         throw new CheckpointError(ckpt.info(name).file, `[${shape}] cannot be stored ${target}: its columns are not a multiple of ${WEIGHT_COL_MULTIPLE} (load with dtype "f32")`, name);
       }
@@ -145,7 +148,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Ll
     };
     const matrix = async (name: string): Promise<WeightLike> => {
       const shape = expectedShape(config, name)! as [number, number];
-      const host = await readMatrix(ckpt, name, shape, targetDType(ckpt, name, opts));
+      const host = await readMatrix(ckpt, name, shape, deviceDType(name, shape, storedDType(ckpt, name), opts));
       const w = host instanceof Float32Array ? tensor(host, { device, shape }) : PackedWeight.upload(device, host, ...shape);
       loaded.push(w);
       read(name);

@@ -48,9 +48,17 @@ export interface WeightStorage {
 /** Columns must be a multiple of this: kernels decode 8 weights (one NF4 u32 word, four 16-bit ones) at a time. */
 export const WEIGHT_COL_MULTIPLE = 8;
 
-/** Bytes per weight of each dtype on the device (NF4: half a byte plus 4 bytes of absmax per 64). */
-export function bytesPerWeight(dtype: WeightDType): number {
-  return dtype === "f32" ? 4 : dtype === "nf4" ? 0.5 + 4 / 64 : 2;
+/**
+ * Device bytes of `n` weights stored as `dtype`: 4n (f32), 2n (16-bit), n / 2 + 4 ceil(n / 64)
+ * (NF4's packed indices and f32 absmax: 0.5625 a weight), each part rounded up to whole 4-byte
+ * words as the webgpu device allocates it (with n a multiple of 8, as packed weights are, the
+ * rounding adds nothing and the cpu device holds the same bytes).
+ */
+export function weightBytes(dtype: WeightDType, n: number): number {
+  const words = (bytes: number) => Math.ceil(bytes / 4) * 4;
+  if (dtype === "f32") return 4 * n;
+  if (dtype === "nf4") return words(Math.ceil(n / 2)) + 4 * Math.ceil(n / 64);
+  return words(2 * n);
 }
 
 /**

@@ -1,0 +1,39 @@
+import { LORA_DEFAULTS, LORA_MODULES } from "../lora/layer.ts";
+import { formatPlan, planForDir } from "../model/plan.ts";
+import { CliError, device, deviceOption, int, modelOption, required, weightDType, type OptionTable, type Values } from "./args.ts";
+
+export const options = {
+  ...modelOption,
+  train: { type: "boolean", help: "plan LoRA training (activations kept for backward, the adapter and its AdamW state) instead of inference" },
+  "batch-size": { type: "string", arg: "B", help: "sequences per forward pass", default: "1" },
+  seq: { type: "string", arg: "T", help: "tokens per sequence", default: "512" },
+  r: { type: "string", arg: "N", help: "with --train: the LoRA rank", default: String(LORA_DEFAULTS.r) },
+  "target-modules": { type: "string", arg: "q_proj,v_proj|all-linear", help: "with --train: the adapted Linear layers", default: (LORA_DEFAULTS.target_modules as string[]).join(",") },
+  "gradient-checkpointing": { type: "boolean", help: "with --train: keep only each layer's input and recompute the rest in backward" },
+  ...deviceOption,
+} as const satisfies OptionTable;
+
+/**
+ * `qalign plan --model DIR [--dtype ...] [--train --batch-size B --seq T]`: the device memory a
+ * model needs (weights, KV cache or activations, LoRA and AdamW state) against the device's
+ * per-binding limit, one line each on stdout. Reads config.json and the safetensors headers
+ * only (a folder with config.json alone is planned in its torch_dtype).
+ * @throws CliError for bad options; CheckpointError for a bad config or header.
+ */
+export async function run(v: Values<typeof options>): Promise<void> {
+  const dir = required("plan", v, "model");
+  const targets = v["target-modules"] ?? (LORA_DEFAULTS.target_modules as string[]).join(",");
+  const names = targets === "all-linear" ? [...LORA_MODULES] : targets.split(",").map((s) => s.trim());
+  const unknown = names.find((n) => !(LORA_MODULES as readonly string[]).includes(n));
+  if (unknown !== undefined) throw new CliError(`plan: --target-modules names "${unknown}", not one of ${LORA_MODULES.join(", ")}`);
+  const be = await device("plan", v);
+  const plan = await planForDir(dir, {
+    dtype: weightDType("plan", v),
+    quantizeEmbeddings: v["quantize-embeddings"],
+    batch: int("plan", v, "batch-size", 1, 1),
+    seq: int("plan", v, "seq", 512, 1),
+    ...(v.train ? { train: { r: int("plan", v, "r", LORA_DEFAULTS.r, 1), targets: names, gradientCheckpointing: v["gradient-checkpointing"] } } : {}),
+    maxBindingBytes: be.maxBindingBytes,
+  });
+  process.stdout.write(formatPlan(plan, be.maxBindingBytes).join("\n") + "\n");
+}
