@@ -14,7 +14,7 @@ import { TASKS, type TaskId } from "../eval/tasks.ts";
  * Settings of the LoRA training: the training recipe of `qalign train` (PEFT's names in `lora`),
  * every trainer setting the CLI takes spelled out; its seed is the run's evaluation seed.
  */
-export type AlignTraining = Omit<TrainingRecipe, "seed" | "hyper"> & { hyper: Pick<TrainOptions, "lr" | "epochs" | "batchSize" | "gradAccum" | "saveSteps"> };
+export type AlignTraining = Omit<TrainingRecipe, "seed" | "hyper"> & { hyper: Pick<TrainOptions, "lr" | "epochs" | "batchSize" | "gradAccum" | "saveSteps" | "gradientCheckpointing"> };
 
 export interface AlignConfig {
   /** The base checkpoint's folder. */

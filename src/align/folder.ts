@@ -65,7 +65,7 @@ export async function readJson<T>(file: string): Promise<T> {
  */
 export function fingerprint(cfg: AlignConfig, data: string): Record<string, unknown> {
   const { batchSize: _, ...evaluation } = cfg.evaluation;
-  const { saveSteps: __, ...hyper } = cfg.training.hyper;
+  const { saveSteps: __, gradientCheckpointing: ___, ...hyper } = cfg.training.hyper;
   return { modelDir: cfg.modelDir, data, task: cfg.task, trainTask: cfg.trainTask, train: cfg.train, target: cfg.target, evaluation, training: { ...cfg.training, hyper } };
 }
 

@@ -41,6 +41,7 @@ export const TRAINING_OPTIONS = {
   "max-length": { type: "string", arg: "N", help: "longest training pair in tokens, prompt and target (longer ones are truncated)", default: String(RECIPE_DEFAULTS.maxLength) },
   "val-size": { type: "string", arg: "F", help: "share of the pairs held out for the validation loss, in [0, 0.5]", default: String(RECIPE_DEFAULTS.valSize) },
   "save-steps": { type: "string", arg: "N", help: "write a resumable checkpoint every N optimizer steps", default: String(TRAIN_DEFAULTS.saveSteps) },
+  "gradient-checkpointing": { type: "boolean", help: "recompute each decoder layer's activations in backward instead of keeping them: less memory, a second forward, the same gradients" },
 } as const satisfies OptionTable;
 
 /** Defaults a command puts in place of the paper's (align's tiny demo). */
@@ -71,6 +72,7 @@ export function trainingRecipe(command: string, v: Values<typeof TRAINING_OPTION
       batchSize: int(command, v, "batch-size", fallback.batchSize ?? TRAIN_DEFAULTS.batchSize, 1),
       gradAccum: int(command, v, "grad-accum", fallback.gradAccum ?? TRAIN_DEFAULTS.gradAccum, 1),
       saveSteps: int(command, v, "save-steps", TRAIN_DEFAULTS.saveSteps, 1),
+      gradientCheckpointing: v["gradient-checkpointing"] === true,
     },
   };
 }
@@ -119,7 +121,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
   if (!tokenizer) throw new CliError(`train: ${modelDir} has no tokenizer.json, which training needs to read text`);
   const lora = { ...LORA_DEFAULTS, ...recipe.lora };
   const targets = typeof lora.target_modules === "string" ? [...LORA_MODULES] : lora.target_modules;
-  const model = await loadForCli("train", v, progress, { batch: recipe.hyper.batchSize, seq: recipe.maxLength, train: { r: lora.r, targets, gradientCheckpointing: false } });
+  const model = await loadForCli("train", v, progress, { batch: recipe.hyper.batchSize, seq: recipe.maxLength, train: { r: lora.r, targets, gradientCheckpointing: recipe.hyper.gradientCheckpointing } });
   const { result } = await trainOnPairs(model, tokenizer, pairs, recipe, {
     outDir: out,
     resume: v.resume,

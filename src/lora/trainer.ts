@@ -38,6 +38,12 @@ export interface TrainOptions {
   seed: number;
   /** Write a checkpoint every this many optimizer steps. */
   saveSteps: number;
+  /**
+   * Recompute each decoder layer's activations in backward instead of keeping them
+   * (LlamaModel.gradientCheckpointing): memory for L x tokens x D instead of every intermediate,
+   * at the cost of a second forward; the gradients are the same bit for bit.
+   */
+  gradientCheckpointing: boolean;
 }
 
 /** The paper's hyper-parameters (lr 5e-5, 3 epochs, batch 4 x accumulation 4, 10% warmup) and HF's defaults. */
@@ -51,6 +57,7 @@ export const TRAIN_DEFAULTS: TrainOptions = {
   maxGradNorm: 1.0,
   seed: 0,
   saveSteps: 50,
+  gradientCheckpointing: false,
 };
 
 /** Progress after one optimizer step. */
@@ -189,7 +196,7 @@ export async function train(
   options: Partial<TrainOptions> & RunOptions,
 ): Promise<TrainResult> {
   const o: TrainOptions = { ...TRAIN_DEFAULTS };
-  for (const k of Object.keys(o) as (keyof TrainOptions)[]) o[k] = options[k] ?? o[k];
+  for (const k of Object.keys(o) as (keyof TrainOptions)[]) (o as Record<keyof TrainOptions, number | boolean>)[k] = options[k] ?? o[k];
   const { outDir, log = () => {} } = options;
   for (const k of ["epochs", "batchSize", "gradAccum", "saveSteps"] as const) {
     if (!Number.isInteger(o[k]) || o[k] < 1) throw new RangeError(`train: ${k} must be a positive integer, got ${o[k]}`);
@@ -203,7 +210,7 @@ export async function train(
   const opt = new AdamW(adapter.params, { lr: o.lr, weightDecay: o.weightDecay, beta1: 0.9, beta2: 0.999, eps: 1e-8 });
   const dropoutRng = new Rng(streamSeed(o.seed, DROPOUT_STREAM));
   // What a resumed run must share with the original (saveSteps may change).
-  const { saveSteps: _, ...hyper } = o;
+  const { saveSteps: _, gradientCheckpointing: __, ...hyper } = o;
   const settings = {
     lora: adapter.config,
     ...hyper,
@@ -242,6 +249,7 @@ export async function train(
 
   const started = performance.now();
   const firstStep = state.step;
+  model.gradientCheckpointing = o.gradientCheckpointing ? { rngs: [dropoutRng] } : null;
   while (state.step < totalSteps) {
     const t0 = performance.now();
     const end = Math.min(state.microBatch + o.gradAccum, microPerEpoch);
@@ -280,6 +288,7 @@ export async function train(
     options.onStep?.(info);
   }
   adapter.setDropoutRng(null);
+  model.gradientCheckpointing = null;
   opt.dispose();
   if (outDir !== null && checkpointDir !== null) {
     await saveAdapter(adapter, outDir, options.baseModel ?? null);

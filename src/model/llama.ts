@@ -3,6 +3,8 @@ import { DeviceError, ShapeError, fmt } from "../tensor/errors.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import { attention, embedding, linear, rmsNorm, rope, type WeightLike } from "../tensor/ops/nn.ts";
 import { concat } from "../tensor/ops/views.ts";
+import { checkpoint } from "../tensor/checkpoint.ts";
+import type { Rng } from "../tensor/random.ts";
 import { keep } from "../tensor/scope.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import type { LlamaConfig } from "./config.ts";
@@ -214,6 +216,12 @@ export interface ForwardOutput {
 /** LlamaForCausalLM and its relatives: embeddings, L decoder layers, final norm, lm_head. */
 export class LlamaModel {
   readonly invFreq: Float64Array;
+  /**
+   * Activation checkpointing while training (src/tensor/checkpoint.ts): when set, each decoder
+   * layer keeps only its input for backward and recomputes the rest there, `rngs` (dropout's
+   * sources) replayed so the recomputation draws the same masks. Null: every intermediate kept.
+   */
+  gradientCheckpointing: { rngs: readonly Rng[] } | null = null;
 
   constructor(
     readonly config: LlamaConfig,
@@ -280,8 +288,10 @@ export class LlamaModel {
 
     let x = embedding(this.embed_tokens, inputIds);
     const hidden: Tensor[] | null = opts.outputHiddenStates ? [x] : null;
+    const ck = this.gradientCheckpointing;
     for (const layer of this.layers) {
-      x = layer.forward(x, { cos, sin, keyMask, cache });
+      const ctx = { cos, sin, keyMask, cache };
+      x = ck && !cache ? checkpoint((h) => layer.forward(h, ctx), x, ck.rngs) : layer.forward(x, ctx);
       hidden?.push(x);
     }
     const want = opts.logits ?? "all";

@@ -43,6 +43,17 @@ export function noGrad<R>(fn: () => R): R {
   }
 }
 
+/** Runs `fn` recording the graph even inside `noGrad` (a backward rule that recomputes a forward, checkpoint.ts). */
+export function withGrad<R>(fn: () => R): R {
+  const prev = gradEnabled;
+  gradEnabled = true;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = prev;
+  }
+}
+
 /**
  * Attaches a grad node to `out` when recording is on and some input requires a gradient.
  * Returns `out`. Ops call this once after computing their forward value.
