@@ -32,10 +32,10 @@ export function isGradEnabled(): boolean {
   return gradEnabled;
 }
 
-/** Runs `fn` without recording any graph (inference, optimizer updates). Scopes nest. */
-export function noGrad<R>(fn: () => R): R {
+/** Runs `fn` with recording switched to `on`, restoring the previous mode after. */
+function withGradMode<R>(on: boolean, fn: () => R): R {
   const prev = gradEnabled;
-  gradEnabled = false;
+  gradEnabled = on;
   try {
     return fn();
   } finally {
@@ -43,15 +43,14 @@ export function noGrad<R>(fn: () => R): R {
   }
 }
 
+/** Runs `fn` without recording any graph (inference, optimizer updates). Scopes nest. */
+export function noGrad<R>(fn: () => R): R {
+  return withGradMode(false, fn);
+}
+
 /** Runs `fn` recording the graph even inside `noGrad` (a backward rule that recomputes a forward, checkpoint.ts). */
 export function withGrad<R>(fn: () => R): R {
-  const prev = gradEnabled;
-  gradEnabled = true;
-  try {
-    return fn();
-  } finally {
-    gradEnabled = prev;
-  }
+  return withGradMode(true, fn);
 }
 
 /**
