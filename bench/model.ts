@@ -8,7 +8,8 @@
  * alone on the GPU clock (same shapes, same variant): the "prefill / matmul" ratio says how close
  * the whole forward comes to the matmul throughput.
  */
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setFlagsFromString } from "node:v8";
@@ -33,6 +34,8 @@ import type { CaseResult, Contender, Work } from "./harness.ts";
 import { attempt, gpuTimer, measure, wallTime } from "./harness.ts";
 import type { BenchContext } from "./kernels.ts";
 import { hostRandom } from "./peer.ts";
+import type { OrtEndToEnd } from "./ort_model.ts";
+import { ortEndToEnd } from "./ort_model.ts";
 
 /** Qwen1.5-0.5B's config.json with 4 of its 24 layers. */
 const QWEN05_4L = {
@@ -159,8 +162,9 @@ interface E2eSizes {
 /**
  * Prefill, decode and LoRA train-step cases for one loaded model on one device.
  * @param label names the model in the case names
+ * @param peer ONNX Runtime CPU on the same weights, timed in the same prefill and decode cases
  */
-async function endToEnd(ctx: BenchContext, label: string, model: LlamaModel, device: Backend, sizes: E2eSizes): Promise<CaseResult[]> {
+async function endToEnd(ctx: BenchContext, label: string, model: LlamaModel, device: Backend, sizes: E2eSizes, peer: OrtEndToEnd | null = null): Promise<CaseResult[]> {
   const gpu = device.name === "webgpu" ? (device as WebGpuBackend) : null;
   const engine = `qalign ${device.name}`;
   const V = model.config.vocab_size;
@@ -196,7 +200,7 @@ async function endToEnd(ctx: BenchContext, label: string, model: LlamaModel, dev
       for (let i = 0; i < n; i++) await prefillOnce();
     }),
   };
-  const contenders: Contender[] = [prefill];
+  const contenders: Contender[] = [prefill, ...(peer ? [peer.prefill(prompt)] : [])];
   let matmuls: ReturnType<typeof prefillMatmuls> | null = null;
   if (gpu) {
     matmuls = prefillMatmuls(gpu, model, sizes.prefill);
@@ -207,7 +211,8 @@ async function endToEnd(ctx: BenchContext, label: string, model: LlamaModel, dev
   const prefillMemory = await memoryOf(prefillOnce);
   const pre = await measure(contenders, { tokens: sizes.prefill }, ctx.opts);
   matmuls?.dispose();
-  const [pf, mm] = pre;
+  const pf = pre.find((t) => t.variant === "forward prefill");
+  const mm = pre.find((t) => t.variant === "its matmuls alone");
   pf!.extra = { ...prefillMemory, gflops: pf!.medianMs ? flops.total / pf!.medianMs / 1e6 : null };
   if (mm?.medianMs && pf?.medianMs) {
     const matmulGflops = flops.linear / mm.medianMs / 1e6;
@@ -237,11 +242,14 @@ async function endToEnd(ctx: BenchContext, label: string, model: LlamaModel, dev
   };
   const decodeMemory = await memoryOf(async () => void (await decodeRun()));
   const dec = await measure(
-    [{ engine, variant: "forward decode (KV cache)", time: async (n) => {
-      let ms = 0;
-      for (let i = 0; i < n; i++) ms += await decodeRun();
-      return { ms, clock: "wall" };
-    } }],
+    [
+      { engine, variant: "forward decode (KV cache)", time: async (n) => {
+        let ms = 0;
+        for (let i = 0; i < n; i++) ms += await decodeRun();
+        return { ms, clock: "wall" };
+      } },
+      ...(peer ? [peer.decode(prompt, sizes.decode)] : []),
+    ],
     { tokens: sizes.decode },
     ctx.opts,
   );
@@ -271,7 +279,19 @@ async function endToEnd(ctx: BenchContext, label: string, model: LlamaModel, dev
   return out;
 }
 
-/** End-to-end cases: the tiny model on every device, the Qwen1.5-0.5B-shaped model on webgpu (full runs). */
+/**
+ * ONNX Runtime CPU on checkpoint `dir`, keyed in the cache by `name` and the weights' SHA-256, so
+ * an export is reused exactly while the weights are the same.
+ */
+async function ortOn(ctx: BenchContext, name: string, dir: string, model: LlamaModel): Promise<OrtEndToEnd> {
+  const digest = createHash("sha256").update(await readFile(join(dir, "model.safetensors"))).digest("hex").slice(0, 16);
+  return ortEndToEnd(dir, `${name}-${digest}`, model.config, ctx.wasm.threads, ctx.log);
+}
+
+/**
+ * End-to-end cases: the tiny model on every device, the Qwen1.5-0.5B-shaped model on webgpu and
+ * wasm (quick runs: cut, wasm only); ONNX Runtime CPU on the same weights beside the wasm device.
+ */
 export async function endToEndCases(ctx: BenchContext, devices: Backend[]): Promise<CaseResult[]> {
   const out: CaseResult[] = [];
   const tinySizes: E2eSizes = ctx.quick ? { prefill: 32, decode: 4, trainBatch: 2, trainLen: 32 } : { prefill: 128, decode: 32, trainBatch: 4, trainLen: 64 };
@@ -286,27 +306,36 @@ export async function endToEndCases(ctx: BenchContext, devices: Backend[]): Prom
   };
   for (const device of devices) {
     await guarded(`tiny llama on ${device.name}`, async () => {
-      const model = await loadModel(await ensureTinyModel(), { device });
-      const cases = await endToEnd(ctx, "tiny llama", model, device, tinySizes);
+      const dir = await ensureTinyModel();
+      const model = await loadModel(dir, { device });
+      const peer = device === ctx.wasm ? await ortOn(ctx, "tiny-llama", dir, model) : null;
+      const cases = await endToEnd(ctx, "tiny llama", model, device, tinySizes, peer);
+      peer?.dispose();
       model.dispose();
       return cases;
     });
   }
-  if (!ctx.quick && ctx.gpu) {
-    const gpu = ctx.gpu;
-    const label = "Qwen1.5-0.5B shapes, 4 layers";
-    await guarded(label, async () => {
-      ctx.log(`writing a random checkpoint: ${label}`);
-      const { dir } = await writeRandomCheckpoint(QWEN05_4L, 100);
-      try {
-        const model = await loadModel(dir, { device: gpu });
-        const cases = await endToEnd(ctx, label, model, gpu, { prefill: 128, decode: 4, trainBatch: 1, trainLen: 64 });
-        model.dispose();
-        return cases;
-      } finally {
-        await rm(dir, { recursive: true, force: true });
-      }
-    });
+  {
+    // Quick runs cut the model (one layer, an 8192-token vocabulary) and run it on wasm only.
+    const label = ctx.quick ? "Qwen1.5-0.5B shapes / cut to 1 layer, vocab 8192" : "Qwen1.5-0.5B shapes, 4 layers";
+    const config = ctx.quick ? { ...QWEN05_4L, num_hidden_layers: 1, vocab_size: 8192 } : QWEN05_4L;
+    const sizes: E2eSizes = ctx.quick ? { prefill: 64, decode: 4, trainBatch: 1, trainLen: 32 } : { prefill: 128, decode: 4, trainBatch: 1, trainLen: 64 };
+    for (const device of [ctx.quick ? null : ctx.gpu, ctx.wasm].filter((d) => d !== null)) {
+      await guarded(`${label} on ${device.name}`, async () => {
+        ctx.log(`writing a random checkpoint: ${label}`);
+        const { dir } = await writeRandomCheckpoint(config, 100);
+        try {
+          const model = await loadModel(dir, { device });
+          const peer = device === ctx.wasm ? await ortOn(ctx, ctx.quick ? "qwen1.5-0.5b-cut" : "qwen1.5-0.5b-4-layers", dir, model) : null;
+          const cases = await endToEnd(ctx, label, model, device, sizes, peer);
+          peer?.dispose();
+          model.dispose();
+          return cases;
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      });
+    }
   }
   return out;
 }
