@@ -88,7 +88,34 @@ export { FolderSource, MemorySource, sampleSource, resolveDataSource, SHARED_DAT
 export { loadTaskData, readItems, checkFields, type Item, type TaskData, type OnInvalid } from "./eval/data.ts";
 export { FIELD_WORDS, fieldWords, questionFile, parseQuestionLabels, type FieldWords } from "./eval/fields.ts";
 export { selectDemos, formatItem, formatPrefix, languagePrompts, type PromptOptions, type LanguagePrompts } from "./eval/prompt.ts";
-export { byteToUnicode, labelTokenCandidates, labelTokenIds, type Vocabulary } from "./eval/label_tokens.ts";
+export { byteToUnicode, labelTokenCandidates, labelTokenIds, tokenBytes, describeToken, type Vocabulary } from "./eval/label_tokens.ts";
+export {
+  paperPrompts,
+  parsePaperPrompts,
+  paperScript,
+  tableWords,
+  renderPaperPrompt,
+  PAPER_PROMPTS_FILE,
+  type LabelLanguage,
+  type PaperPrompts,
+  type PaperScript,
+  type AnswerRole,
+} from "./eval/paper.ts";
+export { authorsTokenIds } from "./eval/authors_tokens.ts";
+export { authorsRule, authorsChoice, authorsCorrect, type AuthorsRule } from "./eval/authors_scoring.ts";
+export { PythonRandom } from "./eval/python_random.ts";
+export {
+  buildPrompts,
+  promptIds,
+  classTokenIds,
+  protocolSettings,
+  defaultLabels,
+  DEFAULT_PROTOCOL,
+  PROTOCOLS,
+  type Protocol,
+  type ProtocolOptions,
+  type ProtocolPrompts,
+} from "./eval/protocol.ts";
 export { logSumExp, prefixMasses, argmaxWithTies } from "./eval/decode.ts";
 export { wilsonInterval, confusionMatrix, accuracyOf, macroAverage, Z95, type Interval, type Accuracy } from "./eval/metrics.ts";
 export { commonPrefix, truncateLeft, PrefixCache, windowLogits } from "./eval/batch.ts";
@@ -102,6 +129,7 @@ export {
   type EvalOptions,
   type EvalContext,
   type ScoreMode,
+  type Scoring,
   type LanguageResult,
   type ItemResult,
   type Truncation,
@@ -120,5 +148,5 @@ export { interpret, summarize, writeInterpReport, type InterpOptions, type Inter
 // align
 export { QUESTION_TASK, trainTaskMessage, type AlignConfig, type AlignTraining, type AlignResults, type TrainingSummary } from "./align/config.ts";
 export { settingsDiff } from "./align/folder.ts";
-export { comparisons, comparisonTable, writeAccuracyChart, PAPER_COMMAND, type Comparison } from "./align/report.ts";
+export { comparisons, comparisonTable, writeAccuracyChart, PAPER_COMMANDS, type Comparison } from "./align/report.ts";
 export { runAlign } from "./align/run.ts";

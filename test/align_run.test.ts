@@ -32,21 +32,22 @@ describe("qalign eval", () => {
     expect(r.status).toBe(0);
     const lines = r.stdout.trim().split("\n");
     expect(lines[0]).toMatch(/^lang +n +acc % +95% CI +ties +trunc +labels$/);
-    expect(lines[1]).toMatch(/^en +2 /);
-    expect(lines[2]).toMatch(/^th +2 .*same \/ different$/);
-    expect(lines[3]).toMatch(/^Acc +4 /);
+    // The paper protocol (the default) scores every item: the sample's 6 per language.
+    expect(lines[1]).toMatch(/^en +6 /);
+    expect(lines[2]).toMatch(/^th +6 .*same \/ different$/);
+    expect(lines[3]).toMatch(/^Acc +12 /);
   });
 });
 
 describe("qalign align", () => {
   const out = join(tmp, "run");
   // --limit 20 as the issue asks; three languages and 16 training pairs keep it cheap.
-  const args = ["align", "--data", SHARED_DATA_DIR, "--task", "snli", "--train", "zh", "--langs", "en,zh,sw", "--limit", "20", "--max-train-samples", "16", "--epochs", "1", "--out", out, "--device", "cpu"];
+  const args = ["align", "--protocol", "paper", "--data", SHARED_DATA_DIR, "--task", "snli", "--train", "zh", "--langs", "en,zh,sw", "--limit", "20", "--max-train-samples", "16", "--epochs", "1", "--out", out, "--device", "cpu"];
   /** The first run into `out`, which the resume test continues: run once, by whichever test needs it first. */
   let first: ReturnType<typeof qalign> | undefined;
   const firstRun = () => (first ??= qalign(args));
 
-  it("--limit 20 runs end to end on the real SNLI files and writes every result", (ctx) => {
+  it("--protocol paper --limit 20 runs end to end on the real SNLI files and writes every result", (ctx) => {
     sharedOrSkip(ctx);
     const r = firstRun();
     expect(r.stderr).not.toMatch(/Error|at .*\.ts:\d+/);
@@ -61,7 +62,12 @@ describe("qalign align", () => {
     expect(res.base.map((b) => [b.lang, b.n])).toEqual([["en", 20], ["zh", 20], ["sw", 20]]);
     expect(res.aligned).toHaveLength(3);
     expect(res.versions.node).toBe(process.version);
-    expect(res.config.evaluation.seed).toBe(0);
+    expect(res.config.evaluation).toMatchObject({ protocol: "paper", labels: "english", shots: 6, scoring: "index", seed: 0 });
+    expect(res.protocol["protocol"]).toMatch(/^paper: the authors' evaluation scripts \(github\.com\/Shimao-Zhang\/LLM-Multilingual-Learner @ [0-9a-f]{40}\)$/);
+    for (const b of res.base) {
+      expect(b).toMatchObject({ protocol: "paper", labels: "english", tokenRule: "authors", scoring: "index", shots: 6, demos: [], labelWords: ["entailment", "neutral", "contradiction"] });
+      expect(b.judged.differ).toBe(b.items.filter((it) => it.authors!.correct !== (it.pred === it.label)).length);
+    }
     expect(res.training.train + res.training.val).toBe(16);
     expect(res.training.steps).toBeGreaterThan(0);
     const csv = readFileSync(join(out, "results.csv"), "utf8").trim().split("\n");
@@ -69,7 +75,9 @@ describe("qalign align", () => {
     const report = readFileSync(join(out, "report.md"), "utf8");
     expect(report).toContain("| zh † | 20 |");
     expect(report).toContain("tiny random model");
-    expect(report).toContain("npm run qalign -- align --model");
+    expect(report).toContain("npm run qalign -- align --model ~/models/Qwen1.5-1.8B --protocol paper --task snli");
+    expect(report).toContain("| demonstrations | the authors' fixed, hand-translated 6 per language");
+    expect(report).toMatch(/the index rule and the authors' rule judge \d+ item\(s\) differently/);
     expect(readFileSync(join(out, "accuracy.svg"), "utf8")).toContain("<svg");
     expect(r.stdout).toContain("| **Acc** (mean) |");
   });
@@ -99,7 +107,7 @@ describe("qalign align", () => {
     expect(r.status).toBe(0);
     expect(r.stderr).toContain("built-in sample");
     const res = JSON.parse(readFileSync(join(sampleOut, "results.json"), "utf8")) as AlignResults;
-    expect(res.base.map((b) => b.n)).toEqual([6, 6, 6]); // 12 sample items, 6 of them demonstrations
+    expect(res.base.map((b) => b.n)).toEqual([12, 12, 12]); // --limit 12 of the tiny default; the paper protocol takes no test item as a demonstration
     expect(res.training.train + res.training.val).toBe(12); // 6 question pairs each for zh and es
     // PEFT's names from the command line to adapter_config.json.
     expect(res.config.training.lora).toMatchObject({ r: 4, lora_alpha: 8, target_modules: ["q_proj", "k_proj"] });

@@ -38,7 +38,7 @@ describe("qalign eval", () => {
     delete fr[3]!["hypothesis"];
     const dir = dataDir("missingfield", { "snli/snli_en600_test.json": SAMPLE["snli/snli_en600_test.json"], "snli/snli_fr600_test.json": fr });
     const out = join(tmp, "eval-missing");
-    const r = qalign(["eval", "--model", TINY, "--task", "snli", "--langs", "en,fr", "--limit", "3", "--shots", "0", "--data", dir, "--out", out, "--device", "cpu"]);
+    const r = qalign(["eval", "--model", TINY, "--task", "snli", "--langs", "en,fr", "--protocol", "qalign", "--limit", "3", "--shots", "0", "--data", dir, "--out", out, "--device", "cpu"]);
     expect(r.status).toBe(1);
     expect(lastLine(r.stderr)).toBe(`qalign: ${join(dir, "snli", "snli_fr600_test.json")}: item 3: field "hypothesis": missing field`);
     expect(r.stderr).not.toMatch(/^en: /m); // English was not evaluated first
@@ -48,7 +48,7 @@ describe("qalign eval", () => {
   it("--out keeps the languages finished before a later one fails", () => {
     // Loglik labels: the English ones take at most 3 tokens, 矛盾 6, so --eval-max-length 4 fails in zh only.
     const out = join(tmp, "eval-partial");
-    const r = qalign(["eval", "--model", TINY, "--task", "snli", "--langs", "en,zh", "--limit", "3", "--shots", "0", "--mode", "loglik", "--eval-max-length", "4", "--data", "sample", "--out", out, "--device", "cpu"]);
+    const r = qalign(["eval", "--model", TINY, "--task", "snli", "--langs", "en,zh", "--protocol", "qalign", "--limit", "3", "--shots", "0", "--mode", "loglik", "--eval-max-length", "4", "--data", "sample", "--out", out, "--device", "cpu"]);
     expect(r.status).toBe(1);
     expect(lastLine(r.stderr)).toMatch(/^qalign: sample:snli\/snli_zh600_test\.json: maxLength 4 cannot hold a label of \d+ tokens/);
     const saved = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as { complete: boolean; pending: string[]; results: { lang: string; n: number }[] };
@@ -183,5 +183,23 @@ describe("--dtype", () => {
     const saved = qalign(["logits", "--model", fixtureDir("qwen2-nf4"), ...ids]);
     expect(atLoad.status).toBe(0);
     expect(atLoad.stdout).toBe(saved.stdout);
+  });
+});
+
+describe("--protocol", () => {
+  const evalArgs = ["eval", "--model", TINY, "--task", "snli", "--langs", "en", "--data", "sample", "--device", "cpu"];
+  it("refuses settings the paper protocol does not have, and authors' scoring of words they never scripted", () => {
+    const cases: [string[], RegExp][] = [
+      [["--shots", "3"], /^qalign: eval: --shots 3: the paper protocol uses the authors' 6 fixed SNLI demonstrations; other shot counts need --protocol qalign$/],
+      [["--mode", "loglik"], /^qalign: eval: --mode loglik: the paper protocol scores by the authors' token sets \(prefix\); loglik needs --protocol qalign$/],
+      [["--labels", "native"], /^qalign: the authors' scripts have no native-label SNLI evaluation .*; use --labels english$/],
+      [["--protocol", "qalign", "--scoring", "authors"], /^qalign: the authors' scripts never score SNLI with native answer words, so --scoring authors has no rule for them; use --labels english$/],
+      [["--scoring", "best"], /^qalign: eval: --scoring must be index or authors, got "best"$/],
+    ];
+    for (const [extra, message] of cases) {
+      const r = qalign([...evalArgs, ...extra]);
+      expect(r.status, extra.join(" ")).toBe(1);
+      expect(lastLine(r.stderr)).toMatch(message);
+    }
   });
 });

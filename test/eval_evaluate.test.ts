@@ -39,8 +39,8 @@ function expectSameScores(a: LanguageResult, b: LanguageResult): void {
 describe("evaluateLanguage", () => {
   it("gives the same scores with and without the prefix cache, in both scoring modes", async () => {
     for (const mode of ["prefix", "loglik"] as const) {
-      const withCache = await evaluateLanguage({ ...ctx, task: TASKS.snli, options: { mode, batchSize: 4 } }, "zh");
-      const without = await evaluateLanguage({ ...ctx, task: TASKS.snli, options: { mode, batchSize: 3, prefixCache: false } }, "zh");
+      const withCache = await evaluateLanguage({ ...ctx, task: TASKS.snli, options: { protocol: "qalign", mode, batchSize: 4 } }, "zh");
+      const without = await evaluateLanguage({ ...ctx, task: TASKS.snli, options: { protocol: "qalign", mode, batchSize: 3, prefixCache: false } }, "zh");
       expect(withCache.prefixTokens).toBeGreaterThan(50);
       expect(without.prefixTokens).toBe(0);
       expectSameScores(withCache, without);
@@ -53,8 +53,8 @@ describe("evaluateLanguage", () => {
   });
 
   it("truncates prompts longer than the context from the left and reports them", async () => {
-    const full = await evaluateLanguage({ ...ctx, task: TASKS.emotion, options: {} }, "de");
-    const cut = await evaluateLanguage({ ...ctx, task: TASKS.emotion, options: { maxLength: 48 } }, "de");
+    const full = await evaluateLanguage({ ...ctx, task: TASKS.emotion, options: { protocol: "qalign" } }, "de");
+    const cut = await evaluateLanguage({ ...ctx, task: TASKS.emotion, options: { protocol: "qalign", maxLength: 48 } }, "de");
     expect(cut.n).toBe(full.n); // still scored, each one reported
     expect(cut.truncated.length).toBeGreaterThan(0);
     for (const t of cut.truncated) {
@@ -67,7 +67,7 @@ describe("evaluateLanguage", () => {
     // A limit between the prompt lengths: the short prompts keep the cache and their scores.
     const prompts = await languagePrompts(ctx.source, TASKS.emotion, "de");
     const lengths = prompts.prompts.map((p) => ctx.tokenizer.encode(p).length).sort((a, b) => a - b);
-    const mixed = await evaluateLanguage({ ...ctx, task: TASKS.emotion, options: { maxLength: lengths[1]! } }, "de");
+    const mixed = await evaluateLanguage({ ...ctx, task: TASKS.emotion, options: { protocol: "qalign", maxLength: lengths[1]! } }, "de");
     expect(mixed.truncated.length).toBeGreaterThan(0);
     expect(mixed.truncated.length).toBeLessThan(mixed.n);
     expect(mixed.prefixTokens).toBeGreaterThan(0);
@@ -78,7 +78,7 @@ describe("evaluateLanguage", () => {
   });
 
   it("computes accuracy from the predictions", async () => {
-    const r = await evaluateLanguage({ ...ctx, task: TASKS.paws, options: { shots: 2 } }, "sw");
+    const r = await evaluateLanguage({ ...ctx, task: TASKS.paws, options: { protocol: "qalign", shots: 2 } }, "sw");
     const correct = r.items.filter((it) => it.pred === it.label).length;
     expect(r).toMatchObject({ n: 4, correct, shots: 2, labelWords: ["same", "different"], classes: ["same", "different"] });
     expect(r.accuracy).toBe(correct / 4);
@@ -98,6 +98,7 @@ const lang = {
   prefix: "ab|",
   prompts: ["ab|x", "ab|yz", "ab|wxyz"],
   items: [0, 1, 2].map((index) => ({ index: 10 + index, fields: {}, label: 0 })),
+  continuation: "",
 };
 
 describe("prepareRows", () => {
@@ -107,6 +108,12 @@ describe("prepareRows", () => {
     expect(r.prefixIds).toEqual(chars.encode("ab|"));
     expect(r.truncated).toEqual([]);
     expect(prepareRows(chars, lang, { mode: "prefix", maxLength: 64, prefixCache: false }).prefixIds).toEqual([]);
+  });
+
+  it("a continuation (the authors' Thai rule): its own tokens, BOS included, follow every prompt's", () => {
+    const r = prepareRows(chars, { ...lang, continuation: "cd" }, { mode: "prefix", maxLength: 64, prefixCache: true });
+    expect(r.rows).toEqual(lang.prompts.map((p) => [{ ids: [...chars.encode(p), ...chars.encode("cd")], scored: 0 }]));
+    expect(r.prefixIds).toEqual(chars.encode("ab|"));
   });
 
   it("loglik mode: a row per class, scoring the tokens the label adds, one more token kept after the prefix", () => {
@@ -134,18 +141,20 @@ describe("prepareRows", () => {
 describe("checkLabelSets", () => {
   // A sentencepiece-style vocabulary: "no" begins with n, no, ▁no; "not" with those and not.
   const table: Record<string, number> = { n: 3, no: 4, "▁no": 5, not: 6, y: 7 };
-  const vocab = { spaceMarker: "▁", byteFallback: false, tokenToId: (t: string) => table[t] } as const;
+  // encode: read only by the authors' rule on byte-level vocabularies, never here.
+  const vocab = { spaceMarker: "▁", byteFallback: false, tokenToId: (t: string) => table[t], encode: () => [] } as const;
+  const qalign = (...scoredWords: string[]) => ({ scoredWords, tokenRule: "qalign" as const });
 
   it("gives each word's prefix tokens and warns when one word's set lies inside another's", () => {
-    const r = checkLabelSets(vocab, ["no", "not", "yes"], 8, "prefix");
+    const r = checkLabelSets(vocab, qalign("no", "not", "yes"), 8, "prefix");
     expect(r.sets).toEqual([[3, 4, 5], [3, 4, 5, 6], [7]]);
     expect(r.warnings).toEqual(['label word "no" begins only with tokens that also begin "not": prefix scoring cannot predict it (use --mode loglik)']);
-    expect(checkLabelSets(vocab, ["no", "not"], 8, "loglik").warnings).toEqual([]); // whole words: no shadowing
+    expect(checkLabelSets(vocab, qalign("no", "not"), 8, "loglik").warnings).toEqual([]); // whole words: no shadowing
   });
 
   it("refuses ids outside the model's vocabulary, and (prefix mode) a word no token begins", () => {
-    expect(() => checkLabelSets(vocab, ["yes"], 7, "prefix")).toThrow("label token id 7 is outside the model's vocabulary (7): tokenizer and model disagree");
-    expect(() => checkLabelSets(vocab, ["maybe"], 8, "prefix")).toThrow('no vocabulary token begins the label word "maybe": use --mode loglik');
-    expect(checkLabelSets(vocab, ["maybe"], 8, "loglik").sets).toEqual([[]]);
+    expect(() => checkLabelSets(vocab, qalign("yes"), 7, "prefix")).toThrow("label token id 7 is outside the model's vocabulary (7): tokenizer and model disagree");
+    expect(() => checkLabelSets(vocab, qalign("maybe"), 8, "prefix")).toThrow('no vocabulary token begins the label word "maybe": use --mode loglik');
+    expect(checkLabelSets(vocab, qalign("maybe"), 8, "loglik").sets).toEqual([[]]);
   });
 });

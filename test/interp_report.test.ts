@@ -92,7 +92,7 @@ describe("buildProbeSets", () => {
     const tokenizer = (await loadTokenizer(tokDir))!;
     const source = await sampleSource();
     const task = TASKS.snli;
-    const opts = { shots: 2, limit: 3, seed: 1 };
+    const opts = { protocol: "qalign" as const, shots: 2, limit: 3, seed: 1 };
     const sets = await buildProbeSets(tokenizer, source, task, ["en", "de"], opts);
     expect(sets.map((s) => s.lang)).toEqual(["en", "de"]);
     expect(sets[1]!.indices).toEqual(sets[0]!.indices); // parallel items

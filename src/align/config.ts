@@ -30,7 +30,7 @@ export interface AlignConfig {
   target: Lang;
   /** Evaluation languages. */
   langs: Lang[];
-  evaluation: Pick<EvalOptions, "limit" | "shots" | "mode" | "englishLabels" | "seed" | "batchSize" | "maxLength">;
+  evaluation: Pick<EvalOptions, "protocol" | "labels" | "limit" | "shots" | "mode" | "scoring" | "seed" | "batchSize" | "maxLength">;
   training: AlignTraining;
   interp: boolean;
   out: string;
@@ -50,6 +50,8 @@ export interface TrainingSummary {
 
 export interface AlignResults {
   config: AlignConfig;
+  /** Every setting the evaluation protocol implies, in words (protocolSettings). */
+  protocol: Record<string, string>;
   versions: { node: string; qalign: string };
   data: string;
   base: LanguageResult[];

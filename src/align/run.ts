@@ -14,6 +14,7 @@ import type { Tokenizer } from "../model/tokenizer.ts";
 import { checkLanguages, evaluateLanguage, type LanguageResult } from "../eval/evaluate.ts";
 import { LANGUAGE_NAMES, type Lang } from "../eval/languages.ts";
 import { macroAverage } from "../eval/metrics.ts";
+import { protocolSettings } from "../eval/protocol.ts";
 import { questionPairs } from "../eval/questions.ts";
 import { pct, versions } from "../eval/report.ts";
 import type { DataSource } from "../eval/source.ts";
@@ -114,6 +115,7 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
 
   const results: AlignResults = {
     config: cfg,
+    protocol: await protocolSettings(task, cfg.evaluation),
     versions: await versions(),
     data: source.description,
     base,

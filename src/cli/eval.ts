@@ -1,9 +1,11 @@
 import { join } from "node:path";
 import { toCsv } from "../io/plot.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
-import { checkLanguages, evaluateLanguage, type EvalOptions, type LanguageResult, type ScoreMode } from "../eval/evaluate.ts";
+import { checkLanguages, evaluateLanguage, type EvalOptions, type LanguageResult, type Scoring, type ScoreMode } from "../eval/evaluate.ts";
 import { parseLangs, type Lang } from "../eval/languages.ts";
 import { macroAverage } from "../eval/metrics.ts";
+import type { LabelLanguage } from "../eval/paper.ts";
+import { DEFAULT_PROTOCOL, defaultLabels, protocolSettings, PROTOCOLS, type Protocol, type ProtocolOptions } from "../eval/protocol.ts";
 import { formatTable, pct, resultRows, versions } from "../eval/report.ts";
 import { resolveDataSource } from "../eval/source.ts";
 import { getTask, TASKS, type TaskSpec } from "../eval/tasks.ts";
@@ -29,14 +31,49 @@ export const dataOption = {
   },
 } as const satisfies OptionTable;
 
-/** The prompt options shared by eval, align, lens and pca: which items, how many shots. */
+/** The options that choose a protocol's prompts, shared by eval, align, lens, pca and prompt. */
+export const PROTOCOL_OPTIONS = {
+  protocol: {
+    type: "string",
+    arg: PROTOCOLS.join("|"),
+    help: "how prompts are built and scored: paper (the authors' fixed demonstrations, templates, English answer words and token sets; every item) or qalign (demonstrations drawn from the test file, qalign's field words and byte-level token sets)",
+    default: DEFAULT_PROTOCOL,
+  },
+  labels: {
+    type: "string",
+    arg: "english|native",
+    help: "the answer words' language in the prompts (paper: native exists for emotion only, the authors' native-label script)",
+    default: `${defaultLabels("paper")} for paper, ${defaultLabels("qalign")} for qalign`,
+  },
+  shots: { type: "string", arg: "K", help: "demonstrations in each prompt (qalign: drawn from the language's own test file; paper: the authors' fixed ones only)", default: SHOTS_DEFAULT },
+  seed: { type: "string", arg: "S", help: "seeds the --limit subset (and qalign's demonstrations)", default: "0" },
+} as const satisfies OptionTable;
+
+/**
+ * Parses PROTOCOL_OPTIONS into prompt options with every default filled in, so that results
+ * and run.json name each setting: --protocol (default paper), --labels (the protocol's
+ * default), --shots (the task's; the paper protocol takes only that, its demonstrations being
+ * fixed) and --seed (default 0).
+ * @throws CliError for other values.
+ */
+export function protocolOptions(command: string, values: Record<string, unknown>, task: TaskSpec): Required<Pick<ProtocolOptions, "protocol" | "labels" | "shots" | "seed">> {
+  const protocol = (values.protocol ?? DEFAULT_PROTOCOL) as Protocol;
+  if (!PROTOCOLS.includes(protocol)) throw new CliError(`${command}: --protocol must be ${PROTOCOLS.join(" or ")}, got "${String(values.protocol)}"`);
+  const labels = (values.labels ?? defaultLabels(protocol)) as LabelLanguage;
+  if (labels !== "english" && labels !== "native") throw new CliError(`${command}: --labels must be english or native, got "${String(values.labels)}"`);
+  const shots = int(command, values, "shots", task.shots, 0);
+  if (protocol === "paper" && shots !== task.shots) {
+    throw new CliError(`${command}: --shots ${shots}: the paper protocol uses the authors' ${task.shots} fixed ${task.title} demonstrations; other shot counts need --protocol qalign`);
+  }
+  return { protocol, labels, shots, seed: int(command, values, "seed", 0) };
+}
+
+/** The prompt options shared by eval, align, lens and pca: which items, under which protocol. */
 export const PROMPT_OPTIONS = {
   task: { type: "string", arg: Object.keys(TASKS).join("|"), help: "the task evaluated", default: "snli" },
   langs: { type: "string", arg: "all|en,zh,...", help: "languages evaluated: comma-separated codes, or all (the release's 20)", default: "all" },
   limit: { type: "string", arg: "N", help: "scored items per language at most: a seeded, class-balanced subset, the same items in every language", default: "all items" },
-  shots: { type: "string", arg: "K", help: "demonstrations (solved examples) in each prompt, drawn from the language's own test file", default: SHOTS_DEFAULT },
-  seed: { type: "string", arg: "S", help: "seeds the choice of demonstrations and of the --limit subset", default: "0" },
-  "english-labels": { type: "boolean", help: "keep the label words in English in every language's prompt (the paper's default is the prompt's language)" },
+  ...PROTOCOL_OPTIONS,
   "eval-batch-size": { type: "string", arg: "B", help: "prompts per forward pass in evaluation (x label words with --mode loglik)", default: String(EVAL_BATCH_SIZE), was: ["batch-size"] },
   ...dataOption,
 } as const satisfies OptionTable;
@@ -49,6 +86,12 @@ export const EVAL_OPTIONS = {
     arg: "prefix|loglik",
     help: "scoring: prefix (the paper's constrained decoding: next-token mass of each label word's first tokens) or loglik (log-likelihood of each whole label word)",
     default: "prefix",
+  },
+  scoring: {
+    type: "string",
+    arg: "index|authors",
+    help: "which rule judges an item: index (its class from the English file by index) or authors (the authors' tie-breaking and their table check, bug for bug); both are computed and their disagreements reported",
+    default: "index",
   },
   "eval-max-length": {
     type: "string",
@@ -80,18 +123,23 @@ export function langsOption(command: string, values: Record<string, unknown>, na
 }
 
 /**
- * The evaluation options of EVAL_OPTIONS (with `limit` defaulting to `defaultLimit`).
- * @throws CliError for a bad number or --mode.
+ * The evaluation options of EVAL_OPTIONS (with `limit` defaulting to `defaultLimit`), every
+ * default filled in.
+ * @throws CliError for a bad number, --mode or --scoring, and for --mode loglik under the paper
+ *   protocol (its classes are scored by the authors' token sets).
  */
-export function evalOptions(command: string, values: Values<typeof EVAL_OPTIONS>, task: TaskSpec, defaultLimit?: number): EvalOptions {
+export function evalOptions(command: string, values: Values<typeof EVAL_OPTIONS>, task: TaskSpec, defaultLimit?: number): EvalOptions & { scoring: Scoring } {
+  const prompts = protocolOptions(command, values, task);
   const mode = (values.mode ?? "prefix") as string;
   if (mode !== "prefix" && mode !== "loglik") throw new CliError(`${command}: --mode must be prefix or loglik, got "${mode}"`);
+  if (mode === "loglik" && prompts.protocol === "paper") throw new CliError(`${command}: --mode loglik: the paper protocol scores by the authors' token sets (prefix); loglik needs --protocol qalign`);
+  const scoring = (values.scoring ?? "index") as Scoring;
+  if (scoring !== "index" && scoring !== "authors") throw new CliError(`${command}: --scoring must be index or authors, got "${String(values.scoring)}"`);
   return {
-    shots: int(command, values, "shots", task.shots, 0),
+    ...prompts,
     mode: mode as ScoreMode,
-    englishLabels: values["english-labels"] === true,
+    scoring,
     batchSize: int(command, values, "eval-batch-size", EVAL_BATCH_SIZE, 1),
-    seed: int(command, values, "seed", 0),
     ...(values.limit !== undefined || defaultLimit !== undefined ? { limit: int(command, values, "limit", defaultLimit ?? 0, 1) } : {}),
     ...(values["eval-max-length"] !== undefined ? { maxLength: int(command, values, "eval-max-length", 0, 2) } : {}),
   };
@@ -160,7 +208,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
     typeof v.out === "string"
       ? {
           dir: v.out,
-          record: { model: modelDir, adapter: v.adapter ?? null, task: task.id, data: source.description, options: opts, versions: await versions() },
+          record: { model: modelDir, adapter: v.adapter ?? null, task: task.id, data: source.description, options: opts, protocol: await protocolSettings(task, opts), versions: await versions() },
           langs,
           adapter: typeof v.adapter === "string",
         }
@@ -173,7 +221,8 @@ export async function run(v: Values<typeof options>): Promise<void> {
     const r = await evaluateLanguage({ model, tokenizer, source, task, options: { ...opts, onProgress: progress.counter(`eval ${lang}`, "items") }, prompts }, lang);
     for (const s of r.skipped) say(`skipped ${s.file}[${s.index}].${s.field}: ${s.problem}`);
     for (const t of r.truncated) say(`truncated ${r.file}[${t.index}]: ${t.dropped} tokens dropped on the left`);
-    say(`${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)`);
+    const differ = r.judged.differ ? `; the index and authors' rules judge ${r.judged.differ} item(s) differently` : "";
+    say(`${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)${differ}`);
     results.push(r);
     if (out) await writeResults(out, results);
   }

@@ -9,7 +9,7 @@ import { loadAdapter } from "../lora/peft.ts";
 import { loadConfig, type LlamaConfig } from "../model/config.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { CliError, deviceOption, int, modelOption, type OptionTable, type Values } from "./args.ts";
-import { EVAL_BATCH_SIZE, PROMPT_OPTIONS } from "./eval.ts";
+import { EVAL_BATCH_SIZE, PROMPT_OPTIONS, protocolOptions } from "./eval.ts";
 import { loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
 import { prepareOutDir } from "./output.ts";
@@ -72,7 +72,7 @@ export async function runInterp(cmd: InterpCommand, values: Values<typeof INTERP
   const tokenizer = await loadTokenizer(modelDir);
   if (!tokenizer) throw new CliError(`${name}: ${modelDir} has no tokenizer.json, which the prompts need`);
   const source = await resolveDataSource(typeof values.data === "string" ? values.data : undefined);
-  const shots = int(name, values, "shots", task.shots, 0);
+  const prompts = protocolOptions(name, values, task);
   const limit = values.limit === undefined ? undefined : int(name, values, "limit", 0, 1);
   const adapter = typeof values.adapter === "string" ? values.adapter : null;
 
@@ -80,13 +80,7 @@ export async function runInterp(cmd: InterpCommand, values: Values<typeof INTERP
 
   // Data and probe settings are checked before the (slow) model load.
   const config = await loadConfig(modelDir);
-  const sets = await buildProbeSets(tokenizer, source, task, langs, {
-    shots,
-    limit,
-    seed: int(name, values, "seed", 0),
-    englishLabels: values["english-labels"] === true,
-    maxLength: config.max_position_embeddings,
-  });
+  const sets = await buildProbeSets(tokenizer, source, task, langs, { ...prompts, limit, maxLength: config.max_position_embeddings });
   const probes = cmd.probes(config, sets);
   await prepareOutDir(name, out);
   const model = await loadForCli(name, { ...values, adapter: undefined }, progress);
@@ -113,7 +107,7 @@ export async function runInterp(cmd: InterpCommand, values: Values<typeof INTERP
     }
   }
   const counts = [...new Set(sets.map((s) => s.prompts.length))].join("/");
-  const subtitle = `${task.title}, ${shots}-shot, ${counts} items per language, model ${basename(modelDir)}${adapter ? `, adapter ${basename(adapter)}` : ""}`;
+  const subtitle = `${task.title}, ${prompts.protocol} protocol, ${prompts.labels} answer words, ${prompts.shots}-shot, ${counts} items per language, model ${basename(modelDir)}${adapter ? `, adapter ${basename(adapter)}` : ""}`;
   const files = await writeInterpReport(out, reports, subtitle);
   process.stdout.write(JSON.stringify({ out, files }) + "\n");
 }

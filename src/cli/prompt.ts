@@ -1,37 +1,14 @@
 import { describeToken } from "../eval/label_tokens.ts";
-import type { LabelLanguage } from "../eval/paper.ts";
-import { buildPrompts, classTokenIds, promptIds, PROTOCOLS, type Protocol } from "../eval/protocol.ts";
+import { buildPrompts, classTokenIds, promptIds } from "../eval/protocol.ts";
 import { resolveDataSource } from "../eval/source.ts";
 import { CliError, int, type OptionTable, type Values } from "./args.ts";
-import { dataOption, langsOption, PROMPT_OPTIONS, taskOption, tokenizerFor } from "./eval.ts";
-
-/** The options that choose a protocol, shared by eval, align, lens, pca and prompt. */
-export const PROTOCOL_OPTIONS = {
-  protocol: {
-    type: "string",
-    arg: PROTOCOLS.join("|"),
-    help: "how prompts are built and scored: paper (the authors' fixed demonstrations, templates and token sets) or qalign (seeded demonstrations from the test file, byte-level token sets)",
-    default: "paper",
-  },
-  labels: { type: "string", arg: "english|native", help: "the answer words' language in the prompt", default: "english for paper, native for qalign" },
-} as const satisfies OptionTable;
-
-/** Parses --protocol (default `fallback`) and --labels (default: the protocol's). @throws CliError for other values. */
-export function protocolOptions(command: string, values: Record<string, unknown>, fallback: Protocol): { protocol: Protocol; labels?: LabelLanguage } {
-  const protocol = (values.protocol ?? fallback) as Protocol;
-  if (!PROTOCOLS.includes(protocol)) throw new CliError(`${command}: --protocol must be ${PROTOCOLS.join(" or ")}, got "${String(values.protocol)}"`);
-  const labels = values.labels as string | undefined;
-  if (labels !== undefined && labels !== "english" && labels !== "native") throw new CliError(`${command}: --labels must be english or native, got "${labels}"`);
-  return { protocol, ...(labels !== undefined ? { labels: labels as LabelLanguage } : {}) };
-}
+import { dataOption, langsOption, PROMPT_OPTIONS, PROTOCOL_OPTIONS, protocolOptions, taskOption, tokenizerFor } from "./eval.ts";
 
 export const options = {
   ...PROTOCOL_OPTIONS,
   task: PROMPT_OPTIONS.task,
   lang: { type: "string", arg: "L", required: true, help: "the language of the test file (one code)" },
   index: { type: "string", arg: "I", required: true, help: "the item's 0-based index in the test file" },
-  shots: { ...PROMPT_OPTIONS.shots, help: "demonstrations in the prompt (--protocol qalign)" },
-  seed: PROMPT_OPTIONS.seed,
   model: { type: "string", arg: "DIR", help: "a checkpoint folder whose tokenizer gives the token ids and class token sets (the weights are not read)" },
   json: { type: "boolean", help: "print one JSON object {prompt, input_ids, label_token_ids} instead of text" },
   ...dataOption,
@@ -54,18 +31,14 @@ export async function run(v: Values<typeof options>): Promise<void> {
   if (langs.length !== 1) throw new CliError("prompt: --lang takes one language");
   const lang = langs[0]!;
   const index = int("prompt", v, "index", 0, 0);
-  const protocol = protocolOptions("prompt", v, "paper");
+  const options = protocolOptions("prompt", v, task);
   const tokenizer = typeof v.model === "string" ? await tokenizerFor("prompt", v.model) : null;
   const source = await resolveDataSource(v.data);
-  const built = await buildPrompts(source, task, lang, {
-    ...protocol,
-    shots: int("prompt", v, "shots", task.shots, 0),
-    seed: int("prompt", v, "seed", 0),
-  });
+  const built = await buildPrompts(source, task, lang, options);
   const k = built.items.findIndex((it) => it.index === index);
   if (k < 0) {
     const n = built.data.items.length + built.data.skipped.length;
-    if (built.demos.includes(index)) throw new CliError(`prompt: item ${index} of ${built.data.file} is a demonstration under --protocol qalign (seed ${v.seed ?? 0}), not a scored item`);
+    if (built.demos.includes(index)) throw new CliError(`prompt: item ${index} of ${built.data.file} is a demonstration under --protocol qalign (seed ${options.seed}), not a scored item`);
     throw new CliError(`prompt: --index ${index} is not an item of ${built.data.file} (0-based, ${n} items)`);
   }
   const prompt = built.prompts[k]!;

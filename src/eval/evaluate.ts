@@ -3,12 +3,15 @@ import type { LlamaModel } from "../model/llama.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { Rng } from "../tensor/random.ts";
 import { commonPrefix, PrefixCache, truncateLeft, windowLogits } from "./batch.ts";
+import { authorsChoice, authorsCorrect } from "./authors_scoring.ts";
 import type { Item } from "./data.ts";
 import { argmaxWithTies, logSumExp, prefixMasses } from "./decode.ts";
-import { labelTokenIds, shadowedClasses, type Vocabulary } from "./label_tokens.ts";
+import { shadowedClasses, type Vocabulary } from "./label_tokens.ts";
 import type { Lang } from "./languages.ts";
 import { accuracyOf, confusionMatrix, type Accuracy } from "./metrics.ts";
-import { languagePrompts, type LanguagePrompts, type PromptOptions } from "./prompt.ts";
+import type { LabelLanguage } from "./paper.ts";
+import { buildPrompts, classTokenIds, promptIds, type Protocol, type ProtocolOptions, type ProtocolPrompts } from "./protocol.ts";
+import { PythonRandom } from "./python_random.ts";
 import type { DataSource } from "./source.ts";
 import type { TaskId, TaskSpec } from "./tasks.ts";
 
@@ -24,10 +27,20 @@ import type { TaskId, TaskSpec } from "./tasks.ts";
  */
 export type ScoreMode = "prefix" | "loglik";
 
-/** Prompt choice (shots, seed, limit, englishLabels, onInvalid) plus how to score. */
-export interface EvalOptions extends PromptOptions {
-  /** Default "prefix". */
+/**
+ * Which rule judges an item correct. "index": the predicted class equals the item's class, read
+ * from the English file by index (ties broken uniformly at random, seeded). "authors": the
+ * authors' scripts bug for bug (authors_scoring.ts): their tie-breaking and their check of the
+ * chosen answer word against the item's answer through their tables.
+ */
+export type Scoring = "index" | "authors";
+
+/** Prompt choice (protocol, labels, shots, seed, limit, onInvalid) plus how to score. */
+export interface EvalOptions extends ProtocolOptions {
+  /** Default "prefix"; the paper protocol scores prefix only (the authors' token sets). */
   mode?: ScoreMode;
+  /** Which rule's accuracy is reported; default "index". Both are computed where the authors have a script for the words. */
+  scoring?: Scoring;
   /** Items per forward pass (x classes in loglik mode); default 8. */
   batchSize?: number;
   /** Reuse the KV cache of the shared demonstrations; default true. */
@@ -52,6 +65,8 @@ export interface ItemResult {
   /** Per class: probability mass (prefix mode) or log-likelihood in nats (loglik mode). */
   scores: number[];
   tie: boolean;
+  /** The authors' choice from the same scores and whether their check counts it correct; null where they have no script for these words. */
+  authors: { pred: number; tie: boolean; correct: boolean } | null;
 }
 
 /** A prompt shortened to the model's context: the item's index and the tokens dropped on the left. */
@@ -65,17 +80,31 @@ export interface LanguageResult extends Accuracy {
   task: TaskId;
   lang: Lang;
   file: string;
+  protocol: Protocol;
+  /** The answer words' language in the prompts. */
+  labels: LabelLanguage;
+  /** Which token-set rule scored the classes. */
+  tokenRule: ProtocolPrompts["tokenRule"];
+  /** Which rule's judgement the accuracy, confusion matrix and ties report. */
+  scoring: Scoring;
+  /**
+   * Correct items under each rule and how many items the two judge differently (null where the
+   * authors have no script for these words).
+   */
+  judged: { index: number; authors: number | null; differ: number | null };
   mode: ScoreMode;
   shots: number;
   /** The English class names, in class order. */
   classes: string[];
-  /** The answer words used in prompts and scoring, in class order. */
+  /** The answer words the prompts use, in class order. */
   labelWords: string[];
+  /** Text whose tokens follow every prompt (the authors' Thai rule), or "". */
+  continuation: string;
   /** Prefix mode: how many vocabulary tokens begin each label word. */
   labelTokenCounts: number[];
   /** Prefix mode: label words whose token set another one's contains (see shadowedClasses). */
   warnings: string[];
-  /** Indices of the demonstrations (never scored). */
+  /** Test-file indices of the demonstrations (never scored; empty when they come from the authors' scripts). */
   demos: number[];
   /** Items whose best score was tied (broken at random, seeded). */
   ties: number;
@@ -104,7 +133,7 @@ export interface EvalContext {
    * Each language's prompts, built by checkLanguages with these same options; a language not in
    * the map has its prompts built from `source` when it is evaluated.
    */
-  prompts?: ReadonlyMap<Lang, LanguagePrompts>;
+  prompts?: ReadonlyMap<Lang, ProtocolPrompts>;
 }
 
 /** A sequence to run: its ids, and how many trailing ids are scored (0: the next token is). */
@@ -115,14 +144,30 @@ export interface Row {
 
 /**
  * Loads and checks the data of every language in `langs` (test files, the parallel English
- * file, field words, demonstrations and the `limit` subset) before any is evaluated, so that a
- * bad file fails in seconds instead of after the languages before it have been evaluated.
+ * file, field words, demonstrations and the `limit` subset) and the options before any
+ * language is evaluated, so that a bad file fails in seconds instead of after the languages
+ * before it have been evaluated.
  * @returns each language's prompts, for EvalContext.prompts (so no file is read twice)
- * @throws DataError / RangeError as {@link languagePrompts} does, for the first bad language.
+ * @throws DataError / RangeError as {@link buildPrompts} does, for the first bad language;
+ *   RangeError for loglik under the paper protocol, or authors' scoring of words they never scripted.
  */
-export async function checkLanguages(source: DataSource, task: TaskSpec, langs: readonly Lang[], opts: PromptOptions = {}): Promise<Map<Lang, LanguagePrompts>> {
-  const prompts = new Map<Lang, LanguagePrompts>();
-  for (const lang of langs) prompts.set(lang, await languagePrompts(source, task, lang, opts));
+export async function checkLanguages(source: DataSource, task: TaskSpec, langs: readonly Lang[], opts: EvalOptions = {}): Promise<Map<Lang, ProtocolPrompts>> {
+  const prompts = new Map<Lang, ProtocolPrompts>();
+  for (const lang of langs) prompts.set(lang, checkOptions(await buildPrompts(source, task, lang, opts), opts));
+  return prompts;
+}
+
+/**
+ * The prompts, once the options fit them. @throws RangeError for loglik under the paper protocol
+ * (its scoring is the authors' token sets) or `scoring: "authors"` where they have no script.
+ */
+function checkOptions(prompts: ProtocolPrompts, opts: EvalOptions): ProtocolPrompts {
+  if (prompts.protocol === "paper" && (opts.mode ?? "prefix") !== "prefix") {
+    throw new RangeError("the paper protocol scores by the authors' token sets (prefix mode); loglik needs --protocol qalign");
+  }
+  if (opts.scoring === "authors" && prompts.authors === null) {
+    throw new RangeError(`the authors' scripts never score ${prompts.data.task.title} with ${prompts.labels} answer words, so --scoring authors has no rule for them; use --labels english`);
+  }
   return prompts;
 }
 
@@ -142,33 +187,48 @@ export async function evaluateLanguage(ctx: EvalContext, lang: Lang): Promise<La
   const { model, tokenizer, source, task } = ctx;
   const opts = ctx.options ?? {};
   const mode = opts.mode ?? "prefix";
-  const prompts = ctx.prompts?.get(lang) ?? (await languagePrompts(source, task, lang, opts));
+  const prompts = ctx.prompts?.get(lang) ?? checkOptions(await buildPrompts(source, task, lang, opts), opts);
   const prepared = prepareRows(tokenizer, prompts, {
     mode,
     maxLength: opts.maxLength ?? model.config.max_position_embeddings,
     prefixCache: opts.prefixCache ?? true,
   });
-  const { sets, warnings } = checkLabelSets(tokenizer, prompts.labelWords, model.config.vocab_size, mode);
+  const { sets, warnings } = checkLabelSets(tokenizer, prompts, model.config.vocab_size, mode);
   for (const w of warnings) opts.onWarning?.(lang, w);
-  const results = await scoreBatches(model, prepared, sets, { mode, batchSize: Math.max(1, opts.batchSize ?? 8), seed: opts.seed ?? 0, onProgress: opts.onProgress });
+  const results = judgeByAuthors(prompts, await scoreBatches(model, prepared, sets, { mode, batchSize: Math.max(1, opts.batchSize ?? 8), seed: opts.seed ?? 0, onProgress: opts.onProgress }));
 
+  const scoring = opts.scoring ?? "index";
   const truth = results.map((r) => r.label);
-  const preds = results.map((r) => r.pred);
+  // Under the authors' rule an item counts correct when their check says so, which need not
+  // be pred === label: accuracy counts their verdicts, the confusion matrix their choices.
+  const chosen = results.map((r) => (scoring === "authors" ? r.authors!.pred : r.pred));
+  const correct = results.map((r) => (scoring === "authors" ? r.authors!.correct : r.pred === r.label));
+  const authorsCorrectCount = prompts.authors ? results.filter((r) => r.authors!.correct).length : null;
   const seconds = (performance.now() - started) / 1000;
   return {
     task: task.id,
     lang,
     file: prompts.data.file,
+    protocol: prompts.protocol,
+    labels: prompts.labels,
+    tokenRule: prompts.tokenRule,
+    scoring,
+    judged: {
+      index: results.filter((r) => r.pred === r.label).length,
+      authors: authorsCorrectCount,
+      differ: prompts.authors ? results.filter((r) => r.authors!.correct !== (r.pred === r.label)).length : null,
+    },
     mode,
-    shots: prompts.demos.length,
+    shots: prompts.shots,
     classes: [...task.classes],
     labelWords: prompts.labelWords,
+    continuation: prompts.continuation,
     labelTokenCounts: sets.map((s) => s.length),
     warnings,
-    demos: prompts.demos.map((d) => d.index),
-    ...accuracyOf(truth, preds),
-    ties: results.filter((r) => r.tie).length,
-    confusion: confusionMatrix(truth, preds, task.classes.length),
+    demos: prompts.demos,
+    ...accuracyOf(correct),
+    ties: results.filter((r) => (scoring === "authors" ? r.authors!.tie : r.tie)).length,
+    confusion: confusionMatrix(truth, chosen, task.classes.length),
     truncated: prepared.truncated,
     skipped: prompts.data.skipped,
     prefixTokens: prepared.prefixIds.length,
@@ -193,7 +253,8 @@ export interface PreparedRows {
 }
 
 /**
- * Tokenizes each prompt whole, as one string, as the paper's scripts do (in loglik mode also
+ * Tokenizes each prompt whole, as one string, as the paper's scripts do (followed by the
+ * tokens of the prompts' `continuation`, the authors' Thai rule; in loglik mode also
  * prompt + each label word, scoring the tokens the label adds). Rows longer than `maxLength`
  * lose their oldest tokens (BOS kept). The shared prefix is the longest run of the
  * demonstrations' tokens that every uncut row starts with, leaving each row its scored tokens
@@ -204,12 +265,12 @@ export interface PreparedRows {
  */
 export function prepareRows(
   tokenizer: Pick<Tokenizer, "encode" | "bosId">,
-  prompts: Pick<LanguagePrompts, "prompts" | "labelWords" | "items" | "prefix"> & { data: { file: string } },
+  prompts: Pick<ProtocolPrompts, "prompts" | "labelWords" | "items" | "prefix" | "continuation"> & { data: { file: string } },
   opts: { mode: ScoreMode; maxLength: number; prefixCache: boolean },
 ): PreparedRows {
   const { mode, maxLength } = opts;
   const rows: Row[][] = prompts.prompts.map((p) => {
-    const ids = tokenizer.encode(p);
+    const ids = promptIds(tokenizer, prompts, p);
     if (mode === "prefix") return [{ ids, scored: 0 }];
     return prompts.labelWords.map((w) => {
       const full = tokenizer.encode(p + w);
@@ -249,15 +310,22 @@ export function prepareRows(
 }
 
 /**
- * Each label word's vocabulary tokens (see label_tokens.ts), checked against the model.
+ * Each class's vocabulary tokens under the prompts' token rule (authors_tokens.ts for the paper
+ * protocol, label_tokens.ts for qalign's), checked against the model.
  * @param V the model's vocab_size
  * @returns the token set of each class, and a warning for each label word that prefix scoring
  *   cannot predict (its tokens all begin another label word too: see shadowedClasses)
  * @throws RangeError when a token id is outside the model's vocabulary, or (prefix mode) a label
  *   word has no token.
  */
-export function checkLabelSets(vocab: Vocabulary, labelWords: readonly string[], V: number, mode: ScoreMode): { sets: number[][]; warnings: string[] } {
-  const sets = labelWords.map((w) => labelTokenIds(vocab, w));
+export function checkLabelSets(
+  vocab: Vocabulary & Pick<Tokenizer, "encode">,
+  prompts: Pick<ProtocolPrompts, "scoredWords" | "tokenRule">,
+  V: number,
+  mode: ScoreMode,
+): { sets: number[][]; warnings: string[] } {
+  const labelWords = prompts.scoredWords;
+  const sets = classTokenIds(vocab, prompts);
   const outside = sets.flat().find((id) => id >= V);
   if (outside !== undefined) throw new RangeError(`label token id ${outside} is outside the model's vocabulary (${V}): tokenizer and model disagree`);
   const empty = sets.findIndex((ids) => ids.length === 0);
@@ -311,7 +379,7 @@ export async function scoreBatches(
         for (const i of batch) {
           const scores = opts.mode === "prefix" ? prefixMasses(logits, (b++ * W + W - 1) * V, V, sets) : rows[i]!.map((row) => labelLogLik(logits, b++, W, V, row));
           const { pred, tie } = argmaxWithTies(scores, tieRng);
-          results[i] = { index: items[i]!.index, label: items[i]!.label, pred, scores, tie };
+          results[i] = { index: items[i]!.index, label: items[i]!.label, pred, scores, tie, authors: null };
         }
         done += batch.length;
         opts.onProgress?.(done, items.length);
@@ -321,6 +389,23 @@ export async function scoreBatches(
     prefix?.dispose();
   }
   return results;
+}
+
+/**
+ * Adds the authors' judgement to each result: their choice from the same scores, with one
+ * CPython `random.seed(0)` stream per language drawn at each tie in file order (as each script
+ * runs one language from a fresh seed), and their correctness check of that choice against the
+ * item's answer in its language (the class's answer word in the language's file).
+ * @param results in file order
+ */
+function judgeByAuthors(prompts: ProtocolPrompts, results: ItemResult[]): ItemResult[] {
+  const rule = prompts.authors;
+  if (!rule) return results;
+  const rng = new PythonRandom(0);
+  return results.map((r) => {
+    const { pred, tie } = authorsChoice(rule, r.scores, rng);
+    return { ...r, authors: { pred, tie, correct: authorsCorrect(rule, pred, prompts.data.labelWords[r.label]!) } };
+  });
 }
 
 /**

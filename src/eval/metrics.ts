@@ -57,12 +57,13 @@ export interface Accuracy {
 
 /**
  * Acc_l of one language: correct / n with its interval.
+ * @param correct each item's verdict (whichever rule judged it)
  * @returns accuracy NaN when n = 0
  */
-export function accuracyOf(truth: readonly number[], pred: readonly number[]): Accuracy {
-  const correct = truth.reduce((s, t, i) => s + (t === pred[i] ? 1 : 0), 0);
-  const n = truth.length;
-  return { n, correct, accuracy: n === 0 ? NaN : correct / n, ci95: wilsonInterval(correct, n) };
+export function accuracyOf(correct: readonly boolean[]): Accuracy {
+  const k = correct.filter(Boolean).length;
+  const n = correct.length;
+  return { n, correct: k, accuracy: n === 0 ? NaN : k / n, ci95: wilsonInterval(k, n) };
 }
 
 /**

@@ -3,7 +3,7 @@ import { Rng } from "../tensor/random.ts";
 import { authorsRule, type AuthorsRule } from "./authors_scoring.ts";
 import { authorsTokenIds } from "./authors_tokens.ts";
 import { loadTaskData, type Item, type OnInvalid, type TaskData } from "./data.ts";
-import { labelTokenIds } from "./label_tokens.ts";
+import { labelTokenIds, type Vocabulary } from "./label_tokens.ts";
 import type { Lang } from "./languages.ts";
 import { commonStart, paperPrefix, paperPrompts, paperScript, renderPaperPrompt, scriptKey, tableWords, type LabelLanguage } from "./paper.ts";
 import { languagePrompts, selectDemos } from "./prompt.ts";
@@ -29,9 +29,15 @@ export type Protocol = "paper" | "qalign";
 
 export const PROTOCOLS: readonly Protocol[] = ["paper", "qalign"];
 
+/**
+ * The default protocol everywhere (library and command line): the paper's, since the
+ * experiment qalign runs is the paper's and its numbers are only comparable under its prompts.
+ */
+export const DEFAULT_PROTOCOL: Protocol = "paper";
+
 /** What a protocol's prompts depend on. */
 export interface ProtocolOptions {
-  /** Default "qalign". */
+  /** Default DEFAULT_PROTOCOL ("paper"). */
   protocol?: Protocol;
   /** Default: "english" for paper (its tables), "native" for qalign. */
   labels?: LabelLanguage;
@@ -84,7 +90,7 @@ export function defaultLabels(protocol: Protocol): LabelLanguage {
  *   left to score.
  */
 export async function buildPrompts(source: DataSource, task: TaskSpec, lang: Lang, opts: ProtocolOptions = {}): Promise<ProtocolPrompts> {
-  const protocol = opts.protocol ?? "qalign";
+  const protocol = opts.protocol ?? DEFAULT_PROTOCOL;
   const labels = opts.labels ?? defaultLabels(protocol);
   const prompts = await paperPrompts();
   const rule = (): AuthorsRule | null => {
@@ -152,6 +158,42 @@ export function promptIds(tokenizer: Pick<Tokenizer, "encode">, p: Pick<Protocol
 }
 
 /** Per class, the ids of the tokens that score it under the prompts' token rule (sorted, unique). */
-export function classTokenIds(tokenizer: Tokenizer, p: Pick<ProtocolPrompts, "scoredWords" | "tokenRule">): number[][] {
+export function classTokenIds(tokenizer: Vocabulary & Pick<Tokenizer, "encode">, p: Pick<ProtocolPrompts, "scoredWords" | "tokenRule">): number[][] {
   return p.scoredWords.map((w) => (p.tokenRule === "authors" ? authorsTokenIds(tokenizer, w) : labelTokenIds(tokenizer, w)));
+}
+
+/**
+ * Every setting a protocol implies, in words, for report.md and results.json: where the
+ * demonstrations and templates come from, which answer words, which items are scored, which
+ * token sets score a class, and which rule judges an item (`scoring`, default "index").
+ */
+export async function protocolSettings(task: TaskSpec, opts: ProtocolOptions & { scoring?: string }): Promise<Record<string, string>> {
+  const protocol = opts.protocol ?? DEFAULT_PROTOCOL;
+  const paper = protocol === "paper";
+  const c = { labels: opts.labels ?? defaultLabels(protocol), shots: paper ? task.shots : (opts.shots ?? task.shots), seed: opts.seed ?? 0, limit: opts.limit, scoring: opts.scoring ?? "index" };
+  const source = (await paperPrompts()).source;
+  const subset = c.limit !== undefined ? `a class-balanced subset of at most ${c.limit} per language (seed ${c.seed}), the same indices in every language` : "";
+  return {
+    protocol: paper ? `paper: the authors' evaluation scripts (${source})` : "qalign: qalign's own prompts",
+    answer_words:
+      c.labels === "english"
+        ? `English in every language${paper ? " (the _enout scripts behind the paper's tables)" : ""}`
+        : paper
+          ? "each language's, from the authors' native-label script's table (Thai: the tokens of เชิง follow the prompt, then บวก / ลบ)"
+          : "each language's, the answers of its test file",
+    demonstrations: paper
+      ? `the authors' fixed, hand-translated ${c.shots} per language (src/eval/paper_prompts.json)`
+      : `${c.shots} drawn from the test file, class by class (seed ${c.seed}), and not scored`,
+    prompt_format: paper
+      ? `the authors' template per language${task.id === "emotion" ? " (the review text alone, then the emotion line)" : ""}`
+      : "qalign's field words per language (question files, else src/eval/fields.ts)",
+    items: subset || (paper ? "every item of the test file" : "every item of the test file but the demonstrations"),
+    token_sets: paper
+      ? "the authors' rule: character prefixes p as '▁'+p and p, the <0xNN> byte of a non-ASCII first character, and on byte-level (Qwen) tokenizers the first token of each prefix"
+      : "qalign's rule: byte-level prefixes of the word and of ' '+word (Qwen), or character prefixes with '▁' and the first byte token (sentencepiece)",
+    scoring:
+      c.scoring === "authors"
+        ? "authors: their tie-breaking (random.randint(0, 1) after random.seed(0)) and their check of the chosen word against the item's answer through their tables"
+        : "index: the item's class from the English file by index; ties broken uniformly at random (seeded)",
+  };
 }

@@ -56,5 +56,11 @@ export function resultRows(model: string, results: readonly LanguageResult[], tr
     skipped: r.skipped.length,
     label_words: r.labelWords.join("|"),
     seconds: r.seconds,
+    protocol: r.protocol,
+    labels: r.labels,
+    scoring: r.scoring,
+    correct_by_index: r.judged.index,
+    correct_by_authors: r.judged.authors ?? "",
+    rules_differ: r.judged.differ ?? "",
   }));
 }
