@@ -4,9 +4,10 @@ import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it, type TestContext } from "vitest";
 import type { AlignResults } from "../src/align/config.ts";
 import { settingsDiff } from "../src/align/folder.ts";
+import { PAPER_COMMANDS } from "../src/align/report.ts";
 import { SHARED_DATA_DIR } from "../src/eval/source.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
-import { runCli } from "./helpers/cli.ts";
+import { ROOT, runCli } from "./helpers/cli.ts";
 
 /**
  * `qalign align` end to end through the command line, on the release's SNLI files and the tiny
@@ -124,6 +125,16 @@ describe("qalign align", () => {
   });
 });
 
+describe("the paper's setting", () => {
+  it("is the same three commands in the README and in the report, under the paper protocol", () => {
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+    for (const task of ["snli", "emotion", "paws"] as const) {
+      expect(PAPER_COMMANDS[task]).toContain(`--protocol paper --task ${task} `);
+      expect(readme).toContain(`\n${PAPER_COMMANDS[task]}\n`);
+    }
+  });
+});
+
 describe("settingsDiff", () => {
   it("names each differing setting by its path, with the saved and the new value", () => {
     const saved = { task: "snli", train: ["zh", "es"], evaluation: { limit: 20, shots: 6, mode: "prefix" }, training: { lr: 5e-5, epochs: 3 } };
@@ -140,7 +151,7 @@ describe("settingsDiff", () => {
 });
 
 describe("a damaged run folder", () => {
-  const args = (out: string) => ["align", "--model", TINY, "--langs", "en", "--limit", "2", "--shots", "0", "--max-train-samples", "8", "--epochs", "1", "--data", "sample", "--out", out, "--device", "cpu"];
+  const args = (out: string) => ["align", "--model", TINY, "--langs", "en", "--protocol", "qalign", "--limit", "2", "--shots", "0", "--max-train-samples", "8", "--epochs", "1", "--data", "sample", "--out", out, "--device", "cpu"];
   const damaged = (name: string, file: string, text: string): string => {
     const out = join(tmp, name);
     mkdirSync(dirname(join(out, file)), { recursive: true });

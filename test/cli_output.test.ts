@@ -103,7 +103,7 @@ describe("--out is checked before any compute", () => {
   writeFileSync(blocker, "not a folder");
   const bad = join(blocker, "out"); // mkdir fails: ENOTDIR
   const TINY = ensureTinyModel();
-  const probe = ["--task", "snli", "--langs", "en", "--limit", "2", "--shots", "0", "--data", "sample", "--device", "cpu"];
+  const probe = ["--task", "snli", "--langs", "en", "--protocol", "qalign", "--limit", "2", "--shots", "0", "--data", "sample", "--device", "cpu"];
   const commands: Record<string, string[]> = {
     train: ["--data", questions, "--max-samples", "8", "--epochs", "1", "--device", "cpu"],
     eval: probe,
