@@ -3,6 +3,7 @@ import { TINY_DEFAULTS } from "../src/cli/align.ts";
 import { CliError, parse, type OptionTable } from "../src/cli/args.ts";
 import { COMMANDS, helpText } from "../src/cli/commands.ts";
 import { trainingRecipe, TRAINING_OPTIONS } from "../src/cli/train.ts";
+import { DEFAULT_PROTOCOL } from "../src/eval/protocol.ts";
 import { TASKS } from "../src/eval/tasks.ts";
 import { LORA_DEFAULTS } from "../src/lora/layer.ts";
 import { TRAIN_DEFAULTS } from "../src/lora/trainer.ts";
@@ -65,6 +66,7 @@ describe("--help", () => {
     for (const command of ["eval", "align", "lens", "pca"]) {
       expect(defaultOf(await helpText(command), "shots"), command).toBe(`the task's: emotion ${TASKS.emotion.shots}, snli ${TASKS.snli.shots}, paws ${TASKS.paws.shots}`);
     }
+    for (const command of ["eval", "align", "lens", "pca", "prompt"]) expect(defaultOf(await helpText(command), "protocol"), command).toBe(DEFAULT_PROTOCOL);
     const evalHelp = await helpText("eval");
     expect(defaultOf(evalHelp, "task")).toBe("snli");
     expect(defaultOf(evalHelp, "eval-batch-size")).toBe("8");
