@@ -53,6 +53,7 @@ describe("the packed tarball in a fresh project", () => {
     expect(existsSync(join(installed, "dist", "index.js"))).toBe(true);
     expect(existsSync(join(installed, "dist", "index.d.ts"))).toBe(true);
     expect(existsSync(join(installed, "dist", "eval", "sample_data.json"))).toBe(true);
+    expect(existsSync(join(installed, "dist", "eval", "paper_prompts.json"))).toBe(true); // the paper protocol's prompts
     for (const absent of ["src", "test", "scripts", "bench"]) expect(existsSync(join(installed, absent)), absent).toBe(false);
     // Neither a TypeScript runtime nor the compiler came along.
     for (const absent of ["tsx", "typescript"]) expect(existsSync(join(project, "node_modules", absent)), absent).toBe(false);

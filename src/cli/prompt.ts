@@ -31,14 +31,14 @@ export async function run(v: Values<typeof options>): Promise<void> {
   if (langs.length !== 1) throw new CliError("prompt: --lang takes one language");
   const lang = langs[0]!;
   const index = int("prompt", v, "index", 0, 0);
-  const options = protocolOptions("prompt", v, task);
+  const chosen = protocolOptions("prompt", v, task);
   const tokenizer = typeof v.model === "string" ? await tokenizerFor("prompt", v.model) : null;
   const source = await resolveDataSource(v.data);
-  const built = await buildPrompts(source, task, lang, options);
+  const built = await buildPrompts(source, task, lang, chosen);
   const k = built.items.findIndex((it) => it.index === index);
   if (k < 0) {
     const n = built.data.items.length + built.data.skipped.length;
-    if (built.demos.includes(index)) throw new CliError(`prompt: item ${index} of ${built.data.file} is a demonstration under --protocol qalign (seed ${options.seed}), not a scored item`);
+    if (built.demos.includes(index)) throw new CliError(`prompt: item ${index} of ${built.data.file} is a demonstration under --protocol qalign (seed ${chosen.seed}), not a scored item`);
     throw new CliError(`prompt: --index ${index} is not an item of ${built.data.file} (0-based, ${n} items)`);
   }
   const prompt = built.prompts[k]!;
