@@ -41,6 +41,8 @@ export {
   type AttentionOptions,
 } from "./tensor/ops/nn.ts";
 export { SGD, AdamW, clipGradNorm, zeroGrad, type SgdOptions, type AdamWOptions } from "./tensor/optim.ts";
+
+// kernels
 export { init, getDevice, cpuDevice, wasmDevice, type DeviceKind, type DeviceOptions } from "./kernels/devices.ts";
 
 // model
