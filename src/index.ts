@@ -24,6 +24,7 @@ export { Rng } from "./tensor/random.ts";
 export { defaultDevice, setDefaultDevice } from "./tensor/device.ts";
 export { tensor, zeros, ones, full, fullLike, arange, randn, rand, type CreateOptions } from "./tensor/ops/create.ts";
 export { unary, binary, where, cast } from "./tensor/ops/pointwise.ts";
+export { UNARY, BINARY, UNARY_OPS, BINARY_OPS, unaryDef, binaryDef, type UnaryDef, type BinaryDef, type UnaryOp, type BinaryOp, type PointwiseTol } from "./tensor/ops/pointwise_table.ts";
 export { sum, mean, max } from "./tensor/ops/reduce.ts";
 export { reshape, permute, transpose, slice, expand, unsqueeze, squeeze, contiguous, concat } from "./tensor/ops/views.ts";
 export { matmul } from "./tensor/ops/matmul.ts";
@@ -118,7 +119,8 @@ export {
   type ProtocolOptions,
   type ProtocolPrompts,
 } from "./eval/protocol.ts";
-export { logSumExp, prefixMasses, argmaxWithTies } from "./eval/decode.ts";
+export { prefixMasses, argmaxWithTies } from "./eval/decode.ts";
+export { logSumExp } from "./tensor/logsumexp.ts";
 export { wilsonInterval, confusionMatrix, accuracyOf, macroAverage, Z95, type Interval, type Accuracy } from "./eval/metrics.ts";
 export { commonPrefix, truncateLeft, PrefixCache, windowLogits } from "./eval/batch.ts";
 export {

@@ -1,7 +1,8 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { Rng } from "../src/tensor/random.ts";
-import { argmaxWithTies, logSumExp, prefixMasses } from "../src/eval/decode.ts";
+import { argmaxWithTies, prefixMasses } from "../src/eval/decode.ts";
+import { logSumExp } from "../src/tensor/logsumexp.ts";
 import { accuracyOf, confusionMatrix, macroAverage, wilsonInterval, Z95 } from "../src/eval/metrics.ts";
 
 /**

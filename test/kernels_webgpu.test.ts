@@ -1,12 +1,11 @@
 import fc from "fast-check";
 import { describe, expect, test } from "vitest";
-import type { AdamWStep, AttentionGeometry, BinaryOp, MatmulGeometry, Storage, UnaryOp, View } from "../src/tensor/backend.ts";
+import type { AdamWStep, AttentionGeometry, MatmulGeometry, Storage, View } from "../src/tensor/backend.ts";
 import type { HostArray } from "../src/tensor/dtype.ts";
 import { DTypeError, DeviceLimitError, DisposedError, ShapeError } from "../src/tensor/errors.ts";
 import { contiguousStrides } from "../src/tensor/shape.ts";
 import { CpuBackend } from "../src/kernels/cpu.ts";
-import { binaryDefinedOnInt, unaryDefinedOnInt } from "../src/kernels/elementwise.ts";
-import { BINARY, UNARY } from "../src/kernels/pointwise.ts";
+import { BINARY_OPS, UNARY_OPS, binaryDef, unaryDef, type PointwiseTol } from "../src/tensor/ops/pointwise_table.ts";
 import type { WebGpuBackend, WebGpuStorage } from "../src/kernels/webgpu/backend.ts";
 import { kernel } from "../src/kernels/webgpu/program.ts";
 import { createWebGpuBackend } from "../src/kernels/webgpu/device.ts";
@@ -135,45 +134,19 @@ function viewPair(gpu: WebGpuBackend, shape: number[], l: Layout, data: (size: n
 
 // ---- elementwise ----
 
-/** Input domain and tolerance of each unary op. */
-const UNARY_CASES: Record<UnaryOp, { gen: (u: number, mag: number) => number; tol: Tol; why: string }> = (() => {
-  const anyMag = (u: number, m: number) => u * m;
-  const positive = (u: number, m: number) => (Math.abs(u) + 0.01) * m;
-  const moderate = (u: number) => u * 20;
-  const exact = { gen: anyMag, tol: EXACT, why: "one exactly rounded operation, same as the f32 rounding of the double result" };
-  // WGSL accuracy: exp is 3 + 2|x| ulp, log 3 ulp or 2^-21 absolute near 1, division and
-  // inverseSqrt 2.5 ulp; composites (silu, gelu, tanh) add an ulp per step and an absolute
-  // term where 1 + tanh or 1 + exp cancels.
-  const transcendental = { gen: moderate, tol: rel(1e-5, 1e-6), why: "exp-based on [-20, 20]: 3 + 2|x| ulp of exp, plus cancellation near 0" };
-  return {
-    copy: exact,
-    neg: exact,
-    abs: exact,
-    sign: exact,
-    relu: exact,
-    square: { gen: (u, m) => u * Math.sqrt(m), tol: EXACT, why: exact.why },
-    exp: { gen: moderate, tol: rel(5e-6), why: "3 + 2|x| ulp for |x| <= 20, 43 ulp = 5e-6" },
-    log: { gen: positive, tol: rel(1e-6, 1e-6), why: "3 ulp, or 2^-21 absolute near 1" },
-    sqrt: { gen: positive, tol: rel(1e-6), why: "2.5 ulp (via inverseSqrt)" },
-    rsqrt: { gen: positive, tol: rel(1e-6), why: "2 ulp" },
-    reciprocal: { gen: (u, m) => Math.sign(u || 1) * (Math.abs(u) + 0.01) * m, tol: rel(1e-6), why: "2.5 ulp" },
-    silu: transcendental,
-    sigmoid: transcendental,
-    tanh: transcendental,
-    gelu: transcendental,
-  };
-})();
+/** A pointwise-table tolerance as a per-element one (results below f32's normal range may flush to zero). */
+const tableTol = (t: PointwiseTol): Tol => (t.rel === 0 && t.abs === 0 ? EXACT : rel(t.rel, t.abs || DENORMAL));
 
 const MAGNITUDES = [1e-30, 1e-3, 1, 1e3, 1e30];
 
 describe("elementwise", () => {
   testWebGpu("unary: every op of the pointwise table on random strided views, f32 and i32", async (gpu) => {
-    const ops = Object.keys(UNARY) as UnaryOp[];
     await fc.assert(
-      fc.asyncProperty(fc.constantFrom(...ops), viewsArb(1), fc.constantFrom(...MAGNITUDES), fc.boolean(), async (op, [shape, [l], seed], mag, int) => {
-        const { gen, tol, why } = UNARY_CASES[op];
-        const isInt = int && unaryDefinedOnInt(op);
-        const data = (n: number) => (isInt ? Int32Array.from(f32s(n, seed), (u) => Math.round(u * 1000)) : f32s(n, seed, (u) => gen(u, mag)));
+      fc.asyncProperty(fc.constantFrom(...UNARY_OPS), viewsArb(1), fc.constantFrom(...MAGNITUDES), fc.boolean(), async (op, [shape, [l], seed], mag, int) => {
+        const { int: takesInt, test } = unaryDef(op);
+        const [tol, why] = [tableTol(test.wgsl), test.wgsl.why];
+        const isInt = int && takesInt;
+        const data = (n: number) => (isInt ? Int32Array.from(f32s(n, seed), (u) => Math.round(u * 1000)) : f32s(n, seed, (u) => test.wide(u, mag)));
         const { g, c } = viewPair(gpu, shape, l!, data);
         const [go, co] = [gpu.unary(op, g), cpu.unary(op, c)];
         await compare(gpu, go, co, isInt ? EXACT : tol, `unary ${op} ${JSON.stringify(shape)} (tolerance: ${isInt ? "exact" : why})`);
@@ -190,24 +163,17 @@ describe("elementwise", () => {
   });
 
   testWebGpu("binary: every op on random broadcast / transposed views, f32 and i32", async (gpu) => {
-    const ops = Object.keys(BINARY) as BinaryOp[];
     await fc.assert(
-      fc.asyncProperty(fc.constantFrom(...ops), viewsArb(2), fc.constantFrom(...MAGNITUDES), fc.boolean(), async (op, [shape, [la, lb], seed], mag, int) => {
-        const isInt = int && binaryDefinedOnInt(op);
-        // Quantized values, so that comparisons meet equal operands; pow takes a > 0, |b| <= 3.
-        const gen = (s: number, first: boolean) => (n: number) =>
-          isInt
-            ? Int32Array.from(f32s(n, s), (u) => Math.round(u * 8))
-            : op === "pow"
-              ? f32s(n, s, (u) => (first ? Math.abs(u) * 10 + 0.01 : u * 3))
-              : f32s(n, s, (u) => (Math.round(u * 8) / 8 + (op === "div" && !first ? 2 : 0)) * mag);
-        const a = viewPair(gpu, shape, la!, gen(seed, true));
-        const b = viewPair(gpu, shape, lb!, gen(seed + 1, false));
+      fc.asyncProperty(fc.constantFrom(...BINARY_OPS), viewsArb(2), fc.constantFrom(...MAGNITUDES), fc.boolean(), async (op, [shape, [la, lb], seed], mag, int) => {
+        const { int: takesInt, test } = binaryDef(op);
+        const isInt = int && takesInt;
+        // Integers: small quantized values, so that comparisons meet equal operands.
+        const gen = (s: number, operand: 0 | 1) => (n: number) =>
+          isInt ? Int32Array.from(f32s(n, s), (u) => Math.round(u * 8)) : f32s(n, s, (u) => test.wide[operand](u, mag));
+        const a = viewPair(gpu, shape, la!, gen(seed, 0));
+        const b = viewPair(gpu, shape, lb!, gen(seed + 1, 1));
         const [go, co] = [gpu.binary(op, a.g, b.g), cpu.binary(op, a.c, b.c)];
-        // add/sub/mul/max/min/comparisons are single correctly rounded f32 operations (exact
-        // match); div is 2.5 ulp; pow = exp2(b log2 a) amplifies log2's error by |b log a| <= 10.
-        const tol = op === "div" ? rel(1e-6) : op === "pow" ? rel(2e-5) : EXACT;
-        await compare(gpu, go, co, tol, `binary ${op} ${JSON.stringify(shape)}`);
+        await compare(gpu, go, co, tableTol(test.wgsl), `binary ${op} ${JSON.stringify(shape)} (tolerance: ${test.wgsl.why})`);
         freeAll(gpu, a.g.storage, b.g.storage, go);
       }),
       { seed: SEED, numRuns: 120 },

@@ -1,4 +1,5 @@
 import type { KVCache, LlamaModel } from "../model/llama.ts";
+import { leftPad } from "../model/padding.ts";
 import { noGrad } from "../tensor/autograd.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import { tidy } from "../tensor/scope.ts";
@@ -8,9 +9,8 @@ import { tidy } from "../tensor/scope.ts";
  *
  * The prefix is run once (batch 1) into a KV cache; each batch copies that cache to its rows
  * (`KVCache.expand`) and runs only the rows' own tokens. Rows differ in length, so each row is
- * padded on the left of its own tokens, i.e. between the cached prefix and the row:
- *
- *     keys:  [ prefix (P) | pad ... pad | row tokens ]      attention_mask 1...1 0...0 1...1
+ * padded on the left of its own tokens, i.e. between the cached prefix and the row
+ * (src/model/padding.ts).
  *
  * Positions come from the mask (cumsum - 1, src/model/rope.ts), so a row's tokens get the
  * positions they would have right after the prefix, and the padding is never attended; the
@@ -86,15 +86,9 @@ export class PrefixCache {
  */
 export async function windowLogits(model: LlamaModel, rows: readonly (readonly number[])[], W: number, prefix: PrefixCache | null): Promise<Float32Array> {
   const B = rows.length;
-  const T = Math.max(...rows.map((r) => r.length));
   const short = rows.findIndex((r) => r.length < W);
   if (short >= 0) throw new RangeError(`windowLogits: row ${short} has ${rows[short]!.length} tokens, fewer than the window ${W}`);
-  const P = prefix?.ids.length ?? 0;
-  const ids = new Int32Array(B * T); // padding slots hold id 0, never attended
-  const mask = rows.map((r, b) => {
-    ids.set(r, b * T + T - r.length);
-    return [...new Array<number>(P).fill(1), ...new Array<number>(T - r.length).fill(0), ...new Array<number>(r.length).fill(1)];
-  });
+  const { ids, mask, T } = leftPad(rows, prefix?.ids.length ?? 0);
   const cache = prefix?.expand(B);
   try {
     const logits = noGrad(() =>

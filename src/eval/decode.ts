@@ -1,3 +1,4 @@
+import { logSumExp } from "../tensor/logsumexp.ts";
 import type { Rng } from "../tensor/random.ts";
 
 /**
@@ -5,19 +6,6 @@ import type { Rng } from "../tensor/random.ts";
  * arrays in float64 (a vocabulary row is 32k-152k numbers; summing probabilities of a few
  * hundred tokens in float32 would lose the small ones).
  */
-
-/**
- * log sum_v exp(row[start + v]) over v in [0, V), stably (max subtracted).
- * @param row logits, f32 or f64
- */
-export function logSumExp(row: ArrayLike<number>, start: number, V: number): number {
-  let max = -Infinity;
-  for (let v = 0; v < V; v++) max = Math.max(max, row[start + v]!);
-  if (max === -Infinity) return -Infinity;
-  let sum = 0;
-  for (let v = 0; v < V; v++) sum += Math.exp(row[start + v]! - max);
-  return max + Math.log(sum);
-}
 
 /**
  * Prefix mode (the paper's constrained decoding): for each class, the next-token probability

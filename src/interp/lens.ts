@@ -12,7 +12,7 @@
 import type { LlamaModel } from "../model/llama.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import { logSumExp } from "../eval/decode.ts";
+import { logSumExp } from "../tensor/logsumexp.ts";
 
 /**
  * Logit-lens logits: the model's final RMSNorm and unembedding (lm_head, or the tied

@@ -10,6 +10,7 @@
  */
 import { prefixMasses } from "../eval/decode.ts";
 import type { LlamaModel } from "../model/llama.ts";
+import { leftPad } from "../model/padding.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { noGrad } from "../tensor/autograd.ts";
 import { tensor } from "../tensor/ops/create.ts";
@@ -114,12 +115,7 @@ export interface ProbeResult {
  */
 function lastPosition(model: LlamaModel, rows: readonly (readonly number[])[], lens: boolean): { states: Tensor; logits: Tensor | null } {
   const B = rows.length;
-  const T = Math.max(...rows.map((r) => r.length));
-  const ids = new Int32Array(B * T); // padding holds id 0, never attended
-  const mask = rows.map((r, b) => {
-    ids.set(r, b * T + T - r.length);
-    return Array.from({ length: T }, (_, t) => (t < T - r.length ? 0 : 1));
-  });
+  const { ids, mask, T } = leftPad(rows);
   return noGrad(() =>
     tidy(() => {
       const input = tensor(ids, { device: model.device, shape: [B, T] });

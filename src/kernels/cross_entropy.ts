@@ -1,6 +1,6 @@
 import type { CrossEntropyGeometry } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
-import { rowLogSumExp } from "./softmax.ts";
+import { logSumExp } from "../tensor/logsumexp.ts";
 
 /**
  * Cross-entropy of logits against integer targets, fused with its log-softmax so that the
@@ -33,7 +33,7 @@ export function crossEntropyRef(logits: HostArray, targets: Int32Array, out: Hos
   const { rows, cols, ignoreIndex } = g;
   for (let r = 0; r < rows; r++) {
     const t = targetOf(targets, r, cols, ignoreIndex);
-    out[r] = t === null ? 0 : rowLogSumExp(logits, r * cols, cols) - logits[r * cols + t]!;
+    out[r] = t === null ? 0 : logSumExp(logits, r * cols, cols) - logits[r * cols + t]!;
   }
 }
 
@@ -55,7 +55,7 @@ export function crossEntropyBackwardRef(logits: HostArray, targets: Int32Array, 
       out.fill(0, start, start + cols);
       continue;
     }
-    const lse = rowLogSumExp(logits, start, cols);
+    const lse = logSumExp(logits, start, cols);
     const g = gradLoss[r]!;
     for (let c = 0; c < cols; c++) {
       const p = Math.exp(logits[start + c]! - lse);

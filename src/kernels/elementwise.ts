@@ -1,13 +1,13 @@
-import type { BinaryOp, UnaryOp } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
 import { dtypeOf } from "../tensor/dtype.ts";
 import { DTypeError } from "../tensor/errors.ts";
 import { assertSameShape, numel } from "../tensor/shape.ts";
-import { BINARY, UNARY } from "./pointwise.ts";
+import type { BinaryOp, UnaryOp } from "../tensor/ops/pointwise_table.ts";
+import { binaryDef, unaryDef } from "../tensor/ops/pointwise_table.ts";
 
 /**
  * CPU references of the elementwise kernels: unary, binary, where, assign and cast over strided
- * views. The math of each op lives in the pointwise table (src/kernels/pointwise.ts); this file
+ * views. The math of each op lives in the pointwise table (src/tensor/ops/pointwise_table.ts); this file
  * only walks the views. Values are read into JS doubles, computed, and stored into the output's
  * typed array (so an f32 output rounds once, at the store).
  */
@@ -58,36 +58,18 @@ export function forEachStrided(
   }
 }
 
-/**
- * Unary ops that are closed over the integers and have an i32 form; every other unary op
- * (exp, log, silu, ...) is float-only.
- */
-const INT_UNARY: ReadonlySet<UnaryOp> = new Set<UnaryOp>(["copy", "neg", "abs", "sign", "square"]);
-
-/** True when `op` is defined on i32 operands. */
-export function unaryDefinedOnInt(op: UnaryOp): boolean {
-  return INT_UNARY.has(op);
-}
-
-/**
- * True when `op` is defined on i32 operands: exactly the ops whose pointwise-table entry has an
- * integer WGSL form (add, sub, mul, maximum, minimum and the comparisons).
- */
-export function binaryDefinedOnInt(op: BinaryOp): boolean {
-  return BINARY[op].wgslInt !== undefined;
-}
 
 /**
  * out[i] = f(x[i]) with f from the pointwise table.
- * @param x strided view of any shape; f32, f64, or i32 for the ops of `unaryDefinedOnInt`
+ * @param x strided view of any shape; f32, f64, or i32 for the ops whose table row has `int`
  * @param out contiguous, numel(x.shape) elements, same dtype as x
  * @throws DTypeError when x is i32 and `op` is float-only.
  */
 export function unaryRef(op: UnaryOp, x: HostView, out: HostArray): void {
-  if (dtypeOf(x.data) === "i32" && !unaryDefinedOnInt(op)) {
+  if (dtypeOf(x.data) === "i32" && !unaryDef(op).int) {
     throw new DTypeError(`unary ${op}`, "not defined on i32");
   }
-  const f = UNARY[op].ts;
+  const f = unaryDef(op).ts;
   const xs = x.data;
   forEachStrided(x.shape, [x], (i, at) => {
     out[i] = f(xs[at[0]!]!);
@@ -108,9 +90,9 @@ export function binaryRef(op: BinaryOp, a: HostView, b: HostView, out: HostArray
   const name = `binary ${op}`;
   const dt = dtypeOf(a.data);
   if (dtypeOf(b.data) !== dt) throw new DTypeError(name, `dtypes differ: ${dt} vs ${dtypeOf(b.data)}`);
-  if (dt === "i32" && !binaryDefinedOnInt(op)) throw new DTypeError(name, "not defined on i32");
+  if (dt === "i32" && !binaryDef(op).int) throw new DTypeError(name, "not defined on i32");
   assertSameShape(name, a.shape, b.shape);
-  const f = BINARY[op].ts;
+  const f = binaryDef(op).ts;
   const as = a.data;
   const bs = b.data;
   forEachStrided(a.shape, [a, b], (i, at) => {

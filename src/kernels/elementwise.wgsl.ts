@@ -1,7 +1,7 @@
 import type { BinaryOp, UnaryOp } from "../tensor/backend.ts";
 import { DeviceLimitError } from "../tensor/errors.ts";
 import { contiguousStrides, numel } from "../tensor/shape.ts";
-import { BINARY, UNARY } from "./pointwise.ts";
+import { binaryDef, unaryDef } from "../tensor/ops/pointwise_table.ts";
 import type { BufferDecl, Chunk, Field, GpuData, KernelHost } from "./webgpu/program.ts";
 import { VEC4_LANES, groups, ints, kernel } from "./webgpu/program.ts";
 
@@ -9,7 +9,7 @@ import { VEC4_LANES, groups, ints, kernel } from "./webgpu/program.ts";
  * WGSL elementwise kernels: unary, binary, where, assign, cast and fill, all generated from one
  * strided "map" template. Their specification is the CPU reference in src/kernels/elementwise.ts
  * (unaryRef, binaryRef, whereRef, assignRef, castRef); the per-op math comes from the pointwise
- * table (src/kernels/pointwise.ts), so no op is written twice.
+ * table (src/tensor/ops/pointwise_table.ts), so no op is written twice.
  *
  * Technique: one invocation per output element i. The element's multi-index over the view shape
  * is recovered by repeated div/mod (innermost axis fastest), and each operand's position is
@@ -205,23 +205,24 @@ function encodeMap(
 
 /**
  * out = f(x) for a unary op of the pointwise table.
- * @param x strided view of `shape`, f32 (i32 for the ops of unaryDefinedOnInt; the caller checks)
+ * @param x strided view of `shape`, f32 (i32 for the ops whose table row has `int`; the caller checks)
  * @param out contiguous, numel(shape) elements, dtype of x
  */
 export function encodeUnary(host: KernelHost, op: UnaryOp, x: StridedOperand, shape: readonly number[], out: GpuData): void {
   const t = x.data.dtype;
-  const fn = `fn f(x: ${t}) -> ${t} { return ${UNARY[op].wgsl}; }`;
+  const fn = `fn f(x: ${t}) -> ${t} { return ${unaryDef(op).wgsl}; }`;
   encodeMap(host, `unary ${op}`, fn, [x], contiguous(out, shape), shape);
 }
 
 /**
- * out = f(a, b) for a binary op of the pointwise table (its i32 form for i32 operands).
- * @param a, b strided views of `shape`, one dtype (i32 only where binaryDefinedOnInt; the caller checks)
+ * out = f(a, b) for a binary op of the pointwise table; a comparison's bool becomes 1 or 0.
+ * @param a, b strided views of `shape`, one dtype (i32 only where the row has `int`; the caller checks)
  * @param out contiguous, dtype of a
  */
 export function encodeBinary(host: KernelHost, op: BinaryOp, a: StridedOperand, b: StridedOperand, shape: readonly number[], out: GpuData): void {
   const t = a.data.dtype;
-  const expr = t === "i32" ? BINARY[op].wgslInt! : BINARY[op].wgsl;
+  const def = binaryDef(op);
+  const expr = def.compare ? `select(${t}(0), ${t}(1), ${def.wgsl})` : def.wgsl;
   const fn = `fn f(a: ${t}, b: ${t}) -> ${t} { return ${expr}; }`;
   encodeMap(host, `binary ${op}`, fn, [a, b], contiguous(out, shape), shape);
 }

@@ -1,4 +1,5 @@
 import type { DType, HostArray } from "./dtype.ts";
+import type { BinaryOp, UnaryOp } from "./ops/pointwise_table.ts";
 import type { HostWeight, WeightStorage } from "./weight.ts";
 
 /**
@@ -41,26 +42,8 @@ export interface View {
   readonly offset: number;
 }
 
-/** Elementwise functions of one argument. Their math is in src/kernels/pointwise.ts. */
-export type UnaryOp =
-  | "copy"
-  | "neg"
-  | "exp"
-  | "log"
-  | "sqrt"
-  | "rsqrt"
-  | "abs"
-  | "sign"
-  | "silu"
-  | "sigmoid"
-  | "tanh"
-  | "gelu"
-  | "relu"
-  | "square"
-  | "reciprocal";
-
-/** Elementwise functions of two broadcast arguments. Comparisons return 1 or 0 in the float dtype. */
-export type BinaryOp = "add" | "sub" | "mul" | "div" | "pow" | "maximum" | "minimum" | "eq" | "gt" | "ge" | "lt";
+/** Elementwise ops: the rows of the pointwise table. */
+export type { BinaryOp, UnaryOp };
 
 export type ReduceOp = "sum" | "max";
 

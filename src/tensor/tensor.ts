@@ -5,6 +5,7 @@ import { DisposedError } from "./errors.ts";
 import { contiguousStrides, isContiguous, numel } from "./shape.ts";
 import { track, type Disposable } from "./scope.ts";
 import * as pw from "./ops/pointwise.ts";
+import { BINARY_OPS, UNARY_OPS, unaryDef, type BinaryOp, type UnaryMethod } from "./ops/pointwise_table.ts";
 import * as red from "./ops/reduce.ts";
 import * as vw from "./ops/views.ts";
 import * as mm from "./ops/matmul.ts";
@@ -163,79 +164,8 @@ export class Tensor implements Disposable, View {
     return fullLike(this, 1);
   }
 
-  // ---- pointwise (ops/pointwise.ts) ----
-  add(b: Tensor | number): Tensor {
-    return pw.binary("add", this, b);
-  }
-  sub(b: Tensor | number): Tensor {
-    return pw.binary("sub", this, b);
-  }
-  mul(b: Tensor | number): Tensor {
-    return pw.binary("mul", this, b);
-  }
-  div(b: Tensor | number): Tensor {
-    return pw.binary("div", this, b);
-  }
-  pow(b: Tensor | number): Tensor {
-    return pw.binary("pow", this, b);
-  }
-  maximum(b: Tensor | number): Tensor {
-    return pw.binary("maximum", this, b);
-  }
-  minimum(b: Tensor | number): Tensor {
-    return pw.binary("minimum", this, b);
-  }
-  eq(b: Tensor | number): Tensor {
-    return pw.binary("eq", this, b);
-  }
-  gt(b: Tensor | number): Tensor {
-    return pw.binary("gt", this, b);
-  }
-  ge(b: Tensor | number): Tensor {
-    return pw.binary("ge", this, b);
-  }
-  lt(b: Tensor | number): Tensor {
-    return pw.binary("lt", this, b);
-  }
-  neg(): Tensor {
-    return pw.unary("neg", this);
-  }
-  exp(): Tensor {
-    return pw.unary("exp", this);
-  }
-  log(): Tensor {
-    return pw.unary("log", this);
-  }
-  sqrt(): Tensor {
-    return pw.unary("sqrt", this);
-  }
-  rsqrt(): Tensor {
-    return pw.unary("rsqrt", this);
-  }
-  abs(): Tensor {
-    return pw.unary("abs", this);
-  }
-  square(): Tensor {
-    return pw.unary("square", this);
-  }
-  silu(): Tensor {
-    return pw.unary("silu", this);
-  }
-  sigmoid(): Tensor {
-    return pw.unary("sigmoid", this);
-  }
-  tanh(): Tensor {
-    return pw.unary("tanh", this);
-  }
-  gelu(): Tensor {
-    return pw.unary("gelu", this);
-  }
-  relu(): Tensor {
-    return pw.unary("relu", this);
-  }
-  reciprocal(): Tensor {
-    return pw.unary("reciprocal", this);
-  }
+  // ---- pointwise: one method per row of the pointwise table, installed below the class ----
+
   /** Converts to another dtype (f32/f64 <-> i32 truncates toward zero). */
   cast(dtype: DType): Tensor {
     return pw.cast(this, dtype);
@@ -290,4 +220,22 @@ export class Tensor implements Disposable, View {
   logSoftmax(): Tensor {
     return nn.logSoftmax(this);
   }
+}
+
+/**
+ * The pointwise methods: `x.exp()` for each unary row of the pointwise table (but the internal
+ * copy) and `a.add(b)` for each binary row, b a tensor or a number (see ops/pointwise.ts). The
+ * interface merges their types into the class; the loops give them their bodies, so a new row
+ * of the table is a new method with nothing else written.
+ */
+type PointwiseMethods = { [K in UnaryMethod]: () => Tensor } & { [K in BinaryOp]: (b: Tensor | number) => Tensor };
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
+export interface Tensor extends PointwiseMethods {}
+
+for (const op of UNARY_OPS) {
+  if (unaryDef(op).internal) continue;
+  Object.defineProperty(Tensor.prototype, op, { value: function (this: Tensor) { return pw.unary(op, this); }, writable: true, configurable: true });
+}
+for (const op of BINARY_OPS) {
+  Object.defineProperty(Tensor.prototype, op, { value: function (this: Tensor, b: Tensor | number) { return pw.binary(op, this, b); }, writable: true, configurable: true });
 }

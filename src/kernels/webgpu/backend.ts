@@ -18,6 +18,7 @@ import type {
 } from "../../tensor/backend.ts";
 import type { DType, HostArray } from "../../tensor/dtype.ts";
 import { DTypeError, DeviceLimitError, ShapeError } from "../../tensor/errors.ts";
+import { binaryDef, unaryDef } from "../../tensor/ops/pointwise_table.ts";
 import { assertSameShape, contiguousStrides, numel } from "../../tensor/shape.ts";
 import { encodeAdamW } from "../adamw.wgsl.ts";
 import { ATTENTION_MAX_DH, encodeAttention, encodeAttentionBackward } from "../attention.wgsl.ts";
@@ -36,7 +37,6 @@ import {
   checkScatterAdd,
 } from "../checks.ts";
 import { encodeCrossEntropy, encodeCrossEntropyBackward } from "../cross_entropy.wgsl.ts";
-import { binaryDefinedOnInt, unaryDefinedOnInt } from "../elementwise.ts";
 import type { StridedOperand } from "../elementwise.wgsl.ts";
 import { encodeAssign, encodeBinary, encodeCast, encodeFill, encodeUnary, encodeWhere } from "../elementwise.wgsl.ts";
 import { encodeGather, encodeScatterAdd } from "../embedding.wgsl.ts";
@@ -180,7 +180,7 @@ export class WebGpuBackend implements Backend, KernelHost {
   unary(op: UnaryOp, x: View): Storage {
     const name = `unary ${op}`;
     const xo = this.operand(name, x);
-    if (xo.data.dtype === "i32" && !unaryDefinedOnInt(op)) throw new DTypeError(name, "not defined on i32");
+    if (xo.data.dtype === "i32" && !unaryDef(op).int) throw new DTypeError(name, "not defined on i32");
     const out = this.space.chunked(name, xo.data.dtype, numel(x.shape));
     encodeUnary(this, op, xo, x.shape, out);
     return out;
@@ -191,7 +191,7 @@ export class WebGpuBackend implements Backend, KernelHost {
     const name = `binary ${op}`;
     const [ao, bo] = [this.operand(name, a), this.operand(name, b)];
     if (ao.data.dtype !== bo.data.dtype) throw new DTypeError(name, `dtypes differ: ${ao.data.dtype} vs ${bo.data.dtype}`);
-    if (ao.data.dtype === "i32" && !binaryDefinedOnInt(op)) throw new DTypeError(name, "not defined on i32");
+    if (ao.data.dtype === "i32" && !binaryDef(op).int) throw new DTypeError(name, "not defined on i32");
     assertSameShape(name, a.shape, b.shape);
     const out = this.space.chunked(name, ao.data.dtype, numel(a.shape));
     encodeBinary(this, op, ao, bo, a.shape, out);
