@@ -90,7 +90,8 @@ const wasm = await wasmDevice(threads);
 const peak = cpuPeak();
 log(peak ? `CPU FP32 peak: ${peak.how}` : "CPU FP32 peak: unknown (no FMA flag or clock in /proc/cpuinfo)");
 
-const peer = gpu ? await startPeer(gpu.gpu) : ({ ok: false, error: "not started: --device cpu", version: null } as const);
+// createWebGpuBackend() opened the device itself, so gpu.gpu (the GPU object) is set.
+const peer = gpu?.gpu ? await startPeer(gpu.gpu) : ({ ok: false, error: "not started: --device cpu", version: null } as const);
 if (!peer.ok) log(`peer unavailable, going on without it: ${peer.error}`);
 
 const opts: MeasureOptions = quick ? { repeats: 2, minSampleMs: 20, maxIterations: 10 } : { repeats: 3, minSampleMs: 300, maxIterations: 50 };

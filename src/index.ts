@@ -1,50 +1,14 @@
 /**
- * qalign: the public entry. `import * as qa from "qalign"`.
+ * qalign: the public entry on Node. `import * as qa from "qalign"`. The host-neutral core
+ * (tensors, autograd, devices) is core.ts; this adds what reads and writes files.
  *
  * Exports grouped by layer, in the layer order of the README's Layout table (which
  * test/layers.test.ts enforces on every import under src/).
  */
-import { setDefaultDevice } from "./tensor/device.ts";
-import { cpuDevice } from "./kernels/devices.ts";
+export * from "./core.ts";
 
-setDefaultDevice(cpuDevice());
-
-// io
-export { DataError, formatIssue, type DataIssue } from "./io/data_error.ts";
+// io (Node: the file system)
 export { renderSvg, writePlot, toCsv, PlotSpecError, type PlotSpec, type FullSpec, type PlotRow, type PlotFiles } from "./io/plot.ts";
-
-// tensor
-export { Tensor } from "./tensor/tensor.ts";
-export type { Backend, Storage, View } from "./tensor/backend.ts";
-export type { DType, HostArray } from "./tensor/dtype.ts";
-export { ShapeError, DTypeError, DeviceError, DeviceLimitError, DisposedError, AutogradError } from "./tensor/errors.ts";
-export { backward, noGrad, isGradEnabled } from "./tensor/autograd.ts";
-export { tidy, keep } from "./tensor/scope.ts";
-export { Rng } from "./tensor/random.ts";
-export { defaultDevice, setDefaultDevice } from "./tensor/device.ts";
-export { tensor, zeros, ones, full, fullLike, arange, randn, rand, type CreateOptions } from "./tensor/ops/create.ts";
-export { unary, binary, where, cast } from "./tensor/ops/pointwise.ts";
-export { UNARY, BINARY, UNARY_OPS, BINARY_OPS, unaryDef, binaryDef, type UnaryDef, type BinaryDef, type UnaryOp, type BinaryOp, type PointwiseTol } from "./tensor/ops/pointwise_table.ts";
-export { sum, mean, max } from "./tensor/ops/reduce.ts";
-export { reshape, permute, transpose, slice, expand, unsqueeze, squeeze, contiguous, concat } from "./tensor/ops/views.ts";
-export { matmul } from "./tensor/ops/matmul.ts";
-export {
-  softmax,
-  logSoftmax,
-  crossEntropy,
-  embedding,
-  linear,
-  rmsNorm,
-  rope,
-  attention,
-  dropout,
-  type CrossEntropyOptions,
-  type AttentionOptions,
-} from "./tensor/ops/nn.ts";
-export { SGD, AdamW, clipGradNorm, zeroGrad, type SgdOptions, type AdamWOptions } from "./tensor/optim.ts";
-
-// kernels
-export { init, getDevice, cpuDevice, wasmDevice, type DeviceKind, type DeviceOptions } from "./kernels/devices.ts";
 
 // model
 export { loadModel, validateCheckpoint, type LoadOptions } from "./model/load.ts";

@@ -66,8 +66,6 @@ const KERNELS_ENTRY = "src/kernels/devices.ts";
 const WRITES_STREAMS = [
   // QALIGN_DEBUG_WGSL=1 prints each compiled shader: a debugging switch, not a report.
   "src/kernels/webgpu/pipelines.ts",
-  // init("auto") says which device it chose; it is to return the choice for the caller to say.
-  "src/kernels/devices.ts",
 ];
 
 const ROWS = readmeLayers();

@@ -2,9 +2,11 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { build } from "esbuild";
 import ts from "typescript";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROOT } from "./helpers/cli.ts";
+import { exampleClosedForm, readmeExample, readmePrinted } from "./helpers/readme.ts";
 
 /**
  * qalign as another project gets it: `npm pack` (which builds dist/ through prepack), the
@@ -23,17 +25,6 @@ function sh(cmd: string, args: string[], cwd: string): { stdout: string; stderr:
   const r = spawnSync(cmd, args, { cwd, encoding: "utf8", timeout: 240_000, maxBuffer: 64 << 20 });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} (in ${cwd}) exited ${r.status}\n${r.stdout}\n${r.stderr}`);
   return { stdout: r.stdout, stderr: r.stderr };
-}
-
-/**
- * The README's library example up to its checkpoint part (the autograd part), as written
- * there: `import * as qa from "qalign"` is exactly what a user runs.
- */
-function readmeExample(): string {
-  const readme = readFileSync(join(ROOT, "README.md"), "utf8");
-  const block = /```ts\n(import \* as qa from "qalign";[\s\S]*?)```/.exec(readme)?.[1];
-  if (!block) throw new Error("README.md has no ```ts block starting with the qalign import");
-  return block.split("\n\n// A checkpoint folder")[0]!;
 }
 
 beforeAll(() => {
@@ -71,28 +62,29 @@ describe("the packed tarball in a fresh project", () => {
     writeFileSync(join(project, "no-vega.mjs"), 'export async function resolve(s, c, next) { if (/^vega(-lite)?$/.test(s)) throw new Error(`${s} loaded`); return next(s, c); }\n');
     writeFileSync(join(project, "register.mjs"), 'import { register } from "node:module";\nregister("./no-vega.mjs", import.meta.url);\n');
     const lines = sh(process.execPath, ["--import", "./register.mjs", "example.mjs"], project).stdout.trim().split("\n");
-    // The README's printed values, from its comments.
-    const readme = readmeExample();
-    const loss = /\/\/ (\d+\.\d{4}) \(seeded/.exec(readme)![1]!;
-    const grads = /\/\/ (\[ '.*' \])/.exec(readme)![1]!;
+    const { loss, grads } = readmePrinted();
     expect(lines[0]).toBe(loss);
     expect(lines[1]).toBe(grads);
-    // And the closed form in float64 from w: z = x w, loss = sum_j silu(z_j),
-    // dloss/dw_ij = x_i silu'(z_j), silu'(z) = s(z) (1 + z (1 - s(z))). f32 compute: 1e-5 relative.
-    const w = JSON.parse(lines[2]!) as number[]; // [3, 2] row-major
-    const x = [1, 2, 3];
-    const z = [0, 1].map((j) => x.reduce((a, xi, i) => a + xi * w[2 * i + j]!, 0));
-    const s = z.map((v) => 1 / (1 + Math.exp(-v)));
-    expect(Number(loss)).toBeCloseTo(z[0]! * s[0]! + z[1]! * s[1]!, 4);
-    const dz = z.map((v, j) => s[j]! * (1 + v * (1 - s[j]!)));
-    const expected = x.flatMap((xi) => dz.map((d) => (xi * d).toFixed(4)));
-    expect(grads).toBe(`[ ${expected.map((g) => `'${g}'`).join(", ")} ]`);
+    // And the closed form in float64 from w (f32 compute: equal to the 4 printed decimals).
+    const exact = exampleClosedForm(JSON.parse(lines[2]!) as number[]);
+    expect(Number(loss)).toBeCloseTo(exact.loss, 4);
+    expect(grads).toBe(`[ ${exact.grad.map((g) => `'${g.toFixed(4)}'`).join(", ")} ]`);
   });
 
   it("qalign/plot loads vega when a chart is drawn", () => {
     const chart = 'import { renderSvg } from "qalign/plot";\nconst spec = { title: "t", data: { values: [{ a: 1 }] }, mark: "point", encoding: { x: { field: "a", type: "quantitative", title: "a (units)" } } };\nprocess.stdout.write(await renderSvg(spec));\n';
     writeFileSync(join(project, "chart.mjs"), chart);
     expect(sh(process.execPath, ["chart.mjs"], project).stdout).toMatch(/^<svg[^>]*>[\s\S]*<\/svg>$/);
+  });
+
+  it("under the browser condition, qalign bundles for a page with no Node module in it", async () => {
+    writeFileSync(join(project, "page.mjs"), 'import * as qa from "qalign";\nexport const loss = qa.randn([3, 2], { seed: 0 }).silu().sum();\n');
+    // platform "browser" sets the browser condition, and the build fails on any node: import it
+    // meets (a Node-only module is reached only through a name computed at run time).
+    const out = await build({ entryPoints: [join(project, "page.mjs")], absWorkingDir: project, bundle: true, format: "esm", platform: "browser", write: false, logLevel: "silent", metafile: true });
+    const inputs = Object.keys(out.metafile.inputs);
+    expect(inputs).toContain("node_modules/qalign/dist/browser.js");
+    expect(inputs.filter((f) => /dist\/(index|model|lora|eval|interp|align|cli)\b/.test(f))).toEqual([]);
   });
 
   it("npx qalign --help and --version run the compiled CLI", () => {

@@ -194,5 +194,5 @@ export async function device(command: string, values: Record<string, unknown>): 
     throw new CliError(`${command}: --device must be ${DEVICE_KINDS.slice(0, -1).join(", ")} or ${DEVICE_KINDS.at(-1)}, got "${kind}"`);
   }
   const threads = values.threads === undefined ? undefined : int(command, values, "threads", 1, 1, MAX_THREADS);
-  return getDevice(kind as DeviceKind, { threads });
+  return getDevice(kind as DeviceKind, { threads, onNotice: (line) => process.stderr.write(`${line}\n`) });
 }

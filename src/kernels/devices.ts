@@ -1,8 +1,11 @@
+/// <reference types="@webgpu/types" preserve="true" />
+// (DeviceOptions names GPUDevice: the directive gives consumers of the .d.ts WebGPU's types with it.)
 import type { Backend } from "../tensor/backend.ts";
 import { setDefaultDevice } from "../tensor/device.ts";
 import { DeviceError } from "../tensor/errors.ts";
 import { CpuBackend } from "./cpu.ts";
 import type { WasmBackend } from "./wasm/backend.ts";
+import type { WebGpuBackend } from "./webgpu/backend.ts";
 
 /**
  * Which device to use: "auto" picks webgpu when a hardware adapter exists, else wasm (SIMD
@@ -14,10 +17,17 @@ export type DeviceKind = "cpu" | "wasm" | "webgpu" | "auto";
 /** Every DeviceKind, in the order messages list them. */
 export const DEVICE_KINDS: readonly DeviceKind[] = ["cpu", "wasm", "webgpu", "auto"];
 
-/** Options of the devices that have any. */
+/** Options of the devices that have any, and how device selection reports. */
 export interface DeviceOptions {
   /** Threads of the wasm device, the caller's included (default: every core). */
   threads?: number;
+  /**
+   * A WebGPU device the caller opened (in a page, one it shares with other code): "webgpu" and
+   * "auto" use it instead of opening one on the host's adapter.
+   */
+  gpuDevice?: GPUDevice;
+  /** Receives the one-line notice saying which device "auto" chose and why (default: none). */
+  onNotice?: (line: string) => void;
 }
 
 /** @throws DeviceError naming `op`, the kind and the accepted kinds when `kind` is not a DeviceKind. */
@@ -55,16 +65,32 @@ export async function wasmDevice(threads?: number): Promise<WasmBackend> {
   return device;
 }
 
-/** The wasm device with a notice on stderr saying why auto chose it. */
+/** The wasm device, with a notice saying why auto chose it. */
 async function autoWasm(reason: string, opts: DeviceOptions): Promise<Backend> {
   const device = await wasmDevice(opts.threads);
-  process.stderr.write(`qalign: ${reason}; using the wasm device (${device.threads} thread${device.threads === 1 ? "" : "s"})\n`);
+  opts.onNotice?.(`qalign: ${reason}; using the wasm device (${device.threads} thread${device.threads === 1 ? "" : "s"})`);
   return device;
+}
+
+const byGpuDevice = new WeakMap<GPUDevice, WebGpuBackend>();
+
+/** The webgpu backend of the caller's device (`gpuDevice`), else the process-wide one (null without an adapter). */
+async function webgpuBackend(opts: DeviceOptions): Promise<WebGpuBackend | null> {
+  // Loaded on demand: cpu-only use never loads Dawn's native module.
+  const { webGpuBackendOn, getWebGpuBackend } = await import("./webgpu/device.ts");
+  const given = opts.gpuDevice;
+  if (!given) return getWebGpuBackend();
+  let backend = byGpuDevice.get(given);
+  if (!backend) {
+    backend = webGpuBackendOn(given);
+    byGpuDevice.set(given, backend);
+  }
+  return backend;
 }
 
 /**
  * Resolves a device by kind. "webgpu" throws when no adapter exists; "auto" falls back to wasm
- * and prints a notice on stderr (stdout stays clean for machine-readable output).
+ * and says which device it chose through `opts.onNotice`.
  * @throws DeviceError for a kind other than "cpu", "wasm", "webgpu", "auto" (before any adapter
  *   is requested); Error naming how to get an adapter on a machine without a GPU; RangeError for
  *   a bad thread count.
@@ -73,14 +99,12 @@ export async function getDevice(kind: DeviceKind = "auto", opts: DeviceOptions =
   assertDeviceKind("getDevice", kind);
   if (kind === "cpu") return cpuDevice();
   if (kind === "wasm") return wasmDevice(opts.threads);
-  // Loaded on demand: cpu-only use never loads Dawn's native module.
-  const { getWebGpuBackend } = await import("./webgpu/device.ts");
-  const gpu = await getWebGpuBackend();
+  const gpu = await webgpuBackend(opts);
   if (gpu && kind === "webgpu") return gpu;
   const info = gpu?.device.adapterInfo;
   const name = [info?.vendor, info?.architecture, info?.description].filter(Boolean).join(" ") || "unnamed adapter";
   if (gpu && !info?.isFallbackAdapter) {
-    process.stderr.write(`qalign: using the webgpu device (${name})\n`);
+    opts.onNotice?.(`qalign: using the webgpu device (${name})`);
     return gpu;
   }
   if (gpu) {

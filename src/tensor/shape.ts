@@ -1,12 +1,18 @@
-import { constants } from "node:buffer";
 import { DeviceLimitError, ShapeError, fmt } from "./errors.ts";
 
+/** Node's `buffer` module where the host is Node (process.getBuiltinModule, Node >= 20.16), else undefined. */
+const nodeBuffer = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process?.getBuiltinModule?.("node:buffer") as
+  | { constants: { MAX_LENGTH: number } }
+  | undefined;
+
 /**
- * The most elements one tensor may have: the longest typed array this JavaScript engine allows
- * (2^32 on Node 20; later engines allow more, up to Number.MAX_SAFE_INTEGER), since every
- * storage is filled from or read into one host array.
+ * The most elements one tensor may have: the longest typed array this JavaScript engine allows,
+ * since every storage is filled from or read into one host array. Node says it
+ * (`buffer.constants.MAX_LENGTH`: 2^32 on Node 20; later engines allow more, up to
+ * Number.MAX_SAFE_INTEGER); elsewhere (a browser, older Node 20) 2^32, what every current
+ * engine allows. Nothing is imported, so the module loads in a browser.
  */
-export const MAX_ELEMENTS = Math.min(constants.MAX_LENGTH, Number.MAX_SAFE_INTEGER);
+export const MAX_ELEMENTS = Math.min(nodeBuffer?.constants.MAX_LENGTH ?? 2 ** 32, Number.MAX_SAFE_INTEGER);
 
 /** Number of elements of a shape (1 for a scalar `[]`). */
 export function numel(shape: readonly number[]): number {

@@ -12,6 +12,8 @@
  * the pool has no workers and every kernel runs on the calling thread.
  */
 
+import { importNodeOnly } from "../../io/host.ts";
+
 /** One kernel: the module that exports it and its export name. */
 export interface KernelRef {
   module: number;
@@ -66,7 +68,7 @@ const isNode = typeof process !== "undefined" && typeof process.versions?.node =
 
 async function startWorker(): Promise<WorkerHandle> {
   if (isNode) {
-    const { Worker } = await import("node:worker_threads");
+    const { Worker } = await importNodeOnly<typeof import("node:worker_threads")>("node:worker_threads");
     const w = new Worker(WORKER_SOURCE, { eval: true });
     w.unref(); // an idle pool never keeps the process alive
     const ready = new Promise<void>((resolve, reject) => {
@@ -86,7 +88,7 @@ async function startWorker(): Promise<WorkerHandle> {
 
 /** The number of logical cores (Node's availableParallelism, the browser's hardwareConcurrency). */
 export async function coreCount(): Promise<number> {
-  if (isNode) return (await import("node:os")).availableParallelism();
+  if (isNode) return (await importNodeOnly<typeof import("node:os")>("node:os")).availableParallelism();
   return (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator?.hardwareConcurrency ?? 1;
 }
 

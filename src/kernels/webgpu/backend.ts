@@ -92,7 +92,8 @@ export class WebGpuBackend implements Backend, KernelHost {
   private readonly weights: WeightSpace;
 
   /**
-   * @param gpu the Dawn GPU object (kept alive with the device)
+   * @param gpu the GPU object the device came from, kept alive with it (Dawn frees the device
+   *   with it); null for a device the caller opened and keeps
    * @param device a device created with the adapter's binding and buffer limits
    * @param opts.maxBindingBytes a lower per-binding limit (tests of chunked storages)
    * @param opts.rowWorkgroup, opts.matmulVariant, opts.attentionVariant forced kernel variants
@@ -100,7 +101,7 @@ export class WebGpuBackend implements Backend, KernelHost {
    * @throws RangeError for a bad rowWorkgroup, or a "quad" variant without the `subgroups` feature
    */
   constructor(
-    readonly gpu: GPU,
+    readonly gpu: GPU | null,
     readonly device: GPUDevice,
     opts: VariantOptions & { maxBindingBytes?: number } = {},
   ) {

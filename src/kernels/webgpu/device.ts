@@ -1,3 +1,4 @@
+import { importNodeOnly } from "../../io/host.ts";
 import { WebGpuBackend } from "./backend.ts";
 import type { AttentionVariant, MatmulVariant } from "./program.ts";
 
@@ -44,19 +45,41 @@ export const RAISED_LIMITS = [
 const OPTIONAL_FEATURES: GPUFeatureName[] = ["subgroups", "timestamp-query"];
 
 /**
- * Opens a WebGPU device through Dawn (the `webgpu` npm package) and wraps it in a backend.
- * The native module is loaded here, on first use, so importing qalign costs nothing on machines
- * that only use the cpu device.
- * @returns the backend, or null when Dawn finds no adapter (no GPU and no software Vulkan).
- * @throws Error when the adapter refuses the device (e.g. the requested limits).
+ * The host's WebGPU entry point: the page's `navigator.gpu` in a browser (a secure context, with
+ * WebGPU enabled), else Dawn, loaded here on first use so that importing qalign costs nothing on
+ * machines that only use the cpu device.
  */
-export async function createWebGpuBackend(opts: WebGpuOptions = {}): Promise<WebGpuBackend | null> {
-  const { create, globals } = await import("webgpu");
+async function hostGpu(): Promise<GPU> {
+  const fromPage = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
+  if (fromPage) return fromPage;
+  // Node's provider, the `webgpu` package (Dawn), which a browser bundle must leave out.
+  const { create, globals } = await importNodeOnly<typeof import("webgpu")>("webgpu");
   // Dawn's constants (GPUBufferUsage, GPUMapMode, GPUShaderStage) are not globals in Node.
   if (typeof (globalThis as { GPUBufferUsage?: unknown }).GPUBufferUsage === "undefined") {
     Object.assign(globalThis, globals);
   }
-  const gpu = create([]);
+  return create([]);
+}
+
+/**
+ * A backend on a device the caller opened (a page that shares its GPUDevice with other code),
+ * used with the limits and features it was created with: tensors larger than its
+ * maxStorageBufferBindingSize are split into chunks as usual.
+ * @throws RangeError as WebGpuBackend's constructor (a forced variant the device cannot run).
+ */
+export function webGpuBackendOn(device: GPUDevice, opts: WebGpuOptions = {}): WebGpuBackend {
+  return new WebGpuBackend(null, device, opts);
+}
+
+/**
+ * Opens a WebGPU device on the host's adapter (see hostGpu), with the adapter's own limits and
+ * optional features, and wraps it in a backend.
+ * @returns the backend, or null when the host has no adapter (no GPU and no software Vulkan,
+ *   or a browser with WebGPU disabled).
+ * @throws Error when the adapter refuses the device (e.g. the requested limits).
+ */
+export async function createWebGpuBackend(opts: WebGpuOptions = {}): Promise<WebGpuBackend | null> {
+  const gpu = await hostGpu();
   const adapter = await gpu.requestAdapter(opts.powerPreference ? { powerPreference: opts.powerPreference } : undefined);
   if (!adapter) return null;
   const requiredLimits: Record<string, number> = {};

@@ -1,3 +1,4 @@
+import { hostEnv } from "../../io/host.ts";
 import type { Kernel } from "./program.ts";
 
 /** A kernel compiled for one device: its pipeline and the bind-group layout its dispatches use. */
@@ -16,7 +17,7 @@ export interface CompiledKernel {
  */
 export class PipelineCache {
   private readonly cache = new Map<string, CompiledKernel>();
-  private readonly debug = process.env["QALIGN_DEBUG_WGSL"] === "1";
+  private readonly debug = hostEnv()["QALIGN_DEBUG_WGSL"] === "1";
 
   constructor(
     private readonly device: GPUDevice,

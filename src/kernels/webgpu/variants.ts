@@ -1,3 +1,4 @@
+import { hostEnv } from "../../io/host.ts";
 import { MATMUL_VARIANTS } from "../matmul.wgsl.ts";
 import type { AttentionVariant, MatmulVariant } from "./program.ts";
 
@@ -31,7 +32,7 @@ export interface VariantOptions {
  * @throws RangeError for a rowWorkgroup that is not a power of two within the adapter's
  *   invocation limit, an unknown $QALIGN_MATMUL, or a "quad" variant without `subgroups`
  */
-export function chooseVariants(device: GPUDevice, opts: VariantOptions, env: NodeJS.ProcessEnv = process.env): KernelVariants {
+export function chooseVariants(device: GPUDevice, opts: VariantOptions, env: Readonly<Record<string, string | undefined>> = hostEnv()): KernelVariants {
   const limits = device.limits;
   const info = device.adapterInfo;
   const rowWorkgroup = opts.rowWorkgroup ?? (info.isFallbackAdapter ? 1 : 256);

@@ -1,0 +1,122 @@
+import type { Browser, Page } from "puppeteer-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { bundleBrowserEntry, launchChromium, openPage, pageAdapterOrSkip, serve } from "./helpers/browser.ts";
+import { expectClose } from "./helpers/close.ts";
+import { exampleClosedForm, readmePrinted } from "./helpers/readme.ts";
+
+/**
+ * The host-neutral core in headless Chromium: the browser entry bundled with platform
+ * "browser" (so no Node module is reachable from it), loaded by a page served from
+ * http://localhost, its webgpu device on the page's navigator.gpu, checked against the cpu
+ * device in the same page and against closed forms, within the README's tolerances.
+ *
+ * The functions given to page.evaluate run in the page: they see only `window.qa` and their
+ * arguments, and return plain numbers.
+ */
+const PAGE = '<!doctype html><meta charset="utf-8"><title>qalign</title><script type="module">import * as qa from "/qalign.js"; window.qa = qa;</script>';
+
+let close: () => Promise<void> = async () => undefined;
+let browser: Browser | null = null;
+let page: Page;
+
+beforeAll(async () => {
+  const server = await serve({ "/": { type: "text/html", body: PAGE }, "/qalign.js": { type: "text/javascript", body: await bundleBrowserEntry() } });
+  close = server.close;
+  browser = await launchChromium();
+  page = await openPage(browser, `${server.origin}/`);
+}, 120_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await close();
+});
+
+/**
+ * What the page's functions see of the page's globals: qalign (window.qa, typed loosely: the
+ * page's code is plain JavaScript) and whether the page is a secure context.
+ */
+type PageGlobals = { qa: any; isSecureContext: boolean };
+
+describe("qalign in headless Chromium", () => {
+  it("runs in a secure context, where WebGPU is offered", async () => {
+    expect(await page.evaluate(() => (globalThis as unknown as PageGlobals).isSecureContext)).toBe(true);
+    expect(await page.evaluate(() => typeof (globalThis as unknown as PageGlobals).qa.tensor)).toBe("function");
+  });
+
+  it("the README's autograd example on the page's webgpu device equals the closed form and the cpu device", async (ctx) => {
+    await pageAdapterOrSkip(page, ctx);
+    const r = await page.evaluate(async () => {
+      const qa = (globalThis as unknown as PageGlobals).qa;
+      const run = async (device: unknown) => {
+        const w = qa.randn([3, 2], { seed: 0, device }).requireGrad();
+        const x = qa.tensor([[1, 2, 3]], { device });
+        const loss = qa.tidy(() => {
+          const l = x.matmul(w).silu().sum();
+          l.backward();
+          return l;
+        });
+        return { loss: (await loss.item()) as number, w: Array.from(await w.data()) as number[], grad: Array.from(await w.grad.data()) as number[] };
+      };
+      const gpu = await qa.getDevice("webgpu");
+      const page = globalThis as unknown as { navigator: { gpu: unknown } };
+      return { webgpu: await run(gpu), cpu: await run(await qa.getDevice("cpu")), name: gpu.name as string, onPageGpu: gpu.gpu === page.navigator.gpu };
+    });
+    expect(r.name).toBe("webgpu");
+    expect(r.onPageGpu).toBe(true); // the page's navigator.gpu, not a shim
+    expect(r.webgpu.w).toEqual(r.cpu.w); // the seeded generator runs on the host
+    const exact = exampleClosedForm(r.cpu.w);
+    // f32 on both devices against float64: a few ulps of a sum of two silu terms (README: 1e-5).
+    expectClose([r.webgpu.loss, ...r.webgpu.grad], [exact.loss, ...exact.grad], 1e-5, "webgpu vs closed form");
+    expectClose([r.webgpu.loss, ...r.webgpu.grad], [r.cpu.loss, ...r.cpu.grad], 1e-5, "webgpu vs cpu");
+    expect(r.webgpu.loss.toFixed(4)).toBe(readmePrinted().loss);
+  });
+
+  it("matmul (plain and with a transposed operand) on a GPUDevice the page opened equals the cpu device", async (ctx) => {
+    await pageAdapterOrSkip(page, ctx);
+    // Odd sizes, so the tiles of every variant have ragged edges.
+    const r = await page.evaluate(async () => {
+      const qa = (globalThis as unknown as PageGlobals).qa;
+      // The page's own device, with WebGPU's default limits, handed to qalign.
+      const page = globalThis as unknown as { navigator: { gpu: { requestAdapter(): Promise<{ requestDevice(): Promise<unknown> }> } } };
+      const gpuDevice = await (await page.navigator.gpu.requestAdapter()).requestDevice();
+      const [gpu, cpu] = [await qa.getDevice("webgpu", { gpuDevice }), await qa.getDevice("cpu")];
+      if (gpu.device !== gpuDevice) throw new Error("qalign did not use the GPUDevice it was given");
+      const a = qa.randn([2, 33, 47], { seed: 1, device: cpu });
+      const b = qa.randn([47, 29], { seed: 2, device: cpu });
+      const bt = qa.randn([29, 47], { seed: 3, device: cpu });
+      const on = async (d: unknown) => {
+        const [ad, bd, btd] = [await a.to(d), await b.to(d), await bt.to(d)];
+        return { ab: Array.from(await ad.matmul(bd).data()) as number[], abt: Array.from(await ad.matmul(btd.transpose(0, 1)).data()) as number[] };
+      };
+      return { webgpu: await on(gpu), cpu: await on(cpu) };
+    });
+    // README: matmul 1e-4 (f32 sums of K = 47 products in different orders: ~sqrt(K) ulps).
+    expectClose(r.webgpu.ab, r.cpu.ab, 1e-4, "a @ b");
+    expectClose(r.webgpu.abt, r.cpu.abt, 1e-4, "a @ bt^T");
+  });
+
+  it("causal grouped-query attention, forward and backward, on the page's webgpu device equals the cpu device", async (ctx) => {
+    await pageAdapterOrSkip(page, ctx);
+    const r = await page.evaluate(async () => {
+      const qa = (globalThis as unknown as PageGlobals).qa;
+      const [gpu, cpu] = [await qa.getDevice("webgpu"), await qa.getDevice("cpu")];
+      // q [B=2, H=4, T=9, Dh=16]; k, v [B, Hkv=2, T, Dh]: two query heads per kv head.
+      const q = qa.randn([2, 4, 9, 16], { seed: 4, device: cpu });
+      const k = qa.randn([2, 2, 9, 16], { seed: 5, device: cpu });
+      const v = qa.randn([2, 2, 9, 16], { seed: 6, device: cpu });
+      const weights = qa.randn([2, 4, 9, 16], { seed: 7, device: cpu });
+      const on = async (d: unknown) => {
+        const [qd, kd, vd] = [(await q.to(d)).requireGrad(), (await k.to(d)).requireGrad(), (await v.to(d)).requireGrad()];
+        const out = qa.attention(qd, kd, vd, { causal: true });
+        // A loss that weighs every output element differently, so each gradient entry matters.
+        out.mul(await weights.to(d)).sum().backward();
+        const grads = await Promise.all([qd, kd, vd].map(async (t) => Array.from(await t.grad.data()) as number[]));
+        return { out: Array.from(await out.data()) as number[], grads };
+      };
+      return { webgpu: await on(gpu), cpu: await on(cpu) };
+    });
+    // README: attention 1e-4 (online softmax in f32, summed in another order than cpu's).
+    expectClose(r.webgpu.out, r.cpu.out, 1e-4, "attention output");
+    for (const [i, name] of ["dq", "dk", "dv"].entries()) expectClose(r.webgpu.grads[i]!, r.cpu.grads[i]!, 1e-4, name);
+  });
+});

@@ -1,0 +1,100 @@
+import { existsSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import { build } from "esbuild";
+import puppeteer, { type Browser, type Page } from "puppeteer-core";
+import type { TestContext } from "vitest";
+import { ROOT } from "./cli.ts";
+import { SWIFTSHADER_ICD } from "./devices.ts";
+
+/**
+ * qalign in headless Chromium for tests: the browser entry (src/browser.ts) bundled for the
+ * browser, served with a page from a local HTTP server, and Debian's chromium driven by
+ * puppeteer-core (no browser download). The page is opened at http://localhost, a secure
+ * context, so `navigator.gpu` exists; SwiftShader gives it a WebGPU adapter without a GPU.
+ */
+
+/** Debian's chromium package. */
+export const CHROMIUM = "/usr/bin/chromium";
+
+/** One file the server answers with: its Content-Type and body. */
+export interface Served {
+  type: string;
+  body: string | Uint8Array;
+}
+
+/**
+ * src/browser.ts and what it imports as one ES module for a page. platform "browser" fails
+ * on any `node:` import reachable from it, so a bundle that builds has none.
+ * @throws esbuild's error naming the unresolvable import.
+ */
+export async function bundleBrowserEntry(): Promise<string> {
+  const out = await build({ entryPoints: [join(ROOT, "src", "browser.ts")], bundle: true, format: "esm", platform: "browser", target: "es2022", write: false, logLevel: "silent" });
+  return out.outputFiles[0]!.text;
+}
+
+/**
+ * Serves `files` (path -> file) on 127.0.0.1 at a free port; any other path is a 404.
+ * @returns the origin to open (http://localhost:PORT) and a close function
+ */
+export async function serve(files: Readonly<Record<string, Served>>): Promise<{ origin: string; close: () => Promise<void> }> {
+  const server: Server = createServer((req, res) => {
+    const file = files[new URL(req.url ?? "/", "http://localhost").pathname];
+    if (!file) return void res.writeHead(404).end();
+    res.writeHead(200, { "Content-Type": file.type, "Cache-Control": "no-store" }).end(file.body);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return { origin: `http://localhost:${port}`, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+}
+
+/**
+ * Headless Chromium with WebGPU enabled (`--enable-unsafe-webgpu`; Vulkan through SwiftShader's
+ * ICD when VK_ICD_FILENAMES is unset).
+ * @throws Error naming the package to install when Debian's chromium is absent.
+ */
+export async function launchChromium(): Promise<Browser> {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: apt-get install chromium`);
+  return puppeteer.launch({
+    executablePath: CHROMIUM,
+    headless: true, // the new headless mode (--headless=new)
+    args: ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan"],
+    env: { ...process.env, VK_ICD_FILENAMES: process.env["VK_ICD_FILENAMES"] ?? SWIFTSHADER_ICD },
+  });
+}
+
+/**
+ * Opens `url` and waits until the page has set `window.qa` (its module script ran), passing
+ * the page's uncaught errors and console errors on as a test failure's reason.
+ * @throws Error with the page's errors when it does not get there within 60 s.
+ */
+export async function openPage(browser: Browser, url: string): Promise<Page> {
+  const page = await browser.newPage();
+  const errors: string[] = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("console", (m) => void (m.type() === "error" && errors.push(m.text())));
+  await page.goto(url);
+  try {
+    await page.waitForFunction("window.qa !== undefined", { timeout: 60_000 });
+  } catch (e) {
+    throw new Error(`${url} did not load qalign: ${errors.join("; ") || (e as Error).message}`);
+  }
+  return page;
+}
+
+/**
+ * Whether the page has a WebGPU adapter; without one the test is skipped (printing why), or
+ * fails when QALIGN_REQUIRE_WEBGPU=1, as for Node's adapter (helpers/devices.ts).
+ */
+export async function pageAdapterOrSkip(page: Page, ctx: TestContext): Promise<void> {
+  const has = await page.evaluate(async () => {
+    const gpu = (globalThis as unknown as { navigator: { gpu?: { requestAdapter(): Promise<unknown> } } }).navigator.gpu;
+    return gpu !== undefined && (await gpu.requestAdapter()) !== null;
+  });
+  if (has) return;
+  const why = "the page has no WebGPU adapter (chromium with --enable-unsafe-webgpu and SwiftShader's Vulkan ICD)";
+  if (process.env["QALIGN_REQUIRE_WEBGPU"] === "1") throw new Error(`QALIGN_REQUIRE_WEBGPU=1 but ${why}`);
+  process.stderr.write(`skipping "${ctx.task.name}": ${why}\n`);
+  ctx.skip(why);
+}
