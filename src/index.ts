@@ -9,6 +9,7 @@ export * from "./core.ts";
 
 // io (Node: the file system)
 export { renderSvg, writePlot, toCsv, PlotSpecError, type PlotSpec, type FullSpec, type PlotRow, type PlotFiles } from "./io/plot.ts";
+export { sha256, sha256File, sha256SafetensorsHeader, type Provenance } from "./io/provenance.ts";
 
 // model
 export { loadModel, validateCheckpoint, type LoadOptions } from "./model/load.ts";
@@ -33,7 +34,7 @@ export {
   type LoraModuleName,
   type ApplyLoraOptions,
 } from "./lora/layer.ts";
-export { saveAdapter, loadAdapter, readAdapterConfig, peftConfigJson, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from "./lora/peft.ts";
+export { saveAdapter, loadAdapter, readAdapterConfig, peftConfigJson, baseModelMismatch, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from "./lora/peft.ts";
 export { mergeLora, saveMergedModel } from "./lora/merge.ts";
 export { collate, targetNllSum, meanTargetLoss, type Example, type Batch } from "./lora/loss.ts";
 export {

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -5,7 +6,7 @@ import { afterAll, describe, expect, it, type TestContext } from "vitest";
 import type { AlignResults } from "../src/align/config.ts";
 import { settingsDiff } from "../src/align/folder.ts";
 import { PAPER_COMMANDS } from "../src/align/report.ts";
-import { SHARED_DATA_DIR } from "../src/eval/source.ts";
+import { SAMPLE_DATA_FILE, SHARED_DATA_DIR } from "../src/eval/source.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 import { ROOT, runCli } from "./helpers/cli.ts";
 
@@ -62,7 +63,7 @@ describe("qalign align", () => {
     const res = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as AlignResults;
     expect(res.base.map((b) => [b.lang, b.n])).toEqual([["en", 20], ["zh", 20], ["sw", 20]]);
     expect(res.aligned).toHaveLength(3);
-    expect(res.versions.node).toBe(process.version);
+    expect(res.provenance!.node).toBe(process.version);
     expect(res.config.evaluation).toMatchObject({ protocol: "paper", labels: "english", shots: 6, scoring: "index", seed: 0 });
     expect(res.protocol["protocol"]).toMatch(/^paper: the authors' evaluation scripts \(github\.com\/Shimao-Zhang\/LLM-Multilingual-Learner @ [0-9a-f]{40}\)$/);
     for (const b of res.base) {
@@ -114,6 +115,11 @@ describe("qalign align", () => {
     expect(res.config.training.lora).toMatchObject({ r: 4, lora_alpha: 8, target_modules: ["q_proj", "k_proj"] });
     const peft = JSON.parse(readFileSync(join(sampleOut, "adapter", "adapter_config.json"), "utf8")) as Record<string, unknown>;
     expect(peft).toMatchObject({ r: 4, lora_alpha: 8, target_modules: ["q_proj", "k_proj"] });
+    // The trained adapter and the sample, by hash.
+    const hash = (f: string) => createHash("sha256").update(readFileSync(f)).digest("hex");
+    const adapter = join(sampleOut, "adapter");
+    expect(res.provenance!.adapter).toEqual({ dir: adapter, sha256: { "adapter_config.json": hash(join(adapter, "adapter_config.json")), "adapter_model.safetensors": hash(join(adapter, "adapter_model.safetensors")) } });
+    expect(res.provenance!.data!.sha256[SAMPLE_DATA_FILE]).toBe(hash(SAMPLE_DATA_FILE));
   });
 
   it("says clearly that only SNLI has question files", () => {

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -8,6 +9,7 @@ import type { LlamaModel } from "../src/model/llama.ts";
 import { CheckpointError } from "../src/model/safetensors.ts";
 import { loadTokenizer } from "../src/model/tokenizer.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
+import type { Provenance } from "../src/io/provenance.ts";
 import { runCli } from "./helpers/cli.ts";
 import { fixtureDir } from "./helpers/fixtures.ts";
 import { expectClose } from "./helpers/close.ts";
@@ -108,7 +110,12 @@ describe("qalign train", () => {
     // fewer than the 4 micro-batches of one accumulation window: one optimizer step per epoch.
     expect(r.stderr).toContain("6 pairs from 1 file(s); 5 train, 1 validation\n");
     expect(JSON.parse(r.stdout)).toMatchObject({ adapter: out, steps: 1 });
-    expect(readdirSync(out).sort()).toEqual(["adapter_config.json", "adapter_model.safetensors"]);
+    // One step, and warmup makes step 1's learning rate 0: the run trains nothing, and says so.
+    expect(r.stderr).toContain("warning: 1 optimizer step, at learning rate 0 (the warmup starts at 0): nothing will be trained");
+    expect(readdirSync(out).sort()).toEqual(["adapter_config.json", "adapter_model.safetensors", "provenance.json"]);
+    const provenance = JSON.parse(readFileSync(join(out, "provenance.json"), "utf8")) as Provenance;
+    expect(provenance.data).toEqual({ source: "files", sha256: { [file]: createHash("sha256").update(readFileSync(file)).digest("hex") } });
+    expect(provenance.model!.sha256["config.json"]).toBe(createHash("sha256").update(readFileSync(join(dir, "config.json"))).digest("hex"));
   });
 });
 

@@ -1,4 +1,5 @@
 import type { DataIssue } from "../io/data_error.ts";
+import type { Provenance } from "../io/provenance.ts";
 import type { TrainingRecipe } from "../lora/recipe.ts";
 import type { TrainOptions, TrainResult } from "../lora/trainer.ts";
 import type { EvalOptions, LanguageResult } from "../eval/evaluate.ts";
@@ -52,7 +53,8 @@ export interface AlignResults {
   config: AlignConfig;
   /** Every setting the evaluation protocol implies, in words (protocolSettings). */
   protocol: Record<string, string>;
-  versions: { node: string; qalign: string };
+  /** What ran, on what, from which files (src/io/provenance.ts); null when the caller gave none. */
+  provenance: Provenance | null;
   data: string;
   base: LanguageResult[];
   aligned: LanguageResult[];

@@ -176,12 +176,13 @@ function reportMarkdown(r: AlignResults, rows: readonly Comparison[]): string {
   if (t.truncated) notes.push(`- ${t.truncated} training pairs were truncated to ${cfg.training.maxLength} tokens.`);
   if (notes.length) lines.push("## Notes", "", ...notes, "");
   if (cfg.tiny) {
+    const unchanged = rows.every((c) => c.aligned !== null && c.aligned.accuracy === c.base.accuracy);
     lines.push(
       "## This was the tiny random model",
       "",
       "The default checkpoint is a randomly initialised 2-layer model (src/model/tiny.ts) that exists to exercise the code: " +
         `it knows no language, so its accuracy is near chance (${(100 / task.classes.length).toFixed(1)}% for ${task.classes.length} classes) before and after alignment, ` +
-        "and the differences above are noise. To reproduce the paper, run a real checkpoint (Qwen1.5-1.8B, Qwen2.5-0.5B or Mistral-7B, " +
+        `${unchanged ? "and here alignment changed no prediction (every difference is 0.0: a random model's predictions hardly move with a small LoRA update)" : "and the differences above are noise"}. To reproduce the paper, run a real checkpoint (Qwen1.5-1.8B, Qwen2.5-0.5B or Mistral-7B, ` +
         "in Hugging Face layout) with the paper's settings (the paper protocol; LoRA on q_proj and v_proj, lr 5e-5, 3 epochs, batch 4 x 4, cosine schedule with 10% warmup):",
       "",
       "```sh",
@@ -190,6 +191,8 @@ function reportMarkdown(r: AlignResults, rows: readonly Comparison[]): string {
       "",
     );
   }
-  lines.push(`Reproduce: node ${r.versions.node}, qalign ${r.versions.qalign}, seed ${cfg.evaluation.seed ?? 0}; every number is in results.json.`, "");
+  const p = r.provenance;
+  const ran = p ? `node ${p.node}, qalign ${p.qalign}${p.git ? ` (commit ${p.git.commit.slice(0, 12)}${p.git.dirty ? ", modified" : ""})` : ""}, device ${String(p.device.name)}, ` : "";
+  lines.push(`Reproduce: ${ran}seed ${cfg.evaluation.seed ?? 0}; every number, the versions and the input files' hashes are in results.json.`, "");
   return lines.join("\n");
 }

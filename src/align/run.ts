@@ -2,6 +2,7 @@ import { existsSync } from "node:fs";
 import { rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { DataIssue } from "../io/data_error.ts";
+import type { Provenance } from "../io/provenance.ts";
 import { latestDir } from "../io/atomic_dir.ts";
 import { interpret, writeInterpReport, type InterpReport } from "../interp/report.ts";
 import { buildProbeSets } from "../interp/sets.ts";
@@ -16,7 +17,7 @@ import { LANGUAGE_NAMES, type Lang } from "../eval/languages.ts";
 import { macroAverage } from "../eval/metrics.ts";
 import { protocolSettings } from "../eval/protocol.ts";
 import { questionPairs } from "../eval/questions.ts";
-import { pct, versions } from "../eval/report.ts";
+import { pct } from "../eval/report.ts";
 import type { DataSource } from "../eval/source.ts";
 import { TASKS } from "../eval/tasks.ts";
 import { QUESTION_TASK, trainTaskMessage, type AlignConfig, type AlignResults, type TrainingSummary } from "./config.ts";
@@ -38,6 +39,8 @@ export interface AlignHooks {
   onItems?: (what: string, done: number, total: number) => void;
   /** The trainer's report after each optimizer step. */
   onStep?: (info: StepInfo) => void;
+  /** The provenance results.json records, asked for when the run is finished. */
+  provenance?: () => Promise<Provenance>;
 }
 
 /**
@@ -116,7 +119,7 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
   const results: AlignResults = {
     config: cfg,
     protocol: await protocolSettings(task, cfg.evaluation),
-    versions: await versions(),
+    provenance: (await hooks.provenance?.()) ?? null,
     data: source.description,
     base,
     aligned,

@@ -2,13 +2,14 @@ import { basename, join } from "node:path";
 import { QUESTION_TASK, trainTaskMessage, type AlignConfig } from "../align/config.ts";
 import { comparisons, comparisonTable } from "../align/report.ts";
 import { runAlign } from "../align/run.ts";
-import { resolveDataSource } from "../eval/source.ts";
+import { RecordingSource, resolveDataSource } from "../eval/source.ts";
 import { ensureTinyModel } from "../model/tiny.ts";
 import { CliError, modelOption, type OptionTable, type Values } from "./args.ts";
 import { EVAL_OPTIONS, evalOptions, langsOption, taskOption, tokenizerFor } from "./eval.ts";
 import { loadForCli } from "./model.ts";
 import { prepareOutDir } from "./output.ts";
 import { Progress } from "./progress.ts";
+import { provenance } from "./provenance.ts";
 import { TRAINING_OPTIONS, trainingProgress, trainingRecipe } from "./train.ts";
 
 /**
@@ -83,12 +84,17 @@ export async function run(v: Values<typeof options>): Promise<void> {
     out: typeof v.out === "string" ? v.out : join("runs", `align-${tiny ? "tiny" : basename(modelDir)}-${task.id}-${train.join("+")}-${target}`),
   };
   const tokenizer = await tokenizerFor("align", modelDir);
-  const source = await resolveDataSource(v.data);
+  const started = new Date();
+  const source = new RecordingSource(await resolveDataSource(v.data));
   await prepareOutDir("align", cfg.out);
   const model = await loadForCli("align", { ...v, model: modelDir }, progress);
-  const started = performance.now();
-  const r = await runAlign(model, tokenizer, source, cfg, { log: say, onItems: progress.counters("items"), onStep: trainingProgress(progress) });
+  const r = await runAlign(model, tokenizer, source, cfg, {
+    log: say,
+    onItems: progress.counters("items"),
+    onStep: trainingProgress(progress),
+    provenance: () => provenance({ started, finished: new Date(), device: model.device, modelDir, dtype: v.dtype, adapterDir: join(cfg.out, "adapter"), source }),
+  });
   model.dispose();
   process.stdout.write(comparisonTable(comparisons(r), cfg.train));
-  say(`align: done in ${((performance.now() - started) / 1000).toFixed(0)} s; report ${join(cfg.out, "report.md")}`);
+  say(`align: done in ${((Date.now() - started.getTime()) / 1000).toFixed(0)} s; report ${join(cfg.out, "report.md")}`);
 }

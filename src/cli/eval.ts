@@ -6,13 +6,14 @@ import { parseLangs, type Lang } from "../eval/languages.ts";
 import { macroAverage } from "../eval/metrics.ts";
 import type { LabelLanguage } from "../eval/paper.ts";
 import { DEFAULT_PROTOCOL, defaultLabels, protocolSettings, PROTOCOLS, type Protocol, type ProtocolOptions } from "../eval/protocol.ts";
-import { formatTable, pct, resultRows, versions } from "../eval/report.ts";
-import { resolveDataSource } from "../eval/source.ts";
+import { formatTable, pct, resultRows } from "../eval/report.ts";
+import { RecordingSource, resolveDataSource } from "../eval/source.ts";
 import { getTask, TASKS, type TaskSpec } from "../eval/tasks.ts";
 import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
 import { adapterOption, CliError, deviceOption, int, modelOption, type OptionTable, type Values } from "./args.ts";
 import { loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
+import { provenance, type RunInputs } from "./provenance.ts";
 import { prepareOutDir } from "./output.ts";
 
 /** Prompts per forward pass in evaluation, when --eval-batch-size is not given. */
@@ -166,10 +167,18 @@ interface EvalOutput {
  * language, so that a failure later in the run keeps them. results.json says `complete` and
  * lists the `pending` languages.
  */
-async function writeResults(out: EvalOutput, results: readonly LanguageResult[]): Promise<void> {
+async function writeResults(out: EvalOutput, results: readonly LanguageResult[], run: RunInputs): Promise<void> {
   const done = new Set(results.map((r) => r.lang));
   const pending = out.langs.filter((l) => !done.has(l));
-  const record = { ...out.record, complete: pending.length === 0, pending, average: macroAverage(results.map((r) => r.accuracy)), results };
+  const complete = pending.length === 0;
+  const record = {
+    ...out.record,
+    provenance: await provenance({ ...run, finished: complete ? new Date() : null }),
+    complete,
+    pending,
+    average: macroAverage(results.map((r) => r.accuracy)),
+    results,
+  };
   await writeFileAtomic(join(out.dir, "results.json"), JSON.stringify(record, null, 1) + "\n");
   await writeFileAtomic(join(out.dir, "results.csv"), toCsv(resultRows(out.adapter ? "adapter" : "base", results)));
 }
@@ -202,13 +211,14 @@ export async function run(v: Values<typeof options>): Promise<void> {
     onWarning: (lang, w) => say(`eval ${lang}: ${w}`),
   };
   const tokenizer = await tokenizerFor("eval", modelDir);
-  const source = await resolveDataSource(v.data);
+  const started = new Date();
+  const source = new RecordingSource(await resolveDataSource(v.data));
   const prompts = await checkLanguages(source, task, langs, opts);
   const out: EvalOutput | null =
     typeof v.out === "string"
       ? {
           dir: v.out,
-          record: { model: modelDir, adapter: v.adapter ?? null, task: task.id, data: source.description, options: opts, protocol: await protocolSettings(task, opts), versions: await versions() },
+          record: { model: modelDir, adapter: v.adapter ?? null, task: task.id, data: source.description, options: opts, protocol: await protocolSettings(task, opts) },
           langs,
           adapter: typeof v.adapter === "string",
         }
@@ -224,7 +234,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
     const differ = r.judged.differ ? `; the index and authors' rules judge ${r.judged.differ} item(s) differently` : "";
     say(`${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)${differ}`);
     results.push(r);
-    if (out) await writeResults(out, results);
+    if (out) await writeResults(out, results, { started, finished: null, device: model.device, modelDir, dtype: v.dtype, adapterDir: v.adapter, source });
   }
   process.stdout.write(formatTable(results));
   if (out) say(`eval: wrote ${join(out.dir, "results.json")} and results.csv`);

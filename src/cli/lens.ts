@@ -1,17 +1,17 @@
 import { basename } from "node:path";
 import { parseLangs, type Lang } from "../eval/languages.ts";
-import { resolveDataSource } from "../eval/source.ts";
+import { RecordingSource, resolveDataSource } from "../eval/source.ts";
 import { getTask } from "../eval/tasks.ts";
 import { writeInterpReport, interpret, type InterpOptions, type InterpReport } from "../interp/report.ts";
 import type { ProbeSet } from "../interp/probe.ts";
 import { buildProbeSets } from "../interp/sets.ts";
-import { loadAdapter } from "../lora/peft.ts";
 import { loadConfig, type LlamaConfig } from "../model/config.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
 import { CliError, deviceOption, int, modelOption, type OptionTable, type Values } from "./args.ts";
 import { EVAL_BATCH_SIZE, PROMPT_OPTIONS, protocolOptions } from "./eval.ts";
-import { loadForCli } from "./model.ts";
+import { loadCheckedAdapter, loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
+import { provenance } from "./provenance.ts";
 import { prepareOutDir } from "./output.ts";
 
 const { default: _task, ...task } = PROMPT_OPTIONS.task;
@@ -71,7 +71,8 @@ export async function runInterp(cmd: InterpCommand, values: Values<typeof INTERP
   }
   const tokenizer = await loadTokenizer(modelDir);
   if (!tokenizer) throw new CliError(`${name}: ${modelDir} has no tokenizer.json, which the prompts need`);
-  const source = await resolveDataSource(typeof values.data === "string" ? values.data : undefined);
+  const started = new Date();
+  const source = new RecordingSource(await resolveDataSource(typeof values.data === "string" ? values.data : undefined));
   const prompts = protocolOptions(name, values, task);
   const limit = values.limit === undefined ? undefined : int(name, values, "limit", 0, 1);
   const adapter = typeof values.adapter === "string" ? values.adapter : null;
@@ -96,7 +97,7 @@ export async function runInterp(cmd: InterpCommand, values: Values<typeof INTERP
   };
   const reports = [await run("base")];
   if (adapter) {
-    await loadAdapter(model, adapter);
+    await loadCheckedAdapter(model, adapter, modelDir, progress);
     reports.push(await run("aligned"));
   }
   model.dispose();
@@ -108,7 +109,8 @@ export async function runInterp(cmd: InterpCommand, values: Values<typeof INTERP
   }
   const counts = [...new Set(sets.map((s) => s.prompts.length))].join("/");
   const subtitle = `${task.title}, ${prompts.protocol} protocol, ${prompts.labels} answer words, ${prompts.shots}-shot, ${counts} items per language, model ${basename(modelDir)}${adapter ? `, adapter ${basename(adapter)}` : ""}`;
-  const files = await writeInterpReport(out, reports, subtitle);
+  const record = await provenance({ started, finished: new Date(), device: model.device, modelDir, dtype: values.dtype, adapterDir: adapter, source });
+  const files = await writeInterpReport(out, reports, subtitle, record);
   process.stdout.write(JSON.stringify({ out, files }) + "\n");
 }
 

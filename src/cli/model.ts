@@ -2,9 +2,9 @@ import { basename } from "node:path";
 import { loadModel } from "../model/load.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import { formatPlan, planForDir, type PlanOptions } from "../model/plan.ts";
-import { loadAdapter } from "../lora/peft.ts";
+import { baseModelMismatch, loadAdapter } from "../lora/peft.ts";
 import { device, required, weightDType } from "./args.ts";
-import type { Progress } from "./progress.ts";
+import { Progress } from "./progress.ts";
 
 /** What a command will run on the model, for the memory plan printed before the load. */
 export type Usage = Pick<PlanOptions, "batch" | "seq" | "train">;
@@ -26,6 +26,13 @@ export async function loadForCli(command: string, values: Record<string, unknown
   const say = progress ? (l: string) => progress.say(l) : (l: string) => void process.stderr.write(`${l}\n`);
   for (const line of lines) say(`${command}: plan: ${line}`);
   const model = await loadModel(dir, { device: be, dtype, quantizeEmbeddings, onProgress: progress?.counter(`loading ${basename(dir)}`, "bytes") });
-  if (typeof values.adapter === "string") await loadAdapter(model, values.adapter);
+  if (typeof values.adapter === "string") await loadCheckedAdapter(model, values.adapter, dir, progress);
   return model;
+}
+
+/** Loads a PEFT adapter onto `model`, warning first when it names another base model than `modelDir`. */
+export async function loadCheckedAdapter(model: LlamaModel, adapterDir: string, modelDir: string, progress?: Progress): Promise<void> {
+  const mismatch = await baseModelMismatch(adapterDir, modelDir);
+  if (mismatch) (progress ?? new Progress()).say(`warning: ${mismatch}`);
+  await loadAdapter(model, adapterDir);
 }

@@ -1,3 +1,5 @@
+import { join } from "node:path";
+import { writeFileAtomic } from "../io/atomic.ts";
 import { formatIssue } from "../io/data_error.ts";
 import { readQuestionPairs } from "../lora/data.ts";
 import { LORA_DEFAULTS, LORA_MODULES } from "../lora/layer.ts";
@@ -8,7 +10,11 @@ import type { AlignTraining } from "../align/config.ts";
 import { CliError, deviceOption, int, modelOption, num, type OptionTable, type Values } from "./args.ts";
 import { loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
+import { provenance } from "./provenance.ts";
 import { prepareOutDir } from "./output.ts";
+
+/** Where train records its provenance, beside the adapter's files. */
+export const PROVENANCE_FILE = "provenance.json";
 
 /** Malformed items listed one per line before this many are summarised. */
 const MAX_ISSUE_LINES = 20;
@@ -113,6 +119,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
   // Every number, and the data, is checked before the (slow) model load.
   const recipe = trainingRecipe("train", v, int("train", v, "seed", TRAIN_DEFAULTS.seed));
 
+  const started = new Date();
   const { pairs, issues } = await readQuestionPairs(files, { strict: v.strict });
   await prepareOutDir("train", out);
   for (const issue of issues.slice(0, MAX_ISSUE_LINES)) say(`skipped: ${formatIssue(issue)}`);
@@ -133,6 +140,8 @@ export async function run(v: Values<typeof options>): Promise<void> {
       if (d.truncated > 0) say(`truncated ${d.truncated} pair(s) longer than --max-length ${recipe.maxLength} tokens`);
     },
   });
+  const record = await provenance({ started, finished: new Date(), device: model.device, modelDir, dtype: v.dtype, files });
+  await writeFileAtomic(join(out, PROVENANCE_FILE), JSON.stringify(record, null, 1) + "\n");
   say(`adapter written to ${out}`);
   const lastVal = result.history.val.at(-1)?.loss ?? null;
   process.stdout.write(JSON.stringify({ adapter: out, steps: result.steps, val_loss: lastVal }) + "\n");

@@ -1,4 +1,3 @@
-import { packageVersion } from "../io/package.ts";
 import type { PlotRow } from "../io/plot.ts";
 import type { LanguageResult } from "./evaluate.ts";
 import type { Lang } from "./languages.ts";
@@ -8,11 +7,6 @@ import { macroAverage } from "./metrics.ts";
  * Tables of evaluation results: a plain-text table for the terminal and CSV / chart rows (the
  * question-alignment run's comparison table and chart are in src/align/report.ts).
  */
-
-/** Node's and qalign's versions (qalign's from package.json), recorded with every result. */
-export async function versions(): Promise<{ node: string; qalign: string }> {
-  return { node: process.version, qalign: await packageVersion() };
-}
 
 /** A percentage with one decimal ("57.5"); "-" for NaN. */
 export function pct(x: number): string {

@@ -60,6 +60,26 @@ export class FolderSource implements DataSource {
   }
 }
 
+/** A source that remembers the path of every file read through it (for a results file's provenance). */
+export class RecordingSource implements DataSource {
+  readonly description: string;
+  /** Relative paths read, in first-read order. */
+  readonly read = new Set<string>();
+  constructor(readonly inner: DataSource) {
+    this.description = inner.description;
+  }
+  describe(path: string): string {
+    return this.inner.describe(path);
+  }
+  has(path: string): boolean {
+    return this.inner.has(path);
+  }
+  readJson(path: string): Promise<unknown> {
+    this.read.add(path);
+    return this.inner.readJson(path);
+  }
+}
+
 /** In-memory files: the built-in sample, or hand-made data in tests. */
 export class MemorySource implements DataSource {
   constructor(
@@ -78,6 +98,9 @@ export class MemorySource implements DataSource {
   }
 }
 
+/** The built-in sample's file. */
+export const SAMPLE_DATA_FILE = join(dirname(fileURLToPath(import.meta.url)), "sample_data.json");
+
 /**
  * The built-in sample: a few items per language for the three tasks in all 20 languages, and
  * question-translation pairs for de es it sw zh, written for this project (original texts, not
@@ -85,8 +108,7 @@ export class MemorySource implements DataSource {
  * meaningful accuracy.
  */
 export async function sampleSource(): Promise<MemorySource> {
-  const file = join(dirname(fileURLToPath(import.meta.url)), "sample_data.json");
-  const json = JSON.parse(await readFile(file, "utf8")) as { files: Record<string, unknown> };
+  const json = JSON.parse(await readFile(SAMPLE_DATA_FILE, "utf8")) as { files: Record<string, unknown> };
   return new MemorySource(json.files, "built-in sample (src/eval/sample_data.json)");
 }
 

@@ -4,6 +4,7 @@
  * English's. `interpret` measures one model; `writeInterpReport` draws one or several (base and
  * aligned) into one folder of SVG charts with their numbers as JSON and CSV.
  */
+import type { Provenance } from "../io/provenance.ts";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { cpuDevice } from "../kernels/devices.ts";
@@ -156,10 +157,11 @@ export function summarize(report: InterpReport): InterpSummary {
  * (one line per model, language and item); `summary.json` ({@link summarize} of each report,
  * and the list of files).
  * @param subtitle shown under every chart's title, e.g. "SNLI, 6-shot, 50 items per language"
+ * @param provenance what ran, on what, from which files: recorded in summary.json
  * @returns the paths written
  * @throws PlotSpecError (a bug) or fs errors.
  */
-export async function writeInterpReport(dir: string, reports: readonly InterpReport[], subtitle?: string): Promise<string[]> {
+export async function writeInterpReport(dir: string, reports: readonly InterpReport[], subtitle?: string, provenance?: Provenance): Promise<string[]> {
   await mkdir(dir, { recursive: true });
   const charts: Chart[] = [];
   const withLens = reports.filter((r) => r.lens);
@@ -189,6 +191,6 @@ export async function writeInterpReport(dir: string, reports: readonly InterpRep
   }
   const summary = join(dir, "summary.json");
   files.push(summary);
-  await writeFile(summary, JSON.stringify({ subtitle: subtitle ?? null, files, reports: reports.map(summarize) }, null, 1) + "\n");
+  await writeFile(summary, JSON.stringify({ subtitle: subtitle ?? null, provenance: provenance ?? null, files, reports: reports.map(summarize) }, null, 1) + "\n");
   return files;
 }

@@ -131,3 +131,21 @@ export async function init(kind: DeviceKind = "auto", opts: DeviceOptions = {}):
   setDefaultDevice(device);
   return device;
 }
+
+/**
+ * What a results file records about a device: its name; for webgpu the adapter's identity
+ * (GPUAdapterInfo vendor, architecture, device, description) and the device's features; for
+ * wasm its thread count and whether relaxed SIMD is used.
+ */
+export function describeDevice(b: Backend): Record<string, unknown> {
+  if (b.name === "webgpu") {
+    const gpu = (b as unknown as { device: GPUDevice }).device;
+    const { vendor, architecture, device, description } = gpu.adapterInfo;
+    return { name: b.name, adapter: { vendor, architecture, device, description }, features: [...gpu.features].sort() };
+  }
+  if (b.name === "wasm") {
+    const w = b as WasmBackend;
+    return { name: b.name, threads: w.threads, relaxedSimd: w.relaxedSimd };
+  }
+  return { name: b.name };
+}

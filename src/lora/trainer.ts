@@ -99,6 +99,21 @@ export interface TrainResult {
   history: TrainerState["history"];
 }
 
+/**
+ * What a schedule does that a user may not expect: linear warmup starts at lr 0 (HF's
+ * get_cosine_schedule_with_warmup), so the first optimizer step changes nothing, and a run of
+ * fewer than two steps trains nothing at all (the LoRA B matrices stay 0: the model is the base).
+ * @returns a "warning: ..." line when nothing will be trained, a note when only step 1 is idle,
+ *   null when step 1 already has a learning rate
+ */
+export function scheduleNote(lr: number, totalSteps: number, warmup: number): string | null {
+  if (cosineWithWarmup(0, lr, totalSteps, warmup) !== 0) return null;
+  if (totalSteps < 2) {
+    return `warning: ${totalSteps} optimizer step, at learning rate 0 (the warmup starts at 0): nothing will be trained; give more pairs or epochs, or a smaller batch-size x grad-accum`;
+  }
+  return `step 1 runs at learning rate 0: the linear warmup over ${warmup} step(s) starts at 0, as HF's scheduler does`;
+}
+
 /** FNV-1a, 32 bits, of a sequence of integers: a cheap fingerprint of data and seeds. */
 function fnv1a(values: Iterable<number>): number {
   let h = 0x811c9dc5;
@@ -237,6 +252,8 @@ export async function train(
     log(`no checkpoint in ${checkpointDir ?? "(no output folder)"}; starting from scratch`);
   }
   log(`${nTrain} training and ${data.val.length} validation examples; ${totalSteps} optimizer steps (warmup ${warmup}), ${adapter.params.length} LoRA tensors`);
+  const note = scheduleNote(o.lr, totalSteps, warmup);
+  if (note) log(note);
 
   const validate = async (): Promise<void> => {
     if (data.val.length === 0) return;
