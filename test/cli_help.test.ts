@@ -118,7 +118,7 @@ describe("option names", () => {
     expect(warnings).toEqual(["align: --alpha is now called --lora-alpha; the old spelling still works for now"]);
     const recipe = trainingRecipe("align", v, 3);
     expect(recipe.lora).toEqual({ r: 4, lora_alpha: 8, lora_dropout: 0, target_modules: ["q_proj", "down_proj"] });
-    expect(recipe.hyper).toEqual({ lr: TRAIN_DEFAULTS.lr, epochs: TRAIN_DEFAULTS.epochs, batchSize: 2, gradAccum: TRAIN_DEFAULTS.gradAccum, saveSteps: 7 });
+    expect(recipe.hyper).toEqual({ lr: TRAIN_DEFAULTS.lr, epochs: TRAIN_DEFAULTS.epochs, batchSize: 2, gradAccum: TRAIN_DEFAULTS.gradAccum, saveSteps: 7, gradientCheckpointing: false });
     expect(recipe.seed).toBe(3);
     expect(trainingRecipe("align", parse("align", ["--target-modules", "all-linear"], TRAINING_OPTIONS), 0).lora.target_modules).toBe("all-linear");
     expect(() => trainingRecipe("align", parse("align", ["--lora-alpha", "0"], TRAINING_OPTIONS), 0)).toThrow('align: --lora-alpha must be a number > 0, got "0"');
