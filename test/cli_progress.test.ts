@@ -70,7 +70,7 @@ describe("progress text", () => {
 });
 
 describe("qalign eval on a piped stderr", () => {
-  const args = ["eval", "--model", TINY, "--langs", "en", "--limit", "3", "--shots", "0", "--data", "sample", "--device", "cpu"];
+  const args = ["eval", "--model", TINY, "--langs", "en", "--limit", "3", "--shots", "0", "--protocol", "qalign", "--data", "sample", "--device", "cpu"];
 
   it("shows the model's bytes read and the language's items", () => {
     const r = runCli(args);

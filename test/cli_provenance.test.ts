@@ -45,7 +45,7 @@ describe("provenance", () => {
     const data = englishData();
     const out = join(tmp, "eval");
     const before = new Date();
-    const r = runCli(["eval", "--model", TINY, "--langs", "en", "--limit", "3", "--shots", "0", "--data", data, "--out", out, "--device", "cpu"]);
+    const r = runCli(["eval", "--model", TINY, "--langs", "en", "--limit", "3", "--shots", "0", "--protocol", "qalign", "--data", data, "--out", out, "--device", "cpu"]);
     expect(r.status, r.stderr).toBe(0);
     const p = (JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as { provenance: Provenance }).provenance;
     expect(p.qalign).toBe((JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string }).version);
