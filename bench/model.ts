@@ -36,6 +36,7 @@ import type { BenchContext } from "./kernels.ts";
 import { hostRandom } from "./peer.ts";
 import type { OrtEndToEnd } from "./ort_model.ts";
 import { ortEndToEnd } from "./ort_model.ts";
+import { WEIGHT_CASE_DTYPES } from "./weights.ts";
 
 /** Qwen1.5-0.5B's config.json with 4 of its 24 layers. */
 const QWEN05_4L = {
@@ -179,7 +180,7 @@ async function endToEnd(ctx: BenchContext, label: string, model: LlamaModel, dev
     const sampler = memorySampler();
     await phase();
     const peak = sampler.stop();
-    return { peakHostRssBytes: peak.rss, hostRssAboveStartBytes: peak.rss - before, ...(gpu ? { devicePeakBytes: gpu.memoryStats().peakBytes, deviceBytesAboveStart: gpu.memoryStats().peakBytes - inUse } : {}) };
+    return { peakHostRssBytes: peak.rss, hostRssAboveStartBytes: peak.rss - before, ...(gpu ? { devicePeakBytes: gpu.memoryStats().peakBytes + gpu.memoryStats().weightBytes, deviceBytesAboveStart: gpu.memoryStats().peakBytes - inUse } : {}) };
   };
 
   // Prefill: the prompt through a fresh KV cache, logits of the last token read back.
@@ -202,7 +203,8 @@ async function endToEnd(ctx: BenchContext, label: string, model: LlamaModel, dev
   };
   const contenders: Contender[] = [prefill, ...(peer ? [peer.prefill(prompt)] : [])];
   let matmuls: ReturnType<typeof prefillMatmuls> | null = null;
-  if (gpu) {
+  // The matmuls-alone contender times f32 weights; a packed model's are timed in the "weights" group.
+  if (gpu && model.lm_head instanceof Tensor) {
     matmuls = prefillMatmuls(gpu, model, sizes.prefill);
     const m = matmuls;
     // Same work, same unit (tokens), so the two throughputs compare directly.
@@ -305,15 +307,19 @@ export async function endToEndCases(ctx: BenchContext, devices: Backend[]): Prom
     out.push(...(failed.results.length === 0 ? [failed] : cases));
   };
   for (const device of devices) {
-    await guarded(`tiny llama on ${device.name}`, async () => {
-      const dir = await ensureTinyModel();
-      const model = await loadModel(dir, { device });
-      const peer = device === ctx.wasm ? await ortOn(ctx, "tiny-llama", dir, model) : null;
-      const cases = await endToEnd(ctx, "tiny llama", model, device, tinySizes, peer);
-      peer?.dispose();
-      model.dispose();
-      return cases;
-    });
+    // Weight dtypes on webgpu, where the packed kernels are; f32 elsewhere.
+    for (const dtype of device === ctx.gpu ? WEIGHT_CASE_DTYPES : (["f32"] as const)) {
+      const label = dtype === "f32" ? "tiny llama" : `tiny llama ${dtype}`;
+      await guarded(`${label} on ${device.name}`, async () => {
+        const dir = await ensureTinyModel();
+        const model = await loadModel(dir, { device, dtype });
+        const peer = device === ctx.wasm ? await ortOn(ctx, "tiny-llama", dir, model) : null;
+        const cases = await endToEnd(ctx, label, model, device, tinySizes, peer);
+        peer?.dispose();
+        model.dispose();
+        return cases;
+      });
+    }
   }
   {
     // Quick runs cut the model (one layer, an 8192-token vocabulary) and run it on wasm only.
@@ -325,11 +331,15 @@ export async function endToEndCases(ctx: BenchContext, devices: Backend[]): Prom
         ctx.log(`writing a random checkpoint: ${label}`);
         const { dir } = await writeRandomCheckpoint(config, 100);
         try {
-          const model = await loadModel(dir, { device });
-          const peer = device === ctx.wasm ? await ortOn(ctx, ctx.quick ? "qwen1.5-0.5b-cut" : "qwen1.5-0.5b-4-layers", dir, model) : null;
-          const cases = await endToEnd(ctx, label, model, device, sizes, peer);
-          peer?.dispose();
-          model.dispose();
+          const cases: CaseResult[] = [];
+          // Each weight dtype on webgpu (the same checkpoint, loaded again); f32 on wasm.
+          for (const dtype of device === ctx.gpu ? WEIGHT_CASE_DTYPES : (["f32"] as const)) {
+            const model = await loadModel(dir, { device, dtype });
+            const peer = device === ctx.wasm ? await ortOn(ctx, ctx.quick ? "qwen1.5-0.5b-cut" : "qwen1.5-0.5b-4-layers", dir, model) : null;
+            cases.push(...(await endToEnd(ctx, dtype === "f32" ? label : `${label}, ${dtype}`, model, device, sizes, peer)));
+            peer?.dispose();
+            model.dispose();
+          }
           return cases;
         } finally {
           await rm(dir, { recursive: true, force: true });

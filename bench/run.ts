@@ -25,12 +25,13 @@ import { attempt, table } from "./harness.ts";
 import type { BenchContext } from "./kernels.ts";
 import { attentionCases, matmulCases, rowCases } from "./kernels.ts";
 import { endToEndCases, loaderCase } from "./model.ts";
+import { weightCases } from "./weights.ts";
 import { cpuPeak } from "./cpu_peak.ts";
 import { startCpuSidePeers } from "./jax_ort.ts";
 import { packageVersions, startPeer } from "./peer.ts";
 import { targets } from "./targets.ts";
 
-const GROUPS = ["matmul", "attention", "rows", "e2e", "loader"] as const;
+const GROUPS = ["matmul", "weights", "attention", "rows", "e2e", "loader"] as const;
 
 const USAGE = `usage: npm run bench [-- --quick] [-- --json FILE] [-- --device webgpu|cpu] [-- --threads N] [-- --only GROUP,...]
   --quick   small sizes and few repeats (CI's smoke test; targets are printed, never enforced)
@@ -133,6 +134,7 @@ const run = async (group: (typeof GROUPS)[number], f: () => Promise<CaseResult[]
   log(`${group} done in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
 };
 await run("matmul", () => matmulCases(ctx));
+await run("weights", () => weightCases(ctx));
 await run("attention", () => attentionCases(ctx));
 await run("rows", () => rowCases(ctx));
 await run("e2e", () => endToEndCases(ctx, gpu ? [gpu, wasm, cpu] : [wasm, cpu]));

@@ -23,6 +23,7 @@ const fmt = (x: number, d = 2) => x.toFixed(d);
 export function targets(cases: readonly CaseResult[], gpu: WebGpuBackend | null, peak: CpuPeak | null): Target[] {
   const out: Target[] = [];
   out.push(...wasmTargets(cases, peak));
+  out.push(...weightTargets(cases));
   const qalignGpu = (t: Timing) => t.engine === "qalign webgpu";
 
   // matmul: at least 5x TensorFlow.js's throughput, at 1024^3 and at the Qwen1.5-1.8B shapes.
@@ -130,6 +131,27 @@ function wasmTargets(cases: readonly CaseResult[], peak: CpuPeak | null): Target
     const [q, p] = [medianOf(c, "qalign wasm"), medianOf(c, "onnxruntime cpu")];
     const v = q && p ? p / q : null;
     out.push({ name: `${c.name}: wasm within 3x of ONNX Runtime CPU`, measured: v === null ? "no ratio (a timing failed)" : `${fmt(v)}x its speed`, value: v, met: v === null ? null : v >= 1 / 3 });
+  }
+  return out;
+}
+
+/**
+ * Packed weights (weights.ts): on the decode row, weights/s of bf16 >= 1.7x and of nf4 >= 3x
+ * f32's; in every weights case, no dtype more than 10% slower than f32.
+ */
+function weightTargets(cases: readonly CaseResult[]): Target[] {
+  const out: Target[] = [];
+  for (const c of cases.filter((c) => c.group === "weights")) {
+    const ms = (d: string) => c.results.find((r) => r.variant === d)?.medianMs ?? null;
+    const f32 = ms("f32");
+    for (const [d, goal] of [["bf16", 1.7], ["nf4", 3]] as const) {
+      const t = ms(d);
+      const v = f32 && t ? f32 / t : null;
+      const decode = c.params["M"] === 1;
+      const name = decode ? `${c.name}: ${d} >= ${goal}x f32's weights/s` : `${c.name}: ${d} no more than 10% slower than f32`;
+      const met = v === null ? null : decode ? v >= goal : v >= 1 / 1.1;
+      out.push({ name, measured: v === null ? "no timing in this run" : `${fmt(v)}x f32`, value: v, met });
+    }
   }
   return out;
 }

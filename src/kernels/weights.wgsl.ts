@@ -56,19 +56,23 @@ fn w8(e0: u32) -> W8 {
     dtype === "f16"
       ? (w: string) => `unpack2x16float(${w})`
       : (w: string) => `vec2<f32>(bitcast<f32>(${w} << 16u), bitcast<f32>(${w} & 0xffff0000u))`;
+  // W is bound as vec4<u32>: the 8 weights are one 16-byte load.
   return `${struct}
 fn w8(e0: u32) -> W8 {
-  let i = e0 / 2u;
-  return W8(vec4<f32>(${pair("W[i]")}, ${pair("W[i + 1u]")}), vec4<f32>(${pair("W[i + 2u]")}, ${pair("W[i + 3u]")}));
+  let q = W[e0 / 8u];
+  return W8(vec4<f32>(${pair("q.x")}, ${pair("q.y")}), vec4<f32>(${pair("q.z")}, ${pair("q.w")}));
 }`;
 }
 
 const PARAMS = ["M", "N", "K"].map((name) => ({ name, type: "u32" as const }));
 
+/** How the packed words are bound: 16-bit weights as vec4<u32> (8 weights a load), NF4 as u32 (8 a word). */
+const wordType = (dtype: PackedDType) => (dtype === "nf4" ? ("u32" as const) : ("vec4<u32>" as const));
+
 function weightBuffers(dtype: PackedDType, xType: "f32" | "vec4<f32>") {
   return [
     { name: "X", type: xType, access: "read" as const },
-    { name: "W", type: "u32" as const, access: "read" as const },
+    { name: "W", type: wordType(dtype), access: "read" as const },
     ...(dtype === "nf4" ? [{ name: "S", type: "f32" as const, access: "read" as const }] : []),
     { name: "C", type: "f32" as const, access: "read_write" as const },
   ];
@@ -156,7 +160,7 @@ function gatherKernel(dtype: PackedDType): Kernel {
     ],
     buffers: [
       { name: "ids", type: "i32", access: "read" },
-      { name: "W", type: "u32", access: "read" },
+      { name: "W", type: wordType(dtype), access: "read" },
       ...(dtype === "nf4" ? [{ name: "S", type: "f32" as const, access: "read" as const }] : []),
       { name: "C", type: "f32", access: "read_write" },
     ],

@@ -154,10 +154,10 @@ export class WebGpuBackend implements Backend, KernelHost {
     return this.space.buffers.inUseBytes + this.weights.liveBytes;
   }
 
-  /** Pool counters: bytes in use by storages, held by the pool in total, and the peak in use. */
-  memoryStats(): { inUseBytes: number; allocatedBytes: number; peakBytes: number } {
+  /** Pool counters: bytes in use by storages, held by the pool in total, and the peak in use; and the packed weights' bytes (outside the pool). */
+  memoryStats(): { inUseBytes: number; allocatedBytes: number; peakBytes: number; weightBytes: number } {
     const pool = this.space.buffers;
-    return { inUseBytes: pool.inUseBytes, allocatedBytes: pool.allocatedBytes, peakBytes: pool.peakBytes };
+    return { inUseBytes: pool.inUseBytes, allocatedBytes: pool.allocatedBytes, peakBytes: pool.peakBytes, weightBytes: this.weights.liveBytes };
   }
 
   /** Starts a new peak in `memoryStats().peakBytes` from the bytes in use now. */

@@ -26,7 +26,7 @@ export type Field =
  */
 export interface BufferDecl {
   name: string;
-  type: "f32" | "i32" | "u32" | "vec4<f32>";
+  type: "f32" | "i32" | "u32" | "vec4<f32>" | "vec4<u32>";
   access: "read" | "read_write";
 }
 
