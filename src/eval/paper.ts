@@ -127,6 +127,11 @@ export function scriptKey(task: TaskId, labels: LabelLanguage): string {
   return labels === "english" ? task : `${task}_native`;
 }
 
+/** The authors' script for `task` with `labels` answer words, or null where they wrote none (native-label SNLI and PAWS). */
+export function findScript(prompts: PaperPrompts, task: TaskSpec, labels: LabelLanguage): PaperScript | null {
+  return prompts.scripts[scriptKey(task.id, labels)] ?? null;
+}
+
 /**
  * The authors' script for `task` with `labels` answer words, and each class's role in its
  * tables (class c is the role whose English word is task.classes[c]).
@@ -135,7 +140,7 @@ export function scriptKey(task: TaskId, labels: LabelLanguage): string {
  */
 export function paperScript(prompts: PaperPrompts, task: TaskSpec, labels: LabelLanguage): { script: PaperScript; roles: AnswerRole[] } {
   const key = scriptKey(task.id, labels);
-  const script = prompts.scripts[key];
+  const script = findScript(prompts, task, labels);
   if (!script) {
     const have = Object.keys(prompts.scripts).join(", ");
     throw new RangeError(`the authors' scripts have no ${labels}-label ${task.title} evaluation (scripts in ${prompts.file}: ${have}); use --labels english`);

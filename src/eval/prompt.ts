@@ -39,6 +39,17 @@ export function selectDemos(items: readonly Item[], numClasses: number, shots: n
 }
 
 /**
+ * At most `limit` of `items` (all when limit is undefined or not smaller): class-balanced like
+ * the full test sets, so that a small --limit is not dominated by one class by chance (a
+ * constant predictor then scores 1 / classes, not anything), drawn by {@link selectDemos} with
+ * `rng`, in file order. Depends only on indices and classes, so every language gets the same items.
+ */
+export function limitItems(items: Item[], numClasses: number, limit: number | undefined, rng: Rng): Item[] {
+  if (limit === undefined || limit >= items.length) return items;
+  return selectDemos(items, numClasses, limit, rng).sort((a, b) => a.index - b.index);
+}
+
+/**
  * One item as prompt text: `<word>: <text>` per field, then `<answer word>: "` followed by
  * `<label>"` for a demonstration (label given) or nothing for the scored item.
  */
@@ -98,12 +109,12 @@ export async function languagePrompts(source: DataSource, task: TaskSpec, lang: 
   const rng = new Rng(opts.seed ?? 0);
   const demos = selectDemos(data.items, task.classes.length, opts.shots ?? task.shots, rng);
   const demoSet = new Set(demos);
-  let items = data.items.filter((it) => !demoSet.has(it));
-  if (opts.limit !== undefined && opts.limit < items.length) {
-    // Class-balanced like the full test sets, so that a small --limit is not dominated by
-    // one class by chance (a constant predictor then scores 1 / classes, not anything).
-    items = selectDemos(items, task.classes.length, opts.limit, rng).sort((a, b) => a.index - b.index);
-  }
+  const items = limitItems(
+    data.items.filter((it) => !demoSet.has(it)),
+    task.classes.length,
+    opts.limit,
+    rng,
+  );
   if (items.length === 0) throw new RangeError(`${data.file}: no item left to score after ${demos.length} demonstrations`);
   const prefix = formatPrefix(task, words, demos, labelWords);
   return { data, labelWords, demos, items, prefix, prompts: items.map((it) => prefix + formatItem(task, words, it)) };

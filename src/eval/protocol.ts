@@ -5,8 +5,8 @@ import { authorsTokenIds } from "./authors_tokens.ts";
 import { loadTaskData, type Item, type OnInvalid, type TaskData } from "./data.ts";
 import { labelTokenIds, type Vocabulary } from "./label_tokens.ts";
 import type { Lang } from "./languages.ts";
-import { commonStart, paperPrefix, paperPrompts, paperScript, renderPaperPrompt, scriptKey, tableWords, type LabelLanguage } from "./paper.ts";
-import { languagePrompts, selectDemos } from "./prompt.ts";
+import { commonStart, findScript, paperPrefix, paperPrompts, paperScript, renderPaperPrompt, scriptKey, tableWords, type LabelLanguage } from "./paper.ts";
+import { languagePrompts, limitItems } from "./prompt.ts";
 import type { DataSource } from "./source.ts";
 import type { TaskSpec } from "./tasks.ts";
 
@@ -93,14 +93,8 @@ export async function buildPrompts(source: DataSource, task: TaskSpec, lang: Lan
   const protocol = opts.protocol ?? DEFAULT_PROTOCOL;
   const labels = opts.labels ?? defaultLabels(protocol);
   const prompts = await paperPrompts();
-  const rule = (): AuthorsRule | null => {
-    try {
-      return authorsRule(prompts, task, labels, lang);
-    } catch (e) {
-      if (e instanceof RangeError) return null;
-      throw e;
-    }
-  };
+  // The authors' rule exists where they wrote a script for these answer words.
+  const rule = (): AuthorsRule | null => (findScript(prompts, task, labels) ? authorsRule(prompts, task, labels, lang) : null);
   if (protocol === "qalign") {
     const q = await languagePrompts(source, task, lang, { ...opts, englishLabels: labels === "english" });
     return {
@@ -122,10 +116,7 @@ export async function buildPrompts(source: DataSource, task: TaskSpec, lang: Lan
   const { script } = paperScript(prompts, task, labels);
   const key = scriptKey(task.id, labels);
   const data = await loadTaskData(source, task, lang, opts.onInvalid ?? "error");
-  let items = data.items;
-  if (opts.limit !== undefined && opts.limit < items.length) {
-    items = selectDemos(items, task.classes.length, opts.limit, new Rng(opts.seed ?? 0)).sort((a, b) => a.index - b.index);
-  }
+  const items = limitItems(data.items, task.classes.length, opts.limit, new Rng(opts.seed ?? 0));
   if (items.length === 0) throw new RangeError(`${data.file}: no item to score`);
   const labelWords = labels === "english" ? [...task.classes] : tableWords(prompts, task, labels, lang);
   const continuation = labels === "native" ? commonStart(labelWords) : "";
