@@ -4,6 +4,7 @@
  * device, TensorFlow.js's WebGPU backend (matmul, softmax) and the cpu device (small sizes) in one
  * interleaved run (see harness.ts).
  */
+import { freemem } from "node:os";
 import type { CpuBackend } from "../src/kernels/cpu.ts";
 import type { WasmBackend } from "../src/kernels/wasm/backend.ts";
 import { readRateCase } from "./bandwidth.ts";
@@ -23,7 +24,7 @@ import type { Peer, PeerCase } from "./peer.ts";
 import { checkPeer, hostRandom, peerMatmul, peerSoftmax } from "./peer.ts";
 import type { CpuPeak } from "./cpu_peak.ts";
 import type { CpuSidePeer } from "./jax_ort.ts";
-import { peerLinearContenders } from "./jax_ort.ts";
+import { failedContender, peerLinearContenders } from "./jax_ort.ts";
 
 /** What every case needs: the devices, the peer, the size regime and the sampling options. */
 export interface BenchContext {
@@ -98,7 +99,17 @@ async function matmulCase(ctx: BenchContext, name: string, M: number, N: number,
       wasm.free(y);
     }
   }
-  const others = await peerLinearContenders(ctx.cpuSidePeers, x, w, M, N, K);
+  // Each CPU-side peer holds its own copies of w (ONNX Runtime: the model bytes and its
+  // initializer); on a machine short of memory they are reported as not run instead of risking
+  // the out-of-memory killer.
+  const peerBytes = 3 * 4 * N * K * ctx.cpuSidePeers.length;
+  const others = peerBytes < freemem()
+    ? await peerLinearContenders(ctx.cpuSidePeers, x, w, M, N, K)
+    : {
+        contenders: ctx.cpuSidePeers.map((p) => failedContender(p.engine, `not run: the peers' copies of w need about ${(peerBytes / 2 ** 30).toFixed(1)} GiB, ${(freemem() / 2 ** 30).toFixed(1)} GiB are free`)),
+        check: async () => {},
+        dispose: () => {},
+      };
   contenders.push(...others.contenders);
   cleanup.push(others.dispose);
   let peerCase: PeerCase | null = null;

@@ -6,16 +6,16 @@ import type { LlamaModel } from "../src/model/llama.ts";
 import { openSafetensors } from "../src/model/safetensors.ts";
 import type { Backend } from "../src/tensor/backend.ts";
 import { PackedWeight } from "../src/tensor/weight.ts";
-import { testWebGpu } from "./helpers/devices.ts";
+import { testDevices } from "./helpers/devices.ts";
 import { fixtureDir, maxAbs, maxDiffAtTokens } from "./helpers/fixtures.ts";
 import { random } from "./helpers/random.ts";
 
 /**
- * Weight storage dtypes through the loader, on both devices:
+ * Weight storage dtypes through the loader, on every device:
  * - bf16 / f16: the committed BF16 (qwen2-tied) and F16 (mistral-sliding) fixtures stay 16-bit
  *   on the device by default, and their logits equal those of the same checkpoint loaded as f32.
  *   On cpu both paths sum the same f32 values in doubles in the same order: identical bits. On
- *   webgpu the packed kernels and the f32 matmul kernels add in different orders (tiles), so the
+ *   webgpu and wasm the packed kernels and the f32 matmul kernels add in different orders, so the
  *   logits agree to f32 rounding of sums of 32-64 terms through two layers: 1e-5 of the logit
  *   scale, while reading one 16-bit half wrong moves logits by O(1).
  * - NF4: checkpoints saved 4-bit in the transformers + bitsandbytes layout by
@@ -82,8 +82,8 @@ async function nf4Golden(name: string, device: Backend): Promise<void> {
 describe("16-bit weights stay 16-bit and give the f32 path's logits", () => {
   test("cpu: bf16 (qwen2-tied), bit for bit", () => sameLogits("qwen2-tied", cpu, true));
   test("cpu: f16 (mistral-sliding), bit for bit", () => sameLogits("mistral-sliding", cpu, true));
-  testWebGpu("webgpu: bf16 (qwen2-tied)", (gpu) => sameLogits("qwen2-tied", gpu, false));
-  testWebGpu("webgpu: f16 (mistral-sliding)", (gpu) => sameLogits("mistral-sliding", gpu, false));
+  testDevices("bf16 (qwen2-tied)", (device) => sameLogits("qwen2-tied", device, false));
+  testDevices("f16 (mistral-sliding)", (device) => sameLogits("mistral-sliding", device, false));
 
   test("device bytes: a bf16 checkpoint holds 2 bytes per matrix weight, f32 4", async () => {
     const before = cpu.liveBytes();
@@ -104,7 +104,7 @@ describe("16-bit weights stay 16-bit and give the f32 path's logits", () => {
 describe("NF4 weights", () => {
   for (const name of ["llama-nf4", "qwen2-nf4"]) {
     test(`cpu: ${name} (bitsandbytes 4-bit layout) loads to the reference's weights and logits`, () => nf4Golden(name, cpu));
-    testWebGpu(`webgpu: ${name} loads to the reference's weights and logits`, (gpu) => nf4Golden(name, gpu));
+    testDevices(`${name} loads to the reference's weights and logits`, (device) => nf4Golden(name, device));
   }
 
   test("quantizing the bf16 fixture at load gives exactly the weights bitsandbytes' algorithm gave", async () => {

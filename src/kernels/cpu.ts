@@ -138,6 +138,7 @@ export interface HostKernels {
   assign: typeof assignRef;
   matmul: typeof matmulRef;
   attention: typeof attentionRef;
+  attentionBackward: typeof attentionBackwardRef;
 }
 
 /**
@@ -148,7 +149,7 @@ export interface HostKernels {
 export class CpuBackend implements Backend {
   readonly name: Backend["name"] = "cpu";
   readonly maxBindingBytes: number = Infinity;
-  protected readonly kernels: HostKernels = { unary: unaryRef, binary: binaryRef, assign: assignRef, matmul: matmulRef, attention: attentionRef };
+  protected readonly kernels: HostKernels = { unary: unaryRef, binary: binaryRef, assign: assignRef, matmul: matmulRef, attention: attentionRef, attentionBackward: attentionBackwardRef };
   private bytes = 0;
 
   /** Takes ownership of a host array as a new storage, counting its bytes as live. */
@@ -326,7 +327,7 @@ export class CpuBackend implements Backend {
     const dq = this.allocate(ins.q.dtype, n.q);
     const dk = this.allocate(ins.q.dtype, n.kv);
     const dv = this.allocate(ins.q.dtype, n.kv);
-    attentionBackwardRef({ q: q!, k: k!, v: v!, keyMask, out: out!, dOut: dOut!, lse: lse! }, { dq, dk, dv }, g);
+    this.kernels.attentionBackward({ q: q!, k: k!, v: v!, keyMask, out: out!, dOut: dOut!, lse: lse! }, { dq, dk, dv }, g);
     return { dq: this.wrap(dq), dk: this.wrap(dk), dv: this.wrap(dv) };
   }
 
@@ -358,7 +359,7 @@ export class CpuBackend implements Backend {
   matmulWeight(x: Storage, w: WeightStorage, M: number, form: "nt" | "nn"): Storage {
     const s = weightData("matmulWeight", w);
     expectDType("matmulWeight", "x", x, "f32");
-    const out = new Float32Array(checkMatmulWeight("matmulWeight", x, s, M, form));
+    const out = this.allocate("f32", checkMatmulWeight("matmulWeight", x, s, M, form)) as Float32Array;
     matmulWeightRef(hostData("matmulWeight", x) as Float32Array, s.data, s.rows, s.cols, M, form, out);
     return this.wrap(out);
   }
@@ -366,7 +367,7 @@ export class CpuBackend implements Backend {
   gatherWeight(w: WeightStorage, ids: Storage): Storage {
     const s = weightData("gatherWeight", w);
     expectDType("gatherWeight", "ids", ids, "i32");
-    const out = new Float32Array(ids.numel * s.cols);
+    const out = this.allocate("f32", ids.numel * s.cols) as Float32Array;
     gatherWeightRef(s.data, s.rows, s.cols, hostData("gatherWeight", ids) as Int32Array, out);
     return this.wrap(out);
   }

@@ -32,86 +32,180 @@ import {
  * multiple of 4. Rows are split round-robin between threads; each row is one thread's, in one
  * order, so results do not depend on the thread count. Thread tid uses 4 Dh bytes of scratch at
  * scratch + tid * 4 Dh.
+ *
+ * attn_bwd(q, k, v, mask, out, dOut, lse, dq, dk, dv, B, H, Hkv, Tq, Tk, Dh, scaleBits, causal,
+ * window, tid, threads): FlashAttention-2's backward as attentionBackwardRef writes it (which see
+ * for the formulas), accumulated in f32 into dq, dk, dv (zero on entry). A unit is one kv head of
+ * one batch row: it owns that head's dk, dv rows and the dq rows of its query heads, so units run
+ * on any thread without races and every sum keeps one order.
  */
-export function attentionModule(shared: boolean): Uint8Array {
-  const fn = new FunctionBuilder("attn", new Array(18).fill(T.i32));
-  const [q, k, v, mask, out, ml, B, H, Hkv, Tq, Tk, Dh, scaleBits, causal, window, scratch, tid, threads] = fn.params as Local[] as Local[] & { length: 18 };
-  const I = () => fn.local(T.i32);
-  const [rows, r, b, h, i, pos, lo, hi, j, d, qp, kb, vb, kp, vp, acc, rowBytes] = Array.from({ length: 17 }, I) as Local[];
-  const [m, l, s, p, corr, scale] = Array.from({ length: 6 }, () => fn.local(T.f32));
-  const [dotv, t, n, rr] = Array.from({ length: 4 }, () => fn.local(T.v128));
+/** Locals and code builders both passes share: row offsets, dot products, exp, the visible keys. */
+function tools(fn: FunctionBuilder, p: { Dh: Local; Tq: Local; Tk: Local; causal: Local; window: Local; mask: Local; scaleBits: Local }) {
   const c = i32.const;
+  const I = () => fn.local(T.i32);
+  const [rowBytes, d, pos, lo, hi, j, b] = Array.from({ length: 7 }, I) as Local[];
+  const [dotv, t, n, rr] = Array.from({ length: 4 }, () => fn.local(T.v128));
+  const scale = fn.local(T.f32);
   const at = (base: Local) => i32.add(get(base), get(d!));
-  const expScalar = (x: Code) => f32x4.extract_lane(expF32x4(f32x4.splat(x), t, n, rr), 0);
   /** for d in [0, rowBytes) step 16: body (d is a byte offset into a row). */
   const overRow = (body: Code) => forRange(d!, c(0), get(rowBytes!), c(16), body);
+  const lanes = (v: Code) => f32.add(f32.add(f32x4.extract_lane(v, 0), f32x4.extract_lane(v, 1)), f32.add(f32x4.extract_lane(v, 2), f32x4.extract_lane(v, 3)));
+  return {
+    rowBytes: rowBytes!,
+    b: b!,
+    scale,
+    at,
+    overRow,
+    /** Sets the scale and the row size in bytes. */
+    prologue: seq(set(scale, f32.reinterpret_i32(get(p.scaleBits))), set(rowBytes!, i32.shl(get(p.Dh), c(2)))),
+    /** Writes `x . y` (rows at byte pointers x and y) into the f32 local `into`. */
+    dot: (x: Local, y: Local, into: Local) => seq(set(dotv, v128.zero()), overRow(set(dotv, f32x4.add(get(dotv), f32x4.mul(v128.load(at(x)), v128.load(at(y)))))), set(into, lanes(get(dotv)))),
+    exp: (x: Code) => f32x4.extract_lane(expF32x4(f32x4.splat(x), t, n, rr), 0),
+    /**
+     * Runs `body` for every key j that query i of batch row b (the local `b`) sees, in order of
+     * j: [lo, hi] = [pos - window + 1 (window > 0), pos (causal)] within [0, Tk), pos = Tk - Tq + i,
+     * then the key mask. `at(j)` gives the key's index in the body.
+     */
+    keys: (i: Local, body: (j: Local) => Code) => {
+      const start = i32.add(i32.sub(get(pos!), get(p.window)), c(1));
+      const ok = seq(body(j!));
+      return seq(
+        set(pos!, i32.add(i32.sub(get(p.Tk), get(p.Tq)), get(i))),
+        set(hi!, i32.sub(get(p.Tk), c(1))),
+        ifElse(i32.and(get(p.causal), i32.lt_s(get(pos!), get(hi!))), set(hi!, get(pos!))),
+        set(lo!, c(0)),
+        ifElse(i32.gt_s(get(p.window), c(0)), set(lo!, select(start, c(0), i32.gt_s(start, c(0))))),
+        forRange(
+          j!,
+          get(lo!),
+          i32.add(get(hi!), c(1)),
+          c(1),
+          ifElse(i32.eqz(get(p.mask)), ok, ifElse(i32.ne(i32.load(i32.add(get(p.mask), i32.shl(i32.add(i32.mul(get(b!), get(p.Tk)), get(j!)), c(2)))), c(0)), ok)),
+        ),
+      );
+    },
+  };
+}
 
-  const visible = seq(
-    // s = scale * q . k_j
-    set(dotv, v128.zero()),
-    overRow(set(dotv, f32x4.add(get(dotv), f32x4.mul(v128.load(at(qp!)), v128.load(at(kp!)))))),
-    set(s, f32.mul(get(scale), f32.add(f32.add(f32x4.extract_lane(get(dotv), 0), f32x4.extract_lane(get(dotv), 1)), f32.add(f32x4.extract_lane(get(dotv), 2), f32x4.extract_lane(get(dotv), 3))))),
-    // A new maximum rescales what was summed so far (the first key rescales zeros).
-    ifElse(
-      f32.gt(get(s), get(m)),
-      seq(
-        set(corr, expScalar(f32.sub(get(m), get(s)))),
-        set(l, f32.mul(get(l), get(corr))),
-        overRow(v128.store(at(acc!), f32x4.mul(v128.load(at(acc!)), f32x4.splat(get(corr))))),
-        set(m, get(s)),
-      ),
-    ),
-    set(p, expScalar(f32.sub(get(s), get(m)))),
-    set(l, f32.add(get(l), get(p))),
-    overRow(v128.store(at(acc!), f32x4.add(v128.load(at(acc!)), f32x4.mul(f32x4.splat(get(p)), v128.load(at(vp!)))))),
-  );
-  const keyLoop = forRange(
-    j!,
-    get(lo!),
-    i32.add(get(hi!), c(1)),
-    c(1),
+function forward(): { fn: FunctionBuilder; body: Code } {
+  const fn = new FunctionBuilder("attn", new Array(18).fill(T.i32));
+  const [q, k, v, mask, out, ml, B, H, Hkv, Tq, Tk, Dh, scaleBits, causal, window, scratch, tid, threads] = fn.params as Local[] as Local[] & { length: 18 };
+  const x = tools(fn, { Dh: Dh!, Tq: Tq!, Tk: Tk!, causal: causal!, window: window!, mask: mask!, scaleBits: scaleBits! });
+  const { at, overRow, rowBytes, b } = x;
+  const I = () => fn.local(T.i32);
+  const [rows, r, h, i, qp, kb, vb, kp, vp, acc] = Array.from({ length: 10 }, I) as Local[];
+  const [m, l, s, p, corr] = Array.from({ length: 5 }, () => fn.local(T.f32));
+  const c = i32.const;
+  const visible = (j: Local) =>
     seq(
-      set(kp!, i32.add(get(kb!), i32.mul(get(j!), get(rowBytes!)))),
-      set(vp!, i32.add(get(vb!), i32.mul(get(j!), get(rowBytes!)))),
+      set(kp!, i32.add(get(kb!), i32.mul(get(j), get(rowBytes)))),
+      set(vp!, i32.add(get(vb!), i32.mul(get(j), get(rowBytes)))),
+      x.dot(qp!, kp!, s),
+      set(s, f32.mul(get(x.scale), get(s))),
+      // A new maximum rescales what was summed so far (the first key rescales zeros).
       ifElse(
-        i32.eqz(get(mask!)),
-        visible,
-        ifElse(i32.ne(i32.load(i32.add(get(mask!), i32.shl(i32.add(i32.mul(get(b!), get(Tk!)), get(j!)), c(2)))), c(0)), visible),
+        f32.gt(get(s), get(m)),
+        seq(
+          set(corr, x.exp(f32.sub(get(m), get(s)))),
+          set(l, f32.mul(get(l), get(corr))),
+          overRow(v128.store(at(acc!), f32x4.mul(v128.load(at(acc!)), f32x4.splat(get(corr))))),
+          set(m, get(s)),
+        ),
       ),
-    ),
-  );
+      set(p, x.exp(f32.sub(get(s), get(m)))),
+      set(l, f32.add(get(l), get(p))),
+      overRow(v128.store(at(acc!), f32x4.add(v128.load(at(acc!)), f32x4.mul(f32x4.splat(get(p)), v128.load(at(vp!)))))),
+    );
   const rowBody = seq(
     set(i!, i32.rem_s(get(r!), get(Tq!))),
     set(h!, i32.rem_s(i32.div_s(get(r!), get(Tq!)), get(H!))),
-    set(b!, i32.div_s(get(r!), i32.mul(get(H!), get(Tq!)))),
-    set(qp!, i32.add(get(q!), i32.mul(get(r!), get(rowBytes!)))),
+    set(b, i32.div_s(get(r!), i32.mul(get(H!), get(Tq!)))),
+    set(qp!, i32.add(get(q!), i32.mul(get(r!), get(rowBytes)))),
     // kv head of query head h: h / (H / Hkv)
-    set(kb!, i32.mul(i32.add(i32.mul(get(b!), get(Hkv!)), i32.div_s(get(h!), i32.div_s(get(H!), get(Hkv!)))), i32.mul(get(Tk!), get(rowBytes!)))),
+    set(kb!, i32.mul(i32.add(i32.mul(get(b), get(Hkv!)), i32.div_s(get(h!), i32.div_s(get(H!), get(Hkv!)))), i32.mul(get(Tk!), get(rowBytes)))),
     set(vb!, i32.add(get(v!), get(kb!))),
     set(kb!, i32.add(get(k!), get(kb!))),
-    // Visible keys: [lo, hi] = [pos - window + 1 (window > 0), pos (causal)] within [0, Tk).
-    set(pos!, i32.add(i32.sub(get(Tk!), get(Tq!)), get(i!))),
-    set(hi!, i32.sub(get(Tk!), c(1))),
-    ifElse(i32.and(get(causal!), i32.lt_s(get(pos!), get(hi!))), set(hi!, get(pos!))),
-    set(lo!, c(0)),
-    ifElse(i32.gt_s(get(window!), c(0)), set(lo!, select(i32.add(i32.sub(get(pos!), get(window!)), c(1)), c(0), i32.gt_s(i32.add(i32.sub(get(pos!), get(window!)), c(1)), c(0))))),
     set(m, f32.const(-Infinity)),
     set(l, f32.const(0)),
     overRow(v128.store(at(acc!), v128.zero())),
-    keyLoop,
+    x.keys(i!, visible),
     // out = acc / l, or 0 for a row that saw no key.
     set(p, select(f32.div(f32.const(1), get(l)), f32.const(0), f32.gt(get(l), f32.const(0)))),
-    set(kp!, i32.add(get(out!), i32.mul(get(r!), get(rowBytes!)))),
+    set(kp!, i32.add(get(out!), i32.mul(get(r!), get(rowBytes)))),
     overRow(v128.store(at(kp!), f32x4.mul(v128.load(at(acc!)), f32x4.splat(get(p))))),
     f32.store(i32.add(get(ml!), i32.shl(get(r!), c(3))), get(m)),
     f32.store(i32.add(get(ml!), i32.shl(get(r!), c(3))), get(l), 4),
   );
   const body = seq(
-    set(scale, f32.reinterpret_i32(get(scaleBits!))),
-    set(rowBytes!, i32.shl(get(Dh!), c(2))),
-    set(acc!, i32.add(get(scratch!), i32.mul(get(tid!), get(rowBytes!)))),
+    x.prologue,
+    set(acc!, i32.add(get(scratch!), i32.mul(get(tid!), get(rowBytes)))),
     set(rows!, i32.mul(i32.mul(get(B!), get(H!)), get(Tq!))),
     forRange(r!, get(tid!), get(rows!), get(threads!), rowBody),
   );
-  return buildModule(shared, [{ fn, body }]);
+  return { fn, body };
+}
+
+function backward(): { fn: FunctionBuilder; body: Code } {
+  const fn = new FunctionBuilder("attn_bwd", new Array(21).fill(T.i32));
+  const [q, k, v, mask, out, dOut, lse, dq, dk, dv, B, H, Hkv, Tq, Tk, Dh, scaleBits, causal, window, tid, threads] = fn.params as Local[] as Local[] & { length: 21 };
+  const x = tools(fn, { Dh: Dh!, Tq: Tq!, Tk: Tk!, causal: causal!, window: window!, mask: mask!, scaleBits: scaleBits! });
+  const { at, overRow, rowBytes, b } = x;
+  const I = () => fn.local(T.i32);
+  const [units, u, kvh, group, hh, i, r, kvRow, qp, dop, op, dqp, kp, vp, dkp, dvp] = Array.from({ length: 16 }, I) as Local[];
+  const [lseI, Di, s, p, dp, ds] = Array.from({ length: 6 }, () => fn.local(T.f32));
+  const c = i32.const;
+  const row = (base: Local, index: Local) => i32.add(get(base), i32.mul(get(index), get(rowBytes)));
+  const visible = (j: Local) =>
+    seq(
+      set(kp!, i32.add(get(k!), i32.mul(i32.add(get(kvRow!), get(j)), get(rowBytes)))),
+      set(vp!, i32.add(get(v!), i32.mul(i32.add(get(kvRow!), get(j)), get(rowBytes)))),
+      set(dkp!, i32.add(get(dk!), i32.mul(i32.add(get(kvRow!), get(j)), get(rowBytes)))),
+      set(dvp!, i32.add(get(dv!), i32.mul(i32.add(get(kvRow!), get(j)), get(rowBytes)))),
+      x.dot(qp!, kp!, s),
+      set(p, x.exp(f32.sub(f32.mul(get(x.scale), get(s)), get(lseI)))),
+      x.dot(dop!, vp!, dp),
+      // ds scaled once: dq += (scale ds) k, dk += (scale ds) q
+      set(ds, f32.mul(get(x.scale), f32.mul(get(p), f32.sub(get(dp), get(Di))))),
+      overRow(
+        seq(
+          v128.store(at(dvp!), f32x4.add(v128.load(at(dvp!)), f32x4.mul(f32x4.splat(get(p)), v128.load(at(dop!))))),
+          v128.store(at(dqp!), f32x4.add(v128.load(at(dqp!)), f32x4.mul(f32x4.splat(get(ds)), v128.load(at(kp!))))),
+          v128.store(at(dkp!), f32x4.add(v128.load(at(dkp!)), f32x4.mul(f32x4.splat(get(ds)), v128.load(at(qp!))))),
+        ),
+      ),
+    );
+  const queryBody = seq(
+    // r: the row of query i of head kvh * group + hh in [B, H, Tq]
+    set(r!, i32.add(i32.mul(i32.add(i32.mul(get(b), get(H!)), i32.add(i32.mul(get(kvh!), get(group!)), get(hh!))), get(Tq!)), get(i!))),
+    set(qp!, row(q!, r!)),
+    set(dop!, row(dOut!, r!)),
+    set(op!, row(out!, r!)),
+    set(dqp!, row(dq!, r!)),
+    set(lseI, f32.load(i32.add(get(lse!), i32.shl(get(r!), c(2))))),
+    x.dot(dop!, op!, Di),
+    x.keys(i!, visible),
+  );
+  const body = seq(
+    x.prologue,
+    set(group!, i32.div_s(get(H!), get(Hkv!))),
+    set(units!, i32.mul(get(B!), get(Hkv!))),
+    forRange(
+      u!,
+      get(tid!),
+      get(units!),
+      get(threads!),
+      seq(
+        set(b, i32.div_s(get(u!), get(Hkv!))),
+        set(kvh!, i32.rem_s(get(u!), get(Hkv!))),
+        set(kvRow!, i32.mul(get(u!), get(Tk!))), // first row of this kv head in [B, Hkv, Tk]
+        forRange(hh!, c(0), get(group!), c(1), forRange(i!, c(0), get(Tq!), c(1), queryBody)),
+      ),
+    ),
+  );
+  return { fn, body };
+}
+
+/** The attention module: `attn` (forward) and `attn_bwd`. */
+export function attentionModule(shared: boolean): Uint8Array {
+  return buildModule(shared, [forward(), backward()]);
 }

@@ -1,7 +1,7 @@
-import type { AttentionGeometry, AttentionInputs, BinaryOp, MatmulGeometry, UnaryOp } from "../../tensor/backend.ts";
+import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs, BinaryOp, MatmulGeometry, UnaryOp } from "../../tensor/backend.ts";
 import type { DType, HostArray } from "../../tensor/dtype.ts";
 import { CpuBackend } from "../cpu.ts";
-import { attentionRef } from "../attention.ts";
+import { attentionBackwardRef, attentionRef } from "../attention.ts";
 import { attentionSizes } from "../checks.ts";
 import type { HostView } from "../elementwise.ts";
 import { assignRef, binaryRef, unaryRef } from "../elementwise.ts";
@@ -22,11 +22,12 @@ import { WasmPool } from "./pool.ts";
  * Which kernels run where:
  * - matmul (f32): WebAssembly SIMD kernels on every thread (matmul.wasm.ts): the blocked,
  *   register-tiled product, and the matrix-vector forms when M or N is 1.
- * - attention forward (f32, head size a multiple of 4): the online-softmax kernel of
- *   attention.wasm.ts, query rows split between threads.
+ * - attention forward and backward (f32, head size a multiple of 4): the online-softmax kernels
+ *   of attention.wasm.ts, split between threads by query row (forward) and kv head (backward).
  * - unary and binary ops of elementwise.wasm.ts (arithmetic, exp, sigmoid, silu, ...) and assign
  *   between distinct storages, f32, on views that collapse to at most 4 dims.
- * - every other op (attention's backward, comparisons, where, cast, rows, ...), and f64: the
+ * - every other op (comparisons, where, cast, row kernels, embedding, AdamW, the packed
+ *   bf16/f16/NF4 weights, which stay in host memory as on cpu, ...), and f64: the
  *   cpu device's TypeScript references (src/kernels/*.ts)
  *   on the calling thread, reading and writing the shared memory in place. Those ops are
  *   memory-bound or small next to the matmuls of a transformer layer; they share the reference's
@@ -38,7 +39,7 @@ import { WasmPool } from "./pool.ts";
 const PARALLEL_MIN_MACS = 1 << 16;
 
 // Kernel indices in the pool's list.
-const K = { gemm: 0, gemvDot: 1, gemvAxpy: 2, attention: 3 } as const;
+const K = { gemm: 0, gemvDot: 1, gemvAxpy: 2, attention: 3, attentionBackward: 4 } as const;
 const ELEMENTWISE_NAMES = [
   ...Object.keys(WASM_UNARY).map((op) => elementwiseExport("unary", op)),
   ...Object.keys(WASM_BINARY).map((op) => elementwiseExport("binary", op)),
@@ -48,10 +49,11 @@ const KERNELS: readonly KernelRef[] = [
   { module: 0, name: "gemv_dot" },
   { module: 0, name: "gemv_axpy" },
   { module: 1, name: "attn" },
+  { module: 1, name: "attn_bwd" },
   ...ELEMENTWISE_NAMES.map((name) => ({ module: 2, name })),
 ];
 /** Pool index of each elementwise kernel, by export name. */
-const ELEMENTWISE_INDEX = new Map(ELEMENTWISE_NAMES.map((name, i) => [name, 4 + i]));
+const ELEMENTWISE_INDEX = new Map(ELEMENTWISE_NAMES.map((name, i) => [name, 5 + i]));
 
 /** Elementwise ops below this many elements run on the calling thread only. */
 const PARALLEL_MIN_ELEMENTS = 1 << 15;
@@ -82,6 +84,9 @@ function collapse(shape: readonly number[], strides: readonly (readonly number[]
   }
   return { n, s };
 }
+
+/** The bits of `x` rounded to f32, as an i32 (how kernels take float arguments). */
+const f32Bits = (x: number) => new Int32Array(new Float32Array([x]).buffer)[0]!;
 
 /** Row-major strides of a contiguous shape. */
 const contiguous = (shape: readonly number[]) => {
@@ -121,6 +126,7 @@ export class WasmBackend extends CpuBackend {
     },
     matmul: (a: HostArray, b: HostArray, out: HostArray, g: MatmulGeometry) => this.matmulKernel(a, b, out, g),
     attention: (ins: AttentionInputs<HostArray>, outs: { out: HostArray; lse: HostArray }, g: AttentionGeometry) => this.attentionKernel(ins, outs, g),
+    attentionBackward: (ins: AttentionBackwardInputs<HostArray>, grads: AttentionGrads<HostArray>, g: AttentionGeometry) => this.attentionBackwardKernel(ins, grads, g),
   };
   private readonly heap: WasmHeap;
   private readonly pool: WasmPool;
@@ -234,19 +240,15 @@ export class WasmBackend extends CpuBackend {
       return a;
     };
     try {
-      let maskPtr = 0;
-      if (ins.keyMask) {
-        const mask = temp("i32", g.B * g.Tk);
-        for (let i = 0; i < mask.length; i++) mask[i] = ins.keyMask[i] !== 0 ? 1 : 0;
-        maskPtr = mask.byteOffset;
-      }
+      const mask = ins.keyMask ? this.maskOf(ins.keyMask, g) : null;
+      if (mask) temps.push(mask);
+      const maskPtr = mask?.byteOffset ?? 0;
       const ml = temp("f32", 2 * rows);
       const scratch = temp("f32", g.Dh * this.pool.threads);
-      const scaleBits = new Int32Array(new Float32Array([g.scale]).buffer)[0]!;
       const threads = rows * g.Tk * g.Dh < PARALLEL_MIN_MACS ? 1 : this.pool.threads;
       this.pool.run(
         K.attention,
-        [ins.q.byteOffset, ins.k.byteOffset, ins.v.byteOffset, maskPtr, outs.out.byteOffset, ml.byteOffset, g.B, g.H, g.Hkv, g.Tq, g.Tk, g.Dh, scaleBits, g.causal ? 1 : 0, g.window, scratch.byteOffset],
+        [ins.q.byteOffset, ins.k.byteOffset, ins.v.byteOffset, maskPtr, outs.out.byteOffset, ml.byteOffset, g.B, g.H, g.Hkv, g.Tq, g.Tk, g.Dh, f32Bits(g.scale), g.causal ? 1 : 0, g.window, scratch.byteOffset],
         threads,
       );
       for (let r = 0; r < rows; r++) {
@@ -256,6 +258,36 @@ export class WasmBackend extends CpuBackend {
     } finally {
       for (const a of temps) this.release(a);
     }
+  }
+
+  /** The f32 backward on the SIMD kernel (head size a multiple of 4), else the reference. */
+  private attentionBackwardKernel(ins: AttentionBackwardInputs<HostArray>, grads: AttentionGrads<HostArray>, g: AttentionGeometry): void {
+    const arrays = [ins.q, ins.k, ins.v, ins.out, ins.dOut, ins.lse, grads.dq, grads.dk, grads.dv];
+    if (!arrays.every((x) => x instanceof Float32Array) || g.Dh % 4 !== 0) {
+      attentionBackwardRef(ins, grads, g);
+      return;
+    }
+    attentionSizes("attentionBackward", g); // checks the head grouping
+    for (const x of arrays) if (!this.buffers.has(x.buffer)) throw new TypeError("attentionBackward: storage does not belong to this wasm backend");
+    const mask = ins.keyMask ? this.maskOf(ins.keyMask, g) : null;
+    try {
+      const ptrs = arrays.map((x) => x.byteOffset);
+      const threads = g.B * g.H * g.Tq * g.Tk * g.Dh < PARALLEL_MIN_MACS ? 1 : this.pool.threads;
+      this.pool.run(
+        K.attentionBackward,
+        [...ptrs.slice(0, 3), mask?.byteOffset ?? 0, ...ptrs.slice(3), g.B, g.H, g.Hkv, g.Tq, g.Tk, g.Dh, f32Bits(g.scale), g.causal ? 1 : 0, g.window],
+        threads,
+      );
+    } finally {
+      if (mask) this.release(mask);
+    }
+  }
+
+  /** The key mask (any dtype, nonzero = keep) as i32 0/1 in the heap, for the kernels; release it after. */
+  private maskOf(keyMask: HostArray, g: AttentionGeometry): Int32Array {
+    const mask = this.allocate("i32", g.B * g.Tk) as Int32Array;
+    for (let i = 0; i < mask.length; i++) mask[i] = keyMask[i] !== 0 ? 1 : 0;
+    return mask;
   }
 }
 
