@@ -15,7 +15,7 @@ import type { Tokenizer } from "../model/tokenizer.ts";
 import { checkLanguages, evaluateLanguage, type LanguageResult } from "../eval/evaluate.ts";
 import { LANGUAGE_NAMES, type Lang } from "../eval/languages.ts";
 import { macroAverage } from "../eval/metrics.ts";
-import { protocolSettings } from "../eval/protocol.ts";
+import { DEFAULT_PROTOCOL, protocolSettings } from "../eval/protocol.ts";
 import { questionPairs } from "../eval/questions.ts";
 import { pct } from "../eval/report.ts";
 import type { DataSource } from "../eval/source.ts";
@@ -103,7 +103,8 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
   const prompts = await checkLanguages(source, task, cfg.langs, cfg.evaluation);
   if (!resuming) await saveJson(paths.settings, settings);
 
-  log(`base model: ${task.title} in ${cfg.langs.length} languages (${source.description})`);
+  const ev = cfg.evaluation;
+  log(`base model: ${task.title} in ${cfg.langs.length} languages (${source.description}); protocol ${ev.protocol ?? DEFAULT_PROTOCOL}, scoring ${ev.scoring ?? "index"}`);
   const base = await evaluateAll("base");
   const interpBase = cfg.interp ? await interpOf("base") : null;
 

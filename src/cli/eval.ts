@@ -225,7 +225,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
       : null;
   if (out) await prepareOutDir("eval", out.dir);
   const model = await loadForCli("eval", v, progress);
-  say(`eval: ${task.title}, ${langs.length} language(s), ${source.description}`);
+  say(`eval: ${task.title}, ${langs.length} language(s), ${source.description}; protocol ${opts.protocol}, ${opts.labels} answer words, scoring ${opts.scoring}`);
   const results: LanguageResult[] = [];
   for (const lang of langs) {
     const r = await evaluateLanguage({ model, tokenizer, source, task, options: { ...opts, onProgress: progress.counter(`eval ${lang}`, "items") }, prompts }, lang);
