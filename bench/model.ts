@@ -204,7 +204,7 @@ async function endToEnd(ctx: BenchContext, label: string, model: LlamaModel, dev
   const contenders: Contender[] = [prefill, ...(peer ? [peer.prefill(prompt)] : [])];
   let matmuls: ReturnType<typeof prefillMatmuls> | null = null;
   // The matmuls-alone contender times f32 weights; a packed model's are timed in the "weights" group.
-  if (gpu && model.lm_head instanceof Tensor) {
+  if (gpu && [...model.namedWeights().values()].every((w) => w instanceof Tensor)) {
     matmuls = prefillMatmuls(gpu, model, sizes.prefill);
     const m = matmuls;
     // Same work, same unit (tokens), so the two throughputs compare directly.
