@@ -22,6 +22,8 @@ export const CHROMIUM = "/usr/bin/chromium";
 export interface Served {
   type: string;
   body: string | Uint8Array;
+  /** Extra response headers (e.g. COOP/COEP for a cross-origin-isolated page). */
+  headers?: Record<string, string>;
 }
 
 /**
@@ -42,7 +44,7 @@ export async function serve(files: Readonly<Record<string, Served>>): Promise<{ 
   const server: Server = createServer((req, res) => {
     const file = files[new URL(req.url ?? "/", "http://localhost").pathname];
     if (!file) return void res.writeHead(404).end();
-    res.writeHead(200, { "Content-Type": file.type, "Cache-Control": "no-store" }).end(file.body);
+    res.writeHead(200, { "Content-Type": file.type, "Cache-Control": "no-store", ...file.headers }).end(file.body);
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
