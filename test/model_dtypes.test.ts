@@ -6,7 +6,7 @@ import type { LlamaModel } from "../src/model/llama.ts";
 import { openSafetensors } from "../src/model/safetensors.ts";
 import type { Backend } from "../src/tensor/backend.ts";
 import { PackedWeight } from "../src/tensor/weight.ts";
-import { testDevices } from "./helpers/devices.ts";
+import { describeWebGpu, testDevices } from "./helpers/devices.ts";
 import { fixtureDir, maxAbs, maxDiffAtTokens } from "./helpers/fixtures.ts";
 import { random } from "./helpers/random.ts";
 
@@ -165,5 +165,16 @@ describe("NF4 weights", () => {
 
   test("bad requests are refused before any compute", async () => {
     await expect(loadModel(fixtureDir("qwen2-tied"), { device: cpu, dtype: "int4" as LoadOptions["dtype"] })).rejects.toThrow(/unknown weight dtype "int4"/);
+  });
+});
+
+describeWebGpu("a packed weight above the binding limit", { maxBindingBytes: 4096 }, (testOn) => {
+  testOn("fails the load naming the tensor, its bytes, the limit and what was allocated", async (gpu) => {
+    const before = gpu.liveBytes();
+    // qwen2-tied's bf16 embedding [300, 32] is 19,200 bytes; the lowered limit is 4,096.
+    await expect(loadModel(fixtureDir("qwen2-tied"), { device: gpu })).rejects.toThrow(
+      /^loadModel: model\.embed_tokens\.weight \[300,32\]: uploadWeight: a bf16 weight \[300,32\] needs 19200 bytes in one binding, above the limit of 4096 bytes; \d+ bytes were allocated before it$/,
+    );
+    expect(gpu.liveBytes()).toBe(before);
   });
 });

@@ -1,5 +1,6 @@
 import type { Backend } from "../tensor/backend.ts";
 import { defaultDevice } from "../tensor/device.ts";
+import { DeviceLimitError } from "../tensor/errors.ts";
 import { f32ToBf16, f32ToF16 } from "../tensor/half.ts";
 import { dequantizeNf4, quantizeNf4 } from "../tensor/nf4.ts";
 import { tensor } from "../tensor/ops/create.ts";
@@ -149,7 +150,14 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Ll
     const matrix = async (name: string): Promise<WeightLike> => {
       const shape = expectedShape(config, name)! as [number, number];
       const host = await readMatrix(ckpt, name, shape, deviceDType(name, shape, storedDType(ckpt, name), opts));
-      const w = host instanceof Float32Array ? tensor(host, { device, shape }) : PackedWeight.upload(device, host, ...shape);
+      let w: WeightLike;
+      try {
+        w = host instanceof Float32Array ? tensor(host, { device, shape }) : PackedWeight.upload(device, host, ...shape);
+      } catch (e) {
+        if (!(e instanceof DeviceLimitError)) throw e;
+        // Name the tensor and what the model already holds: the device's message names the bytes.
+        throw new DeviceLimitError("loadModel", `${name} [${shape}]: ${e.message}; ${device.liveBytes()} bytes were allocated before it`);
+      }
       loaded.push(w);
       read(name);
       return w;
