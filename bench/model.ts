@@ -62,7 +62,7 @@ const QWEN05_4L = {
  * Writes a random checkpoint of `config` (weights uniform in +-0.02, norms 1) into a temp folder.
  * @returns the folder and the byte size of its largest tensor
  */
-async function writeRandomCheckpoint(config: Record<string, unknown>, seed: number): Promise<{ dir: string; largestBytes: number }> {
+export async function writeRandomCheckpoint(config: Record<string, unknown>, seed: number): Promise<{ dir: string; largestBytes: number }> {
   const parsed = parseConfig(config, "bench config");
   const dir = await mkdtemp(join(tmpdir(), "qalign-bench-"));
   const tensors: Record<string, TensorToWrite> = {};
@@ -83,7 +83,7 @@ async function writeRandomCheckpoint(config: Record<string, unknown>, seed: numb
  * Runs V8's garbage collector (exposed at run time, so the benchmark needs no node flag) twice,
  * 100 ms apart: ArrayBuffer memory is released by a background sweeper after a collection.
  */
-async function collectGarbage(): Promise<void> {
+export async function collectGarbage(): Promise<void> {
   setFlagsFromString("--expose-gc");
   const gc = runInNewContext("gc") as () => void;
   gc();
@@ -92,7 +92,7 @@ async function collectGarbage(): Promise<void> {
 }
 
 /** Samples process memory every few ms until stopped: the peak rss and JS ArrayBuffer bytes. */
-function memorySampler(): { stop(): { rss: number; arrayBuffers: number } } {
+export function memorySampler(): { stop(): { rss: number; arrayBuffers: number } } {
   const peak = { rss: 0, arrayBuffers: 0 };
   const sample = () => {
     const m = process.memoryUsage();
@@ -351,6 +351,50 @@ export async function endToEndCases(ctx: BenchContext, devices: Backend[]): Prom
 }
 
 /**
+ * A case result of one timed run: wall clock `ms` over `bytes` of work (GB/s), with its measured
+ * `extra` numbers (the memory cases run once: a repeat would measure a warm cache).
+ */
+export function singleRun(engine: string, variant: string, ms: number, bytes: number, extra: Record<string, number>) {
+  return {
+    engine,
+    variant,
+    clock: "wall" as const,
+    iterations: 1,
+    samples: 1,
+    medianMs: ms,
+    minMs: ms,
+    maxMs: ms,
+    spreadPct: 0,
+    throughput: bytes / ms / 1e6,
+    unit: "GB/s" as const,
+    vsPeer: null,
+    extra,
+  };
+}
+
+/**
+ * A Llama config whose largest tensor is its tied embedding [V, 1024] of `largestMiB` MiB in f32,
+ * with `layers` decoder layers of MLP width `intermediate`: the checkpoint of the memory cases.
+ */
+export function largeEmbeddingConfig(largestMiB: number, layers: number, intermediate: number) {
+  const D = 1024;
+  return {
+    model_type: "llama",
+    vocab_size: (largestMiB * 2 ** 20) / 4 / D,
+    hidden_size: D,
+    intermediate_size: intermediate,
+    num_hidden_layers: layers,
+    num_attention_heads: 16,
+    num_key_value_heads: 16,
+    hidden_act: "silu",
+    max_position_embeddings: 2048,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000.0,
+    tie_word_embeddings: true,
+  };
+}
+
+/**
  * Peak host memory while loading a checkpoint whose largest tensor is `largestMiB` (an embedding
  * [V, 1024] in f32, tied; one small layer): process.memoryUsage() sampled every 2 ms during
  * `loadModel`, reported above the level before it. The claim under test: the loader reads one
@@ -360,22 +404,8 @@ export async function endToEndCases(ctx: BenchContext, devices: Backend[]): Prom
  */
 export async function loaderCase(ctx: BenchContext, device: Backend): Promise<CaseResult> {
   const largestMiB = ctx.quick ? 16 : 256;
-  const D = 1024;
-  const V = (largestMiB * 2 ** 20) / 4 / D;
-  const config = {
-    model_type: "llama",
-    vocab_size: V,
-    hidden_size: D,
-    intermediate_size: 256,
-    num_hidden_layers: 1,
-    num_attention_heads: 16,
-    num_key_value_heads: 16,
-    hidden_act: "silu",
-    max_position_embeddings: 2048,
-    rms_norm_eps: 1e-5,
-    rope_theta: 10000.0,
-    tie_word_embeddings: true,
-  };
+  const config = largeEmbeddingConfig(largestMiB, 1, 256);
+  const { hidden_size: D, vocab_size: V } = config;
   ctx.log(`loader: checkpoint with a ${largestMiB} MiB tensor`);
   const { dir, largestBytes } = await writeRandomCheckpoint(config, 200);
   const totalBytes = [...expectedWeights(parseConfig(config, "bench config"))].reduce((s, [, sh]) => s + 4 * sh.reduce((a, b) => a * b, 1), 0);
@@ -392,29 +422,15 @@ export async function loaderCase(ctx: BenchContext, device: Backend): Promise<Ca
     const arrayBuffersAbove = peak.arrayBuffers - base.arrayBuffers;
     // On the cpu device the loaded weights themselves stay in host ArrayBuffers: not transient.
     const retained = device.name === "cpu" ? totalBytes : 0;
-    const result = {
-      engine: `qalign ${device.name}`,
-      variant: "loadModel",
-      clock: "wall" as const,
-      iterations: 1,
-      samples: 1,
-      medianMs: ms,
-      minMs: ms,
-      maxMs: ms,
-      spreadPct: 0,
-      throughput: totalBytes / ms / 1e6,
-      unit: "GB/s" as const,
-      vsPeer: null,
-      extra: {
-        largestTensorBytes: largestBytes,
-        checkpointBytes: totalBytes,
-        peakArrayBuffersAboveStartBytes: arrayBuffersAbove,
-        transientHostBytes: arrayBuffersAbove - retained,
-        peakRssAboveStartBytes: peak.rss - base.rss,
-        rssAfterAboveStartBytes: after.rss - base.rss,
-        transientOverLargest: (arrayBuffersAbove - retained) / largestBytes,
-      },
-    };
+    const result = singleRun(`qalign ${device.name}`, "loadModel", ms, totalBytes, {
+      largestTensorBytes: largestBytes,
+      checkpointBytes: totalBytes,
+      peakArrayBuffersAboveStartBytes: arrayBuffersAbove,
+      transientHostBytes: arrayBuffersAbove - retained,
+      peakRssAboveStartBytes: peak.rss - base.rss,
+      rssAfterAboveStartBytes: after.rss - base.rss,
+      transientOverLargest: (arrayBuffersAbove - retained) / largestBytes,
+    });
     return { group: "loader", name: `load checkpoint, largest tensor ${largestMiB} MiB`, params: { largestMiB, D, V }, work: { bytes: totalBytes }, results: [result] };
   } finally {
     await rm(dir, { recursive: true, force: true });

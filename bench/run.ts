@@ -11,6 +11,7 @@
  * printed, never enforced. Each run writes its own JSON file (see USAGE).
  * Nothing here is a test: numbers are printed, never asserted.
  */
+import { mergeCase } from "./merge.ts";
 import { mkdir, writeFile } from "node:fs/promises";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
@@ -31,7 +32,7 @@ import { startCpuSidePeers } from "./jax_ort.ts";
 import { packageVersions, startPeer } from "./peer.ts";
 import { targets } from "./targets.ts";
 
-const GROUPS = ["matmul", "weights", "attention", "rows", "e2e", "loader"] as const;
+const GROUPS = ["matmul", "weights", "attention", "rows", "e2e", "loader", "merge"] as const;
 
 const USAGE = `usage: npm run bench [-- --quick] [-- --json FILE] [-- --device webgpu|cpu] [-- --threads N] [-- --only GROUP,...]
   --quick   small sizes and few repeats (CI's smoke test; targets are printed, never enforced)
@@ -139,6 +140,7 @@ await run("attention", () => attentionCases(ctx));
 await run("rows", () => rowCases(ctx));
 await run("e2e", () => endToEndCases(ctx, gpu ? [gpu, wasm, cpu] : [wasm, cpu]));
 await run("loader", async () => [await attempt("loader", "loadModel", () => loaderCase(ctx, (gpu ?? cpu) as Backend))]);
+await run("merge", async () => [await attempt("merge", "mergeCheckpoint", () => mergeCase(ctx))]);
 
 const goals = targets(cases, gpu, peak);
 const report = {

@@ -88,6 +88,20 @@ export function targets(cases: readonly CaseResult[], gpu: WebGpuBackend | null,
     });
   }
 
+  // merge: streams tensor by tensor, so transient host memory stays near the largest tensor
+  // (its bytes, plus an adapted weight's f32 copy and encoded output: at most 2x, plus 32 MiB).
+  for (const { c, t } of find(cases, () => true, (t) => t.variant === "mergeCheckpoint")) {
+    const e = t.extra!;
+    const largest = e["largestTensorBytes"] as number;
+    const transient = e["transientHostBytes"] as number;
+    out.push({
+      name: `${c.name}: transient host memory <= 2 x largest tensor + 32 MiB`,
+      measured: `peak ArrayBuffers ${fmt(transient / 2 ** 20, 0)} MiB above start for a ${fmt(largest / 2 ** 20, 0)} MiB tensor in a ${fmt((e["checkpointBytes"] as number) / 2 ** 20, 0)} MiB checkpoint`,
+      value: transient - 2 * largest,
+      met: transient <= 2 * largest + 32 * 2 ** 20,
+    });
+  }
+
   // Real GPU: % of FP32 peak at 4096^3 needs a GPU and its datasheet peak; recorded as null here.
   const fallback = gpu?.device.adapterInfo.isFallbackAdapter ?? true;
   out.push({

@@ -33,6 +33,10 @@ export const COMMANDS: Record<string, Command> = {
     summary: "the device memory a model needs: weights per dtype, KV cache or training activations, LoRA and AdamW state, against the binding limit",
     load: () => import("./plan.ts"),
   },
+  merge: {
+    summary: "fold a PEFT LoRA adapter into a checkpoint's weights, tensor by tensor, as a sharded Hugging Face checkpoint",
+    load: () => import("./merge.ts"),
+  },
   loss: {
     summary: "print the mean next-token loss of ids[P:] as JSON {\"loss\": x}",
     load: () => import("./loss.ts"),

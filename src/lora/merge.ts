@@ -48,7 +48,7 @@ export function mergeLora(model: LlamaModel): number {
 }
 
 /** Files of a checkpoint folder besides config and weights that a merged copy keeps, when present. */
-const COMPANION_FILES = [
+export const COMPANION_FILES = [
   "tokenizer.json",
   "tokenizer_config.json",
   "tokenizer.model",

@@ -36,7 +36,7 @@ export class CheckpointError extends Error {
 }
 
 /** Bytes per element of every dtype in the safetensors spec (sizes are needed to validate). */
-const DTYPE_SIZE = {
+export const DTYPE_SIZE = {
   BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1,
   I16: 2, U16: 2, F16: 2, BF16: 2,
   I32: 4, U32: 4, F32: 4,
@@ -443,18 +443,23 @@ export interface TensorToWrite {
 }
 
 /** The bytes of one tensor in its on-disk dtype. */
-function encode(t: TensorToWrite): Uint8Array {
+export function encodeTensor(t: TensorToWrite): Uint8Array {
   if (t.dtype === "F32") return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
   const half = t.dtype === "F16" ? f32ToF16(t.data) : f32ToBf16(t.data);
   return new Uint8Array(half.buffer);
+}
+
+/** The dtype and shape of a tensor to write, whose bytes {@link writeSafetensorsStream} asks for later. */
+export interface TensorLayout {
+  dtype: SafetensorsDType;
+  shape: number[];
 }
 
 /**
  * Writes `tensors` to a safetensors file, atomically: into a temporary file in the same folder,
  * then renamed over `file`. As in the reference implementation, tensors are laid out by
  * decreasing element size then name, and the header is padded with spaces so the data section
- * starts at a multiple of 8 bytes. Each tensor is converted and written on its own, so memory
- * stays at one tensor.
+ * starts at a multiple of 8 bytes. Each tensor is converted and written on its own.
  * @param metadata stored as `__metadata__` (string values only; PEFT and HF use `{format: "pt"}`)
  * @throws CheckpointError naming the tensor when `data.length` disagrees with `shape`, or the
  *   name is `__metadata__`; I/O errors propagate and leave no temporary file behind.
@@ -464,19 +469,38 @@ export async function writeSafetensors(
   tensors: Record<string, TensorToWrite>,
   metadata?: Record<string, string>,
 ): Promise<void> {
-  const entries = Object.entries(tensors).sort(
+  for (const [name, t] of Object.entries(tensors)) {
+    const numel = t.shape.reduce((a, b) => a * b, 1);
+    if (!t.shape.every(isCount) || numel !== t.data.length) {
+      throw new CheckpointError(file, `shape [${t.shape.join(",")}] does not match ${t.data.length} elements`, name);
+    }
+  }
+  await writeSafetensorsStream(file, tensors, async (name) => encodeTensor(tensors[name]!), metadata);
+}
+
+/**
+ * Writes a safetensors file whose tensors' bytes are produced one at a time, in file order, by
+ * `bytesOf` (little-endian, as stored), so that memory stays at one tensor however large the file:
+ * the header is built from `layout` alone. Layout, padding and atomicity as {@link writeSafetensors}.
+ * @throws CheckpointError naming the tensor for a bad shape, the name `__metadata__`, or bytes
+ *   of another length than dtype and shape give; I/O errors propagate (no temporary file is left).
+ */
+export async function writeSafetensorsStream(
+  file: string,
+  layout: Record<string, TensorLayout>,
+  bytesOf: (name: string) => Promise<Uint8Array>,
+  metadata?: Record<string, string>,
+): Promise<void> {
+  const entries = Object.entries(layout).sort(
     ([an, a], [bn, b]) => DTYPE_SIZE[b.dtype] - DTYPE_SIZE[a.dtype] || (an < bn ? -1 : an > bn ? 1 : 0),
   );
   // Entries, not assignments, so that any name (even "__proto__") becomes a plain JSON key.
   const header: [string, unknown][] = metadata === undefined ? [] : [["__metadata__", metadata]];
   let offset = 0;
   for (const [name, t] of entries) {
-    const numel = t.shape.reduce((a, b) => a * b, 1);
     if (name === "__metadata__") throw new CheckpointError(file, "the name __metadata__ is reserved", name);
-    if (!t.shape.every(isCount) || numel !== t.data.length) {
-      throw new CheckpointError(file, `shape [${t.shape.join(",")}] does not match ${t.data.length} elements`, name);
-    }
-    const bytes = numel * DTYPE_SIZE[t.dtype];
+    if (t.shape.some((d) => !isCount(d))) throw new CheckpointError(file, `shape [${t.shape.join(",")}] is not a list of sizes`, name);
+    const bytes = t.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[t.dtype];
     header.push([name, { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] }]);
     offset += bytes;
   }
@@ -489,8 +513,10 @@ export async function writeSafetensors(
   await writeAtomic(file, async (fh) => {
     await writeAll(fh, head, 0);
     let position = head.byteLength;
-    for (const [, t] of entries) {
-      const bytes = encode(t);
+    for (const [name, t] of entries) {
+      const bytes = await bytesOf(name);
+      const want = t.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[t.dtype];
+      if (bytes.byteLength !== want) throw new CheckpointError(file, `${bytes.byteLength} bytes given, ${t.dtype} [${t.shape.join(",")}] takes ${want}`, name);
       await writeAll(fh, bytes, position);
       position += bytes.byteLength;
     }
