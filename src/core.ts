@@ -1,6 +1,8 @@
 /**
- * qalign's host-neutral core: tensors, autograd, optimizers and the devices (cpu, wasm, webgpu
- * on Dawn in Node or on the page's navigator.gpu in a browser), with nothing that needs Node.
+ * qalign's host-neutral core, with nothing that needs Node: tensors, autograd, optimizers, the
+ * devices (cpu, wasm, webgpu on Dawn in Node or on the page's navigator.gpu in a browser), the
+ * I/O interface (io/files.ts) with its browser implementations, checkpoint and tokenizer
+ * loading through it, the Llama-family model, generation, LoRA layers and the training loss.
  * Both entries re-export it: the Node one (index.ts, `qalign`) and the browser one (browser.ts,
  * what `qalign` resolves to under the `browser` condition).
  *
@@ -13,6 +15,8 @@ setDefaultDevice(cpuDevice());
 
 // io
 export { DataError, formatIssue, type DataIssue } from "./io/data_error.ts";
+export { hostFiles, setDefaultFiles, type Files, type ByteReader } from "./io/files.ts";
+export { urlFiles, blobFiles } from "./io/web_files.ts";
 
 // tensor
 export { Tensor } from "./tensor/tensor.ts";
@@ -46,3 +50,29 @@ export { SGD, AdamW, clipGradNorm, zeroGrad, type SgdOptions, type AdamWOptions 
 
 // kernels
 export { init, getDevice, cpuDevice, wasmDevice, type DeviceKind, type DeviceOptions } from "./kernels/devices.ts";
+
+// model
+export { loadModel, validateCheckpoint, type LoadOptions } from "./model/load.ts";
+export { LlamaModel, KVCache, Linear, Attention, Mlp, DecoderLayer, type LinearLike, type ForwardOptions, type ForwardOutput } from "./model/llama.ts";
+export { loadConfig, parseConfig, MODEL_TYPES, type LlamaConfig, type ModelType } from "./model/config.ts";
+export { LAYER_MODULES, TOP_MODULES, checkpointTensors, expectedWeights, expectedWeightCount, expectedShape, type ModuleSpec } from "./model/params.ts";
+export { loadTokenizer, Tokenizer } from "./model/tokenizer.ts";
+export { generate, sampleToken, type GenerateOptions } from "./model/generate.ts";
+export { openSafetensors, openCheckpoint, writeSafetensors, CheckpointError, type Checkpoint, type TensorToWrite } from "./model/safetensors.ts";
+export { positionIds, ropeInvFreq, ropeTables } from "./model/rope.ts";
+
+// lora
+export {
+  LoraLinear,
+  LoraAdapter,
+  applyLora,
+  loraModules,
+  loraScaling,
+  LORA_DEFAULTS,
+  LORA_MODULES,
+  type LoraConfig,
+  type LoraModuleName,
+  type ApplyLoraOptions,
+} from "./lora/layer.ts";
+export { collate, targetNllSum, meanTargetLoss, type Example, type Batch } from "./lora/loss.ts";
+export { cosineWithWarmup, warmupSteps } from "./lora/schedule.ts";

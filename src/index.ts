@@ -8,35 +8,15 @@
 export * from "./core.ts";
 
 // io (Node: the file system)
+export { nodeFiles } from "./io/node_files.ts";
 export { renderSvg, writePlot, toCsv, PlotSpecError, type PlotSpec, type FullSpec, type PlotRow, type PlotFiles } from "./io/plot.ts";
 export { sha256, sha256File, sha256SafetensorsHeader, type Provenance } from "./io/provenance.ts";
 
-// model
-export { loadModel, validateCheckpoint, type LoadOptions } from "./model/load.ts";
-export { LlamaModel, KVCache, Linear, Attention, Mlp, DecoderLayer, type LinearLike, type ForwardOptions, type ForwardOutput } from "./model/llama.ts";
-export { loadConfig, parseConfig, MODEL_TYPES, type LlamaConfig, type ModelType } from "./model/config.ts";
-export { LAYER_MODULES, TOP_MODULES, checkpointTensors, expectedWeights, expectedWeightCount, expectedShape, type ModuleSpec } from "./model/params.ts";
-export { loadTokenizer, Tokenizer } from "./model/tokenizer.ts";
-export { generate, sampleToken, type GenerateOptions } from "./model/generate.ts";
-export { openSafetensors, openCheckpoint, writeSafetensors, CheckpointError, type Checkpoint, type TensorToWrite } from "./model/safetensors.ts";
+// model (Node: the tiny checkpoint, written to the cache folder)
 export { ensureTinyModel, writeTinyModel, TINY_CONFIG } from "./model/tiny.ts";
-export { positionIds, ropeInvFreq, ropeTables } from "./model/rope.ts";
-// lora
-export {
-  LoraLinear,
-  LoraAdapter,
-  applyLora,
-  loraModules,
-  loraScaling,
-  LORA_DEFAULTS,
-  LORA_MODULES,
-  type LoraConfig,
-  type LoraModuleName,
-  type ApplyLoraOptions,
-} from "./lora/layer.ts";
+// lora (Node: adapters, merged models and question files on disk, the training loop)
 export { saveAdapter, loadAdapter, readAdapterConfig, peftConfigJson, baseModelMismatch, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from "./lora/peft.ts";
 export { mergeLora, saveMergedModel } from "./lora/merge.ts";
-export { collate, targetNllSum, meanTargetLoss, type Example, type Batch } from "./lora/loss.ts";
 export {
   readQuestionPairs,
   splitPairs,
@@ -45,7 +25,6 @@ export {
   type QuestionPair,
   type SplitOptions,
 } from "./lora/data.ts";
-export { cosineWithWarmup, warmupSteps } from "./lora/schedule.ts";
 export { train, optimizerStep, TRAIN_DEFAULTS, type TrainOptions, type RunOptions, type StepInfo, type TrainResult } from "./lora/trainer.ts";
 export { trainOnPairs, type TrainingRecipe, type RecipeData, type RecipeResult } from "./lora/recipe.ts";
 

@@ -7,8 +7,7 @@
  * Sources: transformers' `configuration_{llama,mistral,qwen2}.py`, `modeling_rope_utils.py`,
  * `modeling_{llama,mistral,qwen2}.py`.
  */
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { hostFiles, type Files } from "../io/files.ts";
 import { parseJson } from "../io/json.ts";
 import { CheckpointError } from "./safetensors.ts";
 
@@ -268,13 +267,15 @@ export function parseConfig(raw: unknown, file: string): LlamaConfig {
 
 /**
  * Reads and validates `<dir>/config.json`.
+ * @param files where `dir` is (default: the host's, io/files.ts)
  * @throws CheckpointError when the file is missing or not JSON, or as {@link parseConfig}.
  */
-export async function loadConfig(dir: string): Promise<LlamaConfig> {
-  const file = join(dir, "config.json");
+export async function loadConfig(dir: string, files?: Files): Promise<LlamaConfig> {
+  files ??= await hostFiles();
+  const file = files.join(dir, "config.json");
   let text: string;
   try {
-    text = await readFile(file, "utf8");
+    text = await files.readText(file);
   } catch (e) {
     throw new CheckpointError(file, `cannot read: ${(e as Error).message}`);
   }

@@ -1,3 +1,4 @@
+import type { Files } from "../io/files.ts";
 import type { Backend } from "../tensor/backend.ts";
 import { defaultDevice } from "../tensor/device.ts";
 import { DeviceLimitError } from "../tensor/errors.ts";
@@ -66,6 +67,12 @@ export interface LoadOptions {
    * value), for a progress line.
    */
   onProgress?: (bytesRead: number, totalBytes: number) => void;
+  /**
+   * Where the checkpoint folder is: the host's files by default (Node's file system; in a
+   * browser, URLs against the page's location), or e.g. io/web_files.ts's blobFiles for files
+   * a user picked. Only the byte ranges of the tensors are read.
+   */
+  files?: Files;
 }
 
 /** The decoder Linear weights that NF4 quantizes (transformers' bitsandbytes integration replaces every nn.Linear but lm_head). */
@@ -120,8 +127,8 @@ async function readMatrix(ckpt: Checkpoint, name: string, shape: [number, number
 export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LlamaModel> {
   const device = opts.device ?? defaultDevice();
   if (opts.dtype !== undefined) assertWeightDType("loadModel", opts.dtype);
-  const config = await loadConfig(dir);
-  const ckpt = await openCheckpoint(dir);
+  const config = await loadConfig(dir, opts.files);
+  const ckpt = await openCheckpoint(dir, opts.files);
   // Weights uploaded so far, freed if a later read fails (a short read, an I/O error).
   const loaded: WeightLike[] = [];
   try {

@@ -10,15 +10,13 @@
  * any tensor is read. Tensors are read one at a time by their byte range, so a checkpoint larger
  * than memory can still be opened and streamed.
  */
-import { endianness } from "node:os";
-import { existsSync } from "node:fs";
-import { open, readFile, type FileHandle } from "node:fs/promises";
-import { basename, join } from "node:path";
-import { writeAtomic } from "../io/atomic.ts";
+import { hostFiles, type ByteReader, type Files } from "../io/files.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../tensor/half.ts";
 import { parseJson } from "../io/json.ts";
 
-if (endianness() !== "LE") throw new Error("safetensors: big-endian hosts are not supported");
+// Typed arrays use the host's byte order and safetensors is little-endian: the first byte of a
+// 16-bit 1 is 1 on a little-endian host.
+if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) throw new Error("safetensors: big-endian hosts are not supported");
 
 /**
  * A malformed or incomplete checkpoint: the message names the file and, where one is involved,
@@ -84,8 +82,6 @@ export interface Checkpoint {
 
 /** The safetensors reference implementation refuses headers above 100 MB. */
 const MAX_HEADER_BYTES = 100_000_000;
-/** `fs.read`/`write` take at most 2 GiB - 1 per call, so large tensors go in chunks. */
-const IO_CHUNK = 1 << 30;
 
 // ---------------------------------------------------------------------------------------------
 // Reading
@@ -169,34 +165,11 @@ function checkLayout(file: string, infos: Map<string, TensorInfo>, dataStart: nu
   }
 }
 
-/** Writes all of `buf` at `position`, in chunks of at most 1 GiB. */
-async function writeAll(fh: FileHandle, buf: Uint8Array, position: number): Promise<void> {
-  let done = 0;
-  while (done < buf.byteLength) {
-    const length = Math.min(IO_CHUNK, buf.byteLength - done);
-    const { bytesWritten } = await fh.write(buf, done, length, position + done);
-    done += bytesWritten;
-  }
-}
-
-/** Reads exactly `buf.byteLength` bytes at `position`, in chunks of at most 1 GiB. */
-async function readExactly(fh: FileHandle, buf: Uint8Array, position: number, file: string, name?: string): Promise<void> {
-  let done = 0;
-  while (done < buf.byteLength) {
-    const length = Math.min(IO_CHUNK, buf.byteLength - done);
-    const { bytesRead } = await fh.read(buf, done, length, position + done);
-    if (bytesRead === 0) {
-      throw new CheckpointError(file, `short read: got ${done} of ${buf.byteLength} bytes at offset ${position}`, name);
-    }
-    done += bytesRead;
-  }
-}
-
 /** One open `.safetensors` file; see {@link openSafetensors}. */
 export class SafetensorsFile implements Checkpoint {
   private constructor(
     readonly file: string,
-    private readonly fh: FileHandle,
+    private readonly reader: ByteReader,
     private readonly tensors: Map<string, TensorInfo>,
     /** The header's `__metadata__` (string to string; `{}` when absent). */
     readonly metadata: Record<string, string>,
@@ -208,19 +181,18 @@ export class SafetensorsFile implements Checkpoint {
    * overlaps, holes or trailing bytes. Only the header is read.
    * @throws CheckpointError naming the file (and tensor) for any malformed header.
    */
-  static async open(file: string): Promise<SafetensorsFile> {
-    let fh: FileHandle;
+  static async open(file: string, files?: Files): Promise<SafetensorsFile> {
+    let reader: ByteReader;
     try {
-      fh = await open(file, "r");
+      reader = await (files ?? (await hostFiles())).open(file);
     } catch (e) {
       throw new CheckpointError(file, `cannot open: ${(e as Error).message}`);
     }
     try {
-      const { size } = await fh.stat();
+      const { size } = reader;
       if (size < 8) throw new CheckpointError(file, `file is ${size} bytes, too short for the 8-byte header length (truncated?)`);
-      const lenBuf = new Uint8Array(8);
-      await readExactly(fh, lenBuf, 0, file);
-      const headerLen = new DataView(lenBuf.buffer).getBigUint64(0, true);
+      const lenBuf = await readRange(reader, 0, 8, file);
+      const headerLen = new DataView(lenBuf.buffer, lenBuf.byteOffset, 8).getBigUint64(0, true);
       if (headerLen > BigInt(size - 8)) {
         throw new CheckpointError(file, `header length ${headerLen} runs past the end of the ${size}-byte file (truncated?)`);
       }
@@ -228,8 +200,7 @@ export class SafetensorsFile implements Checkpoint {
         throw new CheckpointError(file, `header length ${headerLen} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
       }
       const n = Number(headerLen);
-      const headerBuf = new Uint8Array(n);
-      await readExactly(fh, headerBuf, 8, file);
+      const headerBuf = await readRange(reader, 8, 8 + n, file);
       let header: unknown;
       try {
         header = parseJson(new TextDecoder("utf-8", { fatal: true }).decode(headerBuf));
@@ -246,9 +217,9 @@ export class SafetensorsFile implements Checkpoint {
         else tensors.set(name, parseEntry(file, name, v, 8 + n, size - 8 - n));
       }
       checkLayout(file, tensors, 8 + n, size);
-      return new SafetensorsFile(file, fh, tensors, metadata);
+      return new SafetensorsFile(file, reader, tensors, metadata);
     } catch (e) {
-      await fh.close();
+      await reader.close();
       throw e;
     }
   }
@@ -306,15 +277,23 @@ export class SafetensorsFile implements Checkpoint {
   }
 
   async close(): Promise<void> {
-    await this.fh.close();
+    await this.reader.close();
   }
 
-  /** The raw bytes of one tensor, in a fresh buffer of exactly its size. */
+  /** The raw bytes of one tensor, in a fresh buffer of exactly its size (aligned for any view). */
   private async readBytes(name: string, t: TensorInfo): Promise<ArrayBuffer> {
     const [begin, end] = t.byteRange;
-    const buf = new Uint8Array(end - begin);
-    await readExactly(this.fh, buf, begin, this.file, name);
-    return buf.buffer;
+    const bytes = await readRange(this.reader, begin, end, this.file, name);
+    return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? (bytes.buffer as ArrayBuffer) : bytes.slice().buffer;
+  }
+}
+
+/** Bytes [start, end) of an open file. @throws CheckpointError naming the file (and tensor) on a short read or I/O error. */
+async function readRange(reader: ByteReader, start: number, end: number, file: string, name?: string): Promise<Uint8Array> {
+  try {
+    return await reader.read(start, end);
+  } catch (e) {
+    throw new CheckpointError(file, (e as Error).message, name);
   }
 }
 
@@ -332,8 +311,8 @@ function parseMetadata(file: string, v: unknown): Record<string, string> {
  *   overlapping or leaving a hole, offsets whose length disagrees with dtype x shape, bytes
  *   after the last tensor.
  */
-export function openSafetensors(file: string): Promise<SafetensorsFile> {
-  return SafetensorsFile.open(file);
+export function openSafetensors(file: string, files?: Files): Promise<SafetensorsFile> {
+  return SafetensorsFile.open(file, files);
 }
 
 /** A checkpoint split over shards by `model.safetensors.index.json` (HF `weight_map`). */
@@ -391,14 +370,15 @@ export const SINGLE_FILE = "model.safetensors";
  *   included), a shard file is
  *   missing, a tensor listed in the index is absent from its shard, or any shard is malformed.
  */
-export async function openCheckpoint(dir: string): Promise<Checkpoint> {
-  const single = join(dir, SINGLE_FILE);
-  if (existsSync(single)) return openSafetensors(single);
-  const indexPath = join(dir, INDEX_FILE);
-  if (!existsSync(indexPath)) throw new CheckpointError(dir, `neither ${SINGLE_FILE} nor ${INDEX_FILE} exists`);
+export async function openCheckpoint(dir: string, files?: Files): Promise<Checkpoint> {
+  files ??= await hostFiles();
+  const single = files.join(dir, SINGLE_FILE);
+  if (await files.exists(single)) return openSafetensors(single, files);
+  const indexPath = files.join(dir, INDEX_FILE);
+  if (!(await files.exists(indexPath))) throw new CheckpointError(dir, `neither ${SINGLE_FILE} nor ${INDEX_FILE} exists`);
   let index: unknown;
   try {
-    index = parseJson(await readFile(indexPath, "utf8"));
+    index = parseJson(await files.readText(indexPath));
   } catch (e) {
     throw new CheckpointError(indexPath, `not valid JSON: ${(e as Error).message}`);
   }
@@ -410,14 +390,14 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
   const shardOf = new Map<string, SafetensorsFile>();
   try {
     for (const [name, shardName] of Object.entries(weightMap)) {
-      if (typeof shardName !== "string" || basename(shardName) !== shardName) {
+      if (typeof shardName !== "string" || shardName === "" || /[/\\]/.test(shardName) || shardName === "." || shardName === "..") {
         throw new CheckpointError(indexPath, `weight_map value must be a file name in ${dir}, got ${describe(shardName)}`, name);
       }
       let shard = opened.get(shardName);
       if (shard === undefined) {
-        const path = join(dir, shardName);
-        if (!existsSync(path)) throw new CheckpointError(indexPath, `shard file ${path} is missing`, name);
-        shard = await openSafetensors(path);
+        const path = files.join(dir, shardName);
+        if (!(await files.exists(path))) throw new CheckpointError(indexPath, `shard file ${path} is missing`, name);
+        shard = await openSafetensors(path, files);
         opened.set(shardName, shard);
       }
       if (!shard.has(name)) {
@@ -468,6 +448,7 @@ export async function writeSafetensors(
   file: string,
   tensors: Record<string, TensorToWrite>,
   metadata?: Record<string, string>,
+  files?: Files,
 ): Promise<void> {
   for (const [name, t] of Object.entries(tensors)) {
     const numel = t.shape.reduce((a, b) => a * b, 1);
@@ -475,7 +456,7 @@ export async function writeSafetensors(
       throw new CheckpointError(file, `shape [${t.shape.join(",")}] does not match ${t.data.length} elements`, name);
     }
   }
-  await writeSafetensorsStream(file, tensors, async (name) => encodeTensor(tensors[name]!), metadata);
+  await writeSafetensorsStream(file, tensors, async (name) => encodeTensor(tensors[name]!), metadata, files);
 }
 
 /**
@@ -490,6 +471,7 @@ export async function writeSafetensorsStream(
   layout: Record<string, TensorLayout>,
   bytesOf: (name: string) => Promise<Uint8Array>,
   metadata?: Record<string, string>,
+  files?: Files,
 ): Promise<void> {
   const entries = Object.entries(layout).sort(
     ([an, a], [bn, b]) => DTYPE_SIZE[b.dtype] - DTYPE_SIZE[a.dtype] || (an < bn ? -1 : an > bn ? 1 : 0),
@@ -510,15 +492,15 @@ export async function writeSafetensorsStream(
   new DataView(head.buffer).setBigUint64(0, BigInt(padded), true);
   head.set(json, 8);
 
-  await writeAtomic(file, async (fh) => {
-    await writeAll(fh, head, 0);
-    let position = head.byteLength;
+  // An async generator: each tensor's bytes are asked for when the writer takes them, so memory
+  // stays at one tensor.
+  await (files ?? (await hostFiles())).writeAtomic(file, (async function* () {
+    yield head;
     for (const [name, t] of entries) {
       const bytes = await bytesOf(name);
       const want = t.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[t.dtype];
       if (bytes.byteLength !== want) throw new CheckpointError(file, `${bytes.byteLength} bytes given, ${t.dtype} [${t.shape.join(",")}] takes ${want}`, name);
-      await writeAll(fh, bytes, position);
-      position += bytes.byteLength;
+      yield bytes;
     }
-  });
+  })());
 }

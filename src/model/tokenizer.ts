@@ -4,9 +4,7 @@
  * vocabularies). This wrapper adds what the rest of qalign needs: ids as plain arrays, bos/eos
  * ids, and how the vocabulary marks a leading space, for constrained decoding.
  */
-import { existsSync } from "node:fs";
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { hostFiles, type Files } from "../io/files.ts";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { CheckpointError } from "./safetensors.ts";
 
@@ -17,10 +15,10 @@ import { CheckpointError } from "./safetensors.ts";
  */
 export type SpaceMarker = "▁" | "Ġ" | null;
 
-async function readJson(file: string): Promise<Record<string, unknown>> {
+async function readJson(file: string, files: Files): Promise<Record<string, unknown>> {
   let raw: unknown;
   try {
-    raw = JSON.parse(await readFile(file, "utf8"));
+    raw = JSON.parse(await files.readText(file));
   } catch (e) {
     throw new CheckpointError(file, `cannot read as JSON: ${(e as Error).message}`);
   }
@@ -148,10 +146,10 @@ export function assertTokenizerFits(tokenizer: Tokenizer, vocabSize: number, fil
 }
 
 /** The `vocab_size` of a config.json, or null when the file is absent, not JSON, or lacks a positive integer there. */
-async function configVocabSize(file: string): Promise<number | null> {
-  if (!existsSync(file)) return null;
+async function configVocabSize(file: string, files: Files): Promise<number | null> {
+  if (!(await files.exists(file))) return null;
   try {
-    const v = (JSON.parse(await readFile(file, "utf8")) as { vocab_size?: unknown } | null)?.vocab_size;
+    const v = (JSON.parse(await files.readText(file)) as { vocab_size?: unknown } | null)?.vocab_size;
     return typeof v === "number" && Number.isSafeInteger(v) && v > 0 ? v : null;
   } catch {
     return null; // loadModel reports a malformed config.json, naming it
@@ -166,13 +164,15 @@ async function configVocabSize(file: string): Promise<number | null> {
  * @throws CheckpointError naming the file when a file is not JSON, the tokenizer library
  *   rejects it, a configured bos/eos token is not in the vocabulary, or the tokenizer has ids at
  *   or above config.json's vocab_size.
+ * @param files where `dir` is (default: the host's, io/files.ts)
  */
-export async function loadTokenizer(dir: string): Promise<Tokenizer | null> {
-  const file = join(dir, "tokenizer.json");
-  if (!existsSync(file)) return null;
-  const json = await readJson(file);
-  const configFile = join(dir, "tokenizer_config.json");
-  const config = existsSync(configFile) ? await readJson(configFile) : {};
+export async function loadTokenizer(dir: string, files?: Files): Promise<Tokenizer | null> {
+  files ??= await hostFiles();
+  const file = files.join(dir, "tokenizer.json");
+  if (!(await files.exists(file))) return null;
+  const json = await readJson(file, files);
+  const configFile = files.join(dir, "tokenizer_config.json");
+  const config = (await files.exists(configFile)) ? await readJson(configFile, files) : {};
   let hf: HfTokenizer;
   try {
     hf = new HfTokenizer(json, config);
@@ -180,8 +180,8 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer | null> {
     throw new CheckpointError(file, `unsupported tokenizer: ${(e as Error).message}`);
   }
   const tokenizer = new Tokenizer(hf, json, config, configFile);
-  const modelConfig = join(dir, "config.json");
-  const vocabSize = await configVocabSize(modelConfig);
+  const modelConfig = files.join(dir, "config.json");
+  const vocabSize = await configVocabSize(modelConfig, files);
   if (vocabSize !== null) assertTokenizerFits(tokenizer, vocabSize, { tokenizer: file, config: modelConfig });
   return tokenizer;
 }

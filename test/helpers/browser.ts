@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -36,19 +36,43 @@ export async function bundleBrowserEntry(): Promise<string> {
   return out.outputFiles[0]!.text;
 }
 
+/** One request the server answered: method, path, and the Range header when there was one. */
+export interface Request {
+  method: string;
+  path: string;
+  range: string | null;
+}
+
 /**
- * Serves `files` (path -> file) on 127.0.0.1 at a free port; any other path is a 404.
- * @returns the origin to open (http://localhost:PORT) and a close function
+ * Serves `files` (path -> file), and under each prefix of `folders` (URL prefix -> local
+ * folder) the folder's files, on 127.0.0.1 at a free port; any other path is a 404. Folder files
+ * honour single byte ranges (`Range: bytes=a-b`, answered 206, RFC 9110 section 14) and HEAD.
+ * @returns the origin to open (http://localhost:PORT), every request answered, and a close function
  */
-export async function serve(files: Readonly<Record<string, Served>>): Promise<{ origin: string; close: () => Promise<void> }> {
+export async function serve(
+  files: Readonly<Record<string, Served>>,
+  folders: Readonly<Record<string, string>> = {},
+): Promise<{ origin: string; requests: Request[]; close: () => Promise<void> }> {
+  const requests: Request[] = [];
   const server: Server = createServer((req, res) => {
-    const file = files[new URL(req.url ?? "/", "http://localhost").pathname];
-    if (!file) return void res.writeHead(404).end();
-    res.writeHead(200, { "Content-Type": file.type, "Cache-Control": "no-store", ...file.headers }).end(file.body);
+    const path = new URL(req.url ?? "/", "http://localhost").pathname;
+    requests.push({ method: req.method ?? "GET", path, range: req.headers.range ?? null });
+    const file = files[path];
+    if (file) return void res.writeHead(200, { "Content-Type": file.type, "Cache-Control": "no-store", ...file.headers }).end(file.body);
+    const prefix = Object.keys(folders).find((p) => path.startsWith(p) && !path.slice(p.length).includes(".."));
+    const local = prefix === undefined ? null : join(folders[prefix]!, path.slice(prefix.length));
+    if (local === null || !existsSync(local) || !statSync(local).isFile()) return void res.writeHead(404).end();
+    const body = readFileSync(local);
+    const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
+    const [start, end] = m ? [Number(m[1]), Math.min(m[2] ? Number(m[2]) + 1 : body.length, body.length)] : [0, body.length];
+    if (m && start >= end) return void res.writeHead(416, { "Content-Range": `bytes */${body.length}` }).end();
+    const headers = { "Content-Type": "application/octet-stream", "Content-Length": String(end - start), "Accept-Ranges": "bytes", "Cache-Control": "no-store" };
+    res.writeHead(m ? 206 : 200, m ? { ...headers, "Content-Range": `bytes ${start}-${end - 1}/${body.length}` } : headers);
+    res.end(req.method === "HEAD" ? undefined : body.subarray(start, end));
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
-  return { origin: `http://localhost:${port}`, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+  return { origin: `http://localhost:${port}`, requests, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
 }
 
 /**

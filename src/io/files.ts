@@ -1,0 +1,64 @@
+/**
+ * The I/O interface between qalign's code and its host: every checkpoint, config and tokenizer
+ * read goes through a {@link Files}, so the same loader runs on Node (node_files.ts: the file
+ * system) and in a browser (web_files.ts: fetch with HTTP range requests, or files the user
+ * picked). Paths are whatever the implementation names files by: file-system paths, or URLs.
+ */
+import { importNodeOnly } from "./host.ts";
+
+/** One open file, read by byte range (a checkpoint is never read whole). */
+export interface ByteReader {
+  /** How messages name the file. */
+  readonly name: string;
+  /** Its length in bytes. */
+  readonly size: number;
+  /**
+   * Bytes [start, end) of the file, exactly end - start of them.
+   * @throws Error on a short read or an I/O failure (callers add the file's name).
+   */
+  read(start: number, end: number): Promise<Uint8Array>;
+  close(): Promise<void>;
+}
+
+/** What qalign asks of a host's files. */
+export interface Files {
+  /** The path of `name` inside folder `dir`. */
+  join(dir: string, name: string): string;
+  /** Whether a file exists at `path` (false for a folder). */
+  exists(path: string): Promise<boolean>;
+  /** @throws Error naming the file when it cannot be opened. */
+  open(path: string): Promise<ByteReader>;
+  /** The whole file as UTF-8 text. @throws Error naming the file when it cannot be read. */
+  readText(path: string): Promise<string>;
+  /**
+   * Writes `chunks` in order as the new content of `path`, atomically: a reader sees the old
+   * file or the whole new one, never a part. Chunks are taken one at a time, so a generator
+   * (sync or async) keeps memory at one chunk; an error it throws leaves the old file.
+   * @throws Error when the host cannot write there (a read-only source such as a web server).
+   */
+  writeAtomic(path: string, chunks: Iterable<Uint8Array | string> | AsyncIterable<Uint8Array | string>): Promise<void>;
+  /** The names of the entries of folder `dir`, sorted. @throws Error when it cannot be listed. */
+  list(dir: string): Promise<string[]>;
+}
+
+let current: Files | null = null;
+
+/** Node's implementation, imported by a computed name (host.ts) so that browser bundles leave it out. */
+const NODE_FILES = "./node_files.ts";
+
+/**
+ * The host's files, chosen on first use: Node's file system (node_files.ts) under Node, else
+ * URLs resolved against the page's location (web_files.ts); {@link setDefaultFiles} replaces them
+ * (a page that reads the files its user picked).
+ */
+export async function hostFiles(): Promise<Files> {
+  if (current !== null) return current;
+  const isNode = typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === "string";
+  current = isNode ? (await importNodeOnly<typeof import("./node_files.ts")>(NODE_FILES)).nodeFiles : (await import("./web_files.ts")).urlFiles();
+  return current;
+}
+
+/** Sets what {@link hostFiles} returns from now on. */
+export function setDefaultFiles(files: Files): void {
+  current = files;
+}
