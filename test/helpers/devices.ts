@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import { afterAll, describe, test, type TestContext } from "vitest";
 import { wasmDevice } from "../../src/kernels/devices.ts";
-import { createWebGpuBackend, getWebGpuBackend, type WebGpuOptions } from "../../src/kernels/webgpu/device.ts";
+import { getWebGpuBackend, type WebGpuOptions } from "../../src/kernels/webgpu/device.ts";
 import type { Backend } from "../../src/tensor/backend.ts";
 import type { WebGpuBackend } from "../../src/kernels/webgpu/backend.ts";
 
@@ -56,8 +56,9 @@ export function testDevices(name: string, fn: (device: Backend, ctx: TestContext
 }
 
 /**
- * A describe block whose tests run on their own backend, created (once, on first use) with
- * `opts` (a lowered binding limit, GPU-sized row workgroups) and destroyed after the block.
+ * A describe block whose tests run on their own backend, made (once, on first use) with `opts`
+ * (a lowered binding limit, GPU-sized row workgroups) on the shared backend's device, so kernels
+ * the two have in common compile once; released after the block.
  * `body` registers tests with the `testOn` it is given; the skip rule is webgpuOrSkip's.
  */
 export function describeWebGpu(
@@ -73,7 +74,7 @@ export function describeWebGpu(
     body((testName, fn) =>
       test(testName, async (ctx) => {
         await webgpuOrSkip(ctx);
-        backend ??= createWebGpuBackend(opts);
+        backend ??= getWebGpuBackend().then((shared) => shared!.withOptions(opts));
         await fn((await backend)!, ctx);
       }),
     );

@@ -89,6 +89,8 @@ export class WebGpuBackend implements Backend, KernelHost {
   private readonly pipelines: PipelineCache;
   private readonly queue: CommandQueue;
   private readonly space: StorageSpace;
+  /** False for a backend made by `withOptions`: the device belongs to the backend it came from. */
+  private readonly ownsDevice: boolean;
   private readonly weights: WeightSpace;
 
   /**
@@ -98,17 +100,20 @@ export class WebGpuBackend implements Backend, KernelHost {
    * @param opts.maxBindingBytes a lower per-binding limit (tests of chunked storages)
    * @param opts.rowWorkgroup, opts.matmulVariant, opts.attentionVariant forced kernel variants
    *   (defaults by adapter: see chooseVariants in variants.ts)
+   * @param from internal, for `withOptions`: the backend whose device machinery this one shares
    * @throws RangeError for a bad rowWorkgroup, or a "quad" variant without the `subgroups` feature
    */
   constructor(
     readonly gpu: GPU | null,
     readonly device: GPUDevice,
     opts: VariantOptions & { maxBindingBytes?: number } = {},
+    from?: WebGpuBackend,
   ) {
     ({ rowWorkgroup: this.rowWorkgroup, matmulVariant: this.matmulVariant, attentionVariant: this.attentionVariant } = chooseVariants(device, opts));
-    this.scopes = new ErrorScopes(device);
-    this.pipelines = new PipelineCache(device, (describe) => this.scopes.close(describe));
-    this.queue = new CommandQueue(device, this.scopes, this.pipelines);
+    this.ownsDevice = from === undefined;
+    this.scopes = from?.scopes ?? new ErrorScopes(device);
+    this.pipelines = from?.pipelines ?? new PipelineCache(device, (describe) => this.scopes.close(describe));
+    this.queue = from?.queue ?? new CommandQueue(device, this.scopes, this.pipelines);
     this.space = new StorageSpace(device, this.queue, this.scopes, opts.maxBindingBytes);
     this.weights = new WeightSpace(device, this.queue, this.scopes, this.space);
     this.maxBindingBytes = this.space.maxBindingBytes;
@@ -388,10 +393,24 @@ export class WebGpuBackend implements Backend, KernelHost {
     return this.queue.sync();
   }
 
-  /** Waits for pending work and destroys the device; the backend is unusable afterwards. */
+  /**
+   * Another backend on this one's device, with other kernel variants or a lower binding limit
+   * (tests and benchmarks of the variants): it shares the queue, the error scopes and the
+   * compiled pipelines (a kernel compiles once per device, and compiling is what costs on a CPU
+   * adapter), and has its own storages (a storage belongs to the backend that made it).
+   * @throws RangeError as the constructor
+   */
+  withOptions(opts: VariantOptions & { maxBindingBytes?: number }): WebGpuBackend {
+    return new WebGpuBackend(this.gpu, this.device, opts, this);
+  }
+
+  /**
+   * Waits for pending work and destroys the device; the backend is unusable afterwards. For a
+   * backend from `withOptions` only the wait: the device stays with the backend it came from.
+   */
   async destroy(): Promise<void> {
     await this.sync();
-    this.device.destroy();
+    if (this.ownsDevice) this.device.destroy();
   }
 
   // ---- KernelHost ----
