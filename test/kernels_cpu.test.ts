@@ -4,6 +4,7 @@ import type { AttentionGeometry, Storage, View } from "../src/tensor/backend.ts"
 import { DTypeError, DisposedError, ShapeError } from "../src/tensor/errors.ts";
 import { contiguousStrides, numel } from "../src/tensor/shape.ts";
 import { CpuBackend, CpuStorage } from "../src/kernels/cpu.ts";
+import { expectClose } from "./helpers/close.ts";
 import { random } from "./helpers/random.ts";
 
 /**
@@ -39,22 +40,6 @@ function i32(data: ArrayLike<number>): Storage {
 
 function contiguous(storage: Storage, shape: number[]): View {
   return { storage, shape, strides: contiguousStrides(shape), offset: 0 };
-}
-
-/** Fails with the first differing element side by side and the max difference when |a - e| > tol (1 + |e|). */
-function expectClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: number, label = ""): void {
-  expect(actual.length, `${label} length`).toBe(expected.length);
-  let maxDiff = 0;
-  let first = -1;
-  for (let i = 0; i < expected.length; i++) {
-    const diff = Math.abs(actual[i]! - expected[i]!);
-    const bad = !(diff <= tol * (1 + Math.abs(expected[i]!)));
-    if (bad && first < 0) first = i;
-    if (!(diff <= maxDiff)) maxDiff = diff;
-  }
-  if (first >= 0) {
-    expect.fail(`${label} element ${first}: got ${actual[first]}, expected ${expected[first]} (max diff ${maxDiff}, tol ${tol})`);
-  }
 }
 
 /** Row-major multi-index of linear index i in shape. */

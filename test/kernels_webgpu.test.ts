@@ -9,6 +9,7 @@ import { BINARY_OPS, UNARY_OPS, binaryDef, unaryDef, type PointwiseTol } from ".
 import type { WebGpuBackend, WebGpuStorage } from "../src/kernels/webgpu/backend.ts";
 import { kernel } from "../src/kernels/webgpu/program.ts";
 import { MATMUL_VARIANTS, matmulKernelKey } from "../src/kernels/matmul.wgsl.ts";
+import { expectClose } from "./helpers/close.ts";
 import { describeWebGpu, testWebGpu, webgpuOrSkip } from "./helpers/devices.ts";
 import { random } from "./helpers/random.ts";
 
@@ -34,30 +35,11 @@ function f32s(n: number, seed: number, f: (u: number, i: number) => number = (u)
   return Float32Array.from({ length: n }, (_, i) => f(r(), i));
 }
 
-/** Tolerance of one element, given the expected value and its index. */
+/** Tolerance of one element, given the expected value and its index (expectClose's per-element form). */
 type Tol = (expected: number, i: number) => number;
 const rel = (rtol: number, atol = DENORMAL): Tol => (e) => atol + rtol * Math.abs(e);
 /** Exact, except that results below f32's normal range may be flushed to zero. */
 const EXACT: Tol = () => DENORMAL;
-
-/** Fails with the first element out of tolerance side by side, the count and the max difference. */
-function expectClose(actual: HostArray, expected: HostArray, tol: Tol, label: string): void {
-  expect(actual.length, `${label}: length`).toBe(expected.length);
-  let bad = 0;
-  let first = "";
-  let maxDiff = 0;
-  for (let i = 0; i < expected.length; i++) {
-    const a = actual[i]!;
-    const e = expected[i]!;
-    const diff = a === e ? 0 : Math.abs(a - e);
-    maxDiff = Math.max(maxDiff, Number.isNaN(diff) ? Infinity : diff);
-    if (!(diff <= tol(e, i))) {
-      if (bad === 0) first = `first at [${i}]: webgpu ${a} vs cpu ${e} (diff ${diff}, tol ${tol(e, i)})`;
-      bad++;
-    }
-  }
-  expect(bad, `${label}: ${bad} of ${expected.length} elements out of tolerance, ${first}, max diff ${maxDiff}`).toBe(0);
-}
 
 /** Uploads one host array to both devices. */
 function both(gpu: WebGpuBackend, data: HostArray): [Storage, Storage] {
