@@ -2,6 +2,9 @@ import { afterAll, describe, expect, test } from "vitest";
 import * as qa from "../src/index.ts";
 import { DEVICE_KINDS, getDevice } from "../src/kernels/devices.ts";
 import { attentionBackwardRef, attentionRef } from "../src/kernels/attention.ts";
+import { crossEntropyBackwardRef, crossEntropyRef } from "../src/kernels/cross_entropy.ts";
+import { rmsNormRef } from "../src/kernels/rmsnorm.ts";
+import { softmaxRef } from "../src/kernels/softmax.ts";
 import { matmulRef } from "../src/kernels/matmul.ts";
 import { createWasmBackend, type WasmBackend } from "../src/kernels/wasm/backend.ts";
 import { WASM_BINARY, WASM_UNARY } from "../src/kernels/wasm/elementwise.wasm.ts";
@@ -276,6 +279,52 @@ describe("elementwise kernels against the cpu device", () => {
     w.assign(view(dw, [1, 5 * 4099, 5], 7), view(sw, contiguous));
     cpu.assign(view(dc, [1, 5 * 4099, 5], 7), view(sc, contiguous));
     expect(await w.read(dw)).toEqual(await cpu.read(dc));
+  });
+});
+
+describe("row kernels against the float64 references", () => {
+  const backend = createWasmBackend({ threads: 3 });
+  afterAll(async () => (await backend).destroy());
+  // Rows long enough to go parallel and not multiples of 16 (vector blocks, then a scalar tail).
+  // f32 sums in 16 partial sums over <= 30011 terms and Cephes' expf: within 1e-5 (1 + |ref|).
+
+  test("softmax and log-softmax [5, 4099], logits up to +-30", async () => {
+    const w = await backend;
+    const [rows, cols] = [5, 4099];
+    const x = Float32Array.from(randomData(rows * cols, 21, (v) => 30 * v));
+    const sx = w.upload(x);
+    for (const log of [false, true]) {
+      const ref = new Float64Array(rows * cols);
+      softmaxRef(x, ref, rows, cols, log);
+      expectClose(await w.read(w.softmax(sx, rows, cols, log)), ref, 1e-5, log ? "log-softmax" : "softmax");
+    }
+  });
+
+  test("cross-entropy forward and backward [6, 30011] with ignored rows; a bad target throws the reference's error", async () => {
+    const w = await backend;
+    const [rows, cols] = [6, 30011];
+    const g = { rows, cols, ignoreIndex: -100 };
+    const logits = Float32Array.from(randomData(rows * cols, 22, (v) => 8 * v));
+    const targets = Int32Array.from([5, -100, 30010, 0, -100, 17]);
+    const gradLoss = Float32Array.from([0.5, 1, -2, 1.5, 3, 0.25]);
+    const [refLoss, refGrad] = [new Float64Array(rows), new Float64Array(rows * cols)];
+    crossEntropyRef(logits, targets, refLoss, g);
+    crossEntropyBackwardRef(logits, targets, gradLoss, refGrad, g);
+    const [sl, st, sg] = [w.upload(logits), w.upload(targets), w.upload(gradLoss)];
+    expectClose(await w.read(w.crossEntropy(sl, st, g)), refLoss, 1e-5, "loss");
+    expectClose(await w.read(w.crossEntropyBackward(sl, st, sg, g)), refGrad, 1e-5, "dlogits");
+    const bad = w.upload(Int32Array.from([5, 30011, 0, 0, 0, 0]));
+    expect(() => w.crossEntropy(sl, bad, g)).toThrow("crossEntropy: target 30011 at row 1 is outside [0, 30011)");
+  });
+
+  test("rmsNorm [7, 1027]", async () => {
+    const w = await backend;
+    const g = { rows: 7, D: 1027, eps: 1e-6 };
+    const x = Float32Array.from(randomData(g.rows * g.D, 23, (v) => 3 * v));
+    const weight = Float32Array.from(randomData(g.D, 24));
+    const ref = new Float64Array(g.rows * g.D);
+    rmsNormRef(x, weight, ref, g);
+    expectClose(await w.read(w.rmsNorm(w.upload(x), w.upload(weight), g)), ref, 1e-5, "rmsNorm");
   });
 });
 

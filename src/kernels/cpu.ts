@@ -133,6 +133,10 @@ function hostView(op: string, v: View): HostView {
  * device (src/kernels/wasm) replaces some with WebAssembly kernels over its shared memory.
  */
 export interface HostKernels {
+  softmax: typeof softmaxRef;
+  crossEntropy: typeof crossEntropyRef;
+  crossEntropyBackward: typeof crossEntropyBackwardRef;
+  rmsNorm: typeof rmsNormRef;
   unary: typeof unaryRef;
   binary: typeof binaryRef;
   assign: typeof assignRef;
@@ -149,7 +153,18 @@ export interface HostKernels {
 export class CpuBackend implements Backend {
   readonly name: Backend["name"] = "cpu";
   readonly maxBindingBytes: number = Infinity;
-  protected readonly kernels: HostKernels = { unary: unaryRef, binary: binaryRef, assign: assignRef, matmul: matmulRef, attention: attentionRef, attentionBackward: attentionBackwardRef };
+  protected readonly kernels: HostKernels = {
+    softmax: softmaxRef,
+    crossEntropy: crossEntropyRef,
+    crossEntropyBackward: crossEntropyBackwardRef,
+    rmsNorm: rmsNormRef,
+    unary: unaryRef,
+    binary: binaryRef,
+    assign: assignRef,
+    matmul: matmulRef,
+    attention: attentionRef,
+    attentionBackward: attentionBackwardRef,
+  };
   private bytes = 0;
 
   /** Takes ownership of a host array as a new storage, counting its bytes as live. */
@@ -251,7 +266,7 @@ export class CpuBackend implements Backend {
   softmax(x: Storage, rows: number, cols: number, log: boolean): Storage {
     const [hx] = floatArgs("softmax", [x]);
     const out = this.allocate(x.dtype, checkRows("softmax", x, rows, cols));
-    softmaxRef(hx!, out, rows, cols, log);
+    this.kernels.softmax(hx!, out, rows, cols, log);
     return this.wrap(out);
   }
 
@@ -262,7 +277,7 @@ export class CpuBackend implements Backend {
     expectDType(op, "targets", targets, "i32");
     checkCrossEntropy(op, logits, targets, null, g);
     const out = this.allocate(logits.dtype, g.rows);
-    crossEntropyRef(hl!, hostData(op, targets) as Int32Array, out, g);
+    this.kernels.crossEntropy(hl!, hostData(op, targets) as Int32Array, out, g);
     return this.wrap(out);
   }
 
@@ -272,7 +287,7 @@ export class CpuBackend implements Backend {
     const [hl, hg] = floatArgs(op, [logits, gradLoss]);
     expectDType(op, "targets", targets, "i32");
     const out = this.allocate(logits.dtype, checkCrossEntropy(op, logits, targets, gradLoss, g));
-    crossEntropyBackwardRef(hl!, hostData(op, targets) as Int32Array, hg!, out, g);
+    this.kernels.crossEntropyBackward(hl!, hostData(op, targets) as Int32Array, hg!, out, g);
     return this.wrap(out);
   }
 
@@ -295,7 +310,7 @@ export class CpuBackend implements Backend {
   rmsNorm(x: Storage, weight: Storage, g: RmsNormGeometry): Storage {
     const [hx, hw] = floatArgs("rmsNorm", [x, weight]);
     const out = this.allocate(x.dtype, checkRmsNorm("rmsNorm", x, weight, g));
-    rmsNormRef(hx!, hw!, out, g);
+    this.kernels.rmsNorm(hx!, hw!, out, g);
     return this.wrap(out);
   }
 

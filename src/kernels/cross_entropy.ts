@@ -13,7 +13,7 @@ import { logSumExp } from "../tensor/logsumexp.ts";
  */
 
 /** The target of row r, or null when the row is ignored; throws on a class outside [0, cols). */
-function targetOf(targets: Int32Array, r: number, cols: number, ignoreIndex: number): number | null {
+export function crossEntropyTarget(targets: Int32Array, r: number, cols: number, ignoreIndex: number): number | null {
   const t = targets[r]!;
   if (t === ignoreIndex) return null;
   if (t < 0 || t >= cols) {
@@ -32,7 +32,7 @@ function targetOf(targets: Int32Array, r: number, cols: number, ignoreIndex: num
 export function crossEntropyRef(logits: HostArray, targets: Int32Array, out: HostArray, g: CrossEntropyGeometry): void {
   const { rows, cols, ignoreIndex } = g;
   for (let r = 0; r < rows; r++) {
-    const t = targetOf(targets, r, cols, ignoreIndex);
+    const t = crossEntropyTarget(targets, r, cols, ignoreIndex);
     out[r] = t === null ? 0 : logSumExp(logits, r * cols, cols) - logits[r * cols + t]!;
   }
 }
@@ -50,7 +50,7 @@ export function crossEntropyBackwardRef(logits: HostArray, targets: Int32Array, 
   const { rows, cols, ignoreIndex } = g;
   for (let r = 0; r < rows; r++) {
     const start = r * cols;
-    const t = targetOf(targets, r, cols, ignoreIndex);
+    const t = crossEntropyTarget(targets, r, cols, ignoreIndex);
     if (t === null) {
       out.fill(0, start, start + cols);
       continue;

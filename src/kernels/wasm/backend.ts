@@ -1,8 +1,22 @@
-import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs, BinaryOp, MatmulGeometry, UnaryOp } from "../../tensor/backend.ts";
+import type {
+  AttentionBackwardInputs,
+  AttentionGeometry,
+  AttentionGrads,
+  AttentionInputs,
+  BinaryOp,
+  CrossEntropyGeometry,
+  MatmulGeometry,
+  RmsNormGeometry,
+  UnaryOp,
+} from "../../tensor/backend.ts";
 import type { DType, HostArray } from "../../tensor/dtype.ts";
 import { CpuBackend } from "../cpu.ts";
 import { attentionBackwardRef, attentionRef } from "../attention.ts";
 import { attentionSizes } from "../checks.ts";
+import { crossEntropyBackwardRef, crossEntropyRef, crossEntropyTarget } from "../cross_entropy.ts";
+import { rmsNormRef } from "../rmsnorm.ts";
+import { softmaxRef } from "../softmax.ts";
+import { rowsModule } from "./rows.wasm.ts";
 import type { HostView } from "../elementwise.ts";
 import { assignRef, binaryRef, unaryRef } from "../elementwise.ts";
 import { matmulRef } from "../matmul.ts";
@@ -24,9 +38,11 @@ import { WasmPool } from "./pool.ts";
  *   register-tiled product, and the matrix-vector forms when M or N is 1.
  * - attention forward and backward (f32, head size a multiple of 4): the online-softmax kernels
  *   of attention.wasm.ts, split between threads by query row (forward) and kv head (backward).
+ * - softmax, log-softmax, cross-entropy forward and backward and RMSNorm (f32): the row kernels
+ *   of rows.wasm.ts, rows split between threads (the one log per row on the calling thread).
  * - unary and binary ops of elementwise.wasm.ts (arithmetic, exp, sigmoid, silu, ...) and assign
  *   between distinct storages, f32, on views that collapse to at most 4 dims.
- * - every other op (comparisons, where, cast, row kernels, embedding, AdamW, the packed
+ * - every other op (comparisons, where, cast, reductions, RoPE, embedding, AdamW, the packed
  *   bf16/f16/NF4 weights, which stay in host memory as on cpu, ...), and f64: the
  *   cpu device's TypeScript references (src/kernels/*.ts)
  *   on the calling thread, reading and writing the shared memory in place. Those ops are
@@ -39,7 +55,7 @@ import { WasmPool } from "./pool.ts";
 const PARALLEL_MIN_MACS = 1 << 16;
 
 // Kernel indices in the pool's list.
-const K = { gemm: 0, gemvDot: 1, gemvAxpy: 2, attention: 3, attentionBackward: 4 } as const;
+const K = { gemm: 0, gemvDot: 1, gemvAxpy: 2, attention: 3, attentionBackward: 4, rowStats: 5, rowApply: 6, rmsNorm: 7 } as const;
 const ELEMENTWISE_NAMES = [
   ...Object.keys(WASM_UNARY).map((op) => elementwiseExport("unary", op)),
   ...Object.keys(WASM_BINARY).map((op) => elementwiseExport("binary", op)),
@@ -50,10 +66,13 @@ const KERNELS: readonly KernelRef[] = [
   { module: 0, name: "gemv_axpy" },
   { module: 1, name: "attn" },
   { module: 1, name: "attn_bwd" },
+  { module: 3, name: "row_stats" },
+  { module: 3, name: "row_apply" },
+  { module: 3, name: "rmsnorm" },
   ...ELEMENTWISE_NAMES.map((name) => ({ module: 2, name })),
 ];
 /** Pool index of each elementwise kernel, by export name. */
-const ELEMENTWISE_INDEX = new Map(ELEMENTWISE_NAMES.map((name, i) => [name, 5 + i]));
+const ELEMENTWISE_INDEX = new Map(ELEMENTWISE_NAMES.map((name, i) => [name, 8 + i]));
 
 /** Elementwise ops below this many elements run on the calling thread only. */
 const PARALLEL_MIN_ELEMENTS = 1 << 15;
@@ -113,6 +132,17 @@ export class WasmBackend extends CpuBackend {
   /** Whether the matmul kernels use relaxed SIMD's multiply-add. */
   readonly relaxedSimd: boolean;
   protected override readonly kernels = {
+    softmax: (x: HostArray, out: HostArray, rows: number, cols: number, log: boolean) => {
+      if (!this.ownF32([x, out])) return softmaxRef(x, out, rows, cols, log);
+      this.rowKernels(x, out, rows, cols, (s) => (log ? Math.log(s) : 1 / s), log ? 1 : 0);
+    },
+    crossEntropy: (logits: HostArray, targets: Int32Array, out: HostArray, g: CrossEntropyGeometry) => this.crossEntropyKernel(logits, targets, null, out, g),
+    crossEntropyBackward: (logits: HostArray, targets: Int32Array, gradLoss: HostArray, out: HostArray, g: CrossEntropyGeometry) =>
+      this.crossEntropyKernel(logits, targets, gradLoss, out, g),
+    rmsNorm: (x: HostArray, weight: HostArray, out: HostArray, g: RmsNormGeometry) => {
+      if (!this.ownF32([x, weight, out])) return rmsNormRef(x, weight, out, g);
+      this.pool.run(K.rmsNorm, [x.byteOffset, weight.byteOffset, out.byteOffset, g.rows, g.D, f32Bits(g.eps)], this.rowThreads(g.rows, g.D));
+    },
     unary: (op: UnaryOp, x: HostView, out: HostArray) => {
       if (!this.mapKernel(elementwiseExport("unary", op), out, contiguous(x.shape), [x, x], x.shape)) unaryRef(op, x, out);
     },
@@ -219,6 +249,73 @@ export class WasmBackend extends CpuBackend {
     return true;
   }
 
+  /** Threads for a row kernel over rows x cols elements. */
+  private rowThreads(rows: number, cols: number): number {
+    return rows * cols < PARALLEL_MIN_ELEMENTS ? 1 : this.pool.threads;
+  }
+
+  /** Whether every array is an f32 view of this backend's memory (the row kernels' condition). */
+  private ownF32(arrays: readonly HostArray[]): boolean {
+    return arrays.every((v) => v instanceof Float32Array && this.buffers.has(v.buffer));
+  }
+
+  /**
+   * row_stats over x [rows, cols] into a temporary (m, s) per row (max, sum of exp(x - m)), then
+   * `then(stats, threads)`; the temporary is released after.
+   */
+  private withRowStats(x: HostArray, rows: number, cols: number, then: (stats: HostArray, threads: number) => void): void {
+    if (rows * cols === 0) return;
+    const stats = this.allocate("f32", 2 * rows);
+    try {
+      const threads = this.rowThreads(rows, cols);
+      this.pool.run(K.rowStats, [x.byteOffset, stats.byteOffset, rows, cols], threads);
+      then(stats, threads);
+    } finally {
+      this.release(stats);
+    }
+  }
+
+  /**
+   * The two-pass row kernels: each row's (m, s), then row_apply writes `out` from (m, a(s, r))
+   * with `mode` (0: exp(x - m) a, 1: x - m - a).
+   */
+  private rowKernels(x: HostArray, out: HostArray, rows: number, cols: number, a: (s: number, r: number) => number, mode: number): void {
+    this.withRowStats(x, rows, cols, (stats, threads) => {
+      for (let r = 0; r < rows; r++) stats[2 * r + 1] = a(stats[2 * r + 1]!, r);
+      this.pool.run(K.rowApply, [x.byteOffset, stats.byteOffset, out.byteOffset, rows, cols, mode], threads);
+    });
+  }
+
+  /**
+   * Cross-entropy on the row kernels: targets are checked first (the reference's RangeError);
+   * loss = m + log s - z_t; the gradient is softmax * gradLoss from row_apply (a = gradLoss / s, 0
+   * for ignored rows), then gradLoss subtracted at each target. `gradLoss` null: the forward.
+   */
+  private crossEntropyKernel(logits: HostArray, targets: Int32Array, gradLoss: HostArray | null, out: HostArray, g: CrossEntropyGeometry): void {
+    const { rows, cols, ignoreIndex } = g;
+    if (!this.ownF32(gradLoss ? [logits, gradLoss, out] : [logits, out])) {
+      if (gradLoss) crossEntropyBackwardRef(logits, targets, gradLoss, out, g);
+      else crossEntropyRef(logits, targets, out, g);
+      return;
+    }
+    const t = Array.from({ length: rows }, (_, r) => crossEntropyTarget(targets, r, cols, ignoreIndex));
+    if (gradLoss === null) {
+      // One value per row: the stats pass alone, then the loss here.
+      this.withRowStats(logits, rows, cols, (stats) => {
+        for (let r = 0; r < rows; r++) {
+          const tr = t[r]!;
+          out[r] = tr === null ? 0 : stats[2 * r]! + Math.log(stats[2 * r + 1]!) - logits[r * cols + tr]!;
+        }
+      });
+      return;
+    }
+    this.rowKernels(logits, out, rows, cols, (s, r) => (t[r] === null ? 0 : gradLoss[r]! / s), 0);
+    for (let r = 0; r < rows; r++) {
+      const tr = t[r];
+      if (tr !== null) out[r * cols + tr]! -= gradLoss[r]!;
+    }
+  }
+
   /**
    * The f32 forward on the SIMD kernel (head size a multiple of 4), else the reference. The key
    * mask (any dtype, nonzero = keep) is first written as i32 0/1 into the heap; the kernel
@@ -317,7 +414,7 @@ export async function createWasmBackend(opts: WasmOptions & { threads: number })
   const threads = shared ? opts.threads : 1;
   const heap = new WasmHeap(shared, opts.maxMemoryBytes ?? (shared ? 2 ** 32 : 2 ** 30));
   const relaxed = opts.relaxedSimd ?? hasRelaxedSimd();
-  const modules = await Promise.all([matmulModule(shared, relaxed), attentionModule(shared), elementwiseModule(shared)].map((bytes) => WebAssembly.compile(bytes)));
+  const modules = await Promise.all([matmulModule(shared, relaxed), attentionModule(shared), elementwiseModule(shared), rowsModule(shared)].map((bytes) => WebAssembly.compile(bytes)));
   const pool = await WasmPool.create(modules, heap.memory, KERNELS, threads);
   return new WasmBackend(heap, pool, relaxed);
 }

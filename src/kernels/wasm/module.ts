@@ -120,6 +120,8 @@ export const f32 = {
   div: op1(0x95),
   /** An i32's bits as an f32. */
   reinterpret_i32: op1(0xbe),
+  /** A signed i32's value as an f32 (rounded). */
+  convert_i32_s: op1(0xb2),
 };
 
 export const v128 = {
