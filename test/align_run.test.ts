@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it, type TestContext } from "vitest";
@@ -38,6 +38,32 @@ describe("qalign eval", () => {
     expect(lines[1]).toMatch(/^en +6 /);
     expect(lines[2]).toMatch(/^th +6 .*same \/ different$/);
     expect(lines[3]).toMatch(/^Acc +12 /);
+  });
+});
+
+describe("qalign eval --out", () => {
+  const out = join(tmp, "eval-resume");
+  const args = ["eval", "--model", TINY, "--task", "snli", "--limit", "3", "--protocol", "qalign", "--shots", "0", "--data", "sample", "--out", out, "--device", "cpu"];
+
+  it("resumes: a rerun keeps the finished languages and evaluates only the new ones", () => {
+    expect(qalign([...args, "--langs", "en,sw"]).status).toBe(0);
+    const first = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as { results: { lang: string }[] };
+    const r = qalign([...args, "--langs", "en,sw,bn"]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(new RegExp(`^en: [\\d.]+% of 3, kept from ${join(out, "results.json")}$`, "m"));
+    expect(r.stderr).toMatch(/^sw: [\d.]+% of 3, kept/m);
+    expect(r.stderr).toMatch(/^bn: [\d.]+% of 3 \(/m); // evaluated
+    const second = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as { complete: boolean; results: { lang: string }[] };
+    expect(second.complete).toBe(true);
+    expect(second.results.map((x) => x.lang)).toEqual(["en", "sw", "bn"]);
+    expect(second.results.slice(0, 2)).toEqual(first.results); // every item, as saved
+    expect(r.stdout).toMatch(/^bn +3 /m);
+  });
+
+  it("refuses a folder that holds an evaluation with other settings, naming them", () => {
+    const r = qalign([...args.map((a) => (a === "3" ? "2" : a)), "--langs", "en"]);
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split("\n").at(-1)).toBe(`qalign: ${join(out, "results.json")}: holds an evaluation with other settings (options.limit was 3, now 2); choose another --out or remove the folder`);
   });
 });
 
@@ -102,10 +128,11 @@ describe("qalign align", () => {
     );
   });
 
+  const sampleOut = join(tmp, "sample");
+  const sampleArgs = ["align", "--data", "sample", "--langs", "en,sw,bn", "--out", sampleOut, "--device", "cpu", "--r", "4", "--lora-alpha", "8", "--target-modules", "q_proj,k_proj"];
+
   it("runs offline on the built-in sample (what npm start does without ../shared/data), with train's LoRA options", () => {
-    const sampleOut = join(tmp, "sample");
-    const lora = ["--r", "4", "--lora-alpha", "8", "--target-modules", "q_proj,k_proj"];
-    const r = qalign(["align", "--data", "sample", "--langs", "en,sw,bn", "--out", sampleOut, "--device", "cpu", ...lora]);
+    const r = qalign(sampleArgs);
     expect(r.status).toBe(0);
     expect(r.stderr).toContain("built-in sample");
     const res = JSON.parse(readFileSync(join(sampleOut, "results.json"), "utf8")) as AlignResults;
@@ -120,6 +147,18 @@ describe("qalign align", () => {
     const adapter = join(sampleOut, "adapter");
     expect(res.provenance!.adapter).toEqual({ dir: adapter, sha256: { "adapter_config.json": hash(join(adapter, "adapter_config.json")), "adapter_model.safetensors": hash(join(adapter, "adapter_model.safetensors")) } });
     expect(res.provenance!.data!.sha256[SAMPLE_DATA_FILE]).toBe(hash(SAMPLE_DATA_FILE));
+  });
+
+  it("does not retrain when a finished training folder was not yet moved into place", () => {
+    // As if stopped after training wrote its last file (training.json) but before the rename.
+    renameSync(join(sampleOut, "adapter"), join(sampleOut, "training"));
+    const weights = readFileSync(join(sampleOut, "training", "adapter_model.safetensors"));
+    const r = qalign(sampleArgs);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`training had finished in ${join(sampleOut, "training")}: moved it to ${join(sampleOut, "adapter")}`);
+    expect(r.stderr).not.toMatch(/^training: /m);
+    expect(existsSync(join(sampleOut, "training"))).toBe(false);
+    expect(readFileSync(join(sampleOut, "adapter", "adapter_model.safetensors"))).toEqual(weights);
   });
 
   it("says clearly that only SNLI has question files", () => {

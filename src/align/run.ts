@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { rename, rm, writeFile } from "node:fs/promises";
+import { rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { DataIssue } from "../io/data_error.ts";
 import type { Provenance } from "../io/provenance.ts";
@@ -98,7 +98,7 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
 
   // Read the training pairs and check every language's test data first: bad data should fail
   // before hours of evaluation (and before the folder is claimed for these settings).
-  const trained = existsSync(join(paths.adapter, TRAINING_SUMMARY));
+  const trained = await finishedAdapter(paths, log);
   const pairs = trained ? null : await questionPairs(source, cfg.train, cfg.target);
   const prompts = await checkLanguages(source, task, cfg.langs, cfg.evaluation);
   if (!resuming) await saveJson(paths.settings, settings);
@@ -171,10 +171,27 @@ async function trainAdapter(
     history: result.history,
     seconds: (performance.now() - started) / 1000,
   };
-  const adapterDir = paths.adapter;
-  await writeFile(join(trainingDir, TRAINING_SUMMARY), JSON.stringify(summary, null, 1) + "\n");
-  await rm(adapterDir, { recursive: true, force: true });
-  await rename(trainingDir, adapterDir);
-  log(`  adapter written to ${adapterDir}`);
+  await saveJson(join(trainingDir, TRAINING_SUMMARY), summary);
+  await moveIntoPlace(paths);
+  log(`  adapter written to ${paths.adapter}`);
   return summary;
+}
+
+/** Renames the finished <out>/training to <out>/adapter, replacing any older adapter folder. */
+async function moveIntoPlace(paths: ReturnType<typeof runPaths>): Promise<void> {
+  await rm(paths.adapter, { recursive: true, force: true });
+  await rename(paths.training, paths.adapter);
+}
+
+/**
+ * Whether <out>/adapter holds a finished training. A run stopped after training wrote
+ * training/training.json (the last file of a finished training) but before the folder was
+ * renamed has a complete adapter in training/: it is moved into place instead of retrained.
+ */
+async function finishedAdapter(paths: ReturnType<typeof runPaths>, log: (line: string) => void): Promise<boolean> {
+  if (existsSync(join(paths.adapter, TRAINING_SUMMARY))) return true;
+  if (!existsSync(join(paths.training, TRAINING_SUMMARY))) return false;
+  await moveIntoPlace(paths);
+  log(`training had finished in ${paths.training}: moved it to ${paths.adapter}`);
+  return true;
 }

@@ -1,4 +1,7 @@
+import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { readJson, settingsDiff } from "../align/folder.ts";
+import { DataError } from "../io/data_error.ts";
 import { toCsv } from "../io/plot.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { checkLanguages, evaluateLanguage, type EvalOptions, type LanguageResult, type Scoring, type ScoreMode } from "../eval/evaluate.ts";
@@ -183,11 +186,42 @@ async function writeResults(out: EvalOutput, results: readonly LanguageResult[],
   await writeFileAtomic(join(out.dir, "results.csv"), toCsv(resultRows(out.adapter ? "adapter" : "base", results)));
 }
 
+/**
+ * The settings of a results.json that decide its numbers: all of `record` but the batch size and
+ * the protocol's description in words (which the options imply).
+ */
+function numberSettings(record: Record<string, unknown>): Record<string, unknown> {
+  const { batchSize: _, ...options } = (record.options ?? {}) as Record<string, unknown>;
+  const { protocol: __, ...rest } = record;
+  return { ...rest, options };
+}
+
+/**
+ * The languages that an earlier `eval --out` into the same folder finished, when it evaluated with
+ * these settings (a rerun resumes: finished languages are kept, the others evaluated).
+ * @throws DataError naming results.json and every differing setting when it holds another
+ *   evaluation, or when it cannot be read back.
+ */
+async function savedResults(out: EvalOutput): Promise<Map<Lang, LanguageResult>> {
+  const file = join(out.dir, "results.json");
+  if (!existsSync(file)) return new Map();
+  const saved = await readJson<Record<string, unknown>>(file);
+  const [was, now] = [numberSettings(saved), numberSettings(out.record)];
+  const differ = Object.keys(now).flatMap((k) => settingsDiff(was[k], now[k], k));
+  if (differ.length > 0) throw new DataError(file, `holds an evaluation with other settings (${differ.join("; ")}); choose another --out or remove the folder`);
+  const results = Array.isArray(saved.results) ? (saved.results as LanguageResult[]) : [];
+  return new Map(results.map((r) => [r.lang, r]));
+}
+
 export const options = {
   ...modelOption,
   ...adapterOption,
   ...EVAL_OPTIONS,
-  out: { type: "string", arg: "DIR", help: "also write results.json (every number, every item) and results.csv there, rewritten after each language" },
+  out: {
+    type: "string",
+    arg: "DIR",
+    help: "also write results.json (every number, every item) and results.csv there, rewritten after each language; a rerun with the same settings keeps the finished languages",
+  },
   "no-cache": { type: "boolean", help: "recompute the demonstrations for every item instead of reusing their KV cache (same numbers, slower; a check)" },
   "skip-invalid": { type: "boolean", help: "leave out malformed items with a notice instead of failing on the first" },
 } as const satisfies OptionTable;
@@ -218,16 +252,28 @@ export async function run(v: Values<typeof options>): Promise<void> {
     typeof v.out === "string"
       ? {
           dir: v.out,
-          record: { model: modelDir, adapter: v.adapter ?? null, task: task.id, data: source.description, options: opts, protocol: await protocolSettings(task, opts) },
+          record: { model: modelDir, adapter: v.adapter ?? null, dtype: v.dtype ?? null, task: task.id, data: source.description, options: opts, protocol: await protocolSettings(task, opts) },
           langs,
           adapter: typeof v.adapter === "string",
         }
       : null;
   if (out) await prepareOutDir("eval", out.dir);
+  const saved = out ? await savedResults(out) : new Map<Lang, LanguageResult>();
+  if (langs.every((l) => saved.has(l))) {
+    say(`eval: every language is in ${join(out!.dir, "results.json")} already; nothing to evaluate`);
+    process.stdout.write(formatTable(langs.map((l) => saved.get(l)!)));
+    return;
+  }
   const model = await loadForCli("eval", v, progress);
   say(`eval: ${task.title}, ${langs.length} language(s), ${source.description}; protocol ${opts.protocol}, ${opts.labels} answer words, scoring ${opts.scoring}`);
   const results: LanguageResult[] = [];
   for (const lang of langs) {
+    const kept = saved.get(lang);
+    if (kept) {
+      say(`${lang}: ${pct(kept.accuracy)}% of ${kept.n}, kept from ${join(out!.dir, "results.json")}`);
+      results.push(kept);
+      continue;
+    }
     const r = await evaluateLanguage({ model, tokenizer, source, task, options: { ...opts, onProgress: progress.counter(`eval ${lang}`, "items") }, prompts }, lang);
     for (const s of r.skipped) say(`skipped ${s.file}[${s.index}].${s.field}: ${s.problem}`);
     for (const t of r.truncated) say(`truncated ${r.file}[${t.index}]: ${t.dropped} tokens dropped on the left`);
