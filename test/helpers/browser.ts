@@ -61,12 +61,14 @@ export async function serve(
     if (file) return void res.writeHead(200, { "Content-Type": file.type, "Cache-Control": "no-store", ...file.headers }).end(file.body);
     const prefix = Object.keys(folders).find((p) => path.startsWith(p) && !path.slice(p.length).includes(".."));
     const local = prefix === undefined ? null : join(folders[prefix]!, path.slice(prefix.length));
-    if (local === null || !existsSync(local) || !statSync(local).isFile()) return void res.writeHead(404).end();
+    // The Hub's answer for a missing file, which @huggingface/hub reads as "no such file".
+    if (local === null || !existsSync(local) || !statSync(local).isFile()) return void res.writeHead(404, { "X-Error-Code": "EntryNotFound" }).end();
     const body = readFileSync(local);
     const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
     const [start, end] = m ? [Number(m[1]), Math.min(m[2] ? Number(m[2]) + 1 : body.length, body.length)] : [0, body.length];
     if (m && start >= end) return void res.writeHead(416, { "Content-Range": `bytes */${body.length}` }).end();
-    const headers = { "Content-Type": "application/octet-stream", "Content-Length": String(end - start), "Accept-Ranges": "bytes", "Cache-Control": "no-store" };
+    const etag = `"${statSync(local).size}-${statSync(local).mtimeMs}"`;
+    const headers = { "Content-Type": "application/octet-stream", "Content-Length": String(end - start), "Accept-Ranges": "bytes", "Cache-Control": "no-store", ETag: etag };
     res.writeHead(m ? 206 : 200, m ? { ...headers, "Content-Range": `bytes ${start}-${end - 1}/${body.length}` } : headers);
     res.end(req.method === "HEAD" ? undefined : body.subarray(start, end));
   });
