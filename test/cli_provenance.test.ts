@@ -66,6 +66,17 @@ describe("provenance", () => {
     expect(new Date(p.finished!).getTime()).toBeGreaterThanOrEqual(new Date(p.started).getTime());
   });
 
+  it("pca records it in summary.json", () => {
+    const out = join(tmp, "pca");
+    const r = runCli(["pca", "--model", TINY, "--task", "snli", "--langs", "en,sw", "--limit", "3", "--protocol", "qalign", "--shots", "0", "--data", "sample", "--out", out, "--device", "cpu"]);
+    expect(r.status, r.stderr).toBe(0);
+    const p = (JSON.parse(readFileSync(join(out, "summary.json"), "utf8")) as { provenance: Provenance }).provenance;
+    expect(p.model!.sha256["config.json"]).toBe(fileHash(join(TINY, "config.json")));
+    const sample = join(ROOT, "src", "eval", "sample_data.json");
+    expect(p.data).toEqual({ source: "built-in sample (src/eval/sample_data.json)", sha256: { [sample]: fileHash(sample), [PAPER_PROMPTS_FILE]: fileHash(PAPER_PROMPTS_FILE) } });
+    expect(p.finished).not.toBeNull();
+  });
+
   it("a sharded checkpoint is identified by its index and every shard's header", async () => {
     const { provenance } = await import("../src/cli/provenance.ts");
     const { cpuDevice } = await import("../src/kernels/devices.ts");

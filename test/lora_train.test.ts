@@ -112,6 +112,8 @@ describe("qalign train", () => {
     expect(JSON.parse(r.stdout)).toMatchObject({ adapter: out, steps: 1 });
     // One step, and warmup makes step 1's learning rate 0: the run trains nothing, and says so.
     expect(r.stderr).toContain("warning: 1 optimizer step, at learning rate 0 (the warmup starts at 0): nothing will be trained");
+    // The step's progress line on a piped stderr.
+    expect(r.stderr).toMatch(/^training: 1\/1 steps \| [\d.]+ steps\/s \| done \| epoch 1\.00 \| loss [\d.]+ \| lr 0\.00e\+0 \| \d+ tok\/s$/m);
     expect(readdirSync(out).sort()).toEqual(["adapter_config.json", "adapter_model.safetensors", "provenance.json"]);
     const provenance = JSON.parse(readFileSync(join(out, "provenance.json"), "utf8")) as Provenance;
     expect(provenance.data).toEqual({ source: "files", sha256: { [file]: createHash("sha256").update(readFileSync(file)).digest("hex") } });
