@@ -20,7 +20,7 @@ import { groups, ints, kernel } from "./webgpu/program.ts";
  *   absmax f32 array as a second binding. A group of 8 starting at a multiple of 8 lies in one
  *   block of 64, so it needs one absmax load.
  *
- * Tiling: "nt" gives each invocation a TM x TN block of out [M, N] (4 x 4 on an 8 x 8
+ * Tiling: "nt" gives each invocation a TM x TN block of out [M, N] (16 x 8 on an 8 x 2
  * workgroup; 1 x 8 on a 64-wide one when M = 1), stepping k by 8: TN weight groups decoded, TM x 2
  * vec4 loads of x, 2 TM TN dot products. "nn" gives each invocation TM = 4 rows x the 8 columns
  * k0..k0+7 of out [M, K] and walks n, decoding W[n, k0..k0+7] once for its 4 rows.
@@ -189,6 +189,15 @@ function weightBindings(w: GpuWeight): PooledBuffer[] {
 }
 
 /**
+ * "nt" tiles [TM, TN, workgroup x, workgroup y]. One row (decoding): 1 x 8 per invocation on a
+ * 64-wide workgroup, streaming W once. More rows: 16 x 8, so each decoded group of 8 weights
+ * feeds 16 rows (measured on SwiftShader at [16, 2048] x [5504, 2048]: 16 x 8 ran bf16 at 0.8x
+ * and nf4 at 0.7x the f32 "quad" kernel, 4 x 4 at 0.36x and 0.25x; 16 x 16 did not compile).
+ */
+const DECODE_TILE = [1, 8, 64, 1] as const;
+const PREFILL_TILE = [16, 8, 8, 2] as const;
+
+/**
  * Records out = x @ W^T ("nt": x [M, K], out [M, N]) or out = x @ W ("nn": x [M, N], out
  * [M, K]) for a packed weight W [N, K]. x and out are contiguous f32 from element 0.
  */
@@ -199,16 +208,11 @@ export function encodeWeightMatmul(host: KernelHost, x: PooledBuffer, w: GpuWeig
   const bufs = [x, ...weightBindings(w), out];
   if (form === "nt") {
     // One row (decoding): a 1 x 8 block per invocation on a 64-wide workgroup streams W once.
-    const [tm, tn, wgX, wgY] = M === 1 ? [1, 8, 64, 1] : [4, 4, 8, 8];
+    const [tm, tn, wgX, wgY] = M === 1 ? DECODE_TILE : PREFILL_TILE;
     host.dispatch(ntKernel(w.dtype, tm, tn, wgX, wgY), p, bufs, [groups(N, tn * wgX), groups(M, tm * wgY), 1]);
   } else {
     host.dispatch(nnKernel(w.dtype, 4), p, bufs, [groups(K, 8 * 8), groups(M, 4 * 8), 1]);
   }
-}
-
-/** The cache key of the kernel that encodeWeightMatmul runs, for the benchmark's labels. */
-export function weightKernelKey(w: Pick<GpuWeight, "dtype">, M: number, form: "nt" | "nn"): string {
-  return form === "nt" ? (M === 1 ? ntKernel(w.dtype, 1, 8, 64, 1) : ntKernel(w.dtype, 4, 4, 8, 8)).key : nnKernel(w.dtype, 4).key;
 }
 
 /** Records out [n, D] = W[ids, :] for i32 ids [n] and a packed table W [V, D]. */
