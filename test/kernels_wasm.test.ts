@@ -1,3 +1,4 @@
+import { setFlagsFromString } from "node:v8";
 import { afterAll, describe, expect, test } from "vitest";
 import * as qa from "../src/index.ts";
 import { DEVICE_KINDS, getDevice } from "../src/kernels/devices.ts";
@@ -10,7 +11,7 @@ import { createWasmBackend, type WasmBackend } from "../src/kernels/wasm/backend
 import { WASM_BINARY, WASM_UNARY } from "../src/kernels/wasm/elementwise.wasm.ts";
 import { WasmHeap } from "../src/kernels/wasm/heap.ts";
 import { KC, MC, MR, NC, NR } from "../src/kernels/wasm/matmul.wasm.ts";
-import { FunctionBuilder, T, buildModule, get, i32, sleb, uleb, type Local } from "../src/kernels/wasm/module.ts";
+import { FunctionBuilder, T, buildModule, get, hasRelaxedSimd, i32, sleb, uleb, type Local } from "../src/kernels/wasm/module.ts";
 import type { AttentionGeometry, BinaryOp, MatmulGeometry, UnaryOp, View } from "../src/tensor/backend.ts";
 import { DeviceLimitError } from "../src/tensor/errors.ts";
 import { TEST_WASM_THREADS } from "./helpers/devices.ts";
@@ -147,6 +148,20 @@ describe("matmul kernels against the float64 reference", () => {
           await check(w, geometry(2, M, N, K, transA, transB, false), M + 2 * N + 3 * K);
         }
       }
+    }
+  });
+
+  test("relaxed SIMD's multiply-add (Node 20 has it behind a V8 flag, set here): gemm and gemv equal the reference", async () => {
+    if (!hasRelaxedSimd()) setFlagsFromString("--experimental-wasm-relaxed-simd");
+    expect(hasRelaxedSimd()).toBe(true);
+    const w = await createWasmBackend({ threads: TEST_WASM_THREADS, relaxedSimd: true });
+    try {
+      expect(w.relaxedSimd).toBe(true);
+      await check(w, geometry(1, ...big, false, true, false), 31);
+      await check(w, geometry(2, 1, 1037, 301, false, true, false), 32);
+      await check(w, geometry(2, 1, 1037, 301, false, false, false), 33);
+    } finally {
+      w.destroy();
     }
   });
 
