@@ -16,8 +16,8 @@ import { matmulOperandNumel } from "./matmul.ts";
 
 /**
  * Argument checks that every backend makes the same way, so the cpu reference, the webgpu device
- * and any other device reject the same calls with the same messages. Each `check*` function
- * takes an op's storages (anything with a `numel`) and its geometry, throws a ShapeError naming
+ * and any other device reject the same calls with the same messages. Backends import the module
+ * as `checks`; each function named after an op (`checks.rope`) takes the op's storages (anything with a `numel`) and its geometry, throws a ShapeError naming
  * the op, the operand and both sizes when a storage is too small, and returns the element counts
  * of the outputs the geometry implies. Dtype checks stay with each backend (which dtypes a device
  * holds differs).
@@ -61,7 +61,7 @@ export function assertViewInBounds(op: string, v: View, storageNumel: number): v
  * @returns the element count of a [rows, cols] output
  * @throws ShapeError when x holds fewer than rows * cols elements
  */
-export function checkRows(op: string, x: Sized, rows: number, cols: number): number {
+export function rowOp(op: string, x: Sized, rows: number, cols: number): number {
   need(op, "x", x, rows * cols);
   return rows * cols;
 }
@@ -70,7 +70,7 @@ export function checkRows(op: string, x: Sized, rows: number, cols: number): num
  * Batched matmul: the last batch's matrix of each operand must fit (see MatmulGeometry).
  * @returns the element count of out [batch, M, N]
  */
-export function checkMatmul(op: string, a: Sized, b: Sized, g: MatmulGeometry): number {
+export function matmul(op: string, a: Sized, b: Sized, g: MatmulGeometry): number {
   need(op, "a", a, matmulOperandNumel(g.batch, g.batchStrideA, g.M, g.K));
   need(op, "b", b, matmulOperandNumel(g.batch, g.batchStrideB, g.K, g.N));
   return g.batch * g.M * g.N;
@@ -81,7 +81,7 @@ export function checkMatmul(op: string, a: Sized, b: Sized, g: MatmulGeometry): 
  * gradLoss [rows].
  * @returns the element count of the backward's output [rows, cols]
  */
-export function checkCrossEntropy(op: string, logits: Sized, targets: Sized, gradLoss: Sized | null, g: CrossEntropyGeometry): number {
+export function crossEntropy(op: string, logits: Sized, targets: Sized, gradLoss: Sized | null, g: CrossEntropyGeometry): number {
   need(op, "logits", logits, g.rows * g.cols);
   need(op, "targets", targets, g.rows);
   if (gradLoss) need(op, "gradLoss", gradLoss, g.rows);
@@ -92,7 +92,7 @@ export function checkCrossEntropy(op: string, logits: Sized, targets: Sized, gra
  * gather: table [V, D], ids [N].
  * @returns the element count of out [N, D]
  */
-export function checkGather(op: string, table: Sized, ids: Sized, g: EmbeddingGeometry): number {
+export function gather(op: string, table: Sized, ids: Sized, g: EmbeddingGeometry): number {
   need(op, "table", table, g.V * g.D);
   return ids.numel * g.D;
 }
@@ -101,7 +101,7 @@ export function checkGather(op: string, table: Sized, ids: Sized, g: EmbeddingGe
  * matmulWeight with a packed W [N, K]: x [M, K] for "nt" (out [M, N]), x [M, N] for "nn" (out [M, K]).
  * @returns the element count of out
  */
-export function checkMatmulWeight(op: string, x: Sized, w: WeightStorage, M: number, form: "nt" | "nn"): number {
+export function matmulWeight(op: string, x: Sized, w: WeightStorage, M: number, form: "nt" | "nn"): number {
   const [inner, outer] = form === "nt" ? [w.cols, w.rows] : [w.rows, w.cols];
   need(op, "x", x, M * inner);
   return M * outer;
@@ -111,7 +111,7 @@ export function checkMatmulWeight(op: string, x: Sized, w: WeightStorage, M: num
  * scatterAdd: grad [N, D], ids [N].
  * @returns the element count of out [V, D]
  */
-export function checkScatterAdd(op: string, grad: Sized, ids: Sized, g: EmbeddingGeometry): number {
+export function scatterAdd(op: string, grad: Sized, ids: Sized, g: EmbeddingGeometry): number {
   need(op, "grad", grad, ids.numel * g.D);
   return g.V * g.D;
 }
@@ -120,7 +120,7 @@ export function checkScatterAdd(op: string, grad: Sized, ids: Sized, g: Embeddin
  * RMSNorm: x [rows, D], weight [D].
  * @returns the element count of out [rows, D]
  */
-export function checkRmsNorm(op: string, x: Sized, weight: Sized, g: RmsNormGeometry): number {
+export function rmsNorm(op: string, x: Sized, weight: Sized, g: RmsNormGeometry): number {
   need(op, "x", x, g.rows * g.D);
   need(op, "weight", weight, g.D);
   return g.rows * g.D;
@@ -131,7 +131,7 @@ export function checkRmsNorm(op: string, x: Sized, weight: Sized, g: RmsNormGeom
  * and the angle tables hold one batch row or B.
  * @throws ShapeError when Dh is odd or Bc is neither 1 nor B
  */
-export function checkRopeGeometry(op: string, g: RopeGeometry): void {
+export function ropeGeometry(op: string, g: RopeGeometry): void {
   if (g.Dh % 2 !== 0) throw new ShapeError(op, `head dim ${g.Dh} is odd`);
   if (g.Bc !== 1 && g.Bc !== g.B) throw new ShapeError(op, `cos/sin batch ${g.Bc} is neither 1 nor B = ${g.B}`);
 }
@@ -139,10 +139,10 @@ export function checkRopeGeometry(op: string, g: RopeGeometry): void {
 /**
  * Rotary embedding: x [B, H, T, Dh], cos and sin [Bc, T, Dh/2].
  * @returns the element count of out [B, H, T, Dh]
- * @throws ShapeError as checkRopeGeometry, or for a storage too small
+ * @throws ShapeError as ropeGeometry, or for a storage too small
  */
-export function checkRope(op: string, x: Sized, cos: Sized, sin: Sized, g: RopeGeometry): number {
-  checkRopeGeometry(op, g);
+export function rope(op: string, x: Sized, cos: Sized, sin: Sized, g: RopeGeometry): number {
+  ropeGeometry(op, g);
   const n = g.B * g.H * g.T * g.Dh;
   need(op, "x", x, n);
   need(op, "cos", cos, (g.Bc * g.T * g.Dh) / 2);
@@ -173,7 +173,7 @@ export function attentionSizes(op: string, g: AttentionGeometry): AttentionSizes
  * @returns the operand sizes (out is q's size, lse [B, H, Tq])
  * @throws ShapeError as attentionSizes, or for a storage too small
  */
-export function checkAttention(op: string, ins: AttentionInputs<Sized>, g: AttentionGeometry): AttentionSizes {
+export function attention(op: string, ins: AttentionInputs<Sized>, g: AttentionGeometry): AttentionSizes {
   const n = attentionSizes(op, g);
   need(op, "q", ins.q, n.q);
   need(op, "k", ins.k, n.kv);
@@ -186,8 +186,8 @@ export function checkAttention(op: string, ins: AttentionInputs<Sized>, g: Atten
  * Attention backward: the forward's operands plus out, dOut and lse.
  * @returns the operand sizes (dq is q's size, dk and dv kv's)
  */
-export function checkAttentionBackward(op: string, ins: AttentionBackwardInputs<Sized>, g: AttentionGeometry): AttentionSizes {
-  const n = checkAttention(op, ins, g);
+export function attentionBackward(op: string, ins: AttentionBackwardInputs<Sized>, g: AttentionGeometry): AttentionSizes {
+  const n = attention(op, ins, g);
   need(op, "out", ins.out, n.q);
   need(op, "dOut", ins.dOut, n.q);
   need(op, "lse", ins.lse, n.lse);
@@ -195,6 +195,6 @@ export function checkAttentionBackward(op: string, ins: AttentionBackwardInputs<
 }
 
 /** AdamW: grad, m and v as large as param. */
-export function checkAdamW(op: string, param: Sized, others: { grad: Sized; m: Sized; v: Sized }): void {
+export function adamw(op: string, param: Sized, others: { grad: Sized; m: Sized; v: Sized }): void {
   for (const [what, s] of Object.entries(others)) need(op, what, s, param.numel);
 }

@@ -16,20 +16,7 @@ import type {
   UnaryOp,
   View,
 } from "../tensor/backend.ts";
-import {
-  assertViewInBounds,
-  checkAdamW,
-  checkAttention,
-  checkAttentionBackward,
-  checkCrossEntropy,
-  checkGather,
-  checkMatmul,
-  checkMatmulWeight,
-  checkRmsNorm,
-  checkRope,
-  checkRows,
-  checkScatterAdd,
-} from "./checks.ts";
+import * as checks from "./checks.ts";
 import type { DType, HostArray } from "../tensor/dtype.ts";
 import { dtypeOf, hostArray, isFloat } from "../tensor/dtype.ts";
 import { DTypeError, DisposedError } from "../tensor/errors.ts";
@@ -124,7 +111,7 @@ function floatArgs(op: string, storages: readonly Storage[]): HostArray[] {
  */
 function hostView(op: string, v: View): HostView {
   const data = hostData(op, v.storage);
-  assertViewInBounds(op, v, data.length);
+  checks.assertViewInBounds(op, v, data.length);
   return { data, shape: v.shape, strides: v.strides, offset: v.offset };
 }
 
@@ -250,7 +237,7 @@ export class CpuBackend implements Backend {
 
   reduceRows(op: ReduceOp, x: Storage, rows: number, cols: number): Storage {
     const name = `reduce ${op}`;
-    checkRows(name, x, rows, cols);
+    checks.rowOp(name, x, rows, cols);
     const out = this.allocate(x.dtype, rows);
     reduceRowsRef(op, hostData(name, x), out, rows, cols);
     return this.wrap(out);
@@ -258,14 +245,14 @@ export class CpuBackend implements Backend {
 
   matmul(a: Storage, b: Storage, g: MatmulGeometry): Storage {
     const [ha, hb] = floatArgs("matmul", [a, b]);
-    const out = this.allocate(a.dtype, checkMatmul("matmul", a, b, g));
+    const out = this.allocate(a.dtype, checks.matmul("matmul", a, b, g));
     this.kernels.matmul(ha!, hb!, out, g);
     return this.wrap(out);
   }
 
   softmax(x: Storage, rows: number, cols: number, log: boolean): Storage {
     const [hx] = floatArgs("softmax", [x]);
-    const out = this.allocate(x.dtype, checkRows("softmax", x, rows, cols));
+    const out = this.allocate(x.dtype, checks.rowOp("softmax", x, rows, cols));
     this.kernels.softmax(hx!, out, rows, cols, log);
     return this.wrap(out);
   }
@@ -275,7 +262,7 @@ export class CpuBackend implements Backend {
     const op = "crossEntropy";
     const [hl] = floatArgs(op, [logits]);
     expectDType(op, "targets", targets, "i32");
-    checkCrossEntropy(op, logits, targets, null, g);
+    checks.crossEntropy(op, logits, targets, null, g);
     const out = this.allocate(logits.dtype, g.rows);
     this.kernels.crossEntropy(hl!, hostData(op, targets) as Int32Array, out, g);
     return this.wrap(out);
@@ -286,7 +273,7 @@ export class CpuBackend implements Backend {
     const op = "crossEntropyBackward";
     const [hl, hg] = floatArgs(op, [logits, gradLoss]);
     expectDType(op, "targets", targets, "i32");
-    const out = this.allocate(logits.dtype, checkCrossEntropy(op, logits, targets, gradLoss, g));
+    const out = this.allocate(logits.dtype, checks.crossEntropy(op, logits, targets, gradLoss, g));
     this.kernels.crossEntropyBackward(hl!, hostData(op, targets) as Int32Array, hg!, out, g);
     return this.wrap(out);
   }
@@ -294,7 +281,7 @@ export class CpuBackend implements Backend {
   /** Ids outside [0, V) throw a RangeError naming the id, its index and V. */
   gather(table: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
     expectDType("gather", "ids", ids, "i32");
-    const out = this.allocate(table.dtype, checkGather("gather", table, ids, g));
+    const out = this.allocate(table.dtype, checks.gather("gather", table, ids, g));
     gatherRef(hostData("gather", table), hostData("gather", ids) as Int32Array, out, g);
     return this.wrap(out);
   }
@@ -302,14 +289,14 @@ export class CpuBackend implements Backend {
   /** Ids outside [0, V) throw a RangeError naming the id, its index and V. */
   scatterAdd(grad: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
     expectDType("scatterAdd", "ids", ids, "i32");
-    const out = this.allocate(grad.dtype, checkScatterAdd("scatterAdd", grad, ids, g));
+    const out = this.allocate(grad.dtype, checks.scatterAdd("scatterAdd", grad, ids, g));
     scatterAddRef(hostData("scatterAdd", grad), hostData("scatterAdd", ids) as Int32Array, out, g);
     return this.wrap(out);
   }
 
   rmsNorm(x: Storage, weight: Storage, g: RmsNormGeometry): Storage {
     const [hx, hw] = floatArgs("rmsNorm", [x, weight]);
-    const out = this.allocate(x.dtype, checkRmsNorm("rmsNorm", x, weight, g));
+    const out = this.allocate(x.dtype, checks.rmsNorm("rmsNorm", x, weight, g));
     this.kernels.rmsNorm(hx!, hw!, out, g);
     return this.wrap(out);
   }
@@ -317,7 +304,7 @@ export class CpuBackend implements Backend {
   /** @throws ShapeError when Dh is odd or Bc is neither 1 nor B. */
   rope(x: Storage, cos: Storage, sin: Storage, g: RopeGeometry): Storage {
     const [hx, hc, hs] = floatArgs("rope", [x, cos, sin]);
-    const out = this.allocate(x.dtype, checkRope("rope", x, cos, sin, g));
+    const out = this.allocate(x.dtype, checks.rope("rope", x, cos, sin, g));
     ropeRef(hx!, hc!, hs!, out, g);
     return this.wrap(out);
   }
@@ -326,7 +313,7 @@ export class CpuBackend implements Backend {
   attention(ins: AttentionInputs<Storage>, g: AttentionGeometry): { out: Storage; lse: Storage } {
     const op = "attention";
     const [q, k, v] = floatArgs(op, [ins.q, ins.k, ins.v]);
-    const n = checkAttention(op, ins, g);
+    const n = checks.attention(op, ins, g);
     const keyMask = ins.keyMask && hostData(op, ins.keyMask);
     const out = this.allocate(ins.q.dtype, n.q);
     const lse = this.allocate(ins.q.dtype, n.lse);
@@ -337,7 +324,7 @@ export class CpuBackend implements Backend {
   attentionBackward(ins: AttentionBackwardInputs<Storage>, g: AttentionGeometry): AttentionGrads<Storage> {
     const op = "attentionBackward";
     const [q, k, v, out, dOut, lse] = floatArgs(op, [ins.q, ins.k, ins.v, ins.out, ins.dOut, ins.lse]);
-    const n = checkAttentionBackward(op, ins, g);
+    const n = checks.attentionBackward(op, ins, g);
     const keyMask = ins.keyMask && hostData(op, ins.keyMask);
     const dq = this.allocate(ins.q.dtype, n.q);
     const dk = this.allocate(ins.q.dtype, n.kv);
@@ -348,7 +335,7 @@ export class CpuBackend implements Backend {
 
   adamw(param: Storage, grad: Storage, m: Storage, v: Storage, h: AdamWStep): void {
     const [hp, hg, hm, hv] = floatArgs("adamw", [param, grad, m, v]);
-    checkAdamW("adamw", param, { grad, m, v });
+    checks.adamw("adamw", param, { grad, m, v });
     adamwRef(hp!, hg!, hm!, hv!, h);
   }
 
@@ -374,7 +361,7 @@ export class CpuBackend implements Backend {
   matmulWeight(x: Storage, w: WeightStorage, M: number, form: "nt" | "nn"): Storage {
     const s = weightData("matmulWeight", w);
     expectDType("matmulWeight", "x", x, "f32");
-    const out = this.allocate("f32", checkMatmulWeight("matmulWeight", x, s, M, form)) as Float32Array;
+    const out = this.allocate("f32", checks.matmulWeight("matmulWeight", x, s, M, form)) as Float32Array;
     matmulWeightRef(hostData("matmulWeight", x) as Float32Array, s.data, s.rows, s.cols, M, form, out);
     return this.wrap(out);
   }

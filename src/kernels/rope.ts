@@ -1,6 +1,6 @@
 import type { RopeGeometry } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
-import { checkRopeGeometry } from "./checks.ts";
+import { ropeGeometry } from "./checks.ts";
 
 /**
  * Rotary position embedding (Su et al. 2021, RoFormer) in the Hugging Face layout:
@@ -23,7 +23,7 @@ import { checkRopeGeometry } from "./checks.ts";
  * @throws ShapeError when Dh is odd or Bc is neither 1 nor B.
  */
 export function ropeRef(x: HostArray, cos: HostArray, sin: HostArray, out: HostArray, g: RopeGeometry): void {
-  checkRopeGeometry("rope", g);
+  ropeGeometry("rope", g);
   const { B, H, T, Dh, Bc, inverse } = g;
   const half = Dh / 2;
   const sign = inverse ? -1 : 1;

@@ -22,20 +22,7 @@ import { binaryDef, unaryDef } from "../../tensor/ops/pointwise_table.ts";
 import { assertSameShape, contiguousStrides, numel } from "../../tensor/shape.ts";
 import { encodeAdamW } from "../adamw.wgsl.ts";
 import { ATTENTION_MAX_DH, encodeAttention, encodeAttentionBackward } from "../attention.wgsl.ts";
-import {
-  assertViewInBounds,
-  checkAdamW,
-  checkAttention,
-  checkAttentionBackward,
-  checkCrossEntropy,
-  checkGather,
-  checkMatmul,
-  checkMatmulWeight,
-  checkRmsNorm,
-  checkRope,
-  checkRows,
-  checkScatterAdd,
-} from "../checks.ts";
+import * as checks from "../checks.ts";
 import { encodeCrossEntropy, encodeCrossEntropyBackward } from "../cross_entropy.wgsl.ts";
 import type { StridedOperand } from "../elementwise.wgsl.ts";
 import { encodeAssign, encodeBinary, encodeCast, encodeFill, encodeUnary, encodeWhere } from "../elementwise.wgsl.ts";
@@ -242,7 +229,7 @@ export class WebGpuBackend implements Backend, KernelHost {
     const name = `reduce ${op}`;
     if (op === "max" && cols === 0 && rows > 0) throw new ShapeError(name, "rows are empty (cols = 0)");
     const xs = this.space.whole(name, "x", x);
-    checkRows(name, xs, rows, cols);
+    checks.rowOp(name, xs, rows, cols);
     const out = this.space.output(name, xs.dtype, rows);
     encodeReduceRows(this, op, xs, out, rows, cols);
     return out;
@@ -255,7 +242,7 @@ export class WebGpuBackend implements Backend, KernelHost {
   matmul(a: Storage, b: Storage, g: MatmulGeometry): Storage {
     const as = this.space.wholeFloat("matmul", "a", a);
     const bs = this.space.float("matmul", "b", b);
-    const n = checkMatmul("matmul", as, bs, g);
+    const n = checks.matmul("matmul", as, bs, g);
     if (bs.chunks.length > 1 && g.batch > 1 && g.batchStrideB !== 0) {
       throw new DeviceLimitError("matmul", `batched b of ${bytesOf(bs.numel)} bytes exceeds the per-binding limit of ${this.maxBindingBytes} bytes`);
     }
@@ -266,7 +253,7 @@ export class WebGpuBackend implements Backend, KernelHost {
 
   softmax(x: Storage, rows: number, cols: number, log: boolean): Storage {
     const xs = this.space.wholeFloat("softmax", "x", x);
-    const out = this.space.output("softmax", "f32", checkRows("softmax", xs, rows, cols));
+    const out = this.space.output("softmax", "f32", checks.rowOp("softmax", xs, rows, cols));
     encodeSoftmax(this, xs, out, rows, cols, log);
     return out;
   }
@@ -276,7 +263,7 @@ export class WebGpuBackend implements Backend, KernelHost {
     const op = "crossEntropy";
     const ls = this.space.wholeFloat(op, "logits", logits);
     const ts = this.space.wholeInt(op, "targets", targets);
-    checkCrossEntropy(op, ls, ts, null, g);
+    checks.crossEntropy(op, ls, ts, null, g);
     const out = this.space.output(op, "f32", g.rows);
     encodeCrossEntropy(this, ls, ts, out, g);
     return out;
@@ -288,7 +275,7 @@ export class WebGpuBackend implements Backend, KernelHost {
     const ls = this.space.wholeFloat(op, "logits", logits);
     const ts = this.space.wholeInt(op, "targets", targets);
     const gs = this.space.wholeFloat(op, "gradLoss", gradLoss);
-    const out = this.space.output(op, "f32", checkCrossEntropy(op, ls, ts, gs, g));
+    const out = this.space.output(op, "f32", checks.crossEntropy(op, ls, ts, gs, g));
     encodeCrossEntropyBackward(this, ls, ts, gs, out, g);
     return out;
   }
@@ -297,7 +284,7 @@ export class WebGpuBackend implements Backend, KernelHost {
   gather(table: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
     const ts = this.space.live("gather", table);
     const is = this.space.wholeInt("gather", "ids", ids);
-    const out = this.space.output("gather", ts.dtype, checkGather("gather", ts, is, g));
+    const out = this.space.output("gather", ts.dtype, checks.gather("gather", ts, is, g));
     encodeGather(this, ts, is, out, g);
     return out;
   }
@@ -306,7 +293,7 @@ export class WebGpuBackend implements Backend, KernelHost {
   scatterAdd(grad: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
     const gs = this.space.whole("scatterAdd", "grad", grad);
     const is = this.space.wholeInt("scatterAdd", "ids", ids);
-    const out = this.space.output("scatterAdd", gs.dtype, checkScatterAdd("scatterAdd", gs, is, g));
+    const out = this.space.output("scatterAdd", gs.dtype, checks.scatterAdd("scatterAdd", gs, is, g));
     for (const ch of out.chunks) this.queue.clear(ch.buf);
     encodeScatterAdd(this, gs, is, out, g);
     return out;
@@ -330,7 +317,7 @@ export class WebGpuBackend implements Backend, KernelHost {
   matmulWeight(x: Storage, w: WeightStorage, M: number, form: "nt" | "nn"): Storage {
     const s = this.weights.live("matmulWeight", w);
     const xs = this.space.wholeFloat("matmulWeight", "x", x);
-    const out = this.space.output("matmulWeight", "f32", checkMatmulWeight("matmulWeight", xs, s, M, form));
+    const out = this.space.output("matmulWeight", "f32", checks.matmulWeight("matmulWeight", xs, s, M, form));
     encodeWeightMatmul(this, single(xs), s, single(out), M, form);
     return out;
   }
@@ -347,7 +334,7 @@ export class WebGpuBackend implements Backend, KernelHost {
   rmsNorm(x: Storage, weight: Storage, g: RmsNormGeometry): Storage {
     const xs = this.space.wholeFloat("rmsNorm", "x", x);
     const ws = this.space.wholeFloat("rmsNorm", "weight", weight);
-    const out = this.space.output("rmsNorm", "f32", checkRmsNorm("rmsNorm", xs, ws, g));
+    const out = this.space.output("rmsNorm", "f32", checks.rmsNorm("rmsNorm", xs, ws, g));
     encodeRmsNorm(this, xs, ws, out, g);
     return out;
   }
@@ -355,7 +342,7 @@ export class WebGpuBackend implements Backend, KernelHost {
   /** @throws ShapeError when Dh is odd or Bc is neither 1 nor B. */
   rope(x: Storage, cos: Storage, sin: Storage, g: RopeGeometry): Storage {
     const [xs, cs, ss] = this.floats("rope", { x, cos, sin });
-    const out = this.space.output("rope", "f32", checkRope("rope", xs!, cs!, ss!, g));
+    const out = this.space.output("rope", "f32", checks.rope("rope", xs!, cs!, ss!, g));
     encodeRope(this, xs!, cs!, ss!, out, g);
     return out;
   }
@@ -364,7 +351,7 @@ export class WebGpuBackend implements Backend, KernelHost {
   attention(ins: AttentionInputs<Storage>, g: AttentionGeometry): { out: Storage; lse: Storage } {
     const op = "attention";
     const gpuIns = this.attentionOperands(op, ins, g);
-    const n = checkAttention(op, gpuIns, g);
+    const n = checks.attention(op, gpuIns, g);
     const out = this.space.output(op, "f32", n.q);
     const lse = this.space.output(op, "f32", n.lse);
     encodeAttention(this, gpuIns, { out, lse }, g);
@@ -376,7 +363,7 @@ export class WebGpuBackend implements Backend, KernelHost {
     const op = "attentionBackward";
     const [out, dOut, lse] = this.floats(op, { out: ins.out, dOut: ins.dOut, lse: ins.lse });
     const gpuIns = { ...this.attentionOperands(op, ins, g), out: out!, dOut: dOut!, lse: lse! };
-    const n = checkAttentionBackward(op, gpuIns, g);
+    const n = checks.attentionBackward(op, gpuIns, g);
     const grads = { dq: this.space.output(op, "f32", n.q), dk: this.space.output(op, "f32", n.kv), dv: this.space.output(op, "f32", n.kv) };
     encodeAttentionBackward(this, gpuIns, grads, g);
     return grads;
@@ -384,7 +371,7 @@ export class WebGpuBackend implements Backend, KernelHost {
 
   adamw(param: Storage, grad: Storage, m: Storage, v: Storage, h: AdamWStep): void {
     const [ps, gs, ms, vs] = this.floats("adamw", { param, grad, m, v });
-    checkAdamW("adamw", ps!, { grad: gs!, m: ms!, v: vs! });
+    checks.adamw("adamw", ps!, { grad: gs!, m: ms!, v: vs! });
     encodeAdamW(this, ps!, gs!, ms!, vs!, h);
   }
 
@@ -453,7 +440,7 @@ export class WebGpuBackend implements Backend, KernelHost {
    */
   private operand(op: string, v: View): StridedOperand {
     const data = this.space.live(op, v.storage);
-    assertViewInBounds(op, v, data.numel);
+    checks.assertViewInBounds(op, v, data.numel);
     return { data, strides: v.strides, offset: v.offset };
   }
 }
