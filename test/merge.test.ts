@@ -185,3 +185,44 @@ describe("qalign merge", () => {
     expect(planShards([["a", 4], ["b", 4], ["c", 3], ["d", 9], ["e", 1]], 8)).toEqual([["a", "b"], ["c"], ["d"], ["e"]]);
   });
 });
+
+describe("merging into a bitsandbytes 4-bit base", () => {
+  it("writes the dequantized NF4 weights plus the update in BF16, without the quant state, and says so", async () => {
+    const NF4 = fixtureDir("llama-nf4");
+    const out = join(tmp, "nf4-merged");
+    // llama-nf4 is llama-untied quantized: the same modules and shapes, so its adapter fits.
+    const r = await mergeCheckpoint(NF4, ADAPTER, out);
+    expect(r.dequantized).toBe(14);
+    const config = JSON.parse(readFileSync(join(out, "config.json"), "utf8")) as Record<string, unknown>;
+    expect(config["quantization_config"]).toBeUndefined();
+    const h = header(join(out, "model.safetensors"));
+    expect(Object.keys(h).some((k) => /\.(absmax|quant_map|nested_absmax|nested_quant_map|quant_state\..*)$/.test(k))).toBe(false);
+    const exp = await openSafetensors(join(NF4, "expected.safetensors"));
+    const adapter = await openSafetensors(join(ADAPTER, "adapter_model.safetensors"));
+    const merged = await openCheckpoint(out);
+    const scaling = loraScaling(await readAdapterConfig(ADAPTER));
+    for (const name of ["model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.gate_proj.weight"]) {
+      expect(h[name]!.dtype).toBe("BF16");
+      const base = await exp.readF32(`dequantized.${name}`);
+      const path = name.slice(0, -".weight".length);
+      const a = adapter.has(`base_model.model.${path}.lora_A.weight`) ? await adapter.readF32(`base_model.model.${path}.lora_A.weight`) : null;
+      const b = a ? await adapter.readF32(`base_model.model.${path}.lora_B.weight`) : null;
+      const [O, I] = h[name]!.shape as [number, number];
+      const R = a ? a.length / I : 0;
+      const got = await merged.readF32(name);
+      for (let o = 0; o < O; o++) {
+        for (let i = 0; i < I; i++) {
+          let want = base[o * I + i]!;
+          for (let k = 0; k < R; k++) want += scaling * b![o * R + k]! * a![k * I + i]!;
+          // BF16 keeps 8 significant bits: within half an ulp, 2^-8 relative (+ the f32 sum's rounding).
+          expect(Math.abs(got[o * I + i]! - want)).toBeLessThanOrEqual(Math.abs(want) * 2 ** -8 + 1e-7);
+        }
+      }
+    }
+    await Promise.all([exp.close(), adapter.close(), merged.close()]);
+    // The CLI says what it did with the 4-bit weights.
+    const cli = runCli(["merge", "--model", NF4, "--adapter", ADAPTER, "--out", join(tmp, "nf4-merged-cli")]);
+    expect(cli.status).toBe(0);
+    expect(cli.stderr).toContain("merge: the base stores 14 weights in 4 bits (bitsandbytes NF4); a merged update has no 4-bit form, so they are written as BF16");
+  });
+});

@@ -45,6 +45,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
   const mismatch = await baseModelMismatch(v.adapter, v.model);
   if (mismatch) progress.say(`warning: ${mismatch}`);
   const r = await mergeCheckpoint(v.model, v.adapter, v.out, { dtype, maxShardBytes, onProgress: progress.counter("merging", "bytes") });
+  if (r.dequantized > 0) progress.say(`merge: the base stores ${r.dequantized} weights in 4 bits (bitsandbytes NF4); a merged update has no 4-bit form, so they are written as ${dtype ?? "BF16"}`);
   progress.say(`merge: ${r.merged} LoRA modules merged; ${r.files.length} shard(s), ${(r.totalBytes / 1e6).toFixed(1)} MB in ${v.out}`);
   process.stdout.write(JSON.stringify({ out: v.out, files: r.files, merged: r.merged }) + "\n");
 }

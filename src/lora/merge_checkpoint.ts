@@ -5,6 +5,8 @@ import { writeFileAtomic } from "../io/atomic.ts";
 import { replaceDirAtomic } from "../io/atomic_dir.ts";
 import { parseJson } from "../io/json.ts";
 import { CheckpointError, DTYPE_SIZE, encodeTensor, INDEX_FILE, openCheckpoint, openSafetensors, SINGLE_FILE, writeSafetensorsStream, type SafetensorsDType, type TensorLayout } from "../model/safetensors.ts";
+import { isBnb4bit, isBnbCompanion, readBnb4bit, readBnbState } from "../model/bnb.ts";
+import { dequantizeNf4 } from "../tensor/nf4.ts";
 import { loraScaling, peftKey } from "./layer.ts";
 import { COMPANION_FILES } from "./merge.ts";
 import { ADAPTER_WEIGHTS_FILE, readAdapterConfig } from "./peft.ts";
@@ -45,6 +47,8 @@ export interface MergeResult {
   merged: number;
   /** Bytes of tensor data written (the index's `metadata.total_size`). */
   totalBytes: number;
+  /** Weights the base stored 4-bit (bitsandbytes), written in 16 bits (BF16 unless `dtype`). */
+  dequantized: number;
 }
 
 /**
@@ -80,10 +84,12 @@ function shardName(i: number, n: number): string {
  * safetensors shards (and index), config.json (with `torch_dtype`, and `dtype` when the source
  * has one, set to `opts.dtype` when given) and the tokenizer and generation files of `modelDir`.
  * Adapted modules are those with `lora_A` / `lora_B` weights in the adapter; each needs
- * `<module>.weight` [out, in] in the base with A [r, in] and B [out, r]. The folder is built aside
- * and renamed into place.
- * @throws CheckpointError (naming the file) when outDir exists and is not empty, the base is a
- *   quantized checkpoint, an adapted module is missing from the base or disagrees in shape, the
+ * `<module>.weight` [out, in] in the base with A [r, in] and B [out, r]. A base saved 4-bit by
+ * transformers + bitsandbytes (src/model/bnb.ts) is merged from its dequantized NF4 weights and
+ * written in 16 bits (BF16 unless `opts.dtype`), without its quantization_config and quant-state
+ * tensors. The folder is built aside and renamed into place.
+ * @throws CheckpointError (naming the file) when outDir exists and is not empty, a 4-bit weight's
+ *   quant state is bad (bnb.ts), an adapted module is missing from the base or disagrees in shape, the
  *   adapter config is invalid (readAdapterConfig), or a file cannot be read; RangeError for a
  *   maxShardBytes that is not a positive number.
  */
@@ -98,14 +104,21 @@ export async function mergeCheckpoint(modelDir: string, adapterDir: string, outD
   } catch (e) {
     throw new CheckpointError(configFile, `cannot read: ${(e as Error).message}`);
   }
-  if (config.quantization_config !== undefined) {
-    throw new CheckpointError(configFile, "holds a quantized checkpoint (quantization_config); merge into its 16-bit original, or load it and use saveMergedModel");
-  }
   const lora = await readAdapterConfig(adapterDir);
   const scaling = loraScaling(lora);
   const ckpt = await openCheckpoint(modelDir);
   const adapter = await openSafetensors(join(adapterDir, ADAPTER_WEIGHTS_FILE));
   try {
+    // Weights saved 4-bit by bitsandbytes: their real shapes, from their quant states. A merged
+    // update has no 4-bit form: they are written in 16 bits (BF16 unless opts.dtype).
+    const fourBit = new Map<string, number[]>();
+    for (const name of ckpt.names()) if (isBnb4bit(ckpt, name)) fourBit.set(name, (await readBnbState(ckpt, name)).shape);
+    const shapeOf = (name: string) => fourBit.get(name) ?? ckpt.info(name).shape;
+    /** A base tensor as f32 values (a 4-bit one dequantized). */
+    const values = async (name: string) => {
+      const shape = fourBit.get(name);
+      return shape ? dequantizeNf4(await readBnb4bit(ckpt, name, shape), shape.reduce((a, b) => a * b, 1)) : ckpt.readF32(name);
+    };
     // Adapted modules: every lora_A in the adapter file, checked against the base before any write.
     const modules = new Map<string, { a: string; b: string }>();
     for (const key of adapter.names()) {
@@ -116,7 +129,7 @@ export async function mergeCheckpoint(modelDir: string, adapterDir: string, outD
       const weight = `${path}.weight`;
       if (!adapter.has(b)) throw new CheckpointError(adapter.file, `has ${key} but no ${b}`, key);
       if (!ckpt.has(weight)) throw new CheckpointError(modelDir, `the adapter updates ${path}, which the checkpoint does not have`, weight);
-      const [out, inp] = ckpt.info(weight).shape as [number, number];
+      const [out, inp] = shapeOf(weight) as [number, number];
       const shapeA = adapter.info(key).shape.join();
       const shapeB = adapter.info(b).shape.join();
       if (shapeA !== `${lora.r},${inp}` || shapeB !== `${out},${lora.r}`) {
@@ -125,12 +138,13 @@ export async function mergeCheckpoint(modelDir: string, adapterDir: string, outD
       modules.set(weight, { a: key, b });
     }
 
-    const names = ckpt.names();
+    const names = ckpt.names().filter((n) => !isBnbCompanion(ckpt, n));
     const dtypeOf = (name: string): SafetensorsDType => {
+      if (fourBit.has(name)) return opts.dtype ?? "BF16";
       const stored = ckpt.info(name).dtype;
       return opts.dtype !== undefined && (stored === "F32" || stored === "BF16" || stored === "F16") ? opts.dtype : stored;
     };
-    const bytesOf = (name: string) => ckpt.info(name).shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[dtypeOf(name)];
+    const bytesOf = (name: string) => shapeOf(name).reduce((a, b) => a * b, 1) * DTYPE_SIZE[dtypeOf(name)];
     const shards = planShards(names.map((n) => [n, bytesOf(n)]), maxShardBytes);
     const totalBytes = names.reduce((sum, n) => sum + bytesOf(n), 0);
     let done = 0;
@@ -141,13 +155,13 @@ export async function mergeCheckpoint(modelDir: string, adapterDir: string, outD
       const update = modules.get(name);
       let bytes: Uint8Array;
       if (update) {
-        const w = await ckpt.readF32(name);
+        const w = await values(name);
         addLowRank(w, await adapter.readF32(update.b), await adapter.readF32(update.a), lora.r, scaling);
-        bytes = encodeTensor({ dtype: dtype as MergeDType, shape: ckpt.info(name).shape, data: w });
-      } else if (dtype === ckpt.info(name).dtype) {
+        bytes = encodeTensor({ dtype: dtype as MergeDType, shape: shapeOf(name), data: w });
+      } else if (dtype === ckpt.info(name).dtype && !fourBit.has(name)) {
         bytes = await ckpt.readRaw(name);
       } else {
-        bytes = encodeTensor({ dtype: dtype as MergeDType, shape: ckpt.info(name).shape, data: await ckpt.readF32(name) });
+        bytes = encodeTensor({ dtype: dtype as MergeDType, shape: shapeOf(name), data: await values(name) });
       }
       done += bytes.byteLength;
       opts.onProgress?.(done, totalBytes);
@@ -155,7 +169,7 @@ export async function mergeCheckpoint(modelDir: string, adapterDir: string, outD
     };
 
     const files = shards.map((_, i) => shardName(i, shards.length));
-    const outConfig = { ...config };
+    const { quantization_config: _, ...outConfig } = config;
     if (opts.dtype !== undefined) {
       outConfig.torch_dtype = TORCH_DTYPE[opts.dtype];
       if ("dtype" in config) outConfig.dtype = TORCH_DTYPE[opts.dtype];
@@ -164,7 +178,7 @@ export async function mergeCheckpoint(modelDir: string, adapterDir: string, outD
       await mkdir(tmp, { recursive: true });
       opts.onProgress?.(0, totalBytes);
       for (const [i, shard] of shards.entries()) {
-        const layout: Record<string, TensorLayout> = Object.fromEntries(shard.map((n) => [n, { dtype: dtypeOf(n), shape: ckpt.info(n).shape }]));
+        const layout: Record<string, TensorLayout> = Object.fromEntries(shard.map((n) => [n, { dtype: dtypeOf(n), shape: shapeOf(n) }]));
         await writeSafetensorsStream(join(tmp, files[i]!), layout, produce, { format: "pt" });
       }
       if (shards.length > 1) {
@@ -174,7 +188,7 @@ export async function mergeCheckpoint(modelDir: string, adapterDir: string, outD
       await writeFileAtomic(join(tmp, "config.json"), JSON.stringify(outConfig, null, 2) + "\n");
       for (const f of COMPANION_FILES) if (existsSync(join(modelDir, f))) await copyFile(join(modelDir, f), join(tmp, f));
     });
-    return { files, merged: modules.size, totalBytes };
+    return { files, merged: modules.size, totalBytes, dequantized: fourBit.size };
   } finally {
     await Promise.all([ckpt.close(), adapter.close()]);
   }

@@ -40,13 +40,10 @@ export function bnbPackedShape(shape: readonly number[]): number[] {
 }
 
 /**
- * Reads a 4-bit weight `name` of `shape` as NF4 data with an f32 absmax (decoding a
- * double-quantized one, src/tensor/nf4.ts), checking its quant state.
- * @throws CheckpointError naming the file, the tensor and the field: a quant state that is not
- *   JSON, not NF4, a blocksize other than 64, a shape other than `shape`, a quant_map other
- *   than the NF4 code, or companion tensors of the wrong size.
+ * The quant state JSON of 4-bit weight `name`, checked: NF4, blocks of 64, a shape of positive integers.
+ * @throws CheckpointError naming the file, the tensor and the field.
  */
-export async function readBnb4bit(ckpt: Checkpoint, name: string, shape: readonly number[]): Promise<Nf4Data> {
+export async function readBnbState(ckpt: Checkpoint, name: string): Promise<Record<string, unknown> & { shape: number[] }> {
   const file = ckpt.info(name).file;
   const fail = (msg: string): never => {
     throw new CheckpointError(file, msg, name);
@@ -59,7 +56,25 @@ export async function readBnb4bit(ckpt: Checkpoint, name: string, shape: readonl
   }
   if (state["quant_type"] !== "nf4") fail(`${STATE}: quant_type is ${JSON.stringify(state["quant_type"])}, expected "nf4"`);
   if (state["blocksize"] !== NF4_BLOCK) fail(`${STATE}: blocksize is ${JSON.stringify(state["blocksize"])}; only ${NF4_BLOCK} is supported`);
-  if (JSON.stringify(state["shape"]) !== JSON.stringify(shape)) fail(`${STATE}: shape ${JSON.stringify(state["shape"])} disagrees with config.json, which implies [${shape}]`);
+  const shape = state["shape"];
+  if (!Array.isArray(shape) || shape.length === 0 || !shape.every((d) => Number.isInteger(d) && d > 0)) fail(`${STATE}: shape ${JSON.stringify(shape)} is not a list of positive integers`);
+  return state as Record<string, unknown> & { shape: number[] };
+}
+
+/**
+ * Reads a 4-bit weight `name` of `shape` as NF4 data with an f32 absmax (decoding a
+ * double-quantized one, src/tensor/nf4.ts), checking its quant state.
+ * @throws CheckpointError naming the file, the tensor and the field: a quant state that is not
+ *   JSON, not NF4, a blocksize other than 64, a shape other than `shape`, a quant_map other
+ *   than the NF4 code, or companion tensors of the wrong size.
+ */
+export async function readBnb4bit(ckpt: Checkpoint, name: string, shape: readonly number[]): Promise<Nf4Data> {
+  const file = ckpt.info(name).file;
+  const fail = (msg: string): never => {
+    throw new CheckpointError(file, msg, name);
+  };
+  const state = await readBnbState(ckpt, name);
+  if (JSON.stringify(state.shape) !== JSON.stringify(shape)) fail(`${STATE}: shape ${JSON.stringify(state.shape)} disagrees with config.json, which implies [${shape}]`);
   const code = await ckpt.readF32(`${name}.quant_map`);
   if (code.length !== 16 || code.some((v, i) => v !== NF4_CODE[i])) fail("quant_map is not the NF4 code of bitsandbytes");
   const n = shape.reduce((a, b) => a * b, 1);
