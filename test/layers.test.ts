@@ -8,8 +8,8 @@ import { describe, expect, it } from "vitest";
  * the README's "Layout" section (lowest first); this test reads it from there and checks every
  * import under src/ (static, type-only, re-exports and dynamic `import()`, as TypeScript's
  * pre-processor lists them, comments excluded) against it: a file may import from its own layer
- * and from layers listed before it, never from one listed after it. `src/index.ts`, the public
- * entry, stands above every layer.
+ * and from layers listed before it, never from one listed after it. The files directly in src/
+ * (the entries: core.ts, index.ts, browser.ts) stand above every layer.
  */
 const ROOT = resolve(import.meta.dirname, "..");
 const SRC = join(ROOT, "src");
