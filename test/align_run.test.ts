@@ -107,6 +107,14 @@ describe("qalign align", () => {
     expect(report).toContain("| demonstrations | the authors' fixed, hand-translated 6 per language");
     expect(report).toMatch(/the index rule and the authors' rule judge \d+ item\(s\) differently/);
     expect(readFileSync(join(out, "accuracy.svg"), "utf8")).toContain("<svg");
+    // report.html: the same report as one file, the chart inline, the settings at the end.
+    const html = readFileSync(join(out, "report.html"), "utf8");
+    expect(html).toMatch(/^<!doctype html>/);
+    expect(html).toContain("<td>zh †</td>");
+    expect(html).toMatch(/<figure><svg[\s\S]*<\/svg><figcaption>accuracy per language<\/figcaption><\/figure>/);
+    expect(html).not.toContain('src="accuracy.svg"');
+    expect(html).toContain("<h2>Settings</h2>");
+    expect(html).toContain(`&quot;out&quot;: &quot;${out}&quot;`);
     expect(r.stdout).toContain("| **Acc** (mean) |");
   });
 

@@ -4,6 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bundleBrowserEntry, launchChromium, openPage, pageAdapterOrSkip, serve, type Request } from "./helpers/browser.ts";
 import { ROOT } from "./helpers/cli.ts";
 import { expectClose } from "./helpers/close.ts";
+import { reportHtml } from "../src/io/html.ts";
+import { renderSvg } from "../src/io/plot.ts";
 import { loadExpected, maxAbs, maxDiffAtTokens } from "./helpers/fixtures.ts";
 import { exampleClosedForm, readmePrinted } from "./helpers/readme.ts";
 
@@ -25,7 +27,7 @@ let requests: Request[] = [];
 
 beforeAll(async () => {
   const server = await serve(
-    { "/": { type: "text/html", body: PAGE }, "/qalign.js": { type: "text/javascript", body: await bundleBrowserEntry() } },
+    { "/": { type: "text/html", body: PAGE }, "/qalign.js": { type: "text/javascript", body: await bundleBrowserEntry() }, "/report.html": { type: "text/html", body: await sampleReport() } },
     { "/models/": join(ROOT, "test", "fixtures", "models") }, // the committed fixture checkpoints
   );
   close = server.close;
@@ -38,6 +40,24 @@ afterAll(async () => {
   await browser?.close();
   await close();
 });
+
+/** A report as align writes it (io/html.ts): Markdown with a table, and a chart inline. */
+async function sampleReport(): Promise<string> {
+  const values = [
+    { lang: "en", model: "base", acc: 61 },
+    { lang: "en", model: "aligned", acc: 64 },
+    { lang: "sw", model: "base", acc: 38 },
+    { lang: "sw", model: "aligned", acc: 47 },
+  ];
+  const svg = await renderSvg({
+    title: "accuracy per language",
+    data: { values },
+    mark: "bar",
+    encoding: { x: { field: "lang", type: "nominal", title: "language" }, xOffset: { field: "model" }, y: { field: "acc", type: "quantitative", title: "accuracy (%)" }, color: { field: "model", type: "nominal", title: "model" } },
+  });
+  const markdown = "# Question alignment: SNLI\n\n| language | base | aligned |\n|---|---|---|\n| en | 61.0 | 64.0 |\n| sw | 38.0 | 47.0 |\n\n![accuracy per language](accuracy.svg)\n";
+  return reportHtml("Question alignment: SNLI", markdown, { "accuracy.svg": svg });
+}
 
 /**
  * What the page's functions see of the page's globals: qalign (window.qa, typed loosely: the
@@ -206,5 +226,44 @@ describe("qalign in headless Chromium", () => {
     // lora_B starts at zero, so the first loss is the base model's; AdamW's first steps move
     // every parameter by about lr against its gradient, which lowers a smooth loss at lr 1e-2.
     for (let i = 1; i < r.length; i++) expect(r[i]!, `loss after step ${i}: ${r.join(", ")}`).toBeLessThan(r[i - 1]!);
+  });
+
+  it("report.html renders in the browser: its table, its inline chart, and a screenshot that is not blank", async () => {
+    const report = await browser!.newPage();
+    await report.setViewport({ width: 1000, height: 900 });
+    await report.goto(`${new URL(page.url()).origin}/report.html`);
+    const layout = await report.evaluate(() => {
+      const doc = (globalThis as unknown as { document: { querySelector(s: string): { getBoundingClientRect(): { width: number; height: number } } | null; querySelectorAll(s: string): { length: number } } }).document;
+      const box = doc.querySelector("figure svg")?.getBoundingClientRect();
+      return { rows: doc.querySelectorAll("table tr").length, chart: box ? [box.width, box.height] : null, marks: doc.querySelectorAll("figure svg path").length };
+    });
+    expect(layout.rows).toBe(3); // header + en + sw
+    expect(layout.chart![0]).toBeGreaterThan(100);
+    expect(layout.chart![1]).toBeGreaterThan(100);
+    expect(layout.marks).toBeGreaterThan(4); // bars and axes drew
+    const png = (await report.screenshot({ encoding: "base64" })) as string;
+    await report.close();
+    // The screenshot decoded by the browser: the share of pixels that are not (near) white, and
+    // how many distinct colours there are (text, bars in two colours, axes).
+    const ink = await page.evaluate(async (data: string) => {
+      const g = globalThis as unknown as { Image: new () => { src: string; decode(): Promise<void>; width: number; height: number }; document: { createElement(t: "canvas"): { width: number; height: number; getContext(c: "2d"): { drawImage(i: unknown, x: number, y: number): void; getImageData(x: number, y: number, w: number, h: number): { data: Uint8ClampedArray } } } } };
+      const img = new g.Image();
+      img.src = `data:image/png;base64,${data}`;
+      await img.decode();
+      const canvas = g.document.createElement("canvas");
+      [canvas.width, canvas.height] = [img.width, img.height];
+      const ctx = canvas.getContext("2d");
+      ctx.drawImage(img, 0, 0);
+      const px = ctx.getImageData(0, 0, img.width, img.height).data;
+      let inked = 0;
+      const colours = new Set<number>();
+      for (let i = 0; i < px.length; i += 4) {
+        if (px[i]! < 200 || px[i + 1]! < 200 || px[i + 2]! < 200) inked++;
+        colours.add(((px[i]! >> 4) << 8) | ((px[i + 1]! >> 4) << 4) | (px[i + 2]! >> 4));
+      }
+      return { share: inked / (px.length / 4), colours: colours.size };
+    }, png);
+    expect(ink.share).toBeGreaterThan(0.01); // a blank page has none
+    expect(ink.colours).toBeGreaterThan(3);
   });
 });

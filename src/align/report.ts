@@ -1,5 +1,7 @@
+import { readFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { writeFileAtomic } from "../io/atomic.ts";
+import { reportHtml } from "../io/html.ts";
 import { toCsv, writePlot, type PlotRow, type PlotSpec } from "../io/plot.ts";
 import type { LanguageResult } from "../eval/evaluate.ts";
 import { LANGUAGE_NAMES, type Lang } from "../eval/languages.ts";
@@ -91,7 +93,11 @@ export async function writeAccuracyChart(file: string, rows: readonly Comparison
   return [files.svg, files.json, files.csv];
 }
 
-/** results.json, results.csv, report.md and the chart; returns their paths. */
+/**
+ * results.json, results.csv, report.md, the chart, and report.html (report.md with the chart
+ * inline and every setting of the run, `config` of results.json, at the end: one file to open
+ * or send); returns their paths.
+ */
 export async function writeReports(r: AlignResults): Promise<string[]> {
   const { config: cfg } = r;
   const task = TASKS[cfg.task];
@@ -110,8 +116,12 @@ export async function writeReports(r: AlignResults): Promise<string[]> {
   const csv = toCsv([...resultRows("base", r.base, cfg.train), ...resultRows("aligned", r.aligned, cfg.train)]);
   await writeFileAtomic(join(out, "results.csv"), csv);
   await writeFileAtomic(join(out, "results.json"), JSON.stringify(r, null, 1) + "\n");
-  await writeFileAtomic(join(out, "report.md"), reportMarkdown(r, rows));
-  return [join(out, "results.json"), join(out, "results.csv"), join(out, "report.md"), ...chart];
+  const markdown = reportMarkdown(r, rows);
+  await writeFileAtomic(join(out, "report.md"), markdown);
+  const settings = `\n## Settings\n\n\`\`\`json\n${JSON.stringify(cfg, null, 2)}\n\`\`\`\n`;
+  const svg = await readFile(join(out, "accuracy.svg"), "utf8");
+  await writeFileAtomic(join(out, "report.html"), reportHtml(`Question alignment: ${task.title}`, markdown + settings, { "accuracy.svg": svg }));
+  return [join(out, "results.json"), join(out, "results.csv"), join(out, "report.md"), join(out, "report.html"), ...chart];
 }
 
 /**
