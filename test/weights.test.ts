@@ -6,7 +6,7 @@ import { dequantizeNf4, quantizeNf4 } from "../src/tensor/nf4.ts";
 import { embedding, linear } from "../src/tensor/ops/nn.ts";
 import { PackedWeight, type HostWeight, type PackedDType } from "../src/tensor/weight.ts";
 import { expectClose } from "./helpers/close.ts";
-import { testDevices } from "./helpers/devices.ts";
+import { describeWebGpu, testDevices } from "./helpers/devices.ts";
 import { random } from "./helpers/random.ts";
 
 /**
@@ -89,6 +89,11 @@ async function checkDevice(be: Backend): Promise<void> {
 describe("packed weights (bf16, f16, nf4)", () => {
   test("cpu: x W^T, g W and gather equal the float64 products of the exact values", () => checkDevice(cpu));
   testDevices("x W^T (webgpu: tiled and matrix-vector kernels), g W and gather equal the float64 products", (device) => checkDevice(device), 120_000);
+
+  // A GPU's arrangement of the decoding kernel: 256 lanes split K, then a tree reduction.
+  describeWebGpu("with GPU-sized row workgroups", { rowWorkgroup: 256 }, (testOn) => {
+    testOn("webgpu: the decoding kernel with 256 lanes per block equals the float64 products", (gpu) => checkDevice(gpu));
+  });
 
   test("device bytes: 2 per weight for 16-bit, 0.5625 for NF4, freed on dispose", () => {
     const before = cpu.liveBytes();

@@ -1,5 +1,6 @@
 import type { PackedDType } from "../tensor/weight.ts";
 import { NF4_CODE } from "../tensor/nf4.ts";
+import { gemvShape, type GemvShape } from "./gemv.wgsl.ts";
 import type { PooledBuffer } from "./webgpu/pool.ts";
 import type { Kernel, KernelHost } from "./webgpu/program.ts";
 import { groups, ints, kernel } from "./webgpu/program.ts";
@@ -21,8 +22,8 @@ import { groups, ints, kernel } from "./webgpu/program.ts";
  *   block of 64, so it needs one absmax load.
  *
  * Tiling: "nt" gives each invocation a TM x TN block of out [M, N] (16 x 8 on an 8 x 2
- * workgroup; 1 x 8 on a 64-wide one when M = 1), stepping k by 8: TN weight groups decoded, TM x 2
- * vec4 loads of x, 2 TM TN dot products. "nn" gives each invocation TM = 4 rows x the 8 columns
+ * workgroup), stepping k by 8: TN weight groups decoded, TM x 2 vec4 loads of x, 2 TM TN dot
+ * products; one row (decoding) runs the matrix-vector arrangement of gemv.wgsl.ts (decodeKernel). "nn" gives each invocation TM = 4 rows x the 8 columns
  * k0..k0+7 of out [M, K] and walks n, decoding W[n, k0..k0+7] once for its 4 rows.
  */
 
@@ -116,6 +117,57 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   }));
 }
 
+/**
+ * Decoding, out [1, N] = x [1, K] @ W^T, arranged as gemv.wgsl.ts's matrix-vector kernel (its
+ * GemvShape): a block of TN output columns is computed by `lanes` invocations that split K in
+ * groups of 8 (lane l takes groups l, l + lanes, ...: on a GPU neighbouring lanes read
+ * neighbouring words of a row, which coalesces) and add their partial sums by a tree reduction in
+ * workgroup memory. With lanes = 1 (a CPU emulation) an invocation runs all of K for its TN
+ * columns, with no barrier.
+ */
+function decodeKernel(dtype: PackedDType, s: GemvShape): Kernel {
+  const { lanes, tn, blocksPerWorkgroup: G } = s;
+  return kernel(`weights.decode.${dtype}.${lanes}x${tn}x${G}`, () => ({
+    params: PARAMS,
+    buffers: weightBuffers(dtype, "vec4<f32>"),
+    body: () => {
+      const cols = ints(tn);
+      const slot = (c: number) => `(blk * ${tn}u + ${c}u) * ${lanes}u`;
+      const reduce =
+        lanes === 1
+          ? ""
+          : `${cols.map((c) => `part[${slot(c)} + lane] = a${c};`).join(" ")}
+  for (var s = ${lanes / 2}u; s > 0u; s >>= 1u) {
+    workgroupBarrier();
+    if (lane < s) {
+      ${cols.map((c) => `part[${slot(c)} + lane] += part[${slot(c)} + lane + s];`).join("\n      ")}
+    }
+  }`;
+      return `${decoder(dtype)}
+${lanes === 1 ? "" : `var<workgroup> part: array<f32, ${lanes * tn * G}>;`}
+@compute @workgroup_size(${lanes * G}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let lane = lid.x % ${lanes}u;
+  let blk = lid.x / ${lanes}u;
+  let n0 = (wid.x * ${G}u + blk) * ${tn}u;
+  // Columns past N are clamped (read, never stored), so every invocation reaches the barriers.
+  ${cols.map((c) => `let w${c} = min(n0 + ${c}u, P.N - 1u) * P.K;`).join("\n  ")}
+  ${cols.map((c) => `var a${c} = 0.0;`).join(" ")}
+  for (var k = lane * 8u; k < P.K; k += ${lanes * 8}u) {
+    let lo = X[k / 4u];
+    let hi = X[k / 4u + 1u];
+    ${cols.map((c) => `{ let b = w8(w${c} + k); a${c} += dot(lo, b.lo) + dot(hi, b.hi); }`).join("\n    ")}
+  }
+  ${reduce}
+  if (lane == 0u) {
+    ${lanes === 1 ? "" : cols.map((c) => `a${c} = part[${slot(c)}];`).join(" ")}
+    ${cols.map((c) => `if (n0 + ${c}u < P.N) { C[n0 + ${c}u] = a${c}; }`).join("\n    ")}
+  }
+}`;
+    },
+  }));
+}
+
 /** out [M, K] = X [M, N] @ W: TM rows x 8 columns per invocation on an 8 x 8 workgroup. */
 function nnKernel(dtype: PackedDType, tm: number): Kernel {
   return kernel(`weights.nn.${dtype}.${tm}`, () => ({
@@ -189,12 +241,11 @@ function weightBindings(w: GpuWeight): PooledBuffer[] {
 }
 
 /**
- * "nt" tiles [TM, TN, workgroup x, workgroup y]. One row (decoding): 1 x 8 per invocation on a
- * 64-wide workgroup, streaming W once. More rows: 16 x 8, so each decoded group of 8 weights
- * feeds 16 rows (measured on SwiftShader at [16, 2048] x [5504, 2048]: 16 x 8 ran bf16 at 0.8x
- * and nf4 at 0.7x the f32 "quad" kernel, 4 x 4 at 0.36x and 0.25x; 16 x 16 did not compile).
+ * The "nt" tile with more than one row [TM, TN, workgroup x, workgroup y]: 16 x 8, so each
+ * decoded group of 8 weights feeds 16 rows (measured on SwiftShader at [16, 2048] x [5504, 2048]:
+ * 16 x 8 ran bf16 at 0.8x and nf4 at 0.7x the f32 "quad" kernel, 4 x 4 at 0.36x and 0.25x;
+ * 16 x 16 did not compile). One row runs decodeKernel.
  */
-const DECODE_TILE = [1, 8, 64, 1] as const;
 const PREFILL_TILE = [16, 8, 8, 2] as const;
 
 /**
@@ -206,9 +257,11 @@ export function encodeWeightMatmul(host: KernelHost, x: PooledBuffer, w: GpuWeig
   if (M === 0 || N === 0 || K === 0) return;
   const p = { M, N, K };
   const bufs = [x, ...weightBindings(w), out];
-  if (form === "nt") {
-    // One row (decoding): a 1 x 8 block per invocation on a 64-wide workgroup streams W once.
-    const [tm, tn, wgX, wgY] = M === 1 ? DECODE_TILE : PREFILL_TILE;
+  if (form === "nt" && M === 1) {
+    const sh = gemvShape(host.rowWorkgroup);
+    host.dispatch(decodeKernel(w.dtype, sh), p, bufs, [groups(N, sh.tn * sh.blocksPerWorkgroup), 1, 1]);
+  } else if (form === "nt") {
+    const [tm, tn, wgX, wgY] = PREFILL_TILE;
     host.dispatch(ntKernel(w.dtype, tm, tn, wgX, wgY), p, bufs, [groups(N, tn * wgX), groups(M, tm * wgY), 1]);
   } else {
     host.dispatch(nnKernel(w.dtype, 4), p, bufs, [groups(K, 8 * 8), groups(M, 4 * 8), 1]);
