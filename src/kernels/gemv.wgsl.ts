@@ -42,6 +42,38 @@ export function gemvShape(lanes: number): GemvShape {
 }
 
 /**
+ * WGSL shared by the kernels arranged as GemvShape says (this one and the packed-weight decoding
+ * of weights.wgsl.ts): the workgroup memory, the entry point with `lane`, `blk` and `n0` (the
+ * block's first column), the tree reduction of the lanes' partial sums `${acc}0..` and their
+ * collection into lane 0's `${acc}c`.
+ */
+export function laneReduction(s: GemvShape, acc: string): { decl: string; entry: string; reduce: string; collect: string } {
+  const { lanes, tn, blocksPerWorkgroup: G } = s;
+  const cols = ints(tn);
+  // Partial sum of column c of this block by this lane, before the reduction.
+  const slot = (c: number) => `(blk * ${tn}u + ${c}u) * ${lanes}u`;
+  const entry = `@compute @workgroup_size(${lanes * G}, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let lane = lid.x % ${lanes}u;
+  let blk = lid.x / ${lanes}u;
+  let n0 = (wid.x * ${G}u + blk) * ${tn}u;`;
+  if (lanes === 1) return { decl: "", entry, reduce: "", collect: "" };
+  return {
+    decl: `var<workgroup> part: array<f32, ${lanes * tn * G}>;`,
+    entry,
+    reduce: `${cols.map((c) => `part[${slot(c)} + lane] = ${acc}${c};`).join(" ")}
+  // Tree reduction over the lanes: after the step with stride s, lanes < s hold sums of 2 lanes / s.
+  for (var s = ${lanes / 2}u; s > 0u; s >>= 1u) {
+    workgroupBarrier();
+    if (lane < s) {
+      ${cols.map((c) => `part[${slot(c)} + lane] += part[${slot(c)} + lane + s];`).join("\n      ")}
+    }
+  }`,
+    collect: cols.map((c) => `${acc}${c} = part[${slot(c)}];`).join(" "),
+  };
+}
+
+/**
  * The kernel for one shape. Grid: [ceil(N / (tn * blocksPerWorkgroup)), 1, batch]; batch b reads
  * A at aOff + b * sAb and W at bOff + b * sBb (0 broadcasts one W), and writes C at
  * cOff + b * sCb; `accumulate` adds to C.
@@ -57,26 +89,10 @@ export function gemvKernel(s: GemvShape): Kernel {
     ],
     body: () => {
       const cols = ints(tn);
-      // Partial sum of column c of this block by this lane, before the reduction.
-      const slot = (c: number) => `(blk * ${tn}u + ${c}u) * ${lanes}u`;
-      const reduce =
-        lanes === 1
-          ? ""
-          : `${cols.map((c) => `part[${slot(c)} + lane] = acc${c};`).join(" ")}
-  // Tree reduction over the lanes: after the step with stride s, lanes < s hold sums of 2 lanes / s.
-  for (var s = ${lanes / 2}u; s > 0u; s >>= 1u) {
-    workgroupBarrier();
-    if (lane < s) {
-      ${cols.map((c) => `part[${slot(c)} + lane] += part[${slot(c)} + lane + s];`).join("\n      ")}
-    }
-  }`;
+      const r = laneReduction(s, "acc");
       return `
-${lanes === 1 ? "" : `var<workgroup> part: array<f32, ${lanes * tn * G}>;`}
-@compute @workgroup_size(${lanes * G}, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let lane = lid.x % ${lanes}u;
-  let blk = lid.x / ${lanes}u;
-  let n0 = (wid.x * ${G}u + blk) * ${tn}u;
+${r.decl}
+${r.entry}
   let bt = wid.z + P.batch0;
   // vec4 indices: offsets and row lengths are multiples of 4. Columns past N are clamped (read,
   // never stored), so every invocation reaches the barriers.
@@ -90,9 +106,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let a = A[aBase + k4];
     ${cols.map((c) => `acc${c} += dot(a, B[bc${c} + k4]);`).join("\n    ")}
   }
-  ${reduce}
+  ${r.reduce}
   if (lane == 0u) {
-    ${lanes === 1 ? "" : cols.map((c) => `acc${c} = part[${slot(c)}];`).join(" ")}
+    ${r.collect}
     let cBase = P.cOff + bt * P.sCb;
     ${cols.map((c) => `if (n0 + ${c}u < P.N) { ${storeC(`cBase + n0 + ${c}u`, `acc${c}`)} }`).join("\n    ")}
   }

@@ -1,6 +1,6 @@
 import type { PackedDType } from "../tensor/weight.ts";
 import { NF4_CODE } from "../tensor/nf4.ts";
-import { gemvShape, type GemvShape } from "./gemv.wgsl.ts";
+import { gemvShape, laneReduction, type GemvShape } from "./gemv.wgsl.ts";
 import type { PooledBuffer } from "./webgpu/pool.ts";
 import type { Kernel, KernelHost } from "./webgpu/program.ts";
 import { groups, ints, kernel } from "./webgpu/program.ts";
@@ -132,24 +132,10 @@ function decodeKernel(dtype: PackedDType, s: GemvShape): Kernel {
     buffers: weightBuffers(dtype, "vec4<f32>"),
     body: () => {
       const cols = ints(tn);
-      const slot = (c: number) => `(blk * ${tn}u + ${c}u) * ${lanes}u`;
-      const reduce =
-        lanes === 1
-          ? ""
-          : `${cols.map((c) => `part[${slot(c)} + lane] = a${c};`).join(" ")}
-  for (var s = ${lanes / 2}u; s > 0u; s >>= 1u) {
-    workgroupBarrier();
-    if (lane < s) {
-      ${cols.map((c) => `part[${slot(c)} + lane] += part[${slot(c)} + lane + s];`).join("\n      ")}
-    }
-  }`;
+      const r = laneReduction(s, "a");
       return `${decoder(dtype)}
-${lanes === 1 ? "" : `var<workgroup> part: array<f32, ${lanes * tn * G}>;`}
-@compute @workgroup_size(${lanes * G}, 1, 1)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let lane = lid.x % ${lanes}u;
-  let blk = lid.x / ${lanes}u;
-  let n0 = (wid.x * ${G}u + blk) * ${tn}u;
+${r.decl}
+${r.entry}
   // Columns past N are clamped (read, never stored), so every invocation reaches the barriers.
   ${cols.map((c) => `let w${c} = min(n0 + ${c}u, P.N - 1u) * P.K;`).join("\n  ")}
   ${cols.map((c) => `var a${c} = 0.0;`).join(" ")}
@@ -158,9 +144,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let hi = X[k / 4u + 1u];
     ${cols.map((c) => `{ let b = w8(w${c} + k); a${c} += dot(lo, b.lo) + dot(hi, b.hi); }`).join("\n    ")}
   }
-  ${reduce}
+  ${r.reduce}
   if (lane == 0u) {
-    ${lanes === 1 ? "" : cols.map((c) => `a${c} = part[${slot(c)}];`).join(" ")}
+    ${r.collect}
     ${cols.map((c) => `if (n0 + ${c}u < P.N) { C[n0 + ${c}u] = a${c}; }`).join("\n    ")}
   }
 }`;
