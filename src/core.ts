@@ -76,3 +76,6 @@ export {
 } from "./lora/layer.ts";
 export { collate, targetNllSum, meanTargetLoss, type Example, type Batch } from "./lora/loss.ts";
 export { cosineWithWarmup, warmupSteps } from "./lora/schedule.ts";
+
+// interp
+export { lensLogits, softmaxRow, entropyOf, topK, type LensToken } from "./interp/lens.ts";

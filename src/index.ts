@@ -87,7 +87,6 @@ export { questionPairs, questionLanguages } from "./eval/questions.ts";
 export { formatTable, resultRows } from "./eval/report.ts";
 
 // interp
-export { lensLogits, softmaxRow, entropyOf, topK, type LensToken } from "./interp/lens.ts";
 export { probe, type ProbeSet, type ProbeOptions, type ProbeResult, type LensItem, type LensLayer, type LensLanguage, type KeptStates } from "./interp/probe.ts";
 export { pca, type PcaOptions, type PcaResult } from "./interp/pca.ts";
 export { pearson, correlationByLayer, type CorrelationPoint } from "./interp/correlation.ts";
