@@ -4,8 +4,9 @@ import type { OptionTable } from "./args.ts";
 /**
  * Progress on stderr: the library reports counts through callbacks (bytes of a model load, items
  * of a language, optimizer steps, probed items), and this file draws them. On a terminal a live
- * bar (cli-progress) that notices scroll above; on a pipe or file, plain lines: the first update,
- * then one every PLAIN_INTERVAL_MS, then the last, so that a log read hours later shows the pace.
+ * bar (cli-progress) that notices scroll above; on a pipe or file, plain lines: the first update
+ * after the starting report, then one every PLAIN_INTERVAL_MS, then the last, so that a log read
+ * hours later shows the pace.
  * `--quiet` draws nothing; notices, warnings and results still print.
  */
 
