@@ -13,6 +13,8 @@ import { DeviceLimitError } from "../../tensor/errors.ts";
 
 const PAGE = 65536;
 const ALIGN = 64;
+/** The smallest memory the heap settles for when the engine refuses a larger one. */
+const MIN_BYTES = 256 * 2 ** 20;
 
 interface Block {
   ptr: number;
@@ -20,9 +22,9 @@ interface Block {
 }
 
 export class WasmHeap {
-  readonly memory: WebAssembly.Memory;
+  readonly memory!: WebAssembly.Memory;
   /** The memory's size limit in bytes. */
-  readonly maxBytes: number;
+  readonly maxBytes!: number;
   private top = ALIGN; // address 0 stays unused, so a pointer is never 0
   private readonly free: Block[] = [];
   private readonly sizes = new Map<number, number>();
@@ -30,11 +32,20 @@ export class WasmHeap {
   /**
    * @param shared a SharedArrayBuffer-backed memory (threads), else a private one
    * @param maxBytes the memory's maximum (at most 4 GiB, wasm32's address space)
+   * @throws RangeError when not even MIN_BYTES can be reserved.
    */
   constructor(shared: boolean, maxBytes: number) {
-    const maximum = Math.min(65536, Math.ceil(maxBytes / PAGE));
-    this.maxBytes = maximum * PAGE;
-    this.memory = new WebAssembly.Memory({ initial: shared ? 16 : maximum, maximum, shared });
+    // An engine may refuse to reserve the whole maximum (a browser with little address space):
+    // halve it down to MIN_BYTES before giving up.
+    for (let maximum = Math.min(65536, Math.ceil(maxBytes / PAGE)); ; maximum = Math.floor(maximum / 2)) {
+      try {
+        this.memory = new WebAssembly.Memory({ initial: shared ? 16 : maximum, maximum, shared });
+        this.maxBytes = maximum * PAGE;
+        return;
+      } catch (e) {
+        if (!(e instanceof RangeError) || maximum * PAGE <= MIN_BYTES) throw e;
+      }
+    }
   }
 
   /** A zero-filled block of at least `bytes` bytes; returns its address. @throws DeviceLimitError past maxBytes. */
