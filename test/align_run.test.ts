@@ -2,13 +2,14 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { afterAll, describe, expect, it, type TestContext } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import type { AlignResults } from "../src/align/config.ts";
 import { settingsDiff } from "../src/align/folder.ts";
 import { PAPER_COMMANDS } from "../src/align/report.ts";
 import { SAMPLE_DATA_FILE, SHARED_DATA_DIR } from "../src/eval/source.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 import { ROOT, runCli } from "./helpers/cli.ts";
+import { sharedDataOrSkip } from "./helpers/shared_data.ts";
 
 /**
  * `qalign align` end to end through the command line, on the release's SNLI files and the tiny
@@ -19,14 +20,6 @@ const tmp = mkdtempSync(join(tmpdir(), "qalign-align-"));
 const TINY = await ensureTinyModel();
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 const qalign = (args: string[]) => runCli(args, 240_000);
-
-function sharedOrSkip(ctx: TestContext): void {
-  if (existsSync(SHARED_DATA_DIR)) return;
-  const why = `${SHARED_DATA_DIR} is absent`;
-  if (process.env["CI"]) throw new Error(`CI is set but ${why}`);
-  process.stderr.write(`skipping "${ctx.task.name}": ${why}\n`);
-  ctx.skip(why);
-}
 
 describe("qalign eval", () => {
   it("prints the table of one evaluation", () => {
@@ -76,7 +69,7 @@ describe("qalign align", () => {
   const firstRun = () => (first ??= qalign(args));
 
   it("--protocol paper --limit 20 runs end to end on the real SNLI files and writes every result", (ctx) => {
-    sharedOrSkip(ctx);
+    sharedDataOrSkip(ctx);
     const r = firstRun();
     expect(r.stderr).not.toMatch(/Error|at .*\.ts:\d+/);
     expect(r.status).toBe(0);
@@ -119,7 +112,7 @@ describe("qalign align", () => {
   });
 
   it("resumes from the saved pieces, and refuses other settings in the same folder", (ctx) => {
-    sharedOrSkip(ctx);
+    sharedDataOrSkip(ctx);
     expect(firstRun().status).toBe(0);
     const before = readFileSync(join(out, "aligned", "zh.json"), "utf8");
     const again = qalign(args);

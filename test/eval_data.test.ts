@@ -1,24 +1,16 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { describe, expect, it, type TestContext } from "vitest";
+import { describe, expect, it } from "vitest";
 import { checkFields, loadTaskData, readItems } from "../src/eval/data.ts";
 import { FIELD_WORDS, fieldWords, parseQuestionLabels } from "../src/eval/fields.ts";
 import { LANGUAGES, parseLangs } from "../src/eval/languages.ts";
 import { formatItem, languagePrompts } from "../src/eval/prompt.ts";
 import { questionLanguages, questionPairs } from "../src/eval/questions.ts";
-import { FolderSource, MemorySource, sampleSource, SHARED_DATA_DIR } from "../src/eval/source.ts";
+import { FolderSource, MemorySource, sampleSource } from "../src/eval/source.ts";
 import { TASKS } from "../src/eval/tasks.ts";
 import { DataError, type DataIssue } from "../src/io/data_error.ts";
-
-/** The shared release data, or a printed skip (a failure in CI, where it must exist). */
-function sharedOrSkip(ctx: TestContext): FolderSource {
-  if (existsSync(SHARED_DATA_DIR)) return new FolderSource(SHARED_DATA_DIR);
-  const why = `${SHARED_DATA_DIR} is absent`;
-  if (process.env["CI"]) throw new Error(`CI is set but ${why}`);
-  process.stderr.write(`skipping "${ctx.task.name}": ${why}\n`);
-  return ctx.skip(why);
-}
+import { sharedDataOrSkip } from "./helpers/shared_data.ts";
 
 const snli = TASKS.snli;
 const en = (p: string, h: string, answer: string) => ({ premise: p, hypothesis: h, answer });
@@ -173,7 +165,7 @@ describe("question pairs", () => {
 
 describe("the release data (../shared/data/qalign)", () => {
   it("reports the 15 English training items without an answer, by file, index and field", async (ctx) => {
-    const source = sharedOrSkip(ctx);
+    const source = new FolderSource(sharedDataOrSkip(ctx));
     const path = "snli/snli_en10k_train.json";
     const items = await readItems(source, path);
     const issues: DataIssue[] = [];
@@ -186,7 +178,7 @@ describe("the release data (../shared/data/qalign)", () => {
   });
 
   it("derives label words from the data, quirks included", async (ctx) => {
-    const source = sharedOrSkip(ctx);
+    const source = new FolderSource(sharedDataOrSkip(ctx));
     expect((await loadTaskData(source, TASKS.snli, "zh")).labelWords).toEqual(["蕴含", "中立", "矛盾"]);
     expect((await loadTaskData(source, TASKS.snli, "ja")).labelWords).toEqual(["含意", "中性", "矛盾"]);
     // In the Norwegian SNLI file the neutral items say "motsigelse" (contradiction) and the
@@ -197,7 +189,7 @@ describe("the release data (../shared/data/qalign)", () => {
   });
 
   it("takes SNLI field words from the question files, which agree with the table", async (ctx) => {
-    const source = sharedOrSkip(ctx);
+    const source = new FolderSource(sharedDataOrSkip(ctx));
     expect(questionLanguages(source)).toEqual(["zh", "de", "es", "it", "sw"]);
     for (const lang of questionLanguages(source)) {
       const words = await fieldWords(source, lang);
@@ -208,7 +200,7 @@ describe("the release data (../shared/data/qalign)", () => {
   });
 
   it("builds question pairs into English, and into another language by index", async (ctx) => {
-    const source = sharedOrSkip(ctx);
+    const source = new FolderSource(sharedDataOrSkip(ctx));
     const toEnglish = await questionPairs(source, ["zh"]);
     expect(toEnglish.pairs).toHaveLength(10000);
     const raw = (await readItems(source, "snli/snli_zh10k_train_question.json"))[7] as { input: string; answer: string };
