@@ -81,11 +81,20 @@ describe("--help", () => {
     }
     const tiny = defaultOf(align, "model")!;
     expect(tiny).toContain(`--limit ${TINY_DEFAULTS.limit},`);
-    expect(tiny).toContain(`--max-train-samples ${TINY_DEFAULTS.maxTrainSamples},`);
+    expect(tiny).toContain(`--max-train-samples ${TINY_DEFAULTS.maxSamples},`);
     expect(tiny).toContain(`--epochs ${TINY_DEFAULTS.epochs},`);
     expect(Number(/--lr ([^,]+),/.exec(tiny)![1])).toBe(TINY_DEFAULTS.lr);
     expect(defaultOf(await helpText("pca"), "components")).toMatch(/^4 /);
     expect(defaultOf(await helpText("lens"), "top-k")).toBe("5");
+  });
+});
+
+describe("the tiny demo's recipe", () => {
+  it("caps the training pairs and sets the demo's schedule (npm start must stay a few minutes long)", () => {
+    const recipe = trainingRecipe("align", parse("align", [], TRAINING_OPTIONS), 0, TINY_DEFAULTS);
+    expect(recipe.maxSamples).toBeTypeOf("number");
+    expect(recipe.maxSamples).toBe(TINY_DEFAULTS.maxSamples);
+    expect(recipe.hyper).toMatchObject({ lr: TINY_DEFAULTS.lr, epochs: TINY_DEFAULTS.epochs, batchSize: TINY_DEFAULTS.batchSize, gradAccum: TINY_DEFAULTS.gradAccum });
   });
 });
 

@@ -10,7 +10,7 @@ import { loadForCli } from "./model.ts";
 import { prepareOutDir } from "./output.ts";
 import { Progress } from "./progress.ts";
 import { provenance } from "./provenance.ts";
-import { TRAINING_OPTIONS, trainingProgress, trainingRecipe } from "./train.ts";
+import { TRAINING_OPTIONS, trainingProgress, trainingRecipe, type RecipeFallback } from "./train.ts";
 
 /**
  * Limits of the embedded default (`npm start`: no --model, so the tiny random checkpoint):
@@ -19,7 +19,7 @@ import { TRAINING_OPTIONS, trainingProgress, trainingRecipe } from "./train.ts";
  * higher learning rate than the paper's 5e-5, so that a handful of pairs (the built-in sample
  * has 12 per source pair) still moves the adapter away from its zero start.
  */
-export const TINY_DEFAULTS = { limit: 12, maxTrainSamples: 48, epochs: 2, lr: 1e-3, batchSize: 4, gradAccum: 1 } as const;
+export const TINY_DEFAULTS = { limit: 12, maxSamples: 48, epochs: 2, lr: 1e-3, batchSize: 4, gradAccum: 1 } as const satisfies RecipeFallback & { limit: number };
 
 const { was: _, ...evalBatchSize } = EVAL_OPTIONS["eval-batch-size"];
 const { was: __, ...evalMaxLength } = EVAL_OPTIONS["eval-max-length"];
@@ -28,7 +28,7 @@ export const options = {
   model: {
     ...modelOption.model,
     required: false,
-    default: `the tiny random checkpoint, with --limit ${TINY_DEFAULTS.limit}, --max-train-samples ${TINY_DEFAULTS.maxTrainSamples}, --epochs ${TINY_DEFAULTS.epochs}, --lr ${TINY_DEFAULTS.lr}, --batch-size ${TINY_DEFAULTS.batchSize}, --grad-accum ${TINY_DEFAULTS.gradAccum} (a demo)`,
+    default: `the tiny random checkpoint, with --limit ${TINY_DEFAULTS.limit}, --max-train-samples ${TINY_DEFAULTS.maxSamples}, --epochs ${TINY_DEFAULTS.epochs}, --lr ${TINY_DEFAULTS.lr}, --batch-size ${TINY_DEFAULTS.batchSize}, --grad-accum ${TINY_DEFAULTS.gradAccum} (a demo)`,
   },
   dtype: modelOption.dtype,
   "quantize-embeddings": modelOption["quantize-embeddings"],
