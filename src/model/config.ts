@@ -1,31 +1,21 @@
 /**
  * `config.json` of a Llama-family checkpoint (llama, mistral, qwen2), parsed strictly into a
  * typed {@link LlamaConfig} with Hugging Face field names and HF's defaults. What follows from
- * a config lives beside it: the parameter tree and its shapes in params.ts, the rotary
- * frequencies in rope.ts.
+ * a config lives beside it: the parameter tree and its shapes in params.ts; RoPE's fields
+ * (`rope_theta`, `rope_scaling`) are parsed, with the rest of RoPE, in rope.ts.
  *
  * Sources: transformers' `configuration_{llama,mistral,qwen2}.py`, `modeling_rope_utils.py`,
  * `modeling_{llama,mistral,qwen2}.py`.
  */
 import { hostFiles, type Files } from "../io/files.ts";
 import { parseJson } from "../io/json.ts";
+import { parseRope, type RopeScaling } from "./rope.ts";
 import { CheckpointError } from "./safetensors.ts";
 
 /** The architectures this loader understands, by HF `model_type`. */
 export const MODEL_TYPES = ["llama", "mistral", "qwen2"] as const;
 /** One of {@link MODEL_TYPES}: picks the architecture's details (biases, sliding window). */
 export type ModelType = (typeof MODEL_TYPES)[number];
-
-/** RoPE scaling, from HF `rope_scaling` (`rope_type`, or the legacy key `type`). */
-export type RopeScaling =
-  | { rope_type: "linear"; factor: number }
-  | {
-      rope_type: "llama3";
-      factor: number;
-      low_freq_factor: number;
-      high_freq_factor: number;
-      original_max_position_embeddings: number;
-    };
 
 /**
  * A validated Llama-family config. Field names are HF's; defaults are filled in as HF does.
@@ -69,7 +59,7 @@ const MAX_POSITIONS: Record<ModelType, number> = { llama: 2048, mistral: 4096 * 
 const MISTRAL_SLIDING_WINDOW = 4096;
 
 /** Typed access to a raw JSON object whose errors name the file and the field. */
-class Fields {
+export class Fields {
   constructor(
     readonly file: string,
     private readonly raw: Record<string, unknown>,
@@ -156,39 +146,6 @@ class Fields {
     if (typeof v !== "object" || Array.isArray(v)) this.bad(field, "an object or null", v);
     return new Fields(this.file, v as Record<string, unknown>, `${this.prefix}${field}.`);
   }
-}
-
-/**
- * Parses the RoPE scaling of a config: `rope_scaling` (transformers 4.x), or `rope_parameters`
- * (transformers 5, which also carries `rope_theta`). Type "default" means none.
- */
-function parseRope(f: Fields): { rope_theta: number; rope_scaling: RopeScaling | null } {
-  const params = f.object("rope_parameters");
-  const rope_theta = params?.has("rope_theta") ? params.num("rope_theta") : f.num("rope_theta", 10000);
-  const s = f.has("rope_scaling") ? f.object("rope_scaling") : params;
-  if (s === null) return { rope_theta, rope_scaling: null };
-  const kind = s.string("rope_type") ?? s.string("type") ?? "default";
-  if (kind === "default") return { rope_theta, rope_scaling: null };
-  if (kind === "linear") return { rope_theta, rope_scaling: { rope_type: "linear", factor: s.num("factor") } };
-  if (kind === "llama3") {
-    const low = s.num("low_freq_factor");
-    const high = s.num("high_freq_factor");
-    if (high <= low) s.fail("high_freq_factor", `(${high}) must exceed low_freq_factor (${low})`);
-    return {
-      rope_theta,
-      rope_scaling: {
-        rope_type: "llama3",
-        factor: s.num("factor"),
-        low_freq_factor: low,
-        high_freq_factor: high,
-        original_max_position_embeddings: s.int("original_max_position_embeddings"),
-      },
-    };
-  }
-  throw new CheckpointError(
-    f.file,
-    `rope_scaling type '${kind}' is not supported; supported: default, linear, llama3`,
-  );
 }
 
 /**

@@ -1,13 +1,14 @@
 import type { Backend } from "../tensor/backend.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import type { LlamaConfig } from "./config.ts";
+import type { Fields, LlamaConfig } from "./config.ts";
+import { CheckpointError } from "./safetensors.ts";
 
 /**
  * Rotary position embedding (RoPE, Su et al. 2021) from config to kernel, in one place. The
  * angle of the pair (d, d + Dh/2) at position p is p * inv_freq[d]; it takes these forms on
  * its way to the WGSL:
- * 1. config.json's `rope_theta` and `rope_scaling` (parsed in config.ts) give
+ * 1. config.json's `rope_theta` and `rope_scaling` (`parseRope`, called by config.ts) give
  *    inv_freq [Dh/2] (`ropeInvFreq`, float64, scaling applied);
  * 2. the attention mask gives each new token's position (`positionIds`, [B][T]);
  * 3. `ropeTables` turns both into cos and sin [Bc, T, Dh/2] f32 on the device, which the
@@ -25,6 +26,53 @@ import type { LlamaConfig } from "./config.ts";
  * Positions [B][T] of the new tokens of each row, given the mask over all keys [B][past + T]
  * (or, without a mask, past .. past + T - 1 for every row).
  */
+/** RoPE scaling, from HF `rope_scaling` (`rope_type`, or the legacy key `type`). */
+export type RopeScaling =
+  | { rope_type: "linear"; factor: number }
+  | {
+      rope_type: "llama3";
+      factor: number;
+      low_freq_factor: number;
+      high_freq_factor: number;
+      original_max_position_embeddings: number;
+    };
+
+/**
+ * Parses the RoPE scaling of a config: `rope_scaling` (transformers 4.x), or `rope_parameters`
+ * (transformers 5, which also carries `rope_theta`). Type "default" means none.
+ * @param f config.json's fields (see parseConfig)
+ * @throws CheckpointError naming the file and field: a bad number, high_freq_factor not above
+ *   low_freq_factor, or an unsupported type
+ */
+export function parseRope(f: Fields): { rope_theta: number; rope_scaling: RopeScaling | null } {
+  const params = f.object("rope_parameters");
+  const rope_theta = params?.has("rope_theta") ? params.num("rope_theta") : f.num("rope_theta", 10000);
+  const s = f.has("rope_scaling") ? f.object("rope_scaling") : params;
+  if (s === null) return { rope_theta, rope_scaling: null };
+  const kind = s.string("rope_type") ?? s.string("type") ?? "default";
+  if (kind === "default") return { rope_theta, rope_scaling: null };
+  if (kind === "linear") return { rope_theta, rope_scaling: { rope_type: "linear", factor: s.num("factor") } };
+  if (kind === "llama3") {
+    const low = s.num("low_freq_factor");
+    const high = s.num("high_freq_factor");
+    if (high <= low) s.fail("high_freq_factor", `(${high}) must exceed low_freq_factor (${low})`);
+    return {
+      rope_theta,
+      rope_scaling: {
+        rope_type: "llama3",
+        factor: s.num("factor"),
+        low_freq_factor: low,
+        high_freq_factor: high,
+        original_max_position_embeddings: s.int("original_max_position_embeddings"),
+      },
+    };
+  }
+  throw new CheckpointError(
+    f.file,
+    `rope_scaling type '${kind}' is not supported; supported: default, linear, llama3`,
+  );
+}
+
 /**
  * RoPE inverse frequencies `inv_freq[i] = θ^(-2i/Dh)`, i = 0..Dh/2-1, in radians per position,
  * with scaling applied. Computed in float64 (HF computes in float32).
