@@ -169,6 +169,52 @@ describe("PEFT layout", () => {
     expect(qa.loraModules(model).size).toBe(0);
   });
 
+  test("every adapter_config key that changes the computation, set away from its default, is implemented or refused by name", async () => {
+    // Non-default values of each listed key, as PEFT writes them.
+    const examples: Record<string, unknown[]> = {
+      r: [16],
+      lora_alpha: [32],
+      use_rslora: [true],
+      target_modules: [["q_proj"], ".*v_proj"],
+      lora_dropout: [0.1],
+      fan_in_fan_out: [true],
+      bias: ["all", "lora_only"],
+      lora_bias: [true],
+      use_dora: [true],
+      modules_to_save: [["lm_head"]],
+      layers_to_transform: [[0]],
+      layer_replication: [[[0, 1], [0, 2]]],
+      exclude_modules: [["k_proj"]],
+      rank_pattern: [{ q_proj: 8 }],
+      alpha_pattern: [{ q_proj: 8 }],
+      init_lora_weights: ["pissa", "pissa_niter_16", "olora", "corda", "loftq"],
+      loftq_config: [{ loftq_bits: 4, loftq_iter: 1 }],
+      alora_invocation_tokens: [[151644, 77091]],
+      use_qalora: [true],
+      use_bdlora: [true],
+      trainable_token_indices: [[0, 1], { embed_tokens: [5] }],
+      target_parameters: [["mlp.experts.down_proj"]],
+    };
+    const refused = qa.REFUSED_ADAPTER_KEYS.map(([key]) => key);
+    expect(Object.keys(examples).sort()).toEqual([...qa.IMPLEMENTED_ADAPTER_KEYS, ...refused].sort());
+    let n = 0;
+    for (const key of qa.IMPLEMENTED_ADAPTER_KEYS) {
+      for (const value of examples[key]!) {
+        const config = (await qa.readAdapterConfig(adapterWith(`key-${n++}`, { [key]: value }))) as unknown as Record<string, unknown>;
+        expect(config[key], key).toEqual(value);
+      }
+    }
+    for (const key of refused) {
+      for (const value of examples[key]!) {
+        await expectCheckpointError(qa.readAdapterConfig(adapterWith(`key-${n++}`, { [key]: value })), "adapter_config.json", `field "${key}" = ${JSON.stringify(value)}: not supported`);
+      }
+    }
+    // The values that only choose the initialisation load as plain LoRA.
+    for (const value of [true, false, "gaussian", "eva", "orthogonal"]) {
+      expect((await qa.readAdapterConfig(adapterWith(`init-${String(value)}`, { init_lora_weights: value }))).r).toBe(4);
+    }
+  });
+
   test("missing, unexpected and mis-shaped tensors are named with file, key and shapes", async () => {
     const model = await fixtureModel();
     const tensors = async (dir: string) => {

@@ -6,7 +6,7 @@ import { RecordingSource, resolveDataSource } from "../eval/source.ts";
 import { ensureTinyModel } from "../model/tiny.ts";
 import { CliError, modelOption, type OptionTable, type Values } from "./args.ts";
 import { EVAL_OPTIONS, evalOptions, langsOption, taskOption, tokenizerFor } from "./eval.ts";
-import { loadForCli } from "./model.ts";
+import { checkMaxLength, loadForCli } from "./model.ts";
 import { prepareOutDir } from "./output.ts";
 import { Progress } from "./progress.ts";
 import { provenance } from "./provenance.ts";
@@ -83,6 +83,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
     interp: v.interp,
     out: typeof v.out === "string" ? v.out : join("runs", `align-${tiny ? "tiny" : basename(modelDir)}-${task.id}-${train.join("+")}-${target}`),
   };
+  for (const maxLength of [cfg.training.maxLength, cfg.evaluation.maxLength]) await checkMaxLength("align", modelDir, maxLength);
   const tokenizer = await tokenizerFor("align", modelDir);
   const started = new Date();
   const source = new RecordingSource(await resolveDataSource(v.data));

@@ -14,7 +14,7 @@ import { RecordingSource, resolveDataSource } from "../eval/source.ts";
 import { getTask, TASKS, type TaskSpec } from "../eval/tasks.ts";
 import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
 import { adapterOption, CliError, deviceOption, int, modelOption, type OptionTable, type Values } from "./args.ts";
-import { loadForCli } from "./model.ts";
+import { checkMaxLength, loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
 import { provenance, type RunInputs } from "./provenance.ts";
 import { prepareOutDir } from "./output.ts";
@@ -244,6 +244,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
     onInvalid: v["skip-invalid"] ? "skip" : "error",
     onWarning: (lang, w) => say(`eval ${lang}: ${w}`),
   };
+  await checkMaxLength("eval", modelDir, opts.maxLength);
   const tokenizer = await tokenizerFor("eval", modelDir);
   const started = new Date();
   const source = new RecordingSource(await resolveDataSource(v.data));

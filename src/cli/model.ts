@@ -1,9 +1,10 @@
-import { basename } from "node:path";
+import { basename, join } from "node:path";
+import { loadConfig } from "../model/config.ts";
 import { loadModel } from "../model/load.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import { formatPlan, planForDir, type PlanOptions } from "../model/plan.ts";
 import { baseModelMismatch, loadAdapter } from "../lora/peft.ts";
-import { device, required, weightDType } from "./args.ts";
+import { CliError, device, required, weightDType } from "./args.ts";
 import { Progress } from "./progress.ts";
 
 /** What a command will run on the model, for the memory plan printed before the load. */
@@ -35,4 +36,18 @@ export async function loadCheckedAdapter(model: LlamaModel, adapterDir: string, 
   const mismatch = await baseModelMismatch(adapterDir, modelDir);
   if (mismatch) (progress ?? new Progress()).say(`warning: ${mismatch}`);
   await loadAdapter(model, adapterDir);
+}
+
+/**
+ * Refuses a --max-length (tokens) beyond the model's context (config.json
+ * max_position_embeddings) before any work: positions past it were never trained, and the
+ * rotary tables stop there.
+ * @throws CliError naming the option, the limit and the config file; CheckpointError for a bad config.json
+ */
+export async function checkMaxLength(command: string, dir: string, maxLength: number | undefined): Promise<void> {
+  if (maxLength === undefined) return;
+  const limit = (await loadConfig(dir)).max_position_embeddings;
+  if (maxLength > limit) {
+    throw new CliError(`${command}: --max-length ${maxLength} exceeds the model's context: max_position_embeddings is ${limit} in ${join(dir, "config.json")}`);
+  }
 }

@@ -8,7 +8,7 @@ import { TRAIN_DEFAULTS, type StepInfo, type TrainOptions } from "../lora/traine
 import { loadTokenizer } from "../model/tokenizer.ts";
 import type { AlignTraining } from "../align/config.ts";
 import { CliError, deviceOption, int, modelOption, num, type OptionTable, type Values } from "./args.ts";
-import { loadForCli } from "./model.ts";
+import { checkMaxLength, loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
 import { provenance } from "./provenance.ts";
 import { prepareOutDir } from "./output.ts";
@@ -120,6 +120,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
   const recipe = trainingRecipe("train", v, int("train", v, "seed", TRAIN_DEFAULTS.seed));
 
   const started = new Date();
+  await checkMaxLength("train", modelDir, recipe.maxLength);
   const { pairs, issues } = await readQuestionPairs(files, { strict: v.strict });
   await prepareOutDir("train", out);
   for (const issue of issues.slice(0, MAX_ISSUE_LINES)) say(`skipped: ${formatIssue(issue)}`);

@@ -180,8 +180,9 @@ function checkOptions(prompts: ProtocolPrompts, opts: EvalOptions): ProtocolProm
  * @returns counts, accuracy with a Wilson 95% interval, confusion matrix, ties, truncations and
  *   every item's scores
  * @throws DataError for bad data (see loadTaskData); RangeError when nothing is left to score,
- *   maxLength cannot hold a label, a label word has no vocabulary token (prefix mode), or the
- *   tokenizer's ids exceed the model's vocabulary.
+ *   maxLength cannot hold a label, a label word has no vocabulary token (prefix mode), the
+ *   tokenizer's ids exceed the model's vocabulary, or an item's scores are NaN or infinite
+ *   (naming the file, the item and the language).
  */
 export async function evaluateLanguage(ctx: EvalContext, lang: Lang): Promise<LanguageResult> {
   const started = performance.now();
@@ -197,6 +198,12 @@ export async function evaluateLanguage(ctx: EvalContext, lang: Lang): Promise<La
   const { sets, warnings } = checkLabelSets(tokenizer, prompts, model.config.vocab_size, mode);
   for (const w of warnings) opts.onWarning?.(lang, w);
   const results = judgeByAuthors(prompts, await scoreBatches(model, prepared, sets, { mode, batchSize: Math.max(1, opts.batchSize ?? 8), seed: opts.seed ?? 0, onProgress: opts.onProgress }));
+  const nonFinite = results.find((r) => !r.scores.every(Number.isFinite));
+  if (nonFinite) {
+    throw new RangeError(
+      `${prompts.data.file}: item ${nonFinite.index} (${lang}): the class scores are not finite ([${nonFinite.scores.join(", ")}]); the checkpoint or adapter may hold NaN or infinite weights`,
+    );
+  }
 
   const scoring = opts.scoring ?? "index";
   const truth = results.map((r) => r.label);

@@ -82,7 +82,9 @@ export function attentionRef(ins: AttentionInputs<HostArray>, outs: { out: HostA
           for (let d = 0; d < Dh; d++) acc[d] = acc[d]! * rescale + p * v[kj + d]!;
           m = mNew;
         }
-        const seesAny = l > 0;
+        // l >= 1 once a key is visible (the maximum's term is exp(0)); NaN when a score is NaN,
+        // which must reach the output as in PyTorch (l > 0 would be false and give 0).
+        const seesAny = l !== 0;
         for (let d = 0; d < Dh; d++) outs.out[qi + d] = seesAny ? acc[d]! / l : 0;
         outs.lse[qi / Dh] = seesAny ? m + Math.log(l) : 0;
       }

@@ -1,6 +1,7 @@
 import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../tensor/backend.ts";
 import type { Field, GpuData, KernelHost } from "./webgpu/program.ts";
 import { VEC4_LANES, ints, kernel, single } from "./webgpu/program.ts";
+import { isNanVec4Wgsl, isNanWgsl } from "./nan.wgsl.ts";
 import { ROW_MAIN_ARGS, workgroupReduce } from "./reduce.wgsl.ts";
 
 /**
@@ -40,7 +41,9 @@ import { ROW_MAIN_ARGS, workgroupReduce } from "./reduce.wgsl.ts";
  * Masks: causal and sliding-window limits are turned into a key (or query) range per row, so
  * invisible blocks are never visited; padding (keyMask) zeroes p per key. Rows that see no key
  * give out 0 and lse 0, as in the reference. Scores use the sentinel -1e30 for "no key yet"
- * (WGSL may assume there are no infinities).
+ * (WGSL may assume there are no infinities); a NaN score of a visible key is kept out of the
+ * running max and passed into its probability (nan.wgsl.ts), so the row's output is NaN, as in
+ * PyTorch.
  */
 
 /**
@@ -128,8 +131,11 @@ fn main(${ROW_MAIN_ARGS}) {
       for (var d = 0u; d < P.Dh; d++) { dot += qs[d] * k[kr + d]; }
       s = dot;
     }
-    let mNew = max(m, wg_max(s, lid));
-    let p = select(0.0, exp(s - mNew), seen);
+    // NaN stays out of the running max (exp(x - NaN) is inf, not NaN, on SwiftShader) and goes
+    // into p instead, from where the sums carry it to l and the output.
+    let sNan = ${isNanWgsl("s")};
+    let mNew = max(m, wg_max(select(s, NEG, sNan), lid));
+    let p = select(0.0, select(exp(s - mNew), s, sNan), seen);
     ps[lid] = p;
     let alpha = exp(m - mNew);
     l = l * alpha + wg_sum(p, lid);
@@ -145,7 +151,9 @@ fn main(${ROW_MAIN_ARGS}) {
     workgroupBarrier();
     m = mNew;
   }
-  let seesAny = l > 0.0;
+  // l is 0 only when no key is visible; NaN must count as seeing one (a != may compile to an
+  // ordered comparison, false for NaN).
+  let seesAny = l != 0.0 || ${isNanWgsl("l")};
   for (var u = 0u; u < ${ATTENTION_MAX_DH / wg}u; u++) {
     let d = lid + u * ${wg}u;
     if (d < P.Dh) { out[row * P.Dh + d] = select(0.0, acc[u] / l, seesAny); }
@@ -215,9 +223,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       if (P.causal == 1u) { seen = seen & (js <= vec4<i32>(pos)); }
       if (P.window > 0u) { seen = seen & (js > vec4<i32>(pos - i32(P.window))); }
       s = select(vec4<f32>(NEG), s, seen);
-      let mNew = max(m${r}, max(max(s.x, s.y), max(s.z, s.w)));
+      // NaN stays out of the running max and goes into p, as in the rows kernel.
+      let sNan = ${isNanVec4Wgsl("s")};
+      let sm = select(s, vec4<f32>(NEG), sNan);
+      let mNew = max(m${r}, max(max(sm.x, sm.y), max(sm.z, sm.w)));
       let alpha = exp(m${r} - mNew);
-      let p = select(vec4<f32>(0.0), exp(s - vec4<f32>(mNew)), seen);
+      let p = select(vec4<f32>(0.0), select(exp(s - vec4<f32>(mNew)), s, sNan), seen);
       l${r} = l${r} * alpha + p.x + p.y + p.z + p.w;
       m${r} = mNew;
       ${perVec((v) => `o${r}_${v} = o${r}_${v} * alpha + ${keys.map((t) => `p.${VEC4_LANES[t]} * v[at${t} + ${v}u]`).join(" + ")};`)}
@@ -227,7 +238,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
   ${perRows(
     (r) => `if (i0 + ${r}u < P.Tq) {
-    let seesAny = l${r} > 0.0;
+    let seesAny = l${r} != 0.0 || ${isNanWgsl(`l${r}`)}; // NaN counts, as in the rows kernel
     let inv = select(0.0, 1.0 / l${r}, seesAny);
     ${perVec((v) => `out[qr${r} + ${v}u] = o${r}_${v} * inv;`)}
     if (lane == 0u) { lse[head * P.Tq + i0 + ${r}u] = select(0.0, m${r} + log(l${r}), seesAny); }

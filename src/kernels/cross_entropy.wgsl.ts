@@ -1,6 +1,7 @@
 import type { CrossEntropyGeometry } from "../tensor/backend.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { kernel, single } from "./webgpu/program.ts";
+import { isNanWgsl } from "./nan.wgsl.ts";
 import { ROW_MAIN_ARGS, dispatchRows, rowPrologue, rowWorkgroupSize } from "./reduce.wgsl.ts";
 import { rowLse } from "./softmax.wgsl.ts";
 
@@ -73,7 +74,9 @@ fn main(${ROW_MAIN_ARGS}) {
   let g = select(0.0, gradLoss[row], has_target(t));
   for (var c = lane; c < P.cols; c += ${lanes}u) {
     let onehot = select(0.0, 1.0, i32(c) == t);
-    y[base + c] = (exp(x[base + c] - lse) - onehot) * g;
+    let logp = x[base + c] - lse;
+    // softmax - onehot; a NaN row's gradient stays NaN (exp(NaN) is inf on SwiftShader).
+    y[base + c] = (select(exp(logp), logp, ${isNanWgsl("logp")}) - onehot) * g;
   }
 }`,
   }));

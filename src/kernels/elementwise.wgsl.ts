@@ -2,6 +2,7 @@ import type { BinaryOp, UnaryOp } from "../tensor/backend.ts";
 import { DeviceLimitError } from "../tensor/errors.ts";
 import { contiguousStrides, numel } from "../tensor/shape.ts";
 import { binaryDef, unaryDef } from "../tensor/ops/pointwise_table.ts";
+import { isNanWgsl } from "./nan.wgsl.ts";
 import type { BufferDecl, Chunk, Field, GpuData, KernelHost } from "./webgpu/program.ts";
 import { VEC4_LANES, groups, ints, kernel } from "./webgpu/program.ts";
 
@@ -204,25 +205,34 @@ function encodeMap(
 }
 
 /**
- * out = f(x) for a unary op of the pointwise table.
- * @param x strided view of `shape`, f32 (i32 for the ops whose table row has `int`; the caller checks)
+ * out = f(x) for a unary op of the pointwise table; f32 NaN in gives NaN out, as every unary op
+ * of PyTorch gives, where WGSL's transcendentals may not (SwiftShader: exp(NaN) = inf,
+ * tanh(NaN) = -1, log(NaN) = 89.1).
+ * @param x strided view of `shape`, f32 (i32 for the ops of ops whose table row has `int`; the caller checks)
  * @param out contiguous, numel(shape) elements, dtype of x
  */
 export function encodeUnary(host: KernelHost, op: UnaryOp, x: StridedOperand, shape: readonly number[], out: GpuData): void {
   const t = x.data.dtype;
-  const fn = `fn f(x: ${t}) -> ${t} { return ${unaryDef(op).wgsl}; }`;
+  const body = t === "f32" ? `select(${unaryDef(op).wgsl}, x, ${isNanWgsl("x")})` : unaryDef(op).wgsl;
+  const fn = `fn f(x: ${t}) -> ${t} { return ${body}; }`;
   encodeMap(host, `unary ${op}`, fn, [x], contiguous(out, shape), shape);
 }
 
+/** Binary ops whose WGSL builtin may drop a NaN operand. */
+const NAN_PROPAGATING: ReadonlySet<BinaryOp> = new Set(["maximum", "minimum"]);
+
 /**
  * out = f(a, b) for a binary op of the pointwise table; a comparison's bool becomes 1 or 0.
+ * f32 maximum and minimum of a NaN are NaN (torch.maximum), where WGSL's max / min may not be.
  * @param a, b strided views of `shape`, one dtype (i32 only where the row has `int`; the caller checks)
  * @param out contiguous, dtype of a
  */
+
 export function encodeBinary(host: KernelHost, op: BinaryOp, a: StridedOperand, b: StridedOperand, shape: readonly number[], out: GpuData): void {
   const t = a.data.dtype;
   const def = binaryDef(op);
-  const expr = def.compare ? `select(${t}(0), ${t}(1), ${def.wgsl})` : def.wgsl;
+  const plain = def.compare ? `select(${t}(0), ${t}(1), ${def.wgsl})` : def.wgsl;
+  const expr = t === "f32" && NAN_PROPAGATING.has(op) ? `select(${plain}, a + b, ${isNanWgsl("a")} || ${isNanWgsl("b")})` : plain;
   const fn = `fn f(a: ${t}, b: ${t}) -> ${t} { return ${expr}; }`;
   encodeMap(host, `binary ${op}`, fn, [a, b], contiguous(out, shape), shape);
 }

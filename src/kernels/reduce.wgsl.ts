@@ -2,6 +2,7 @@ import type { ReduceOp } from "../tensor/backend.ts";
 import type { PooledBuffer } from "./webgpu/pool.ts";
 import type { GpuData, Kernel, KernelHost, ParamValues } from "./webgpu/program.ts";
 import { kernel, single } from "./webgpu/program.ts";
+import { MAX_NAN_FN } from "./nan.wgsl.ts";
 
 /**
  * WGSL row reductions: reduceRows (sum / max), specified by reduceRowsRef in
@@ -38,13 +39,16 @@ const LOWEST = { f32: NEG_BIG, i32: "i32(-2147483648)" } as const;
 
 /**
  * WGSL functions `wg_sum(v, lane)` and `wg_max(v, lane)` over element type `t`: the sum / max of
- * `v` over the `lanes` invocations of a row (a power of two), returned to all of them. With
+ * `v` over the `lanes` invocations of a row (a power of two), returned to all of them; an f32
+ * max is NaN when any lane's value is (nan.wgsl.ts), and `max_nan` is defined for the kernel. With
  * lanes > 1 call them in uniform control flow (they contain barriers); they share one scratch
  * array and end with a barrier, so calls can follow each other directly. With one lane they
  * return `v`.
  */
 export function workgroupReduce(t: "f32" | "i32", lanes: number): string {
-  if (lanes === 1) return `fn wg_sum(v: ${t}, lane: u32) -> ${t} { return v; }\nfn wg_max(v: ${t}, lane: u32) -> ${t} { return v; }`;
+  const maxOf = (a: string, b: string) => (t === "f32" ? `max_nan(${a}, ${b})` : `max(${a}, ${b})`);
+  const prelude = `${MAX_NAN_FN}\n`;
+  if (lanes === 1) return `${prelude}fn wg_sum(v: ${t}, lane: u32) -> ${t} { return v; }\nfn wg_max(v: ${t}, lane: u32) -> ${t} { return v; }`;
   const tree = (name: string, combine: (a: string, b: string) => string) => `
 fn ${name}(v: ${t}, lane: u32) -> ${t} {
   red[lane] = v;
@@ -57,7 +61,7 @@ fn ${name}(v: ${t}, lane: u32) -> ${t} {
   workgroupBarrier();
   return r;
 }`;
-  return `var<workgroup> red: array<${t}, ${lanes}>;${tree("wg_sum", (a, b) => `${a} + ${b}`)}${tree("wg_max", (a, b) => `max(${a}, ${b})`)}`;
+  return `${prelude}var<workgroup> red: array<${t}, ${lanes}>;${tree("wg_sum", (a, b) => `${a} + ${b}`)}${tree("wg_max", maxOf)}`;
 }
 
 /** The WGSL signature shared by row kernels: workgroup id, grid size and invocation index. */
@@ -96,7 +100,7 @@ fn main(${ROW_MAIN_ARGS}) {
   ${rowPrologue(lanes)}
   let base = row * P.cols;
   var acc = ${op === "sum" ? `${t}(0)` : LOWEST[t]};
-  for (var c = lane; c < P.cols; c += ${lanes}u) { acc = ${op === "sum" ? "acc + x[base + c]" : "max(acc, x[base + c])"}; }
+  for (var c = lane; c < P.cols; c += ${lanes}u) { acc = ${op === "sum" ? "acc + x[base + c]" : `${t === "f32" ? "max_nan" : "max"}(acc, x[base + c])`}; }
   let r = ${op === "sum" ? "wg_sum" : "wg_max"}(acc, lane);
   if (lane == 0u) { y[row] = r; }
 }`,

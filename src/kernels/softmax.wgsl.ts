@@ -1,11 +1,12 @@
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { kernel, single } from "./webgpu/program.ts";
+import { isNanWgsl } from "./nan.wgsl.ts";
 import { NEG_BIG, ROW_MAIN_ARGS, dispatchRows, rowPrologue, rowWorkgroupSize, workgroupReduce } from "./reduce.wgsl.ts";
 
 /**
  * WGSL row softmax and log-softmax, specified by softmaxRef in src/kernels/softmax.ts:
  * out = exp(x - lse) or x - lse, with lse = m + log sum exp(x - m) and m the row maximum (so no
- * exp overflows).
+ * exp overflows); a NaN anywhere in a row makes m, and so the whole row, NaN, as in PyTorch.
  *
  * Technique: the row kernels' layout (reduce.wgsl.ts: a workgroup per row on a GPU, an
  * invocation per row on a CPU emulation): a strided pass and a reduction for the max, a second
@@ -21,7 +22,7 @@ import { NEG_BIG, ROW_MAIN_ARGS, dispatchRows, rowPrologue, rowWorkgroupSize, wo
 export const rowLse = (lanes: number): string => `${workgroupReduce("f32", lanes)}
 fn row_lse(base: u32, cols: u32, lane: u32) -> f32 {
   var m = ${NEG_BIG};
-  for (var c = lane; c < cols; c += ${lanes}u) { m = max(m, x[base + c]); }
+  for (var c = lane; c < cols; c += ${lanes}u) { m = max_nan(m, x[base + c]); }
   m = wg_max(m, lane);
   var s = 0.0;
   for (var c = lane; c < cols; c += ${lanes}u) { s += exp(x[base + c] - m); }
@@ -47,7 +48,8 @@ fn main(${ROW_MAIN_ARGS}) {
   let lse = row_lse(base, P.cols, lane);
   for (var c = lane; c < P.cols; c += ${lanes}u) {
     let logp = x[base + c] - lse;
-    y[base + c] = select(exp(logp), logp, P.log == 1u);
+    // A NaN row stays NaN (exp(NaN) is inf on SwiftShader).
+    y[base + c] = select(exp(logp), logp, P.log == 1u || ${isNanWgsl("logp")});
   }
 }`,
   }));

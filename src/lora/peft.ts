@@ -74,8 +74,23 @@ export async function saveAdapter(adapter: LoraAdapter, dir: string, baseModel: 
   await writeSafetensors(join(dir, ADAPTER_WEIGHTS_FILE), tensors, { format: "pt" });
 }
 
-/** Fields that PEFT may set and qalign cannot honour: name, whether a value is the harmless default, why. */
-const UNSUPPORTED: [string, (v: unknown) => boolean, string][] = [
+/**
+ * The adapter_config.json keys of PEFT's LoraConfig (peft/tuners/lora/config.py) that change
+ * what a saved adapter computes, each either implemented here or refused by name. Keys that only
+ * steer training or initialisation (eva_config, corda_config, layers_pattern without
+ * layers_to_transform, runtime_config) do not change a saved adapter's output and are not listed.
+ */
+export const IMPLEMENTED_ADAPTER_KEYS = ["r", "lora_alpha", "use_rslora", "target_modules", "lora_dropout"] as const;
+
+/** `init_lora_weights` values whose saved adapter is plain LoRA: they only choose the starting A and B. */
+const PLAIN_INITS: readonly unknown[] = [true, false, "gaussian", "eva", "orthogonal"];
+const isNullOrEmpty = (v: unknown) => v === null || (Array.isArray(v) && v.length === 0) || isEmptyObject(v);
+
+/**
+ * Keys that PEFT may set and qalign cannot honour: name, whether a value is the harmless
+ * default, why. Any other value is refused by name.
+ */
+export const REFUSED_ADAPTER_KEYS: readonly [string, (v: unknown) => boolean, string][] = [
   ["fan_in_fan_out", (v) => v === false, "Llama-family weights are stored [out, in]"],
   ["bias", (v) => v === "none", "trained biases are not part of the adapters qalign reads"],
   ["lora_bias", (v) => v === false, "lora_B has no bias here"],
@@ -86,6 +101,18 @@ const UNSUPPORTED: [string, (v: unknown) => boolean, string][] = [
   ["exclude_modules", (v) => v === null, "modules are selected by target_modules only"],
   ["rank_pattern", isEmptyObject, "one r applies to every module"],
   ["alpha_pattern", isEmptyObject, "one lora_alpha applies to every module"],
+  [
+    "init_lora_weights",
+    (v) => PLAIN_INITS.includes(v),
+    "PiSSA, OLoRA, CorDA and LoftQ adapters hold weights relative to a residual base model that PEFT rebuilds at load; " +
+      "convert them to plain LoRA when saving (PEFT's path_initial_model_for_weight_conversion) or merge them",
+  ],
+  ["loftq_config", (v) => v === null || isEmptyObject(v), "LoftQ replaces the base weights by quantized residuals"],
+  ["alora_invocation_tokens", (v) => v === null, "activated LoRA (aLoRA) applies the adapter only after its invocation tokens"],
+  ["use_qalora", (v) => v === false, "QA-LoRA pools the input in groups before lora_A"],
+  ["use_bdlora", (v) => v === false || v === null, "its adapter layout is not plain LoRA and is not implemented"],
+  ["trainable_token_indices", (v) => v === null, "trained embedding rows (PEFT TrainableTokens) are not loaded"],
+  ["target_parameters", isNullOrEmpty, "LoRA on parameters rather than modules is not implemented"],
 ];
 
 function isEmptyObject(v: unknown): boolean {
@@ -103,8 +130,8 @@ const DEFAULT_TARGETS = ["q_proj", "v_proj"];
  * @returns the LoRA hyper-parameters (`use_rslora` is supported: scaling lora_alpha / sqrt(r))
  * @throws CheckpointError naming the file and field: missing file or not JSON, `peft_type` other
  *   than "LORA", `task_type` other than CAUSAL_LM, a bad r / lora_alpha / lora_dropout /
- *   target_modules, or any field of {@link UNSUPPORTED} away from its default (rank_pattern,
- *   alpha_pattern, DoRA, ...).
+ *   target_modules, or any field of {@link REFUSED_ADAPTER_KEYS} away from its default
+ *   (rank_pattern, alpha_pattern, DoRA, PiSSA / OLoRA / CorDA initialisation, aLoRA, ...).
  */
 export async function readAdapterConfig(dir: string): Promise<LoraConfig> {
   const file = join(dir, ADAPTER_CONFIG_FILE);
@@ -121,7 +148,7 @@ export async function readAdapterConfig(dir: string): Promise<LoraConfig> {
   if (c.task_type !== undefined && c.task_type !== null && c.task_type !== "CAUSAL_LM") {
     throw bad("task_type", "only CAUSAL_LM adapters fit a causal language model");
   }
-  for (const [field, isDefault, why] of UNSUPPORTED) {
+  for (const [field, isDefault, why] of REFUSED_ADAPTER_KEYS) {
     if (c[field] !== undefined && !isDefault(c[field])) throw bad(field, `not supported: ${why}`);
   }
   const r = c.r;

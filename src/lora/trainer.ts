@@ -159,7 +159,9 @@ function counts(examples: readonly Example[]): { tokens: number; targets: number
  * @param window the micro-batches of this step, each a list of examples collated into one batch
  * @param lr learning rate of this step (from the schedule)
  * @param maxGradNorm global L2 norm the gradients are clipped to
- * @returns the window's mean loss (nats per target token) and the tokens read
+ * @returns the window's mean loss (nats per target token), the gradients' global norm before
+ *   clipping, and the tokens read. When the loss or the norm is not finite (NaN or infinite) no
+ *   update is made: the gradients are cleared and the weights and moments stay as they were.
  */
 export async function optimizerStep(
   model: LlamaModel,
@@ -167,7 +169,7 @@ export async function optimizerStep(
   window: readonly (readonly Example[])[],
   lr: number,
   maxGradNorm: number,
-): Promise<{ loss: number; tokens: number }> {
+): Promise<{ loss: number; gradNorm: number; tokens: number }> {
   const { tokens, targets: N } = counts(window.flat());
   let loss = 0;
   for (const examples of window) {
@@ -179,11 +181,30 @@ export async function optimizerStep(
     loss += await part.item();
     part.dispose();
   }
-  clipGradNorm(opt.params, maxGradNorm).dispose();
-  opt.opts.lr = lr;
-  opt.step();
+  const norm = clipGradNorm(opt.params, maxGradNorm);
+  const gradNorm = await norm.item();
+  norm.dispose();
+  if (Number.isFinite(loss) && Number.isFinite(gradNorm)) {
+    opt.opts.lr = lr;
+    opt.step();
+  }
   opt.zeroGrad();
-  return { loss, tokens };
+  return { loss, gradNorm, tokens };
+}
+
+/**
+ * Training met a NaN or infinite loss or gradient norm: it stopped before that step changed the
+ * adapter, so the last checkpoint holds the last good weights. The message names the step.
+ */
+export class NonFiniteTrainingError extends Error {
+  override name = "NonFiniteTrainingError";
+  constructor(
+    /** The optimizer step (1-based) or validation that gave the value. */
+    readonly step: number,
+    message: string,
+  ) {
+    super(message);
+  }
 }
 
 /**
@@ -202,7 +223,10 @@ export async function optimizerStep(
  * the cpu device. On success the adapter is written to `outDir` and the checkpoint removed.
  *
  * @throws RangeError for empty training data or bad options; CheckpointError when a checkpoint
- *   exists without `resume`, or was made with other settings or data.
+ *   exists without `resume`, or was made with other settings or data; NonFiniteTrainingError at
+ *   the first step whose loss or gradient norm, or validation whose loss, is not finite, or
+ *   when a LoRA weight to be saved is not finite: the adapter is not written and the last
+ *   checkpoint is kept.
  */
 export async function train(
   model: LlamaModel,
@@ -255,10 +279,32 @@ export async function train(
   const note = scheduleNote(o.lr, totalSteps, warmup);
   if (note) log(note);
 
+  let lastCheckpoint: number | null = restored ? state.step : null;
+  /** Stops training at a non-finite value, naming the step and the checkpoint to go back to. */
+  const stop = (step: number, what: string): never => {
+    opt.dispose();
+    adapter.setDropoutRng(null);
+    const kept =
+      lastCheckpoint === null ? "no checkpoint was saved yet" : `the last good checkpoint, after step ${lastCheckpoint}, is kept in ${checkpointDir}`;
+    throw new NonFiniteTrainingError(
+      step,
+      `train: ${what}; stopped without writing the adapter (${kept}). A learning rate too high (--lr ${o.lr}) or non-finite weights in the model or data are the usual causes`,
+    );
+  };
+  /** Before anything is saved: an update with a finite gradient can still overflow (a huge lr). */
+  const checkWeights = async (step: number): Promise<void> => {
+    for (const [path, m] of adapter.modules) {
+      for (const [name, w] of [["lora_A", m.lora_A], ["lora_B", m.lora_B]] as const) {
+        const bad = (await w.data()).find((x) => !Number.isFinite(x));
+        if (bad !== undefined) stop(step, `step ${step}/${totalSteps}: the updated ${path}.${name} holds ${bad}, not finite`);
+      }
+    }
+  };
   const validate = async (): Promise<void> => {
     if (data.val.length === 0) return;
     adapter.setDropoutRng(null);
     const { loss } = await meanTargetLoss(model, data.val, o.batchSize);
+    if (!Number.isFinite(loss)) stop(state.step, `the validation loss after step ${state.step} is ${loss}`);
     state.history.val.push({ step: state.step, epoch: state.epoch, loss });
     log(`validation after step ${state.step} (epoch ${state.epoch}): loss ${loss.toFixed(4)}`);
   };
@@ -276,7 +322,10 @@ export async function train(
     }
     const lr = cosineWithWarmup(state.step, o.lr, totalSteps, warmup);
     adapter.setDropoutRng(dropoutRng);
-    const { loss, tokens } = await optimizerStep(model, opt, window, lr, o.maxGradNorm);
+    const { loss, gradNorm, tokens } = await optimizerStep(model, opt, window, lr, o.maxGradNorm);
+    if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+      stop(state.step + 1, `step ${state.step + 1}/${totalSteps}: the loss is ${loss} and the gradient norm ${gradNorm}, not finite`);
+    }
     state.step++;
     state.microBatch = end;
     state.history.train.push({ step: state.step, loss, lr });
@@ -298,12 +347,15 @@ export async function train(
       state.order = state.epoch < o.epochs ? epochOrder(o.seed, state.epoch, nTrain) : [];
     }
     if (checkpointDir && state.step % o.saveSteps === 0 && state.step < totalSteps) {
+      await checkWeights(state.step);
       state.dropoutRng = dropoutRng.state();
       await saveCheckpoint(checkpointDir, adapter, opt, state, settings, options.baseModel ?? null);
+      lastCheckpoint = state.step;
       log(`checkpoint at step ${state.step}: ${checkpointDir}`);
     }
     options.onStep?.(info);
   }
+  if (outDir !== null) await checkWeights(state.step);
   adapter.setDropoutRng(null);
   model.gradientCheckpointing = null;
   opt.dispose();

@@ -52,7 +52,8 @@ export function sampleToken(logits: ArrayLike<number>, temperature: number, topP
  * @returns the new ids (without the prompt)
  * @throws RangeError when the prompt is empty or holds an id outside [0, vocab_size) (checked
  *   on the host, since the webgpu embedding reads such ids as zero rows), prompt + new tokens
- *   exceed max_position_embeddings, temperature < 0 or top-p outside (0, 1].
+ *   exceed max_position_embeddings, temperature < 0 or top-p outside (0, 1], and when a step's
+ *   logits hold NaN or infinity (argmax and sampling would pick an arbitrary token).
  */
 export async function generate(model: LlamaModel, promptIds: readonly number[], opts: GenerateOptions = {}): Promise<number[]> {
   const maxNew = opts.maxNewTokens ?? 32;
@@ -88,6 +89,12 @@ export async function generate(model: LlamaModel, promptIds: readonly number[], 
       );
       const row = await logits.data();
       logits.dispose();
+      const nonFinite = row.findIndex((x) => !Number.isFinite(x));
+      if (nonFinite >= 0) {
+        throw new RangeError(
+          `generate: the logits of new token ${step + 1} are not finite (logit ${nonFinite} is ${row[nonFinite]}); the checkpoint or adapter may hold NaN or infinite weights`,
+        );
+      }
       const id = sampleToken(row, temperature, topP, rng);
       out.push(id);
       opts.onToken?.(id);

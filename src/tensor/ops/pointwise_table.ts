@@ -155,7 +155,7 @@ export const UNARY = {
     },
     test: { smooth: (u) => 3 * u, wide: moderate, wgsl: TRANSCENDENTAL },
   },
-  relu: { ts: (x) => (x > 0 ? x : 0), wgsl: "max(x, 0.0)", int: false, grad: (x, _y, g): Tensor => g.mul(x.gt(0)), test: { smooth: offZero, wide: anyMag, wgsl: EXACT } },
+  relu: { ts: (x) => (x <= 0 ? 0 : x) /* NaN stays NaN, as torch.relu */, wgsl: "max(x, 0.0)", int: false, grad: (x, _y, g): Tensor => g.mul(x.gt(0)), test: { smooth: offZero, wide: anyMag, wgsl: EXACT } },
   square: {
     ts: (x) => x * x,
     wgsl: "x * x",

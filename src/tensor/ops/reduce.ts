@@ -42,10 +42,13 @@ export function sum(x: Tensor, axes?: number | number[], keepdim = false): Tenso
   return record(y, "sum", [x], (g) => [broadcastView(g.reshape(keptShape), x.shape).contiguous(true)]);
 }
 
-/** Mean over `axes` (default: all). Gradient: the incoming gradient broadcast back, divided by the count. */
+/**
+ * Mean over `axes` (default: all). Gradient: the incoming gradient broadcast back, divided by
+ * the count. The mean of no elements is 0 / 0 = NaN, as torch.mean gives.
+ */
 export function mean(x: Tensor, axes?: number | number[], keepdim = false): Tensor {
   const { y: total, keptShape } = reduceAxes("sum", x, axes, keepdim);
-  const count = Math.max(x.size / Math.max(total.size, 1), 1);
+  const count = numel(normAxes("mean", axes, x.rank).map((i) => x.shape[i]!));
   const y = noGrad(() => total.div(count));
   total.dispose();
   return record(y, "mean", [x], (g) => [broadcastView(g.reshape(keptShape), x.shape).div(count)]);
