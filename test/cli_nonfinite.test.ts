@@ -81,7 +81,7 @@ describe("qalign train", () => {
 
 describe("qalign eval", () => {
   it("names the item and language whose scores are not finite", () => {
-    const r = runCli(["eval", "--model", NAN_MODEL, "--task", "snli", "--langs", "de", "--limit", "2", "--shots", "0", "--data", "sample", "--device", "cpu"]);
+    const r = runCli(["eval", "--model", NAN_MODEL, "--protocol", "qalign", "--task", "snli", "--langs", "de", "--limit", "2", "--shots", "0", "--data", "sample", "--device", "cpu"]);
     expect(r.status).toBe(1);
     expect(lastLine(r.stderr)).toMatch(/^qalign: sample:snli\/snli_de600_test\.json: item \d+ \(de\): the class scores are not finite \(\[NaN, NaN, NaN\]\)/);
     expect(r.stdout).toBe("");
