@@ -58,7 +58,7 @@ const EXPECTED = await expectedLogits();
 
 /** Runs `script` in bash with pipefail, so a failing qalign fails the pipeline. */
 function sh(script: string) {
-  return spawnSync("bash", ["-c", `set -o pipefail; ${script}`], { cwd: ROOT, encoding: "utf8", timeout: 120_000 });
+  return spawnSync("bash", ["-c", `set -o pipefail; ${script}`], { cwd: ROOT, encoding: "utf8", timeout: 120_000, maxBuffer: 256 << 20 });
 }
 
 function expectComplete(file: string) {
@@ -119,4 +119,26 @@ describe("--out is checked before any compute", () => {
       expect(r.stderr).not.toMatch(/optimizer steps|base model|^en: /m); // no training, probing or evaluation ran
     });
   }
+});
+
+describe("a reader that closes stdout early (| head)", () => {
+  const TINY = ensureTinyModel();
+  const qalign = `"${process.execPath}" --import tsx "${join(ROOT, "src", "cli", "main.ts")}"`;
+  // `yes | head -c 5` is the Unix model: the writer stops at the first write the reader refuses,
+  // silently. qalign does the same, with status 0 (pipefail would otherwise fail the pipeline the
+  // reader cut short on purpose); head's 5 bytes are the first 5 of the full output.
+  it.each([
+    ["logits", ["--ids", "1,2,3"]],
+    ["generate", ["--prompt", "Hello", "--max-new-tokens", "50"]],
+  ])("%s | head -c 5 stops quietly, status 0, no stack", async (command, args) => {
+    const model = await TINY;
+    const cmd = `${qalign} ${command} --model "${model}" ${args.join(" ")} --device cpu --quiet`;
+    const full = sh(cmd);
+    expect(full.status).toBe(0);
+    const r = sh(`${cmd} | head -c 5`);
+    expect(r.stderr).not.toMatch(/EPIPE|node:events|at /);
+    expect(r.stderr).toBe(full.stderr); // the notices of a full run, nothing more
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe(full.stdout.slice(0, 5));
+  });
 });

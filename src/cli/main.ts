@@ -8,7 +8,7 @@
  */
 import { COMMANDS, helpText } from "./commands.ts";
 import { CliError, parse } from "./args.ts";
-import { flush } from "./output.ts";
+import { flush, isReaderGone, stopWhenReaderGoes } from "./output.ts";
 import { packageVersion } from "../io/package.ts";
 
 function usage(): string {
@@ -66,12 +66,14 @@ function describeFailure(err: unknown): string {
 
 /**
  * Exits once stdout and stderr hold nothing unwritten: a result cut short by the exit is worse
- * than none. A stdout that cannot take the rest (its reader has gone) makes the status 1.
+ * than none. A reader that has gone ends the process quietly (stopWhenReaderGoes); another
+ * stdout error makes the status 1.
  */
 async function exitAfterOutput(code: number): Promise<never> {
   try {
     await flush(process.stdout);
   } catch (e) {
+    if (isReaderGone(e)) process.exit(0);
     process.stderr.write(`qalign: stdout: ${(e as Error).message}\n`);
     code = 1;
   }
@@ -79,6 +81,7 @@ async function exitAfterOutput(code: number): Promise<never> {
   process.exit(code);
 }
 
+stopWhenReaderGoes(process.stdout);
 main(process.argv.slice(2)).then(
   (code) => exitAfterOutput(code),
   (err: unknown) => {

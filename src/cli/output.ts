@@ -12,6 +12,25 @@ export function flush(stream: NodeJS.WritableStream): Promise<void> {
   return new Promise((resolve, reject) => stream.write("", (err) => (err ? reject(err) : resolve())));
 }
 
+/** The OS's error when a pipe's reader has closed it (`qalign ... | head`). */
+export const isReaderGone = (e: unknown): boolean => (e as NodeJS.ErrnoException)?.code === "EPIPE";
+
+/**
+ * Makes every write to `stream` after its reader has gone end the process at once with status 0
+ * and no message, as `yes | head` ends: the reader chose to stop, so the work it will never read
+ * stops too (a model still generating, a JSON still printing). Without a listener, Node throws the
+ * stream's EPIPE 'error' event as an uncaught exception with its stack. Other write errors (a full
+ * disk) print one line and exit 1.
+ * @param exit process.exit, or a stand-in
+ */
+export function stopWhenReaderGoes(stream: NodeJS.WritableStream, exit: (code: number) => never = process.exit): void {
+  stream.on("error", (e: Error) => {
+    if (isReaderGone(e)) exit(0);
+    process.stderr.write(`qalign: stdout: ${e.message}\n`);
+    exit(1);
+  });
+}
+
 /**
  * Creates `--out DIR` (with its parents) and checks that it is writable, so that a command
  * fails before its compute rather than losing it when it comes to write.
