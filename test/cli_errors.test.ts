@@ -169,6 +169,22 @@ describe("option messages", () => {
   });
 });
 
+describe("negative numbers", () => {
+  // node:util parseArgs takes "-1" after an option for another option ("argument is ambiguous");
+  // the value must reach the option's own range check, whose message names its bounds.
+  const { vocab_size } = JSON.parse(readFileSync(join(TINY, "config.json"), "utf8")) as { vocab_size: number };
+  it.each([
+    [["logits", "--model", TINY, "--ids", "-1", "--device", "cpu"], `logits: --ids[0] = -1 is outside the vocabulary [0, ${vocab_size})`],
+    [["prompt", "--task", "snli", "--lang", "en", "--index", "-1", "--data", "sample"], 'prompt: --index must be an integer >= 0, got "-1"'],
+    [["train", "--model", TINY, "--data", "x.json", "--out", join(tmp, "neg-lr"), "--lr", "-1", "--device", "cpu"], 'train: --lr must be a number > 0, got "-1"'],
+    [["generate", "--model", TINY, "--prompt", "Hi", "--temperature", "-0.5", "--device", "cpu"], 'generate: --temperature must be a number >= 0, got "-0.5"'],
+  ])("%j gets the option's range message", (args, message) => {
+    const r = qalign(args);
+    expect(lastLine(r.stderr)).toBe(`qalign: ${message}`);
+    expect(r.status).toBe(1);
+  });
+});
+
 describe("--dtype", () => {
   it("an unknown weight dtype fails before loading, naming the choices", () => {
     const r = qalign(["logits", "--model", fixtureDir("qwen2-tied"), "--ids", "5,6", "--dtype", "int4", "--device", "cpu"]);

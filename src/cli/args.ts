@@ -49,9 +49,35 @@ function parseStrict(command: string, args: string[], options: Options) {
   }
 }
 
+/** A negative number as people type one: "-1", "-0.5", "-.5", "-1e-3". */
+const NEGATIVE_NUMBER = /^-(\d|\.\d)/;
+
+/**
+ * `--name -1` as `--name=-1` for every option that takes a value. node:util parseArgs refuses a
+ * value that starts with "-" ("argument is ambiguous"), so a negative number would get the
+ * parser's message instead of the option's own range check. No option name starts with a digit,
+ * so a token like "-1" after a value option is always its value.
+ * @param takesValue the option names (and old spellings) of type string
+ */
+function joinNegativeValues(args: readonly string[], takesValue: ReadonlySet<string>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const next = args[i + 1];
+    if (a.startsWith("--") && !a.includes("=") && takesValue.has(a.slice(2)) && next !== undefined && NEGATIVE_NUMBER.test(next)) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else {
+      out.push(a);
+    }
+  }
+  return out;
+}
+
 /**
  * Parses `args` with node:util parseArgs against `table` (strict: unknown options and stray
- * positionals fail), naming the command in errors. An old spelling (`was`) is moved to its new
+ * positionals fail), naming the command in errors. A negative number is the value of the option
+ * before it (`--lr -1`), so the option's own range check reports it. An old spelling (`was`) is moved to its new
  * name with a warning; flags default to false.
  * @param warn where the old-spelling warnings go (stderr)
  * @throws CliError for an unknown option, a missing or empty required one, or an option given
@@ -68,7 +94,8 @@ export function parse<T extends OptionTable>(command: string, args: string[], ta
       config[old] = { type: spec.type };
     }
   }
-  const parsed = parseStrict(command, args, config);
+  const takesValue = new Set(Object.entries(config).flatMap(([name, c]) => (c.type === "string" ? [name] : [])));
+  const parsed = parseStrict(command, joinNegativeValues(args, takesValue), config);
   const values = parsed.values as Record<string, unknown>;
   const given = new Set(parsed.tokens.flatMap((t) => (t.kind === "option" ? [t.name] : [])));
   for (const [old, name] of renamed) {

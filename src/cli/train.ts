@@ -73,7 +73,7 @@ export function trainingRecipe(command: string, v: Values<typeof TRAINING_OPTION
     maxLength: int(command, v, "max-length", RECIPE_DEFAULTS.maxLength, 2),
     seed,
     hyper: {
-      lr: num(command, v, "lr", fallback.lr ?? TRAIN_DEFAULTS.lr, 0),
+      lr: num(command, v, "lr", fallback.lr ?? TRAIN_DEFAULTS.lr, 0, Infinity, true), // (0, inf): lr 0 trains nothing
       epochs: int(command, v, "epochs", fallback.epochs ?? TRAIN_DEFAULTS.epochs, 1),
       batchSize: int(command, v, "batch-size", fallback.batchSize ?? TRAIN_DEFAULTS.batchSize, 1),
       gradAccum: int(command, v, "grad-accum", fallback.gradAccum ?? TRAIN_DEFAULTS.gradAccum, 1),
