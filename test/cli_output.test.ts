@@ -142,3 +142,52 @@ describe("a reader that closes stdout early (| head)", () => {
     expect(r.stdout).toBe(full.stdout.slice(0, 5));
   });
 });
+
+describe("train --out that holds a finished adapter", () => {
+  const SAMPLE = (JSON.parse(readFileSync(join(ROOT, "src", "eval", "sample_data.json"), "utf8")) as { files: Record<string, unknown[]> }).files;
+  const questions = join(tmp, "train_pairs.json");
+  writeFileSync(questions, JSON.stringify(SAMPLE["snli/snli_zh10k_train_question.json"]));
+  const out = join(tmp, "adapter-r8");
+  const train = async (...extra: string[]) =>
+    runCli(["train", "--model", await ensureTinyModel(), "--data", questions, "--max-train-samples", "8", "--epochs", "1", "--device", "cpu", "--quiet", "--out", out, ...extra]);
+  const weights = () => readFileSync(join(out, "adapter_model.safetensors"));
+  const rank = () => (JSON.parse(readFileSync(join(out, "adapter_config.json"), "utf8")) as { r: number }).r;
+
+  it("is refused, kept on --resume with the same settings, refused naming each other setting, replaced on --overwrite", async () => {
+    const first = await train();
+    expect(first.status, first.stderr).toBe(0);
+    const finished = weights();
+    expect(rank()).toBe(8);
+
+    const again = await train();
+    expect(again.status).toBe(1);
+    expect(again.stderr).toContain(`train: --out ${out} holds a finished adapter`);
+    expect(weights().equals(finished)).toBe(true);
+
+    const resumed = await train("--resume");
+    expect(resumed.status, resumed.stderr).toBe(0);
+    expect(resumed.stderr).toContain("holds a finished adapter with these settings already; nothing to train");
+    expect(resumed.stderr).not.toMatch(/optimizer steps|from scratch/);
+    expect(JSON.parse(resumed.stdout)).toEqual(JSON.parse(first.stdout)); // the first run's result line
+    expect(weights().equals(finished)).toBe(true);
+
+    const other = await train("--resume", "--lr", "0.5", "--r", "4");
+    expect(other.status).toBe(1);
+    expect(other.stderr).toContain("holds a run with other settings (lora.r was 8, now 4; hyper.lr was 0.00005, now 0.5)");
+    expect(weights().equals(finished)).toBe(true);
+
+    const replaced = await train("--overwrite", "--r", "4");
+    expect(replaced.status, replaced.stderr).toBe(0);
+    expect(rank()).toBe(4);
+  }, 300_000);
+
+  it("refuses a folder that holds something else, naming it", async () => {
+    // A model folder of its own (not the shared tiny model's, which a regression would fill).
+    const model = join(tmp, "a-model-folder");
+    mkdirSync(model);
+    for (const f of ["config.json", "model.safetensors", "tokenizer.json"]) writeFileSync(join(model, f), readFileSync(join(await ensureTinyModel(), f)));
+    const r = runCli(["train", "--model", model, "--data", questions, "--max-train-samples", "8", "--epochs", "1", "--device", "cpu", "--out", model]);
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split("\n").at(-1)).toBe(`qalign: train: --out ${model} is not empty and holds no earlier train run (config.json, model.safetensors, tokenizer.json); choose an empty or new folder`);
+  });
+});

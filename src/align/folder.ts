@@ -65,8 +65,16 @@ export async function readJson<T>(file: string): Promise<T> {
  */
 export function fingerprint(cfg: AlignConfig, data: string): Record<string, unknown> {
   const { batchSize: _, ...evaluation } = cfg.evaluation;
-  const { saveSteps: __, gradientCheckpointing: ___, ...hyper } = cfg.training.hyper;
-  return { modelDir: cfg.modelDir, data, task: cfg.task, trainTask: cfg.trainTask, train: cfg.train, target: cfg.target, evaluation, training: { ...cfg.training, hyper } };
+  return { modelDir: cfg.modelDir, data, task: cfg.task, trainTask: cfg.trainTask, train: cfg.train, target: cfg.target, evaluation, training: decidingTraining(cfg.training) };
+}
+
+/**
+ * A training recipe less the checkpoint interval and gradient checkpointing, which leave its
+ * numbers as they are (training resumes, and recomputes activations, bit for bit).
+ */
+export function decidingTraining<T extends { hyper: { saveSteps?: number; gradientCheckpointing?: boolean } }>(training: T): Record<string, unknown> {
+  const { saveSteps: _, gradientCheckpointing: __, ...hyper } = training.hyper;
+  return { ...training, hyper };
 }
 
 /** A JSON value as the run.json diff shows it; absent values read "unset". */

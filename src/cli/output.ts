@@ -1,5 +1,6 @@
 import { constants } from "node:fs";
-import { access, mkdir } from "node:fs/promises";
+import { access, mkdir, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
 import { CliError } from "./args.ts";
 
 /**
@@ -43,4 +44,44 @@ export async function prepareOutDir(command: string, dir: string): Promise<void>
   } catch (e) {
     throw new CliError(`${command}: --out ${dir} is not a writable folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
+}
+
+/**
+ * Whether folder entry `name` is file `own` or one of the forms its crash-safe writes leave
+ * (src/io/atomic.ts: `.<own>.<hex>.tmp`; src/io/atomic_dir.ts: `<own>.old`, `<own>.tmp-...`).
+ */
+function isFormOf(name: string, own: string): boolean {
+  return name === own || name.startsWith(`${own}.`) || (name.startsWith(`.${own}.`) && name.endsWith(".tmp"));
+}
+
+/** Entries of `--out DIR` that are listed before the rest are summarised. */
+const SHOWN_ENTRIES = 3;
+
+/**
+ * The entries of `--out DIR` that an earlier run of `command` wrote, for a command that keeps
+ * one run per folder, so that it never mixes its files with another run's or another
+ * program's (a model folder, another command's results). An absent folder holds none.
+ * @param own the entry names `command` writes at the folder's top (see {@link isFormOf})
+ * @returns the entries found, sorted (empty for an empty or absent folder)
+ * @throws CliError naming the command, the folder and the first entries of another kind
+ */
+export async function previousRunFiles(command: string, dir: string, own: readonly string[]): Promise<string[]> {
+  let names: string[];
+  try {
+    names = (await readdir(dir)).sort();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw e;
+  }
+  const foreign = names.filter((n) => !own.some((o) => isFormOf(n, o)));
+  if (foreign.length > 0) {
+    const more = foreign.length > SHOWN_ENTRIES ? ` and ${foreign.length - SHOWN_ENTRIES} more` : "";
+    throw new CliError(`${command}: --out ${dir} is not empty and holds no earlier ${command} run (${foreign.slice(0, SHOWN_ENTRIES).join(", ")}${more}); choose an empty or new folder`);
+  }
+  return names;
+}
+
+/** Removes the entries `names` of folder `dir` (files or folders), as an earlier run left them. */
+export async function removeEntries(dir: string, names: readonly string[]): Promise<void> {
+  for (const name of names) await rm(join(dir, name), { recursive: true, force: true });
 }

@@ -1,20 +1,37 @@
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { formatIssue } from "../io/data_error.ts";
 import { readQuestionPairs } from "../lora/data.ts";
 import { LORA_DEFAULTS, LORA_MODULES } from "../lora/layer.ts";
 import { RECIPE_DEFAULTS, trainOnPairs, type TrainingRecipe } from "../lora/recipe.ts";
-import { TRAIN_DEFAULTS, type StepInfo, type TrainOptions } from "../lora/trainer.ts";
+import { CHECKPOINT_DIR, TRAIN_DEFAULTS, type StepInfo, type TrainOptions } from "../lora/trainer.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
+import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from "../lora/peft.ts";
 import type { AlignTraining } from "../align/config.ts";
+import { checkSettings, decidingTraining, readJson, saveJson, TRAINING_SUMMARY } from "../align/folder.ts";
 import { CliError, deviceOption, int, modelOption, num, type OptionTable, type Values } from "./args.ts";
 import { checkMaxLength, loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
 import { provenance } from "./provenance.ts";
-import { prepareOutDir } from "./output.ts";
+import { prepareOutDir, previousRunFiles, removeEntries } from "./output.ts";
 
 /** Where train records its provenance, beside the adapter's files. */
 export const PROVENANCE_FILE = "provenance.json";
+
+/**
+ * What train writes into --out: the PEFT adapter, its provenance, the trainer's checkpoint
+ * while it runs, and last TRAINING_SUMMARY (the settings and the result), whose presence marks
+ * a finished adapter.
+ */
+const TRAIN_ENTRIES = [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PROVENANCE_FILE, TRAINING_SUMMARY, CHECKPOINT_DIR];
+
+/** The result line train prints, also kept in TRAINING_SUMMARY for a rerun to print. */
+interface TrainOutcome {
+  adapter: string;
+  steps: number;
+  val_loss: number | null;
+}
 
 /** Malformed items listed one per line before this many are summarised. */
 const MAX_ISSUE_LINES = 20;
@@ -99,7 +116,8 @@ export const options = {
   ...TRAINING_OPTIONS,
   seed: { type: "string", arg: "S", help: "seeds lora_A's initialisation, the validation split, each epoch's order and the dropout masks", default: String(TRAIN_DEFAULTS.seed) },
   strict: { type: "boolean", help: "fail on the first malformed item instead of skipping it with a notice" },
-  resume: { type: "boolean", help: "continue from <out>/checkpoint/ (bit for bit) instead of starting afresh" },
+  resume: { type: "boolean", help: "continue from <out>/checkpoint/ (bit for bit) instead of starting afresh; a finished adapter with the same settings is kept as it is" },
+  overwrite: { type: "boolean", help: "train afresh even where --out holds a finished adapter, replacing it" },
   ...deviceOption,
   ...quietOption,
 } as const satisfies OptionTable;
@@ -123,6 +141,21 @@ export async function run(v: Values<typeof options>): Promise<void> {
   await checkMaxLength("train", modelDir, recipe.maxLength);
   const { pairs, issues } = await readQuestionPairs(files, { strict: v.strict });
   await prepareOutDir("train", out);
+  const settings = { modelDir, data: files, strict: v.strict === true, ...decidingTraining(recipe) };
+  const found = await previousRunFiles("train", out, TRAIN_ENTRIES);
+  const summaryFile = join(out, TRAINING_SUMMARY);
+  if (v.overwrite) {
+    await removeEntries(out, found);
+    if (found.length > 0) say(`train: removed the earlier run in ${out} (--overwrite)`);
+  } else if (existsSync(summaryFile)) {
+    if (!v.resume) throw new CliError(`train: --out ${out} holds a finished adapter (${TRAINING_SUMMARY}, ${ADAPTER_WEIGHTS_FILE}); pass --resume to keep it, --overwrite to train it again, or choose another --out`);
+    await checkSettings(summaryFile, settings);
+    say(`train: ${out} holds a finished adapter with these settings already; nothing to train`);
+    process.stdout.write(JSON.stringify((await readJson<{ result: TrainOutcome }>(summaryFile)).result) + "\n");
+    return;
+  } else if (found.includes(ADAPTER_WEIGHTS_FILE) && !found.includes(CHECKPOINT_DIR)) {
+    throw new CliError(`train: --out ${out} holds an adapter (${ADAPTER_WEIGHTS_FILE}) but no ${TRAINING_SUMMARY} of its settings; pass --overwrite to train it again, or choose another --out`);
+  }
   for (const issue of issues.slice(0, MAX_ISSUE_LINES)) say(`skipped: ${formatIssue(issue)}`);
   if (issues.length > MAX_ISSUE_LINES) say(`skipped ${issues.length - MAX_ISSUE_LINES} more malformed items`);
   const tokenizer = await loadTokenizer(modelDir);
@@ -143,7 +176,8 @@ export async function run(v: Values<typeof options>): Promise<void> {
   });
   const record = await provenance({ started, finished: new Date(), device: model.device, modelDir, dtype: v.dtype, files });
   await writeFileAtomic(join(out, PROVENANCE_FILE), JSON.stringify(record, null, 1) + "\n");
+  const outcome: TrainOutcome = { adapter: out, steps: result.steps, val_loss: result.history.val.at(-1)?.loss ?? null };
+  await saveJson(summaryFile, { ...settings, result: outcome });
   say(`adapter written to ${out}`);
-  const lastVal = result.history.val.at(-1)?.loss ?? null;
-  process.stdout.write(JSON.stringify({ adapter: out, steps: result.steps, val_loss: lastVal }) + "\n");
+  process.stdout.write(JSON.stringify(outcome) + "\n");
 }

@@ -46,6 +46,9 @@ export interface TrainOptions {
   gradientCheckpointing: boolean;
 }
 
+/** The folder inside a run's outDir that holds its resumable checkpoint. */
+export const CHECKPOINT_DIR = "checkpoint";
+
 /** The paper's hyper-parameters (lr 5e-5, 3 epochs, batch 4 x accumulation 4, 10% warmup) and HF's defaults. */
 export const TRAIN_DEFAULTS: TrainOptions = {
   lr: 5e-5,
@@ -255,7 +258,7 @@ export async function train(
     ...hyper,
     data: { train: nTrain, val: data.val.length, fingerprint: fnv1a([...data.train, ...data.val].flatMap((e) => [e.promptLen, ...e.ids])) },
   };
-  const checkpointDir = outDir === null ? null : join(outDir, "checkpoint");
+  const checkpointDir = outDir === null ? null : join(outDir, CHECKPOINT_DIR);
 
   let state: TrainerState = {
     step: 0,
