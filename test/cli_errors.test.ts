@@ -185,6 +185,28 @@ describe("negative numbers", () => {
   });
 });
 
+describe("conflicting options", () => {
+  // An option that means something only beside another one's value is refused with both named,
+  // before the model loads (no "plan:" line), rather than ignored.
+  it.each([
+    [["--threads", "2", "--device", "cpu"], "--threads applies only with --device wasm, got --device cpu"],
+    [["--threads", "2"], "--threads applies only with --device wasm, got no --device"],
+    [["--quantize-embeddings", "--device", "cpu"], "--quantize-embeddings applies only with --dtype nf4, got no --dtype"],
+    [["--quantize-embeddings", "--dtype", "bf16", "--device", "cpu"], "--quantize-embeddings applies only with --dtype nf4, got --dtype bf16"],
+  ])("logits %j is refused naming both options", (extra, message) => {
+    const r = qalign(["logits", "--model", TINY, "--ids", "1,2", ...extra]);
+    expect(r.stderr.trim()).toBe(`qalign: logits: ${message}`);
+    expect(r.status).toBe(1);
+  });
+
+  it("train warns for an lr above 1, naming the value", () => {
+    const r = qalign(["train", "--model", TINY, "--data", join(tmp, "absent.json"), "--out", join(tmp, "big-lr"), "--lr", "1e9", "--device", "cpu"]);
+    expect(r.stderr).toContain("train: warning: --lr 1e9 is above 1");
+    const quiet = qalign(["train", "--model", TINY, "--data", join(tmp, "absent.json"), "--out", join(tmp, "big-lr"), "--lr", "1", "--device", "cpu"]);
+    expect(quiet.stderr).not.toContain("warning: --lr");
+  });
+});
+
 describe("--dtype", () => {
   it("an unknown weight dtype fails before loading, naming the choices", () => {
     const r = qalign(["logits", "--model", fixtureDir("qwen2-tied"), "--ids", "5,6", "--dtype", "int4", "--device", "cpu"]);

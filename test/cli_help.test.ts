@@ -20,7 +20,11 @@ import { runCli } from "./helpers/cli.ts";
 const helpFlags = (text: string) => [...text.matchAll(/^ {2}--([a-z0-9-]+)/gm)].map((m) => m[1]!);
 
 /** Arguments that give every option of `table` once (a flag, or a string option with a value). */
-const everyOption = (table: OptionTable) => Object.entries(table).flatMap(([name, spec]) => (spec.type === "boolean" ? [`--${name}`] : [`--${name}`, "1"]));
+const everyOption = (table: OptionTable) => {
+  // An option another one needs (--device for --threads) gets the needed value; the others "1".
+  const needed = new Map(Object.values(table).flatMap((spec) => (spec.needs ? [[spec.needs.option, spec.needs.value] as const] : [])));
+  return Object.entries(table).flatMap(([name, spec]) => (spec.type === "boolean" ? [`--${name}`] : [`--${name}`, needed.get(name) ?? "1"]));
+};
 
 /** The line of `--flag` in a help text, description included (it may wrap to the next line). */
 function describedAs(text: string, flag: string): string {

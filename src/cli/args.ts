@@ -27,6 +27,11 @@ export interface OptionSpec {
   required?: boolean;
   /** Old spellings still accepted: each gives a warning naming this option. */
   was?: readonly string[];
+  /**
+   * The option means something only beside another option's value (--threads with --device
+   * wasm): given without it, parse refuses both by name rather than ignore one silently.
+   */
+  needs?: { option: string; value: string };
 }
 
 /** A command's options by name (without the leading "--"). */
@@ -106,7 +111,16 @@ export function parse<T extends OptionTable>(command: string, args: string[], ta
     delete values[old];
   }
   for (const [name, spec] of Object.entries(table)) if (spec.required) required(command, values, name);
+  for (const [name, spec] of Object.entries(table)) if (spec.needs && given.has(name)) checkNeeds(command, values, name, spec.needs);
   return values as Values<T>;
+}
+
+/** "--threads applies only with --device wasm, got --device webgpu". @throws CliError */
+function checkNeeds(command: string, values: Record<string, unknown>, name: string, needs: { option: string; value: string }): void {
+  const other = values[needs.option];
+  if (other === needs.value) return;
+  const got = other === undefined || other === false ? `no --${needs.option}` : other === true ? `--${needs.option}` : `--${needs.option} ${String(other)}`;
+  throw new CliError(`${command}: --${name} applies only with --${needs.option} ${needs.value}, got ${got}`);
 }
 
 /** The value of a required option. @throws CliError when it is absent or empty. */
@@ -179,7 +193,7 @@ export const modelOption = {
     help: "how weight matrices are stored on the device: f32 (4 bytes a weight), bf16 or f16 (2), nf4 (bitsandbytes 4-bit NormalFloat, 0.5625; embeddings and lm_head keep their dtype)",
     default: "the checkpoint's own (a bitsandbytes 4-bit checkpoint: nf4)",
   },
-  "quantize-embeddings": { type: "boolean", help: "with --dtype nf4, quantize the embedding and lm_head too" },
+  "quantize-embeddings": { type: "boolean", help: "with --dtype nf4, quantize the embedding and lm_head too", needs: { option: "dtype", value: "nf4" } },
 } as const satisfies OptionTable;
 
 /** --dtype, checked. @throws CliError naming the choices. */
@@ -205,7 +219,7 @@ export const deviceOption = {
     help: "where tensors live and kernels run: webgpu (WGSL through Dawn), wasm (WebAssembly SIMD on worker threads), cpu (plain TypeScript, the reference), or auto",
     default: "auto (webgpu on a hardware GPU, else wasm)",
   },
-  threads: { type: "string", arg: "N", help: "worker threads of the wasm device, in [1, 256]", default: "every core" },
+  threads: { type: "string", arg: "N", help: "worker threads of the wasm device, in [1, 256]", default: "every core", needs: { option: "device", value: "wasm" } },
 } as const satisfies OptionTable;
 
 /** Most threads --threads accepts (more than any machine's cores; the wasm memory is shared by all). */

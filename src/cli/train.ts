@@ -71,11 +71,20 @@ export const TRAINING_OPTIONS = {
 export type RecipeFallback = Partial<Pick<TrainOptions, "lr" | "epochs" | "batchSize" | "gradAccum">> & { maxSamples?: number };
 
 /**
+ * Above this peak learning rate a warning is printed: AdamW's step moves each weight by about lr
+ * (its update m / sqrt(v) has magnitude ~1), so lr > 1 moves a weight by more than its typical
+ * size in one step (LoRA recipes use 1e-5 to 1e-3); it is allowed, for experiments.
+ */
+const LR_WARN_ABOVE = 1;
+
+/**
  * The training recipe of TRAINING_OPTIONS' values, `fallback` standing in for the defaults it
- * names. @throws CliError for a value outside its bounds.
+ * names; warns on stderr for a --lr above 1. @throws CliError for a value outside its bounds.
  */
 export function trainingRecipe(command: string, v: Values<typeof TRAINING_OPTIONS>, seed: number, fallback: RecipeFallback = {}): TrainingRecipe & { hyper: AlignTraining["hyper"] } {
   const targets = v["target-modules"] ?? (LORA_DEFAULTS.target_modules as string[]).join(",");
+  const lr = num(command, v, "lr", fallback.lr ?? TRAIN_DEFAULTS.lr, 0, Infinity, true); // (0, inf): lr 0 trains nothing
+  if (lr > LR_WARN_ABOVE) process.stderr.write(`${command}: warning: --lr ${v.lr ?? lr} is above ${LR_WARN_ABOVE}: AdamW moves each weight by about lr a step (LoRA recipes use 1e-5 to 1e-3)\n`);
   const maxSamples = v["max-train-samples"] !== undefined || fallback.maxSamples !== undefined ? int(command, v, "max-train-samples", fallback.maxSamples ?? 0, 1) : undefined;
   return {
     lora: {
@@ -90,7 +99,7 @@ export function trainingRecipe(command: string, v: Values<typeof TRAINING_OPTION
     maxLength: int(command, v, "max-length", RECIPE_DEFAULTS.maxLength, 2),
     seed,
     hyper: {
-      lr: num(command, v, "lr", fallback.lr ?? TRAIN_DEFAULTS.lr, 0, Infinity, true), // (0, inf): lr 0 trains nothing
+      lr,
       epochs: int(command, v, "epochs", fallback.epochs ?? TRAIN_DEFAULTS.epochs, 1),
       batchSize: int(command, v, "batch-size", fallback.batchSize ?? TRAIN_DEFAULTS.batchSize, 1),
       gradAccum: int(command, v, "grad-accum", fallback.gradAccum ?? TRAIN_DEFAULTS.gradAccum, 1),
