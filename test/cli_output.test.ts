@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { getDevice } from "../src/kernels/devices.ts";
 import { noGrad } from "../src/tensor/autograd.ts";
@@ -190,4 +190,45 @@ describe("train --out that holds a finished adapter", () => {
     expect(r.status).toBe(1);
     expect(r.stderr.trim().split("\n").at(-1)).toBe(`qalign: train: --out ${model} is not empty and holds no earlier train run (config.json, model.safetensors, tokenizer.json); choose an empty or new folder`);
   });
+});
+
+describe("lens and pca --out hold one run", () => {
+  const probe = ["--task", "snli", "--langs", "en", "--protocol", "qalign", "--limit", "2", "--shots", "0", "--data", "sample", "--device", "cpu", "--quiet"];
+  const interp = async (command: string, out: string, ...extra: string[]) => runCli([command, "--model", await ensureTinyModel(), ...probe, "--out", out, ...extra]);
+
+  it("pca into its own earlier run replaces it: no file of the earlier run stays", async () => {
+    const out = join(tmp, "pca-rerun");
+    const first = await interp("pca", out, "--layers", "0,1,2");
+    expect(first.status, first.stderr).toBe(0);
+    expect(readdirSync(out)).toContain("pca_layer2.svg");
+    const second = await interp("pca", out, "--layers", "0");
+    expect(second.status, second.stderr).toBe(0);
+    // What the folder holds is exactly what the second run says it wrote.
+    const { files } = JSON.parse(second.stdout) as { files: string[] };
+    expect(readdirSync(out).sort()).toEqual(files.map((f) => basename(f)).sort());
+    expect(files.map((f) => basename(f))).not.toContain("pca_layer2.svg");
+  }, 120_000);
+
+  it.each([
+    ["lens", ["config.json", "model.safetensors"]], // a model folder
+    ["pca", ["notes.txt"]],
+  ])("%s refuses a folder of other files, naming the folder, and leaves it as it was", async (command, names) => {
+    const out = join(tmp, `${command}-foreign`);
+    mkdirSync(out);
+    for (const n of names) writeFileSync(join(out, n), n);
+    const r = await interp(command, out);
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split("\n").at(-1)).toBe(`qalign: ${command}: --out ${out} is not empty and holds no earlier ${command} run (${[...names].sort().join(", ")}); choose an empty or new folder`);
+    expect(readdirSync(out).sort()).toEqual([...names].sort());
+  });
+
+  it("lens refuses the folder of a pca run", async () => {
+    const out = join(tmp, "pca-then-lens");
+    expect((await interp("pca", out, "--layers", "0")).status).toBe(0);
+    const before = readdirSync(out).sort();
+    const r = await interp("lens", out);
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim().split("\n").at(-1)).toMatch(new RegExp(`^qalign: lens: --out ${out} is not empty and holds no earlier lens run \\(correlation\\.csv`));
+    expect(readdirSync(out).sort()).toEqual(before);
+  }, 120_000);
 });

@@ -1,8 +1,10 @@
-import { basename } from "node:path";
+import { existsSync } from "node:fs";
+import { basename, join } from "node:path";
+import { readJson } from "../align/folder.ts";
 import { parseLangs, type Lang } from "../eval/languages.ts";
 import { RecordingSource, resolveDataSource } from "../eval/source.ts";
 import { getTask } from "../eval/tasks.ts";
-import { writeInterpReport, interpret, type InterpOptions, type InterpReport } from "../interp/report.ts";
+import { INTERP_SUMMARY, writeInterpReport, interpret, type InterpOptions, type InterpReport } from "../interp/report.ts";
 import type { ProbeSet } from "../interp/probe.ts";
 import { buildProbeSets } from "../interp/sets.ts";
 import { loadConfig, type LlamaConfig } from "../model/config.ts";
@@ -12,7 +14,7 @@ import { EVAL_BATCH_SIZE, PROMPT_OPTIONS, protocolOptions } from "./eval.ts";
 import { loadCheckedAdapter, loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
 import { provenance } from "./provenance.ts";
-import { prepareOutDir } from "./output.ts";
+import { prepareOutDir, previousRunFiles, removeEntries } from "./output.ts";
 
 const { default: _task, ...task } = PROMPT_OPTIONS.task;
 const { default: _langs, ...langs } = PROMPT_OPTIONS.langs;
@@ -38,6 +40,19 @@ function option<T>(command: string, flag: string, parseValue: () => T): T {
   }
 }
 
+/**
+ * The files an earlier run of `command` left in `out` (those its summary.json lists), which
+ * this run replaces, so that the folder never mixes two runs.
+ * @throws CliError naming the folder when it holds anything else (a model, another command's
+ *   results); DataError naming summary.json when it cannot be read
+ */
+async function previousInterpFiles(command: string, out: string): Promise<string[]> {
+  const summary = join(out, INTERP_SUMMARY);
+  const saved = existsSync(summary) ? await readJson<{ command?: string; files?: string[] }>(summary) : null;
+  const own = saved?.command === command ? [INTERP_SUMMARY, ...(saved.files ?? []).map((f) => basename(f))] : [];
+  return previousRunFiles(command, out, own);
+}
+
 /** What a command adds to the shared run: its probes, given the model config and the prompts. */
 export interface InterpCommand {
   name: string;
@@ -53,7 +68,8 @@ export interface InterpCommand {
 /**
  * The shared run of `qalign lens` and `qalign pca`: builds the evaluation's prompts for --task
  * in --langs, measures the base model, and with --adapter the aligned model too (the adapter
- * loaded onto the same weights), then writes the charts and numbers into --out. Progress goes
+ * loaded onto the same weights), then writes the charts and numbers into --out (an empty
+ * folder, or an earlier run of the same command, whose files are replaced). Progress goes
  * to stderr; on success one JSON line on stdout: {"out": DIR, "files": [...]}.
  * @throws CliError for missing or invalid options; DataError for bad data; CheckpointError.
  */
@@ -84,6 +100,7 @@ export async function runInterp(cmd: InterpCommand, values: Values<typeof INTERP
   const sets = await buildProbeSets(tokenizer, source, task, langs, { ...prompts, limit, maxLength: config.max_position_embeddings });
   const probes = cmd.probes(config, sets);
   await prepareOutDir(name, out);
+  const previous = await previousInterpFiles(name, out);
   const model = await loadForCli(name, { ...values, adapter: undefined }, progress);
   const count = progress.counters("items");
   const run = (label: string): Promise<InterpReport> => {
@@ -110,7 +127,8 @@ export async function runInterp(cmd: InterpCommand, values: Values<typeof INTERP
   const counts = [...new Set(sets.map((s) => s.prompts.length))].join("/");
   const subtitle = `${task.title}, ${prompts.protocol} protocol, ${prompts.labels} answer words, ${prompts.shots}-shot, ${counts} items per language, model ${basename(modelDir)}${adapter ? `, adapter ${basename(adapter)}` : ""}`;
   const record = await provenance({ started, finished: new Date(), device: model.device, modelDir, dtype: values.dtype, adapterDir: adapter, source });
-  const files = await writeInterpReport(out, reports, subtitle, record);
+  await removeEntries(out, previous);
+  const files = await writeInterpReport(out, reports, subtitle, record, name);
   process.stdout.write(JSON.stringify({ out, files }) + "\n");
 }
 

@@ -149,6 +149,9 @@ export function summarize(report: InterpReport): InterpSummary {
   };
 }
 
+/** The file of writeInterpReport that lists the others: what a rerun into the folder replaces. */
+export const INTERP_SUMMARY = "summary.json";
+
 /**
  * Writes the charts and numbers of one or more reports (e.g. base and aligned) into `dir`:
  * `lens_mass`, `lens_entropy`, `pca_layer<l>` per PCA layer, `pca_variance` and `correlation`
@@ -158,10 +161,12 @@ export function summarize(report: InterpReport): InterpSummary {
  * and the list of files).
  * @param subtitle shown under every chart's title, e.g. "SNLI, 6-shot, 50 items per language"
  * @param provenance what ran, on what, from which files: recorded in summary.json
+ * @param command the command that measured (lens, pca): recorded in summary.json, so that a
+ *   rerun into `dir` knows the files as its own
  * @returns the paths written
  * @throws PlotSpecError (a bug) or fs errors.
  */
-export async function writeInterpReport(dir: string, reports: readonly InterpReport[], subtitle?: string, provenance?: Provenance): Promise<string[]> {
+export async function writeInterpReport(dir: string, reports: readonly InterpReport[], subtitle?: string, provenance?: Provenance, command?: string): Promise<string[]> {
   await mkdir(dir, { recursive: true });
   const charts: Chart[] = [];
   const withLens = reports.filter((r) => r.lens);
@@ -189,8 +194,8 @@ export async function writeInterpReport(dir: string, reports: readonly InterpRep
     await writeFile(out.items, items.join("\n") + "\n");
     files.push(out.json, out.csv, out.items);
   }
-  const summary = join(dir, "summary.json");
+  const summary = join(dir, INTERP_SUMMARY);
   files.push(summary);
-  await writeFile(summary, JSON.stringify({ subtitle: subtitle ?? null, provenance: provenance ?? null, files, reports: reports.map(summarize) }, null, 1) + "\n");
+  await writeFile(summary, JSON.stringify({ command: command ?? null, subtitle: subtitle ?? null, provenance: provenance ?? null, files, reports: reports.map(summarize) }, null, 1) + "\n");
   return files;
 }
