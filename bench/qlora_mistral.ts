@@ -56,8 +56,8 @@ try {
   const model = await loadModel(dir, { device, ...opts });
   const loadS = (performance.now() - t0) / 1000;
   const live = device.liveBytes() - before;
-  const plan = memoryPlan(config, () => "bf16", { ...opts, batch: 1, seq: T, maxBindingBytes: Infinity });
-  const plan32 = memoryPlan(parseConfig(full, "mistral-7b"), () => "bf16", { ...opts, batch: 1, seq: T, train: { r: 8, targets: ["q_proj", "v_proj"], gradientCheckpointing: false }, maxBindingBytes: Infinity });
+  const plan = memoryPlan(config, () => "bf16", { ...opts, batch: 1, seq: T });
+  const plan32 = memoryPlan(parseConfig(full, "mistral-7b"), () => "bf16", { ...opts, batch: 1, seq: T, train: { r: 8, targets: ["q_proj", "v_proj"], gradientCheckpointing: false } });
   log(`loaded in ${loadS.toFixed(1)} s: ${gb(live)} live for ${plan.params} parameters (${(live / plan.params).toFixed(4)} bytes each)`);
 
   const adapter = applyLora(model, { seed: 0 });

@@ -232,3 +232,20 @@ describe("lens and pca --out hold one run", () => {
     expect(readdirSync(out).sort()).toEqual(before);
   }, 120_000);
 });
+
+describe("qalign plan", () => {
+  const mistral = join(ROOT, "bench", "configs", "mistral-7b");
+  it("reads config.json only: no device starts, nothing on stderr, and says no device limit was checked", () => {
+    const r = runCli(["plan", "--model", mistral]);
+    expect(r.stderr).toBe(""); // no "using the wasm device", no Dawn/Vulkan warnings
+    expect(r.status).toBe(0);
+    // Mistral-7B's largest packed weight is embed_tokens (or lm_head): 32000 x 4096 bf16 = 262,144,000 bytes, 0.26 GB.
+    expect(r.stdout).toMatch(/^largest +0\.26 GB .*\(no device limit checked\)$/m);
+  });
+
+  it("--device checks the limit of the device it names", () => {
+    const r = runCli(["plan", "--model", mistral, "--device", "cpu"]);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^largest +0\.26 GB .*\(limit none on the cpu device\)$/m);
+  });
+});

@@ -16,7 +16,7 @@ import { fixtureDir } from "./helpers/fixtures.ts";
  */
 const cpu = qa.cpuDevice();
 const config = (name: string) => join(import.meta.dirname, "..", "bench", "configs", name);
-const base = { batch: 1, seq: 1, maxBindingBytes: Infinity };
+const base = { batch: 1, seq: 1 };
 
 describe("memory plan", () => {
   test("parameter counts equal the published ones; f32 and bf16 weights are 4 and 2 bytes each", async () => {
@@ -47,11 +47,11 @@ describe("memory plan", () => {
 
   test("training: LoRA parameters r (in + out) per adapted module; checkpointing keeps less", async () => {
     const train = { r: 8, targets: ["q_proj", "v_proj"], gradientCheckpointing: false };
-    const p = await planForDir(config("mistral-7b"), { batch: 4, seq: 512, maxBindingBytes: Infinity, dtype: "nf4", train });
+    const p = await planForDir(config("mistral-7b"), { batch: 4, seq: 512, dtype: "nf4", train });
     const lora = 32 * 8 * (4096 + 4096 + (4096 + 1024));
     expect(p.lines.find((l) => l.what === "lora")!.bytes).toBe(2 * 4 * lora);
     expect(p.lines.find((l) => l.what === "adamw")!.bytes).toBe(2 * 4 * lora);
-    const ck = await planForDir(config("mistral-7b"), { batch: 4, seq: 512, maxBindingBytes: Infinity, dtype: "nf4", train: { ...train, gradientCheckpointing: true } });
+    const ck = await planForDir(config("mistral-7b"), { batch: 4, seq: 512, dtype: "nf4", train: { ...train, gradientCheckpointing: true } });
     const act = (q: typeof p) => q.lines.find((l) => l.what === "activations")!.bytes;
     expect(act(ck)).toBeLessThan(act(p) / 5);
   });

@@ -22,8 +22,8 @@ export async function loadForCli(command: string, values: Record<string, unknown
   const dtype = weightDType(command, values);
   const quantizeEmbeddings = values["quantize-embeddings"] === true;
   const be = await device(command, values);
-  const plan = await planForDir(dir, { dtype, quantizeEmbeddings, batch: 1, seq: 1, ...usage, maxBindingBytes: be.maxBindingBytes });
-  const lines = formatPlan(plan, be.maxBindingBytes).filter((l) => usage !== undefined || /^(weights|largest)/.test(l));
+  const plan = await planForDir(dir, { dtype, quantizeEmbeddings, batch: 1, seq: 1, ...usage, limit: { bytes: be.maxBindingBytes, device: be.name } });
+  const lines = formatPlan(plan).filter((l) => usage !== undefined || /^(weights|largest)/.test(l));
   const say = progress ? (l: string) => progress.say(l) : (l: string) => void process.stderr.write(`${l}\n`);
   for (const line of lines) say(`${command}: plan: ${line}`);
   const model = await loadModel(dir, { device: be, dtype, quantizeEmbeddings, onProgress: progress?.counter(`loading ${basename(dir)}`, "bytes") });

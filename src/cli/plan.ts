@@ -10,13 +10,18 @@ export const options = {
   r: { type: "string", arg: "N", help: "with --train: the LoRA rank", default: String(LORA_DEFAULTS.r) },
   "target-modules": { type: "string", arg: "q_proj,v_proj|all-linear", help: "with --train: the adapted Linear layers", default: (LORA_DEFAULTS.target_modules as string[]).join(",") },
   "gradient-checkpointing": { type: "boolean", help: "with --train: keep only each layer's input and recompute the rest in backward" },
-  ...deviceOption,
+  device: {
+    ...deviceOption.device,
+    help: "check the largest packed weight against this device's per-binding limit, starting the device (Dawn for webgpu; auto as in the other commands)",
+    default: "none: no device starts and no limit is checked",
+  },
 } as const satisfies OptionTable;
 
 /**
  * `qalign plan --model DIR [--dtype ...] [--train --batch-size B --seq T]`: the device memory a
- * model needs (weights, KV cache or activations, LoRA and AdamW state) against the device's
- * per-binding limit, one line each on stdout. Reads config.json and the safetensors headers
+ * model needs (weights, KV cache or activations, LoRA and AdamW state), one line each on stdout;
+ * with --device, the largest packed weight against that device's per-binding limit (no device
+ * starts without it). Reads config.json and the safetensors headers
  * only (a folder with config.json alone is planned in its torch_dtype).
  * @throws CliError for bad options; CheckpointError for a bad config or header.
  */
@@ -26,14 +31,15 @@ export async function run(v: Values<typeof options>): Promise<void> {
   const names = targets === "all-linear" ? [...LORA_MODULES] : targets.split(",").map((s) => s.trim());
   const unknown = names.find((n) => !(LORA_MODULES as readonly string[]).includes(n));
   if (unknown !== undefined) throw new CliError(`plan: --target-modules names "${unknown}", not one of ${LORA_MODULES.join(", ")}`);
-  const be = await device("plan", v);
+  // A device starts only when asked for: planning reads config.json and headers, nothing else.
+  const be = v.device === undefined ? undefined : await device("plan", v);
   const plan = await planForDir(dir, {
     dtype: weightDType("plan", v),
     quantizeEmbeddings: v["quantize-embeddings"],
     batch: int("plan", v, "batch-size", 1, 1),
     seq: int("plan", v, "seq", 512, 1),
     ...(v.train ? { train: { r: int("plan", v, "r", LORA_DEFAULTS.r, 1), targets: names, gradientCheckpointing: v["gradient-checkpointing"] } } : {}),
-    maxBindingBytes: be.maxBindingBytes,
+    ...(be ? { limit: { bytes: be.maxBindingBytes, device: be.name } } : {}),
   });
-  process.stdout.write(formatPlan(plan, be.maxBindingBytes).join("\n") + "\n");
+  process.stdout.write(formatPlan(plan).join("\n") + "\n");
 }

@@ -23,8 +23,17 @@ export interface PlanOptions extends Pick<LoadOptions, "dtype" | "quantizeEmbedd
   seq: number;
   /** LoRA training: rank, target module names (PEFT short names), and activation checkpointing. */
   train?: { r: number; targets: readonly string[]; gradientCheckpointing: boolean };
-  /** The device's per-binding limit in bytes (Infinity on cpu). */
-  maxBindingBytes: number;
+  /**
+   * The per-binding limit checked, in bytes, and the device it is of (Infinity on cpu). Absent:
+   * no limit is checked (planning needs no device; `largest.fits` is then undefined).
+   */
+  limit?: BindingLimit;
+}
+
+/** A device's per-binding limit: bytes (Infinity on cpu) and the device's name ("webgpu"). */
+export interface BindingLimit {
+  bytes: number;
+  device: string;
 }
 
 /** One line of the plan. */
@@ -42,7 +51,9 @@ export interface MemoryPlan {
   params: number;
   byDType: Partial<Record<WeightDType, number>>;
   /** The largest part of a packed weight (which must fit one binding; f32 tensors may be split) and whether it fits. */
-  largest: { name: string; bytes: number; fits: boolean };
+  largest: { name: string; bytes: number; fits?: boolean };
+  /** The limit `largest` was checked against, when one was given. */
+  limit?: BindingLimit;
 }
 
 /**
@@ -98,7 +109,7 @@ export function memoryPlan(config: LlamaConfig, stored: (name: string) => Weight
     lines.push({ what: "adamw", bytes: 2 * loraParams * f32, note: "first and second moments" });
   }
   const total = lines.reduce((a, l) => a + l.bytes, 0);
-  return { lines, total, params, byDType, largest: { ...largest, fits: largest.bytes <= opts.maxBindingBytes } };
+  return { lines, total, params, byDType, largest: opts.limit ? { ...largest, fits: largest.bytes <= opts.limit.bytes } : largest, ...(opts.limit ? { limit: opts.limit } : {}) };
 }
 
 /**
@@ -126,13 +137,18 @@ export function gb(bytes: number): string {
   return bytes >= 1e5 ? `${(bytes / 1e6).toFixed(1)} MB` : `${(bytes / 1e3).toFixed(1)} KB`;
 }
 
-/** The plan as lines for a terminal: one per part, the total, and the binding check. */
-export function formatPlan(p: MemoryPlan, maxBindingBytes: number): string[] {
+/**
+ * The plan as lines for a terminal: one per part, the total, and the largest packed weight with
+ * the binding check, naming the device whose limit it is (or saying that none was checked).
+ */
+export function formatPlan(p: MemoryPlan): string[] {
   const lines = p.lines.map((l) => `${l.what.padEnd(12)} ${gb(l.bytes).padStart(10)}  ${l.note}`);
   lines.push(`${"total".padEnd(12)} ${gb(p.total).padStart(10)}  ${p.params >= 1e8 ? `${(p.params / 1e9).toFixed(2)} B` : `${(p.params / 1e6).toFixed(2)} M`} parameters, ${((p.lines[0]!.bytes) / p.params).toFixed(3)} bytes each`);
-  const limit = Number.isFinite(maxBindingBytes) ? gb(maxBindingBytes) : "none";
   if (p.largest.bytes > 0) {
-    lines.push(`${"largest".padEnd(12)} ${gb(p.largest.bytes).padStart(10)}  ${p.largest.name}, packed, in one binding (limit ${limit})${p.largest.fits ? "" : ": too large for this device"}`);
+    const l = p.limit;
+    const check = !l ? "no device limit checked" : `limit ${Number.isFinite(l.bytes) ? gb(l.bytes) : "none"} on the ${l.device} device`;
+    const verdict = l && p.largest.fits === false ? `: too large for the ${l.device} device` : "";
+    lines.push(`${"largest".padEnd(12)} ${gb(p.largest.bytes).padStart(10)}  ${p.largest.name}, packed, in one binding (${check})${verdict}`);
   }
   return lines;
 }
