@@ -192,6 +192,22 @@ describe("train --out that holds a finished adapter", () => {
   });
 });
 
+describe("train --resume from a damaged checkpoint", () => {
+  it("names trainer_state.json and what to remove", async () => {
+    const SAMPLE = (JSON.parse(readFileSync(join(ROOT, "src", "eval", "sample_data.json"), "utf8")) as { files: Record<string, unknown[]> }).files;
+    const questions = join(tmp, "resume_pairs.json");
+    writeFileSync(questions, JSON.stringify(SAMPLE["snli/snli_zh10k_train_question.json"]));
+    const out = join(tmp, "truncated-checkpoint");
+    const checkpoint = join(out, "checkpoint");
+    mkdirSync(checkpoint, { recursive: true });
+    writeFileSync(join(checkpoint, "trainer_state.json"), '{"version": 1, "step": 4, "ep'); // cut short, as a full disk leaves it
+    const r = runCli(["train", "--model", await ensureTinyModel(), "--data", questions, "--max-train-samples", "8", "--epochs", "1", "--device", "cpu", "--out", out, "--resume"]);
+    expect(r.status).toBe(1);
+    const file = join(checkpoint, "trainer_state.json");
+    expect(r.stderr.trim().split("\n").at(-1)).toMatch(new RegExp(`${file.replace(/[.]/g, "\\.")}.*cannot be read back \\(.*\\); remove ${checkpoint.replace(/[.]/g, "\\.")} to train again from the start`));
+  });
+});
+
 describe("lens and pca --out hold one run", () => {
   const probe = ["--task", "snli", "--langs", "en", "--protocol", "qalign", "--limit", "2", "--shots", "0", "--data", "sample", "--device", "cpu", "--quiet"];
   const interp = async (command: string, out: string, ...extra: string[]) => runCli([command, "--model", await ensureTinyModel(), ...probe, "--out", out, ...extra]);

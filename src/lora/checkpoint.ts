@@ -97,7 +97,8 @@ export async function loadCheckpoint(
   try {
     saved = JSON.parse(await readFile(stateFile, "utf8"));
   } catch (e) {
-    throw new CheckpointError(stateFile, `cannot read: ${(e as Error).message}`);
+    // A disk that filled up (or an edit) cut it short: without it the steps saved cannot continue.
+    throw new CheckpointError(stateFile, `cannot be read back (${(e as Error).message}); remove ${src} to train again from the start`);
   }
   if (saved.version !== 1) throw new CheckpointError(stateFile, `unknown version ${saved.version}`);
   const counts = [saved.step, saved.epoch, saved.microBatch, saved.adamStep];
