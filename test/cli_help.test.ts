@@ -1,3 +1,5 @@
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { TINY_DEFAULTS } from "../src/cli/align.ts";
 import { CliError, parse, type OptionTable } from "../src/cli/args.ts";
@@ -7,7 +9,7 @@ import { DEFAULT_PROTOCOL } from "../src/eval/protocol.ts";
 import { TASKS } from "../src/eval/tasks.ts";
 import { LORA_DEFAULTS } from "../src/lora/layer.ts";
 import { TRAIN_DEFAULTS } from "../src/lora/trainer.ts";
-import { runCli } from "./helpers/cli.ts";
+import { ROOT, runCli } from "./helpers/cli.ts";
 
 /**
  * `--help` against the parser: every command's help lists exactly the options its parser accepts,
@@ -135,5 +137,19 @@ describe("option names", () => {
     expect(recipe.seed).toBe(3);
     expect(trainingRecipe("align", parse("align", ["--target-modules", "all-linear"], TRAINING_OPTIONS), 0).lora.target_modules).toBe("all-linear");
     expect(() => trainingRecipe("align", parse("align", ["--lora-alpha", "0"], TRAINING_OPTIONS), 0)).toThrow('align: --lora-alpha must be a number > 0, got "0"');
+  });
+});
+
+describe("README", () => {
+  it("names exactly the commands whose option tables have --device, and the others as taking none", async () => {
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8").replace(/\s*\n\s*/g, " ");
+    const sentence = /The commands that take `--device` are (.+?) take none/.exec(readme)?.[1];
+    expect(sentence, "the README's --device sentence").toBeDefined();
+    const [take, none] = sentence!.split(";");
+    const commandsIn = (text: string) => [...new Set([...text.matchAll(/`([a-z]+)`/g)].map((m) => m[1]!))].filter((c) => c in COMMANDS).sort();
+    const withDevice: string[] = [];
+    for (const [name, c] of Object.entries(COMMANDS)) if ("device" in (await c.load()).options) withDevice.push(name);
+    expect(commandsIn(take!)).toEqual(withDevice.sort());
+    expect(commandsIn(none!)).toEqual(Object.keys(COMMANDS).filter((c) => !withDevice.includes(c)).sort());
   });
 });
