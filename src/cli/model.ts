@@ -26,7 +26,13 @@ export async function loadForCli(command: string, values: Record<string, unknown
   const lines = formatPlan(plan).filter((l) => usage !== undefined || /^(weights|largest)/.test(l));
   const say = progress ? (l: string) => progress.say(l) : (l: string) => void process.stderr.write(`${l}\n`);
   for (const line of lines) say(`${command}: plan: ${line}`);
-  const model = await loadModel(dir, { device: be, dtype, quantizeEmbeddings, onProgress: progress?.counter(`loading ${basename(dir)}`, "bytes") });
+  const model = await loadModel(dir, {
+    device: be,
+    dtype,
+    quantizeEmbeddings,
+    onProgress: progress?.counter(`loading ${basename(dir)}`, "bytes"),
+    onWarning: (w) => say(`${command}: warning: ${w}`),
+  });
   if (typeof values.adapter === "string") await loadCheckedAdapter(model, values.adapter, dir, progress);
   return model;
 }

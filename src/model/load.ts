@@ -11,7 +11,7 @@ import { PackedWeight, WEIGHT_COL_MULTIPLE, assertWeightDType, type HostWeight, 
 import { bnbPackedShape, isBnb4bit, isBnbCompanion, readBnb4bit } from "./bnb.ts";
 import { loadConfig, type LlamaConfig } from "./config.ts";
 import { DecoderLayer, Linear, LlamaModel, type LayerModules } from "./llama.ts";
-import { LAYER_MODULES, expectedShape, expectedWeights, layerPrefix } from "./params.ts";
+import { LAYER_MODULES, expectedShape, expectedWeightCount, expectedWeights, layerPrefix } from "./params.ts";
 import { CheckpointError, openCheckpoint, type Checkpoint } from "./safetensors.ts";
 
 /**
@@ -31,23 +31,47 @@ import { CheckpointError, openCheckpoint, type Checkpoint } from "./safetensors.
 /** Keys that HF checkpoints may carry and that the model does not use. */
 const IGNORED = [/\.rotary_emb\.inv_freq$/];
 
+/** The config.json sizes that enter tensor shapes, as `field value` pairs for an error message. */
+function sizeFields(config: LlamaConfig): string {
+  const fields = ["vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim"] as const;
+  return fields.map((f) => `${f} ${config[f]}`).join(", ");
+}
+
 /**
- * Checks the checkpoint against the config: missing tensors, shape mismatches, unexpected keys.
- * @throws CheckpointError naming the file, the tensor, and the expected and found shapes.
+ * Checks the checkpoint against the config: num_hidden_layers against the layers the files hold
+ * first (so that a hostile value costs nothing), then missing tensors, shape mismatches, unexpected
+ * keys. Every loop below is bounded by the files' own tensor count.
+ * @throws CheckpointError naming config.json and num_hidden_layers when the config implies more
+ *   layers than the files hold; else naming the file, the tensor, the expected and found
+ *   shapes and the config sizes behind them.
  */
 export function validateCheckpoint(config: LlamaConfig, ckpt: Checkpoint, dir: string): void {
+  const held = ckpt.names();
+  // Layers the files hold: one past the highest layer index of their keys.
+  const layers = held.reduce((n, name) => Math.max(n, Number(/^model\.layers\.(\d+)\./.exec(name)?.[1] ?? -1) + 1), 0);
+  if (config.num_hidden_layers > layers) {
+    throw new CheckpointError(
+      `${dir}/config.json`,
+      `field "num_hidden_layers" is ${config.num_hidden_layers}, which implies ${expectedWeightCount(config)} tensors, but the checkpoint holds ${held.length} tensors in ${layers} layers`,
+    );
+  }
+  // From here L <= layers, and the lazy walk below stops at the first missing tensor, so it
+  // visits at most one tensor more than the files hold.
   for (const [name, shape] of expectedWeights(config)) {
-    if (!ckpt.has(name)) throw new CheckpointError(dir, `missing tensor (expected shape [${shape}])`, name);
+    if (!ckpt.has(name)) {
+      const untied = name === "lm_head.weight" ? "; config.json's tie_word_embeddings is false" : "";
+      throw new CheckpointError(dir, `missing tensor (expected shape [${shape}])${untied}`, name);
+    }
     const info = ckpt.info(name);
     if (isBnb4bit(ckpt, name)) {
       if (info.dtype !== "U8" || info.shape.join() !== bnbPackedShape(shape).join()) {
         throw new CheckpointError(info.file, `a 4-bit weight of [${shape}] is saved as U8 [${bnbPackedShape(shape)}], found ${info.dtype} [${info.shape}]`, name);
       }
     } else if (info.shape.join() !== shape.join()) {
-      throw new CheckpointError(info.file, `shape [${info.shape}] disagrees with config.json, which implies [${shape}]`, name);
+      throw new CheckpointError(info.file, `shape [${info.shape}] disagrees with config.json, which implies [${shape}] (${sizeFields(config)})`, name);
     }
   }
-  for (const name of ckpt.names()) {
+  for (const name of held) {
     if (expectedShape(config, name) !== null || IGNORED.some((re) => re.test(name)) || isBnbCompanion(ckpt, name)) continue;
     // A tied checkpoint may still store lm_head.weight (a copy of the embedding); HF ignores it.
     if (name === "lm_head.weight" && config.tie_word_embeddings) continue;
@@ -73,6 +97,30 @@ export interface LoadOptions {
    * a user picked. Only the byte ranges of the tensors are read.
    */
   files?: Files;
+  /**
+   * Called with each warning about the checkpoint (it loads nonetheless): a tied checkpoint
+   * whose stored lm_head.weight differs from the embedding. The library prints nothing itself.
+   */
+  onWarning?: (message: string) => void;
+}
+
+/** Bytes per read when comparing two stored tensors: bounded host memory for any tensor size. */
+const COMPARE_CHUNK = 1 << 22;
+
+/**
+ * Whether tensors `a` and `b` of the checkpoint hold the same dtype, shape and stored bytes,
+ * read COMPARE_CHUNK bytes at a time (never a whole tensor in host memory).
+ */
+async function sameStoredTensor(ckpt: Checkpoint, a: string, b: string): Promise<boolean> {
+  const [ia, ib] = [ckpt.info(a), ckpt.info(b)];
+  if (ia.dtype !== ib.dtype || ia.shape.join() !== ib.shape.join()) return false;
+  const bytes = ia.byteRange[1] - ia.byteRange[0];
+  for (let at = 0; at < bytes; at += COMPARE_CHUNK) {
+    const end = Math.min(at + COMPARE_CHUNK, bytes);
+    const [x, y] = await Promise.all([ckpt.readRawRange(a, at, end), ckpt.readRawRange(b, at, end)]);
+    for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  }
+  return true;
 }
 
 /** The decoder Linear weights that NF4 quantizes (transformers' bitsandbytes integration replaces every nn.Linear but lm_head). */
@@ -133,6 +181,12 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Ll
   const loaded: WeightLike[] = [];
   try {
     validateCheckpoint(config, ckpt, dir);
+    // transformers ties lm_head to the embedding whatever the file stores; say so when they differ.
+    if (config.tie_word_embeddings && ckpt.has("lm_head.weight") && !(await sameStoredTensor(ckpt, "lm_head.weight", "model.embed_tokens.weight"))) {
+      opts.onWarning?.(
+        `${ckpt.info("lm_head.weight").file}: lm_head.weight differs from model.embed_tokens.weight, and config.json's tie_word_embeddings is true: the embedding is used as lm_head (as transformers does)`,
+      );
+    }
     for (const [name, shape] of expectedWeights(config)) {
       const target = deviceDType(name, shape, storedDType(ckpt, name), opts);
       if (target !== "f32" && shape[1]! % WEIGHT_COL_MULTIPLE !== 0) {

@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { weightBytes, type WeightDType } from "../tensor/weight.ts";
 import { loadConfig, type LlamaConfig } from "./config.ts";
-import { deviceDType, storedDType, type LoadOptions } from "./load.ts";
+import { deviceDType, storedDType, validateCheckpoint, type LoadOptions } from "./load.ts";
 import { checkpointTensors, moduleName } from "./params.ts";
 import { INDEX_FILE, SINGLE_FILE, openCheckpoint } from "./safetensors.ts";
 
@@ -115,7 +115,8 @@ export function memoryPlan(config: LlamaConfig, stored: (name: string) => Weight
 /**
  * The plan of the checkpoint folder `dir`: its tensors' stored dtypes from the safetensors
  * headers, or, for a folder with only config.json, every tensor in its `torch_dtype`.
- * @throws CheckpointError for a bad config.json or safetensors header.
+ * @throws CheckpointError for a bad config.json or safetensors header, or a checkpoint that
+ *   disagrees with its config (see validateCheckpoint).
  */
 export async function planForDir(dir: string, opts: PlanOptions): Promise<MemoryPlan> {
   const config = await loadConfig(dir);
@@ -125,6 +126,8 @@ export async function planForDir(dir: string, opts: PlanOptions): Promise<Memory
   }
   const ckpt = await openCheckpoint(dir);
   try {
+    // Checked first: the plan walks every tensor the config implies, which the files bound.
+    validateCheckpoint(config, ckpt, dir);
     return memoryPlan(config, (name) => storedDType(ckpt, name), opts);
   } finally {
     await ckpt.close();

@@ -76,6 +76,12 @@ export interface Checkpoint {
    * @throws CheckpointError for a missing tensor or a short read.
    */
   readRaw(name: string): Promise<Uint8Array>;
+  /**
+   * Bytes [begin, end) of a tensor's stored data (offsets relative to its first byte), to read
+   * a large tensor by chunk.
+   * @throws CheckpointError for a missing tensor, a range outside the tensor, or a short read.
+   */
+  readRawRange(name: string, begin: number, end: number): Promise<Uint8Array>;
   /** Closes the file handles; reads after `close()` fail. */
   close(): Promise<void>;
 }
@@ -276,6 +282,14 @@ export class SafetensorsFile implements Checkpoint {
     return new Uint8Array(await this.readBytes(name, this.info(name)));
   }
 
+  async readRawRange(name: string, begin: number, end: number): Promise<Uint8Array> {
+    const [start, stop] = this.info(name).byteRange;
+    if (!(0 <= begin && begin <= end && start + end <= stop)) {
+      throw new CheckpointError(this.file, `byte range [${begin}, ${end}) is outside the tensor's ${stop - start} bytes`, name);
+    }
+    return readRange(this.reader, start + begin, start + end, this.file, name);
+  }
+
   async close(): Promise<void> {
     await this.reader.close();
   }
@@ -344,6 +358,10 @@ class ShardedCheckpoint implements Checkpoint {
 
   async readRaw(name: string): Promise<Uint8Array> {
     return this.shard(name).readRaw(name);
+  }
+
+  async readRawRange(name: string, begin: number, end: number): Promise<Uint8Array> {
+    return this.shard(name).readRawRange(name, begin, end);
   }
 
   async close(): Promise<void> {
