@@ -114,7 +114,7 @@ describe("qalign train", () => {
     expect(r.stderr).toContain("warning: 1 optimizer step, at learning rate 0 (the warmup starts at 0): nothing will be trained");
     // The step's progress line on a piped stderr.
     expect(r.stderr).toMatch(/^training: 1\/1 steps \| [\d.]+ steps\/s \| done \| epoch 1\.00 \| loss [\d.]+ \| lr 0\.00e\+0 \| \d+ tok\/s$/m);
-    expect(readdirSync(out).sort()).toEqual(["adapter_config.json", "adapter_model.safetensors", "provenance.json"]);
+    expect(readdirSync(out).sort()).toEqual(["adapter_config.json", "adapter_model.safetensors", "provenance.json", "training.json"]);
     const provenance = JSON.parse(readFileSync(join(out, "provenance.json"), "utf8")) as Provenance;
     expect(provenance.data).toEqual({ source: "files", sha256: { [file]: createHash("sha256").update(readFileSync(file)).digest("hex") } });
     expect(provenance.model!.sha256["config.json"]).toBe(createHash("sha256").update(readFileSync(join(dir, "config.json"))).digest("hex"));
