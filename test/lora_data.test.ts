@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
@@ -8,6 +8,7 @@ import { loadModel } from "../src/model/load.ts";
 import { loadTokenizer } from "../src/model/tokenizer.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 import { fixtureDir } from "./helpers/fixtures.ts";
+import { sharedDataOrSkip } from "./helpers/shared_data.ts";
 
 /**
  * Question-translation data (reading, malformed items, split, tokenisation, truncation) and the
@@ -16,7 +17,6 @@ import { fixtureDir } from "./helpers/fixtures.ts";
 const cpu = qa.cpuDevice();
 const tmp = mkdtempSync(join(tmpdir(), "qalign-data-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-const SHARED = join(import.meta.dirname, "..", "..", "shared", "data", "qalign", "snli");
 
 function jsonFile(name: string, value: unknown): string {
   const file = join(tmp, name);
@@ -86,12 +86,8 @@ describe("readQuestionPairs", () => {
   });
 
   test("mixes files in order (the shared zh and es question files, when present)", async (ctx) => {
-    const files = ["zh", "es"].map((l) => join(SHARED, `snli_${l}10k_train_question.json`));
-    if (!files.every(existsSync)) {
-      if (process.env.CI) throw new Error(`shared data missing in CI: ${files.join(", ")}`);
-      console.log(`skipped: ${SHARED} is absent`);
-      return ctx.skip();
-    }
+    const snli = join(sharedDataOrSkip(ctx), "snli");
+    const files = ["zh", "es"].map((l) => join(snli, `snli_${l}10k_train_question.json`));
     const { pairs, issues } = await qa.readQuestionPairs(files);
     expect(issues).toEqual([]);
     expect(pairs).toHaveLength(20000);

@@ -13,6 +13,7 @@ import type { Provenance } from "../src/io/provenance.ts";
 import { runCli } from "./helpers/cli.ts";
 import { fixtureDir } from "./helpers/fixtures.ts";
 import { expectClose } from "./helpers/close.ts";
+import { sharedDataOrSkip } from "./helpers/shared_data.ts";
 
 /**
  * The trainer: schedule, accumulation, a real (small) question-alignment run, and checkpoints
@@ -22,7 +23,6 @@ import { expectClose } from "./helpers/close.ts";
 const cpu = qa.cpuDevice();
 const tmp = mkdtempSync(join(tmpdir(), "qalign-train-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-const ZH = join(import.meta.dirname, "..", "..", "shared", "data", "qalign", "snli", "snli_zh10k_train_question.json");
 
 /** Seeded synthetic sequences of 5-11 tokens over the fixture vocabulary. */
 function synthetic(n: number, seed: number): qa.Example[] {
@@ -72,11 +72,7 @@ describe("gradient accumulation", () => {
 
 describe("question alignment on the shared data", () => {
   test("training the tiny model on a zh slice lowers the validation loss", async (ctx) => {
-    if (!existsSync(ZH)) {
-      if (process.env.CI) throw new Error(`shared data missing in CI: ${ZH}`);
-      console.log(`skipped: ${ZH} is absent`);
-      return ctx.skip();
-    }
+    const ZH = join(sharedDataOrSkip(ctx), "snli", "snli_zh10k_train_question.json");
     const dir = await ensureTinyModel();
     const model = await loadModel(dir, { device: cpu });
     const tokenizer = (await loadTokenizer(dir))!;
