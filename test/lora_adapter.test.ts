@@ -5,10 +5,11 @@ import { afterAll, describe, expect, test } from "vitest";
 import * as qa from "../src/index.ts";
 import { loadModel } from "../src/model/load.ts";
 import { Linear, type LlamaModel } from "../src/model/llama.ts";
-import { CheckpointError, openSafetensors, writeSafetensors } from "../src/model/safetensors.ts";
+import { openSafetensors, writeSafetensors } from "../src/model/safetensors.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 import { runCli } from "./helpers/cli.ts";
 import { expectClose } from "./helpers/close.ts";
+import { expectCheckpointError } from "./helpers/errors.ts";
 import { fixtureDir, maxAbs } from "./helpers/fixtures.ts";
 
 /**
@@ -38,16 +39,6 @@ function adapterWith(name: string, patch: Record<string, unknown>): string {
   const config = { ...JSON.parse(readFileSync(join(dir, "adapter_config.json"), "utf8")), ...patch };
   writeFileSync(join(dir, "adapter_config.json"), JSON.stringify(config));
   return dir;
-}
-
-/** Expects a CheckpointError whose message contains every fragment. */
-async function expectCheckpointError(p: Promise<unknown>, ...fragments: string[]): Promise<void> {
-  const err = await p.then(
-    () => expect.unreachable("expected a CheckpointError"),
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(CheckpointError);
-  for (const f of fragments) expect((err as Error).message).toContain(f);
 }
 
 describe("applyLora", () => {

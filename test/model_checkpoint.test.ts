@@ -14,6 +14,7 @@ import {
 import { loadConfig, parseConfig, type LlamaConfig } from "../src/model/config.ts";
 import { expectedShape, expectedWeightCount, expectedWeights } from "../src/model/params.ts";
 import { ropeInvFreq } from "../src/model/rope.ts";
+import { expectCheckpointError } from "./helpers/errors.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "qalign-ckpt-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -33,16 +34,8 @@ function craft(header: unknown, data: number | Uint8Array, headerLen?: bigint): 
 }
 
 /** Expects a CheckpointError whose message names `file`, `tensor` (when given) and matches `pattern`. */
-async function expectError(p: Promise<unknown>, file: string, tensor: string | undefined, pattern: RegExp): Promise<void> {
-  const err = await p.then(
-    () => expect.unreachable("expected a CheckpointError"),
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(CheckpointError);
-  const msg = (err as Error).message;
-  expect(msg).toContain(file);
-  if (tensor !== undefined) expect(msg).toContain(`"${tensor}"`);
-  expect(msg).toMatch(pattern);
+function expectError(p: Promise<unknown>, file: string, tensor: string | undefined, pattern: RegExp): Promise<void> {
+  return expectCheckpointError(p, file, ...(tensor === undefined ? [] : [`"${tensor}"`]), pattern);
 }
 
 const f32 = (shape: number[], begin: number) => ({

@@ -4,9 +4,10 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { loadModel } from "../src/model/load.ts";
 import { planForDir } from "../src/model/plan.ts";
-import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../src/model/safetensors.ts";
+import { openSafetensors, writeSafetensors, type TensorToWrite } from "../src/model/safetensors.ts";
 import { CpuBackend } from "../src/kernels/cpu.ts";
 import { runCli } from "./helpers/cli.ts";
+import { expectCheckpointError } from "./helpers/errors.ts";
 
 /**
  * Hostile configs beside real checkpoints: every size config.json implies is checked against
@@ -34,16 +35,8 @@ function withConfig(name: string, edit: Record<string, unknown>): string {
 }
 
 /** Expects `p` to reject with a CheckpointError naming a file of `dir`, config.json, and matching each of `patterns`. */
-async function expectConfigError(p: Promise<unknown>, dir: string, patterns: RegExp[]): Promise<void> {
-  const err = await p.then(
-    () => expect.unreachable("expected a CheckpointError"),
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(CheckpointError);
-  const message = (err as Error).message;
-  expect(message).toContain(dir);
-  expect(message).toContain("config.json");
-  for (const re of patterns) expect(message).toMatch(re);
+function expectConfigError(p: Promise<unknown>, dir: string, patterns: RegExp[]): Promise<void> {
+  return expectCheckpointError(p, dir, "config.json", ...patterns);
 }
 
 const ABSURD = 100_000_000;
