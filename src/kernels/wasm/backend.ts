@@ -12,7 +12,6 @@ import type {
 import type { DType, HostArray } from "../../tensor/dtype.ts";
 import { CpuBackend } from "../cpu.ts";
 import { attentionBackwardRef, attentionRef } from "../attention.ts";
-import { attentionSizes } from "../checks.ts";
 import { crossEntropyBackwardRef, crossEntropyRef, crossEntropyTarget } from "../cross_entropy.ts";
 import { rmsNormRef } from "../rmsnorm.ts";
 import { softmaxRef } from "../softmax.ts";
@@ -327,7 +326,6 @@ export class WasmBackend extends CpuBackend {
       attentionRef(ins, outs, g);
       return;
     }
-    attentionSizes("attention", g); // checks the head grouping
     for (const x of [ins.q, ins.k, ins.v]) if (!this.buffers.has(x.buffer)) throw new TypeError("attention: storage does not belong to this wasm backend");
     const rows = g.B * g.H * g.Tq;
     const temps: HostArray[] = [];
@@ -364,7 +362,6 @@ export class WasmBackend extends CpuBackend {
       attentionBackwardRef(ins, grads, g);
       return;
     }
-    attentionSizes("attentionBackward", g); // checks the head grouping
     for (const x of arrays) if (!this.buffers.has(x.buffer)) throw new TypeError("attentionBackward: storage does not belong to this wasm backend");
     const mask = ins.keyMask ? this.maskOf(ins.keyMask, g) : null;
     try {
