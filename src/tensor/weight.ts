@@ -6,7 +6,7 @@ import { track, type Disposable } from "./scope.ts";
  * Frozen weight matrices stored on the device in a narrower form than f32: bf16 and f16 (two
  * bytes a weight, packed two per u32 on webgpu, a Uint16Array on cpu) and NF4 (bitsandbytes'
  * 4-bit NormalFloat: two weights a byte plus an f32 absmax per block of 64, 0.5625 bytes a
- * weight; see src/kernels/nf4.ts). The kernels that use a weight (the matmul x W^T and its input
+ * weight; see src/tensor/nf4.ts). The kernels that use a weight (the matmul x W^T and its input
  * gradient g W, the matrix-vector product of decoding, the embedding gather) read this form
  * and dequantize in registers, accumulating in f32: no f32 copy of the weight exists on the
  * device. Activations, LoRA weights, gradients and optimizer state stay f32 tensors.
