@@ -23,23 +23,9 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-def read_safetensors(path):
-    """name -> float32 tensor, from a safetensors file (8-byte header length, JSON header, data)."""
-    raw = Path(path).read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
-    data = raw[8 + n:]
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = meta["data_offsets"]
-        t = torch.frombuffer(bytearray(data[begin:end]), dtype=DTYPES[meta["dtype"]])
-        out[name] = t.reshape(meta["shape"]).to(torch.float32)
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
+import make_fixtures as mf  # noqa: E402  (the safetensors reader)
 
 
 class Llama(torch.nn.Module):
@@ -118,7 +104,7 @@ def main():
         sys.exit("usage: export_onnx.py CHECKPOINT_DIR OUT.onnx")
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = json.loads((src / "config.json").read_text())
-    model = Llama(cfg, read_safetensors(src / "model.safetensors")).eval()
+    model = Llama(cfg, {k: v.to(torch.float32) for k, v in mf.read_safetensors(src / "model.safetensors").items()}).eval()
     L, Hkv, Dh = model.L, model.Hkv, model.Dh
     names = [f"past_{kind}_{l}" for l in range(L) for kind in ("key", "value")]
     present = [n.replace("past_", "present_") for n in names]

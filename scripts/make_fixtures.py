@@ -144,6 +144,26 @@ def write_safetensors(path, tensors, metadata):
     return offset
 
 
+def read_safetensors(path):
+    """{name: tensor in its stored dtype} of a safetensors file written as above (F32, F16, BF16 only:
+    the committed fixtures; no `safetensors` package here). Halves go through int16 because
+    torch.frombuffer cannot read bfloat16 in every PyTorch version."""
+    raw = Path(path).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    body = raw[8 + n:]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        dtype = TORCH_DTYPE[info["dtype"]]
+        half = dtype in (torch.float16, torch.bfloat16)
+        t = torch.frombuffer(bytearray(body[begin:end]), dtype=torch.int16 if half else dtype)
+        out[name] = (t.view(dtype) if half else t).reshape(info["shape"])
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Weights
 

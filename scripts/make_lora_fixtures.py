@@ -51,26 +51,6 @@ CASES = {
 }
 LENGTHS, PROMPT_LENS = [8, 6], [3, 4]
 
-TORCH = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-def read_safetensors(path):
-    """The tensors of one safetensors file (no `safetensors` package here)."""
-    raw = path.read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        data = bytearray(raw[8 + n + begin:8 + n + end])
-        half = info["dtype"] in ("F16", "BF16")
-        t = torch.frombuffer(data, dtype=torch.int16 if half else TORCH[info["dtype"]])
-        out[name] = (t.view(TORCH[info["dtype"]]) if half else t).reshape(info["shape"])
-    return out
-
-
 def module_path(layer, name):
     return f"model.layers.{layer}.{'mlp' if name in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{name}"
 
@@ -92,7 +72,7 @@ def peft_config(case):
 
 def write_case(name, case):
     cfg = json.loads((MODELS / case["model"] / "config.json").read_text())
-    weights = read_safetensors(MODELS / case["model"] / "model.safetensors")
+    weights = mf.read_safetensors(MODELS / case["model"] / "model.safetensors")
     gen = torch.Generator().manual_seed(case["seed"])
     r = case["r"]
     scaling = case["lora_alpha"] / (math.sqrt(r) if case["use_rslora"] else r)

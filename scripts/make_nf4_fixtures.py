@@ -44,7 +44,6 @@ Writes:
       `dequantized.<linear>.weight` F32 [out, in] for every quantized weight.
 """
 import json
-import struct
 import sys
 from pathlib import Path
 
@@ -112,26 +111,6 @@ def decompress(offset, q, nested):
     return dequantize_blockwise(q, nested, dynamic_map(), NESTED_BLOCK) + offset
 
 
-def read_safetensors(path):
-    """{name: tensor} of a safetensors file (F32, F16, BF16 only: the committed fixtures)."""
-    raw = Path(path).read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    body = raw[8 + n:]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        lo, hi = info["data_offsets"]
-        chunk = bytearray(body[lo:hi])
-        if info["dtype"] == "BF16":
-            t = torch.frombuffer(chunk, dtype=torch.int16).view(torch.bfloat16)
-        else:
-            t = torch.frombuffer(chunk, dtype={"F32": torch.float32, "F16": torch.float16}[info["dtype"]])
-        out[name] = t.reshape(info["shape"]).clone()
-    return out
-
-
 def write_blocks():
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(1000, generator=gen, dtype=torch.float32)
@@ -158,7 +137,7 @@ DTYPE_NAME = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16
 def write_quantized(name, source, nested):
     src = ROOT / "models" / source
     cfg = json.loads((src / "config.json").read_text())
-    weights = read_safetensors(src / "model.safetensors")
+    weights = mf.read_safetensors(src / "model.safetensors")
     dtype = next(iter(weights.values())).dtype
     saved, deq = {}, {}
     for key, w in weights.items():
