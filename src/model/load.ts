@@ -187,15 +187,18 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Ll
         `${ckpt.info("lm_head.weight").file}: lm_head.weight differs from model.embed_tokens.weight, and config.json's tie_word_embeddings is true: the embedding is used as lm_head (as transformers does)`,
       );
     }
+    // Each tensor's device dtype, decided (and checked against the packed layouts) once.
+    const targets = new Map<string, WeightDType>();
     for (const [name, shape] of expectedWeights(config)) {
       const target = deviceDType(name, shape, storedDType(ckpt, name), opts);
       if (target !== "f32" && shape[1]! % WEIGHT_COL_MULTIPLE !== 0) {
         throw new CheckpointError(ckpt.info(name).file, `[${shape}] cannot be stored ${target}: its columns are not a multiple of ${WEIGHT_COL_MULTIPLE} (load with dtype "f32")`, name);
       }
+      targets.set(name, target);
     }
     // Validated: every key below exists with the shape expectedShape gives.
     const bytes = (name: string) => ckpt.info(name).byteRange[1] - ckpt.info(name).byteRange[0];
-    const totalBytes = [...expectedWeights(config)].reduce((sum, [name]) => sum + bytes(name), 0);
+    const totalBytes = [...targets.keys()].reduce((sum, name) => sum + bytes(name), 0);
     let bytesRead = 0;
     opts.onProgress?.(0, totalBytes);
     const read = (name: string) => {
@@ -210,7 +213,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Ll
     };
     const matrix = async (name: string): Promise<WeightLike> => {
       const shape = expectedShape(config, name)! as [number, number];
-      const host = await readMatrix(ckpt, name, shape, deviceDType(name, shape, storedDType(ckpt, name), opts));
+      const host = await readMatrix(ckpt, name, shape, targets.get(name)!);
       let w: WeightLike;
       try {
         w = host instanceof Float32Array ? tensor(host, { device, shape }) : PackedWeight.upload(device, host, ...shape);
