@@ -126,7 +126,12 @@ async function sameStoredTensor(ckpt: Checkpoint, a: string, b: string): Promise
 /** The decoder Linear weights that NF4 quantizes (transformers' bitsandbytes integration replaces every nn.Linear but lm_head). */
 const QUANTIZABLE = /\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$/;
 
-/** How `name` is stored in the checkpoint, as a weight dtype. */
+/**
+ * How tensor `name` is stored in the checkpoint, as a weight dtype: "nf4" for a bitsandbytes
+ * 4-bit weight (bnb.ts), "bf16"/"f16" for BF16/F16, else "f32" (F32, F64 and the integer dtypes,
+ * which readF32 converts or refuses).
+ * @throws CheckpointError when `name` is not in the checkpoint, or is stored FP4 (unsupported).
+ */
 export function storedDType(ckpt: Checkpoint, name: string): WeightDType {
   if (isBnb4bit(ckpt, name)) return "nf4";
   const d = ckpt.info(name).dtype;
@@ -135,7 +140,9 @@ export function storedDType(ckpt: Checkpoint, name: string): WeightDType {
 
 /**
  * The device dtype of tensor `name` [shape] stored as `stored`, under `opts` (see the file
- * comment): vectors (norms, biases) f32; matrices as `opts.dtype`, else as stored.
+ * comment): vectors (norms, biases) f32; matrices as `opts.dtype`, else as stored; with dtype
+ * "nf4", only the decoder's Linear weights unless `quantizeEmbeddings` (as transformers'
+ * bitsandbytes integration). A pure decision: it throws nothing (loadModel checks the columns).
  */
 export function deviceDType(name: string, shape: readonly number[], stored: WeightDType, opts: Pick<LoadOptions, "dtype" | "quantizeEmbeddings">): WeightDType {
   if (shape.length !== 2) return "f32";

@@ -440,7 +440,12 @@ export interface TensorToWrite {
   data: Float32Array;
 }
 
-/** The bytes of one tensor in its on-disk dtype. */
+/**
+ * The bytes of one tensor in its on-disk dtype, little-endian: F32 as a view of `data` (no
+ * copy), F16/BF16 rounded to nearest even from the float32 values (tensor/half.ts). `data` is
+ * row-major with `shape`'s element count; that is not checked here (writeSafetensors checks it,
+ * writeSafetensorsStream checks the byte count).
+ */
 export function encodeTensor(t: TensorToWrite): Uint8Array {
   if (t.dtype === "F32") return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
   const half = t.dtype === "F16" ? f32ToF16(t.data) : f32ToBf16(t.data);
