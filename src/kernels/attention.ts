@@ -24,7 +24,7 @@ import { attentionSizes } from "./checks.ts";
  * given).
  * @param keyMask [B, Tk], any dtype, or null
  */
-export function attentionVisible(g: AttentionGeometry, keyMask: HostArray | null, b: number, i: number, j: number): boolean {
+function attentionVisible(g: AttentionGeometry, keyMask: HostArray | null, b: number, i: number, j: number): boolean {
   const pos = g.Tk - g.Tq + i;
   if (g.causal && j > pos) return false;
   if (g.window > 0 && j <= pos - g.window) return false;

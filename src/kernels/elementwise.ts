@@ -36,7 +36,7 @@ export interface HostView extends StridedLayout {
  *
  * `at` is reused between calls: read it inside `visit`, do not keep it.
  */
-export function forEachStrided(
+function forEachStrided(
   shape: readonly number[],
   layouts: readonly StridedLayout[],
   visit: (i: number, at: readonly number[]) => void,

@@ -23,7 +23,7 @@ import { MAX_NAN_FN } from "./nan.wgsl.ts";
  */
 
 /** Rows per workgroup when each row has one invocation. */
-export const ROWS_PER_SOLO_WORKGROUP = 64;
+const ROWS_PER_SOLO_WORKGROUP = 64;
 
 /** Rows per workgroup of a row kernel with `lanes` invocations per row. */
 const rowsPerWorkgroup = (lanes: number) => (lanes === 1 ? ROWS_PER_SOLO_WORKGROUP : 1);

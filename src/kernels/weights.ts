@@ -12,7 +12,7 @@ import { NF4_BLOCK, NF4_CODE, nibble } from "../tensor/nf4.ts";
  * Decodes row `r` of a [rows, cols] host weight into `out` [cols], exactly: a 16-bit value is
  * its f32 value; an NF4 value is f32(NF4_CODE[q] * absmax[i / 64]) for flat index i = r cols + c.
  */
-export function decodeRow(w: HostWeight, cols: number, r: number, out: Float32Array): void {
+function decodeRow(w: HostWeight, cols: number, r: number, out: Float32Array): void {
   const i0 = r * cols;
   if (w.dtype === "nf4") {
     for (let c = 0; c < cols; c++) out[c] = NF4_CODE[nibble(w.packed, i0 + c)]! * w.absmax[Math.floor((i0 + c) / NF4_BLOCK)]!;

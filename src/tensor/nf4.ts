@@ -42,7 +42,7 @@ export const NF4_CODE = Float32Array.from([
 const f = Math.fround;
 
 /** Number of blocks of `size` covering `n` values (the last one may be partial). */
-export function blockCount(n: number, size: number): number {
+function blockCount(n: number, size: number): number {
   return Math.ceil(n / size);
 }
 
@@ -52,7 +52,7 @@ export function blockCount(n: number, size: number): number {
  * the two neighbours of x's insertion point: f32 subtraction is monotone, so no farther code
  * can be nearer.
  */
-export function nearestCode(x: number, code: Float32Array): number {
+function nearestCode(x: number, code: Float32Array): number {
   let lo = 0;
   let hi = code.length - 1;
   while (hi - lo > 1) {
@@ -72,7 +72,7 @@ export function nearestCode(x: number, code: Float32Array): number {
  * @param a values [n], f32
  * @returns indices [n] (one byte each, unpacked) and absmax [ceil(n / blocksize)], f32
  */
-export function quantizeBlockwise(a: Float32Array, code: Float32Array, blocksize: number): { indices: Uint8Array; absmax: Float32Array } {
+function quantizeBlockwise(a: Float32Array, code: Float32Array, blocksize: number): { indices: Uint8Array; absmax: Float32Array } {
   const n = a.length;
   const absmax = new Float32Array(blockCount(n, blocksize));
   const indices = new Uint8Array(n);
@@ -94,14 +94,14 @@ export function quantizeBlockwise(a: Float32Array, code: Float32Array, blocksize
 }
 
 /** out[i] = f32(code[indices[i]] * absmax[i / blocksize]) (bitsandbytes `dequantize_blockwise`). */
-export function dequantizeBlockwise(indices: Uint8Array, absmax: Float32Array, code: Float32Array, blocksize: number): Float32Array {
+function dequantizeBlockwise(indices: Uint8Array, absmax: Float32Array, code: Float32Array, blocksize: number): Float32Array {
   const out = new Float32Array(indices.length);
   for (let i = 0; i < indices.length; i++) out[i] = code[indices[i]!]! * absmax[Math.floor(i / blocksize)]!;
   return out;
 }
 
 /** Two 4-bit indices per byte, the even element in the high nibble; an odd count pads with index 0. */
-export function packNibbles(indices: Uint8Array): Uint8Array {
+function packNibbles(indices: Uint8Array): Uint8Array {
   const out = new Uint8Array(Math.ceil(indices.length / 2));
   for (let i = 0; i < indices.length; i++) out[i >> 1]! |= (indices[i]! & 15) << (i & 1 ? 0 : 4);
   return out;

@@ -161,7 +161,7 @@ export const memoryFill = (dest: Code, value: Code, size: Code): number[] => [..
 /** `cond ? a : b` (both operands are evaluated). */
 export const select = (a: Code, b: Code, cond: Code): number[] => [...a, ...b, ...cond, 0x1b];
 
-export const i32x4 = {
+const i32x4 = {
   splat: simd(0x11),
   add: simd(0xae),
   shl: simd(0xab),
