@@ -501,12 +501,15 @@ export async function writeSafetensorsStream(
   );
   // Entries, not assignments, so that any name (even "__proto__") becomes a plain JSON key.
   const header: [string, unknown][] = metadata === undefined ? [] : [["__metadata__", metadata]];
+  // Each tensor's byte count, in file order: its header offsets, then the check on its bytes.
+  const sizes: number[] = [];
   let offset = 0;
   for (const [name, t] of entries) {
     if (name === "__metadata__") throw new CheckpointError(file, "the name __metadata__ is reserved", name);
     if (t.shape.some((d) => !isCount(d))) throw new CheckpointError(file, `shape [${t.shape.join(",")}] is not a list of sizes`, name);
     const bytes = t.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[t.dtype];
     header.push([name, { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] }]);
+    sizes.push(bytes);
     offset += bytes;
   }
   const json = new TextEncoder().encode(JSON.stringify(Object.fromEntries(header)));
@@ -519,9 +522,9 @@ export async function writeSafetensorsStream(
   // stays at one tensor.
   await (files ?? (await hostFiles())).writeAtomic(file, (async function* () {
     yield head;
-    for (const [name, t] of entries) {
+    for (const [i, [name, t]] of entries.entries()) {
       const bytes = await bytesOf(name);
-      const want = t.shape.reduce((a, b) => a * b, 1) * DTYPE_SIZE[t.dtype];
+      const want = sizes[i]!;
       if (bytes.byteLength !== want) throw new CheckpointError(file, `${bytes.byteLength} bytes given, ${t.dtype} [${t.shape.join(",")}] takes ${want}`, name);
       yield bytes;
     }
