@@ -9,6 +9,7 @@ import { embedding } from "../tensor/ops/nn.ts";
 import { keep, tidy } from "../tensor/scope.ts";
 import { PackedWeight } from "../tensor/weight.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
+import { parseJson } from "../io/json.ts";
 import { replaceDirAtomic } from "../io/atomic_dir.ts";
 import { loraModules, moduleSlots, LoraLinear } from "./layer.ts";
 
@@ -47,6 +48,24 @@ export function mergeLora(model: LlamaModel): number {
   return merged;
 }
 
+/**
+ * What both merge writers (saveMergedModel, merge_checkpoint.ts's mergeCheckpoint) check and
+ * read before writing: `outDir` must be absent or empty, and `<sourceDir>/config.json` is read
+ * as a JSON object (io/json.ts) whose fields the merged copy keeps.
+ * @returns the source config.json, unvalidated (loadConfig validates it)
+ * @throws CheckpointError naming `outDir` when it holds files, or config.json when it cannot be
+ *   read or is not JSON
+ */
+export async function mergeSource(sourceDir: string, outDir: string): Promise<Record<string, unknown>> {
+  if (existsSync(outDir) && (await readdir(outDir)).length > 0) throw new CheckpointError(outDir, "exists and is not empty; refusing to overwrite");
+  const configFile = join(sourceDir, "config.json");
+  try {
+    return parseJson(await readFile(configFile, "utf8")) as Record<string, unknown>;
+  } catch (e) {
+    throw new CheckpointError(configFile, `cannot read: ${(e as Error).message}`);
+  }
+}
+
 /** Files of a checkpoint folder besides config and weights that a merged copy keeps, when present. */
 export const COMPANION_FILES = [
   "tokenizer.json",
@@ -76,14 +95,7 @@ export const COMPANION_FILES = [
  */
 export async function saveMergedModel(model: LlamaModel, sourceDir: string, outDir: string): Promise<"F32" | "BF16" | "F16"> {
   if (loraModules(model).size > 0) throw new Error("saveMergedModel: the model still has LoRA modules; call mergeLora(model) first");
-  if (existsSync(outDir) && (await readdir(outDir)).length > 0) throw new CheckpointError(outDir, "exists and is not empty; refusing to overwrite");
-  const configFile = join(sourceDir, "config.json");
-  let config: Record<string, unknown>;
-  try {
-    config = JSON.parse(await readFile(configFile, "utf8")) as Record<string, unknown>;
-  } catch (e) {
-    throw new CheckpointError(configFile, `cannot read: ${(e as Error).message}`);
-  }
+  const config = await mergeSource(sourceDir, outDir);
   const packed = [...model.namedWeights().values()].flatMap((w) => (w instanceof PackedWeight ? [w.dtype] : []));
   const dtype = packed.length === 0 ? "F32" : packed.every((d) => d === "f16") ? "F16" : "BF16";
   const torchDType = { F32: "float32", BF16: "bfloat16", F16: "float16" }[dtype];

@@ -1,14 +1,13 @@
 import { existsSync } from "node:fs";
-import { copyFile, mkdir, readFile, readdir } from "node:fs/promises";
+import { copyFile, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { replaceDirAtomic } from "../io/atomic_dir.ts";
-import { parseJson } from "../io/json.ts";
 import { CheckpointError, DTYPE_SIZE, encodeTensor, INDEX_FILE, openCheckpoint, openSafetensors, SINGLE_FILE, writeSafetensorsStream, type SafetensorsDType, type TensorLayout } from "../model/safetensors.ts";
 import { isBnb4bit, isBnbCompanion, readBnb4bit, readBnbState } from "../model/bnb.ts";
 import { dequantizeNf4 } from "../tensor/nf4.ts";
 import { loraScaling, peftKey } from "./layer.ts";
-import { COMPANION_FILES } from "./merge.ts";
+import { COMPANION_FILES, mergeSource } from "./merge.ts";
 import { ADAPTER_WEIGHTS_FILE, readAdapterConfig } from "./peft.ts";
 
 /**
@@ -96,14 +95,7 @@ function shardName(i: number, n: number): string {
 export async function mergeCheckpoint(modelDir: string, adapterDir: string, outDir: string, opts: MergeOptions = {}): Promise<MergeResult> {
   const maxShardBytes = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
   if (!(maxShardBytes > 0)) throw new RangeError(`mergeCheckpoint: maxShardBytes must be positive, got ${maxShardBytes}`);
-  if (existsSync(outDir) && (await readdir(outDir)).length > 0) throw new CheckpointError(outDir, "exists and is not empty; refusing to overwrite");
-  const configFile = join(modelDir, "config.json");
-  let config: Record<string, unknown>;
-  try {
-    config = parseJson(await readFile(configFile, "utf8")) as Record<string, unknown>;
-  } catch (e) {
-    throw new CheckpointError(configFile, `cannot read: ${(e as Error).message}`);
-  }
+  const config = await mergeSource(modelDir, outDir);
   const lora = await readAdapterConfig(adapterDir);
   const scaling = loraScaling(lora);
   const ckpt = await openCheckpoint(modelDir);
