@@ -104,6 +104,14 @@ function leafDiff(saved: unknown, current: unknown, path: string): string[] {
 }
 
 /**
+ * settingsDiff of the top-level keys of `now` only: a key that an older file has in addition
+ * (written by an earlier version) is ignored.
+ */
+export function changedSettings(saved: Record<string, unknown>, now: Record<string, unknown>): string[] {
+  return Object.keys(now).flatMap((k) => settingsDiff(saved[k], now[k], k));
+}
+
+/**
  * Checks a saved run.json against this run's settings (see {@link fingerprint}).
  * @returns true when the folder holds a run with these settings (to resume), false when it
  *   holds none yet
@@ -112,8 +120,7 @@ function leafDiff(saved: unknown, current: unknown, path: string): string[] {
 export async function checkSettings(file: string, settings: Record<string, unknown>): Promise<boolean> {
   if (!existsSync(file)) return false;
   const saved = await readJson<Record<string, unknown>>(file);
-  // Only this version's settings count: a key that an older run.json has in addition is ignored.
-  const differ = Object.keys(settings).flatMap((k) => settingsDiff(saved[k], settings[k], k));
+  const differ = changedSettings(saved, settings);
   if (differ.length > 0) throw new DataError(file, `holds a run with other settings (${differ.join("; ")}); choose another --out or remove the folder`);
   return true;
 }

@@ -1,6 +1,6 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { readJson, settingsDiff } from "../align/folder.ts";
+import { changedSettings, readJson } from "../align/folder.ts";
 import { DataError } from "../io/data_error.ts";
 import { toCsv } from "../io/plot.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
@@ -206,8 +206,7 @@ async function savedResults(out: EvalOutput): Promise<Map<Lang, LanguageResult>>
   const file = join(out.dir, "results.json");
   if (!existsSync(file)) return new Map();
   const saved = await readJson<Record<string, unknown>>(file);
-  const [was, now] = [numberSettings(saved), numberSettings(out.record)];
-  const differ = Object.keys(now).flatMap((k) => settingsDiff(was[k], now[k], k));
+  const differ = changedSettings(numberSettings(saved), numberSettings(out.record));
   if (differ.length > 0) throw new DataError(file, `holds an evaluation with other settings (${differ.join("; ")}); choose another --out or remove the folder`);
   const results = Array.isArray(saved.results) ? (saved.results as LanguageResult[]) : [];
   return new Map(results.map((r) => [r.lang, r]));
