@@ -77,7 +77,7 @@ const FLAG_COLUMN = 26;
  * The --help text of a command: its usage line (the required options), its summary, and one line
  * per option with what it does, its default and its old spellings.
  */
-export function formatHelp(name: string, summary: string, options: OptionTable): string {
+function formatHelp(name: string, summary: string, options: OptionTable): string {
   const entries = Object.entries(options);
   const needed = entries.filter(([, s]) => s.required).map(([n, s]) => flag(n, s));
   const flags = entries.map(([n, s]) => flag(n, s));

@@ -23,7 +23,7 @@ import { prepareOutDir } from "./output.ts";
 export const EVAL_BATCH_SIZE = 8;
 
 /** --shots' default, per task. */
-export const SHOTS_DEFAULT = `the task's: ${Object.values(TASKS).map((t) => `${t.id} ${t.shots}`).join(", ")}`;
+const SHOTS_DEFAULT = `the task's: ${Object.values(TASKS).map((t) => `${t.id} ${t.shots}`).join(", ")}`;
 
 /** The --data option of the commands that read the question-alignment data. */
 export const dataOption = {

@@ -16,7 +16,7 @@ export const quietOption = {
 } as const satisfies OptionTable;
 
 /** How often a non-terminal stderr gets a progress line, in milliseconds. */
-export const PLAIN_INTERVAL_MS = 10_000;
+const PLAIN_INTERVAL_MS = 10_000;
 
 /** What a progress count counts: items, optimizer steps, or bytes (shown in MB / GB). */
 export type Unit = "items" | "steps" | "bytes";

@@ -17,7 +17,7 @@ import { provenance } from "./provenance.ts";
 import { prepareOutDir, previousRunFiles, removeEntries } from "./output.ts";
 
 /** Where train records its provenance, beside the adapter's files. */
-export const PROVENANCE_FILE = "provenance.json";
+const PROVENANCE_FILE = "provenance.json";
 
 /**
  * What train writes into --out: the PEFT adapter, its provenance, the trainer's checkpoint

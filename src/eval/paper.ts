@@ -31,7 +31,7 @@ export interface PaperLanguage {
 }
 
 /** The three roles of the scripts' answer tables, in the order they test them. */
-export const ANSWER_ROLES = ["positive_answers", "neutral_answers", "negative_answers"] as const;
+const ANSWER_ROLES = ["positive_answers", "neutral_answers", "negative_answers"] as const;
 export type AnswerRole = (typeof ANSWER_ROLES)[number];
 
 /** One evaluation script, as the asset records it. */
