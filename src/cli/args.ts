@@ -43,7 +43,7 @@ export type Values<T extends OptionTable> = {
 };
 
 /** A notice on stderr, one line. */
-const stderrLine = (line: string) => void process.stderr.write(`${line}\n`);
+export const stderrLine = (line: string) => void process.stderr.write(`${line}\n`);
 
 /** parseArgs, strict, with its tokens (which tell given options from defaults). @throws CliError */
 function parseStrict(command: string, args: string[], options: Options) {
@@ -235,5 +235,5 @@ export async function device(command: string, values: Record<string, unknown>): 
     throw new CliError(`${command}: --device must be ${DEVICE_KINDS.slice(0, -1).join(", ")} or ${DEVICE_KINDS.at(-1)}, got "${kind}"`);
   }
   const threads = values.threads === undefined ? undefined : int(command, values, "threads", 1, 1, MAX_THREADS);
-  return getDevice(kind as DeviceKind, { threads, onNotice: (line) => process.stderr.write(`${line}\n`) });
+  return getDevice(kind as DeviceKind, { threads, onNotice: stderrLine });
 }

@@ -4,7 +4,7 @@ import { loadModel } from "../model/load.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import { formatPlan, planForDir, type PlanOptions } from "../model/plan.ts";
 import { baseModelMismatch, loadAdapter } from "../lora/peft.ts";
-import { CliError, device, required, weightDType } from "./args.ts";
+import { CliError, device, required, stderrLine, weightDType } from "./args.ts";
 import { Progress } from "./progress.ts";
 
 /** What a command will run on the model, for the memory plan printed before the load. */
@@ -24,7 +24,7 @@ export async function loadForCli(command: string, values: Record<string, unknown
   const be = await device(command, values);
   const plan = await planForDir(dir, { dtype, quantizeEmbeddings, batch: 1, seq: 1, ...usage, limit: { bytes: be.maxBindingBytes, device: be.name } });
   const lines = formatPlan(plan).filter((l) => usage !== undefined || /^(weights|largest)/.test(l));
-  const say = progress ? (l: string) => progress.say(l) : (l: string) => void process.stderr.write(`${l}\n`);
+  const say = progress ? (l: string) => progress.say(l) : stderrLine;
   for (const line of lines) say(`${command}: plan: ${line}`);
   const model = await loadModel(dir, {
     device: be,

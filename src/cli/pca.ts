@@ -1,5 +1,5 @@
 import type { ProbeSet } from "../interp/probe.ts";
-import { CliError, int, type OptionTable, type Values } from "./args.ts";
+import { CliError, int, stderrLine, type OptionTable, type Values } from "./args.ts";
 import { INTERP_OPTIONS, runInterp } from "./lens.ts";
 
 /**
@@ -57,7 +57,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
         lens: false,
         correlation: true,
         pcaLayers: parseLayers(typeof v.layers === "string" ? v.layers : undefined, config.num_hidden_layers),
-        components: pcaComponents(components, sets, config.hidden_size, (line) => process.stderr.write(`${line}\n`)),
+        components: pcaComponents(components, sets, config.hidden_size, stderrLine),
       }),
     },
     v,
