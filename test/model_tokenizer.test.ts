@@ -114,6 +114,10 @@ describe("loadTokenizer checks the tokenizer against its checkpoint's vocab_size
     );
   });
 
+  it("reads the config.json as loadConfig does: one that starts with a byte-order mark is checked too", async () => {
+    await expect(loadTokenizer(checkpointDir("\uFEFF" + JSON.stringify({ vocab_size: 320 })))).rejects.toThrow(/has ids up to 31999 but .* vocab_size is 320/);
+  });
+
   it("counts added tokens: a pad token at id 32767 needs vocab_size 32768", async () => {
     await expect(loadTokenizer(checkpointDir({ vocab_size: 32000 }, 32767))).rejects.toThrow(/has ids up to 32767 but .* vocab_size is 32000/);
     const tok = await loadTokenizer(checkpointDir({ vocab_size: 32768 }, 32767));

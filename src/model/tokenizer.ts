@@ -5,6 +5,7 @@
  * ids, and how the vocabulary marks a leading space, for constrained decoding.
  */
 import { hostFiles, type Files } from "../io/files.ts";
+import { parseJson } from "../io/json.ts";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { CheckpointError } from "./safetensors.ts";
 
@@ -149,7 +150,7 @@ export function assertTokenizerFits(tokenizer: Tokenizer, vocabSize: number, fil
 async function configVocabSize(file: string, files: Files): Promise<number | null> {
   if (!(await files.exists(file))) return null;
   try {
-    const v = (JSON.parse(await files.readText(file)) as { vocab_size?: unknown } | null)?.vocab_size;
+    const v = (parseJson(await files.readText(file)) as { vocab_size?: unknown } | null)?.vocab_size;
     return typeof v === "number" && Number.isSafeInteger(v) && v > 0 ? v : null;
   } catch {
     return null; // loadModel reports a malformed config.json, naming it
