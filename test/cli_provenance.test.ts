@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { PAPER_PROMPTS_FILE } from "../src/eval/paper.ts";
-import type { Provenance } from "../src/io/provenance.ts";
+import { sha256SafetensorsHeader, type Provenance } from "../src/io/provenance.ts";
 import { baseModelMismatch } from "../src/lora/peft.ts";
 import { scheduleNote } from "../src/lora/trainer.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
@@ -121,5 +121,17 @@ describe("warnings", () => {
     expect(await baseModelMismatch(adapter("someone/llama-untied"), model)).toBeNull();
     expect(await baseModelMismatch(adapter(null), model)).toBeNull();
     expect(await baseModelMismatch(adapter("Qwen/Qwen1.5-1.8B"), model)).toMatch(/was trained on "Qwen\/Qwen1\.5-1\.8B"/);
+  });
+});
+
+describe("sha256SafetensorsHeader", () => {
+  it("refuses a header length beyond the file's size before allocating it", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "qalign-header-"));
+    const file = join(dir, "model.safetensors");
+    const bytes = Buffer.alloc(16);
+    bytes.writeBigUInt64LE(2n ** 50n, 0); // a petabyte header in a 16-byte file
+    writeFileSync(file, bytes);
+    await expect(sha256SafetensorsHeader(file)).rejects.toThrow(`${file}: shorter than its ${2 ** 50}-byte safetensors header`);
+    rmSync(dir, { recursive: true, force: true });
   });
 });

@@ -53,6 +53,8 @@ export async function sha256SafetensorsHeader(file: string): Promise<string> {
     const len = Buffer.alloc(8);
     await fh.read(len, 0, 8, 0);
     const n = Number(len.readBigUInt64LE(0));
+    // Checked against the file's size before allocating: a hostile length allocates nothing.
+    if (8 + n > (await fh.stat()).size) throw new Error(`${file}: shorter than its ${n}-byte safetensors header`);
     const header = Buffer.alloc(8 + n);
     const { bytesRead } = await fh.read(header, 0, 8 + n, 0);
     if (bytesRead !== 8 + n) throw new Error(`${file}: shorter than its ${n}-byte safetensors header`);
