@@ -119,6 +119,13 @@ describe("--out is checked before any compute", () => {
       expect(r.stderr).not.toMatch(/optimizer steps|base model|^en: /m); // no training, probing or evaluation ran
     });
   }
+
+  // Linux's /proc refuses new names with ENOENT; Node 20's recursive mkdir would retry forever.
+  it("refuses an --out under /proc at once instead of hanging", async () => {
+    const r = runCli(["train", "--model", await TINY, ...commands["train"]!, "--out", "/proc/qalign-out"], 60_000);
+    expect(r.stderr.trim().split("\n").at(-1)).toBe("qalign: train: --out /proc/qalign-out is not a writable folder (ENOENT)");
+    expect(r.status).toBe(1);
+  });
 });
 
 describe("a reader that closes stdout early (| head)", () => {

@@ -1,6 +1,7 @@
 import { constants } from "node:fs";
-import { access, mkdir, readdir, rm } from "node:fs/promises";
+import { access, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { makeDirs } from "../io/make_dirs.ts";
 import { CliError } from "./args.ts";
 
 /**
@@ -39,7 +40,7 @@ export function stopWhenReaderGoes(stream: NodeJS.WritableStream, exit: (code: n
  */
 export async function prepareOutDir(command: string, dir: string): Promise<void> {
   try {
-    await mkdir(dir, { recursive: true });
+    await makeDirs(dir);
     await access(dir, constants.W_OK);
   } catch (e) {
     throw new CliError(`${command}: --out ${dir} is not a writable folder (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);

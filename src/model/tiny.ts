@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { copyFile, mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
@@ -55,7 +56,9 @@ function tokenizerSource(): string {
 
 /**
  * Writes the tiny checkpoint into `dir` (config.json, model.safetensors, tokenizer.json,
- * tokenizer_config.json), atomically: built in a sibling temp folder, then renamed.
+ * tokenizer_config.json), atomically: built in a sibling temp folder of its own (pid and random
+ * suffix, so concurrent writers never share one), then renamed into place. When another writer
+ * finished `dir` meanwhile, its copy (the same bytes: the model is deterministic) is kept.
  */
 export async function writeTinyModel(dir: string): Promise<void> {
   const config = parseConfig(TINY_CONFIG, "TINY_CONFIG");
@@ -68,20 +71,43 @@ export async function writeTinyModel(dir: string): Promise<void> {
     else for (let i = 0; i < n; i++) data[i] = 0.02 * rng.normal();
     tensors[name] = { dtype: "F32", shape, data };
   }
-  const tmp = `${dir}.tmp-${process.pid}`;
-  await rm(tmp, { recursive: true, force: true });
+  const tmp = `${dir}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
   await mkdir(tmp, { recursive: true });
-  await writeSafetensors(join(tmp, "model.safetensors"), tensors, { format: "pt" });
-  await writeFile(join(tmp, "config.json"), JSON.stringify(TINY_CONFIG, null, 2) + "\n");
-  for (const f of ["tokenizer.json", "tokenizer_config.json"]) await copyFile(join(tokenizerSource(), f), join(tmp, f));
-  await rm(dir, { recursive: true, force: true });
-  await mkdir(dirname(dir), { recursive: true });
-  await rename(tmp, dir);
+  try {
+    await writeSafetensors(join(tmp, "model.safetensors"), tensors, { format: "pt" });
+    await writeFile(join(tmp, "config.json"), JSON.stringify(TINY_CONFIG, null, 2) + "\n");
+    for (const f of ["tokenizer.json", "tokenizer_config.json"]) await copyFile(join(tokenizerSource(), f), join(tmp, f));
+    if (!isComplete(dir)) {
+      await rm(dir, { recursive: true, force: true }); // a folder left incomplete by an older writer
+      await rename(tmp, dir).catch((e: NodeJS.ErrnoException) => {
+        // ENOTEMPTY/EEXIST: a concurrent writer's rename came first.
+        if (!isComplete(dir)) throw e;
+      });
+    }
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
 }
 
-/** The tiny checkpoint's folder, `<cacheDir()>/tiny-llama` (see io/cache.ts), generating it on first use. */
-export async function ensureTinyModel(): Promise<string> {
+/** Whether `dir` holds a finished tiny checkpoint (writers rename whole folders into place, so a folder with its weights is complete). */
+const isComplete = (dir: string) => existsSync(join(dir, "model.safetensors"));
+
+/** Generations in flight in this process, by folder, so concurrent callers share one. */
+const generating = new Map<string, Promise<string>>();
+
+/**
+ * The tiny checkpoint's folder, `<cacheDir()>/tiny-llama` (see io/cache.ts), generating it on
+ * first use; concurrent calls, in this process or in others, end with one complete folder.
+ */
+export function ensureTinyModel(): Promise<string> {
   const dir = join(cacheDir(), "tiny-llama");
-  if (!existsSync(join(dir, "model.safetensors"))) await writeTinyModel(dir);
-  return dir;
+  if (isComplete(dir)) return Promise.resolve(dir);
+  let ready = generating.get(dir);
+  if (ready === undefined) {
+    ready = writeTinyModel(dir)
+      .then(() => dir)
+      .finally(() => generating.delete(dir));
+    generating.set(dir, ready);
+  }
+  return ready;
 }
