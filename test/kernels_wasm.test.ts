@@ -11,7 +11,8 @@ import { createWasmBackend, type WasmBackend } from "../src/kernels/wasm/backend
 import { WASM_BINARY, WASM_UNARY } from "../src/kernels/wasm/elementwise.wasm.ts";
 import { WasmHeap } from "../src/kernels/wasm/heap.ts";
 import { KC, MC, MR, NC, NR } from "../src/kernels/wasm/matmul.wasm.ts";
-import { FunctionBuilder, T, buildModule, get, hasRelaxedSimd, i32, sleb, uleb, type Local } from "../src/kernels/wasm/module.ts";
+import { FunctionBuilder, T, buildModule, drop, get, hasRelaxedSimd, i32, ifElse, sleb, uleb, type Local } from "../src/kernels/wasm/module.ts";
+import { WasmPool } from "../src/kernels/wasm/pool.ts";
 import type { AttentionGeometry, BinaryOp, MatmulGeometry, UnaryOp, View } from "../src/tensor/backend.ts";
 import { DeviceLimitError } from "../src/tensor/errors.ts";
 import { TEST_WASM_THREADS } from "./helpers/devices.ts";
@@ -71,6 +72,43 @@ describe("heap", () => {
     expect(heap.alloc(64)).toBe(a); // everything went back to the bump region
     expect(() => heap.alloc(2 << 20)).toThrow(DeviceLimitError);
     expect(() => heap.release(12345)).toThrow("not an allocated block");
+  });
+});
+
+describe("worker pool: traps and dead workers fail the dispatch, never hang it", () => {
+  // poke(base, bad, tid, threads): thread tid stores tid + 1 at base + 4 tid, except thread `bad`,
+  // which loads from past the memory's end (a trap: memory access out of bounds).
+  const fn = new FunctionBuilder("poke", [T.i32, T.i32, T.i32, T.i32]);
+  const [base, bad, tid] = fn.params as [Local, Local, Local, Local];
+  const body = ifElse(
+    i32.eq(get(tid), get(bad)),
+    drop(i32.load(i32.const(0x7ffffff0))),
+    i32.store(i32.add(get(base), i32.shl(get(tid), i32.const(2))), i32.add(get(tid), i32.const(1))),
+  );
+  const bytes = buildModule(true, [{ fn, body }]);
+  const memory = new WebAssembly.Memory({ initial: 1, maximum: 16, shared: true });
+  const cells = new Int32Array(memory.buffer, 64, 3);
+  const pool = WasmPool.create([new WebAssembly.Module(bytes)], memory, [{ module: 0, name: "poke" }], 3);
+  afterAll(async () => (await pool).destroy());
+  const poke = async (badTid: number) => {
+    cells.fill(0);
+    (await pool).run(0, [64, badTid]);
+    return Array.from(cells);
+  };
+
+  test("a trap on the calling thread or on a worker throws naming the kernel and the thread; the pool stays usable", async () => {
+    expect(await poke(-1)).toEqual([1, 2, 3]);
+    await expect(poke(0)).rejects.toThrow(/kernel poke trapped on the calling thread \(RuntimeError: memory access out of bounds\).*stays usable/);
+    await expect(poke(2)).rejects.toThrow(/kernel poke trapped on worker thread 2/);
+    expect(await poke(-1)).toEqual([1, 2, 3]);
+  });
+
+  test("a worker terminated by the host fails the dispatch it misses; later ones run on the threads left", async () => {
+    const p = await pool;
+    p.terminateWorker(2);
+    await expect(poke(-1)).rejects.toThrow(/kernel poke failed: worker thread 2 .*ended during the dispatch, so its share of the output is missing; the device continues on 2 threads/);
+    expect(p.liveThreads).toBe(2);
+    expect(await poke(-1)).toEqual([1, 2, 0]);
   });
 });
 
