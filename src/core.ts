@@ -17,6 +17,7 @@ setDefaultDevice(cpuDevice());
 export { DataError, formatIssue, type DataIssue } from "./io/data_error.ts";
 export { hostFiles, setDefaultFiles, type Files, type ByteReader } from "./io/files.ts";
 export { urlFiles, blobFiles } from "./io/web_files.ts";
+export { mountedFiles } from "./io/mounted_files.ts";
 
 // tensor
 export { Tensor } from "./tensor/tensor.ts";

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Browser, Page } from "puppeteer-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bundleBrowserEntry, launchChromium, openPage, pageAdapterOrSkip, serve, type Request } from "./helpers/browser.ts";
+import { openQalign, pageAdapterOrSkip, type Request } from "./helpers/browser.ts";
 import { ROOT } from "./helpers/cli.ts";
 import { expectClose } from "./helpers/close.ts";
 import { reportHtml } from "../src/io/html.ts";
@@ -20,29 +20,20 @@ import { exampleClosedForm, readmePrinted } from "./helpers/readme.ts";
  * The functions given to page.evaluate run in the page: they see only `window.qa` and their
  * arguments, and return plain numbers.
  */
-const PAGE = '<!doctype html><meta charset="utf-8"><title>qalign</title><script type="module">import * as qa from "/qalign.js"; window.qa = qa;</script>';
-
 let close: () => Promise<void> = async () => undefined;
 let browser: Browser | null = null;
 let page: Page;
 let requests: Request[] = [];
 
 beforeAll(async () => {
-  const server = await serve(
-    { "/": { type: "text/html", body: PAGE }, "/qalign.js": { type: "text/javascript", body: await bundleBrowserEntry() }, "/report.html": { type: "text/html", body: await sampleReport() }, ...demoFiles() },
+  ({ browser, page, requests, close } = await openQalign(
+    { "/report.html": { type: "text/html", body: await sampleReport() }, ...demoFiles() },
     // The committed fixture checkpoints, and the tiny model (it has a tokenizer) for the demo page.
     { "/models/": join(ROOT, "test", "fixtures", "models"), "/tiny/": await ensureTinyModel() },
-  );
-  close = server.close;
-  requests = server.requests;
-  browser = await launchChromium();
-  page = await openPage(browser, `${server.origin}/`);
+  ));
 }, 120_000);
 
-afterAll(async () => {
-  await browser?.close();
-  await close();
-});
+afterAll(() => close());
 
 /** The demo page of examples/browser/ at /demo/ (it imports /qalign.js, served beside it). */
 function demoFiles(): Record<string, { type: string; body: string }> {

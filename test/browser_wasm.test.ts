@@ -1,6 +1,6 @@
 import type { Browser, Page } from "puppeteer-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { bundleBrowserEntry, launchChromium, openPage, serve } from "./helpers/browser.ts";
+import { bundleBrowserEntry, launchChromium, openPage, QALIGN_PAGE, serve } from "./helpers/browser.ts";
 import { expectClose } from "./helpers/close.ts";
 
 /**
@@ -11,7 +11,6 @@ import { expectClose } from "./helpers/close.ts";
  * cpu device in the same page, at sizes above the device's threshold for using its workers.
  * Tolerances as the conformance suite's (README): 1e-4 for matmul and attention.
  */
-const PAGE = '<!doctype html><meta charset="utf-8"><title>qalign</title><script type="module">import * as qa from "/qalign.js"; window.qa = qa;</script>';
 const ISOLATED = { "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp" };
 
 let close: () => Promise<void> = async () => undefined;
@@ -21,9 +20,9 @@ const pages: Record<"plain" | "isolated", Page | null> = { plain: null, isolated
 beforeAll(async () => {
   const js = await bundleBrowserEntry();
   const server = await serve({
-    "/": { type: "text/html", body: PAGE },
+    "/": { type: "text/html", body: QALIGN_PAGE },
     "/qalign.js": { type: "text/javascript", body: js },
-    "/isolated/": { type: "text/html", body: PAGE, headers: ISOLATED },
+    "/isolated/": { type: "text/html", body: QALIGN_PAGE, headers: ISOLATED },
   });
   close = server.close;
   browser = await launchChromium();

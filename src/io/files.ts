@@ -33,7 +33,8 @@ export interface Files {
   /**
    * Writes `chunks` in order as the new content of `path`, atomically: a reader sees the old
    * file or the whole new one, never a part. Chunks are taken one at a time, so a generator
-   * (sync or async) keeps memory at one chunk; an error it throws leaves the old file.
+   * (sync or async) keeps memory at one chunk; an error it throws leaves the old file. Missing
+   * parent folders are created.
    * @throws Error when the host cannot write there (a read-only source such as a web server).
    */
   writeAtomic(path: string, chunks: Iterable<Uint8Array | string> | AsyncIterable<Uint8Array | string>): Promise<void>;

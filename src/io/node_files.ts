@@ -1,6 +1,6 @@
 import { existsSync, statSync } from "node:fs";
-import { open, readFile, readdir } from "node:fs/promises";
-import { join } from "node:path";
+import { mkdir, open, readFile, readdir } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { writeAtomic } from "./atomic.ts";
 import type { ByteReader, Files } from "./files.ts";
 
@@ -33,7 +33,8 @@ export const nodeFiles: Files = {
     };
   },
   readText: (path) => readFile(path, "utf8"),
-  writeAtomic(path, chunks) {
+  async writeAtomic(path, chunks) {
+    await mkdir(dirname(path), { recursive: true });
     return writeAtomic(path, async (fh) => {
       for await (const chunk of chunks) {
         const bytes = typeof chunk === "string" ? new TextEncoder().encode(chunk) : chunk;

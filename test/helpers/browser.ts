@@ -36,6 +36,35 @@ export async function bundleBrowserEntry(): Promise<string> {
   return out.outputFiles[0]!.text;
 }
 
+/** A page that loads the bundled browser entry from /qalign.js and sets `window.qa` to it. */
+export const QALIGN_PAGE = '<!doctype html><meta charset="utf-8"><title>qalign</title><script type="module">import * as qa from "/qalign.js"; window.qa = qa;</script>';
+
+/**
+ * Serves {@link QALIGN_PAGE} at "/" with the bundle, beside `files` and `folders` (as
+ * {@link serve}), and opens it in headless Chromium.
+ * @returns the browser, the page (qalign loaded), every request answered, and a close function for both
+ */
+export async function openQalign(
+  files: Readonly<Record<string, Served>> = {},
+  folders: Readonly<Record<string, string>> = {},
+): Promise<{ browser: Browser; page: Page; requests: Request[]; close: () => Promise<void> }> {
+  const server = await serve({ "/": { type: "text/html", body: QALIGN_PAGE }, "/qalign.js": { type: "text/javascript", body: await bundleBrowserEntry() }, ...files }, folders);
+  const browser = await launchChromium().catch(async (e: unknown) => {
+    await server.close();
+    throw e;
+  });
+  const close = async () => {
+    await browser.close();
+    await server.close();
+  };
+  try {
+    return { browser, page: await openPage(browser, `${server.origin}/`), requests: server.requests, close };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
 /** One request the server answered: method, path, and the Range header when there was one. */
 export interface Request {
   method: string;
