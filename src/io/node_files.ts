@@ -1,7 +1,8 @@
 import { existsSync, statSync } from "node:fs";
-import { mkdir, open, readFile, readdir } from "node:fs/promises";
+import { open, readFile, readdir } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { writeAtomic } from "./atomic.ts";
+import { makeDirs } from "./make_dirs.ts";
 import type { ByteReader, Files } from "./files.ts";
 
 /** Reads and writes larger than this go in pieces (Node refuses single reads above 2 GiB). */
@@ -34,7 +35,7 @@ export const nodeFiles: Files = {
   },
   readText: (path) => readFile(path, "utf8"),
   async writeAtomic(path, chunks) {
-    await mkdir(dirname(path), { recursive: true });
+    await makeDirs(dirname(path));
     return writeAtomic(path, async (fh) => {
       for await (const chunk of chunks) {
         const bytes = typeof chunk === "string" ? new TextEncoder().encode(chunk) : chunk;
