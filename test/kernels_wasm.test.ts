@@ -103,10 +103,10 @@ describe("worker pool: traps and dead workers fail the dispatch, never hang it",
     expect(await poke(-1)).toEqual([1, 2, 3]);
   });
 
-  test("a worker terminated by the host fails the dispatch it misses; later ones run on the threads left", async () => {
+  test("a worker terminated by the host fails the next dispatch that needs it; later ones run on the threads left", async () => {
     const p = await pool;
     p.terminateWorker(2);
-    await expect(poke(-1)).rejects.toThrow(/kernel poke failed: worker thread 2 .*ended during the dispatch, so its share of the output is missing; the device continues on 2 threads/);
+    await expect(poke(-1)).rejects.toThrow(/kernel poke failed: worker thread 2 .*ended before finishing its share of the dispatch, so that share of the output is missing; the device continues on 2 threads/);
     expect(p.liveThreads).toBe(2);
     expect(await poke(-1)).toEqual([1, 2, 0]);
   });

@@ -208,15 +208,14 @@ export class WasmPool {
 
   /**
    * Runs kernel `index` with `args` (then its thread index and count) on `active` threads
-   * (1..liveThreads), returning when all are done. A worker whose thread ends (terminated by the
-   * host, out of memory) fails the dispatch it was part of; later dispatches run on the
-   * workers before the first dead one (the same results, fewer threads).
+   * (1..liveThreads), returning when all are done. A worker whose thread ended (terminated by
+   * the host, out of memory) fails the first dispatch that needed it; later dispatches run on
+   * the workers before the first dead one (the same results, fewer threads).
    * @throws Error naming the kernel when it trapped on any thread, or when a worker died during
    *   it (its share of the output is missing); RangeError for more than MAX_ARGS arguments.
    */
   run(index: number, args: readonly number[], active = this.threads): void {
     const name = this.kernels[index]!.name;
-    this.dropDeadWorkers();
     const n = Math.max(1, Math.min(this.usable, active));
     const fn = this.local[index]!;
     if (this.threads === 1) {
@@ -238,13 +237,14 @@ export class WasmPool {
     } catch (e) {
       trap = e;
     }
-    const died = this.waitWorkers(gen).filter((tid) => tid < n);
+    const dead = this.waitWorkers(gen);
     const failed = Atomics.load(ctl, FAILED);
+    if (dead.length > 0) this.dropDeadWorkers();
+    const died = dead.filter((tid) => tid < n);
     if (died.length > 0) {
-      this.dropDeadWorkers();
       const fates = died.map((tid) => `${tid}${this.workers[tid - 1]!.fate ? ` (${this.workers[tid - 1]!.fate})` : ""}`).join(", ");
       throw new Error(
-        `wasm: kernel ${name} failed: worker thread ${fates} ended during the dispatch, so its share of the output is missing; the device continues on ${this.usable} thread${this.usable > 1 ? "s" : ""}`,
+        `wasm: kernel ${name} failed: worker thread ${fates} ended before finishing its share of the dispatch, so that share of the output is missing; the device continues on ${this.usable} thread${this.usable > 1 ? "s" : ""}`,
       );
     }
     if (trap !== null || failed !== 0) {
