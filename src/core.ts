@@ -75,6 +75,7 @@ export {
   type LoraModuleName,
   type ApplyLoraOptions,
 } from "./lora/layer.ts";
+export { saveAdapter, loadAdapter, readAdapterConfig, peftConfigJson, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, IMPLEMENTED_ADAPTER_KEYS, REFUSED_ADAPTER_KEYS } from "./lora/peft.ts";
 export { collate, targetNllSum, meanTargetLoss, type Example, type Batch } from "./lora/loss.ts";
 export { cosineWithWarmup, warmupSteps } from "./lora/schedule.ts";
 

@@ -16,7 +16,6 @@ export { sha256, sha256File, sha256SafetensorsHeader, type Provenance } from "./
 export { ensureTinyModel, writeTinyModel, TINY_CONFIG } from "./model/tiny.ts";
 export { downloadModel, isHubName, hubUrl, type DownloadOptions } from "./model/hub.ts";
 // lora (Node: adapters, merged models and question files on disk, the training loop)
-export { saveAdapter, loadAdapter, readAdapterConfig, peftConfigJson, baseModelMismatch, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, IMPLEMENTED_ADAPTER_KEYS, REFUSED_ADAPTER_KEYS } from "./lora/peft.ts";
 export { mergeLora, saveMergedModel } from "./lora/merge.ts";
 export {
   readQuestionPairs,

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Browser, Page } from "puppeteer-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openQalign, pageAdapterOrSkip, type Request } from "./helpers/browser.ts";
+import { openQalign, pageAdapterOrSkip, pageLoraSteps, type Request } from "./helpers/browser.ts";
 import { ROOT } from "./helpers/cli.ts";
 import { expectClose } from "./helpers/close.ts";
 import { reportHtml } from "../src/io/html.ts";
@@ -225,30 +225,15 @@ describe("qalign in headless Chromium", () => {
 
   it("LoRA steps on the page's webgpu device lower the question-translation loss", async (ctx) => {
     await pageAdapterOrSkip(page, ctx);
-    const r = await page.evaluate(async () => {
+    const r = await page.evaluate(async (loraSteps: string) => {
       const qa = (globalThis as unknown as PageGlobals).qa;
       const device = await qa.getDevice("webgpu");
       const model = await qa.loadModel("/models/llama-untied", { device });
       const adapter = qa.applyLora(model, { r: 4, lora_alpha: 8, seed: 0 });
-      // Two examples: a prompt, then target tokens whose loss the step lowers (ids < vocab_size 320).
-      const examples = [
-        { ids: [1, 17, 42, 99, 5, 230, 64, 8], promptLen: 3 },
-        { ids: [1, 250, 3, 77, 12, 40], promptLen: 2 },
-      ];
-      const losses: number[] = [(await qa.meanTargetLoss(model, examples, 2)).loss];
-      const opt = new qa.AdamW(adapter.params, { lr: 1e-2 });
-      for (let step = 0; step < 3; step++) {
-        qa.tidy(() => {
-          const batch = qa.collate(examples, device);
-          qa.targetNllSum(model, batch).div(batch.targetCount).backward();
-        });
-        opt.step();
-        qa.zeroGrad(adapter.params);
-        losses.push((await qa.meanTargetLoss(model, examples, 2)).loss);
-      }
+      const losses: number[] = await (0, eval)(`(${loraSteps})`)(qa, model, adapter, device, 3);
       model.dispose();
       return losses;
-    });
+    }, pageLoraSteps.toString());
     expect(r.every(Number.isFinite)).toBe(true);
     // lora_B starts at zero, so the first loss is the base model's; AdamW's first steps move
     // every parameter by about lr against its gradient, which lowers a smooth loss at lr 1e-2.

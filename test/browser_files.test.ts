@@ -3,12 +3,19 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Page } from "puppeteer-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openQalign } from "./helpers/browser.ts";
+import { openQalign, pageAdapterOrSkip, pageLoraSteps } from "./helpers/browser.ts";
+import { fixtureDir, maxAbs } from "./helpers/fixtures.ts";
 import { ROOT } from "./helpers/cli.ts";
 import type { Files } from "../src/io/files.ts";
 import { nodeFiles } from "../src/io/node_files.ts";
 import { mountedFiles } from "../src/io/mounted_files.ts";
 import { blobFiles } from "../src/io/web_files.ts";
+import { getDevice } from "../src/kernels/devices.ts";
+import { loadModel } from "../src/model/load.ts";
+import { applyLora } from "../src/lora/layer.ts";
+import { saveAdapter, setAdapterWeights } from "../src/lora/peft.ts";
+import { tensor } from "../src/tensor/ops/create.ts";
+import { noGrad } from "../src/tensor/autograd.ts";
 
 /**
  * Files in the browser (src/io/opfs_files.ts, mounted_files.ts) in headless Chromium: the same
@@ -89,7 +96,11 @@ async function scenario(files: Files, dir: string): Promise<Record<string, unkno
   await record("replace", () => files.writeAtomic(a, ["new"]));
   await record("readText after replace", () => files.readText(a));
   await record("write empty", () => files.writeAtomic(files.join(sub, "empty"), []));
-  await record("empty size", async () => (await files.open(files.join(sub, "empty"))).size);
+  await record("empty size", async () => {
+    const r = await files.open(files.join(sub, "empty"));
+    await r.close();
+    return r.size;
+  });
   await record("list", () => files.list(sub));
   await record("list nested", () => files.list(files.join(sub, "deeper")));
   await record("list a file", () => files.list(a));
@@ -170,6 +181,72 @@ describe("Files in headless Chromium", () => {
       return { before, after, now: Array.from(await (await files.open("snapshot/f.bin")).read(0, 4)) };
     });
     expect(r).toEqual({ before: [1, 2, 3, 4], after: "NotReadableError", now: [5, 6, 7, 8] });
+  });
+});
+
+describe("a PEFT adapter trained in the page, through the OPFS", () => {
+  it("saved to the OPFS and loaded back gives the in-memory model's logits, in the files Node writes", async (ctx) => {
+    await pageAdapterOrSkip(page, ctx);
+    const inputIds = [1, 17, 42, 99, 5, 230, 64, 8];
+    const r = await page.evaluate(async (ids: number[], loraSteps: string) => {
+      const qa = (globalThis as unknown as PageGlobals).qa;
+      const device = await qa.getDevice("webgpu");
+      const opfs = qa.opfsFiles();
+      const model = await qa.loadModel("/models/llama-untied", { device });
+      const adapter = qa.applyLora(model, { r: 4, lora_alpha: 8, seed: 0 });
+      // Three AdamW steps (as browser.test.ts's LoRA test), so lora_B is no longer zero.
+      await (0, eval)(`(${loraSteps})`)(qa, model, adapter, device, 3);
+      const input = qa.tensor(Int32Array.from(ids), { device, shape: [1, ids.length] });
+      const logitsOf = async (m: any) => Array.from(await qa.noGrad(() => m.forward(input)).logits.data()) as number[];
+      const trained = await logitsOf(model);
+      await qa.saveAdapter(adapter, "peft/trained", "/models/llama-untied", opfs);
+      const weights: Record<string, number[]> = {};
+      for (const [key, p] of adapter.namedParams()) weights[key] = Array.from(await p.data()) as number[];
+      model.dispose();
+      const fresh = await qa.loadModel("/models/llama-untied", { device });
+      const base = await logitsOf(fresh);
+      await qa.loadAdapter(fresh, "peft/trained", opfs);
+      const reloaded = await logitsOf(fresh);
+      fresh.dispose();
+      const bytes = async (name: string) => {
+        const f = await opfs.open(`peft/trained/${name}`);
+        return Array.from(await f.read(0, f.size)) as number[];
+      };
+      return { trained, base, reloaded, weights, listed: await opfs.list("peft/trained"), config: await bytes("adapter_config.json"), safetensors: await bytes("adapter_model.safetensors") };
+    }, inputIds, pageLoraSteps.toString());
+    expect(r.listed).toEqual(["adapter_config.json", "adapter_model.safetensors"]);
+    // The same device, the same kernels and bit-identical f32 weights (safetensors stores the
+    // f32 bytes as they are): the reloaded model computes exactly the in-memory one's logits.
+    expect(r.reloaded).toEqual(r.trained);
+    expect(maxAbs(r.trained.map((v, i) => v - r.base[i]!))).toBeGreaterThan(0); // the adapter changes the output
+
+    // Node, from the page's weights: the same two files byte for byte, and on the cpu device
+    // (float32 in another summation order than webgpu's) the same logits within 1e-4 of their
+    // scale, as test/model_golden.test.ts allows.
+    const tmp = mkdtempSync(join(tmpdir(), "qalign-peft-"));
+    try {
+      const cpu = await getDevice("cpu");
+      const model = await loadModel(fixtureDir("llama-untied"), { device: cpu });
+      const adapter = applyLora(model, { r: 4, lora_alpha: 8, seed: 0 });
+      setAdapterWeights(adapter, new Map(Object.entries(r.weights).map(([k, v]) => [k, Float32Array.from(v)])));
+      await saveAdapter(adapter, tmp, "/models/llama-untied", nodeFiles);
+      const read = async (name: string) => {
+        const f = await nodeFiles.open(join(tmp, name));
+        try {
+          return Array.from(await f.read(0, f.size));
+        } finally {
+          await f.close();
+        }
+      };
+      expect(r.config).toEqual(await read("adapter_config.json"));
+      expect(r.safetensors).toEqual(await read("adapter_model.safetensors"));
+      const ids = tensor(Int32Array.from(inputIds), { device: cpu, shape: [1, inputIds.length] });
+      const logits = Array.from(await noGrad(() => model.forward(ids)).logits!.data());
+      model.dispose();
+      expect(maxAbs(logits.map((v, i) => v - r.reloaded[i]!))).toBeLessThanOrEqual(1e-4 * maxAbs(logits));
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
   });
 });
 

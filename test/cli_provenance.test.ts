@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { PAPER_PROMPTS_FILE } from "../src/eval/paper.ts";
 import { sha256SafetensorsHeader, type Provenance } from "../src/io/provenance.ts";
-import { baseModelMismatch } from "../src/lora/peft.ts";
+import { baseModelMismatch } from "../src/cli/model.ts";
 import { scheduleNote } from "../src/lora/trainer.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 import { ROOT, runCli } from "./helpers/cli.ts";

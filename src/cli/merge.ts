@@ -1,7 +1,7 @@
 import { DEFAULT_MAX_SHARD_BYTES, mergeCheckpoint, type MergeDType } from "../lora/merge_checkpoint.ts";
-import { baseModelMismatch } from "../lora/peft.ts";
 import { CliError, modelOption, type OptionTable, type Values } from "./args.ts";
 import { prepareOutDir } from "./output.ts";
+import { baseModelMismatch } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
 
 /** --dtype of merge: the on-disk dtypes a merged checkpoint can take. */

@@ -1,9 +1,13 @@
-import { basename, join } from "node:path";
+import { existsSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { basename, join, resolve } from "node:path";
+import { parseJson } from "../io/json.ts";
 import { loadConfig } from "../model/config.ts";
 import { loadModel } from "../model/load.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import { formatPlan, planForDir, type PlanOptions } from "../model/plan.ts";
-import { baseModelMismatch, loadAdapter } from "../lora/peft.ts";
+import { CheckpointError } from "../model/safetensors.ts";
+import { ADAPTER_CONFIG_FILE, loadAdapter } from "../lora/peft.ts";
 import { CliError, device, required, stderrLine, weightDType } from "./args.ts";
 import { Progress } from "./progress.ts";
 
@@ -35,6 +39,30 @@ export async function loadForCli(command: string, values: Record<string, unknown
   });
   if (typeof values.adapter === "string") await loadCheckedAdapter(model, values.adapter, dir, progress);
   return model;
+}
+
+/**
+ * Whether the adapter in `adapterDir` names another base model than `modelDir` in its
+ * `base_model_name_or_path`: the same model is a folder that resolves to the same path, a Hub id
+ * whose last part is the folder's name (`Qwen/Qwen1.5-1.8B` for `~/models/Qwen1.5-1.8B`), or the
+ * `_name_or_path` of the model's config.json. An adapter that names none is not questioned.
+ * @returns a warning line, or null when the names agree
+ * @throws CheckpointError when adapter_config.json cannot be read as JSON
+ */
+export async function baseModelMismatch(adapterDir: string, modelDir: string): Promise<string | null> {
+  const file = join(adapterDir, ADAPTER_CONFIG_FILE);
+  let base: unknown;
+  try {
+    base = (parseJson(await readFile(file, "utf8")) as Record<string, unknown>).base_model_name_or_path;
+  } catch (e) {
+    throw new CheckpointError(file, `cannot read a PEFT adapter config: ${(e as Error).message}`);
+  }
+  if (typeof base !== "string" || base === "") return null;
+  if (resolve(base) === resolve(modelDir) || basename(base) === basename(resolve(modelDir))) return null;
+  const config = join(modelDir, "config.json");
+  const nameOrPath = existsSync(config) ? (parseJson(await readFile(config, "utf8")) as Record<string, unknown>)._name_or_path : undefined;
+  if (nameOrPath === base) return null;
+  return `adapter ${adapterDir} was trained on "${base}" (its base_model_name_or_path), which is not ${modelDir}: its LoRA update may not fit these weights`;
 }
 
 /** Loads a PEFT adapter onto `model`, warning first when it names another base model than `modelDir`. */

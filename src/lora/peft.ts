@@ -1,11 +1,8 @@
-import { existsSync } from "node:fs";
-import { mkdir, readFile } from "node:fs/promises";
-import { basename, join, resolve } from "node:path";
 import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import { applyLora, peftKey, selectTargets, LoraAdapter, type LoraConfig } from "./layer.ts";
-import { writeFileAtomic } from "../io/atomic.ts";
+import { hostFiles, type Files } from "../io/files.ts";
 import { parseJson } from "../io/json.ts";
 
 /**
@@ -63,15 +60,17 @@ export function peftConfigJson(config: LoraConfig, baseModel: string | null): Re
  * folder is created; each file is replaced atomically (a folder replaced as a whole is
  * checkpoint.ts's job).
  * @param baseModel recorded as `base_model_name_or_path`
+ * @param files where to write (default: the host's, io/files.ts; in a browser the OPFS's, opfsFiles)
+ * @throws Error from `files` when it cannot write there (a read-only source)
  */
-export async function saveAdapter(adapter: LoraAdapter, dir: string, baseModel: string | null): Promise<void> {
-  await mkdir(dir, { recursive: true });
+export async function saveAdapter(adapter: LoraAdapter, dir: string, baseModel: string | null, files?: Files): Promise<void> {
+  files ??= await hostFiles();
   const tensors: Record<string, TensorToWrite> = {};
   for (const [key, p] of adapter.namedParams()) {
     tensors[key] = { dtype: "F32", shape: [...p.shape], data: Float32Array.from(await p.data()) };
   }
-  await writeFileAtomic(join(dir, ADAPTER_CONFIG_FILE), JSON.stringify(peftConfigJson(adapter.config, baseModel), null, 2));
-  await writeSafetensors(join(dir, ADAPTER_WEIGHTS_FILE), tensors, { format: "pt" });
+  await files.writeAtomic(files.join(dir, ADAPTER_CONFIG_FILE), [JSON.stringify(peftConfigJson(adapter.config, baseModel), null, 2)]);
+  await writeSafetensors(files.join(dir, ADAPTER_WEIGHTS_FILE), tensors, { format: "pt" }, files);
 }
 
 /**
@@ -132,12 +131,14 @@ const DEFAULT_TARGETS = ["q_proj", "v_proj"];
  *   than "LORA", `task_type` other than CAUSAL_LM, a bad r / lora_alpha / lora_dropout /
  *   target_modules, or any field of {@link REFUSED_ADAPTER_KEYS} away from its default
  *   (rank_pattern, alpha_pattern, DoRA, PiSSA / OLoRA / CorDA initialisation, aLoRA, ...).
+ * @param files where `dir` is (default: the host's, io/files.ts)
  */
-export async function readAdapterConfig(dir: string): Promise<LoraConfig> {
-  const file = join(dir, ADAPTER_CONFIG_FILE);
+export async function readAdapterConfig(dir: string, files?: Files): Promise<LoraConfig> {
+  files ??= await hostFiles();
+  const file = files.join(dir, ADAPTER_CONFIG_FILE);
   let raw: unknown;
   try {
-    raw = parseJson(await readFile(file, "utf8"));
+    raw = parseJson(await files.readText(file));
   } catch (e) {
     throw new CheckpointError(file, `cannot read a PEFT adapter config: ${(e as Error).message}`);
   }
@@ -172,18 +173,20 @@ export async function readAdapterConfig(dir: string): Promise<LoraConfig> {
  * @throws CheckpointError naming the file and key: no safetensors file (a pickled
  *   adapter_model.bin is not read), targets that match nothing in the model, a missing or an
  *   unexpected key, a shape that disagrees with the model (expected and found shapes).
+ * @param files where `dir` is (default: the host's, io/files.ts)
  */
-export async function readAdapterWeights(dir: string, model: LlamaModel, config: LoraConfig): Promise<Map<string, Float32Array>> {
-  const file = join(dir, ADAPTER_WEIGHTS_FILE);
-  if (!existsSync(file)) {
-    const pickled = existsSync(join(dir, "adapter_model.bin")) ? " (adapter_model.bin is a pickle, which qalign does not read)" : "";
+export async function readAdapterWeights(dir: string, model: LlamaModel, config: LoraConfig, files?: Files): Promise<Map<string, Float32Array>> {
+  files ??= await hostFiles();
+  const file = files.join(dir, ADAPTER_WEIGHTS_FILE);
+  if (!(await files.exists(file))) {
+    const pickled = (await files.exists(files.join(dir, "adapter_model.bin"))) ? " (adapter_model.bin is a pickle, which qalign does not read)" : "";
     throw new CheckpointError(file, `missing${pickled}`);
   }
   let targets;
   try {
     targets = selectTargets(model, config.target_modules);
   } catch (e) {
-    throw new CheckpointError(join(dir, ADAPTER_CONFIG_FILE), (e as Error).message);
+    throw new CheckpointError(files.join(dir, ADAPTER_CONFIG_FILE), (e as Error).message);
   }
   const expected = new Map<string, number[]>();
   for (const { path, get } of targets) {
@@ -191,7 +194,7 @@ export async function readAdapterWeights(dir: string, model: LlamaModel, config:
     expected.set(peftKey(path, "A"), [config.r, inp]);
     expected.set(peftKey(path, "B"), [out, config.r]);
   }
-  const f = await openSafetensors(file);
+  const f = await openSafetensors(file, files);
   try {
     for (const [key, shape] of expected) {
       if (!f.has(key)) throw new CheckpointError(file, `missing (expected shape [${shape}])`, key);
@@ -231,36 +234,14 @@ export function setAdapterWeights(adapter: LoraAdapter, weights: ReadonlyMap<str
  * against the model first (so a bad adapter leaves the model untouched), then swaps in
  * LoraLinear modules holding the stored weights. The adapter starts in evaluation mode (no
  * dropout).
+ * @param files where `dir` is (default: the host's, io/files.ts; in a browser URLs, picked files or the OPFS)
  * @throws CheckpointError as {@link readAdapterConfig} and {@link readAdapterWeights}.
  */
-export async function loadAdapter(model: LlamaModel, dir: string): Promise<LoraAdapter> {
-  const config = await readAdapterConfig(dir);
-  const weights = await readAdapterWeights(dir, model, config);
+export async function loadAdapter(model: LlamaModel, dir: string, files?: Files): Promise<LoraAdapter> {
+  files ??= await hostFiles();
+  const config = await readAdapterConfig(dir, files);
+  const weights = await readAdapterWeights(dir, model, config, files);
   const adapter = applyLora(model, config);
   setAdapterWeights(adapter, weights);
   return adapter;
-}
-
-/**
- * Whether the adapter in `adapterDir` names another base model than `modelDir` in its
- * `base_model_name_or_path`: the same model is a folder that resolves to the same path, a Hub id
- * whose last part is the folder's name (`Qwen/Qwen1.5-1.8B` for `~/models/Qwen1.5-1.8B`), or the
- * `_name_or_path` of the model's config.json. An adapter that names none is not questioned.
- * @returns a warning line, or null when the names agree
- * @throws CheckpointError when adapter_config.json cannot be read as JSON
- */
-export async function baseModelMismatch(adapterDir: string, modelDir: string): Promise<string | null> {
-  const file = join(adapterDir, ADAPTER_CONFIG_FILE);
-  let base: unknown;
-  try {
-    base = (parseJson(await readFile(file, "utf8")) as Record<string, unknown>).base_model_name_or_path;
-  } catch (e) {
-    throw new CheckpointError(file, `cannot read a PEFT adapter config: ${(e as Error).message}`);
-  }
-  if (typeof base !== "string" || base === "") return null;
-  if (resolve(base) === resolve(modelDir) || basename(base) === basename(resolve(modelDir))) return null;
-  const config = join(modelDir, "config.json");
-  const nameOrPath = existsSync(config) ? (parseJson(await readFile(config, "utf8")) as Record<string, unknown>)._name_or_path : undefined;
-  if (nameOrPath === base) return null;
-  return `adapter ${adapterDir} was trained on "${base}" (its base_model_name_or_path), which is not ${modelDir}: its LoRA update may not fit these weights`;
 }

@@ -155,3 +155,29 @@ export async function pageAdapterOrSkip(page: Page, ctx: TestContext): Promise<v
   process.stderr.write(`skipping "${ctx.task.name}": ${why}\n`);
   ctx.skip(why);
 }
+
+/**
+ * In the page: `steps` AdamW steps (lr 1e-2) of the question-translation loss on two fixed
+ * examples (a prompt, then target tokens; ids below the fixtures' vocab_size 320), on `adapter`
+ * of `model`. Self-contained, since it runs in the page: pass its `toString()` and evaluate it there.
+ * @returns the mean target loss before the first step and after each
+ */
+export async function pageLoraSteps(qa: any, model: any, adapter: any, device: unknown, steps: number): Promise<number[]> {
+  const examples = [
+    { ids: [1, 17, 42, 99, 5, 230, 64, 8], promptLen: 3 },
+    { ids: [1, 250, 3, 77, 12, 40], promptLen: 2 },
+  ];
+  const losses: number[] = [(await qa.meanTargetLoss(model, examples, 2)).loss];
+  const opt = new qa.AdamW(adapter.params, { lr: 1e-2 });
+  for (let step = 0; step < steps; step++) {
+    qa.tidy(() => {
+      const batch = qa.collate(examples, device);
+      qa.targetNllSum(model, batch).div(batch.targetCount).backward();
+    });
+    opt.step();
+    qa.zeroGrad(adapter.params);
+    losses.push((await qa.meanTargetLoss(model, examples, 2)).loss);
+  }
+  opt.dispose();
+  return losses;
+}
