@@ -23,6 +23,7 @@ import { attempt, gpuTimer, measure, relErr, wallTime } from "./harness.ts";
 import type { Peer, PeerCase } from "./peer.ts";
 import { checkPeer, hostRandom, peerMatmul, peerSoftmax } from "./peer.ts";
 import type { CpuPeak } from "./cpu_peak.ts";
+import type { SimdCeiling } from "./wasm_simd_ceiling.ts";
 import type { CpuSidePeer } from "./jax_ort.ts";
 import { failedContender, peerLinearContenders } from "./jax_ort.ts";
 
@@ -38,6 +39,8 @@ export interface BenchContext {
   cpuSidePeers: CpuSidePeer[];
   /** The CPU's FP32 peak, or null where it cannot be computed. */
   cpuPeak: CpuPeak | null;
+  /** The measured throughput ceiling of WebAssembly SIMD on the wasm device's threads. */
+  simdCeiling: SimdCeiling;
   quick: boolean;
   opts: MeasureOptions;
   /** Progress on stderr. */
@@ -129,7 +132,11 @@ async function matmulCase(ctx: BenchContext, name: string, M: number, N: number,
   const results = await measure(contenders, work, ctx.opts);
   if (peerCase && ctx.peer.ok) await checkPeer(ctx.peer, peerErrors, peerCase, qalignOut, results);
   await others.check(results, qalignOut);
-  if (ctx.cpuPeak) for (const t of results) if (t.throughput !== null) t.extra = { ...t.extra, pctOfCpuFp32Peak: (100 * t.throughput) / ctx.cpuPeak.gflops };
+  for (const t of results) {
+    if (t.throughput === null) continue;
+    t.extra = { ...t.extra, pctOfWasmSimdCeiling: (100 * t.throughput) / ctx.simdCeiling.gflops };
+    if (ctx.cpuPeak) t.extra.pctOfCpuFp32Peak = (100 * t.throughput) / ctx.cpuPeak.gflops;
+  }
   cleanup.forEach((f) => f());
   return { group: "matmul", name, params: { M, N, K, layout: "x @ w^T" }, work, results, ...(note ? { note } : {}) };
 }

@@ -28,6 +28,7 @@ import { attentionCases, matmulCases, rowCases } from "./kernels.ts";
 import { endToEndCases, loaderCase } from "./model.ts";
 import { weightCases } from "./weights.ts";
 import { cpuPeak } from "./cpu_peak.ts";
+import { wasmSimdCeiling } from "./wasm_simd_ceiling.ts";
 import { startCpuSidePeers } from "./jax_ort.ts";
 import { packageVersions, startPeer } from "./peer.ts";
 import { targets } from "./targets.ts";
@@ -91,6 +92,8 @@ if (!Number.isInteger(threads) || threads < 1) usageError(`--threads must be a p
 const wasm = await wasmDevice(threads);
 const peak = cpuPeak();
 log(peak ? `CPU FP32 peak: ${peak.how}` : "CPU FP32 peak: unknown (no FMA flag or clock in /proc/cpuinfo)");
+const simdCeiling = await wasmSimdCeiling(wasm.threads, wasm.relaxedSimd);
+log(`wasm SIMD ceiling: ${simdCeiling.how}`);
 
 // createWebGpuBackend() opened the device itself, so gpu.gpu (the GPU object) is set.
 const peer = gpu?.gpu ? await startPeer(gpu.gpu) : ({ ok: false, error: "not started: --device cpu", version: null } as const);
@@ -99,7 +102,7 @@ if (!peer.ok) log(`peer unavailable, going on without it: ${peer.error}`);
 const opts: MeasureOptions = quick ? { repeats: 2, minSampleMs: 20, maxIterations: 10 } : { repeats: 3, minSampleMs: 300, maxIterations: 50 };
 const cpuSidePeers = await startCpuSidePeers(gpu?.gpu ?? null, threads);
 for (const p of cpuSidePeers) if (p.error) log(`peer ${p.engine} unavailable, reported as failed in each case: ${p.error}`);
-const ctx: BenchContext = { gpu, cpu, wasm, peer, cpuSidePeers, cpuPeak: peak, quick, opts, log };
+const ctx: BenchContext = { gpu, cpu, wasm, peer, cpuSidePeers, cpuPeak: peak, simdCeiling, quick, opts, log };
 
 /** The adapter as JSON: identity, features and the limits that matter to kernels. */
 function adapterJson(b: WebGpuBackend) {
@@ -142,7 +145,7 @@ await run("e2e", () => endToEndCases(ctx, gpu ? [gpu, wasm, cpu] : [wasm, cpu]))
 await run("loader", async () => [await attempt("loader", "loadModel", () => loaderCase(ctx, (gpu ?? cpu) as Backend))]);
 await run("merge", async () => [await attempt("merge", "mergeCheckpoint", () => mergeCase(ctx))]);
 
-const goals = targets(cases, gpu, peak);
+const goals = targets(cases, gpu, peak, simdCeiling);
 const report = {
   schema: "qalign-bench/1",
   date: started.toISOString(),
@@ -164,6 +167,7 @@ const report = {
   peers: cpuSidePeers.map((p) => ({ name: p.engine, version: p.version, status: p.error ? `unavailable: ${p.error}` : "ok" })),
   wasm: { threads: wasm.threads, relaxedSimd: wasm.relaxedSimd },
   cpuFp32Peak: peak,
+  wasmSimdCeiling: simdCeiling,
   targets: goals,
   cases,
 };
@@ -172,6 +176,7 @@ await writeFile(jsonPath, JSON.stringify(report, null, 2) + "\n");
 
 console.log(table(cases));
 console.log(`\nCPU FP32 peak: ${peak?.how ?? "unknown"}`);
+console.log(`wasm SIMD ceiling: ${simdCeiling.how}`);
 console.log("\nTargets (ratios measured in this run):");
 for (const t of goals) console.log(`- ${t.met === null ? "n/a " : t.met ? "met " : "MISS"} ${t.name}: ${t.measured}`);
 console.log(`\n${quick ? "quick run (cut sizes; targets printed, not enforced); " : ""}JSON: ${jsonPath} (${report.durationS} s)`);
