@@ -14,7 +14,7 @@ export { sha256, sha256File, sha256SafetensorsHeader, type Provenance } from "./
 
 // model (Node: the tiny checkpoint, written to the cache folder)
 export { ensureTinyModel, writeTinyModel, TINY_CONFIG } from "./model/tiny.ts";
-export { downloadModel, isHubName, hubUrl, type DownloadOptions } from "./model/hub.ts";
+export { downloadModel, isHubName, nodeStore } from "./model/hub_node.ts";
 // lora (Node: adapters, merged models and question files on disk, the training loop)
 export { mergeLora, saveMergedModel } from "./lora/merge.ts";
 export {

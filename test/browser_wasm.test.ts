@@ -18,10 +18,9 @@ let browser: Browser | null = null;
 const pages: Record<"plain" | "isolated", Page | null> = { plain: null, isolated: null };
 
 beforeAll(async () => {
-  const js = await bundleBrowserEntry();
   const server = await serve({
     "/": { type: "text/html", body: QALIGN_PAGE },
-    "/qalign.js": { type: "text/javascript", body: js },
+    ...(await bundleBrowserEntry()),
     "/isolated/": { type: "text/html", body: QALIGN_PAGE, headers: ISOLATED },
   });
   close = server.close;

@@ -39,12 +39,12 @@ async function main(argv: string[]): Promise<number> {
   const module = await command.load();
   const values = parse(name, rest, module.options);
   // --model org/name (no such local folder): the checkpoint is downloaded from the Hub first.
-  const hub = "model" in values && typeof values.model === "string" ? await import("../model/hub.ts") : null;
+  const hub = "model" in values && typeof values.model === "string" ? await import("../model/hub_node.ts") : null;
   if (hub && hub.isHubName(values.model as string)) {
     const repo = values.model as string;
     const shown = new Set<string>();
     (values as Record<string, unknown>).model = await hub.downloadModel(repo, {
-      onProgress: (file, bytes, size) => {
+      onDownload: (file, bytes, size) => {
         if (bytes === size && !shown.has(file)) process.stderr.write(`qalign: ${repo}: ${file} (${size} bytes)\n`);
         if (bytes === size) shown.add(file);
       },

@@ -21,3 +21,8 @@ export function hostEnv(): Readonly<Record<string, string | undefined>> {
 export function importNodeOnly<T>(id: string): Promise<T> {
   return import(/* @vite-ignore */ id) as Promise<T>;
 }
+
+/** Whether the host is Node (a browser page, or a worker, has no `process.versions.node`). */
+export function isNodeHost(): boolean {
+  return typeof (globalThis as { process?: { versions?: { node?: unknown } } }).process?.versions?.node === "string";
+}

@@ -1,94 +1,277 @@
-import { existsSync, statSync } from "node:fs";
-import { appendFile, mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
-import { join } from "node:path";
-import { downloadFile } from "@huggingface/hub";
-import { cacheDir } from "../io/cache.ts";
+import { hostFiles, type Files } from "../io/files.ts";
+import { hostEnv, importNodeOnly, isNodeHost } from "../io/host.ts";
 import { parseJson } from "../io/json.ts";
+import { urlFiles } from "../io/web_files.ts";
 import { CheckpointError, INDEX_FILE, SINGLE_FILE } from "./safetensors.ts";
 
 /**
- * Checkpoints from the Hugging Face Hub (Node): the files a Llama-family checkpoint needs,
- * fetched with `@huggingface/hub` from `<hubUrl>/<org>/<name>/resolve/<revision>/<file>` into
- * qalign's cache folder, each written to `<file>.part` and renamed when complete, so an
- * interrupted download resumes from the bytes it has (an HTTP range request for the rest).
+ * Checkpoints from the Hugging Face Hub, on Node and in a browser: the files a Llama-family
+ * checkpoint needs, fetched with `@huggingface/hub` from
+ * `<endpoint>/<org>/<name>/resolve/<revision>/<file>` into a cache (Node: qalign's cache folder,
+ * hub_node.ts; a page: its Origin Private File System, hub_opfs.ts). Each file grows as
+ * `<file>.part`, beside `<file>.part.json` recording the Hub's ETag and size, and is renamed
+ * when complete; an interrupted download resumes from the bytes it has (an HTTP range request
+ * for the rest) when the ETag and size still match, and starts over otherwise. A dropped
+ * connection is retried from where it stopped. A finished download writes
+ * `.qalign-download.json`, so later loads of the same revision make no request at all.
  */
 
-/** The Hub that names resolve against unless told otherwise ($HF_ENDPOINT, as huggingface_hub reads it). */
-export function hubUrl(): string {
-  return process.env["HF_ENDPOINT"] || "https://huggingface.co";
-}
-
 /** "org/name" as the Hub writes a repository id: two path segments of letters, digits, `-`, `_`, `.`. */
-const HUB_NAME = /^[A-Za-z0-9][\w.-]*\/[\w.-]+$/;
+const HUB_ID = /^[A-Za-z0-9][\w.-]*\/[\w.-]+$/;
 
-/** Whether `model` names a Hub repository rather than a local folder (an existing folder always wins). */
-export function isHubName(model: string): boolean {
-  return HUB_NAME.test(model) && !existsSync(model);
-}
-
-/** Options of {@link downloadModel}. */
-export interface DownloadOptions {
-  /** Branch, tag or commit (default "main"). */
-  revision?: string;
-  /** The Hub's base URL (default {@link hubUrl}); tests point it at a local server. */
-  hubUrl?: string;
-  /** The folder the checkpoint goes to (default `<cacheDir()>/hub/<org>--<name>/<revision>`). */
-  dir?: string;
-  /** $HF_TOKEN by default, for gated or private repositories. */
-  accessToken?: string;
-  /** Called as bytes arrive: the file, its bytes on disk so far, and its size. */
-  onProgress?: (file: string, bytes: number, size: number) => void;
-}
+/** The marker a complete download leaves in its folder: the files, their sizes and ETags. */
+export const DOWNLOAD_MARKER = ".qalign-download.json";
 
 /** Files a checkpoint may have besides its weights; absent ones are skipped. */
 const OPTIONAL = ["tokenizer.json", "tokenizer_config.json", "generation_config.json"];
 
+/** Tries per file after a dropped connection that still brought bytes (an attempt that brings none ends it). */
+const RETRIES = 3;
+
+/** The Hub names resolve against unless told otherwise ($HF_ENDPOINT on Node, as huggingface_hub reads it). */
+export function hubUrl(): string {
+  return hostEnv()["HF_ENDPOINT"] || "https://huggingface.co";
+}
+
+/** Options of a Hub download (downloadModel, and loadModel given a Hub id). */
+export interface HubOptions {
+  /** Branch, tag or commit (default "main"). */
+  revision?: string;
+  /** The Hub's base URL (default {@link hubUrl}); tests point it at a local server. */
+  endpoint?: string;
+  /** $HF_TOKEN by default on Node, for gated or private repositories. */
+  accessToken?: string;
+  /** Called as bytes arrive: the file, its bytes in the cache so far, and its size. */
+  onDownload?: (file: string, bytes: number, size: number) => void;
+  /** Stops the download; what arrived stays for the next call to resume. It rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
 /**
- * Downloads Hub model `name` ("Qwen/Qwen2.5-0.5B"): config.json, the weights
- * (model.safetensors, else model.safetensors.index.json and every shard it lists) and the
- * tokenizer files. Complete files already in the folder are kept; a `.part` file is resumed.
- * @returns the local folder, ready for loadModel and loadTokenizer
- * @throws CheckpointError naming the repository when it has no config.json or no safetensors
- *   weights, or the index lists a shard outside the repository; the Hub's HTTP errors
- *   (HubApiError: 401/403 for gated models without a token, 404 for an unknown name).
+ * Where downloads go: a folder's files that the checkpoint is then read from, and the few writes
+ * a resumable download needs (hub_node.ts: Node's file system; hub_opfs.ts: the OPFS).
  */
-export async function downloadModel(name: string, opts: DownloadOptions = {}): Promise<string> {
+export interface DownloadStore {
+  /** Reads of the cache, which loadModel and loadTokenizer are given. */
+  readonly files: Files;
+  /** The cache folder of `repo` at `revision`. */
+  folder(repo: string, revision: string): string;
+  /** Bytes of the file at `path`, 0 when there is none. */
+  size(path: string): Promise<number>;
+  /**
+   * Keeps the first `keep` bytes of the file at `path` (none, or no file: a new one) and writes
+   * `chunks` after them. When `chunks` throws, the bytes written before stay, and the error
+   * propagates.
+   */
+  append(path: string, keep: number, chunks: AsyncIterable<Uint8Array>): Promise<void>;
+  /** Renames file `from` to `to`, replacing it. */
+  rename(from: string, to: string): Promise<void>;
+  /** Removes the file at `path`, if any. */
+  remove(path: string): Promise<void>;
+}
+
+/** Where a Hub id was found: the folder and the files it is read through. */
+export interface ModelSource {
+  dir: string;
+  files: Files;
+}
+
+/** Whether `model` is written as a Hub repository id, "org/name" (it may still be a local folder). */
+export function isHubId(model: string): boolean {
+  return HUB_ID.test(model);
+}
+
+/**
+ * The host's download cache: on Node the cache folder (hub_node.ts, imported by a name that
+ * bundlers leave out; the path is relative to io/host.ts, which imports it); null in a page.
+ */
+async function hostStore(): Promise<DownloadStore | null> {
+  if (isNodeHost()) return (await importNodeOnly<typeof import("./hub_node.ts")>("../model/hub_node.ts")).nodeStore();
+  return null;
+}
+
+/**
+ * Where `model` is, as transformers' `from_pretrained` decides: with `opts.files`, or when
+ * `model` is a folder (it can be listed, or has a config.json), or is not written "org/name",
+ * `model` itself; else a Hub id, downloaded (or found complete) in `opts.store`, by default the
+ * host's cache (on Node the cache folder; a page without a store reads the Hub's resolve/ URLs
+ * by ranges, uncached).
+ * @throws what {@link downloadCheckpoint} throws
+ */
+export async function resolveModel(model: string, opts: HubOptions & { files?: Files; store?: DownloadStore } = {}): Promise<ModelSource> {
+  if (opts.files !== undefined) return { dir: model, files: opts.files };
+  const files = await hostFiles();
+  if (!isHubId(model) || (await isFolder(files, model))) return { dir: model, files };
+  const store = opts.store ?? (await hostStore());
+  // No cache (a page): the Hub's resolve/ URLs, read by ranges as loadModel reads any URL.
+  if (store === null) return { dir: ".", files: urlFiles(`${(opts.endpoint ?? hubUrl()).replace(/\/+$/, "")}/${model}/resolve/${opts.revision ?? "main"}/`) };
+  return { dir: await downloadCheckpoint(model, store, opts), files: store.files };
+}
+
+/** Whether `path` is a local folder, or holds a config.json (a web server's folders cannot be listed). */
+async function isFolder(files: Files, path: string): Promise<boolean> {
+  const listed = await files.list(path).then(
+    () => true,
+    () => false,
+  );
+  return listed || (await files.exists(files.join(path, "config.json")));
+}
+
+/** What the Hub said about one file: its size and ETag, and a Blob that fetches ranges of it. */
+interface HubFile {
+  size: number;
+  etag: string;
+  blob: Blob;
+}
+
+/** What `.part.json` records beside a partial file. */
+interface PartInfo {
+  etag: string;
+  size: number;
+}
+
+/**
+ * Downloads Hub checkpoint `repo` ("Qwen/Qwen2.5-0.5B") into `store`: config.json, the weights
+ * (model.safetensors, else model.safetensors.index.json and every shard it lists) and the
+ * tokenizer files. A folder with the download marker is returned without any request; complete
+ * files are kept, partial ones resumed (see the file comment).
+ * @returns the cache folder, ready for loadModel and loadTokenizer through `store.files`
+ * @throws CheckpointError naming `<endpoint>/<repo>`, the file and the HTTP status for a Hub
+ *   error (401/403: gated or private without a token; 404: no such repository or revision), an
+ *   unreachable endpoint, a repository without config.json or safetensors weights, an index
+ *   listing a shard outside the repository, or a download that stops short after its retries;
+ *   all before any weight is read. An abort rejects with the signal's reason.
+ */
+export async function downloadCheckpoint(repo: string, store: DownloadStore, opts: HubOptions = {}): Promise<string> {
   const revision = opts.revision ?? "main";
-  const dir = opts.dir ?? join(cacheDir(), "hub", name.replace("/", "--"), revision);
-  const params = { repo: name, revision, hubUrl: opts.hubUrl ?? hubUrl(), accessToken: opts.accessToken ?? (process.env["HF_TOKEN"] || undefined) };
-  const where = `${params.hubUrl}/${name}`;
-  await mkdir(dir, { recursive: true });
-  /** Fetches one file into `dir`; false when the repository has no such file. */
-  const fetchFile = async (file: string): Promise<boolean> => {
-    const target = join(dir, file);
-    if (existsSync(target)) return true;
-    const blob = await downloadFile({ ...params, path: file });
-    if (blob === null) return false;
-    const part = `${target}.part`;
-    let have = existsSync(part) ? statSync(part).size : 0;
-    if (have > blob.size) have = 0; // a stale part of another version: start over
-    if (have === 0) await writeFile(part, new Uint8Array(0));
-    opts.onProgress?.(file, have, blob.size);
-    // blob.slice(have) is fetched with `Range: bytes=have-`: only the missing bytes travel.
-    for await (const chunk of blob.slice(have).stream() as unknown as AsyncIterable<Uint8Array>) {
-      await appendFile(part, chunk);
-      have += chunk.byteLength;
-      opts.onProgress?.(file, have, blob.size);
+  const endpoint = (opts.endpoint ?? hubUrl()).replace(/\/+$/, "");
+  const where = `${endpoint}/${repo}`;
+  if (!isHubId(repo)) throw new CheckpointError(repo, 'not a Hub repository id ("org/name")');
+  const { files } = store;
+  const dir = store.folder(repo, revision);
+  if (await files.exists(files.join(dir, DOWNLOAD_MARKER))) return dir;
+  const hub = await import("@huggingface/hub");
+  const signal = opts.signal;
+  const params = {
+    repo,
+    revision,
+    hubUrl: endpoint,
+    accessToken: opts.accessToken ?? (hostEnv()["HF_TOKEN"] || undefined),
+    fetch: ((input: Parameters<typeof fetch>[0], init?: RequestInit) => fetch(input, { ...init, signal })) as typeof fetch,
+  };
+  /** The Hub's answer about `file`, null when the repository has no such file. */
+  const ask = async (file: string): Promise<HubFile | null> => {
+    try {
+      const info = await hub.fileDownloadInfo({ ...params, path: file });
+      if (info === null) return null;
+      // xet: false reads the file's resolve URL by ranges (xet reconstruction is not resumable this way).
+      const blob = await hub.downloadFile({ ...params, path: file, downloadInfo: info, xet: false });
+      return blob === null ? null : { size: info.size, etag: info.etag, blob };
+    } catch (e) {
+      throw hubError(e, where, file, signal);
     }
-    if ((await stat(part)).size !== blob.size) throw new CheckpointError(where, `download of ${file} stopped at ${have} of ${blob.size} bytes`);
-    await rename(part, target);
+  };
+  const got: Record<string, PartInfo> = {};
+  /** Fetches one file into the folder; false when the repository has no such file. */
+  const fetchFile = async (file: string): Promise<boolean> => {
+    const target = files.join(dir, file);
+    if (await files.exists(target)) return true;
+    const remote = await ask(file);
+    if (remote === null) return false;
+    const { size, etag, blob } = remote;
+    const [part, partInfo] = [`${target}.part`, `${target}.part.json`];
+    const recorded = (await files.exists(partInfo)) ? readPartInfo(await files.readText(partInfo)) : null;
+    let have = await store.size(part);
+    // Another version of the file (its ETag or size changed), or more bytes than it has: start over.
+    if (recorded?.etag !== etag || recorded.size !== size || have > size) {
+      have = 0;
+      await files.writeAtomic(partInfo, [JSON.stringify({ etag, size } satisfies PartInfo)]);
+    }
+    opts.onDownload?.(file, have, size);
+    for (let tries = 0; have < size; ) {
+      const before = have;
+      try {
+        // blob.slice(have) is fetched with `Range: bytes=have-`: only the missing bytes travel.
+        await store.append(part, have, counted(blob.slice(have).stream(), (n) => opts.onDownload?.(file, (have += n), size)));
+      } catch (e) {
+        have = await store.size(part);
+        if (signal?.aborted) throw signal.reason;
+        if (have === before || ++tries > RETRIES) {
+          throw new CheckpointError(where, `${file}: the download stopped at ${have} of ${size} bytes (${messageOf(e)}); run again to resume`);
+        }
+        continue;
+      }
+      have = await store.size(part);
+      if (have !== size) throw new CheckpointError(where, `${file}: the Hub sent ${have} bytes where it announced ${size}`);
+    }
+    await store.rename(part, target);
+    await store.remove(partInfo);
+    got[file] = { etag, size };
     return true;
   };
-  if (!(await fetchFile("config.json"))) throw new CheckpointError(where, "has no config.json: not a transformers checkpoint");
+  if (!(await fetchFile("config.json"))) throw new CheckpointError(where, "has no config.json (HTTP 404): not a transformers checkpoint, or no such revision");
   if (!(await fetchFile(SINGLE_FILE))) {
-    if (!(await fetchFile(INDEX_FILE))) throw new CheckpointError(where, `has neither ${SINGLE_FILE} nor ${INDEX_FILE}: qalign reads safetensors weights only`);
-    const index = parseJson(await readFile(join(dir, INDEX_FILE), "utf8")) as { weight_map?: Record<string, unknown> } | null;
-    const shards = [...new Set(Object.values(index?.weight_map ?? {}))];
-    for (const shard of shards) {
-      if (typeof shard !== "string" || !/^[\w.-]+$/.test(shard)) throw new CheckpointError(join(dir, INDEX_FILE), `weight_map names ${JSON.stringify(shard)}, not a file of the repository`);
-      if (!(await fetchFile(shard))) throw new CheckpointError(where, `lists shard ${shard}, which the repository does not have`);
+    if (!(await fetchFile(INDEX_FILE))) throw new CheckpointError(where, `has neither ${SINGLE_FILE} nor ${INDEX_FILE} (HTTP 404): qalign reads safetensors weights only`);
+    const indexPath = files.join(dir, INDEX_FILE);
+    const index = parseJson(await files.readText(indexPath)) as { weight_map?: Record<string, unknown> } | null;
+    for (const shard of new Set(Object.values(index?.weight_map ?? {}))) {
+      if (typeof shard !== "string" || !/^[\w.-]+$/.test(shard) || shard === "." || shard === "..") {
+        throw new CheckpointError(indexPath, `weight_map names ${JSON.stringify(shard)}, not a file of the repository`);
+      }
+      if (!(await fetchFile(shard))) throw new CheckpointError(where, `lists shard ${shard}, which the repository does not have (HTTP 404)`);
     }
   }
   for (const file of OPTIONAL) await fetchFile(file);
+  await files.writeAtomic(files.join(dir, DOWNLOAD_MARKER), [JSON.stringify({ repo, revision, endpoint, files: got }, null, 1)]);
   return dir;
+}
+
+/** The chunks of `stream`, each one's byte count reported to `onBytes` once the consumer took it. */
+async function* counted(stream: ReadableStream<Uint8Array>, onBytes: (n: number) => void): AsyncIterable<Uint8Array> {
+  // A reader rather than `for await`: async iteration of ReadableStream is recent in browsers.
+  const reader = stream.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      yield value;
+      onBytes(value.byteLength);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/** An error's message; @huggingface/hub aborts a failed range stream with a bare string. */
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** A `.part.json` file's record, or null when it is not one (a damaged file: the part starts over). */
+function readPartInfo(text: string): PartInfo | null {
+  try {
+    const v = parseJson(text) as Partial<PartInfo> | null;
+    return typeof v?.etag === "string" && typeof v.size === "number" ? { etag: v.etag, size: v.size } : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Why a status fails, in the words a user can act on. */
+const STATUS_HINTS: Record<number, string> = {
+  401: "the repository is private or gated, or does not exist: set HF_TOKEN (accessToken) to a token that may read it",
+  403: "the token may not read this repository (a gated model: accept its terms on the Hub)",
+  404: "no such repository, revision or file",
+  429: "rate limited: wait and run again",
+};
+
+/**
+ * A Hub failure as a CheckpointError naming the repository, the file and the HTTP status (the
+ * library's HubApiError carries `statusCode`); an abort stays the signal's reason.
+ */
+function hubError(e: unknown, where: string, file: string, signal: AbortSignal | undefined): unknown {
+  if (signal?.aborted) return signal.reason;
+  const status = (e as { statusCode?: unknown }).statusCode;
+  if (typeof status === "number") return new CheckpointError(where, `${file}: HTTP ${status}: ${STATUS_HINTS[status] ?? messageOf(e)}`);
+  return new CheckpointError(where, `${file}: cannot reach the Hub: ${messageOf(e)}`);
 }

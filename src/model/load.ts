@@ -8,6 +8,7 @@ import { tensor } from "../tensor/ops/create.ts";
 import type { WeightLike } from "../tensor/ops/nn.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { PackedWeight, WEIGHT_COL_MULTIPLE, assertWeightDType, type HostWeight, type WeightDType } from "../tensor/weight.ts";
+import { resolveModel, type HubOptions } from "./hub.ts";
 import { bnbPackedShape, isBnb4bit, isBnbCompanion, readBnb4bit } from "./bnb.ts";
 import { loadConfig, type LlamaConfig } from "./config.ts";
 import { DecoderLayer, Linear, LlamaModel, type LayerModules } from "./llama.ts";
@@ -79,7 +80,8 @@ export function validateCheckpoint(config: LlamaConfig, ckpt: Checkpoint, dir: s
   }
 }
 
-export interface LoadOptions {
+/** Options of {@link loadModel}; those of {@link HubOptions} apply when the model is a Hub id. */
+export interface LoadOptions extends HubOptions {
   device?: Backend;
   /** How weight matrices are stored on the device; default: as the checkpoint stores them. */
   dtype?: WeightDType;
@@ -173,17 +175,22 @@ async function readMatrix(ckpt: Checkpoint, name: string, shape: [number, number
 }
 
 /**
- * Loads `dir` into a LlamaModel on `opts.device` (default: the default device).
- * @throws CheckpointError for a bad config.json, a malformed or truncated safetensors file, a
+ * Loads checkpoint `model` into a LlamaModel on `opts.device` (default: the default device):
+ * a folder (or, in a page, a URL), or a Hub id "org/name" as transformers' `from_pretrained`
+ * takes it (no such local folder: downloaded into the host's cache first, or found there, see
+ * hub.ts's resolveModel; `opts.revision`, `endpoint`, `onDownload`, `signal` steer it).
+ * @throws CheckpointError naming the repository, the file and the HTTP status when a download
+ *   fails (before any weight is read); for a bad config.json, a malformed or truncated safetensors file, a
  *   missing shard or tensor, a shape that disagrees with the config, a bad 4-bit quant state,
  *   or a matrix whose columns do not suit a packed dtype; all before any compute. DTypeError
  *   for an unknown `dtype`.
  */
-export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LlamaModel> {
+export async function loadModel(model: string, opts: LoadOptions = {}): Promise<LlamaModel> {
   const device = opts.device ?? defaultDevice();
   if (opts.dtype !== undefined) assertWeightDType("loadModel", opts.dtype);
-  const config = await loadConfig(dir, opts.files);
-  const ckpt = await openCheckpoint(dir, opts.files);
+  const { dir, files } = await resolveModel(model, opts);
+  const config = await loadConfig(dir, files);
+  const ckpt = await openCheckpoint(dir, files);
   // Weights uploaded so far, freed if a later read fails (a short read, an I/O error).
   const loaded: WeightLike[] = [];
   try {

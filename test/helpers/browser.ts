@@ -2,10 +2,9 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { build } from "esbuild";
 import puppeteer, { type Browser, type Page } from "puppeteer-core";
 import type { TestContext } from "vitest";
-import { ROOT } from "./cli.ts";
+import { bundleBrowser } from "../../scripts/browser_bundle.mjs";
 import { SWIFTSHADER_ICD } from "./devices.ts";
 
 /**
@@ -24,16 +23,27 @@ export interface Served {
   body: string | Uint8Array;
   /** Extra response headers (e.g. COOP/COEP for a cross-origin-isolated page). */
   headers?: Record<string, string>;
+  /** The HTTP status (default 200): e.g. 401 with a JSON body, as the Hub answers for a gated model. */
+  status?: number;
+}
+
+/** How the server misbehaves, for tests of resumed downloads. */
+export interface ServeOptions {
+  /**
+   * Paths of folder files whose first full-body GET (a range of more than one byte, or none)
+   * sends half the bytes it announced and then drops the connection, as a network failure does.
+   */
+  dropOnce?: readonly string[];
 }
 
 /**
- * src/browser.ts and what it imports as one ES module for a page. platform "browser" fails
- * on any `node:` import reachable from it, so a bundle that builds has none.
- * @throws esbuild's error naming the unresolvable import.
+ * src/browser.ts bundled for a page (scripts/browser_bundle.mjs, as `npm run demo:browser`
+ * serves it), as files to serve: `/qalign.js` and the chunks it imports.
+ * @throws esbuild's error naming an unresolvable import (any `node:` module reachable from the entry).
  */
-export async function bundleBrowserEntry(): Promise<string> {
-  const out = await build({ entryPoints: [join(ROOT, "src", "browser.ts")], bundle: true, format: "esm", platform: "browser", target: "es2022", write: false, logLevel: "silent" });
-  return out.outputFiles[0]!.text;
+export async function bundleBrowserEntry(): Promise<Record<string, Served>> {
+  const js = await bundleBrowser();
+  return Object.fromEntries(Object.entries(js).map(([path, body]) => [path, { type: "text/javascript", body }]));
 }
 
 /** A page that loads the bundled browser entry from /qalign.js and sets `window.qa` to it. */
@@ -48,7 +58,7 @@ export async function openQalign(
   files: Readonly<Record<string, Served>> = {},
   folders: Readonly<Record<string, string>> = {},
 ): Promise<{ browser: Browser; page: Page; requests: Request[]; close: () => Promise<void> }> {
-  const server = await serve({ "/": { type: "text/html", body: QALIGN_PAGE }, "/qalign.js": { type: "text/javascript", body: await bundleBrowserEntry() }, ...files }, folders);
+  const server = await serve({ "/": { type: "text/html", body: QALIGN_PAGE }, ...(await bundleBrowserEntry()), ...files }, folders);
   const browser = await launchChromium().catch(async (e: unknown) => {
     await server.close();
     throw e;
@@ -75,19 +85,22 @@ export interface Request {
 /**
  * Serves `files` (path -> file), and under each prefix of `folders` (URL prefix -> local
  * folder) the folder's files, on 127.0.0.1 at a free port; any other path is a 404. Folder files
- * honour single byte ranges (`Range: bytes=a-b`, answered 206, RFC 9110 section 14) and HEAD.
+ * honour single byte ranges (`Range: bytes=a-b`, answered 206, RFC 9110 section 14) and HEAD,
+ * and carry an ETag (size and modification time); `opts` makes chosen files fail once.
  * @returns the origin to open (http://localhost:PORT), every request answered, and a close function
  */
 export async function serve(
   files: Readonly<Record<string, Served>>,
   folders: Readonly<Record<string, string>> = {},
+  opts: ServeOptions = {},
 ): Promise<{ origin: string; requests: Request[]; close: () => Promise<void> }> {
   const requests: Request[] = [];
+  const drop = new Set(opts.dropOnce);
   const server: Server = createServer((req, res) => {
     const path = new URL(req.url ?? "/", "http://localhost").pathname;
     requests.push({ method: req.method ?? "GET", path, range: req.headers.range ?? null });
     const file = files[path];
-    if (file) return void res.writeHead(200, { "Content-Type": file.type, "Cache-Control": "no-store", ...file.headers }).end(file.body);
+    if (file) return void res.writeHead(file.status ?? 200, { "Content-Type": file.type, "Cache-Control": "no-store", ...file.headers }).end(file.body);
     const prefix = Object.keys(folders).find((p) => path.startsWith(p) && !path.slice(p.length).includes(".."));
     const local = prefix === undefined ? null : join(folders[prefix]!, path.slice(prefix.length));
     // The Hub's answer for a missing file, which @huggingface/hub reads as "no such file".
@@ -99,6 +112,11 @@ export async function serve(
     const etag = `"${statSync(local).size}-${statSync(local).mtimeMs}"`;
     const headers = { "Content-Type": "application/octet-stream", "Content-Length": String(end - start), "Accept-Ranges": "bytes", "Cache-Control": "no-store", ETag: etag };
     res.writeHead(m ? 206 : 200, m ? { ...headers, "Content-Range": `bytes ${start}-${end - 1}/${body.length}` } : headers);
+    if (req.method === "GET" && end - start > 1 && drop.delete(path)) {
+      // Half the announced bytes, then the connection goes: the client sees a truncated body.
+      res.write(body.subarray(start, start + Math.floor((end - start) / 2)), () => res.destroy());
+      return;
+    }
     res.end(req.method === "HEAD" ? undefined : body.subarray(start, end));
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
