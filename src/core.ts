@@ -54,7 +54,8 @@ export { init, getDevice, cpuDevice, wasmDevice, type DeviceKind, type DeviceOpt
 
 // model
 export { loadModel, validateCheckpoint, type LoadOptions } from "./model/load.ts";
-export { resolveModel, downloadCheckpoint, isHubId, hubUrl, DOWNLOAD_MARKER, type HubOptions, type DownloadStore, type ModelSource } from "./model/hub.ts";
+export { resolveModel, downloadCheckpoint, isHubId, hubUrl, DOWNLOAD_MARKER, OPFS_HUB_CACHE, type HubOptions, type DownloadStore, type ModelSource } from "./model/hub.ts";
+export { filesStore } from "./model/hub_files.ts";
 export { LlamaModel, KVCache, Linear, Attention, Mlp, DecoderLayer, type LinearLike, type ForwardOptions, type ForwardOutput } from "./model/llama.ts";
 export { loadConfig, parseConfig, MODEL_TYPES, type LlamaConfig, type ModelType } from "./model/config.ts";
 export { LAYER_MODULES, TOP_MODULES, checkpointTensors, expectedWeights, expectedWeightCount, expectedShape, type ModuleSpec } from "./model/params.ts";

@@ -1,14 +1,16 @@
 import { hostFiles, type Files } from "../io/files.ts";
 import { hostEnv, importNodeOnly, isNodeHost } from "../io/host.ts";
 import { parseJson } from "../io/json.ts";
+import { opfsFiles } from "../io/opfs_files.ts";
 import { urlFiles } from "../io/web_files.ts";
+import { filesStore } from "./hub_files.ts";
 import { CheckpointError, INDEX_FILE, SINGLE_FILE } from "./safetensors.ts";
 
 /**
  * Checkpoints from the Hugging Face Hub, on Node and in a browser: the files a Llama-family
  * checkpoint needs, fetched with `@huggingface/hub` from
  * `<endpoint>/<org>/<name>/resolve/<revision>/<file>` into a cache (Node: qalign's cache folder,
- * hub_node.ts; a page: its Origin Private File System, hub_opfs.ts). Each file grows as
+ * hub_node.ts; a page: its Origin Private File System, through hub_files.ts). Each file grows as
  * `<file>.part`, beside `<file>.part.json` recording the Hub's ETag and size, and is renamed
  * when complete; an interrupted download resumes from the bytes it has (an HTTP range request
  * for the rest) when the ETag and size still match, and starts over otherwise. A dropped
@@ -49,7 +51,8 @@ export interface HubOptions {
 
 /**
  * Where downloads go: a folder's files that the checkpoint is then read from, and the few writes
- * a resumable download needs (hub_node.ts: Node's file system; hub_opfs.ts: the OPFS).
+ * a resumable download needs (hub_node.ts: Node's file system; hub_files.ts: any writable Files,
+ * such as the OPFS).
  */
 export interface DownloadStore {
   /** Reads of the cache, which loadModel and loadTokenizer are given. */
@@ -81,21 +84,27 @@ export function isHubId(model: string): boolean {
   return HUB_ID.test(model);
 }
 
+/** The OPFS folder of a page's download cache. */
+export const OPFS_HUB_CACHE = "qalign-cache/hub";
+
 /**
  * The host's download cache: on Node the cache folder (hub_node.ts, imported by a name that
- * bundlers leave out; the path is relative to io/host.ts, which imports it); null in a page.
+ * bundlers leave out; the path is relative to io/host.ts, which imports it); in a page its
+ * Origin Private File System under {@link OPFS_HUB_CACHE}; null where there is neither.
  */
 async function hostStore(): Promise<DownloadStore | null> {
   if (isNodeHost()) return (await importNodeOnly<typeof import("./hub_node.ts")>("../model/hub_node.ts")).nodeStore();
-  return null;
+  const storage = (globalThis as { navigator?: { storage?: { getDirectory?: unknown } } }).navigator?.storage;
+  if (typeof storage?.getDirectory !== "function") return null;
+  return filesStore(opfsFiles(), OPFS_HUB_CACHE);
 }
 
 /**
  * Where `model` is, as transformers' `from_pretrained` decides: with `opts.files`, or when
- * `model` is a folder (it can be listed, or has a config.json), or is not written "org/name",
+ * `model` is a folder (of the host's files: one it can list), or is not written "org/name",
  * `model` itself; else a Hub id, downloaded (or found complete) in `opts.store`, by default the
- * host's cache (on Node the cache folder; a page without a store reads the Hub's resolve/ URLs
- * by ranges, uncached).
+ * host's cache (Node's cache folder, a page's OPFS; a host with neither reads the Hub's
+ * resolve/ URLs by ranges, uncached).
  * @throws what {@link downloadCheckpoint} throws
  */
 export async function resolveModel(model: string, opts: HubOptions & { files?: Files; store?: DownloadStore } = {}): Promise<ModelSource> {
@@ -108,13 +117,15 @@ export async function resolveModel(model: string, opts: HubOptions & { files?: F
   return { dir: await downloadCheckpoint(model, store, opts), files: store.files };
 }
 
-/** Whether `path` is a local folder, or holds a config.json (a web server's folders cannot be listed). */
-async function isFolder(files: Files, path: string): Promise<boolean> {
-  const listed = await files.list(path).then(
+/**
+ * Whether `path` is a folder of `files`: one it can list. A web server's folders cannot be
+ * listed, so in a page "org/name" is always a Hub id (write "./org/name" for the page's own).
+ */
+function isFolder(files: Files, path: string): Promise<boolean> {
+  return files.list(path).then(
     () => true,
     () => false,
   );
-  return listed || (await files.exists(files.join(path, "config.json")));
 }
 
 /** What the Hub said about one file: its size and ETag, and a Blob that fetches ranges of it. */

@@ -51,14 +51,15 @@ export const QALIGN_PAGE = '<!doctype html><meta charset="utf-8"><title>qalign</
 
 /**
  * Serves {@link QALIGN_PAGE} at "/" with the bundle, beside `files` and `folders` (as
- * {@link serve}), and opens it in headless Chromium.
- * @returns the browser, the page (qalign loaded), every request answered, and a close function for both
+ * {@link serve}, with `opts`), and opens it in headless Chromium.
+ * @returns the browser, the page (qalign loaded), every request answered, the server's origin, and a close function for both
  */
 export async function openQalign(
   files: Readonly<Record<string, Served>> = {},
   folders: Readonly<Record<string, string>> = {},
-): Promise<{ browser: Browser; page: Page; requests: Request[]; close: () => Promise<void> }> {
-  const server = await serve({ "/": { type: "text/html", body: QALIGN_PAGE }, ...(await bundleBrowserEntry()), ...files }, folders);
+  opts: ServeOptions = {},
+): Promise<{ browser: Browser; page: Page; requests: Request[]; origin: string; close: () => Promise<void> }> {
+  const server = await serve({ "/": { type: "text/html", body: QALIGN_PAGE }, ...(await bundleBrowserEntry()), ...files }, folders, opts);
   const browser = await launchChromium().catch(async (e: unknown) => {
     await server.close();
     throw e;
@@ -68,7 +69,7 @@ export async function openQalign(
     await server.close();
   };
   try {
-    return { browser, page: await openPage(browser, `${server.origin}/`), requests: server.requests, close };
+    return { browser, page: await openPage(browser, `${server.origin}/`), requests: server.requests, origin: server.origin, close };
   } catch (e) {
     await close();
     throw e;
@@ -113,8 +114,9 @@ export async function serve(
     const headers = { "Content-Type": "application/octet-stream", "Content-Length": String(end - start), "Accept-Ranges": "bytes", "Cache-Control": "no-store", ETag: etag };
     res.writeHead(m ? 206 : 200, m ? { ...headers, "Content-Range": `bytes ${start}-${end - 1}/${body.length}` } : headers);
     if (req.method === "GET" && end - start > 1 && drop.delete(path)) {
-      // Half the announced bytes, then the connection goes: the client sees a truncated body.
-      res.write(body.subarray(start, start + Math.floor((end - start) / 2)), () => res.destroy());
+      // Half the announced bytes, then (once the client has had time to read them) the connection
+      // goes: the client sees a truncated body.
+      res.write(body.subarray(start, start + Math.floor((end - start) / 2)), () => setTimeout(() => res.destroy(), 200));
       return;
     }
     res.end(req.method === "HEAD" ? undefined : body.subarray(start, end));
