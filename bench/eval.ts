@@ -8,7 +8,7 @@
 import { parseArgs } from "node:util";
 import { evaluateLanguage } from "../src/eval/evaluate.ts";
 import { parseLangs } from "../src/eval/languages.ts";
-import { resolveDataSource } from "../src/eval/source.ts";
+import { resolveDataSource } from "../src/eval/default_data.ts";
 import { getTask } from "../src/eval/tasks.ts";
 import { cpuDevice } from "../src/kernels/devices.ts";
 import { loadModel } from "../src/model/load.ts";

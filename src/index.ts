@@ -31,7 +31,8 @@ export { trainOnPairs, type TrainingRecipe, type RecipeData, type RecipeResult }
 // eval
 export { LANGUAGES, LANGUAGE_NAMES, isLang, parseLangs, type Lang } from "./eval/languages.ts";
 export { TASKS, getTask, type TaskId, type TaskSpec, type InputField } from "./eval/tasks.ts";
-export { FolderSource, MemorySource, sampleSource, resolveDataSource, SHARED_DATA_DIR, type DataSource } from "./eval/source.ts";
+export { FolderSource, MemorySource, sampleSource, SAMPLE_DATA_URL, type DataSource } from "./eval/source.ts";
+export { resolveDataSource, SHARED_DATA_DIR, SAMPLE_DATA_FILE, PAPER_PROMPTS_FILE } from "./eval/default_data.ts";
 export { loadTaskData, readItems, checkFields, type Item, type TaskData, type OnInvalid } from "./eval/data.ts";
 export { FIELD_WORDS, fieldWords, questionFile, parseQuestionLabels, type FieldWords } from "./eval/fields.ts";
 export { selectDemos, formatItem, formatPrefix, languagePrompts, type PromptOptions, type LanguagePrompts } from "./eval/prompt.ts";
@@ -42,7 +43,7 @@ export {
   paperScript,
   tableWords,
   renderPaperPrompt,
-  PAPER_PROMPTS_FILE,
+  PAPER_PROMPTS_URL,
   type LabelLanguage,
   type PaperPrompts,
   type PaperScript,

@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import type { AlignResults } from "../src/align/config.ts";
 import { settingsDiff } from "../src/align/folder.ts";
 import { PAPER_COMMANDS } from "../src/align/report.ts";
-import { SAMPLE_DATA_FILE, SHARED_DATA_DIR } from "../src/eval/source.ts";
+import { SAMPLE_DATA_FILE, SHARED_DATA_DIR } from "../src/eval/default_data.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 import { ROOT, runCli } from "./helpers/cli.ts";
 import { sharedDataOrSkip } from "./helpers/shared_data.ts";

@@ -4,7 +4,7 @@ import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { PAPER_PROMPTS_FILE } from "../src/eval/paper.ts";
+import { PAPER_PROMPTS_FILE } from "../src/eval/default_data.ts";
 import { sha256SafetensorsHeader, type Provenance } from "../src/io/provenance.ts";
 import { baseModelMismatch } from "../src/cli/model.ts";
 import { scheduleNote } from "../src/lora/trainer.ts";

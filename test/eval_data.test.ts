@@ -129,7 +129,7 @@ describe("the built-in sample", () => {
         expect(new Set(data.items.map((it) => it.label)).size).toBe(task.classes.length);
       }
     }
-    expect(questionLanguages(source)).toEqual(["zh", "de", "es", "it", "sw"]);
+    expect(await questionLanguages(source)).toEqual(["zh", "de", "es", "it", "sw"]);
     const { pairs } = await questionPairs(source, ["zh", "es"]);
     expect(pairs).toHaveLength(12);
     expect(pairs[0]!.input).toMatch(/^前提: .*\n假设: .*\n答案: "\nTranslate the input from Chinese to English:\n$/);
@@ -190,8 +190,8 @@ describe("the release data (../shared/data/qalign)", () => {
 
   it("takes SNLI field words from the question files, which agree with the table", async (ctx) => {
     const source = new FolderSource(sharedDataOrSkip(ctx));
-    expect(questionLanguages(source)).toEqual(["zh", "de", "es", "it", "sw"]);
-    for (const lang of questionLanguages(source)) {
+    expect(await questionLanguages(source)).toEqual(["zh", "de", "es", "it", "sw"]);
+    for (const lang of await questionLanguages(source)) {
       const words = await fieldWords(source, lang);
       const table = FIELD_WORDS[lang];
       expect([words.premise, words.hypothesis, words.answer]).toEqual([table.premise, table.hypothesis, table.answer]);

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { labelTokenIds } from "../src/eval/label_tokens.ts";
-import { PAPER_PROMPTS_FILE } from "../src/eval/paper.ts";
+import { PAPER_PROMPTS_FILE } from "../src/eval/default_data.ts";
 import { languagePrompts } from "../src/eval/prompt.ts";
 import { sampleSource } from "../src/eval/source.ts";
 import { TASKS } from "../src/eval/tasks.ts";

@@ -1,6 +1,6 @@
 import { describeToken } from "../eval/label_tokens.ts";
 import { buildPrompts, classTokenIds, promptIds } from "../eval/protocol.ts";
-import { resolveDataSource } from "../eval/source.ts";
+import { resolveDataSource } from "../eval/default_data.ts";
 import { CliError, int, type OptionTable, type Values } from "./args.ts";
 import { dataOption, langsOption, PROMPT_OPTIONS, PROTOCOL_OPTIONS, protocolOptions, taskOption, tokenizerFor } from "./eval.ts";
 

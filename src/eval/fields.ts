@@ -85,7 +85,7 @@ export async function fieldWords(source: DataSource, lang: Lang): Promise<FieldW
   if (known) return known;
   let words = { ...FIELD_WORDS[lang] };
   const path = questionFile(lang);
-  if (source.has(path)) {
+  if (await source.has(path)) {
     const data = await source.readJson(path);
     const input = Array.isArray(data) ? (data[0] as { input?: unknown } | undefined)?.input : undefined;
     const labels = typeof input === "string" ? parseQuestionLabels(input) : null;

@@ -1,6 +1,5 @@
-import { readFile } from "node:fs/promises";
-import { fileURLToPath } from "node:url";
 import { DataError } from "../io/data_error.ts";
+import { hostFiles, hostPath, type Files } from "../io/files.ts";
 import { parseJson } from "../io/json.ts";
 import { LANGUAGES, type Lang } from "./languages.ts";
 import type { TaskId, TaskSpec } from "./tasks.ts";
@@ -53,8 +52,8 @@ export interface PaperPrompts {
   scripts: Record<string, PaperScript>;
 }
 
-/** Where the asset lives in the package. */
-export const PAPER_PROMPTS_FILE = fileURLToPath(new URL("./paper_prompts.json", import.meta.url));
+/** Where the asset lives in the package, beside this module (on Node a file: URL; {@link hostPath} gives its path). */
+export const PAPER_PROMPTS_URL = new URL("./paper_prompts.json", import.meta.url);
 
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 
@@ -101,23 +100,26 @@ let loaded: Promise<PaperPrompts> | null = null;
 
 /**
  * The package's prompt asset, read and checked once per process.
+ * @param files how to read it (default: the host's, io/files.ts); only the first call's is used
  * @throws DataError when the file is missing, not JSON, or malformed (see parsePaperPrompts).
  */
-export function paperPrompts(): Promise<PaperPrompts> {
+export function paperPrompts(files?: Files): Promise<PaperPrompts> {
   loaded ??= (async () => {
+    files ??= await hostFiles();
+    const file = await hostPath(PAPER_PROMPTS_URL);
     let text: string;
     try {
-      text = await readFile(PAPER_PROMPTS_FILE, "utf8");
+      text = await files.readText(file);
     } catch {
-      throw new DataError(PAPER_PROMPTS_FILE, "missing file: the package's copy of the authors' prompts");
+      throw new DataError(file, "missing file: the package's copy of the authors' prompts");
     }
     let json: unknown;
     try {
       json = parseJson(text);
     } catch (e) {
-      throw new DataError(PAPER_PROMPTS_FILE, `not valid JSON: ${(e as Error).message}`);
+      throw new DataError(file, `not valid JSON: ${(e as Error).message}`);
     }
-    return parsePaperPrompts(json, PAPER_PROMPTS_FILE);
+    return parsePaperPrompts(json, file);
   })();
   return loaded;
 }

@@ -23,8 +23,9 @@ import type { DataSource } from "./source.ts";
 const INSTRUCTION = /^([\s\S]*)\nTranslate the input from (.+) to (.+):\n?$/;
 
 /** The languages with a question file in `source`. */
-export function questionLanguages(source: DataSource): Lang[] {
-  return LANGUAGES.filter((l) => source.has(questionFile(l)));
+export async function questionLanguages(source: DataSource): Promise<Lang[]> {
+  const has = await Promise.all(LANGUAGES.map((l) => source.has(questionFile(l))));
+  return LANGUAGES.filter((_, i) => has[i]);
 }
 
 /**
@@ -43,7 +44,7 @@ export async function questionPairs(
   target: Lang = "en",
   onInvalid: OnInvalid = "error",
 ): Promise<{ pairs: QuestionPair[]; issues: DataIssue[] }> {
-  const available = questionLanguages(source);
+  const available = await questionLanguages(source);
   // English questions are every file's answers, so English is a source wherever the target has a file.
   const missing = [...langs.filter((l) => l !== "en"), ...(target === "en" ? [] : [target])].find((l) => !available.includes(l));
   if (missing !== undefined) {

@@ -5,8 +5,6 @@
  * aligned) into one folder of SVG charts with their numbers as JSON and CSV.
  */
 import type { Provenance } from "../io/provenance.ts";
-import { mkdir, writeFile } from "node:fs/promises";
-import { join } from "node:path";
 import { cpuDevice } from "../kernels/devices.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
@@ -15,6 +13,7 @@ import { correlationChart, lensEntropyChart, lensMassChart, pcaChart, pcaVarianc
 import { correlationByLayer, type CorrelationPoint } from "./correlation.ts";
 import { pca } from "./pca.ts";
 import { toCsv, writePlot, type PlotRow } from "../io/plot.ts";
+import { hostFiles, type Files } from "../io/files.ts";
 import { probe, type LensLanguage, type ProbeSet } from "./probe.ts";
 
 /** What {@link interpret} measures; `label` names the model. */
@@ -163,11 +162,20 @@ export const INTERP_SUMMARY = "summary.json";
  * @param provenance what ran, on what, from which files: recorded in summary.json
  * @param command the command that measured (lens, pca): recorded in summary.json, so that a
  *   rerun into `dir` knows the files as its own
+ * @param files where to write, each file atomically (default: the host's, io/files.ts)
  * @returns the paths written
- * @throws PlotSpecError (a bug) or fs errors.
+ * @throws PlotSpecError (a bug) or the files' write errors.
  */
-export async function writeInterpReport(dir: string, reports: readonly InterpReport[], subtitle?: string, provenance?: Provenance, command?: string): Promise<string[]> {
-  await mkdir(dir, { recursive: true });
+export async function writeInterpReport(
+  dir: string,
+  reports: readonly InterpReport[],
+  subtitle?: string,
+  provenance?: Provenance,
+  command?: string,
+  files?: Files,
+): Promise<string[]> {
+  const host = files ?? (await hostFiles());
+  const join = (name: string) => host.join(dir, name);
   const charts: Chart[] = [];
   const withLens = reports.filter((r) => r.lens);
   if (withLens.length) charts.push(lensMassChart(withLens, subtitle), lensEntropyChart(withLens, subtitle));
@@ -176,10 +184,10 @@ export async function writeInterpReport(dir: string, reports: readonly InterpRep
   if (layers.length) charts.push(pcaVarianceChart(reports, subtitle));
   if (reports.some((r) => r.correlation)) charts.push(correlationChart(reports, subtitle));
 
-  const files: string[] = [];
+  const written: string[] = [];
   for (const c of charts) {
-    const written = await writePlot(join(dir, `${c.name}.svg`), c.spec, c.rows);
-    files.push(written.svg, written.json, written.csv);
+    const plot = await writePlot(join(`${c.name}.svg`), c.spec, c.rows, host);
+    written.push(plot.svg, plot.json, plot.csv);
   }
   if (withLens.length) {
     const top: PlotRow[] = withLens.flatMap((r) =>
@@ -188,14 +196,14 @@ export async function writeInterpReport(dir: string, reports: readonly InterpRep
       ),
     );
     const items = withLens.flatMap((r) => r.lens!.flatMap((lang) => lang.items.map((it) => JSON.stringify({ model: r.label, lang: lang.lang, ...it }))));
-    const out = { json: join(dir, "lens_top_tokens.json"), csv: join(dir, "lens_top_tokens.csv"), items: join(dir, "lens_items.jsonl") };
-    await writeFile(out.json, JSON.stringify(top, null, 1) + "\n");
-    await writeFile(out.csv, toCsv(top));
-    await writeFile(out.items, items.join("\n") + "\n");
-    files.push(out.json, out.csv, out.items);
+    const out = { json: join("lens_top_tokens.json"), csv: join("lens_top_tokens.csv"), items: join("lens_items.jsonl") };
+    await host.writeAtomic(out.json, [JSON.stringify(top, null, 1) + "\n"]);
+    await host.writeAtomic(out.csv, [toCsv(top)]);
+    await host.writeAtomic(out.items, [items.join("\n") + "\n"]);
+    written.push(out.json, out.csv, out.items);
   }
-  const summary = join(dir, INTERP_SUMMARY);
-  files.push(summary);
-  await writeFile(summary, JSON.stringify({ command: command ?? null, subtitle: subtitle ?? null, provenance: provenance ?? null, files, reports: reports.map(summarize) }, null, 1) + "\n");
-  return files;
+  const summary = join(INTERP_SUMMARY);
+  written.push(summary);
+  await host.writeAtomic(summary, [JSON.stringify({ command: command ?? null, subtitle: subtitle ?? null, provenance: provenance ?? null, files: written, reports: reports.map(summarize) }, null, 1) + "\n"]);
+  return written;
 }

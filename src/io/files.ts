@@ -42,6 +42,11 @@ export interface Files {
   list(dir: string): Promise<string[]>;
 }
 
+/** `dir` + "/" + `name` (just `name` in the root ""): how paths join where they are slash-separated names (picked files, the OPFS). */
+export function joinSlash(dir: string, name: string): string {
+  return dir === "" ? name : `${dir.replace(/\/+$/, "")}/${name}`;
+}
+
 let current: Files | null = null;
 
 /** Node's implementation, imported by a computed name (host.ts) so that browser bundles leave it out. */
@@ -57,6 +62,16 @@ export async function hostFiles(): Promise<Files> {
   const isNode = typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === "string";
   current = isNode ? (await importNodeOnly<typeof import("./node_files.ts")>(NODE_FILES)).nodeFiles : (await import("./web_files.ts")).urlFiles();
   return current;
+}
+
+/**
+ * How the host's files name the file at `url`, a module-relative URL such as
+ * `new URL("./paper_prompts.json", import.meta.url)`: Node's file-system path for a `file:` URL
+ * (node:url's fileURLToPath), else the URL itself (a page's bundle, read by urlFiles).
+ */
+export async function hostPath(url: URL): Promise<string> {
+  if (url.protocol !== "file:") return url.href;
+  return (await importNodeOnly<typeof import("node:url")>("node:url")).fileURLToPath(url);
 }
 
 /** Sets what {@link hostFiles} returns from now on. */

@@ -1,4 +1,4 @@
-import type { ByteReader, Files } from "./files.ts";
+import { joinSlash, type ByteReader, type Files } from "./files.ts";
 
 /**
  * Files on a browser's Origin Private File System (OPFS, WHATWG File System Standard): the
@@ -109,7 +109,7 @@ export function opfsFiles(root?: OpfsDirectory): Files {
   };
 
   return {
-    join: (dir, name) => (segments(dir).length === 0 ? name : `${dir.replace(/\/+$/, "")}/${name}`),
+    join: joinSlash,
     exists: async (path) => (await lookup(path)) !== null,
     async open(path): Promise<ByteReader> {
       const blob = await file(path);

@@ -9,9 +9,8 @@
  * vega and vega-lite (most of qalign's installed code) are imported when the first chart is
  * drawn, not when qalign is: a program that draws none never loads them.
  */
-import { mkdir, writeFile } from "node:fs/promises";
-import { dirname, extname } from "node:path";
 import type { TopLevelSpec } from "vega-lite";
+import { hostFiles, type Files } from "./files.ts";
 
 /** A complete Vega-Lite spec (v6), data included; see https://vega.github.io/vega-lite/docs/. */
 export type FullSpec = TopLevelSpec;
@@ -101,17 +100,19 @@ export interface PlotFiles {
 /**
  * Renders `spec` over `data` (set as the spec's inline `data.values`) and writes three files
  * side by side: `<base>.svg` (the chart), `<base>.json` (the rows, as a JSON array) and
- * `<base>.csv` (the same rows). Creates the folder when needed.
+ * `<base>.csv` (the same rows), each atomically. Creates the folder when needed.
  * @param file the SVG's path; `.svg` is appended when it has another extension or none
- * @throws PlotSpecError for an unlabelled spec (see {@link renderSvg}); fs errors.
+ * @param files where to write (default: the host's, io/files.ts)
+ * @throws PlotSpecError for an unlabelled spec (see {@link renderSvg}); the files' write errors.
  */
-export async function writePlot(file: string, spec: PlotSpec, data: readonly PlotRow[]): Promise<PlotFiles> {
-  const base = extname(file) === ".svg" ? file.slice(0, -4) : file;
+export async function writePlot(file: string, spec: PlotSpec, data: readonly PlotRow[], files?: Files): Promise<PlotFiles> {
+  files ??= await hostFiles();
+  // node:path's extname: ".svg" after at least one character of the file's name (".svg" alone is a name).
+  const base = /[^/\\]\.svg$/.test(file) ? file.slice(0, -4) : file;
   const out: PlotFiles = { svg: `${base}.svg`, json: `${base}.json`, csv: `${base}.csv` };
   const svg = await renderSvg({ ...spec, data: { values: data as PlotRow[] } } as FullSpec);
-  await mkdir(dirname(base), { recursive: true });
-  await writeFile(out.svg, svg);
-  await writeFile(out.json, JSON.stringify(data, null, 1) + "\n");
-  await writeFile(out.csv, toCsv(data));
+  await files.writeAtomic(out.svg, [svg]);
+  await files.writeAtomic(out.json, [JSON.stringify(data, null, 1) + "\n"]);
+  await files.writeAtomic(out.csv, [toCsv(data)]);
   return out;
 }

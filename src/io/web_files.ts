@@ -1,4 +1,4 @@
-import type { ByteReader, Files } from "./files.ts";
+import { joinSlash, type ByteReader, type Files } from "./files.ts";
 
 /**
  * Files in a browser (see files.ts): read-only sources, since a page cannot write to a web server
@@ -72,7 +72,7 @@ export function blobFiles(picked: ReadonlyMap<string, Blob>): Files {
     return blob;
   };
   return {
-    join: (dir, name) => (dir === "" ? name : `${dir.replace(/\/$/, "")}/${name}`),
+    join: joinSlash,
     exists: async (path) => picked.has(path),
     async open(path): Promise<ByteReader> {
       const blob = get(path);

@@ -1,7 +1,7 @@
-import { readFile } from "node:fs/promises";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { Rng } from "../tensor/random.ts";
 import { DataError, type DataIssue } from "../io/data_error.ts";
+import { hostFiles, type Files } from "../io/files.ts";
 import { parseJson } from "../io/json.ts";
 import type { Example } from "./loss.ts";
 
@@ -34,19 +34,24 @@ function fieldProblem(v: unknown): string | null {
  * mixtures, e.g. zh + es, are such concatenations). An item is usable when it is an object whose
  * `input` and `answer` are non-empty strings; other fields are ignored.
  * @param opts.strict throw on the first malformed item instead of skipping it
+ * @param opts.files where the files are (default: the host's, io/files.ts)
  * @returns the usable pairs and one issue per skipped item
  * @throws DataError naming the file for an unreadable file, invalid JSON or a non-array; with
  *   strict, naming file, index and field for a malformed item; naming the file when a file holds
  *   no usable item (an empty array, or only malformed items).
  */
-export async function readQuestionPairs(files: readonly string[], opts: { strict?: boolean } = {}): Promise<{ pairs: QuestionPair[]; issues: DataIssue[] }> {
+export async function readQuestionPairs(
+  files: readonly string[],
+  opts: { strict?: boolean; files?: Files } = {},
+): Promise<{ pairs: QuestionPair[]; issues: DataIssue[] }> {
+  const host = opts.files ?? (await hostFiles());
   const pairs: QuestionPair[] = [];
   const issues: DataIssue[] = [];
   for (const file of files) {
     const before = pairs.length;
     let items: unknown;
     try {
-      items = parseJson(await readFile(file, "utf8"));
+      items = parseJson(await host.readText(file));
     } catch (e) {
       throw new DataError(file, `cannot read as JSON: ${(e as Error).message}`);
     }

@@ -1,5 +1,4 @@
-import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { hostFiles, type Files } from "../io/files.ts";
 import { weightBytes, type WeightDType } from "../tensor/weight.ts";
 import { loadConfig, type LlamaConfig } from "./config.ts";
 import { deviceDType, storedDType, validateCheckpoint, type LoadOptions } from "./load.ts";
@@ -117,14 +116,16 @@ export function memoryPlan(config: LlamaConfig, stored: (name: string) => Weight
  * headers, or, for a folder with only config.json, every tensor in its `torch_dtype`.
  * @throws CheckpointError for a bad config.json or safetensors header, or a checkpoint that
  *   disagrees with its config (see validateCheckpoint).
+ * @param files where `dir` is (default: the host's, io/files.ts)
  */
-export async function planForDir(dir: string, opts: PlanOptions): Promise<MemoryPlan> {
-  const config = await loadConfig(dir);
-  if (!existsSync(join(dir, SINGLE_FILE)) && !existsSync(join(dir, INDEX_FILE))) {
+export async function planForDir(dir: string, opts: PlanOptions, files?: Files): Promise<MemoryPlan> {
+  files ??= await hostFiles();
+  const config = await loadConfig(dir, files);
+  if (!(await files.exists(files.join(dir, SINGLE_FILE))) && !(await files.exists(files.join(dir, INDEX_FILE)))) {
     const d = config.torch_dtype === "bfloat16" ? "bf16" : config.torch_dtype === "float16" ? "f16" : "f32";
     return memoryPlan(config, () => d, opts);
   }
-  const ckpt = await openCheckpoint(dir);
+  const ckpt = await openCheckpoint(dir, files);
   try {
     // Checked first: the plan walks every tensor the config implies, which the files bound.
     validateCheckpoint(config, ckpt, dir);

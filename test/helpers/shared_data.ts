@@ -1,6 +1,6 @@
 import { existsSync } from "node:fs";
 import type { TestContext } from "vitest";
-import { SHARED_DATA_DIR } from "../../src/eval/source.ts";
+import { SHARED_DATA_DIR } from "../../src/eval/default_data.ts";
 
 /**
  * Skips the running test with a printed reason when the shared release data is absent (on a
