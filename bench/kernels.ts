@@ -14,9 +14,11 @@ import type { WebGpuBackend } from "../src/kernels/webgpu/backend.ts";
 import { createWebGpuBackend } from "../src/kernels/webgpu/device.ts";
 import type { AttentionVariant } from "../src/kernels/webgpu/program.ts";
 import { noGrad } from "../src/tensor/autograd.ts";
-import type { Backend, MatmulGeometry, Storage } from "../src/tensor/backend.ts";
+import type { Backend, Storage } from "../src/tensor/backend.ts";
 import { tensor } from "../src/tensor/ops/create.ts";
-import { attention, softmax } from "../src/tensor/ops/nn.ts";
+import type { MatmulGeometry } from "../src/tensor/ops/matmul.ts";
+import { matmulOp } from "../src/tensor/ops/matmul.ts";
+import { attention, crossEntropyBackwardOp, crossEntropyOp, rmsNormOp, softmax, softmaxOp } from "../src/tensor/ops/nn.ts";
 import { tidy } from "../src/tensor/scope.ts";
 import type { CaseResult, Contender, MeasureOptions, Work } from "./harness.ts";
 import { attempt, gpuTimer, measure, relErr, wallTime } from "./harness.ts";
@@ -84,9 +86,9 @@ async function matmulCase(ctx: BenchContext, name: string, M: number, N: number,
     const gpu = ctx.gpu;
     const [a, b] = [gpu.upload(x), gpu.upload(w)];
     cleanup.push(() => [a, b].forEach((s) => gpu.free(s)));
-    contenders.push(backendContender("qalign webgpu", matmulKernelKey(gpu, g).replace(/^matmul\./, ""), gpu, () => [gpu.matmul(a, b, g)]));
+    contenders.push(backendContender("qalign webgpu", matmulKernelKey(gpu, g).replace(/^matmul\./, ""), gpu, () => [gpu.run(matmulOp, a, b, g)]));
     if (M * N <= 1 << 22) {
-      const y = gpu.matmul(a, b, g);
+      const y = gpu.run(matmulOp, a, b, g);
       qalignOut = (await gpu.read(y)) as Float32Array;
       gpu.free(y);
     }
@@ -95,9 +97,9 @@ async function matmulCase(ctx: BenchContext, name: string, M: number, N: number,
     const wasm = ctx.wasm;
     const [a, b] = [wasm.upload(x), wasm.upload(w)];
     cleanup.push(() => [a, b].forEach((s) => wasm.free(s)));
-    contenders.push(backendContender("qalign wasm", `simd, ${wasm.threads} threads`, wasm, () => [wasm.matmul(a, b, g)]));
+    contenders.push(backendContender("qalign wasm", `simd, ${wasm.threads} threads`, wasm, () => [wasm.run(matmulOp, a, b, g)]));
     if (!qalignOut && M * N <= 1 << 22) {
-      const y = wasm.matmul(a, b, g);
+      const y = wasm.run(matmulOp, a, b, g);
       qalignOut = (await wasm.read(y)) as Float32Array;
       wasm.free(y);
     }
@@ -127,7 +129,7 @@ async function matmulCase(ctx: BenchContext, name: string, M: number, N: number,
   if (withCpu) {
     const [a, b] = [ctx.cpu.upload(x), ctx.cpu.upload(w)];
     cleanup.push(() => [a, b].forEach((s) => ctx.cpu.free(s)));
-    contenders.push(backendContender("qalign cpu", "reference", ctx.cpu, () => [ctx.cpu.matmul(a, b, g)]));
+    contenders.push(backendContender("qalign cpu", "reference", ctx.cpu, () => [ctx.cpu.run(matmulOp, a, b, g)]));
   }
   const results = await measure(contenders, work, ctx.opts);
   if (peerCase && ctx.peer.ok) await checkPeer(ctx.peer, peerErrors, peerCase, qalignOut, results);
@@ -160,10 +162,10 @@ async function matmulLab(ctx: BenchContext, S: number, transB: boolean): Promise
   for (const [i, v] of variants.entries()) {
     const gpu = backends[i]!;
     const [a, b] = [gpu.upload(x), gpu.upload(w)];
-    const y = gpu.matmul(a, b, g);
+    const y = gpu.run(matmulOp, a, b, g);
     checks[v] = relErr(await gpu.read(y), ref);
     gpu.free(y);
-    contenders.push({ ...backendContender("qalign webgpu", v, gpu, () => [gpu.matmul(a, b, g)]), extra: () => ({ maxRelErrVsReference: checks[v] }) });
+    contenders.push({ ...backendContender("qalign webgpu", v, gpu, () => [gpu.run(matmulOp, a, b, g)]), extra: () => ({ maxRelErrVsReference: checks[v] }) });
   }
   const results = await measure(contenders, { flops: 2 * S * S * S }, ctx.opts);
   await Promise.all(backends.map((b) => b.destroy()));
@@ -286,7 +288,7 @@ async function rmsNormCase(ctx: BenchContext, rows: number, D: number, withCpu: 
   const frees: (() => void)[] = [];
   const contenders = rowContenders(ctx, withCpu, (be) => {
     const [xs, ws] = inputs(be, [x, w], frees);
-    return () => [be.rmsNorm(xs!, ws!, { rows, D, eps: 1e-6 })];
+    return () => [be.run(rmsNormOp, xs!, ws!, { rows, D, eps: 1e-6 })];
   });
   const work = { bytes: 4 * (2 * rows * D + D) };
   const results = await measure(contenders, work, ctx.opts);
@@ -301,7 +303,7 @@ async function softmaxCase(ctx: BenchContext, rows: number, cols: number, withCp
   const frees: (() => void)[] = [];
   const contenders = rowContenders(ctx, withCpu, (be) => {
     const [xs] = inputs(be, [x], frees);
-    return () => [be.softmax(xs!, rows, cols, false)];
+    return () => [be.run(softmaxOp, xs!, rows, cols, false)];
   });
   let peerCase: PeerCase | null = null;
   const peerErrors = ctx.peer.ok ? ctx.peer.deviceErrors.length : 0;
@@ -313,7 +315,7 @@ async function softmaxCase(ctx: BenchContext, rows: number, cols: number, withCp
   const results = await measure(contenders, work, ctx.opts);
   if (peerCase && ctx.peer.ok && ctx.gpu) {
     const xs = ctx.gpu.upload(x);
-    const y = ctx.gpu.softmax(xs, rows, cols, false);
+    const y = ctx.gpu.run(softmaxOp, xs, rows, cols, false);
     await checkPeer(ctx.peer, peerErrors, peerCase, (await ctx.gpu.read(y)) as Float32Array, results);
     [xs, y].forEach((s) => ctx.gpu!.free(s));
   }
@@ -334,7 +336,7 @@ async function crossEntropyCase(ctx: BenchContext, rows: number, V: number, with
   const frees: (() => void)[] = [];
   const contenders = rowContenders(ctx, withCpu, (be) => {
     const [ls, ts, gs] = inputs(be, [logits, targets, grad], frees);
-    return () => [be.crossEntropy(ls!, ts!, { rows, cols: V, ignoreIndex: -100 }), be.crossEntropyBackward(ls!, ts!, gs!, { rows, cols: V, ignoreIndex: -100 })];
+    return () => [be.run(crossEntropyOp, ls!, ts!, { rows, cols: V, ignoreIndex: -100 }), be.run(crossEntropyBackwardOp, ls!, ts!, gs!, { rows, cols: V, ignoreIndex: -100 })];
   });
   const work = { bytes: 4 * 3 * rows * V };
   const results = await measure(contenders, work, ctx.opts);

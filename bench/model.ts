@@ -26,6 +26,7 @@ import type { WebGpuBackend } from "../src/kernels/webgpu/backend.ts";
 import { noGrad } from "../src/tensor/autograd.ts";
 import type { Backend, Storage } from "../src/tensor/backend.ts";
 import { tensor } from "../src/tensor/ops/create.ts";
+import { matmulOp } from "../src/tensor/ops/matmul.ts";
 import { AdamW } from "../src/tensor/optim.ts";
 import { Rng } from "../src/tensor/random.ts";
 import { tidy } from "../src/tensor/scope.ts";
@@ -142,9 +143,9 @@ function prefillMatmuls(gpu: WebGpuBackend, model: LlamaModel, T: number): { rec
   const record = () => {
     const outs: Storage[] = [];
     for (let l = 0; l < c.num_hidden_layers; l++) {
-      shapes.forEach(([M, N, K], i) => outs.push(gpu.matmul(x, weights[i]!, { batch: 1, M, N, K, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 })));
+      shapes.forEach(([M, N, K], i) => outs.push(gpu.run(matmulOp, x, weights[i]!, { batch: 1, M, N, K, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 })));
     }
-    outs.push(gpu.matmul(x, head, { batch: 1, M: 1, N: c.vocab_size, K: D, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 }));
+    outs.push(gpu.run(matmulOp, x, head, { batch: 1, M: 1, N: c.vocab_size, K: D, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 }));
     outs.forEach((s) => gpu.free(s));
   };
   return { record, dispose: () => [x, ...weights].forEach((s) => gpu.free(s)) };

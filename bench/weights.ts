@@ -9,6 +9,8 @@ import { PackedWeight, weightBytes, type PackedDType, type WeightDType } from ".
 import { f32ToBf16, f32ToF16 } from "../src/tensor/half.ts";
 import { quantizeNf4 } from "../src/tensor/nf4.ts";
 import type { Storage } from "../src/tensor/backend.ts";
+import { matmulOp } from "../src/tensor/ops/matmul.ts";
+import { matmulWeightOp } from "../src/tensor/ops/nn.ts";
 import type { CaseResult, Contender } from "./harness.ts";
 import { attempt, gpuTimer, measure } from "./harness.ts";
 import type { BenchContext } from "./kernels.ts";
@@ -26,13 +28,13 @@ function contender(ctx: BenchContext, dtype: WeightDType, values: Float32Array, 
   let dispose: () => void;
   if (dtype === "f32") {
     const w = gpu.upload(values);
-    record = () => void outs.push(gpu.matmul(x, w, { batch: 1, M, N, K, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 }));
+    record = () => void outs.push(gpu.run(matmulOp, x, w, { batch: 1, M, N, K, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 }));
     dispose = () => gpu.free(w);
   } else {
     const d = dtype as PackedDType;
     const host = d === "nf4" ? { dtype: d, ...quantizeNf4(values) } : { dtype: d, bits: d === "bf16" ? f32ToBf16(values) : f32ToF16(values) };
     const w = PackedWeight.upload(gpu, host, N, K);
-    record = () => void outs.push(gpu.matmulWeight(x, w.storage, M, "nt"));
+    record = () => void outs.push(gpu.run(matmulWeightOp, x, w.storage, M, "nt"));
     dispose = () => w.dispose();
   }
   const bytes = weightBytes(dtype, N * K);

@@ -1,9 +1,16 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import type { AttentionGeometry, Storage, View } from "../src/tensor/backend.ts";
-import { DTypeError, DisposedError, ShapeError } from "../src/tensor/errors.ts";
+import type { Storage, View } from "../src/tensor/backend.ts";
+import { matmulOp } from "../src/tensor/ops/matmul.ts";
+import type { AttentionGeometry } from "../src/tensor/ops/nn.ts";
+import { attentionBackwardOp, attentionOp, crossEntropyBackwardOp, crossEntropyOp, gatherOp, rmsNormOp, ropeOp, scatterAddOp, softmaxOp } from "../src/tensor/ops/nn.ts";
+import { reduceRowsOp } from "../src/tensor/ops/reduce.ts";
+import { adamwOp } from "../src/tensor/optim.ts";
+import { deviceOp } from "../src/tensor/backend.ts";
+import { DTypeError, DeviceError, DisposedError, ShapeError } from "../src/tensor/errors.ts";
 import { contiguousStrides, numel } from "../src/tensor/shape.ts";
 import { CpuBackend, CpuStorage } from "../src/kernels/cpu.ts";
+import { registerKernel } from "../src/kernels/registry.ts";
 import { expectClose } from "./helpers/close.ts";
 import { random } from "./helpers/random.ts";
 
@@ -188,8 +195,8 @@ describe("reduceRows", () => {
         const row = (r: number) => Array.from(x.subarray(r * cols, (r + 1) * cols));
         const sums = Array.from({ length: rows }, (_, r) => row(r).reduce((a, b) => a + b, 0));
         const maxes = Array.from({ length: rows }, (_, r) => Math.max(...row(r)));
-        expectClose(values(cpu.reduceRows("sum", f64(x), rows, cols)), sums, TIGHT, "sum");
-        expectClose(values(cpu.reduceRows("max", f64(x), rows, cols)), maxes, 0, "max");
+        expectClose(values(cpu.run(reduceRowsOp, "sum", f64(x), rows, cols)), sums, TIGHT, "sum");
+        expectClose(values(cpu.run(reduceRowsOp, "max", f64(x), rows, cols)), maxes, 0, "max");
       }),
       RUNS,
     );
@@ -217,7 +224,7 @@ describe("matmul", () => {
             trans ? Array.from(m[0]!).flatMap((_, c) => m.map((row) => row[c]!)) : m.flatMap((row) => Array.from(row));
           const aData = A.flatMap((m) => store(m, transA));
           const bData = Bm.flatMap((m) => store(m, transB));
-          const out = cpu.matmul(f64(aData), f64(bData), {
+          const out = cpu.run(matmulOp, f64(aData), f64(bData), {
             batch, M, N, K, transA, transB,
             batchStrideA: shareA ? 0 : M * K,
             batchStrideB: shareB ? 0 : K * N,
@@ -244,10 +251,10 @@ describe("matmul", () => {
   it("f32 inputs give an f32 output equal to the f64 product rounded", () => {
     const a = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
     const g = { batch: 1, M: 2, N: 2, K: 3, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 };
-    const out32 = cpu.matmul(cpu.upload(Float32Array.from(a)), cpu.upload(Float32Array.from(a)), g);
+    const out32 = cpu.run(matmulOp, cpu.upload(Float32Array.from(a)), cpu.upload(Float32Array.from(a)), g);
     expect(out32.dtype).toBe("f32");
     const a32 = Array.from(Float32Array.from(a));
-    expectClose(values(out32), values(cpu.matmul(f64(a32), f64(a32), g)), 1e-7); // one f32 rounding: 2^-24 relative
+    expectClose(values(out32), values(cpu.run(matmulOp, f64(a32), f64(a32), g)), 1e-7); // one f32 rounding: 2^-24 relative
   });
 });
 
@@ -256,9 +263,9 @@ describe("softmax", () => {
     fc.assert(
       fc.property(fc.integer({ min: 1, max: 5 }), fc.integer({ min: 1, max: 9 }), fc.integer(), (rows, cols, seed) => {
         const x = randomArray(random(seed), rows * cols, 10);
-        const p = values(cpu.softmax(f64(x), rows, cols, false));
-        const logp = values(cpu.softmax(f64(x), rows, cols, true));
-        const shifted = values(cpu.softmax(f64(x.map((v) => v + 1000)), rows, cols, false)); // naive exp would overflow
+        const p = values(cpu.run(softmaxOp, f64(x), rows, cols, false));
+        const logp = values(cpu.run(softmaxOp, f64(x), rows, cols, true));
+        const shifted = values(cpu.run(softmaxOp, f64(x.map((v) => v + 1000)), rows, cols, false)); // naive exp would overflow
         const naive: number[] = [];
         for (let r = 0; r < rows; r++) {
           const e = Array.from(x.subarray(r * cols, (r + 1) * cols), Math.exp);
@@ -294,8 +301,8 @@ describe("crossEntropy", () => {
     fc.assert(
       fc.property(problem, ({ rows, cols, seed }) => {
         const { logits, targets } = setup(rows, cols, seed);
-        const loss = values(cpu.crossEntropy(f64(logits), i32(targets), { rows, cols, ignoreIndex: IGNORE }));
-        const logp = values(cpu.softmax(f64(logits), rows, cols, true));
+        const loss = values(cpu.run(crossEntropyOp, f64(logits), i32(targets), { rows, cols, ignoreIndex: IGNORE }));
+        const logp = values(cpu.run(softmaxOp, f64(logits), rows, cols, true));
         const expected = targets.map((t, r) => (t === IGNORE ? 0 : -logp[r * cols + t]!));
         expectClose(loss, expected, TIGHT);
       }),
@@ -308,8 +315,8 @@ describe("crossEntropy", () => {
       fc.property(problem, ({ rows, cols, seed }) => {
         const { logits, targets, gradLoss } = setup(rows, cols, seed);
         const weighted = (z: Float64Array) =>
-          values(cpu.crossEntropy(f64(z), i32(targets), { rows, cols, ignoreIndex: IGNORE })).reduce((acc, l, r) => acc + l * gradLoss[r]!, 0);
-        const grad = values(cpu.crossEntropyBackward(f64(logits), i32(targets), f64(gradLoss), { rows, cols, ignoreIndex: IGNORE }));
+          values(cpu.run(crossEntropyOp, f64(z), i32(targets), { rows, cols, ignoreIndex: IGNORE })).reduce((acc, l, r) => acc + l * gradLoss[r]!, 0);
+        const grad = values(cpu.run(crossEntropyBackwardOp, f64(logits), i32(targets), f64(gradLoss), { rows, cols, ignoreIndex: IGNORE }));
         expectClose(grad, finiteDifferences(weighted, logits), FD);
       }),
       { ...RUNS, numRuns: 20 },
@@ -317,7 +324,7 @@ describe("crossEntropy", () => {
   });
 
   it("a target outside [0, cols) that is not ignored throws a RangeError naming it", () => {
-    expect(() => cpu.crossEntropy(f64([0, 0]), i32([2]), { rows: 1, cols: 2, ignoreIndex: IGNORE })).toThrow(/target 2 at row 0/);
+    expect(() => cpu.run(crossEntropyOp, f64([0, 0]), i32([2]), { rows: 1, cols: 2, ignoreIndex: IGNORE })).toThrow(/target 2 at row 0/);
   });
 });
 
@@ -346,9 +353,9 @@ describe("gather and scatterAdd", () => {
           const ids = Array.from({ length: N }, () => Math.floor(((rand() + 1) / 2) * V));
           const T = randomArray(rand, V * D);
           const G = randomArray(rand, N * D);
-          const gathered = values(cpu.gather(f64(T), i32(ids), { V, D }));
+          const gathered = values(cpu.run(gatherOp, f64(T), i32(ids), { V, D }));
           ids.forEach((id, n) => expectClose(gathered.subarray(n * D, (n + 1) * D), T.subarray(id * D, (id + 1) * D), 0, `row ${n}`));
-          const scattered = values(cpu.scatterAdd(f64(G), i32(ids), { V, D }));
+          const scattered = values(cpu.run(scatterAddOp, f64(G), i32(ids), { V, D }));
           const dot = (x: ArrayLike<number>, y: ArrayLike<number>) => Array.from(x).reduce((acc, v, i) => acc + v * y[i]!, 0);
           expectClose([dot(gathered, G)], [dot(T, scattered)], TIGHT);
         },
@@ -358,9 +365,9 @@ describe("gather and scatterAdd", () => {
   });
 
   it("an id outside [0, V) throws a RangeError naming the id, its index and V", () => {
-    expect(() => cpu.gather(f64([1, 2, 3, 4, 5]), i32([0, 4, 7]), { V: 5, D: 1 })).toThrow(RangeError);
-    expect(() => cpu.gather(f64([1, 2, 3, 4, 5]), i32([0, 4, 7]), { V: 5, D: 1 })).toThrow(/id 7 at index 2 is outside \[0, 5\)/);
-    expect(() => cpu.scatterAdd(f64([1]), i32([-1]), { V: 5, D: 1 })).toThrow(/id -1 at index 0/);
+    expect(() => cpu.run(gatherOp, f64([1, 2, 3, 4, 5]), i32([0, 4, 7]), { V: 5, D: 1 })).toThrow(RangeError);
+    expect(() => cpu.run(gatherOp, f64([1, 2, 3, 4, 5]), i32([0, 4, 7]), { V: 5, D: 1 })).toThrow(/id 7 at index 2 is outside \[0, 5\)/);
+    expect(() => cpu.run(scatterAddOp, f64([1]), i32([-1]), { V: 5, D: 1 })).toThrow(/id -1 at index 0/);
   });
 });
 
@@ -377,7 +384,7 @@ describe("rmsNorm", () => {
           const rms = Math.sqrt(row.reduce((acc, v) => acc + v * v, 0) / D + eps);
           return (xi / rms) * w[i % D]!;
         });
-        expectClose(values(cpu.rmsNorm(f64(x), f64(w), { rows, D, eps })), expected, TIGHT);
+        expectClose(values(cpu.run(rmsNormOp, f64(x), f64(w), { rows, D, eps })), expected, TIGHT);
       }),
       RUNS,
     );
@@ -410,7 +417,7 @@ describe("rope", () => {
         const Dh = 2 * half;
         const x = randomArray(random(seed), B * H * T * Dh);
         const { Bc, cos, sin } = tables(B, T, half, perBatch);
-        const rotated = values(cpu.rope(f64(x), f64(cos), f64(sin), { B, H, T, Dh, Bc, inverse: false }));
+        const rotated = values(cpu.run(ropeOp, f64(x), f64(cos), f64(sin), { B, H, T, Dh, Bc, inverse: false }));
         const expected = Array.from(x, (xi, n) => {
           const d = n % Dh;
           const row = n - d;
@@ -421,7 +428,7 @@ describe("rope", () => {
           return xi * cos[table]! + rotateHalf * sin[table]!;
         });
         expectClose(rotated, expected, TIGHT, "forward");
-        const back = values(cpu.rope(f64(rotated), f64(cos), f64(sin), { B, H, T, Dh, Bc, inverse: true }));
+        const back = values(cpu.run(ropeOp, f64(rotated), f64(cos), f64(sin), { B, H, T, Dh, Bc, inverse: true }));
         expectClose(back, x, TIGHT, "inverse");
       }),
       RUNS,
@@ -429,7 +436,7 @@ describe("rope", () => {
   });
 
   it("an odd head dim throws ShapeError", () => {
-    expect(() => cpu.rope(f64([1, 2, 3]), f64([1]), f64([0]), { B: 1, H: 1, T: 1, Dh: 3, Bc: 1, inverse: false })).toThrow(ShapeError);
+    expect(() => cpu.run(ropeOp, f64([1, 2, 3]), f64([1]), f64([0]), { B: 1, H: 1, T: 1, Dh: 3, Bc: 1, inverse: false })).toThrow(ShapeError);
   });
 });
 
@@ -465,7 +472,7 @@ describe("attention", () => {
   }
 
   function run(g: AttentionGeometry, mask: number[] | null, q: Float64Array, k: Float64Array, v: Float64Array) {
-    const { out, lse } = cpu.attention({ q: f64(q), k: f64(k), v: f64(v), keyMask: mask && f64(mask) }, g);
+    const { out, lse } = cpu.run(attentionOp, { q: f64(q), k: f64(k), v: f64(v), keyMask: mask && f64(mask) }, g);
     return { out: values(out), lse: values(lse) };
   }
 
@@ -522,8 +529,8 @@ describe("attention", () => {
         const { g, mask, q, k, v, w } = setup(p);
         const loss = (qq: Float64Array, kk: Float64Array, vv: Float64Array) =>
           run(g, mask, qq, kk, vv).out.reduce((acc, o, n) => acc + o * w[n]!, 0);
-        const { out, lse } = cpu.attention({ q: f64(q), k: f64(k), v: f64(v), keyMask: mask && f64(mask) }, g);
-        const grads = cpu.attentionBackward({ q: f64(q), k: f64(k), v: f64(v), keyMask: mask && f64(mask), out, dOut: f64(w), lse }, g);
+        const { out, lse } = cpu.run(attentionOp, { q: f64(q), k: f64(k), v: f64(v), keyMask: mask && f64(mask) }, g);
+        const grads = cpu.run(attentionBackwardOp, { q: f64(q), k: f64(k), v: f64(v), keyMask: mask && f64(mask), out, dOut: f64(w), lse }, g);
         expectClose(values(grads.dq), finiteDifferences((x) => loss(x, k, v), q), FD, "dq");
         expectClose(values(grads.dk), finiteDifferences((x) => loss(q, x, v), k), FD, "dk");
         expectClose(values(grads.dv), finiteDifferences((x) => loss(q, k, x), v), FD, "dv");
@@ -539,10 +546,10 @@ describe("attention", () => {
     const k = randomArray(rand, 2 * 3 * 2);
     const v = randomArray(rand, 2 * 3 * 2);
     const mask = f64([0, 0, 0, 1, 1, 1]); // batch row 0 is all padding
-    const { out, lse } = cpu.attention({ q: f64(q), k: f64(k), v: f64(v), keyMask: mask }, g);
+    const { out, lse } = cpu.run(attentionOp, { q: f64(q), k: f64(k), v: f64(v), keyMask: mask }, g);
     expect(Array.from(values(out).subarray(0, 12))).toEqual(new Array(12).fill(0));
     expect(Array.from(values(lse)).every(Number.isFinite)).toBe(true);
-    const grads = cpu.attentionBackward({ q: f64(q), k: f64(k), v: f64(v), keyMask: mask, out, dOut: f64(randomArray(rand, 24)), lse }, g);
+    const grads = cpu.run(attentionBackwardOp, { q: f64(q), k: f64(k), v: f64(v), keyMask: mask, out, dOut: f64(randomArray(rand, 24)), lse }, g);
     expect(Array.from(values(grads.dq).subarray(0, 12))).toEqual(new Array(12).fill(0));
     expect(Array.from(values(grads.dk).subarray(0, 6))).toEqual(new Array(6).fill(0));
     expect(Array.from(values(grads.dv).subarray(0, 6))).toEqual(new Array(6).fill(0));
@@ -551,7 +558,7 @@ describe("attention", () => {
 
   it("H not a multiple of Hkv throws ShapeError", () => {
     const g: AttentionGeometry = { B: 1, H: 3, Hkv: 2, Tq: 1, Tk: 1, Dh: 1, scale: 1, causal: false, window: 0 };
-    expect(() => cpu.attention({ q: f64([1, 1, 1]), k: f64([1, 1]), v: f64([1, 1]), keyMask: null }, g)).toThrow(ShapeError);
+    expect(() => cpu.run(attentionOp, { q: f64([1, 1, 1]), k: f64([1, 1]), v: f64([1, 1]), keyMask: null }, g)).toThrow(ShapeError);
   });
 });
 
@@ -564,7 +571,7 @@ describe("adamw", () => {
         const g = randomArray(rand, n);
         const h = { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1, step: 1 };
         const [param, grad, m, v] = [f64(p), f64(g), cpu.zeros("f64", n), cpu.zeros("f64", n)];
-        cpu.adamw(param!, grad!, m!, v!, h);
+        cpu.run(adamwOp, param!, grad!, m!, v!, h);
         // After one step the bias corrections undo the (1 - beta) factors: mhat = g, sqrt(vhat) = |g|.
         expectClose(values(m!), Array.from(g, (gi) => (1 - h.beta1) * gi), TIGHT, "m");
         expectClose(values(v!), Array.from(g, (gi) => (1 - h.beta2) * gi * gi), TIGHT, "v");
@@ -590,15 +597,31 @@ describe("the cpu backend", () => {
     expect(a.freed).toBe(true);
     expect(local.liveBytes()).toBe(16);
     expect(() => local.unary("exp", contiguous(a, [3]))).toThrow(DisposedError);
-    expect(() => local.softmax(a, 1, 3, false)).toThrow(/softmax/);
+    expect(() => local.run(softmaxOp, a, 1, 3, false)).toThrow(/softmax/);
     expect(() => local.free(a)).toThrow(DisposedError);
     local.free(b);
     expect(local.liveBytes()).toBe(0);
   });
 
   it("kernels check dtypes and sizes", () => {
-    expect(() => cpu.matmul(i32([1]), i32([1]), { batch: 1, M: 1, N: 1, K: 1, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 })).toThrow(DTypeError);
-    expect(() => cpu.softmax(f64([1, 2, 3]), 2, 2, false)).toThrow(ShapeError);
-    expect(() => cpu.gather(f64([1, 2]), f64([0]), { V: 2, D: 1 })).toThrow(/ids must be i32/);
+    expect(() => cpu.run(matmulOp, i32([1]), i32([1]), { batch: 1, M: 1, N: 1, K: 1, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 })).toThrow(DTypeError);
+    expect(() => cpu.run(softmaxOp, f64([1, 2, 3]), 2, 2, false)).toThrow(ShapeError);
+    expect(() => cpu.run(gatherOp, f64([1, 2]), f64([0]), { V: 2, D: 1 })).toThrow(/ids must be i32/);
+  });
+});
+
+describe("the kernel registry", () => {
+  it("runs a registered kernel with its operands, and names op and device when there is none", async () => {
+    const scaled = deviceOp<[x: Storage, factor: number], Storage>("scaledCopy");
+    expect(() => cpu.run(scaled, f64([1]), 2)).toThrow(DeviceError);
+    expect(() => cpu.run(scaled, f64([1]), 2)).toThrow("scaledCopy: no kernel on the cpu device (kernels exist for: none)");
+    registerKernel(scaled, "cpu", (device, x, factor) => {
+      const data = (x as CpuStorage).data;
+      const out = device.allocate(x.dtype, x.numel);
+      for (let i = 0; i < out.length; i++) out[i] = data[i]! * factor;
+      return device.wrap(out);
+    });
+    expect(Array.from(await cpu.read(cpu.run(scaled, f64([1, -2.5]), 3)))).toEqual([3, -7.5]);
+    expect(() => registerKernel(scaled, "cpu", (_device, x) => x)).toThrow("registerKernel: scaledCopy already has a kernel on cpu");
   });
 });

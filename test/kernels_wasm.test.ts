@@ -13,7 +13,13 @@ import { WasmHeap } from "../src/kernels/wasm/heap.ts";
 import { KC, MC, MR, NC, NR } from "../src/kernels/wasm/matmul.wasm.ts";
 import { FunctionBuilder, T, buildModule, drop, get, hasRelaxedSimd, i32, ifElse, sleb, uleb, type Local } from "../src/kernels/wasm/module.ts";
 import { WasmPool } from "../src/kernels/wasm/pool.ts";
-import type { AttentionGeometry, BinaryOp, MatmulGeometry, UnaryOp, View } from "../src/tensor/backend.ts";
+import { registerKernel } from "../src/kernels/registry.ts";
+import type { BinaryOp, Storage, UnaryOp, View } from "../src/tensor/backend.ts";
+import { deviceOp } from "../src/tensor/backend.ts";
+import type { MatmulGeometry } from "../src/tensor/ops/matmul.ts";
+import { matmulOp } from "../src/tensor/ops/matmul.ts";
+import type { AttentionGeometry } from "../src/tensor/ops/nn.ts";
+import { attentionBackwardOp, attentionOp, crossEntropyBackwardOp, crossEntropyOp, rmsNormOp, softmaxOp } from "../src/tensor/ops/nn.ts";
 import { DeviceLimitError } from "../src/tensor/errors.ts";
 import { TEST_WASM_THREADS } from "./helpers/devices.ts";
 import { expectClose } from "./helpers/close.ts";
@@ -127,7 +133,7 @@ describe("matmul kernels against the float64 reference", () => {
     const ref = new Float64Array(g.batch * g.M * g.N);
     matmulRef(a, b, ref, g);
     const [sa, sb] = [w.upload(a), w.upload(b)];
-    const out = w.matmul(sa, sb, g);
+    const out = w.run(matmulOp, sa, sb, g);
     const got = (await w.read(out)) as Float32Array;
     for (const s of [sa, sb, out]) w.free(s);
     expectClose(got, ref, 1e-4, JSON.stringify(g));
@@ -205,17 +211,17 @@ describe("matmul kernels against the float64 reference", () => {
 
   test("K = 0 gives zeros; f64 runs the reference", async () => {
     const w = await backends[1]!;
-    const z = w.matmul(w.zeros("f32", 0), w.zeros("f32", 0), geometry(1, 2, 3, 0, false, false, false));
+    const z = w.run(matmulOp, w.zeros("f32", 0), w.zeros("f32", 0), geometry(1, 2, 3, 0, false, false, false));
     expect(Array.from(await w.read(z))).toEqual([0, 0, 0, 0, 0, 0]);
     const a = w.upload(Float64Array.from([1, 2, 3, 4]));
-    const p = w.matmul(a, a, geometry(1, 2, 2, 2, false, false, false));
+    const p = w.run(matmulOp, a, a, geometry(1, 2, 2, 2, false, false, false));
     expect(Array.from(await w.read(p))).toEqual([7, 10, 15, 22]);
   });
 
   test("a storage of another device is refused", async () => {
     const w = await backends[1]!;
     const foreign = qa.cpuDevice().upload(new Float32Array(4));
-    expect(() => w.matmul(foreign, foreign, geometry(1, 2, 2, 2, false, false, false))).toThrow("does not belong to this wasm backend");
+    expect(() => w.run(matmulOp, foreign, foreign, geometry(1, 2, 2, 2, false, false, false))).toThrow("does not belong to this wasm backend");
   });
 });
 
@@ -241,7 +247,7 @@ describe("attention kernel against the float64 reference", () => {
       for (const wp of backends) {
         const w = await wp;
         const ins = { q: w.upload(host.q), k: w.upload(host.k), v: w.upload(host.v), keyMask: w.upload(mask) };
-        const r = w.attention(ins, geo);
+        const r = w.run(attentionOp, ins, geo);
         outs.push({ out: await w.read(r.out), lse: await w.read(r.lse) });
         for (const s of [...Object.values(ins), r.out, r.lse]) w.free(s);
       }
@@ -266,7 +272,7 @@ describe("attention kernel against the float64 reference", () => {
       for (const wp of backends) {
         const w = await wp;
         const ins = { q: w.upload(host.q), k: w.upload(host.k), v: w.upload(host.v), keyMask: w.upload(mask), out: w.upload(out), dOut: w.upload(host.dOut), lse: w.upload(lse) };
-        const r = w.attentionBackward(ins, geo);
+        const r = w.run(attentionBackwardOp, ins, geo);
         grads.push({ dq: await w.read(r.dq), dk: await w.read(r.dk), dv: await w.read(r.dv) });
         for (const s of [...Object.values(ins), r.dq, r.dk, r.dv]) w.free(s);
       }
@@ -349,7 +355,7 @@ describe("row kernels against the float64 references", () => {
     for (const log of [false, true]) {
       const ref = new Float64Array(rows * cols);
       softmaxRef(x, ref, rows, cols, log);
-      expectClose(await w.read(w.softmax(sx, rows, cols, log)), ref, 1e-5, log ? "log-softmax" : "softmax");
+      expectClose(await w.read(w.run(softmaxOp, sx, rows, cols, log)), ref, 1e-5, log ? "log-softmax" : "softmax");
     }
   });
 
@@ -364,10 +370,10 @@ describe("row kernels against the float64 references", () => {
     crossEntropyRef(logits, targets, refLoss, g);
     crossEntropyBackwardRef(logits, targets, gradLoss, refGrad, g);
     const [sl, st, sg] = [w.upload(logits), w.upload(targets), w.upload(gradLoss)];
-    expectClose(await w.read(w.crossEntropy(sl, st, g)), refLoss, 1e-5, "loss");
-    expectClose(await w.read(w.crossEntropyBackward(sl, st, sg, g)), refGrad, 1e-5, "dlogits");
+    expectClose(await w.read(w.run(crossEntropyOp, sl, st, g)), refLoss, 1e-5, "loss");
+    expectClose(await w.read(w.run(crossEntropyBackwardOp, sl, st, sg, g)), refGrad, 1e-5, "dlogits");
     const bad = w.upload(Int32Array.from([5, 30011, 0, 0, 0, 0]));
-    expect(() => w.crossEntropy(sl, bad, g)).toThrow("crossEntropy: target 30011 at row 1 is outside [0, 30011)");
+    expect(() => w.run(crossEntropyOp, sl, bad, g)).toThrow("crossEntropy: target 30011 at row 1 is outside [0, 30011)");
   });
 
   test("rmsNorm [7, 1027]", async () => {
@@ -377,7 +383,35 @@ describe("row kernels against the float64 references", () => {
     const weight = Float32Array.from(randomData(g.D, 24));
     const ref = new Float64Array(g.rows * g.D);
     rmsNormRef(x, weight, ref, g);
-    expectClose(await w.read(w.rmsNorm(w.upload(x), w.upload(weight), g)), ref, 1e-5, "rmsNorm");
+    expectClose(await w.read(w.run(rmsNormOp, w.upload(x), w.upload(weight), g)), ref, 1e-5, "rmsNorm");
+  });
+});
+
+describe("kernels by device name", () => {
+  test("a fused op with only a cpu kernel runs on wasm, on wasm's memory; a wasm kernel wins where there is one", async () => {
+    const w = await createWasmBackend({ threads: 1 });
+    try {
+      // The kernel says which registration ran; its values are -x (closed form).
+      const negate = (tag: string) => (device: { allocate: WasmBackend["allocate"]; wrap: WasmBackend["wrap"]; peek: WasmBackend["peek"] }, x: Storage) => {
+        const data = device.peek(x);
+        const out = device.allocate(x.dtype, x.numel);
+        for (let i = 0; i < out.length; i++) out[i] = -data[i]!;
+        return { values: device.wrap(out), ran: tag };
+      };
+      const cpuOnly = deviceOp<[x: Storage], { values: Storage; ran: string }>("negateOnCpu");
+      registerKernel(cpuOnly, "cpu", negate("cpu"));
+      const both = deviceOp<[x: Storage], { values: Storage; ran: string }>("negateOnBoth");
+      registerKernel(both, "cpu", negate("cpu"));
+      registerKernel(both, "wasm", negate("wasm"));
+      const x = w.upload(Float32Array.from([1.5, -2]));
+      const r = w.run(cpuOnly, x);
+      expect(r.ran).toBe("cpu");
+      expect(Array.from(await w.read(r.values))).toEqual([-1.5, 2]);
+      expect(w.owns(w.peek(r.values))).toBe(true);
+      expect(w.run(both, x).ran).toBe("wasm");
+    } finally {
+      w.destroy();
+    }
   });
 });
 

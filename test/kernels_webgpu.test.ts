@@ -1,6 +1,13 @@
 import fc from "fast-check";
 import { describe, expect, test } from "vitest";
-import type { AdamWStep, AttentionGeometry, MatmulGeometry, Storage, View } from "../src/tensor/backend.ts";
+import type { Storage, View } from "../src/tensor/backend.ts";
+import type { MatmulGeometry } from "../src/tensor/ops/matmul.ts";
+import { matmulOp } from "../src/tensor/ops/matmul.ts";
+import type { AttentionGeometry } from "../src/tensor/ops/nn.ts";
+import { attentionBackwardOp, attentionOp, crossEntropyBackwardOp, crossEntropyOp, gatherOp, rmsNormOp, ropeOp, scatterAddOp, softmaxOp } from "../src/tensor/ops/nn.ts";
+import { reduceRowsOp } from "../src/tensor/ops/reduce.ts";
+import type { AdamWStep } from "../src/tensor/optim.ts";
+import { adamwOp } from "../src/tensor/optim.ts";
 import type { HostArray } from "../src/tensor/dtype.ts";
 import { DTypeError, DeviceLimitError, DisposedError, ShapeError } from "../src/tensor/errors.ts";
 import { contiguousStrides } from "../src/tensor/shape.ts";
@@ -14,7 +21,7 @@ import { describeWebGpu, testWebGpu, webgpuOrSkip } from "./helpers/devices.ts";
 import { random } from "./helpers/random.ts";
 
 /**
- * Every Backend method on webgpu against the cpu reference on the same random inputs.
+ * Every Backend method and fused op on webgpu against the cpu reference on the same random inputs.
  *
  * Inputs come from fast-check with a fixed seed (reproducible, shrinking to a small failing
  * case): random shapes with sizes that are not multiples of any tile or workgroup, size-1 axes,
@@ -226,7 +233,7 @@ async function checkReduceRows(gpu: WebGpuBackend, numRuns: number): Promise<voi
     fc.asyncProperty(fc.constantFrom("sum" as const, "max" as const), rowsArb, colsArb, fc.constantFrom(1e-20, 1, 1e20), fc.boolean(), fc.nat(), async (op, rows, cols, mag, int, seed) => {
       const data = int ? Int32Array.from(f32s(rows * cols, seed), (u) => Math.round(u * 1e6)) : f32s(rows * cols, seed, (u) => u * mag);
       const [gx, cx] = both(gpu, data);
-      const [go, co] = [gpu.reduceRows(op, gx, rows, cols), cpu.reduceRows(op, cx, rows, cols)];
+      const [go, co] = [gpu.run(reduceRowsOp, op, gx, rows, cols), cpu.run(reduceRowsOp, op, cx, rows, cols)];
       // A sum of n f32 terms in any order: error <= n eps sum|x| in the worst case, ~sqrt(n) eps
       // typically; 4 sqrt(n) eps sum|x| is many standard deviations. max and i32 sums are exact.
       const absSum = (r: number) => {
@@ -247,7 +254,7 @@ async function checkSoftmax(gpu: WebGpuBackend, numRuns: number): Promise<void> 
   await fc.assert(
     fc.asyncProperty(rowsArb, colsArb, fc.constantFrom(1e-3, 1, 30), fc.boolean(), fc.nat(), async (rows, cols, scale, log, seed) => {
       const [gx, cx] = both(gpu, f32s(rows * cols, seed, (u) => u * scale));
-      const [go, co] = [gpu.softmax(gx, rows, cols, log), cpu.softmax(cx, rows, cols, log)];
+      const [go, co] = [gpu.run(softmaxOp, gx, rows, cols, log), cpu.run(softmaxOp, cx, rows, cols, log)];
       // exp(x - lse): the argument carries an absolute error ~ eps (|max| + log cols) and exp adds
       // 3 + 2|x - lse| ulp; log-softmax x - lse is off by about eps |lse| absolute.
       const spread = 2 * scale + Math.log(cols);
@@ -267,11 +274,11 @@ async function checkCrossEntropy(gpu: WebGpuBackend, numRuns: number): Promise<v
       const targets = Int32Array.from(f32s(rows, seed + 1), (u) => (u > 0.7 ? -100 : Math.floor(((u + 1) / 2) * cols)));
       const [gt, ct] = both(gpu, targets);
       const [gg, cg] = both(gpu, f32s(rows, seed + 2));
-      const [gf, cf] = [gpu.crossEntropy(gl, gt, { rows, cols, ignoreIndex: -100 }), cpu.crossEntropy(cl, ct, { rows, cols, ignoreIndex: -100 })];
+      const [gf, cf] = [gpu.run(crossEntropyOp, gl, gt, { rows, cols, ignoreIndex: -100 }), cpu.run(crossEntropyOp, cl, ct, { rows, cols, ignoreIndex: -100 })];
       // loss = lse - x_t: absolute error ~ eps (|lse| + |x_t|) from the log-sum-exp.
       const spread = 2 * scale + Math.log(cols);
       await compare(gpu, gf, cf, rel(2 * EPS, 8 * EPS * spread), `crossEntropy [${rows},${cols}]`);
-      const [gb, cb] = [gpu.crossEntropyBackward(gl, gt, gg, { rows, cols, ignoreIndex: -100 }), cpu.crossEntropyBackward(cl, ct, cg, { rows, cols, ignoreIndex: -100 })];
+      const [gb, cb] = [gpu.run(crossEntropyBackwardOp, gl, gt, gg, { rows, cols, ignoreIndex: -100 }), cpu.run(crossEntropyBackwardOp, cl, ct, cg, { rows, cols, ignoreIndex: -100 })];
       // softmax - onehot: softmax's error, absolute where p - 1 cancels.
       await compare(gpu, gb, cb, rel((8 + 4 * spread) * EPS, (8 + 4 * spread) * EPS), `crossEntropyBackward [${rows},${cols}]`);
       freeAll(gpu, gl, gt, gg, gf, gb);
@@ -286,7 +293,7 @@ async function checkRmsNorm(gpu: WebGpuBackend, numRuns: number): Promise<void> 
     fc.asyncProperty(rowsArb, colsArb, fc.constantFrom(1e-3, 1, 1e3), fc.nat(), async (rows, D, scale, seed) => {
       const [gx, cx] = both(gpu, f32s(rows * D, seed, (u) => u * scale));
       const [gw, cw] = both(gpu, f32s(D, seed + 1, (u) => 1 + u / 2));
-      const [go, co] = [gpu.rmsNorm(gx, gw, { rows, D, eps: 1e-6 }), cpu.rmsNorm(cx, cw, { rows, D, eps: 1e-6 })];
+      const [go, co] = [gpu.run(rmsNormOp, gx, gw, { rows, D, eps: 1e-6 }), cpu.run(rmsNormOp, cx, cw, { rows, D, eps: 1e-6 })];
       // The sum of squares (positive terms: relative error <= few eps) under inverseSqrt (2 ulp), then two products.
       await compare(gpu, go, co, rel(1e-5), `rmsNorm [${rows},${D}]`);
       freeAll(gpu, gx, gw, go);
@@ -301,10 +308,10 @@ describe("row kernels", () => {
   testWebGpu("more than 65535 rows or batches: 2-D grids and split dispatches", async (gpu) => {
     const rows = 70_001;
     const [gx, cx] = both(gpu, f32s(rows * 3, 5));
-    await compare(gpu, gpu.reduceRows("max", gx, rows, 3), cpu.reduceRows("max", cx, rows, 3), EXACT, "reduce max, 70001 rows");
-    await compare(gpu, gpu.softmax(gx, rows, 3, true), cpu.softmax(cx, rows, 3, true), rel(1e-6, 1e-6), "log-softmax, 70001 rows");
+    await compare(gpu, gpu.run(reduceRowsOp, "max", gx, rows, 3), cpu.run(reduceRowsOp, "max", cx, rows, 3), EXACT, "reduce max, 70001 rows");
+    await compare(gpu, gpu.run(softmaxOp, gx, rows, 3, true), cpu.run(softmaxOp, cx, rows, 3, true), rel(1e-6, 1e-6), "log-softmax, 70001 rows");
     const g: MatmulGeometry = { batch: rows, M: 1, N: 3, K: 1, transA: false, transB: false, batchStrideA: 1, batchStrideB: 0 };
-    await compare(gpu, gpu.matmul(gx, gx, g), cpu.matmul(cx, cx, g), EXACT, "matmul, batch 70001");
+    await compare(gpu, gpu.run(matmulOp, gx, gx, g), cpu.run(matmulOp, cx, cx, g), EXACT, "matmul, batch 70001");
   });
 
   testWebGpu("softmax and log-softmax", (gpu) => checkSoftmax(gpu, 40));
@@ -337,11 +344,11 @@ async function checkMatmul(gpu: WebGpuBackend, numRuns: number, only: MatmulOnly
         const b = f32s((bcastB ? 1 : batch) * K * N, seed + 1);
         const [ga, ca] = both(gpu, a);
         const [gb, cb] = both(gpu, b);
-        const [go, co] = [gpu.matmul(ga, gb, g), cpu.matmul(ca, cb, g)];
+        const [go, co] = [gpu.run(matmulOp, ga, gb, g), cpu.run(matmulOp, ca, cb, g)];
         // f32 accumulation of K products: error ~ sqrt(K) eps sum_k |a_ik b_kj| (random signs);
         // 4 sqrt(K) is a wide margin. The bound is per element: (|A| @ |B|)_ij from the cpu.
         const [aa, ab] = [cpu.upload(a.map(Math.abs)), cpu.upload(b.map(Math.abs))];
-        const bound = await cpu.read(cpu.matmul(aa, ab, g));
+        const bound = await cpu.read(cpu.run(matmulOp, aa, ab, g));
         await compare(gpu, go, co, (_, i) => DENORMAL + 4 * Math.sqrt(K) * EPS * bound[i]!, `matmul ${gpu.matmulVariant} ${JSON.stringify(g)}`);
         freeAll(gpu, ga, gb, go);
       },
@@ -381,11 +388,11 @@ async function checkChunkedMatmul(gpu: WebGpuBackend, [V, D, M]: [number, number
   const [gw, cw] = [gpu.upload(w), cpu.upload(w)];
   const x = f32s(M * D, seed + 1);
   const [gx, cx] = [gpu.upload(x), cpu.upload(x)];
-  for (const [what, g] of forwards) expectClose(await gpu.read(gpu.matmul(gx, gw, g)), await cpu.read(cpu.matmul(cx, cw, g)), tol, what);
+  for (const [what, g] of forwards) expectClose(await gpu.read(gpu.run(matmulOp, gx, gw, g)), await cpu.read(cpu.run(matmulOp, cx, cw, g)), tol, what);
   const dy = f32s(M * V, seed + 2);
   const [gd, cd] = [gpu.upload(dy), cpu.upload(dy)];
   const bwd: MatmulGeometry = { batch: 1, M, N: D, K: V, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 };
-  expectClose(await gpu.read(gpu.matmul(gd, gw, bwd)), await cpu.read(cpu.matmul(cd, cw, bwd)), tol, "dY @ W");
+  expectClose(await gpu.read(gpu.run(matmulOp, gd, gw, bwd)), await cpu.read(cpu.run(matmulOp, cd, cw, bwd)), tol, "dY @ W");
 }
 
 /** A decode row against a vocabulary: the shape the matrix-vector kernel exists for. */
@@ -456,14 +463,14 @@ describe("nn kernels", () => {
         const ids = Int32Array.from(f32s(N, seed), (u) => Math.floor(((u + 1) / 2) * V));
         const [gt, ct] = both(gpu, f32s(V * D, seed + 1));
         const [gi, ci] = both(gpu, ids);
-        const [go, co] = [gpu.gather(gt, gi, { V, D }), cpu.gather(ct, ci, { V, D })];
+        const [go, co] = [gpu.run(gatherOp, gt, gi, { V, D }), cpu.run(gatherOp, ct, ci, { V, D })];
         await compare(gpu, go, co, EXACT, "gather");
         const grad = f32s(N * D, seed + 2);
         const [gg, cg] = both(gpu, grad);
-        const [gs, cs] = [gpu.scatterAdd(gg, gi, { V, D }), cpu.scatterAdd(cg, ci, { V, D })];
+        const [gs, cs] = [gpu.run(scatterAddOp, gg, gi, { V, D }), cpu.run(scatterAddOp, cg, ci, { V, D })];
         // A sequential f32 sum of the rows with one id: error <= count eps sum|grad| (bounded per
         // element by scattering |grad| on the cpu).
-        const bound = await cpu.read(cpu.scatterAdd(cpu.upload(grad.map(Math.abs)), ci, { V, D }));
+        const bound = await cpu.read(cpu.run(scatterAddOp, cpu.upload(grad.map(Math.abs)), ci, { V, D }));
         await compare(gpu, gs, cs, (_, i) => DENORMAL + N * EPS * bound[i]!, "scatterAdd");
         freeAll(gpu, gt, gi, go, gg, gs);
       }),
@@ -474,9 +481,9 @@ describe("nn kernels", () => {
   testWebGpu("gather: ids outside [0, V) give zero rows; scatterAdd skips them", async (gpu) => {
     const table = gpu.upload(Float32Array.from([1, 2, 3, 4]));
     const ids = gpu.upload(Int32Array.from([1, -1, 2, 0]));
-    expect(Array.from(await gpu.read(gpu.gather(table, ids, { V: 2, D: 2 })))).toEqual([3, 4, 0, 0, 0, 0, 1, 2]);
+    expect(Array.from(await gpu.read(gpu.run(gatherOp, table, ids, { V: 2, D: 2 })))).toEqual([3, 4, 0, 0, 0, 0, 1, 2]);
     const grad = gpu.upload(Float32Array.from([1, 1, 2, 2, 3, 3, 4, 4]));
-    expect(Array.from(await gpu.read(gpu.scatterAdd(grad, ids, { V: 2, D: 2 })))).toEqual([4, 4, 1, 1]);
+    expect(Array.from(await gpu.read(gpu.run(scatterAddOp, grad, ids, { V: 2, D: 2 })))).toEqual([4, 4, 1, 1]);
   });
 
   testWebGpu("rope, forward and inverse, shared or per-batch tables", async (gpu) => {
@@ -495,7 +502,7 @@ describe("nn kernels", () => {
           const [gc, cc] = both(gpu, angles.map(Math.cos));
           const [gs, cs] = both(gpu, angles.map(Math.sin));
           const [gx, cx] = both(gpu, f32s(B * H * T * Dh, seed + 1));
-          const [go, co] = [gpu.rope(gx, gc, gs, { B, H, T, Dh, Bc, inverse }), cpu.rope(cx, cc, cs, { B, H, T, Dh, Bc, inverse })];
+          const [go, co] = [gpu.run(ropeOp, gx, gc, gs, { B, H, T, Dh, Bc, inverse }), cpu.run(ropeOp, cx, cc, cs, { B, H, T, Dh, Bc, inverse })];
           // Two products and a sum per element: a few ulp of max(|x|) (cancellation in the sum).
           await compare(gpu, go, co, rel(4 * EPS, 4 * EPS), `rope B${B} H${H} T${T} Dh${Dh}`);
           freeAll(gpu, gc, gs, gx, go);
@@ -512,8 +519,8 @@ describe("nn kernels", () => {
         const [p, g, m, v] = [f32s(n, seed), f32s(n, seed + 1, (u) => u * 1e-2), f32s(n, seed + 2, (u) => u * 1e-3), f32s(n, seed + 3, (u) => u * u * 1e-4)];
         const bound = adamwErrorBound(p, g, m, v, h);
         const [[gp, cp], [gg, cg], [gm, cm], [gv, cv]] = [p, g, m, v].map((a) => both(gpu, a));
-        gpu.adamw(gp!, gg!, gm!, gv!, h);
-        cpu.adamw(cp!, cg!, cm!, cv!, h);
+        gpu.run(adamwOp, gp!, gg!, gm!, gv!, h);
+        cpu.run(adamwOp, cp!, cg!, cm!, cv!, h);
         const within = (b: Float64Array): Tol => (_, i) => 4 * b[i]!;
         await compare(gpu, gp!, cp!, within(bound.p), "adamw param");
         await compare(gpu, gm!, cm!, within(bound.m), "adamw m");
@@ -579,16 +586,16 @@ async function checkAttention(gpu: WebGpuBackend, numRuns: number): Promise<void
       const [gk, ck] = both(gpu, f32s(B * Hkv * Tk * Dh, seed + 1, (u) => u * 2));
       const [gv, cv] = both(gpu, f32s(B * Hkv * Tk * Dh, seed + 2));
       const mask = masked ? both(gpu, f32s(B * Tk, seed + 3, (u) => (u > -0.6 ? 1 : 0))) : null;
-      const gf = gpu.attention({ q: gq, k: gk, v: gv, keyMask: mask?.[0] ?? null }, g);
-      const cf = cpu.attention({ q: cq, k: ck, v: cv, keyMask: mask?.[1] ?? null }, g);
+      const gf = gpu.run(attentionOp, { q: gq, k: gk, v: gv, keyMask: mask?.[0] ?? null }, g);
+      const cf = cpu.run(attentionOp, { q: cq, k: ck, v: cv, keyMask: mask?.[1] ?? null }, g);
       // Scores are dot products of Dh terms (sqrt(Dh) eps), exp adds 3 + 2|s| ulp, and the output
       // is a convex combination of v: absolute error of a few hundred eps at these magnitudes.
       const tol = rel(1e-5, 64 * Math.sqrt(Dh) * EPS);
       await compare(gpu, gf.out, cf.out, tol, `attention out ${JSON.stringify(g)}`);
       await compare(gpu, gf.lse, cf.lse, tol, `attention lse ${JSON.stringify(g)}`);
       const [gd, cd] = both(gpu, f32s(B * H * Tq * Dh, seed + 4));
-      const gb = gpu.attentionBackward({ q: gq, k: gk, v: gv, keyMask: mask?.[0] ?? null, out: gf.out, dOut: gd, lse: gf.lse }, g);
-      const cb = cpu.attentionBackward({ q: cq, k: ck, v: cv, keyMask: mask?.[1] ?? null, out: cf.out, dOut: cd, lse: cf.lse }, g);
+      const gb = gpu.run(attentionBackwardOp, { q: gq, k: gk, v: gv, keyMask: mask?.[0] ?? null, out: gf.out, dOut: gd, lse: gf.lse }, g);
+      const cb = cpu.run(attentionBackwardOp, { q: cq, k: ck, v: cv, keyMask: mask?.[1] ?? null, out: cf.out, dOut: cd, lse: cf.lse }, g);
       // Gradients sum over up to Tk (dq) or group * Tq (dk, dv) terms of the forward's accuracy.
       const gtol = rel(1e-4, 256 * Math.sqrt(Dh * (Tk + H * Tq)) * EPS);
       await compare(gpu, gb.dq, cb.dq, gtol, `attention dq ${JSON.stringify(g)}`);
@@ -606,7 +613,7 @@ describe("attention", () => {
   testWebGpu("head dim above the kernel's limit throws DeviceLimitError", async (gpu) => {
     const q = gpu.zeros("f32", 512);
     const g: AttentionGeometry = { B: 1, H: 1, Hkv: 1, Tq: 1, Tk: 1, Dh: 512, scale: 1, causal: true, window: 0 };
-    expect(() => gpu.attention({ q, k: q, v: q, keyMask: null }, g)).toThrow(DeviceLimitError);
+    expect(() => gpu.run(attentionOp, { q, k: q, v: q, keyMask: null }, g)).toThrow(DeviceLimitError);
     gpu.free(q);
   });
 });
@@ -645,7 +652,7 @@ describeWebGpu("chunked storages (per-binding limit lowered to 4 KB = 1024 f32)"
     const ids = Int32Array.from([0, 27, 28, 99, 55, 27, 83]);
     const [gt, ct] = [gpu.upload(table), cpu.upload(table)];
     const [gi, ci] = [gpu.upload(ids), cpu.upload(ids)];
-    expectClose(await gpu.read(gpu.gather(gt, gi, { V, D })), await cpu.read(cpu.gather(ct, ci, { V, D })), EXACT, "gather chunked");
+    expectClose(await gpu.read(gpu.run(gatherOp, gt, gi, { V, D })), await cpu.read(cpu.run(gatherOp, ct, ci, { V, D })), EXACT, "gather chunked");
   });
 
   testOn("matmul with a chunked B: x @ W^T (lm_head) and dY @ W (its backward)", async (gpu) => {
@@ -684,13 +691,13 @@ describeWebGpu("chunked storages (per-binding limit lowered to 4 KB = 1024 f32)"
 
   testOn("other kernels reject chunked storages; impossible sizes throw DeviceLimitError", async (gpu) => {
     const big = gpu.zeros("f32", 2000);
-    expect(() => gpu.softmax(big, 2, 1000, false)).toThrow(/softmax: x of 8000 bytes exceeds the per-binding limit of 4096 bytes/);
-    expect(() => gpu.reduceRows("sum", big, 2, 1000)).toThrow(DeviceLimitError);
+    expect(() => gpu.run(softmaxOp, big, 2, 1000, false)).toThrow(/softmax: x of 8000 bytes exceeds the per-binding limit of 4096 bytes/);
+    expect(() => gpu.run(reduceRowsOp, "sum", big, 2, 1000)).toThrow(DeviceLimitError);
     const small2 = gpu.zeros("f32", 100);
-    expect(() => gpu.matmul(big, small2, { batch: 1, M: 20, N: 1, K: 100, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 })).toThrow(
+    expect(() => gpu.run(matmulOp, big, small2, { batch: 1, M: 20, N: 1, K: 100, transA: false, transB: false, batchStrideA: 0, batchStrideB: 0 })).toThrow(
       DeviceLimitError,
     );
-    expect(() => gpu.matmul(small2, small2, { batch: 1, M: 100, N: 100, K: 1, transA: true, transB: false, batchStrideA: 0, batchStrideB: 0 })).toThrow(
+    expect(() => gpu.run(matmulOp, small2, small2, { batch: 1, M: 100, N: 100, K: 1, transA: true, transB: false, batchStrideA: 0, batchStrideB: 0 })).toThrow(
       /matmul: output of 40000 bytes/,
     );
     expect(() => gpu.zeros("f32", 2 ** 40)).toThrow(DeviceLimitError);
@@ -720,7 +727,7 @@ describe("memory", () => {
     for (let i = 0; i < 200; i++) {
       const x = gpu.upload(f32s(1000 + (i % 7), i));
       const y = gpu.unary("exp", { storage: x, shape: [x.numel], strides: [1], offset: 0 });
-      const z = gpu.reduceRows("sum", y, 1, y.numel);
+      const z = gpu.run(reduceRowsOp, "sum", y, 1, y.numel);
       freeAll(gpu, x, y, z);
       if (i === 10) allocated = gpu.memoryStats().allocatedBytes;
     }
@@ -745,7 +752,7 @@ describe("memory", () => {
     expect(() => gpu.free(x)).toThrow(DisposedError);
     await expect(gpu.read(x)).rejects.toThrow(DisposedError);
     expect(() => gpu.unary("exp", { storage: x, shape: [1], strides: [1], offset: 0 })).toThrow(DisposedError);
-    expect(() => gpu.softmax(x, 1, 1, false)).toThrow(DisposedError);
+    expect(() => gpu.run(softmaxOp, x, 1, 1, false)).toThrow(DisposedError);
   });
 
   testWebGpu("views reaching outside their storage throw ShapeError", async (gpu) => {
@@ -757,7 +764,7 @@ describe("memory", () => {
   testWebGpu("one pipeline per shader key, whatever the sizes", async (gpu) => {
     const run = (n: number) => {
       const x = gpu.zeros("f32", n);
-      gpu.free(gpu.softmax(x, 1, n, true));
+      gpu.free(gpu.run(softmaxOp, x, 1, n, true));
       gpu.free(x);
     };
     run(3);

@@ -1,5 +1,10 @@
-import type { AdamWStep } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
+import type { AdamWStep } from "../tensor/optim.ts";
+import { adamwOp } from "../tensor/optim.ts";
+import type { Sized } from "./checks.ts";
+import { need } from "./checks.ts";
+import { floatArgs } from "./host.ts";
+import { registerKernel } from "./registry.ts";
 
 /**
  * One AdamW step, in place (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization",
@@ -24,3 +29,15 @@ export function adamwRef(param: HostArray, grad: HostArray, m: HostArray, v: Hos
     v[i] = vi;
   }
 }
+
+/** The size check of AdamW: grad, m and v as large as param. */
+export function checkAdamW(param: Sized, others: { grad: Sized; m: Sized; v: Sized }): void {
+  for (const [what, s] of Object.entries(others)) need("adamw", what, s, param.numel);
+}
+
+// The cpu kernel: param, grad, m and v of one float dtype.
+registerKernel(adamwOp, "cpu", (_cpu, param, grad, m, v, h) => {
+  const [hp, hg, hm, hv] = floatArgs("adamw", [param, grad, m, v]);
+  checkAdamW(param, { grad, m, v });
+  adamwRef(hp!, hg!, hm!, hv!, h);
+});

@@ -1,4 +1,7 @@
-import type { AdamWStep } from "../tensor/backend.ts";
+import type { AdamWStep } from "../tensor/optim.ts";
+import { adamwOp } from "../tensor/optim.ts";
+import { checkAdamW } from "./adamw.ts";
+import { registerKernel } from "./registry.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { groups, kernel, single } from "./webgpu/program.ts";
 
@@ -61,3 +64,10 @@ export function encodeAdamW(host: KernelHost, param: GpuData, grad: GpuData, m: 
   };
   host.dispatch(adamwKernel(), params, [single(param), single(grad), single(m), single(v)], groups(n, WG));
 }
+
+// The webgpu kernel: param, grad, m and v f32 in one chunk each.
+registerKernel(adamwOp, "webgpu", (gpu, param, grad, m, v, h) => {
+  const [ps, gs, ms, vs] = gpu.floats("adamw", { param, grad, m, v });
+  checkAdamW(ps!, { grad: gs!, m: ms!, v: vs! });
+  encodeAdamW(gpu, ps!, gs!, ms!, vs!, h);
+});

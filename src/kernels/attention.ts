@@ -1,6 +1,13 @@
-import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
-import { attentionSizes } from "./checks.ts";
+import { ShapeError } from "../tensor/errors.ts";
+import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../tensor/ops/nn.ts";
+import { attentionBackwardOp, attentionOp } from "../tensor/ops/nn.ts";
+import type { Sized } from "./checks.ts";
+import { need } from "./checks.ts";
+import type { CpuBackend } from "./cpu.ts";
+import { floatArgs, hostData } from "./host.ts";
+import type { KernelOf } from "./registry.ts";
+import { registerKernel } from "./registry.ts";
 
 /**
  * Scaled-dot-product attention with causal / sliding-window / padding masks and grouped-query
@@ -141,3 +148,88 @@ export function attentionBackwardRef(ins: AttentionBackwardInputs<HostArray>, gr
   grads.dk.set(dk);
   grads.dv.set(dv);
 }
+
+/** Element counts of attention's operands: q and out [B, H, Tq, Dh], k and v [B, Hkv, Tk, Dh], lse [B, H, Tq], keyMask [B, Tk]. */
+export interface AttentionSizes {
+  q: number;
+  kv: number;
+  lse: number;
+  keyMask: number;
+}
+
+/**
+ * The attention geometry alone, and the operand sizes it implies.
+ * @throws ShapeError naming `op` when H is not a multiple of Hkv (grouped-query attention
+ *   shares each kv head among H / Hkv query heads)
+ */
+export function attentionSizes(op: string, g: AttentionGeometry): AttentionSizes {
+  if (g.Hkv <= 0 || g.H % g.Hkv !== 0) throw new ShapeError(op, `query heads H = ${g.H} are not a multiple of kv heads Hkv = ${g.Hkv}`);
+  return { q: g.B * g.H * g.Tq * g.Dh, kv: g.B * g.Hkv * g.Tk * g.Dh, lse: g.B * g.H * g.Tq, keyMask: g.B * g.Tk };
+}
+
+/**
+ * The size check of the attention forward: q, k, v and the optional key mask.
+ * @returns the operand sizes (out is q's size, lse [B, H, Tq])
+ * @throws ShapeError as attentionSizes, or for a storage too small
+ */
+export function checkAttention(op: string, ins: AttentionInputs<Sized>, g: AttentionGeometry): AttentionSizes {
+  const n = attentionSizes(op, g);
+  need(op, "q", ins.q, n.q);
+  need(op, "k", ins.k, n.kv);
+  need(op, "v", ins.v, n.kv);
+  if (ins.keyMask) need(op, "keyMask", ins.keyMask, n.keyMask);
+  return n;
+}
+
+/**
+ * The size check of the attention backward: the forward's operands plus out, dOut and lse.
+ * @returns the operand sizes (dq is q's size, dk and dv kv's)
+ */
+export function checkAttentionBackward(ins: AttentionBackwardInputs<Sized>, g: AttentionGeometry): AttentionSizes {
+  const op = "attentionBackward";
+  const n = checkAttention(op, ins, g);
+  need(op, "out", ins.out, n.q);
+  need(op, "dOut", ins.dOut, n.q);
+  need(op, "lse", ins.lse, n.lse);
+  return n;
+}
+
+/**
+ * attention on a host-memory device: q, k, v of one float dtype, keyMask of any dtype (nonzero
+ * = keep), the size check, the outputs, then `compute` (the reference on cpu; the SIMD kernel on
+ * wasm, wasm/attention.wasm.ts). Rows that see no key give out 0 and lse 0.
+ */
+export function attentionOnHost<D extends CpuBackend>(
+  compute: (device: D, ins: AttentionInputs<HostArray>, outs: { out: HostArray; lse: HostArray }, g: AttentionGeometry) => void,
+): KernelOf<typeof attentionOp, D> {
+  return (device, ins, g) => {
+    const op = "attention";
+    const [q, k, v] = floatArgs(op, [ins.q, ins.k, ins.v]);
+    const n = checkAttention(op, ins, g);
+    const keyMask = ins.keyMask && hostData(op, ins.keyMask);
+    const out = device.allocate(ins.q.dtype, n.q);
+    const lse = device.allocate(ins.q.dtype, n.lse);
+    compute(device, { q: q!, k: k!, v: v!, keyMask }, { out, lse }, g);
+    return { out: device.wrap(out), lse: device.wrap(lse) };
+  };
+}
+
+/** attentionBackward on a host-memory device, as attentionOnHost: out, dOut and lse of q's dtype. */
+export function attentionBackwardOnHost<D extends CpuBackend>(
+  compute: (device: D, ins: AttentionBackwardInputs<HostArray>, grads: AttentionGrads<HostArray>, g: AttentionGeometry) => void,
+): KernelOf<typeof attentionBackwardOp, D> {
+  return (device, ins, g) => {
+    const op = "attentionBackward";
+    const [q, k, v, out, dOut, lse] = floatArgs(op, [ins.q, ins.k, ins.v, ins.out, ins.dOut, ins.lse]);
+    const n = checkAttentionBackward(ins, g);
+    const keyMask = ins.keyMask && hostData(op, ins.keyMask);
+    const dq = device.allocate(ins.q.dtype, n.q);
+    const dk = device.allocate(ins.q.dtype, n.kv);
+    const dv = device.allocate(ins.q.dtype, n.kv);
+    compute(device, { q: q!, k: k!, v: v!, keyMask, out: out!, dOut: dOut!, lse: lse! }, { dq, dk, dv }, g);
+    return { dq: device.wrap(dq), dk: device.wrap(dk), dv: device.wrap(dv) };
+  };
+}
+
+registerKernel(attentionOp, "cpu", attentionOnHost((_cpu, ...args) => attentionRef(...args)));
+registerKernel(attentionBackwardOp, "cpu", attentionBackwardOnHost((_cpu, ...args) => attentionBackwardRef(...args)));

@@ -1,4 +1,10 @@
-import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../tensor/backend.ts";
+import type { Storage } from "../tensor/backend.ts";
+import { DeviceLimitError } from "../tensor/errors.ts";
+import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../tensor/ops/nn.ts";
+import { attentionBackwardOp, attentionOp } from "../tensor/ops/nn.ts";
+import { checkAttention, checkAttentionBackward } from "./attention.ts";
+import { registerKernel } from "./registry.ts";
+import type { WebGpuBackend, WebGpuStorage } from "./webgpu/backend.ts";
 import type { Field, GpuData, KernelHost } from "./webgpu/program.ts";
 import { VEC4_LANES, ints, kernel, single } from "./webgpu/program.ts";
 import { isNanVec4Wgsl, isNanWgsl } from "./nan.wgsl.ts";
@@ -482,3 +488,32 @@ export function encodeAttentionBackward(
   );
   host.releaseTemp(stats);
 }
+
+/** q, k, v (f32, one chunk) and the key mask (any dtype, one chunk), for a head dim the kernels handle. */
+function gpuOperands(gpu: WebGpuBackend, op: string, ins: AttentionInputs<Storage>, g: AttentionGeometry): AttentionInputs<WebGpuStorage> {
+  if (g.Dh > ATTENTION_MAX_DH) throw new DeviceLimitError(op, `head dim ${g.Dh} > ${ATTENTION_MAX_DH}, the kernel's largest`);
+  const [q, k, v] = gpu.floats(op, { q: ins.q, k: ins.k, v: ins.v });
+  const keyMask = ins.keyMask === null ? null : gpu.space.whole(op, "keyMask", ins.keyMask);
+  return { q: q!, k: k!, v: v!, keyMask };
+}
+
+// The webgpu kernels: keyMask f32 or i32 (nonzero = keep); DeviceLimitError for Dh > 256.
+registerKernel(attentionOp, "webgpu", (gpu, ins, g) => {
+  const op = "attention";
+  const gpuIns = gpuOperands(gpu, op, ins, g);
+  const n = checkAttention(op, gpuIns, g);
+  const out = gpu.space.output(op, "f32", n.q);
+  const lse = gpu.space.output(op, "f32", n.lse);
+  encodeAttention(gpu, gpuIns, { out, lse }, g);
+  return { out, lse };
+});
+
+registerKernel(attentionBackwardOp, "webgpu", (gpu, ins, g) => {
+  const op = "attentionBackward";
+  const [out, dOut, lse] = gpu.floats(op, { out: ins.out, dOut: ins.dOut, lse: ins.lse });
+  const gpuIns = { ...gpuOperands(gpu, op, ins, g), out: out!, dOut: dOut!, lse: lse! };
+  const n = checkAttentionBackward(gpuIns, g);
+  const grads = { dq: gpu.space.output(op, "f32", n.q), dk: gpu.space.output(op, "f32", n.kv), dv: gpu.space.output(op, "f32", n.kv) };
+  encodeAttentionBackward(gpu, gpuIns, grads, g);
+  return grads;
+});

@@ -1,172 +1,62 @@
-import type {
-  AdamWStep,
-  AttentionBackwardInputs,
-  AttentionGeometry,
-  AttentionGrads,
-  AttentionInputs,
-  Backend,
-  BinaryOp,
-  CrossEntropyGeometry,
-  EmbeddingGeometry,
-  MatmulGeometry,
-  ReduceOp,
-  RmsNormGeometry,
-  RopeGeometry,
-  Storage,
-  UnaryOp,
-  View,
-} from "../tensor/backend.ts";
-import * as checks from "./checks.ts";
+import type { Backend, BinaryOp, DeviceOp, Storage, UnaryOp, View } from "../tensor/backend.ts";
 import type { DType, HostArray } from "../tensor/dtype.ts";
-import { dtypeOf, hostArray, isFloat } from "../tensor/dtype.ts";
-import { DTypeError, DisposedError } from "../tensor/errors.ts";
+import { dtypeOf, hostArray } from "../tensor/dtype.ts";
 import { numel } from "../tensor/shape.ts";
-import { adamwRef } from "./adamw.ts";
-import { attentionBackwardRef, attentionRef } from "./attention.ts";
-import { crossEntropyBackwardRef, crossEntropyRef } from "./cross_entropy.ts";
-import type { HostView } from "./elementwise.ts";
+import type { HostWeight, WeightStorage } from "../tensor/weight.ts";
 import { assignRef, binaryRef, castRef, unaryRef, whereRef } from "./elementwise.ts";
-import { gatherRef, scatterAddRef } from "./embedding.ts";
-import type { HostWeight, PackedDType, WeightStorage } from "../tensor/weight.ts";
-import { decodeWeight, gatherWeightRef, matmulWeightRef } from "./weights.ts";
-import { matmulRef } from "./matmul.ts";
-import { reduceRowsRef } from "./reduce.ts";
-import { rmsNormRef } from "./rmsnorm.ts";
-import { ropeRef } from "./rope.ts";
-import { softmaxRef } from "./softmax.ts";
+import "./families.ts";
+import { CpuStorage, CpuWeightStorage, hostData, hostView, weightData } from "./host.ts";
+import { runKernel } from "./registry.ts";
+import { decodeWeight } from "./weights.ts";
+
+export { CpuStorage, CpuWeightStorage } from "./host.ts";
 
 /**
  * The `cpu` device: every kernel is its plain TypeScript reference from this folder, computed
  * in JS doubles and stored in the storage's typed array. It holds f32, f64 and i32; f64 exists
- * so that gradients can be checked by finite differences. This file only checks arguments and
- * wires storages to the references.
+ * so that gradients can be checked by finite differences. This file holds the storages, the
+ * elementwise kernels of the pointwise table and packed-weight storage; each fused op's cpu
+ * kernel (dtype and size checks, then the reference) is registered beside its reference, in
+ * src/kernels/<op>.ts, and `run` finds it (src/kernels/registry.ts).
  */
 
-/** A storage in host memory. `data` is dropped (emptied) when the storage is freed. */
-export class CpuStorage implements Storage {
-  readonly dtype: DType;
-  readonly numel: number;
-  refs = 0;
-  freed = false;
-  data: HostArray;
-
-  constructor(data: HostArray) {
-    this.data = data;
-    this.dtype = dtypeOf(data);
-    this.numel = data.length;
-  }
-}
-
-/** A packed weight in host memory: the stored form itself (16-bit weights as a Uint16Array, NF4 as bytes + absmax). */
-export class CpuWeightStorage implements WeightStorage {
-  readonly dtype: PackedDType;
-  readonly bytes: number;
-  freed = false;
-
-  constructor(
-    public data: HostWeight,
-    readonly rows: number,
-    readonly cols: number,
-  ) {
-    this.dtype = data.dtype;
-    this.bytes = data.dtype === "nf4" ? data.packed.byteLength + data.absmax.byteLength : data.bits.byteLength;
-  }
-}
-
-/** The stored form of a live cpu weight; throws DisposedError naming `op` once it is freed. */
-function weightData(op: string, w: WeightStorage): CpuWeightStorage {
-  if (!(w instanceof CpuWeightStorage)) throw new TypeError(`${op}: weight does not belong to the cpu backend`);
-  if (w.freed) throw new DisposedError(op);
-  return w;
-}
-
-/** The host array of a live cpu storage; throws DisposedError naming `op` once it is freed. */
-function hostData(op: string, s: Storage): HostArray {
-  if (!(s instanceof CpuStorage)) throw new TypeError(`${op}: storage does not belong to the cpu backend`);
-  if (s.freed) throw new DisposedError(op);
-  return s.data;
-}
-
-/** Throws a DTypeError naming `op` and `what` unless `s` has dtype `dtype`. */
-function expectDType(op: string, what: string, s: Storage, dtype: DType): void {
-  if (s.dtype !== dtype) throw new DTypeError(op, `${what} must be ${dtype}, got ${s.dtype}`);
-}
-
 /**
- * The host arrays of storages that must share one float dtype, the op's working dtype; throws a
- * DTypeError naming `op` otherwise.
- */
-function floatArgs(op: string, storages: readonly Storage[]): HostArray[] {
-  const dtype = storages[0]!.dtype;
-  if (!isFloat(dtype)) throw new DTypeError(op, `needs a float dtype, got ${dtype}`);
-  for (const s of storages) {
-    if (s.dtype !== dtype) throw new DTypeError(op, `dtypes differ: ${dtype} vs ${s.dtype}`);
-  }
-  return storages.map((s) => hostData(op, s));
-}
-
-/**
- * A `View` with its host data, after checking that every element it addresses lies inside its
- * storage (the lowest and highest reachable indices take each axis at 0 or at its end).
- */
-function hostView(op: string, v: View): HostView {
-  const data = hostData(op, v.storage);
-  checks.assertViewInBounds(op, v, data.length);
-  return { data, shape: v.shape, strides: v.strides, offset: v.offset };
-}
-
-/**
- * The kernels a host-memory backend runs, by op. The cpu device uses the references; the wasm
- * device (src/kernels/wasm) replaces some with WebAssembly kernels over its shared memory.
+ * The elementwise kernels a host-memory backend runs. The cpu device uses the references; the
+ * wasm device (src/kernels/wasm) replaces them with WebAssembly kernels over its shared memory
+ * where they apply. (Fused ops choose their kernel by device name instead: `kernelNames`.)
  */
 export interface HostKernels {
-  softmax: typeof softmaxRef;
-  crossEntropy: typeof crossEntropyRef;
-  crossEntropyBackward: typeof crossEntropyBackwardRef;
-  rmsNorm: typeof rmsNormRef;
   unary: typeof unaryRef;
   binary: typeof binaryRef;
   assign: typeof assignRef;
-  matmul: typeof matmulRef;
-  attention: typeof attentionRef;
-  attentionBackward: typeof attentionBackwardRef;
 }
 
 /**
  * The reference backend. `maxBindingBytes` is Infinity: host arrays have no binding limit.
  * Subclasses keep its argument checks and change where storages live (`allocate`, `release`)
- * and which kernels run (`kernels`).
+ * and which kernels run (`kernels`, `kernelNames`).
  */
 export class CpuBackend implements Backend {
   readonly name: Backend["name"] = "cpu";
   readonly maxBindingBytes: number = Infinity;
-  protected readonly kernels: HostKernels = {
-    softmax: softmaxRef,
-    crossEntropy: crossEntropyRef,
-    crossEntropyBackward: crossEntropyBackwardRef,
-    rmsNorm: rmsNormRef,
-    unary: unaryRef,
-    binary: binaryRef,
-    assign: assignRef,
-    matmul: matmulRef,
-    attention: attentionRef,
-    attentionBackward: attentionBackwardRef,
-  };
+  protected readonly kernels: HostKernels = { unary: unaryRef, binary: binaryRef, assign: assignRef };
+  /** The device names whose registered kernels run the fused ops here, first found first. */
+  protected readonly kernelNames: readonly ("cpu" | "wasm")[] = ["cpu"];
   private bytes = 0;
 
-  /** Takes ownership of a host array as a new storage, counting its bytes as live. */
-  protected wrap(data: HostArray): CpuStorage {
+  /** Takes ownership of a host array (from `allocate`) as a new storage, counting its bytes as live. For kernels. */
+  wrap(data: HostArray): CpuStorage {
     this.bytes += data.byteLength;
     return new CpuStorage(data);
   }
 
-  /** A zero-filled host array for a new storage. */
-  protected allocate(dtype: DType, numel: number): HostArray {
+  /** A zero-filled host array in this device's memory for a new storage (kernels' outputs). */
+  allocate(dtype: DType, numel: number): HostArray {
     return hostArray(dtype, numel);
   }
 
-  /** Gives a freed storage's memory back (the garbage collector does it for plain arrays). */
-  protected release(_data: HostArray): void {}
+  /** Gives an array from `allocate` back (the garbage collector does it for plain arrays). */
+  release(_data: HostArray): void {}
 
   zeros(dtype: DType, numel: number): Storage {
     return this.wrap(this.allocate(dtype, numel));
@@ -235,108 +125,9 @@ export class CpuBackend implements Backend {
     return this.wrap(out);
   }
 
-  reduceRows(op: ReduceOp, x: Storage, rows: number, cols: number): Storage {
-    const name = `reduce ${op}`;
-    checks.rowOp(name, x, rows, cols);
-    const out = this.allocate(x.dtype, rows);
-    reduceRowsRef(op, hostData(name, x), out, rows, cols);
-    return this.wrap(out);
-  }
-
-  matmul(a: Storage, b: Storage, g: MatmulGeometry): Storage {
-    const [ha, hb] = floatArgs("matmul", [a, b]);
-    const out = this.allocate(a.dtype, checks.matmul("matmul", a, b, g));
-    this.kernels.matmul(ha!, hb!, out, g);
-    return this.wrap(out);
-  }
-
-  softmax(x: Storage, rows: number, cols: number, log: boolean): Storage {
-    const [hx] = floatArgs("softmax", [x]);
-    const out = this.allocate(x.dtype, checks.rowOp("softmax", x, rows, cols));
-    this.kernels.softmax(hx!, out, rows, cols, log);
-    return this.wrap(out);
-  }
-
-  /** @throws RangeError when a target is outside [0, cols) and not ignoreIndex. */
-  crossEntropy(logits: Storage, targets: Storage, g: CrossEntropyGeometry): Storage {
-    const op = "crossEntropy";
-    const [hl] = floatArgs(op, [logits]);
-    expectDType(op, "targets", targets, "i32");
-    checks.crossEntropy(op, logits, targets, null, g);
-    const out = this.allocate(logits.dtype, g.rows);
-    this.kernels.crossEntropy(hl!, hostData(op, targets) as Int32Array, out, g);
-    return this.wrap(out);
-  }
-
-  /** @throws RangeError when a target is outside [0, cols) and not ignoreIndex. */
-  crossEntropyBackward(logits: Storage, targets: Storage, gradLoss: Storage, g: CrossEntropyGeometry): Storage {
-    const op = "crossEntropyBackward";
-    const [hl, hg] = floatArgs(op, [logits, gradLoss]);
-    expectDType(op, "targets", targets, "i32");
-    const out = this.allocate(logits.dtype, checks.crossEntropy(op, logits, targets, gradLoss, g));
-    this.kernels.crossEntropyBackward(hl!, hostData(op, targets) as Int32Array, hg!, out, g);
-    return this.wrap(out);
-  }
-
-  /** Ids outside [0, V) throw a RangeError naming the id, its index and V. */
-  gather(table: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
-    expectDType("gather", "ids", ids, "i32");
-    const out = this.allocate(table.dtype, checks.gather("gather", table, ids, g));
-    gatherRef(hostData("gather", table), hostData("gather", ids) as Int32Array, out, g);
-    return this.wrap(out);
-  }
-
-  /** Ids outside [0, V) throw a RangeError naming the id, its index and V. */
-  scatterAdd(grad: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
-    expectDType("scatterAdd", "ids", ids, "i32");
-    const out = this.allocate(grad.dtype, checks.scatterAdd("scatterAdd", grad, ids, g));
-    scatterAddRef(hostData("scatterAdd", grad), hostData("scatterAdd", ids) as Int32Array, out, g);
-    return this.wrap(out);
-  }
-
-  rmsNorm(x: Storage, weight: Storage, g: RmsNormGeometry): Storage {
-    const [hx, hw] = floatArgs("rmsNorm", [x, weight]);
-    const out = this.allocate(x.dtype, checks.rmsNorm("rmsNorm", x, weight, g));
-    this.kernels.rmsNorm(hx!, hw!, out, g);
-    return this.wrap(out);
-  }
-
-  /** @throws ShapeError when Dh is odd or Bc is neither 1 nor B. */
-  rope(x: Storage, cos: Storage, sin: Storage, g: RopeGeometry): Storage {
-    const [hx, hc, hs] = floatArgs("rope", [x, cos, sin]);
-    const out = this.allocate(x.dtype, checks.rope("rope", x, cos, sin, g));
-    ropeRef(hx!, hc!, hs!, out, g);
-    return this.wrap(out);
-  }
-
-  /** keyMask may have any dtype (nonzero = keep). Rows that see no key give out 0 and lse 0. */
-  attention(ins: AttentionInputs<Storage>, g: AttentionGeometry): { out: Storage; lse: Storage } {
-    const op = "attention";
-    const [q, k, v] = floatArgs(op, [ins.q, ins.k, ins.v]);
-    const n = checks.attention(op, ins, g);
-    const keyMask = ins.keyMask && hostData(op, ins.keyMask);
-    const out = this.allocate(ins.q.dtype, n.q);
-    const lse = this.allocate(ins.q.dtype, n.lse);
-    this.kernels.attention({ q: q!, k: k!, v: v!, keyMask }, { out, lse }, g);
-    return { out: this.wrap(out), lse: this.wrap(lse) };
-  }
-
-  attentionBackward(ins: AttentionBackwardInputs<Storage>, g: AttentionGeometry): AttentionGrads<Storage> {
-    const op = "attentionBackward";
-    const [q, k, v, out, dOut, lse] = floatArgs(op, [ins.q, ins.k, ins.v, ins.out, ins.dOut, ins.lse]);
-    const n = checks.attentionBackward(op, ins, g);
-    const keyMask = ins.keyMask && hostData(op, ins.keyMask);
-    const dq = this.allocate(ins.q.dtype, n.q);
-    const dk = this.allocate(ins.q.dtype, n.kv);
-    const dv = this.allocate(ins.q.dtype, n.kv);
-    this.kernels.attentionBackward({ q: q!, k: k!, v: v!, keyMask, out: out!, dOut: dOut!, lse: lse! }, { dq, dk, dv }, g);
-    return { dq: this.wrap(dq), dk: this.wrap(dk), dv: this.wrap(dv) };
-  }
-
-  adamw(param: Storage, grad: Storage, m: Storage, v: Storage, h: AdamWStep): void {
-    const [hp, hg, hm, hv] = floatArgs("adamw", [param, grad, m, v]);
-    checks.adamw("adamw", param, { grad, m, v });
-    adamwRef(hp!, hg!, hm!, hv!, h);
+  /** A fused op on the kernel registered for the first of `kernelNames` that has one. */
+  run<Args extends readonly unknown[], Out>(op: DeviceOp<Args, Out>, ...args: Args): Out {
+    return runKernel(op, this, this.kernelNames, args);
   }
 
   /** Keeps the host weight itself (no copy): the loader hands over arrays it made for the purpose. */
@@ -356,22 +147,6 @@ export class CpuBackend implements Backend {
     this.bytes -= s.bytes;
     s.freed = true;
     s.data = { dtype: "f16", bits: new Uint16Array(0) };
-  }
-
-  matmulWeight(x: Storage, w: WeightStorage, M: number, form: "nt" | "nn"): Storage {
-    const s = weightData("matmulWeight", w);
-    expectDType("matmulWeight", "x", x, "f32");
-    const out = this.allocate("f32", checks.matmulWeight("matmulWeight", x, s, M, form)) as Float32Array;
-    matmulWeightRef(hostData("matmulWeight", x) as Float32Array, s.data, s.rows, s.cols, M, form, out);
-    return this.wrap(out);
-  }
-
-  gatherWeight(w: WeightStorage, ids: Storage): Storage {
-    const s = weightData("gatherWeight", w);
-    expectDType("gatherWeight", "ids", ids, "i32");
-    const out = this.allocate("f32", ids.numel * s.cols) as Float32Array;
-    gatherWeightRef(s.data, s.rows, s.cols, hostData("gatherWeight", ids) as Int32Array, out);
-    return this.wrap(out);
   }
 
   async sync(): Promise<void> {}

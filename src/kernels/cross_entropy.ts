@@ -1,6 +1,13 @@
-import type { CrossEntropyGeometry } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
 import { logSumExp } from "../tensor/logsumexp.ts";
+import type { CrossEntropyGeometry } from "../tensor/ops/nn.ts";
+import { crossEntropyBackwardOp, crossEntropyOp } from "../tensor/ops/nn.ts";
+import type { Sized } from "./checks.ts";
+import { need } from "./checks.ts";
+import type { CpuBackend } from "./cpu.ts";
+import { expectDType, floatArgs, hostData } from "./host.ts";
+import type { KernelOf } from "./registry.ts";
+import { registerKernel } from "./registry.ts";
 
 /**
  * Cross-entropy of logits against integer targets, fused with its log-softmax so that the
@@ -63,3 +70,51 @@ export function crossEntropyBackwardRef(logits: HostArray, targets: Int32Array, 
     }
   }
 }
+
+/**
+ * The size check of cross-entropy's forward (gradLoss null) or backward: logits [rows, cols],
+ * targets [rows], gradLoss [rows].
+ * @returns the element count of the backward's output [rows, cols]
+ */
+export function checkCrossEntropy(op: string, logits: Sized, targets: Sized, gradLoss: Sized | null, g: CrossEntropyGeometry): number {
+  need(op, "logits", logits, g.rows * g.cols);
+  need(op, "targets", targets, g.rows);
+  if (gradLoss) need(op, "gradLoss", gradLoss, g.rows);
+  return g.rows * g.cols;
+}
+
+/**
+ * crossEntropy on a host-memory device: float logits, i32 targets, the size check, the output
+ * [rows], then `compute` (the reference on cpu; the row kernels on wasm, wasm/rows.wasm.ts).
+ * Targets outside [0, cols) other than ignoreIndex throw a RangeError (crossEntropyTarget).
+ */
+export function crossEntropyOnHost<D extends CpuBackend>(
+  compute: (device: D, logits: HostArray, targets: Int32Array, out: HostArray, g: CrossEntropyGeometry) => void,
+): KernelOf<typeof crossEntropyOp, D> {
+  return (device, logits, targets, g) => {
+    const op = "crossEntropy";
+    const [hl] = floatArgs(op, [logits]);
+    expectDType(op, "targets", targets, "i32");
+    checkCrossEntropy(op, logits, targets, null, g);
+    const out = device.allocate(logits.dtype, g.rows);
+    compute(device, hl!, hostData(op, targets) as Int32Array, out, g);
+    return device.wrap(out);
+  };
+}
+
+/** crossEntropyBackward on a host-memory device, as crossEntropyOnHost; out [rows, cols]. */
+export function crossEntropyBackwardOnHost<D extends CpuBackend>(
+  compute: (device: D, logits: HostArray, targets: Int32Array, gradLoss: HostArray, out: HostArray, g: CrossEntropyGeometry) => void,
+): KernelOf<typeof crossEntropyBackwardOp, D> {
+  return (device, logits, targets, gradLoss, g) => {
+    const op = "crossEntropyBackward";
+    const [hl, hg] = floatArgs(op, [logits, gradLoss]);
+    expectDType(op, "targets", targets, "i32");
+    const out = device.allocate(logits.dtype, checkCrossEntropy(op, logits, targets, gradLoss, g));
+    compute(device, hl!, hostData(op, targets) as Int32Array, hg!, out, g);
+    return device.wrap(out);
+  };
+}
+
+registerKernel(crossEntropyOp, "cpu", crossEntropyOnHost((_cpu, ...args) => crossEntropyRef(...args)));
+registerKernel(crossEntropyBackwardOp, "cpu", crossEntropyBackwardOnHost((_cpu, ...args) => crossEntropyBackwardRef(...args)));

@@ -1,4 +1,7 @@
-import type { CrossEntropyGeometry } from "../tensor/backend.ts";
+import type { CrossEntropyGeometry } from "../tensor/ops/nn.ts";
+import { crossEntropyBackwardOp, crossEntropyOp } from "../tensor/ops/nn.ts";
+import { checkCrossEntropy } from "./cross_entropy.ts";
+import { registerKernel } from "./registry.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { kernel, single } from "./webgpu/program.ts";
 import { isNanWgsl } from "./nan.wgsl.ts";
@@ -116,3 +119,25 @@ export function encodeCrossEntropyBackward(
     rows,
   );
 }
+
+// The webgpu kernels: f32 logits, i32 targets, one chunk each. Targets outside [0, cols) other
+// than ignoreIndex give loss 0 and a zero gradient row here; the cpu device throws.
+registerKernel(crossEntropyOp, "webgpu", (gpu, logits, targets, g) => {
+  const op = "crossEntropy";
+  const ls = gpu.space.wholeFloat(op, "logits", logits);
+  const ts = gpu.space.wholeInt(op, "targets", targets);
+  checkCrossEntropy(op, ls, ts, null, g);
+  const out = gpu.space.output(op, "f32", g.rows);
+  encodeCrossEntropy(gpu, ls, ts, out, g);
+  return out;
+});
+
+registerKernel(crossEntropyBackwardOp, "webgpu", (gpu, logits, targets, gradLoss, g) => {
+  const op = "crossEntropyBackward";
+  const ls = gpu.space.wholeFloat(op, "logits", logits);
+  const ts = gpu.space.wholeInt(op, "targets", targets);
+  const gs = gpu.space.wholeFloat(op, "gradLoss", gradLoss);
+  const out = gpu.space.output(op, "f32", checkCrossEntropy(op, ls, ts, gs, g));
+  encodeCrossEntropyBackward(gpu, ls, ts, gs, out, g);
+  return out;
+});

@@ -1,5 +1,10 @@
-import type { EmbeddingGeometry } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
+import type { EmbeddingGeometry } from "../tensor/ops/nn.ts";
+import { gatherOp, scatterAddOp } from "../tensor/ops/nn.ts";
+import type { Sized } from "./checks.ts";
+import { need } from "./checks.ts";
+import { expectDType, hostData } from "./host.ts";
+import { registerKernel } from "./registry.ts";
 
 /**
  * Embedding lookup and its transpose. gather is the forward of `nn.Embedding`; scatterAdd is its
@@ -47,3 +52,36 @@ export function scatterAddRef(grad: HostArray, ids: Int32Array, out: HostArray, 
   }
   out.set(sum);
 }
+
+/**
+ * The size check of gather: table [V, D], ids [N].
+ * @returns the element count of out [N, D]
+ */
+export function checkGather(table: Sized, ids: Sized, g: EmbeddingGeometry): number {
+  need("gather", "table", table, g.V * g.D);
+  return ids.numel * g.D;
+}
+
+/**
+ * The size check of scatterAdd: grad [N, D], ids [N].
+ * @returns the element count of out [V, D]
+ */
+export function checkScatterAdd(grad: Sized, ids: Sized, g: EmbeddingGeometry): number {
+  need("scatterAdd", "grad", grad, ids.numel * g.D);
+  return g.V * g.D;
+}
+
+// The cpu kernels: any table dtype, i32 ids; ids outside [0, V) throw a RangeError naming the id, its index and V.
+registerKernel(gatherOp, "cpu", (cpu, table, ids, g) => {
+  expectDType("gather", "ids", ids, "i32");
+  const out = cpu.allocate(table.dtype, checkGather(table, ids, g));
+  gatherRef(hostData("gather", table), hostData("gather", ids) as Int32Array, out, g);
+  return cpu.wrap(out);
+});
+
+registerKernel(scatterAddOp, "cpu", (cpu, grad, ids, g) => {
+  expectDType("scatterAdd", "ids", ids, "i32");
+  const out = cpu.allocate(grad.dtype, checkScatterAdd(grad, ids, g));
+  scatterAddRef(hostData("scatterAdd", grad), hostData("scatterAdd", ids) as Int32Array, out, g);
+  return cpu.wrap(out);
+});

@@ -1,4 +1,7 @@
-import type { EmbeddingGeometry } from "../tensor/backend.ts";
+import type { EmbeddingGeometry } from "../tensor/ops/nn.ts";
+import { gatherOp, scatterAddOp } from "../tensor/ops/nn.ts";
+import { checkGather, checkScatterAdd } from "./embedding.ts";
+import { registerKernel } from "./registry.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { groups, kernel, single } from "./webgpu/program.ts";
 
@@ -103,3 +106,22 @@ export function encodeGather(host: KernelHost, table: GpuData, ids: GpuData, out
 export function encodeScatterAdd(host: KernelHost, grad: GpuData, ids: GpuData, out: GpuData, g: EmbeddingGeometry): void {
   host.dispatch(scatterAddKernel(grad.dtype), { N: ids.numel, D: g.D, V: g.V }, [single(grad), single(ids), single(out)], groups(g.D, WG));
 }
+
+// The webgpu kernels. gather: the table may be chunked; ids outside [0, V) give zero rows (the
+// cpu device throws). scatterAdd: ids outside [0, V) are skipped.
+registerKernel(gatherOp, "webgpu", (gpu, table, ids, g) => {
+  const ts = gpu.space.live("gather", table);
+  const is = gpu.space.wholeInt("gather", "ids", ids);
+  const out = gpu.space.output("gather", ts.dtype, checkGather(ts, is, g));
+  encodeGather(gpu, ts, is, out, g);
+  return out;
+});
+
+registerKernel(scatterAddOp, "webgpu", (gpu, grad, ids, g) => {
+  const gs = gpu.space.whole("scatterAdd", "grad", grad);
+  const is = gpu.space.wholeInt("scatterAdd", "ids", ids);
+  const out = gpu.space.output("scatterAdd", gs.dtype, checkScatterAdd(gs, is, g));
+  gpu.clear(out);
+  encodeScatterAdd(gpu, gs, is, out, g);
+  return out;
+});

@@ -1,5 +1,12 @@
-import type { MatmulGeometry } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
+import type { MatmulGeometry } from "../tensor/ops/matmul.ts";
+import { matmulOp } from "../tensor/ops/matmul.ts";
+import type { Sized } from "./checks.ts";
+import { need } from "./checks.ts";
+import type { CpuBackend } from "./cpu.ts";
+import { floatArgs } from "./host.ts";
+import type { KernelOf } from "./registry.ts";
+import { registerKernel } from "./registry.ts";
 
 /**
  * The batched matrix product, the one kernel behind Linear layers, attention's projections and
@@ -36,6 +43,34 @@ export function matmulRef(a: HostArray, b: HostArray, out: HostArray, g: MatmulG
 }
 
 /** Number of elements a matmul operand must hold: the last batch's matrix must fit. */
-export function matmulOperandNumel(batch: number, batchStride: number, rows: number, cols: number): number {
+function matmulOperandNumel(batch: number, batchStride: number, rows: number, cols: number): number {
   return batch === 0 ? 0 : (batch - 1) * batchStride + rows * cols;
 }
+
+/**
+ * The size check of the batched matmul: the last batch's matrix of each operand must fit (see
+ * MatmulGeometry).
+ * @returns the element count of out [batch, M, N]
+ */
+export function checkMatmul(a: Sized, b: Sized, g: MatmulGeometry): number {
+  need("matmul", "a", a, matmulOperandNumel(g.batch, g.batchStrideA, g.M, g.K));
+  need("matmul", "b", b, matmulOperandNumel(g.batch, g.batchStrideB, g.K, g.N));
+  return g.batch * g.M * g.N;
+}
+
+/**
+ * matmul on a host-memory device: a and b of one float dtype, the size check, the output, then
+ * `compute` (the reference on cpu; the SIMD kernels on wasm, wasm/matmul.wasm.ts).
+ */
+export function matmulOnHost<D extends CpuBackend>(
+  compute: (device: D, a: HostArray, b: HostArray, out: HostArray, g: MatmulGeometry) => void,
+): KernelOf<typeof matmulOp, D> {
+  return (device, a, b, g) => {
+    const [ha, hb] = floatArgs("matmul", [a, b]);
+    const out = device.allocate(a.dtype, checkMatmul(a, b, g));
+    compute(device, ha!, hb!, out, g);
+    return device.wrap(out);
+  };
+}
+
+registerKernel(matmulOp, "cpu", matmulOnHost((_cpu, ...args) => matmulRef(...args)));

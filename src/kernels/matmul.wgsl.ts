@@ -1,4 +1,9 @@
-import type { MatmulGeometry } from "../tensor/backend.ts";
+import { DeviceLimitError } from "../tensor/errors.ts";
+import type { MatmulGeometry } from "../tensor/ops/matmul.ts";
+import { matmulOp } from "../tensor/ops/matmul.ts";
+import { checkMatmul } from "./matmul.ts";
+import { registerKernel } from "./registry.ts";
+import { bytesOf } from "./webgpu/storage.ts";
 import { gemvKernel, gemvShape } from "./gemv.wgsl.ts";
 import { MATMUL_PARAMS, storeC } from "./matmul_params.ts";
 import type { PooledBuffer } from "./webgpu/pool.ts";
@@ -339,3 +344,17 @@ export function matmulKernelKey(host: KernelHost, g: MatmulGeometry): string {
 
 /** The variants, for the benchmark's lab and the tests. */
 export const MATMUL_VARIANTS: readonly MatmulVariant[] = ["naive", "tiled", "vec4", "quad"];
+
+// The webgpu kernel: f32; B may be chunked (the lm_head weight) when batchStrideB is 0 or batch
+// is 1; DeviceLimitError for a chunked A, a chunked batched B, or an output above one binding.
+registerKernel(matmulOp, "webgpu", (gpu, a, b, g) => {
+  const as = gpu.space.wholeFloat("matmul", "a", a);
+  const bs = gpu.space.float("matmul", "b", b);
+  const n = checkMatmul(as, bs, g);
+  if (bs.chunks.length > 1 && g.batch > 1 && g.batchStrideB !== 0) {
+    throw new DeviceLimitError("matmul", `batched b of ${bytesOf(bs.numel)} bytes exceeds the per-binding limit of ${gpu.maxBindingBytes} bytes`);
+  }
+  const out = gpu.space.output("matmul", "f32", n);
+  encodeMatmul(gpu, as, bs, out, g);
+  return out;
+});

@@ -1,6 +1,11 @@
-import type { ReduceOp } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
 import { ShapeError } from "../tensor/errors.ts";
+import type { ReduceOp } from "../tensor/ops/reduce.ts";
+import { reduceRowsOp } from "../tensor/ops/reduce.ts";
+import type { Sized } from "./checks.ts";
+import { need } from "./checks.ts";
+import { hostData } from "./host.ts";
+import { registerKernel } from "./registry.ts";
 
 /**
  * Row reductions, the one reduction kernel: the tensor layer permutes the reduced axes to the
@@ -24,3 +29,19 @@ export function reduceRowsRef(op: ReduceOp, x: HostArray, out: HostArray, rows: 
     out[r] = acc;
   }
 }
+
+/**
+ * The size check of reduceRows: x holds [rows, cols].
+ * @throws ShapeError naming `reduce <op>` when x is smaller
+ */
+export function checkReduceRows(op: ReduceOp, x: Sized, rows: number, cols: number): void {
+  need(`reduce ${op}`, "x", x, rows * cols);
+}
+
+// The cpu kernel: any dtype, out [rows] of x's dtype.
+registerKernel(reduceRowsOp, "cpu", (cpu, op, x, rows, cols) => {
+  checkReduceRows(op, x, rows, cols);
+  const out = cpu.allocate(x.dtype, rows);
+  reduceRowsRef(op, hostData(`reduce ${op}`, x), out, rows, cols);
+  return cpu.wrap(out);
+});

@@ -1,4 +1,8 @@
-import type { ReduceOp } from "../tensor/backend.ts";
+import { ShapeError } from "../tensor/errors.ts";
+import type { ReduceOp } from "../tensor/ops/reduce.ts";
+import { reduceRowsOp } from "../tensor/ops/reduce.ts";
+import { checkReduceRows } from "./reduce.ts";
+import { registerKernel } from "./registry.ts";
 import type { PooledBuffer } from "./webgpu/pool.ts";
 import type { GpuData, Kernel, KernelHost, ParamValues } from "./webgpu/program.ts";
 import { kernel, single } from "./webgpu/program.ts";
@@ -115,3 +119,14 @@ fn main(${ROW_MAIN_ARGS}) {
 export function encodeReduceRows(host: KernelHost, op: ReduceOp, x: GpuData, out: GpuData, rows: number, cols: number): void {
   dispatchRows(host, reduceKernel(op, x.dtype, host.rowWorkgroup), { rows, cols }, [single(x), single(out)], rows);
 }
+
+// The webgpu kernel: x f32 or i32 in one chunk. Max over empty rows is a ShapeError, as the reference.
+registerKernel(reduceRowsOp, "webgpu", (gpu, op, x, rows, cols) => {
+  const name = `reduce ${op}`;
+  if (op === "max" && cols === 0 && rows > 0) throw new ShapeError(name, "rows are empty (cols = 0)");
+  const xs = gpu.space.whole(name, "x", x);
+  checkReduceRows(op, xs, rows, cols);
+  const out = gpu.space.output(name, xs.dtype, rows);
+  encodeReduceRows(gpu, op, xs, out, rows, cols);
+  return out;
+});

@@ -1,5 +1,12 @@
-import type { RmsNormGeometry } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
+import type { RmsNormGeometry } from "../tensor/ops/nn.ts";
+import { rmsNormOp } from "../tensor/ops/nn.ts";
+import type { Sized } from "./checks.ts";
+import { need } from "./checks.ts";
+import type { CpuBackend } from "./cpu.ts";
+import { floatArgs } from "./host.ts";
+import type { KernelOf } from "./registry.ts";
+import { registerKernel } from "./registry.ts";
 
 /**
  * RMSNorm (Zhang & Sennrich 2019), as Hugging Face `LlamaRMSNorm` computes it:
@@ -23,3 +30,30 @@ export function rmsNormRef(x: HostArray, weight: HostArray, out: HostArray, g: R
     for (let d = 0; d < D; d++) out[start + d] = x[start + d]! * inv * weight[d]!;
   }
 }
+
+/**
+ * The size check of RMSNorm: x [rows, D], weight [D].
+ * @returns the element count of out [rows, D]
+ */
+export function checkRmsNorm(x: Sized, weight: Sized, g: RmsNormGeometry): number {
+  need("rmsNorm", "x", x, g.rows * g.D);
+  need("rmsNorm", "weight", weight, g.D);
+  return g.rows * g.D;
+}
+
+/**
+ * rmsNorm on a host-memory device: one float dtype, the size check, the output, then `compute`
+ * on the host arrays (the reference on cpu; the wasm device's row kernel, wasm/rows.wasm.ts).
+ */
+export function rmsNormOnHost<D extends CpuBackend>(
+  compute: (device: D, x: HostArray, weight: HostArray, out: HostArray, g: RmsNormGeometry) => void,
+): KernelOf<typeof rmsNormOp, D> {
+  return (device, x, weight, g) => {
+    const [hx, hw] = floatArgs("rmsNorm", [x, weight]);
+    const out = device.allocate(x.dtype, checkRmsNorm(x, weight, g));
+    compute(device, hx!, hw!, out, g);
+    return device.wrap(out);
+  };
+}
+
+registerKernel(rmsNormOp, "cpu", rmsNormOnHost((_cpu, ...args) => rmsNormRef(...args)));

@@ -1,4 +1,7 @@
-import type { RmsNormGeometry } from "../tensor/backend.ts";
+import type { RmsNormGeometry } from "../tensor/ops/nn.ts";
+import { rmsNormOp } from "../tensor/ops/nn.ts";
+import { registerKernel } from "./registry.ts";
+import { checkRmsNorm } from "./rmsnorm.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { kernel, single } from "./webgpu/program.ts";
 import { ROW_MAIN_ARGS, dispatchRows, rowPrologue, rowWorkgroupSize, workgroupReduce } from "./reduce.wgsl.ts";
@@ -44,3 +47,12 @@ fn main(${ROW_MAIN_ARGS}) {
 export function encodeRmsNorm(host: KernelHost, x: GpuData, weight: GpuData, out: GpuData, g: RmsNormGeometry): void {
   dispatchRows(host, rmsNormKernel(host.rowWorkgroup), { rows: g.rows, D: g.D, eps: g.eps }, [single(x), single(weight), single(out)], g.rows);
 }
+
+// The webgpu kernel: x and weight f32 in one chunk each.
+registerKernel(rmsNormOp, "webgpu", (gpu, x, weight, g) => {
+  const xs = gpu.space.wholeFloat("rmsNorm", "x", x);
+  const ws = gpu.space.wholeFloat("rmsNorm", "weight", weight);
+  const out = gpu.space.output("rmsNorm", "f32", checkRmsNorm(xs, ws, g));
+  encodeRmsNorm(gpu, xs, ws, out, g);
+  return out;
+});

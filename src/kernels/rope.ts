@@ -1,6 +1,11 @@
-import type { RopeGeometry } from "../tensor/backend.ts";
 import type { HostArray } from "../tensor/dtype.ts";
-import { ropeGeometry } from "./checks.ts";
+import { ShapeError } from "../tensor/errors.ts";
+import type { RopeGeometry } from "../tensor/ops/nn.ts";
+import { ropeOp } from "../tensor/ops/nn.ts";
+import type { Sized } from "./checks.ts";
+import { need } from "./checks.ts";
+import { floatArgs } from "./host.ts";
+import { registerKernel } from "./registry.ts";
 
 /**
  * Rotary position embedding (Su et al. 2021, RoFormer) in the Hugging Face layout:
@@ -23,7 +28,7 @@ import { ropeGeometry } from "./checks.ts";
  * @throws ShapeError when Dh is odd or Bc is neither 1 nor B.
  */
 export function ropeRef(x: HostArray, cos: HostArray, sin: HostArray, out: HostArray, g: RopeGeometry): void {
-  ropeGeometry("rope", g);
+  checkRopeGeometry(g);
   const { B, H, T, Dh, Bc, inverse } = g;
   const half = Dh / 2;
   const sign = inverse ? -1 : 1;
@@ -44,3 +49,35 @@ export function ropeRef(x: HostArray, cos: HostArray, sin: HostArray, out: HostA
     }
   }
 }
+
+/**
+ * The rotary geometry alone: rotate_half pairs dimension d with d + Dh/2, so Dh must be even,
+ * and the angle tables hold one batch row or B.
+ * @throws ShapeError when Dh is odd or Bc is neither 1 nor B
+ */
+export function checkRopeGeometry(g: RopeGeometry): void {
+  if (g.Dh % 2 !== 0) throw new ShapeError("rope", `head dim ${g.Dh} is odd`);
+  if (g.Bc !== 1 && g.Bc !== g.B) throw new ShapeError("rope", `cos/sin batch ${g.Bc} is neither 1 nor B = ${g.B}`);
+}
+
+/**
+ * The size check of the rotary embedding: x [B, H, T, Dh], cos and sin [Bc, T, Dh/2].
+ * @returns the element count of out [B, H, T, Dh]
+ * @throws ShapeError as checkRopeGeometry, or for a storage too small
+ */
+export function checkRope(x: Sized, cos: Sized, sin: Sized, g: RopeGeometry): number {
+  checkRopeGeometry(g);
+  const n = g.B * g.H * g.T * g.Dh;
+  need("rope", "x", x, n);
+  need("rope", "cos", cos, (g.Bc * g.T * g.Dh) / 2);
+  need("rope", "sin", sin, (g.Bc * g.T * g.Dh) / 2);
+  return n;
+}
+
+// The cpu kernel: x, cos and sin of one float dtype.
+registerKernel(ropeOp, "cpu", (cpu, x, cos, sin, g) => {
+  const [hx, hc, hs] = floatArgs("rope", [x, cos, sin]);
+  const out = cpu.allocate(x.dtype, checkRope(x, cos, sin, g));
+  ropeRef(hx!, hc!, hs!, out, g);
+  return cpu.wrap(out);
+});

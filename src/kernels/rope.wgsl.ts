@@ -1,4 +1,7 @@
-import type { RopeGeometry } from "../tensor/backend.ts";
+import type { RopeGeometry } from "../tensor/ops/nn.ts";
+import { ropeOp } from "../tensor/ops/nn.ts";
+import { registerKernel } from "./registry.ts";
+import { checkRope } from "./rope.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { groups, kernel, single } from "./webgpu/program.ts";
 
@@ -68,3 +71,11 @@ export function encodeRope(
   const params = { pairs, HT: H * T, T, half: Dh / 2, perBatch: Bc === 1 ? 0 : 1, sign: inverse ? -1 : 1 };
   host.dispatch(ropeKernel(), params, [single(x), single(cos), single(sin), single(out)], groups(pairs, WG));
 }
+
+// The webgpu kernel: x, cos and sin f32 in one chunk each.
+registerKernel(ropeOp, "webgpu", (gpu, x, cos, sin, g) => {
+  const [xs, cs, ss] = gpu.floats("rope", { x, cos, sin });
+  const out = gpu.space.output("rope", "f32", checkRope(xs!, cs!, ss!, g));
+  encodeRope(gpu, xs!, cs!, ss!, out, g);
+  return out;
+});

@@ -1,3 +1,6 @@
+import { softmaxOp } from "../tensor/ops/nn.ts";
+import { registerKernel } from "./registry.ts";
+import { checkSoftmax } from "./softmax.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";
 import { kernel, single } from "./webgpu/program.ts";
 import { isNanWgsl } from "./nan.wgsl.ts";
@@ -62,3 +65,11 @@ fn main(${ROW_MAIN_ARGS}) {
 export function encodeSoftmax(host: KernelHost, x: GpuData, out: GpuData, rows: number, cols: number, log: boolean): void {
   dispatchRows(host, softmaxKernel(host.rowWorkgroup), { rows, cols, log: log ? 1 : 0 }, [single(x), single(out)], rows);
 }
+
+// The webgpu kernel: x f32 in one chunk.
+registerKernel(softmaxOp, "webgpu", (gpu, x, rows, cols, log) => {
+  const xs = gpu.space.wholeFloat("softmax", "x", x);
+  const out = gpu.space.output("softmax", "f32", checkSoftmax(xs, rows, cols));
+  encodeSoftmax(gpu, xs, out, rows, cols, log);
+  return out;
+});

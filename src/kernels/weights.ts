@@ -1,5 +1,10 @@
 import { bf16ToF32, f16ToF32 } from "../tensor/half.ts";
-import type { HostWeight } from "../tensor/weight.ts";
+import { gatherWeightOp, matmulWeightOp } from "../tensor/ops/nn.ts";
+import type { HostWeight, WeightStorage } from "../tensor/weight.ts";
+import type { Sized } from "./checks.ts";
+import { need } from "./checks.ts";
+import { expectDType, hostData, weightData } from "./host.ts";
+import { registerKernel } from "./registry.ts";
 import { NF4_BLOCK, NF4_CODE, nibble } from "../tensor/nf4.ts";
 
 /**
@@ -72,3 +77,31 @@ export function gatherWeightRef(w: HostWeight, V: number, D: number, ids: Int32A
     decodeRow(w, D, id, out.subarray(n * D, (n + 1) * D));
   }
 }
+
+/**
+ * The size check of matmulWeight with a packed W [N, K]: x [M, K] for "nt" (out [M, N]),
+ * x [M, N] for "nn" (out [M, K]).
+ * @returns the element count of out
+ */
+export function checkMatmulWeight(x: Sized, w: WeightStorage, M: number, form: "nt" | "nn"): number {
+  const [inner, outer] = form === "nt" ? [w.cols, w.rows] : [w.rows, w.cols];
+  need("matmulWeight", "x", x, M * inner);
+  return M * outer;
+}
+
+// The cpu kernels: the weight stays in its stored form, x f32, ids i32 (outside [0, V): RangeError).
+registerKernel(matmulWeightOp, "cpu", (cpu, x, w, M, form) => {
+  const s = weightData("matmulWeight", w);
+  expectDType("matmulWeight", "x", x, "f32");
+  const out = cpu.allocate("f32", checkMatmulWeight(x, s, M, form)) as Float32Array;
+  matmulWeightRef(hostData("matmulWeight", x) as Float32Array, s.data, s.rows, s.cols, M, form, out);
+  return cpu.wrap(out);
+});
+
+registerKernel(gatherWeightOp, "cpu", (cpu, w, ids) => {
+  const s = weightData("gatherWeight", w);
+  expectDType("gatherWeight", "ids", ids, "i32");
+  const out = cpu.allocate("f32", ids.numel * s.cols) as Float32Array;
+  gatherWeightRef(s.data, s.rows, s.cols, hostData("gatherWeight", ids) as Int32Array, out);
+  return cpu.wrap(out);
+});

@@ -1,9 +1,12 @@
+import { gatherWeightOp, matmulWeightOp } from "../tensor/ops/nn.ts";
 import type { PackedDType } from "../tensor/weight.ts";
+import { registerKernel } from "./registry.ts";
+import { checkMatmulWeight } from "./weights.ts";
 import { NF4_CODE } from "../tensor/nf4.ts";
 import { gemvShape, laneReduction, type GemvShape } from "./gemv.wgsl.ts";
 import type { PooledBuffer } from "./webgpu/pool.ts";
 import type { Kernel, KernelHost } from "./webgpu/program.ts";
-import { groups, ints, kernel } from "./webgpu/program.ts";
+import { groups, ints, kernel, single } from "./webgpu/program.ts";
 
 /**
  * WGSL kernels that read a packed weight W [N, K] (N rows, K columns, K a multiple of 8) in its
@@ -260,3 +263,20 @@ export function encodeWeightGather(host: KernelHost, w: GpuWeight, ids: PooledBu
   if (g === 0) return;
   host.dispatch(gatherKernel(w.dtype), { groups: g, D: w.cols, V: w.rows }, [ids, ...weightBindings(w), out], groups(g, 64));
 }
+
+// The webgpu kernels: x f32 and ids i32 in one chunk; ids outside [0, V) give zero rows (the cpu device throws).
+registerKernel(matmulWeightOp, "webgpu", (gpu, x, w, M, form) => {
+  const s = gpu.weights.live("matmulWeight", w);
+  const xs = gpu.space.wholeFloat("matmulWeight", "x", x);
+  const out = gpu.space.output("matmulWeight", "f32", checkMatmulWeight(xs, s, M, form));
+  encodeWeightMatmul(gpu, single(xs), s, single(out), M, form);
+  return out;
+});
+
+registerKernel(gatherWeightOp, "webgpu", (gpu, w, ids) => {
+  const s = gpu.weights.live("gatherWeight", w);
+  const is = gpu.space.wholeInt("gatherWeight", "ids", ids);
+  const out = gpu.space.output("gatherWeight", "f32", is.numel * s.cols);
+  encodeWeightGather(gpu, s, single(is), is.numel, single(out));
+  return out;
+});

@@ -1,3 +1,5 @@
+import type { Storage } from "./backend.ts";
+import { deviceOp } from "./backend.ts";
 import { noGrad } from "./autograd.ts";
 import { DTypeError, ShapeError, fmt } from "./errors.ts";
 import { keep, tidy } from "./scope.ts";
@@ -78,6 +80,23 @@ export class SGD {
   }
 }
 
+/** Hyper-parameters of one AdamW step (Loshchilov & Hutter, decoupled weight decay). */
+export interface AdamWStep {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1-based step count, for bias correction. */
+  step: number;
+}
+
+/**
+ * In place: one AdamW step on param, with moments m and v, given grad (all contiguous, same
+ * size). Kernels: src/kernels/adamw.ts, adamw.wgsl.ts.
+ */
+export const adamwOp = deviceOp<[param: Storage, grad: Storage, m: Storage, v: Storage, h: AdamWStep], void>("adamw");
+
 export interface AdamWOptions {
   lr: number;
   beta1?: number;
@@ -124,7 +143,7 @@ export class AdamW {
       if (p.grad === null) continue;
       const { m, v } = this.state(p);
       const g = p.grad.isDense() ? p.grad : p.grad.contiguous(true);
-      p.backend.adamw(p.storage, g.storage, m.storage, v.storage, { lr, beta1, beta2, eps, weightDecay, step: this.stepCount });
+      p.backend.run(adamwOp, p.storage, g.storage, m.storage, v.storage, { lr, beta1, beta2, eps, weightDecay, step: this.stepCount });
       if (g !== p.grad) g.dispose();
     }
   }

@@ -1,4 +1,11 @@
+import type { DType, HostArray } from "../../tensor/dtype.ts";
+import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../../tensor/ops/nn.ts";
+import { attentionBackwardOp, attentionOp } from "../../tensor/ops/nn.ts";
+import { attentionBackwardOnHost, attentionBackwardRef, attentionOnHost, attentionRef } from "../attention.ts";
+import { registerKernel } from "../registry.ts";
+import type { WasmBackend } from "./backend.ts";
 import type { Code, Local } from "./module.ts";
+import { PARALLEL_MIN_MACS, f32Bits } from "./pool.ts";
 import {
   FunctionBuilder,
   T,
@@ -209,3 +216,75 @@ function backward(): { fn: FunctionBuilder; body: Code } {
 export function attentionModule(shared: boolean): Uint8Array {
   return buildModule(shared, [forward(), backward()]);
 }
+
+/** The key mask (any dtype, nonzero = keep) as i32 0/1 in the heap, for the kernels; release it after. */
+function maskOf(wasm: WasmBackend, keyMask: HostArray, g: AttentionGeometry): Int32Array {
+  const mask = wasm.allocate("i32", g.B * g.Tk) as Int32Array;
+  for (let i = 0; i < mask.length; i++) mask[i] = keyMask[i] !== 0 ? 1 : 0;
+  return mask;
+}
+
+/**
+ * The f32 forward on the SIMD kernel (head size a multiple of 4), else the reference. The key
+ * mask (any dtype, nonzero = keep) is first written as i32 0/1 into the heap; the kernel
+ * leaves (m, l) per row and lse = m + log l is taken here (0 for a row that sees no key).
+ */
+function attentionKernel(wasm: WasmBackend, ins: AttentionInputs<HostArray>, outs: { out: HostArray; lse: HostArray }, g: AttentionGeometry): void {
+  const f32 = [ins.q, ins.k, ins.v, outs.out, outs.lse].every((x) => x instanceof Float32Array);
+  if (!f32 || g.Dh % 4 !== 0) {
+    attentionRef(ins, outs, g);
+    return;
+  }
+  for (const x of [ins.q, ins.k, ins.v]) if (!wasm.owns(x)) throw new TypeError("attention: storage does not belong to this wasm backend");
+  const rows = g.B * g.H * g.Tq;
+  const temps: HostArray[] = [];
+  const temp = (dtype: DType, n: number) => {
+    const a = wasm.allocate(dtype, n);
+    temps.push(a);
+    return a;
+  };
+  try {
+    const mask = ins.keyMask ? maskOf(wasm, ins.keyMask, g) : null;
+    if (mask) temps.push(mask);
+    const maskPtr = mask?.byteOffset ?? 0;
+    const ml = temp("f32", 2 * rows);
+    const scratch = temp("f32", g.Dh * wasm.threads);
+    const threads = rows * g.Tk * g.Dh < PARALLEL_MIN_MACS ? 1 : wasm.threads;
+    wasm.call(
+      "attention",
+      [ins.q.byteOffset, ins.k.byteOffset, ins.v.byteOffset, maskPtr, outs.out.byteOffset, ml.byteOffset, g.B, g.H, g.Hkv, g.Tq, g.Tk, g.Dh, f32Bits(g.scale), g.causal ? 1 : 0, g.window, scratch.byteOffset],
+      threads,
+    );
+    for (let r = 0; r < rows; r++) {
+      const l = ml[2 * r + 1]!;
+      outs.lse[r] = l > 0 ? ml[2 * r]! + Math.log(l) : 0;
+    }
+  } finally {
+    for (const a of temps) wasm.release(a);
+  }
+}
+
+/** The f32 backward on the SIMD kernel (head size a multiple of 4), else the reference. */
+function attentionBackwardKernel(wasm: WasmBackend, ins: AttentionBackwardInputs<HostArray>, grads: AttentionGrads<HostArray>, g: AttentionGeometry): void {
+  const arrays = [ins.q, ins.k, ins.v, ins.out, ins.dOut, ins.lse, grads.dq, grads.dk, grads.dv];
+  if (!arrays.every((x) => x instanceof Float32Array) || g.Dh % 4 !== 0) {
+    attentionBackwardRef(ins, grads, g);
+    return;
+  }
+  for (const x of arrays) if (!wasm.owns(x)) throw new TypeError("attentionBackward: storage does not belong to this wasm backend");
+  const mask = ins.keyMask ? maskOf(wasm, ins.keyMask, g) : null;
+  try {
+    const ptrs = arrays.map((x) => x.byteOffset);
+    const threads = g.B * g.H * g.Tq * g.Tk * g.Dh < PARALLEL_MIN_MACS ? 1 : wasm.threads;
+    wasm.call(
+      "attentionBackward",
+      [...ptrs.slice(0, 3), mask?.byteOffset ?? 0, ...ptrs.slice(3), g.B, g.H, g.Hkv, g.Tq, g.Tk, g.Dh, f32Bits(g.scale), g.causal ? 1 : 0, g.window],
+      threads,
+    );
+  } finally {
+    if (mask) wasm.release(mask);
+  }
+}
+
+registerKernel(attentionOp, "wasm", attentionOnHost(attentionKernel));
+registerKernel(attentionBackwardOp, "wasm", attentionBackwardOnHost(attentionBackwardKernel));

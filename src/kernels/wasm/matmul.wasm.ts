@@ -1,4 +1,11 @@
+import type { HostArray } from "../../tensor/dtype.ts";
+import type { MatmulGeometry } from "../../tensor/ops/matmul.ts";
+import { matmulOp } from "../../tensor/ops/matmul.ts";
+import { matmulOnHost, matmulRef } from "../matmul.ts";
+import { registerKernel } from "../registry.ts";
+import type { WasmBackend } from "./backend.ts";
 import type { Code, Local } from "./module.ts";
+import { PARALLEL_MIN_MACS } from "./pool.ts";
 import {
   FunctionBuilder,
   T,
@@ -401,3 +408,53 @@ export function matmulModule(shared: boolean, relaxed: boolean): Uint8Array {
   // Order must match FN.
   return buildModule(shared, [gemm(), micro(relaxed), pack(MR), pack(NR), gemvDot(relaxed), gemvAxpy(relaxed)]);
 }
+
+/** Units per thread the gemm split aims for, so that uneven units still balance. */
+const UNITS_PER_THREAD = 4;
+/** The narrowest unit (columns): below it, packing A again per unit costs more than it shares. */
+const MIN_UNIT_COLUMNS = 8 * NR;
+
+/**
+ * Columns of one gemm unit: NC, halved (staying a multiple of NR) until the batch x M-blocks x
+ * N-blocks units number UNITS_PER_THREAD per thread or the unit is MIN_UNIT_COLUMNS wide.
+ */
+function unitColumns(batch: number, M: number, N: number, threads: number): number {
+  const mBlocks = batch * Math.ceil(M / MC);
+  let nc = NC;
+  while (nc > MIN_UNIT_COLUMNS && mBlocks * Math.ceil(N / nc) < UNITS_PER_THREAD * threads) nc = Math.max(MIN_UNIT_COLUMNS, Math.ceil(nc / 2 / NR) * NR);
+  return nc;
+}
+
+/**
+ * f32 products on the SIMD kernels; M = 1 or N = 1 take the matrix-vector forms (a dot
+ * product per output where the matrix's rows are contiguous along k, else scaled rows summed
+ * into an output strip). f64 runs the reference.
+ */
+function matmulKernel(wasm: WasmBackend, a: HostArray, b: HostArray, out: HostArray, g: MatmulGeometry): void {
+  if (!(a instanceof Float32Array && b instanceof Float32Array && out instanceof Float32Array)) {
+    matmulRef(a, b, out, g);
+    return;
+  }
+  for (const x of [a, b]) if (!wasm.owns(x)) throw new TypeError("matmul: storage does not belong to this wasm backend");
+  const { batch, M, N, K: Kd } = g;
+  if (batch * M * N === 0 || Kd === 0) return; // the output is already zero
+  const [sAm, sAk] = g.transA ? [1, M] : [Kd, 1];
+  const [sBk, sBn] = g.transB ? [1, Kd] : [N, 1];
+  const sAb = g.batchStrideA;
+  const sBb = g.batchStrideB;
+  const [pa, pb, pc] = [a.byteOffset, b.byteOffset, out.byteOffset];
+  const threads = batch * M * N * Kd < PARALLEL_MIN_MACS ? 1 : wasm.threads;
+  if (M === 1) {
+    // out[j] = sum_k B(j, k) a[k]; a's k-stride is 1 whether or not A is transposed.
+    if (sBk === 1) wasm.call("gemvDot", [pb, pa, pc, N, Kd, sBn, batch, sBb, sAb], threads);
+    else wasm.call("gemvAxpy", [pb, pa, pc, N, Kd, sBk, batch, sBb, sAb], threads);
+  } else if (N === 1) {
+    // out[i] = sum_k A(i, k) b[k]; b's k-stride is 1 whether or not B is transposed.
+    if (sAk === 1) wasm.call("gemvDot", [pa, pb, pc, M, Kd, sAm, batch, sAb, sBb], threads);
+    else wasm.call("gemvAxpy", [pa, pb, pc, M, Kd, sAk, batch, sAb, sBb], threads);
+  } else {
+    wasm.call("gemm", [pa, pb, pc, M, N, Kd, sAm, sAk, sBk, sBn, batch, sAb, sBb, unitColumns(batch, M, N, threads), wasm.scratch], threads);
+  }
+}
+
+registerKernel(matmulOp, "wasm", matmulOnHost(matmulKernel));

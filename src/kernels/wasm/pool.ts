@@ -22,6 +22,15 @@
 
 import { importNodeOnly } from "../../io/host.ts";
 
+/** Products below this many multiply-adds run on the calling thread only (waking workers costs more). */
+export const PARALLEL_MIN_MACS = 1 << 16;
+
+/** Elementwise and row kernels below this many elements run on the calling thread only. */
+export const PARALLEL_MIN_ELEMENTS = 1 << 15;
+
+/** The bits of `x` rounded to f32, as an i32 (how kernels take float arguments). */
+export const f32Bits = (x: number): number => new Int32Array(new Float32Array([x]).buffer)[0]!;
+
 /** One kernel: the module that exports it and its export name. */
 export interface KernelRef {
   module: number;

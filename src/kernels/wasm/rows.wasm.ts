@@ -1,5 +1,14 @@
+import type { HostArray } from "../../tensor/dtype.ts";
+import type { CrossEntropyGeometry } from "../../tensor/ops/nn.ts";
+import { crossEntropyBackwardOp, crossEntropyOp, rmsNormOp, softmaxOp } from "../../tensor/ops/nn.ts";
+import { crossEntropyBackwardOnHost, crossEntropyBackwardRef, crossEntropyOnHost, crossEntropyRef, crossEntropyTarget } from "../cross_entropy.ts";
+import { registerKernel } from "../registry.ts";
+import { rmsNormOnHost, rmsNormRef } from "../rmsnorm.ts";
+import { softmaxOnHost, softmaxRef } from "../softmax.ts";
+import type { WasmBackend } from "./backend.ts";
 import type { Code, Local } from "./module.ts";
 import { FunctionBuilder, T, buildModule, expF32x4, f32, f32x4, forRange, get, i32, ifElse, inc, seq, set, v128, whileLoop } from "./module.ts";
+import { f32Bits } from "./pool.ts";
 
 /**
  * The row kernels of the `wasm` device (one WebAssembly SIMD module, f32, contiguous rows), rows
@@ -13,6 +22,9 @@ import { FunctionBuilder, T, buildModule, expF32x4, f32, f32x4, forRange, get, i
  *   gradient's softmax term with a = gradLoss / s); mode 1, out = x - m - a (log-softmax, a = log s).
  * - rmsnorm(x, w, out, rows, D, epsBits, tid, threads): out = x rsqrt(mean(x^2) + eps) w
  *   (src/kernels/rmsnorm.ts), eps given as its f32 bits.
+ *
+ * They run softmax, log-softmax, cross-entropy forward and backward and RMSNorm for f32 operands
+ * in the device's memory (registered below); other dtypes run the references.
  *
  * Sums run in 4 vector accumulators (16 interleaved partial sums) and exp is Cephes' expf
  * (expF32x4): f32 results within a few ulps times the row length's square root of the
@@ -158,3 +170,79 @@ function rmsNorm(): { fn: FunctionBuilder; body: Code } {
 export function rowsModule(shared: boolean): Uint8Array {
   return buildModule(shared, [rowStats(), rowApply(), rmsNorm()]);
 }
+
+/**
+ * row_stats over x [rows, cols] into a temporary (m, s) per row (max, sum of exp(x - m)), then
+ * `then(stats, threads)`; the temporary is released after.
+ */
+function withRowStats(wasm: WasmBackend, x: HostArray, rows: number, cols: number, then: (stats: HostArray, threads: number) => void): void {
+  if (rows * cols === 0) return;
+  const stats = wasm.allocate("f32", 2 * rows);
+  try {
+    const threads = wasm.rowThreads(rows, cols);
+    wasm.call("rowStats", [x.byteOffset, stats.byteOffset, rows, cols], threads);
+    then(stats, threads);
+  } finally {
+    wasm.release(stats);
+  }
+}
+
+/**
+ * The two-pass row kernels: each row's (m, s), then row_apply writes `out` from (m, a(s, r))
+ * with `mode` (0: exp(x - m) a, 1: x - m - a).
+ */
+function rowKernels(wasm: WasmBackend, x: HostArray, out: HostArray, rows: number, cols: number, a: (s: number, r: number) => number, mode: number): void {
+  withRowStats(wasm, x, rows, cols, (stats, threads) => {
+    for (let r = 0; r < rows; r++) stats[2 * r + 1] = a(stats[2 * r + 1]!, r);
+    wasm.call("rowApply", [x.byteOffset, stats.byteOffset, out.byteOffset, rows, cols, mode], threads);
+  });
+}
+
+/**
+ * Cross-entropy on the row kernels: targets are checked first (the reference's RangeError);
+ * loss = m + log s - z_t; the gradient is softmax * gradLoss from row_apply (a = gradLoss / s, 0
+ * for ignored rows), then gradLoss subtracted at each target. `gradLoss` null: the forward.
+ */
+function crossEntropyKernel(wasm: WasmBackend, logits: HostArray, targets: Int32Array, gradLoss: HostArray | null, out: HostArray, g: CrossEntropyGeometry): void {
+  const { rows, cols, ignoreIndex } = g;
+  if (!wasm.ownF32(gradLoss ? [logits, gradLoss, out] : [logits, out])) {
+    if (gradLoss) crossEntropyBackwardRef(logits, targets, gradLoss, out, g);
+    else crossEntropyRef(logits, targets, out, g);
+    return;
+  }
+  const t = Array.from({ length: rows }, (_, r) => crossEntropyTarget(targets, r, cols, ignoreIndex));
+  if (gradLoss === null) {
+    // One value per row: the stats pass alone, then the loss here.
+    withRowStats(wasm, logits, rows, cols, (stats) => {
+      for (let r = 0; r < rows; r++) {
+        const tr = t[r]!;
+        out[r] = tr === null ? 0 : stats[2 * r]! + Math.log(stats[2 * r + 1]!) - logits[r * cols + tr]!;
+      }
+    });
+    return;
+  }
+  rowKernels(wasm, logits, out, rows, cols, (s, r) => (t[r] === null ? 0 : gradLoss[r]! / s), 0);
+  for (let r = 0; r < rows; r++) {
+    const tr = t[r];
+    if (tr !== null) out[r * cols + tr]! -= gradLoss[r]!;
+  }
+}
+
+registerKernel(
+  softmaxOp,
+  "wasm",
+  softmaxOnHost((wasm: WasmBackend, x, out, rows, cols, log) => {
+    if (!wasm.ownF32([x, out])) return softmaxRef(x, out, rows, cols, log);
+    rowKernels(wasm, x, out, rows, cols, (s) => (log ? Math.log(s) : 1 / s), log ? 1 : 0);
+  }),
+);
+registerKernel(crossEntropyOp, "wasm", crossEntropyOnHost((wasm: WasmBackend, logits, targets, out, g) => crossEntropyKernel(wasm, logits, targets, null, out, g)));
+registerKernel(crossEntropyBackwardOp, "wasm", crossEntropyBackwardOnHost((wasm: WasmBackend, ...args) => crossEntropyKernel(wasm, ...args)));
+registerKernel(
+  rmsNormOp,
+  "wasm",
+  rmsNormOnHost((wasm: WasmBackend, x, weight, out, g) => {
+    if (!wasm.ownF32([x, weight, out])) return rmsNormRef(x, weight, out, g);
+    wasm.call("rmsNorm", [x.byteOffset, weight.byteOffset, out.byteOffset, g.rows, g.D, f32Bits(g.eps)], wasm.rowThreads(g.rows, g.D));
+  }),
+);

@@ -1,48 +1,22 @@
-import type {
-  AdamWStep,
-  AttentionBackwardInputs,
-  AttentionGeometry,
-  AttentionGrads,
-  AttentionInputs,
-  Backend,
-  BinaryOp,
-  CrossEntropyGeometry,
-  EmbeddingGeometry,
-  MatmulGeometry,
-  ReduceOp,
-  RmsNormGeometry,
-  RopeGeometry,
-  Storage,
-  UnaryOp,
-  View,
-} from "../../tensor/backend.ts";
+import type { Backend, BinaryOp, DeviceOp, Storage, UnaryOp, View } from "../../tensor/backend.ts";
 import type { DType, HostArray } from "../../tensor/dtype.ts";
-import { DTypeError, DeviceLimitError, ShapeError } from "../../tensor/errors.ts";
+import { DTypeError } from "../../tensor/errors.ts";
 import { binaryDef, unaryDef } from "../../tensor/ops/pointwise_table.ts";
 import { assertSameShape, contiguousStrides, numel } from "../../tensor/shape.ts";
-import { encodeAdamW } from "../adamw.wgsl.ts";
-import { ATTENTION_MAX_DH, encodeAttention, encodeAttentionBackward } from "../attention.wgsl.ts";
+import type { HostWeight, WeightStorage } from "../../tensor/weight.ts";
 import * as checks from "../checks.ts";
-import { encodeCrossEntropy, encodeCrossEntropyBackward } from "../cross_entropy.wgsl.ts";
 import type { StridedOperand } from "../elementwise.wgsl.ts";
 import { encodeAssign, encodeBinary, encodeCast, encodeFill, encodeUnary, encodeWhere } from "../elementwise.wgsl.ts";
-import { encodeGather, encodeScatterAdd } from "../embedding.wgsl.ts";
-import { encodeMatmul } from "../matmul.wgsl.ts";
-import type { HostWeight, WeightStorage } from "../../tensor/weight.ts";
-import { encodeWeightGather, encodeWeightMatmul } from "../weights.wgsl.ts";
+import "../families.ts";
+import { runKernel } from "../registry.ts";
 import { WeightSpace } from "./weights.ts";
-import { encodeReduceRows } from "../reduce.wgsl.ts";
-import { encodeRmsNorm } from "../rmsnorm.wgsl.ts";
-import { encodeRope } from "../rope.wgsl.ts";
-import { encodeSoftmax } from "../softmax.wgsl.ts";
 import { PipelineCache } from "./pipelines.ts";
 import type { PooledBuffer } from "./pool.ts";
 import type { AttentionVariant, Kernel, KernelHost, MatmulVariant, ParamValues } from "./program.ts";
-import { single } from "./program.ts";
 import { CommandQueue } from "./queue.ts";
 import { ErrorScopes } from "./scopes.ts";
 import type { WebGpuStorage } from "./storage.ts";
-import { StorageSpace, bytesOf } from "./storage.ts";
+import { StorageSpace } from "./storage.ts";
 import { gpuTime } from "./timing.ts";
 import type { VariantOptions } from "./variants.ts";
 import { chooseVariants } from "./variants.ts";
@@ -50,10 +24,11 @@ import { chooseVariants } from "./variants.ts";
 export { WebGpuStorage } from "./storage.ts";
 
 /**
- * The `webgpu` device: WGSL kernels (src/kernels/*.wgsl.ts) run through Dawn. This file adapts
- * each op of the Backend contract to its kernel file: it checks the call (the shared size checks
- * of src/kernels/checks.ts, then webgpu's dtype and binding limits), allocates the outputs and
- * encodes the kernel. The machinery lives beside it, one job per file:
+ * The `webgpu` device: WGSL kernels (src/kernels/*.wgsl.ts) run through Dawn. This file holds
+ * the storages, the elementwise kernels of the pointwise table and packed-weight storage; each
+ * fused op's webgpu kernel is registered beside its WGSL (src/kernels/<op>.wgsl.ts: webgpu's
+ * dtype and binding checks, the op's size check, the outputs, the encode), and `run` finds it
+ * (src/kernels/registry.ts). The machinery lives beside this file, one job per file:
  * - queue.ts: recording, batching and submission, uniforms (CommandQueue);
  * - scopes.ts: Dawn's asynchronous validation errors (ErrorScopes);
  * - timing.ts: GPU time by timestamp queries;
@@ -75,10 +50,12 @@ export class WebGpuBackend implements Backend, KernelHost {
   private readonly scopes: ErrorScopes;
   private readonly pipelines: PipelineCache;
   private readonly queue: CommandQueue;
-  private readonly space: StorageSpace;
+  /** Storages (for kernels: `whole`, `wholeFloat`, `output`, ... check and allocate operands). */
+  readonly space: StorageSpace;
   /** False for a backend made by `withOptions`: the device belongs to the backend it came from. */
   private readonly ownsDevice: boolean;
-  private readonly weights: WeightSpace;
+  /** Packed weights (for kernels: `live` checks one). */
+  readonly weights: WeightSpace;
 
   /**
    * @param gpu the GPU object the device came from, kept alive with it (Dawn frees the device
@@ -136,10 +113,15 @@ export class WebGpuBackend implements Backend, KernelHost {
   fill(storage: Storage, value: number): void {
     const s = this.space.live("fill", storage);
     if (value === 0) {
-      for (const ch of s.chunks) this.queue.clear(ch.buf);
+      this.clear(s);
     } else {
       encodeFill(this, s, value);
     }
+  }
+
+  /** Queues zeroing every chunk of a live storage (kernels that accumulate into their output). */
+  clear(s: WebGpuStorage): void {
+    for (const ch of s.chunks) this.queue.clear(ch.buf);
   }
 
   liveBytes(): number {
@@ -222,84 +204,13 @@ export class WebGpuBackend implements Backend, KernelHost {
     return out;
   }
 
-  // ---- row kernels, matmul, nn ops (one chunk only, except gather's table and matmul's B) ----
+  // ---- fused ops: each registered beside its WGSL (src/kernels/<op>.wgsl.ts) ----
 
-  /** @throws ShapeError for max over empty rows, as the reference. */
-  reduceRows(op: ReduceOp, x: Storage, rows: number, cols: number): Storage {
-    const name = `reduce ${op}`;
-    if (op === "max" && cols === 0 && rows > 0) throw new ShapeError(name, "rows are empty (cols = 0)");
-    const xs = this.space.whole(name, "x", x);
-    checks.rowOp(name, xs, rows, cols);
-    const out = this.space.output(name, xs.dtype, rows);
-    encodeReduceRows(this, op, xs, out, rows, cols);
-    return out;
+  run<Args extends readonly unknown[], Out>(op: DeviceOp<Args, Out>, ...args: Args): Out {
+    return runKernel(op, this, ["webgpu"], args);
   }
 
-  /**
-   * B may be chunked (the lm_head weight) when batchStrideB is 0 or batch is 1.
-   * @throws DeviceLimitError for a chunked A, a chunked batched B, or an output above one binding.
-   */
-  matmul(a: Storage, b: Storage, g: MatmulGeometry): Storage {
-    const as = this.space.wholeFloat("matmul", "a", a);
-    const bs = this.space.float("matmul", "b", b);
-    const n = checks.matmul("matmul", as, bs, g);
-    if (bs.chunks.length > 1 && g.batch > 1 && g.batchStrideB !== 0) {
-      throw new DeviceLimitError("matmul", `batched b of ${bytesOf(bs.numel)} bytes exceeds the per-binding limit of ${this.maxBindingBytes} bytes`);
-    }
-    const out = this.space.output("matmul", "f32", n);
-    encodeMatmul(this, as, bs, out, g);
-    return out;
-  }
-
-  softmax(x: Storage, rows: number, cols: number, log: boolean): Storage {
-    const xs = this.space.wholeFloat("softmax", "x", x);
-    const out = this.space.output("softmax", "f32", checks.rowOp("softmax", xs, rows, cols));
-    encodeSoftmax(this, xs, out, rows, cols, log);
-    return out;
-  }
-
-  /** Targets outside [0, cols) (other than ignoreIndex) give loss 0 here; the cpu device throws. */
-  crossEntropy(logits: Storage, targets: Storage, g: CrossEntropyGeometry): Storage {
-    const op = "crossEntropy";
-    const ls = this.space.wholeFloat(op, "logits", logits);
-    const ts = this.space.wholeInt(op, "targets", targets);
-    checks.crossEntropy(op, ls, ts, null, g);
-    const out = this.space.output(op, "f32", g.rows);
-    encodeCrossEntropy(this, ls, ts, out, g);
-    return out;
-  }
-
-  /** Targets outside [0, cols) (other than ignoreIndex) give a zero row here; the cpu device throws. */
-  crossEntropyBackward(logits: Storage, targets: Storage, gradLoss: Storage, g: CrossEntropyGeometry): Storage {
-    const op = "crossEntropyBackward";
-    const ls = this.space.wholeFloat(op, "logits", logits);
-    const ts = this.space.wholeInt(op, "targets", targets);
-    const gs = this.space.wholeFloat(op, "gradLoss", gradLoss);
-    const out = this.space.output(op, "f32", checks.crossEntropy(op, ls, ts, gs, g));
-    encodeCrossEntropyBackward(this, ls, ts, gs, out, g);
-    return out;
-  }
-
-  /** The table may be chunked. Ids outside [0, V) give zero rows (the cpu device throws). */
-  gather(table: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
-    const ts = this.space.live("gather", table);
-    const is = this.space.wholeInt("gather", "ids", ids);
-    const out = this.space.output("gather", ts.dtype, checks.gather("gather", ts, is, g));
-    encodeGather(this, ts, is, out, g);
-    return out;
-  }
-
-  /** Ids outside [0, V) are skipped (the cpu device throws). */
-  scatterAdd(grad: Storage, ids: Storage, g: EmbeddingGeometry): Storage {
-    const gs = this.space.whole("scatterAdd", "grad", grad);
-    const is = this.space.wholeInt("scatterAdd", "ids", ids);
-    const out = this.space.output("scatterAdd", gs.dtype, checks.scatterAdd("scatterAdd", gs, is, g));
-    for (const ch of out.chunks) this.queue.clear(ch.buf);
-    encodeScatterAdd(this, gs, is, out, g);
-    return out;
-  }
-
-  // ---- packed weights (weights.ts, src/kernels/weights.wgsl.ts) ----
+  // ---- packed weights (weights.ts; their products and lookups: src/kernels/weights.wgsl.ts) ----
 
   /** @throws DeviceLimitError when a part exceeds the per-binding limit or the device's memory. */
   uploadWeight(w: HostWeight, rows: number, cols: number): WeightStorage {
@@ -312,67 +223,6 @@ export class WebGpuBackend implements Backend, KernelHost {
 
   freeWeight(w: WeightStorage): void {
     this.weights.free(w);
-  }
-
-  matmulWeight(x: Storage, w: WeightStorage, M: number, form: "nt" | "nn"): Storage {
-    const s = this.weights.live("matmulWeight", w);
-    const xs = this.space.wholeFloat("matmulWeight", "x", x);
-    const out = this.space.output("matmulWeight", "f32", checks.matmulWeight("matmulWeight", xs, s, M, form));
-    encodeWeightMatmul(this, single(xs), s, single(out), M, form);
-    return out;
-  }
-
-  /** Ids outside [0, V) give zero rows (the cpu device throws), as gather. */
-  gatherWeight(w: WeightStorage, ids: Storage): Storage {
-    const s = this.weights.live("gatherWeight", w);
-    const is = this.space.wholeInt("gatherWeight", "ids", ids);
-    const out = this.space.output("gatherWeight", "f32", is.numel * s.cols);
-    encodeWeightGather(this, s, single(is), is.numel, single(out));
-    return out;
-  }
-
-  rmsNorm(x: Storage, weight: Storage, g: RmsNormGeometry): Storage {
-    const xs = this.space.wholeFloat("rmsNorm", "x", x);
-    const ws = this.space.wholeFloat("rmsNorm", "weight", weight);
-    const out = this.space.output("rmsNorm", "f32", checks.rmsNorm("rmsNorm", xs, ws, g));
-    encodeRmsNorm(this, xs, ws, out, g);
-    return out;
-  }
-
-  /** @throws ShapeError when Dh is odd or Bc is neither 1 nor B. */
-  rope(x: Storage, cos: Storage, sin: Storage, g: RopeGeometry): Storage {
-    const [xs, cs, ss] = this.floats("rope", { x, cos, sin });
-    const out = this.space.output("rope", "f32", checks.rope("rope", xs!, cs!, ss!, g));
-    encodeRope(this, xs!, cs!, ss!, out, g);
-    return out;
-  }
-
-  /** keyMask may be f32 or i32 (nonzero = keep). @throws DeviceLimitError for Dh > 256. */
-  attention(ins: AttentionInputs<Storage>, g: AttentionGeometry): { out: Storage; lse: Storage } {
-    const op = "attention";
-    const gpuIns = this.attentionOperands(op, ins, g);
-    const n = checks.attention(op, gpuIns, g);
-    const out = this.space.output(op, "f32", n.q);
-    const lse = this.space.output(op, "f32", n.lse);
-    encodeAttention(this, gpuIns, { out, lse }, g);
-    return { out, lse };
-  }
-
-  /** @throws DeviceLimitError for Dh > 256. */
-  attentionBackward(ins: AttentionBackwardInputs<Storage>, g: AttentionGeometry): AttentionGrads<Storage> {
-    const op = "attentionBackward";
-    const [out, dOut, lse] = this.floats(op, { out: ins.out, dOut: ins.dOut, lse: ins.lse });
-    const gpuIns = { ...this.attentionOperands(op, ins, g), out: out!, dOut: dOut!, lse: lse! };
-    const n = checks.attentionBackward(op, gpuIns, g);
-    const grads = { dq: this.space.output(op, "f32", n.q), dk: this.space.output(op, "f32", n.kv), dv: this.space.output(op, "f32", n.kv) };
-    encodeAttentionBackward(this, gpuIns, grads, g);
-    return grads;
-  }
-
-  adamw(param: Storage, grad: Storage, m: Storage, v: Storage, h: AdamWStep): void {
-    const [ps, gs, ms, vs] = this.floats("adamw", { param, grad, m, v });
-    checks.adamw("adamw", ps!, { grad: gs!, m: ms!, v: vs! });
-    encodeAdamW(this, ps!, gs!, ms!, vs!, h);
   }
 
   /** Submits pending work, waits for the GPU, and throws any error Dawn reported. */
@@ -420,17 +270,9 @@ export class WebGpuBackend implements Backend, KernelHost {
 
   // ---- argument checks particular to webgpu ----
 
-  /** Live f32 storages in one chunk each, in the order of `named` (whose keys name them in errors). */
-  private floats(op: string, named: Record<string, Storage>): WebGpuStorage[] {
+  /** Live f32 storages in one chunk each, in the order of `named` (whose keys name them in errors). For kernels. */
+  floats(op: string, named: Record<string, Storage>): WebGpuStorage[] {
     return Object.entries(named).map(([what, s]) => this.space.wholeFloat(op, what, s));
-  }
-
-  /** q, k, v (f32, one chunk) and the key mask (any dtype, one chunk), for a head dim the kernels handle. */
-  private attentionOperands(op: string, ins: AttentionInputs<Storage>, g: AttentionGeometry): AttentionInputs<WebGpuStorage> {
-    if (g.Dh > ATTENTION_MAX_DH) throw new DeviceLimitError(op, `head dim ${g.Dh} > ${ATTENTION_MAX_DH}, the kernel's largest`);
-    const [q, k, v] = this.floats(op, { q: ins.q, k: ins.k, v: ins.v });
-    const keyMask = ins.keyMask === null ? null : this.space.whole(op, "keyMask", ins.keyMask);
-    return { q: q!, k: k!, v: v!, keyMask };
   }
 
   /**

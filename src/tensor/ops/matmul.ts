@@ -1,11 +1,38 @@
 import { record } from "../autograd.ts";
 import type { Storage } from "../backend.ts";
+import { deviceOp } from "../backend.ts";
 import { assertSameDevice } from "../device.ts";
 import { DTypeError, ShapeError, fmt } from "../errors.ts";
 import { isFloat } from "../dtype.ts";
 import { broadcastShapes, numel } from "../shape.ts";
 import { Tensor } from "../tensor.ts";
 import { broadcastView, sumTo } from "./views.ts";
+
+/** Geometry of a batched matrix product `out[b] = opA(A[b]) @ opB(B[b])`. */
+export interface MatmulGeometry {
+  /** Batch count of the output. */
+  batch: number;
+  /** Rows of opA(A) and of the output. */
+  M: number;
+  /** Columns of opB(B) and of the output. */
+  N: number;
+  /** Inner dimension. */
+  K: number;
+  /** When true, A is stored [K, M] per batch and read transposed. */
+  transA: boolean;
+  /** When true, B is stored [N, K] per batch (a PyTorch Linear weight) and read transposed. */
+  transB: boolean;
+  /** Elements between consecutive batches of A, or 0 to reuse one matrix for every batch. */
+  batchStrideA: number;
+  /** Elements between consecutive batches of B, or 0 to reuse one matrix for every batch. */
+  batchStrideB: number;
+}
+
+/**
+ * Batched matrix product, see MatmulGeometry: a and b contiguous per matrix, out [batch, M, N].
+ * Kernels: src/kernels/matmul.ts, matmul.wgsl.ts, wasm/matmul.wasm.ts.
+ */
+export const matmulOp = deviceOp<[a: Storage, b: Storage, g: MatmulGeometry], Storage>("matmul");
 
 /**
  * How one operand of a matmul is handed to the kernel: the bare storage, whether it is read
@@ -83,7 +110,7 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const batch = numel(batchShape);
   const A = operand(a, batchShape);
   const B = operand(b, batchShape);
-  const out = a.backend.matmul(A.storage, B.storage, {
+  const out = a.backend.run(matmulOp, A.storage, B.storage, {
     batch,
     M,
     N,

@@ -1,17 +1,21 @@
 import { record } from "../autograd.ts";
-import type { AttentionGeometry } from "../backend.ts";
+import type { Storage } from "../backend.ts";
+import { deviceOp } from "../backend.ts";
 import { assertSameDevice } from "../device.ts";
 import { hostArray, isFloat } from "../dtype.ts";
 import { DTypeError, ShapeError, fmt } from "../errors.ts";
 import type { Rng } from "../random.ts";
 import { Tensor } from "../tensor.ts";
+import type { WeightStorage } from "../weight.ts";
 import { PackedWeight } from "../weight.ts";
 import { tensor } from "./create.ts";
 
 /**
  * Neural-network ops that run as fused kernels (softmax, cross-entropy, RMSNorm, RoPE,
  * attention) or need index tensors (embedding). Their gradients are derived in each doc
- * comment; the kernels and their CPU references are in src/kernels.
+ * comment; the kernels and their CPU references are in src/kernels. Each fused op declares here
+ * the device op it runs (`softmaxOp`, `rmsNormOp`, ...: name, operands, result) beside its
+ * geometry type; the kernel files implement it per device.
  */
 
 function assertFloat(op: string, ...xs: Tensor[]): void {
@@ -33,13 +37,19 @@ function release(dense: Tensor, original: Tensor): void {
 }
 
 /**
+ * Row softmax (log: log-softmax) of contiguous x [rows, cols], max-subtracted: out [rows, cols].
+ * Kernels: src/kernels/softmax.ts (cpu), softmax.wgsl.ts (webgpu), wasm/rows.wasm.ts (wasm).
+ */
+export const softmaxOp = deviceOp<[x: Storage, rows: number, cols: number, log: boolean], Storage>("softmax");
+
+/**
  * Softmax over the last axis, max-subtracted for stability. x [..., C] -> [..., C].
  * Gradient: dx = y (g - sum(g y)) along the last axis.
  */
 export function softmax(x: Tensor): Tensor {
   assertFloat("softmax", x);
   const { dense, rows, cols } = rowsOf(x);
-  const y = Tensor.fromStorage(x.backend, x.backend.softmax(dense.storage, rows, cols, false), x.shape);
+  const y = Tensor.fromStorage(x.backend, x.backend.run(softmaxOp, dense.storage, rows, cols, false), x.shape);
   release(dense, x);
   return record(y, "softmax", [x], (g) => [y.mul(g.sub(g.mul(y).sum(-1, true)))]);
 }
@@ -51,10 +61,31 @@ export function softmax(x: Tensor): Tensor {
 export function logSoftmax(x: Tensor): Tensor {
   assertFloat("logSoftmax", x);
   const { dense, rows, cols } = rowsOf(x);
-  const y = Tensor.fromStorage(x.backend, x.backend.softmax(dense.storage, rows, cols, true), x.shape);
+  const y = Tensor.fromStorage(x.backend, x.backend.run(softmaxOp, dense.storage, rows, cols, true), x.shape);
   release(dense, x);
   return record(y, "logSoftmax", [x], (g) => [g.sub(y.exp().mul(g.sum(-1, true)))]);
 }
+
+/** Geometry of a per-row cross-entropy over contiguous logits [rows, cols] (cols = V, the classes). */
+export interface CrossEntropyGeometry {
+  rows: number;
+  cols: number;
+  /** Target value that marks a row as ignored (loss 0, gradient 0): -100 in Hugging Face labels. */
+  ignoreIndex: number;
+}
+
+/**
+ * Per-row cross-entropy of logits [rows, cols] against i32 targets [rows]:
+ * loss [rows] = logsumexp(logits[r]) - logits[r, target[r]], 0 where target == ignoreIndex.
+ * Kernels: src/kernels/cross_entropy.ts, cross_entropy.wgsl.ts, wasm/rows.wasm.ts.
+ */
+export const crossEntropyOp = deviceOp<[logits: Storage, targets: Storage, g: CrossEntropyGeometry], Storage>("crossEntropy");
+
+/**
+ * Its gradient [rows, cols]: (softmax(logits[r]) - onehot(target[r])) * gradLoss[r], zero rows
+ * where ignored.
+ */
+export const crossEntropyBackwardOp = deviceOp<[logits: Storage, targets: Storage, gradLoss: Storage, g: CrossEntropyGeometry], Storage>("crossEntropyBackward");
 
 export interface CrossEntropyOptions {
   /** Targets equal to this contribute no loss and no gradient (PyTorch's default -100). */
@@ -91,12 +122,12 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   const tg = targets.isDense() ? targets : targets.contiguous(true);
   const be = logits.backend;
   const geo = { rows, cols, ignoreIndex };
-  const perRow = Tensor.fromStorage(be, be.crossEntropy(dense.storage, tg.storage, geo), rowShape);
+  const perRow = Tensor.fromStorage(be, be.run(crossEntropyOp, dense.storage, tg.storage, geo), rowShape);
   release(dense, logits);
   record(perRow, "crossEntropy", [logits], (g) => {
     const lg = rowsOf(logits);
     const gd = g.isDense() ? g : g.contiguous(true);
-    const dx = be.crossEntropyBackward(lg.dense.storage, tg.storage, gd.storage, geo);
+    const dx = be.run(crossEntropyBackwardOp, lg.dense.storage, tg.storage, gd.storage, geo);
     release(lg.dense, logits);
     release(gd, g);
     return [Tensor.fromStorage(be, dx, logits.shape)];
@@ -111,6 +142,35 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   if (reduction === "sum") return total;
   return total.div(weights.sum().maximum(1));
 }
+
+/** Geometry of an embedding table [V, D]: V rows (the vocabulary), D columns (the hidden size). */
+export interface EmbeddingGeometry {
+  V: number;
+  D: number;
+}
+
+/**
+ * out [N, D] = table[ids[n]] for table [V, D] and i32 ids [N]. Ids outside [0, V) throw (cpu)
+ * or give zero rows (webgpu). Kernels: src/kernels/embedding.ts, embedding.wgsl.ts.
+ */
+export const gatherOp = deviceOp<[table: Storage, ids: Storage, g: EmbeddingGeometry], Storage>("gather");
+
+/** out [V, D] = sum over n of onehot(ids[n]) grad[n] for grad [N, D]: the transpose of gather. */
+export const scatterAddOp = deviceOp<[grad: Storage, ids: Storage, g: EmbeddingGeometry], Storage>("scatterAdd");
+
+/**
+ * out [n, D] = W[ids[i], :] for a packed table W [V, D] (bf16, f16, NF4) and i32 ids [n], f32;
+ * out-of-range ids as gather. Kernels: src/kernels/weights.ts, weights.wgsl.ts.
+ */
+export const gatherWeightOp = deviceOp<[w: WeightStorage, ids: Storage], Storage>("gatherWeight");
+
+/**
+ * The product with a packed weight W [N, K] (N = w.rows, K = w.cols), dequantized in
+ * registers, summed in f32: "nt" out [M, N] = x [M, K] @ W^T (a Linear's forward, and
+ * decoding's matrix-vector product when M = 1); "nn" out [M, K] = x [M, N] @ W (its input
+ * gradient). x contiguous f32. Kernels: src/kernels/weights.ts, weights.wgsl.ts.
+ */
+export const matmulWeightOp = deviceOp<[x: Storage, w: WeightStorage, M: number, form: "nt" | "nn"], Storage>("matmulWeight");
 
 /**
  * Embedding lookup: table [V, D], ids i32 [...] -> [..., D] (HF nn.Embedding).
@@ -130,11 +190,11 @@ export function embedding(table: WeightLike, ids: Tensor): Tensor {
   const tb = table.isDense() ? table : table.contiguous(true);
   const idd = ids.isDense() ? ids : ids.contiguous(true);
   const be = table.backend;
-  const y = Tensor.fromStorage(be, be.gather(tb.storage, idd.storage, { V, D }), [...ids.shape, D]);
+  const y = Tensor.fromStorage(be, be.run(gatherOp, tb.storage, idd.storage, { V, D }), [...ids.shape, D]);
   release(tb, table);
   record(y, "embedding", [table], (g) => {
     const gd = g.isDense() ? g : g.contiguous(true);
-    const dt = be.scatterAdd(gd.storage, idd.storage, { V, D });
+    const dt = be.run(scatterAddOp, gd.storage, idd.storage, { V, D });
     release(gd, g);
     return [Tensor.fromStorage(be, dt, table.shape)];
   });
@@ -161,7 +221,7 @@ function packedEmbedding(table: PackedWeight, ids: Tensor): Tensor {
   assertPacked("embedding", table, ids);
   const idd = ids.isDense() ? ids : ids.contiguous(true);
   const be = table.backend;
-  const y = Tensor.fromStorage(be, be.gatherWeight(table.storage, idd.storage), [...ids.shape, table.shape[1]]);
+  const y = Tensor.fromStorage(be, be.run(gatherWeightOp, table.storage, idd.storage), [...ids.shape, table.shape[1]]);
   release(idd, ids);
   return y;
 }
@@ -177,11 +237,11 @@ function packedLinear(x: Tensor, w: PackedWeight): Tensor {
   if (x.shape[x.rank - 1] !== K) throw new ShapeError("linear", `x ${fmt(x.shape)} does not match a weight ${fmt(w.shape)} (last axis must be ${K})`);
   const { dense, rows } = rowsOf(x);
   const be = x.backend;
-  const y = Tensor.fromStorage(be, be.matmulWeight(dense.storage, w.storage, rows, "nt"), [...x.shape.slice(0, -1), N]);
+  const y = Tensor.fromStorage(be, be.run(matmulWeightOp, dense.storage, w.storage, rows, "nt"), [...x.shape.slice(0, -1), N]);
   release(dense, x);
   return record(y, "linear", [x], (g) => {
     const gd = g.isDense() ? g : g.contiguous(true);
-    const dx = Tensor.fromStorage(be, be.matmulWeight(gd.storage, w.storage, rows, "nn"), x.shape);
+    const dx = Tensor.fromStorage(be, be.run(matmulWeightOp, gd.storage, w.storage, rows, "nn"), x.shape);
     release(gd, g);
     return [dx];
   });
@@ -202,6 +262,20 @@ export function linear(x: Tensor, weight: WeightLike, bias?: Tensor | null): Ten
   return out;
 }
 
+/** Geometry of RMSNorm over contiguous x [rows, D] with weight [D]. */
+export interface RmsNormGeometry {
+  rows: number;
+  D: number;
+  /** Added to mean(x^2) under the square root (config `rms_norm_eps`). */
+  eps: number;
+}
+
+/**
+ * RMSNorm over rows: out = x / sqrt(mean(x^2) + eps) * weight; x [rows, D], weight [D].
+ * Kernels: src/kernels/rmsnorm.ts, rmsnorm.wgsl.ts, wasm/rows.wasm.ts.
+ */
+export const rmsNormOp = deviceOp<[x: Storage, weight: Storage, g: RmsNormGeometry], Storage>("rmsNorm");
+
 /**
  * RMSNorm (Zhang & Sennrich 2019; HF LlamaRMSNorm): y = x / sqrt(mean(x^2) + eps) * weight,
  * over the last axis of x [..., D], weight [D]; fused kernel forward.
@@ -218,7 +292,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   }
   const { dense, rows } = rowsOf(x);
   const wd = weight.isDense() ? weight : weight.contiguous(true);
-  const y = Tensor.fromStorage(x.backend, x.backend.rmsNorm(dense.storage, wd.storage, { rows, D, eps }), x.shape);
+  const y = Tensor.fromStorage(x.backend, x.backend.run(rmsNormOp, dense.storage, wd.storage, { rows, D, eps }), x.shape);
   release(dense, x);
   release(wd, weight);
   return record(y, "rmsNorm", [x, weight], (g) => {
@@ -229,6 +303,28 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
     return [dx, dw];
   });
 }
+
+/**
+ * Geometry of a rotary embedding of contiguous x [B, H, T, Dh] with angle tables cos, sin
+ * [Bc, T, Dh/2]: Bc = 1 (every batch row shares positions) or B (per-row positions, e.g. left
+ * padding). `inverse` rotates by minus the angle (the backward pass).
+ */
+export interface RopeGeometry {
+  B: number;
+  H: number;
+  T: number;
+  Dh: number;
+  Bc: number;
+  inverse: boolean;
+}
+
+/**
+ * Rotary embedding, Hugging Face "rotate_half" layout: for d < Dh/2,
+ * out[d] = x[d] cos - x[d + Dh/2] sin and out[d + Dh/2] = x[d + Dh/2] cos + x[d] sin,
+ * with cos/sin [Bc, T, Dh/2] (Bc = 1 or B) for x [B, H, T, Dh], see RopeGeometry.
+ * Kernels: src/kernels/rope.ts, rope.wgsl.ts.
+ */
+export const ropeOp = deviceOp<[x: Storage, cos: Storage, sin: Storage, g: RopeGeometry], Storage>("rope");
 
 /**
  * Rotary position embedding (Su et al. 2021, "RoFormer"), HF "rotate_half" layout
@@ -251,7 +347,7 @@ export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   const s = sin.isDense() ? sin : sin.contiguous(true);
   const apply = (t: Tensor, inverse: boolean): Tensor => {
     const td = t.isDense() ? t : t.contiguous(true);
-    const out = Tensor.fromStorage(be, be.rope(td.storage, c.storage, s.storage, { B, H, T, Dh, Bc, inverse }), t.shape);
+    const out = Tensor.fromStorage(be, be.run(ropeOp, td.storage, c.storage, s.storage, { B, H, T, Dh, Bc, inverse }), t.shape);
     release(td, t);
     return out;
   };
@@ -262,6 +358,68 @@ export function rope(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   else for (const t of temps) t.dispose();
   return y;
 }
+
+/**
+ * Geometry of causal scaled-dot-product attention with grouped-query heads.
+ * q: [B, H, Tq, Dh], k and v: [B, Hkv, Tk, Dh], out: [B, H, Tq, Dh], all contiguous.
+ * Query head h reads kv head floor(h / (H / Hkv)). Query i sits at absolute position
+ * Tk - Tq + i (so a KV cache of Tk - Tq earlier tokens works), and sees key j when
+ * j <= Tk - Tq + i (causal), j > Tk - Tq + i - window (when window > 0, Mistral's sliding window)
+ * and keyMask[b, j] != 0 (when a key mask is given: padding).
+ */
+export interface AttentionGeometry {
+  B: number;
+  H: number;
+  Hkv: number;
+  Tq: number;
+  Tk: number;
+  Dh: number;
+  /** Multiplier of q.k, usually 1 / sqrt(Dh). */
+  scale: number;
+  causal: boolean;
+  /** Sliding window in tokens, 0 for none. */
+  window: number;
+}
+
+/**
+ * The operands of attention: q [B, H, Tq, Dh], k and v [B, Hkv, Tk, Dh], all contiguous, and
+ * keyMask [B, Tk] (nonzero keep, 0 padding) or null. `S` is the storage type (a backend's
+ * `Storage`, or a kernel's host or GPU array).
+ */
+export interface AttentionInputs<S> {
+  q: S;
+  k: S;
+  v: S;
+  keyMask: S | null;
+}
+
+/**
+ * What attention's backward pass reads: the forward operands, the forward's output `out`
+ * [B, H, Tq, Dh] and its row log-sum-exp `lse` [B, H, Tq], and the output gradient `dOut`
+ * [B, H, Tq, Dh].
+ */
+export interface AttentionBackwardInputs<S> extends AttentionInputs<S> {
+  out: S;
+  dOut: S;
+  lse: S;
+}
+
+/** The gradients of attention w.r.t. its operands: dq [B, H, Tq, Dh], dk and dv [B, Hkv, Tk, Dh]. */
+export interface AttentionGrads<S> {
+  dq: S;
+  dk: S;
+  dv: S;
+}
+
+/**
+ * Fused attention forward (online softmax, no [Tq, Tk] matrix in memory): out [B, H, Tq, Dh]
+ * and the row log-sum-exp of the scaled, masked scores lse [B, H, Tq], which the backward
+ * reuses. Kernels: src/kernels/attention.ts, attention.wgsl.ts, wasm/attention.wasm.ts.
+ */
+export const attentionOp = deviceOp<[ins: AttentionInputs<Storage>, g: AttentionGeometry], { out: Storage; lse: Storage }>("attention");
+
+/** Gradients of attention w.r.t. q, k, v given dOut, recomputing probabilities from lse. */
+export const attentionBackwardOp = deviceOp<[ins: AttentionBackwardInputs<Storage>, g: AttentionGeometry], AttentionGrads<Storage>>("attentionBackward");
 
 export interface AttentionOptions {
   /** Causal mask (default true). */
@@ -309,12 +467,12 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOption
   const [qd, kd, vd] = [q, k, v].map((t) => (t.isDense() ? t : t.contiguous(true))) as [Tensor, Tensor, Tensor];
   const md = mask === null ? null : mask.isDense() ? mask : mask.contiguous(true);
   const ins = { q: qd.storage, k: kd.storage, v: vd.storage, keyMask: md?.storage ?? null };
-  const { out, lse } = be.attention(ins, geo);
+  const { out, lse } = be.run(attentionOp, ins, geo);
   const y = Tensor.fromStorage(be, out, q.shape);
   const lseT = Tensor.fromStorage(be, lse, [B, H, Tq]);
   record(y, "attention", [q, k, v], (g) => {
     const gd = g.isDense() ? g : g.contiguous(true);
-    const grads = be.attentionBackward({ ...ins, out: y.storage, dOut: gd.storage, lse: lseT.storage }, geo);
+    const grads = be.run(attentionBackwardOp, { ...ins, out: y.storage, dOut: gd.storage, lse: lseT.storage }, geo);
     release(gd, g);
     return [
       Tensor.fromStorage(be, grads.dq, q.shape),

@@ -1,10 +1,19 @@
 import { noGrad, record } from "../autograd.ts";
-import type { ReduceOp } from "../backend.ts";
+import type { Storage } from "../backend.ts";
+import { deviceOp } from "../backend.ts";
 import { DTypeError } from "../errors.ts";
 import { isFloat } from "../dtype.ts";
 import { normAxes, numel } from "../shape.ts";
 import { Tensor } from "../tensor.ts";
 import { broadcastView } from "./views.ts";
+
+export type ReduceOp = "sum" | "max";
+
+/**
+ * x: contiguous [rows, cols] -> [rows], reducing each row (max over no elements is a ShapeError).
+ * Kernels: src/kernels/reduce.ts, reduce.wgsl.ts.
+ */
+export const reduceRowsOp = deviceOp<[op: ReduceOp, x: Storage, rows: number, cols: number], Storage>("reduceRows");
 
 /**
  * Reductions over any set of axes, with keepdim. The reduced axes are moved last and made
@@ -28,7 +37,7 @@ function reduceAxes(op: ReduceOp, x: Tensor, axesIn: number | number[] | undefin
     x.offset,
   );
   const dense = moved.isDense() ? moved : moved.contiguous(true);
-  const out = x.backend.reduceRows(op, dense.storage, rows, cols);
+  const out = x.backend.run(reduceRowsOp, op, dense.storage, rows, cols);
   if (dense !== moved) dense.dispose();
   moved.dispose();
   const keptShape = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
