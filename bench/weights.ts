@@ -10,7 +10,7 @@ import { f32ToBf16, f32ToF16 } from "../src/tensor/half.ts";
 import { quantizeNf4 } from "../src/tensor/nf4.ts";
 import type { Storage } from "../src/tensor/backend.ts";
 import { matmulOp } from "../src/tensor/ops/matmul.ts";
-import { matmulWeightOp } from "../src/tensor/ops/nn.ts";
+import { matmulWeightOp } from "../src/tensor/ops/weights.ts";
 import type { CaseResult, Contender } from "./harness.ts";
 import { attempt, gpuTimer, measure } from "./harness.ts";
 import type { BenchContext } from "./kernels.ts";

@@ -34,19 +34,14 @@ export { UNARY, BINARY, UNARY_OPS, BINARY_OPS, unaryDef, binaryDef, type UnaryDe
 export { sum, mean, max } from "./tensor/ops/reduce.ts";
 export { reshape, permute, transpose, slice, expand, unsqueeze, squeeze, contiguous, concat } from "./tensor/ops/views.ts";
 export { matmul } from "./tensor/ops/matmul.ts";
-export {
-  softmax,
-  logSoftmax,
-  crossEntropy,
-  embedding,
-  linear,
-  rmsNorm,
-  rope,
-  attention,
-  dropout,
-  type CrossEntropyOptions,
-  type AttentionOptions,
-} from "./tensor/ops/nn.ts";
+export { softmax, logSoftmax } from "./tensor/ops/softmax.ts";
+export { crossEntropy, type CrossEntropyOptions } from "./tensor/ops/cross_entropy.ts";
+export { embedding } from "./tensor/ops/embedding.ts";
+export { linear } from "./tensor/ops/weights.ts";
+export { rmsNorm } from "./tensor/ops/rmsnorm.ts";
+export { rope } from "./tensor/ops/rope.ts";
+export { attention, type AttentionOptions } from "./tensor/ops/attention.ts";
+export { dropout } from "./tensor/ops/dropout.ts";
 export { SGD, AdamW, clipGradNorm, zeroGrad, type SgdOptions, type AdamWOptions } from "./tensor/optim.ts";
 
 // kernels

@@ -18,8 +18,11 @@ import type { BinaryOp, Storage, UnaryOp, View } from "../src/tensor/backend.ts"
 import { deviceOp } from "../src/tensor/backend.ts";
 import type { MatmulGeometry } from "../src/tensor/ops/matmul.ts";
 import { matmulOp } from "../src/tensor/ops/matmul.ts";
-import type { AttentionGeometry } from "../src/tensor/ops/nn.ts";
-import { attentionBackwardOp, attentionOp, crossEntropyBackwardOp, crossEntropyOp, rmsNormOp, softmaxOp } from "../src/tensor/ops/nn.ts";
+import type { AttentionGeometry } from "../src/tensor/ops/attention.ts";
+import { attentionBackwardOp, attentionOp } from "../src/tensor/ops/attention.ts";
+import { crossEntropyBackwardOp, crossEntropyOp } from "../src/tensor/ops/cross_entropy.ts";
+import { rmsNormOp } from "../src/tensor/ops/rmsnorm.ts";
+import { softmaxOp } from "../src/tensor/ops/softmax.ts";
 import { DeviceLimitError } from "../src/tensor/errors.ts";
 import { TEST_WASM_THREADS } from "./helpers/devices.ts";
 import { expectClose } from "./helpers/close.ts";

@@ -1,7 +1,7 @@
 import type { HostArray } from "../tensor/dtype.ts";
 import { ShapeError } from "../tensor/errors.ts";
-import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../tensor/ops/nn.ts";
-import { attentionBackwardOp, attentionOp } from "../tensor/ops/nn.ts";
+import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../tensor/ops/attention.ts";
+import { attentionBackwardOp, attentionOp } from "../tensor/ops/attention.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
 import type { CpuBackend } from "./cpu.ts";

@@ -1,7 +1,7 @@
 import type { Storage } from "../tensor/backend.ts";
 import { DeviceLimitError } from "../tensor/errors.ts";
-import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../tensor/ops/nn.ts";
-import { attentionBackwardOp, attentionOp } from "../tensor/ops/nn.ts";
+import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../tensor/ops/attention.ts";
+import { attentionBackwardOp, attentionOp } from "../tensor/ops/attention.ts";
 import { checkAttention, checkAttentionBackward } from "./attention.ts";
 import { registerKernel } from "./registry.ts";
 import type { WebGpuBackend, WebGpuStorage } from "./webgpu/backend.ts";

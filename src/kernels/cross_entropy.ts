@@ -1,7 +1,7 @@
 import type { HostArray } from "../tensor/dtype.ts";
 import { logSumExp } from "../tensor/logsumexp.ts";
-import type { CrossEntropyGeometry } from "../tensor/ops/nn.ts";
-import { crossEntropyBackwardOp, crossEntropyOp } from "../tensor/ops/nn.ts";
+import type { CrossEntropyGeometry } from "../tensor/ops/cross_entropy.ts";
+import { crossEntropyBackwardOp, crossEntropyOp } from "../tensor/ops/cross_entropy.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
 import type { CpuBackend } from "./cpu.ts";

@@ -1,5 +1,5 @@
-import type { CrossEntropyGeometry } from "../tensor/ops/nn.ts";
-import { crossEntropyBackwardOp, crossEntropyOp } from "../tensor/ops/nn.ts";
+import type { CrossEntropyGeometry } from "../tensor/ops/cross_entropy.ts";
+import { crossEntropyBackwardOp, crossEntropyOp } from "../tensor/ops/cross_entropy.ts";
 import { checkCrossEntropy } from "./cross_entropy.ts";
 import { registerKernel } from "./registry.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";

@@ -1,6 +1,6 @@
 import type { HostArray } from "../tensor/dtype.ts";
-import type { EmbeddingGeometry } from "../tensor/ops/nn.ts";
-import { gatherOp, scatterAddOp } from "../tensor/ops/nn.ts";
+import type { EmbeddingGeometry } from "../tensor/ops/embedding.ts";
+import { gatherOp, scatterAddOp } from "../tensor/ops/embedding.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
 import { expectDType, hostData } from "./host.ts";

@@ -1,5 +1,5 @@
-import type { EmbeddingGeometry } from "../tensor/ops/nn.ts";
-import { gatherOp, scatterAddOp } from "../tensor/ops/nn.ts";
+import type { EmbeddingGeometry } from "../tensor/ops/embedding.ts";
+import { gatherOp, scatterAddOp } from "../tensor/ops/embedding.ts";
 import { checkGather, checkScatterAdd } from "./embedding.ts";
 import { registerKernel } from "./registry.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";

@@ -1,6 +1,6 @@
 import type { HostArray } from "../tensor/dtype.ts";
-import type { RmsNormGeometry } from "../tensor/ops/nn.ts";
-import { rmsNormOp } from "../tensor/ops/nn.ts";
+import type { RmsNormGeometry } from "../tensor/ops/rmsnorm.ts";
+import { rmsNormOp } from "../tensor/ops/rmsnorm.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
 import type { CpuBackend } from "./cpu.ts";

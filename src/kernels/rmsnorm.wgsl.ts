@@ -1,5 +1,5 @@
-import type { RmsNormGeometry } from "../tensor/ops/nn.ts";
-import { rmsNormOp } from "../tensor/ops/nn.ts";
+import type { RmsNormGeometry } from "../tensor/ops/rmsnorm.ts";
+import { rmsNormOp } from "../tensor/ops/rmsnorm.ts";
 import { registerKernel } from "./registry.ts";
 import { checkRmsNorm } from "./rmsnorm.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";

@@ -1,7 +1,7 @@
 import type { HostArray } from "../tensor/dtype.ts";
 import { ShapeError } from "../tensor/errors.ts";
-import type { RopeGeometry } from "../tensor/ops/nn.ts";
-import { ropeOp } from "../tensor/ops/nn.ts";
+import type { RopeGeometry } from "../tensor/ops/rope.ts";
+import { ropeOp } from "../tensor/ops/rope.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
 import { floatArgs } from "./host.ts";

@@ -1,5 +1,5 @@
-import type { RopeGeometry } from "../tensor/ops/nn.ts";
-import { ropeOp } from "../tensor/ops/nn.ts";
+import type { RopeGeometry } from "../tensor/ops/rope.ts";
+import { ropeOp } from "../tensor/ops/rope.ts";
 import { registerKernel } from "./registry.ts";
 import { checkRope } from "./rope.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";

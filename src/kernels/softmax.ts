@@ -1,6 +1,6 @@
 import type { HostArray } from "../tensor/dtype.ts";
 import { logSumExp } from "../tensor/logsumexp.ts";
-import { softmaxOp } from "../tensor/ops/nn.ts";
+import { softmaxOp } from "../tensor/ops/softmax.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
 import type { CpuBackend } from "./cpu.ts";

@@ -1,4 +1,4 @@
-import { softmaxOp } from "../tensor/ops/nn.ts";
+import { softmaxOp } from "../tensor/ops/softmax.ts";
 import { registerKernel } from "./registry.ts";
 import { checkSoftmax } from "./softmax.ts";
 import type { GpuData, KernelHost } from "./webgpu/program.ts";

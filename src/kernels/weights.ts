@@ -1,5 +1,5 @@
 import { bf16ToF32, f16ToF32 } from "../tensor/half.ts";
-import { gatherWeightOp, matmulWeightOp } from "../tensor/ops/nn.ts";
+import { gatherWeightOp, matmulWeightOp } from "../tensor/ops/weights.ts";
 import type { HostWeight, WeightStorage } from "../tensor/weight.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";

@@ -1,4 +1,4 @@
-import { gatherWeightOp, matmulWeightOp } from "../tensor/ops/nn.ts";
+import { gatherWeightOp, matmulWeightOp } from "../tensor/ops/weights.ts";
 import type { PackedDType } from "../tensor/weight.ts";
 import { registerKernel } from "./registry.ts";
 import { checkMatmulWeight } from "./weights.ts";

@@ -1,7 +1,8 @@
 import { Linear, type DecoderLayer, type LinearLike, type LlamaModel } from "../model/llama.ts";
 import { LAYER_MODULES, layerPrefix, moduleName, type LoraPath, type ModuleName } from "../model/params.ts";
 import { rand, zeros } from "../tensor/ops/create.ts";
-import { dropout, linear } from "../tensor/ops/nn.ts";
+import { dropout } from "../tensor/ops/dropout.ts";
+import { linear } from "../tensor/ops/weights.ts";
 import { Rng } from "../tensor/random.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 

@@ -2,7 +2,8 @@ import type { LlamaModel } from "../model/llama.ts";
 import type { Backend } from "../tensor/backend.ts";
 import { noGrad } from "../tensor/autograd.ts";
 import { tensor } from "../tensor/ops/create.ts";
-import { crossEntropy, embedding } from "../tensor/ops/nn.ts";
+import { crossEntropy } from "../tensor/ops/cross_entropy.ts";
+import { embedding } from "../tensor/ops/embedding.ts";
 import { tidy } from "../tensor/scope.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 

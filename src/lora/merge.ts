@@ -5,7 +5,7 @@ import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, SINGLE_FILE, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { noGrad } from "../tensor/autograd.ts";
 import { arange } from "../tensor/ops/create.ts";
-import { embedding } from "../tensor/ops/nn.ts";
+import { embedding } from "../tensor/ops/embedding.ts";
 import { keep, tidy } from "../tensor/scope.ts";
 import { PackedWeight } from "../tensor/weight.ts";
 import { writeFileAtomic } from "../io/atomic.ts";

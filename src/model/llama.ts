@@ -1,7 +1,11 @@
 import type { Backend } from "../tensor/backend.ts";
 import { DeviceError, ShapeError, fmt } from "../tensor/errors.ts";
 import { tensor } from "../tensor/ops/create.ts";
-import { attention, embedding, linear, rmsNorm, rope, type WeightLike } from "../tensor/ops/nn.ts";
+import { attention } from "../tensor/ops/attention.ts";
+import { embedding } from "../tensor/ops/embedding.ts";
+import { linear, type WeightLike } from "../tensor/ops/weights.ts";
+import { rmsNorm } from "../tensor/ops/rmsnorm.ts";
+import { rope } from "../tensor/ops/rope.ts";
 import { concat } from "../tensor/ops/views.ts";
 import { checkpoint } from "../tensor/checkpoint.ts";
 import type { Rng } from "../tensor/random.ts";

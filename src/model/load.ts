@@ -5,7 +5,7 @@ import { DeviceLimitError } from "../tensor/errors.ts";
 import { f32ToBf16, f32ToF16 } from "../tensor/half.ts";
 import { dequantizeNf4, quantizeNf4 } from "../tensor/nf4.ts";
 import { tensor } from "../tensor/ops/create.ts";
-import type { WeightLike } from "../tensor/ops/nn.ts";
+import type { WeightLike } from "../tensor/ops/weights.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { PackedWeight, WEIGHT_COL_MULTIPLE, assertWeightDType, type HostWeight, type WeightDType } from "../tensor/weight.ts";
 import { resolveModel, type HubOptions } from "./hub.ts";

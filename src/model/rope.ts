@@ -12,7 +12,7 @@ import { CheckpointError } from "./safetensors.ts";
  *    inv_freq [Dh/2] (`ropeInvFreq`, float64, scaling applied);
  * 2. the attention mask gives each new token's position (`positionIds`, [B][T]);
  * 3. `ropeTables` turns both into cos and sin [Bc, T, Dh/2] f32 on the device, which the
- *    tensor op `rope` (src/tensor/ops/nn.ts, with its backward) applies to q and k
+ *    tensor op `rope` (src/tensor/ops/rope.ts, with its backward) applies to q and k
  *    [B, H, T, Dh] through the backend's `rope` kernel (RopeGeometry; src/kernels/rope.ts is
  *    the reference, rope.wgsl.ts the WGSL).
  *

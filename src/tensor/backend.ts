@@ -58,7 +58,7 @@ export type { BinaryOp, UnaryOp };
  * A fused device op (matmul, softmax, RMSNorm, attention, ...): its name, and as types only
  * its operands `Args` (storages first, then one geometry object) and its result `Out`. The
  * tensor-level op that calls it declares it beside its geometry type (`rmsNormOp` in
- * src/tensor/ops/nn.ts); each device's kernel file registers its implementation under it
+ * src/tensor/ops/rmsnorm.ts); each device's kernel file registers its implementation under it
  * (src/kernels/registry.ts), and `Backend.run` runs that implementation.
  */
 export interface DeviceOp<Args extends readonly unknown[], Out> {

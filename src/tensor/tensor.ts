@@ -9,7 +9,7 @@ import { BINARY_OPS, UNARY_OPS, unaryDef, type BinaryOp, type UnaryMethod } from
 import * as red from "./ops/reduce.ts";
 import * as vw from "./ops/views.ts";
 import * as mm from "./ops/matmul.ts";
-import * as nn from "./ops/nn.ts";
+import * as sm from "./ops/softmax.ts";
 import { fullLike } from "./ops/create.ts";
 
 /**
@@ -210,15 +210,15 @@ export class Tensor implements Disposable, View {
     return vw.contiguous(this, force);
   }
 
-  // ---- linear algebra and nn (ops/matmul.ts, ops/nn.ts) ----
+  // ---- linear algebra and softmax (ops/matmul.ts, ops/softmax.ts) ----
   matmul(b: Tensor): Tensor {
     return mm.matmul(this, b);
   }
   softmax(): Tensor {
-    return nn.softmax(this);
+    return sm.softmax(this);
   }
   logSoftmax(): Tensor {
-    return nn.logSoftmax(this);
+    return sm.logSoftmax(this);
   }
 }
 

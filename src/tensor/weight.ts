@@ -12,8 +12,8 @@ import { track, type Disposable } from "./scope.ts";
  * device. Activations, LoRA weights, gradients and optimizer state stay f32 tensors.
  *
  * A PackedWeight is not a Tensor: it has no strides, no autograd of its own (it is frozen;
- * gradients flow through it to its input) and only the ops of src/tensor/ops/nn.ts that take
- * a weight accept it (`linear`, `embedding`).
+ * gradients flow through it to its input) and only the ops that take a weight accept it
+ * (`linear` in src/tensor/ops/weights.ts, `embedding` in src/tensor/ops/embedding.ts).
  */
 
 /** How a weight is stored: "f32" is an ordinary Tensor; the others are PackedWeights. */

@@ -1,6 +1,7 @@
 import { expect } from "vitest";
 import type { Backend } from "../../src/tensor/backend.ts";
-import { attention, crossEntropy } from "../../src/tensor/ops/nn.ts";
+import { attention } from "../../src/tensor/ops/attention.ts";
+import { crossEntropy } from "../../src/tensor/ops/cross_entropy.ts";
 import { tensor } from "../../src/tensor/ops/create.ts";
 import { tidy } from "../../src/tensor/scope.ts";
 

@@ -1,6 +1,6 @@
 import type { DType, HostArray } from "../../tensor/dtype.ts";
-import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../../tensor/ops/nn.ts";
-import { attentionBackwardOp, attentionOp } from "../../tensor/ops/nn.ts";
+import type { AttentionBackwardInputs, AttentionGeometry, AttentionGrads, AttentionInputs } from "../../tensor/ops/attention.ts";
+import { attentionBackwardOp, attentionOp } from "../../tensor/ops/attention.ts";
 import { attentionBackwardOnHost, attentionBackwardRef, attentionOnHost, attentionRef } from "../attention.ts";
 import { registerKernel } from "../registry.ts";
 import type { WasmBackend } from "./backend.ts";

@@ -1,6 +1,8 @@
 import type { HostArray } from "../../tensor/dtype.ts";
-import type { CrossEntropyGeometry } from "../../tensor/ops/nn.ts";
-import { crossEntropyBackwardOp, crossEntropyOp, rmsNormOp, softmaxOp } from "../../tensor/ops/nn.ts";
+import type { CrossEntropyGeometry } from "../../tensor/ops/cross_entropy.ts";
+import { crossEntropyBackwardOp, crossEntropyOp } from "../../tensor/ops/cross_entropy.ts";
+import { rmsNormOp } from "../../tensor/ops/rmsnorm.ts";
+import { softmaxOp } from "../../tensor/ops/softmax.ts";
 import { crossEntropyBackwardOnHost, crossEntropyBackwardRef, crossEntropyOnHost, crossEntropyRef, crossEntropyTarget } from "../cross_entropy.ts";
 import { registerKernel } from "../registry.ts";
 import { rmsNormOnHost, rmsNormRef } from "../rmsnorm.ts";
