@@ -2,7 +2,8 @@
  * qalign's host-neutral core, with nothing that needs Node: tensors, autograd, optimizers, the
  * devices (cpu, wasm, webgpu on Dawn in Node or on the page's navigator.gpu in a browser), the
  * I/O interface (io/files.ts) with its browser implementations, checkpoint and tokenizer
- * loading through it, the Llama-family model, generation, LoRA layers and the training loss.
+ * loading through it, the Llama-family model, generation, LoRA layers, the training loss, the
+ * trainer with its checkpoints, PEFT adapters and merging (all through Files).
  * Both entries re-export it: the Node one (index.ts, `qalign`) and the browser one (browser.ts,
  * what `qalign` resolves to under the `browser` condition).
  *
@@ -75,6 +76,17 @@ export {
 export { saveAdapter, loadAdapter, readAdapterConfig, peftConfigJson, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, IMPLEMENTED_ADAPTER_KEYS, REFUSED_ADAPTER_KEYS } from "./lora/peft.ts";
 export { collate, targetNllSum, meanTargetLoss, type Example, type Batch } from "./lora/loss.ts";
 export { cosineWithWarmup, warmupSteps } from "./lora/schedule.ts";
+export { mergeLora, saveMergedModel } from "./lora/merge.ts";
+export {
+  readQuestionPairs,
+  splitPairs,
+  encodePairs,
+  truncatedLengths,
+  type QuestionPair,
+  type SplitOptions,
+} from "./lora/data.ts";
+export { train, optimizerStep, TRAIN_DEFAULTS, type TrainOptions, type RunOptions, type StepInfo, type TrainResult } from "./lora/trainer.ts";
+export { trainOnPairs, type TrainingRecipe, type RecipeData, type RecipeResult } from "./lora/recipe.ts";
 
 // interp
 export { lensLogits, softmaxRow, entropyOf, topK, type LensToken } from "./interp/lens.ts";

@@ -15,19 +15,6 @@ export { sha256, sha256File, sha256SafetensorsHeader, type Provenance } from "./
 // model (Node: the tiny checkpoint, written to the cache folder)
 export { ensureTinyModel, writeTinyModel, TINY_CONFIG } from "./model/tiny.ts";
 export { downloadModel, isHubName, nodeStore } from "./model/hub_node.ts";
-// lora (Node: adapters, merged models and question files on disk, the training loop)
-export { mergeLora, saveMergedModel } from "./lora/merge.ts";
-export {
-  readQuestionPairs,
-  splitPairs,
-  encodePairs,
-  truncatedLengths,
-  type QuestionPair,
-  type SplitOptions,
-} from "./lora/data.ts";
-export { train, optimizerStep, TRAIN_DEFAULTS, type TrainOptions, type RunOptions, type StepInfo, type TrainResult } from "./lora/trainer.ts";
-export { trainOnPairs, type TrainingRecipe, type RecipeData, type RecipeResult } from "./lora/recipe.ts";
-
 // eval
 export { LANGUAGES, LANGUAGE_NAMES, isLang, parseLangs, type Lang } from "./eval/languages.ts";
 export { TASKS, getTask, type TaskId, type TaskSpec, type InputField } from "./eval/tasks.ts";

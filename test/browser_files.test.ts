@@ -14,6 +14,8 @@ import { getDevice } from "../src/kernels/devices.ts";
 import { loadModel } from "../src/model/load.ts";
 import { applyLora } from "../src/lora/layer.ts";
 import { saveAdapter, setAdapterWeights } from "../src/lora/peft.ts";
+import { train } from "../src/lora/trainer.ts";
+import { Rng } from "../src/tensor/random.ts";
 import { tensor } from "../src/tensor/ops/create.ts";
 import { noGrad } from "../src/tensor/autograd.ts";
 
@@ -44,7 +46,8 @@ async function scenario(files: Files, dir: string): Promise<Record<string, unkno
   const out: Record<string, unknown> = {};
   const record = async (key: string, op: () => Promise<unknown>) => {
     try {
-      out[key] = (await op()) ?? "done";
+      const value = await op();
+      out[key] = value === undefined ? "done" : value;
     } catch {
       out[key] = "error";
     }
@@ -104,6 +107,30 @@ async function scenario(files: Files, dir: string): Promise<Record<string, unkno
   await record("list", () => files.list(sub));
   await record("list nested", () => files.list(files.join(sub, "deeper")));
   await record("list a file", () => files.list(a));
+  // A folder replaced as a whole: absent, built, a failed rebuild (the old one stays), rebuilt.
+  const ck = files.join(dir, "ck");
+  const fill = (names: string[]) => async (tmp: string) => {
+    for (const n of names) await files.writeAtomic(files.join(tmp, n), [`${n} in a new folder`]);
+  };
+  await record("latestDir of none", () => files.latestDir(ck));
+  await record("replaceDir new", () => files.replaceDir(ck, fill(["state.json", "weights.bin"])));
+  await record("latestDir is the folder", async () => (await files.latestDir(ck)) === ck);
+  await record("list replaced", () => files.list(ck));
+  await record("replaceDir that fails", () =>
+    files.replaceDir(ck, async (tmp) => {
+      await files.writeAtomic(files.join(tmp, "state.json"), ["half"]);
+      throw new Error("the writer failed");
+    }),
+  );
+  await record("after a failed replaceDir", async () => ({ list: await files.list(ck), state: await files.readText(files.join(ck, "state.json")), beside: await files.list(dir) }));
+  await record("replaceDir again", () => files.replaceDir(ck, fill(["other.json"])));
+  await record("after replaceDir again", async () => ({ list: await files.list(ck), beside: await files.list(dir) }));
+  await record("replaceDir with nothing written", () => files.replaceDir(files.join(dir, "empty-ck"), async () => undefined));
+  await record("empty folder", () => files.list(files.join(dir, "empty-ck")));
+  await record("remove a folder", () => files.remove(ck));
+  await record("remove a file", () => files.remove(b));
+  await record("remove nothing", () => files.remove(files.join(dir, "none")));
+  await record("after removes", async () => ({ beside: await files.list(dir), deeper: await files.list(files.join(sub, "deeper")), latest: await files.latestDir(ck) }));
   return out;
 }
 
@@ -118,16 +145,17 @@ describe("Files in headless Chromium", () => {
           const run = (0, eval)(`(${source})`);
           const root = await (globalThis as unknown as { navigator: { storage: { getDirectory(): Promise<any> } } }).navigator.storage.getDirectory();
           // The same root with FileSystemFileHandle.move hidden, so writeAtomic takes its copy path.
+          const file = (h: any) => ({ kind: "file", name: h.name, getFile: () => h.getFile(), createWritable: (w?: object) => h.createWritable(w) });
           const noMove = (dir: any): any => ({
             kind: "directory",
             name: dir.name,
             getDirectoryHandle: async (n: string, o?: object) => noMove(await dir.getDirectoryHandle(n, o)),
-            getFileHandle: async (n: string, o?: object) => {
-              const h = await dir.getFileHandle(n, o);
-              return { kind: "file", name: h.name, getFile: () => h.getFile(), createWritable: (w?: object) => h.createWritable(w) };
-            },
+            getFileHandle: async (n: string, o?: object) => file(await dir.getFileHandle(n, o)),
             removeEntry: (n: string, o?: object) => dir.removeEntry(n, o),
             keys: () => dir.keys(),
+            entries: async function* () {
+              for await (const [n, h] of dir.entries()) yield [n, h.kind === "directory" ? noMove(h) : file(h)];
+            },
           });
           for (const name of ["moved", "copied"]) await root.removeEntry(name, { recursive: true }).catch(() => undefined);
           const hasMove = typeof (await root.getFileHandle("probe", { create: true })).move === "function";
@@ -148,6 +176,27 @@ describe("Files in headless Chromium", () => {
     } finally {
       rmSync(tmp, { recursive: true, force: true });
     }
+  });
+
+  it("OPFS replaceDir stopped at any step leaves latestDir a complete folder, and the next one cleans up", async () => {
+    const r = await page.evaluate(async () => {
+      const files = (globalThis as unknown as PageGlobals).qa.opfsFiles();
+      await files.remove("crash");
+      await files.replaceDir("crash/ck", async (tmp: string) => void (await files.writeAtomic(`${tmp}/state.json`, ["1"])));
+      // Stopped mid-fill: a temporary folder with no marker beside the complete folder.
+      await files.writeAtomic("crash/ck.tmp-0000000000aaaa/state.json", ["half"]);
+      const midFill = await files.latestDir("crash/ck");
+      // Stopped mid-copy: a marked, complete temporary folder and a partial ck.
+      await files.writeAtomic("crash/ck.tmp-0000000000bbbb/state.json", ["2"]);
+      await files.writeAtomic("crash/ck.tmp-0000000000bbbb/weights.bin", ["w2"]);
+      await files.writeAtomic("crash/ck.tmp-0000000000bbbb.complete", []);
+      await files.remove("crash/ck/state.json");
+      const midCopy = await files.latestDir("crash/ck");
+      const readBack = await files.readText(`${midCopy}/state.json`);
+      await files.replaceDir("crash/ck", async (tmp: string) => void (await files.writeAtomic(`${tmp}/state.json`, ["3"])));
+      return { midFill, midCopy, readBack, after: await files.latestDir("crash/ck"), state: await files.readText("crash/ck/state.json"), beside: await files.list("crash") };
+    });
+    expect(r).toEqual({ midFill: "crash/ck", midCopy: "crash/ck.tmp-0000000000bbbb", readBack: "2", after: "crash/ck", state: "3", beside: ["ck"] });
   });
 
   it("a mounted Files reads a checkpoint over HTTP and writes to the OPFS, each path on its own source", async () => {
@@ -244,6 +293,84 @@ describe("a PEFT adapter trained in the page, through the OPFS", () => {
       const logits = Array.from(await noGrad(() => model.forward(ids)).logits!.data());
       model.dispose();
       expect(maxAbs(logits.map((v, i) => v - r.reloaded[i]!))).toBeLessThanOrEqual(1e-4 * maxAbs(logits));
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the trainer in the page, its checkpoints on the OPFS", () => {
+  it("a run stopped after step 5 and resumed from its OPFS checkpoint writes the adapter an unstopped run writes, as Node does", async () => {
+    // As test/lora_train.test.ts's checkpoint test, on the cpu device (bit-for-bit resume):
+    // 10 examples, batch 2, accumulation 2, 2 epochs = 6 steps, a checkpoint every 2.
+    const synthetic = (n: number, seed: number) => {
+      const rng = new Rng(seed);
+      return Array.from({ length: n }, () => {
+        const len = 5 + rng.int(7);
+        return { ids: Array.from({ length: len }, () => 3 + rng.int(300)), promptLen: 1 + rng.int(len - 2) };
+      });
+    };
+    const data = { train: synthetic(10, 7), val: synthetic(3, 8) };
+    const opts = { lr: 1e-2, epochs: 2, batchSize: 2, gradAccum: 2, saveSteps: 2, seed: 3 };
+    const lora = { target_modules: ["q_proj", "v_proj", "down_proj"], lora_dropout: 0.1, seed: 5 };
+    const r = await page.evaluate(
+      async (data: unknown, opts: Record<string, number>, lora: Record<string, unknown>) => {
+        const qa = (globalThis as unknown as PageGlobals).qa;
+        const files = qa.opfsFiles();
+        await files.remove("train");
+        const device = await qa.getDevice("cpu");
+        const run = async (outDir: string, extra: Record<string, unknown> = {}) => {
+          const model = await qa.loadModel("/models/llama-untied", { device });
+          const adapter = qa.applyLora(model, lora);
+          try {
+            return await qa.train(model, adapter, data, { ...opts, outDir, files, ...extra });
+          } finally {
+            model.dispose();
+          }
+        };
+        const bytes = async (file: string) => {
+          const f = await files.open(file);
+          return Array.from(await f.read(0, f.size)) as number[];
+        };
+        const whole = await run("train/whole");
+        const stopped = await run("train/split", { onStep: (s: { step: number }) => { if (s.step === 5) throw new Error("stopped"); } }).catch((e: Error) => e.message);
+        const checkpoint = await files.list("train/split/checkpoint");
+        const state = JSON.parse(await files.readText("train/split/checkpoint/trainer_state.json"));
+        const refused = await run("train/split").catch((e: Error) => e.name);
+        const resumed = await run("train/split", { resume: true });
+        return {
+          stopped,
+          checkpoint,
+          state: { step: state.step, adamStep: state.adamStep },
+          refused,
+          historyEqual: JSON.stringify(resumed.history) === JSON.stringify(whole.history),
+          wholeFolder: await files.list("train/whole"),
+          whole: await bytes("train/whole/adapter_model.safetensors"),
+          split: await bytes("train/split/adapter_model.safetensors"),
+        };
+      },
+      data,
+      opts,
+      lora,
+    );
+    expect(r.stopped).toBe("stopped");
+    expect(r.checkpoint).toEqual(["adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"]);
+    expect(r.state).toEqual({ step: 4, adamStep: 4 });
+    expect(r.refused).toBe("CheckpointError"); // no resume: the checkpoint is not clobbered
+    expect(r.historyEqual).toBe(true);
+    expect(r.wholeFolder).toEqual(["adapter_config.json", "adapter_model.safetensors"]); // the checkpoint is removed at the end
+    expect(r.split).toEqual(r.whole);
+    // The same run on Node's cpu device and files: the same adapter bytes (the same TypeScript
+    // arithmetic in float32/float64, on V8 in both hosts).
+    const tmp = mkdtempSync(join(tmpdir(), "qalign-train-"));
+    try {
+      const model = await loadModel(fixtureDir("llama-untied"), { device: await getDevice("cpu") });
+      await train(model, applyLora(model, lora), data, { ...opts, outDir: tmp, files: nodeFiles });
+      model.dispose();
+      const f = await nodeFiles.open(join(tmp, "adapter_model.safetensors"));
+      const node = Array.from(await f.read(0, f.size));
+      await f.close();
+      expect(r.whole).toEqual(node);
     } finally {
       rmSync(tmp, { recursive: true, force: true });
     }

@@ -40,6 +40,41 @@ export interface Files {
   writeAtomic(path: string, chunks: Iterable<Uint8Array | string> | AsyncIterable<Uint8Array | string>): Promise<void>;
   /** The names of the entries of folder `dir`, sorted. @throws Error when it cannot be listed. */
   list(dir: string): Promise<string[]>;
+  /**
+   * Builds folder `dir` as a whole (a training checkpoint, a merged model): `fill` writes a fresh
+   * temporary folder, the path it is given, which then takes the place of `dir`. At every point
+   * {@link latestDir} names a complete folder: the old one until the new one is whole, then the
+   * new one; a writer stopped at any step (a crash, a closed tab) leaves no mix of the two.
+   * @throws what `fill` throws (its temporary folder is removed); Error where the host cannot write
+   */
+  replaceDir(dir: string, fill: (tmp: string) => Promise<void>): Promise<void>;
+  /**
+   * The complete folder that the last {@link replaceDir} of `dir` left: `dir`, or the complete
+   * copy beside it that a writer stopped mid-swap left; null when there is none. (Node: like
+   * `existsSync`, a file at `dir` counts.)
+   * @throws Error where the host cannot tell (a folder over HTTP)
+   */
+  latestDir(dir: string): Promise<string | null>;
+  /** Removes the file or folder at `path` with everything in it; nothing when there is none. @throws Error where the host cannot write */
+  remove(path: string): Promise<void>;
+}
+
+/** Copies go in pieces of this many bytes, so a copy holds one piece in memory. */
+const COPY_CHUNK = 64 << 20;
+
+/**
+ * Copies file `from` to `to` within `files`, atomically (writeAtomic), a piece at a time.
+ * @throws Error naming the file that cannot be read or written
+ */
+export async function copyFile(files: Files, from: string, to: string): Promise<void> {
+  const src = await files.open(from);
+  try {
+    await files.writeAtomic(to, (async function* () {
+      for (let at = 0; at < src.size; at += COPY_CHUNK) yield await src.read(at, Math.min(src.size, at + COPY_CHUNK));
+    })());
+  } finally {
+    await src.close();
+  }
 }
 
 /** `dir` + "/" + `name` (just `name` in the root ""): how paths join where they are slash-separated names (picked files, the OPFS). */

@@ -17,9 +17,9 @@ export function mountedFiles(mounts: Readonly<Record<string, Files>>): Files {
     return [mounts[prefix]!, prefix, path.slice(prefix.length)];
   };
   /** `op` on the mount of `path`, its synchronous routing error as a rejected promise. */
-  const on = async <T>(path: string, op: (files: Files, rest: string) => Promise<T>): Promise<T> => {
-    const [files, , rest] = route(path);
-    return op(files, rest);
+  const on = async <T>(path: string, op: (files: Files, rest: string, prefix: string) => Promise<T>): Promise<T> => {
+    const [files, prefix, rest] = route(path);
+    return op(files, rest, prefix);
   };
   return {
     join(dir, name) {
@@ -31,5 +31,11 @@ export function mountedFiles(mounts: Readonly<Record<string, Files>>): Files {
     readText: (path) => on(path, (f, p) => f.readText(p)),
     writeAtomic: (path, chunks) => on(path, (f, p) => f.writeAtomic(p, chunks)),
     list: (dir) => on(dir, (f, p) => f.list(p)),
+    replaceDir: (dir, fill) => on(dir, (f, p, prefix) => f.replaceDir(p, (tmp) => fill(prefix + tmp))),
+    latestDir: (dir) => on(dir, async (f, p, prefix) => {
+      const found = await f.latestDir(p);
+      return found === null ? null : prefix + found;
+    }),
+    remove: (path) => on(path, (f, p) => f.remove(p)),
   };
 }

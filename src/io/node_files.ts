@@ -1,7 +1,8 @@
 import { existsSync, statSync } from "node:fs";
-import { open, readFile, readdir } from "node:fs/promises";
+import { open, readFile, readdir, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { writeAtomic } from "./atomic.ts";
+import { latestDir, replaceDirAtomic } from "./atomic_dir.ts";
 import { makeDirs } from "./make_dirs.ts";
 import type { ByteReader, Files } from "./files.ts";
 
@@ -49,4 +50,12 @@ export const nodeFiles: Files = {
   async list(dir) {
     return (await readdir(dir)).sort();
   },
+  replaceDir(dir, fill) {
+    return replaceDirAtomic(dir, async (tmp) => {
+      await makeDirs(tmp);
+      await fill(tmp);
+    });
+  },
+  latestDir: async (dir) => latestDir(dir),
+  remove: (path) => rm(path, { recursive: true, force: true }),
 };

@@ -30,6 +30,7 @@ export interface OpfsDirectory {
   getFileHandle(name: string, options?: { create?: boolean }): Promise<FileHandle>;
   removeEntry(name: string, options?: { recursive?: boolean }): Promise<void>;
   keys(): AsyncIterable<string>;
+  entries(): AsyncIterable<[string, FileHandle | OpfsDirectory]>;
 }
 
 /** The OPFS root of the page (navigator.storage.getDirectory()). @throws Error where the host has none (Node, an old browser). */
@@ -58,6 +59,50 @@ function tmpName(name: string): string {
   return `.${name}.${random}.tmp`;
 }
 
+/** Orders temporary folders by creation: a fixed-width time stamp, then a counter within this page. */
+let sequence = 0;
+function stamp(): string {
+  return `${Date.now().toString(36).padStart(10, "0")}${(sequence++ % 36 ** 4).toString(36).padStart(4, "0")}`;
+}
+
+/** Copies folder `src`'s files and folders into `dest`, recursively. */
+async function copyTree(src: OpfsDirectory, dest: OpfsDirectory): Promise<void> {
+  for await (const [name, handle] of src.entries()) {
+    if (handle.kind === "directory") {
+      await copyTree(handle, await dest.getDirectoryHandle(name, { create: true }));
+    } else {
+      const out = await (await dest.getFileHandle(name, { create: true })).createWritable();
+      await out.write(await handle.getFile());
+      await out.close();
+    }
+  }
+}
+
+/** The names of folder `dir`'s entries, sorted. */
+async function namesOf(dir: OpfsDirectory): Promise<string[]> {
+  const names: string[] = [];
+  for await (const n of dir.keys()) names.push(n);
+  return names.sort();
+}
+
+/**
+ * `path`'s folder segments and last name.
+ * @throws Error naming the path and `what` was asked of it when it is the root
+ */
+function lastName(path: string, what: string): [string[], string] {
+  const parts = segments(path);
+  const name = parts.pop();
+  if (name === undefined) throw new Error(`${path}: the OPFS root is a folder, it cannot be ${what}`);
+  return [parts, name];
+}
+
+/** Removes entry `name` of `dir` with everything in it, when there is one. */
+async function removeIfThere(dir: OpfsDirectory, name: string): Promise<void> {
+  await dir.removeEntry(name, { recursive: true }).catch((e: unknown) => {
+    if (!isMissing(e)) throw e;
+  });
+}
+
 /**
  * Files on the OPFS (see above), under `root` (default: the page's OPFS root, asked for on first
  * use). Behaves as Node's files (node_files.ts) on the same operations: `list` gives a folder's
@@ -73,6 +118,12 @@ function tmpName(name: string): string {
  * reader lists the temporary sibling while the write runs. A File from an earlier `open` is a
  * snapshot: once the file is replaced, reading it fails (Chrome: NotReadableError) rather than
  * mixing old and new bytes.
+ *
+ * replaceDir cannot rename a folder (no browser moves an OPFS folder), so a complete temporary
+ * folder `<dir>.tmp-<stamp>` is marked by an empty sibling file `<dir>.tmp-<stamp>.complete`
+ * (one file creation: the commit), then copied over `dir`, then unmarked and removed. While
+ * a marked folder exists latestDir names it (the newest, if a crash left several), else `dir`:
+ * a complete folder at every step. The copy costs the folder's size once more.
  */
 export function opfsFiles(root?: OpfsDirectory): Files {
   let top: Promise<OpfsDirectory> | null = null;
@@ -86,9 +137,7 @@ export function opfsFiles(root?: OpfsDirectory): Files {
   };
   /** The folder holding the file at `path`, and the file's name. @throws Error naming the path for the root itself. */
   const parentOf = async (path: string, create: boolean): Promise<[OpfsDirectory, string]> => {
-    const parts = segments(path);
-    const name = parts.pop();
-    if (name === undefined) throw new Error(`${path}: the OPFS root is a folder, not a file`);
+    const [parts, name] = lastName(path, "read or written as a file");
     return [await folder(parts, create), name];
   };
   /** The file at `path`, or null when it is missing or a folder. */
@@ -149,15 +198,60 @@ export function opfsFiles(root?: OpfsDirectory): Files {
       }
       await dir.removeEntry(tmp);
     },
-    async list(dir) {
-      const names: string[] = [];
+    async replaceDir(dir, fill) {
+      const [parts, name] = lastName(dir, "replaced");
+      const parent = await folder(parts, true);
+      const names = await namesOf(parent);
+      const prefix = `${name}.tmp-`;
+      const marked = names.filter((n) => n.startsWith(prefix) && n.endsWith(".complete")).map((n) => n.slice(0, -".complete".length));
+      // Temporary folders no marker vouches for are what a writer stopped mid-fill left.
+      for (const n of names) if (n.startsWith(prefix) && !n.endsWith(".complete") && !marked.includes(n)) await removeIfThere(parent, n);
+      const tmpName = `${prefix}${stamp()}`;
+      const tmp = await parent.getDirectoryHandle(tmpName, { create: true });
       try {
-        const handle = await folder(segments(dir), false);
-        for await (const n of handle.keys()) names.push(n);
+        await fill(joinSlash(parts.join("/"), tmpName));
+      } catch (e) {
+        await removeIfThere(parent, tmpName);
+        throw e;
+      }
+      await parent.getFileHandle(`${tmpName}.complete`, { create: true }); // the commit
+      for (const n of marked) {
+        await removeIfThere(parent, `${n}.complete`);
+        await removeIfThere(parent, n);
+      }
+      await removeIfThere(parent, name);
+      await copyTree(tmp, await parent.getDirectoryHandle(name, { create: true }));
+      await parent.removeEntry(`${tmpName}.complete`);
+      await removeIfThere(parent, tmpName);
+    },
+    async latestDir(dir) {
+      const [parts, name] = lastName(dir, "replaced");
+      let names: string[];
+      try {
+        names = await namesOf(await folder(parts, false));
+      } catch (e) {
+        if (isMissing(e)) return null;
+        throw e;
+      }
+      const prefix = `${name}.tmp-`;
+      const marked = names.filter((n) => n.startsWith(prefix) && n.endsWith(".complete") && names.includes(n.slice(0, -".complete".length)));
+      if (marked.length > 0) return joinSlash(parts.join("/"), marked.sort().at(-1)!.slice(0, -".complete".length));
+      return names.includes(name) ? dir : null;
+    },
+    async remove(path) {
+      const [parts, name] = lastName(path, "removed");
+      try {
+        await removeIfThere(await folder(parts, false), name);
+      } catch (e) {
+        if (!isMissing(e)) throw e;
+      }
+    },
+    async list(dir) {
+      try {
+        return await namesOf(await folder(segments(dir), false));
       } catch (e) {
         throw isMissing(e) ? new Error(`${dir}: no such folder in the OPFS`) : e;
       }
-      return names.sort();
     },
   };
 }

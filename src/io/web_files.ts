@@ -14,6 +14,11 @@ function readOnly(path: string): never {
   throw new Error(`${path}: this source is read-only (a web server or picked files); write with Node's files instead`);
 }
 
+/** What asking after a folder over HTTP gets. */
+function unlistable(url: string): Error {
+  return new Error(`${url}: a folder cannot be listed over HTTP; name its files`);
+}
+
 /** A fetch that must succeed. @throws Error naming the URL and the HTTP status. */
 async function fetchOk(url: string, init?: RequestInit): Promise<Response> {
   const res = await fetch(url, init);
@@ -57,7 +62,10 @@ export function urlFiles(base: string = (globalThis as { location?: { href: stri
       return (await fetchOk(abs(path))).text();
     },
     writeAtomic: (path) => Promise.resolve().then(() => readOnly(abs(path))),
-    list: (dir) => Promise.reject(new Error(`${abs(dir)}: a folder cannot be listed over HTTP; name its files`)),
+    list: (dir) => Promise.reject(unlistable(abs(dir))),
+    replaceDir: (dir) => Promise.resolve().then(() => readOnly(abs(dir))),
+    latestDir: (dir) => Promise.reject(unlistable(abs(dir))),
+    remove: (path) => Promise.resolve().then(() => readOnly(abs(path))),
   };
 }
 
@@ -89,5 +97,9 @@ export function blobFiles(picked: ReadonlyMap<string, Blob>): Files {
       const prefix = dir === "" ? "" : `${dir.replace(/\/$/, "")}/`;
       return [...picked.keys()].filter((p) => p.startsWith(prefix) && !p.slice(prefix.length).includes("/")).map((p) => p.slice(prefix.length)).sort();
     },
+    replaceDir: (dir) => Promise.resolve().then(() => readOnly(dir)),
+    // A picked folder holds its files' paths only: it exists when a picked path is inside it.
+    latestDir: async (dir) => ([...picked.keys()].some((p) => p.startsWith(`${dir.replace(/\/$/, "")}/`)) ? dir : null),
+    remove: (path) => Promise.resolve().then(() => readOnly(path)),
   };
 }

@@ -1,17 +1,14 @@
-import { mkdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
 import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import type { AdamW } from "../tensor/optim.ts";
-import { writeFileAtomic } from "../io/atomic.ts";
-import { latestDir, replaceDirAtomic } from "../io/atomic_dir.ts";
+import { hostFiles, type Files } from "../io/files.ts";
 import type { LoraAdapter } from "./layer.ts";
 import { readAdapterWeights, saveAdapter, setAdapterWeights } from "./peft.ts";
 
 /**
  * Training checkpoints: everything a run needs to continue bit for bit on the cpu device.
- * A checkpoint is a folder, replaced atomically as a whole (src/io/atomic_dir.ts), holding
+ * A checkpoint is a folder, replaced atomically as a whole (`Files.replaceDir`, io/files.ts), holding
  *   adapter_config.json, adapter_model.safetensors   the adapter, in PEFT layout (loadable as is)
  *   optimizer.safetensors   AdamW moments, `<PEFT key>.exp_avg` and `.exp_avg_sq` (torch's names), F32
  *   trainer_state.json      {@link TrainerState} plus the AdamW step count and the run's settings
@@ -52,6 +49,7 @@ export interface TrainerState {
 /**
  * Writes a checkpoint folder `dir` atomically.
  * @param settings the run's settings, compared on resume (see {@link loadCheckpoint})
+ * @param files where to write (default: the host's, io/files.ts)
  */
 export async function saveCheckpoint(
   dir: string,
@@ -60,18 +58,19 @@ export async function saveCheckpoint(
   state: TrainerState,
   settings: Record<string, unknown>,
   baseModel: string | null,
+  files?: Files,
 ): Promise<void> {
+  const host = files ?? (await hostFiles());
   const moments: Record<string, TensorToWrite> = {};
   for (const [key, p] of adapter.namedParams()) {
     const { m, v } = opt.state(p);
     moments[`${key}.exp_avg`] = { dtype: "F32", shape: [...p.shape], data: Float32Array.from(await m.data()) };
     moments[`${key}.exp_avg_sq`] = { dtype: "F32", shape: [...p.shape], data: Float32Array.from(await v.data()) };
   }
-  await replaceDirAtomic(dir, async (tmp) => {
-    await mkdir(tmp, { recursive: true });
-    await saveAdapter(adapter, tmp, baseModel);
-    await writeSafetensors(join(tmp, OPTIMIZER_FILE), moments);
-    await writeFileAtomic(join(tmp, STATE_FILE), JSON.stringify({ version: 1, adamStep: opt.stepCount, settings, ...state }));
+  await host.replaceDir(dir, async (tmp) => {
+    await saveAdapter(adapter, tmp, baseModel, host);
+    await writeSafetensors(host.join(tmp, OPTIMIZER_FILE), moments, undefined, host);
+    await host.writeAtomic(host.join(tmp, STATE_FILE), [JSON.stringify({ version: 1, adamStep: opt.stepCount, settings, ...state })]);
   });
 }
 
@@ -79,6 +78,7 @@ export async function saveCheckpoint(
  * Restores the checkpoint in `dir` (or the `<dir>.old` a crash may have left) into `adapter`'s
  * parameters and `opt`'s moments and step count, in place.
  * @param settings this run's settings: each must equal the checkpoint's
+ * @param files where `dir` is (default: the host's, io/files.ts)
  * @returns the trainer state, or null when there is no checkpoint
  * @throws CheckpointError naming the file (and setting or tensor) for a setting that differs, a
  *   missing or malformed file, or tensors that do not fit the adapter.
@@ -89,13 +89,15 @@ export async function loadCheckpoint(
   adapter: LoraAdapter,
   opt: AdamW,
   settings: Record<string, unknown>,
+  files?: Files,
 ): Promise<TrainerState | null> {
-  const src = latestDir(dir);
+  const host = files ?? (await hostFiles());
+  const src = await host.latestDir(dir);
   if (src === null) return null;
-  const stateFile = join(src, STATE_FILE);
+  const stateFile = host.join(src, STATE_FILE);
   let saved: TrainerState & { version: number; adamStep: number; settings: Record<string, unknown> };
   try {
-    saved = JSON.parse(await readFile(stateFile, "utf8"));
+    saved = JSON.parse(await host.readText(stateFile));
   } catch (e) {
     // A disk that filled up (or an edit) cut it short: without it the steps saved cannot continue.
     throw new CheckpointError(stateFile, `cannot be read back (${(e as Error).message}); remove ${src} to train again from the start`);
@@ -111,8 +113,8 @@ export async function loadCheckpoint(
       throw new CheckpointError(stateFile, `was written with ${key} = ${was}, this run has ${JSON.stringify(value)}; resume with the same settings or remove ${dir}`);
     }
   }
-  setAdapterWeights(adapter, await readAdapterWeights(src, model, adapter.config));
-  const f = await openSafetensors(join(src, OPTIMIZER_FILE));
+  setAdapterWeights(adapter, await readAdapterWeights(src, model, adapter.config, host));
+  const f = await openSafetensors(host.join(src, OPTIMIZER_FILE), host);
   try {
     for (const [key, p] of adapter.namedParams()) {
       const { m, v } = opt.state(p);

@@ -1,6 +1,3 @@
-import { copyFile, mkdir, readFile, readdir } from "node:fs/promises";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, SINGLE_FILE, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { noGrad } from "../tensor/autograd.ts";
@@ -8,9 +5,8 @@ import { arange } from "../tensor/ops/create.ts";
 import { embedding } from "../tensor/ops/embedding.ts";
 import { keep, tidy } from "../tensor/scope.ts";
 import { PackedWeight } from "../tensor/weight.ts";
-import { writeFileAtomic } from "../io/atomic.ts";
+import { copyFile, hostFiles, type Files } from "../io/files.ts";
 import { parseJson } from "../io/json.ts";
-import { replaceDirAtomic } from "../io/atomic_dir.ts";
 import { loraModules, moduleSlots, LoraLinear } from "./layer.ts";
 
 /**
@@ -56,11 +52,12 @@ export function mergeLora(model: LlamaModel): number {
  * @throws CheckpointError naming `outDir` when it holds files, or config.json when it cannot be
  *   read or is not JSON
  */
-export async function mergeSource(sourceDir: string, outDir: string): Promise<Record<string, unknown>> {
-  if (existsSync(outDir) && (await readdir(outDir)).length > 0) throw new CheckpointError(outDir, "exists and is not empty; refusing to overwrite");
-  const configFile = join(sourceDir, "config.json");
+export async function mergeSource(sourceDir: string, outDir: string, files: Files): Promise<Record<string, unknown>> {
+  // latestDir(outDir) is outDir itself exactly when something is there (Node: a file too, which list refuses).
+  if ((await files.latestDir(outDir)) === outDir && (await files.list(outDir)).length > 0) throw new CheckpointError(outDir, "exists and is not empty; refusing to overwrite");
+  const configFile = files.join(sourceDir, "config.json");
   try {
-    return parseJson(await readFile(configFile, "utf8")) as Record<string, unknown>;
+    return parseJson(await files.readText(configFile)) as Record<string, unknown>;
   } catch (e) {
     throw new CheckpointError(configFile, `cannot read: ${(e as Error).message}`);
   }
@@ -78,6 +75,11 @@ export const COMPANION_FILES = [
   "generation_config.json",
 ];
 
+/** Copies the {@link COMPANION_FILES} that `sourceDir` has into `outDir`. */
+export async function copyCompanions(files: Files, sourceDir: string, outDir: string): Promise<void> {
+  for (const f of COMPANION_FILES) if (await files.exists(files.join(sourceDir, f))) await copyFile(files, files.join(sourceDir, f), files.join(outDir, f));
+}
+
 /**
  * Writes `model` (typically after {@link mergeLora}) as a Hugging Face checkpoint folder that
  * `loadModel` and transformers' `from_pretrained` read: `config.json` (the source's, with
@@ -90,12 +92,14 @@ export const COMPANION_FILES = [
  * @returns the safetensors dtype written
  * @param sourceDir the folder the base model was loaded from
  * @param outDir must not exist or be empty (an existing checkpoint is never overwritten)
+ * @param files where both folders are (default: the host's, io/files.ts)
  * @throws Error when LoRA modules remain unmerged; CheckpointError when `outDir` holds files or
  *   the source config.json cannot be read.
  */
-export async function saveMergedModel(model: LlamaModel, sourceDir: string, outDir: string): Promise<"F32" | "BF16" | "F16"> {
+export async function saveMergedModel(model: LlamaModel, sourceDir: string, outDir: string, files?: Files): Promise<"F32" | "BF16" | "F16"> {
   if (loraModules(model).size > 0) throw new Error("saveMergedModel: the model still has LoRA modules; call mergeLora(model) first");
-  const config = await mergeSource(sourceDir, outDir);
+  const host = files ?? (await hostFiles());
+  const config = await mergeSource(sourceDir, outDir, host);
   const packed = [...model.namedWeights().values()].flatMap((w) => (w instanceof PackedWeight ? [w.dtype] : []));
   const dtype = packed.length === 0 ? "F32" : packed.every((d) => d === "f16") ? "F16" : "BF16";
   const torchDType = { F32: "float32", BF16: "bfloat16", F16: "float16" }[dtype];
@@ -103,11 +107,10 @@ export async function saveMergedModel(model: LlamaModel, sourceDir: string, outD
   for (const [name, t] of model.namedWeights()) {
     tensors[name] = { dtype, shape: [...t.shape], data: Float32Array.from(await t.data()) };
   }
-  await replaceDirAtomic(outDir, async (tmp) => {
-    await mkdir(tmp, { recursive: true });
-    await writeFileAtomic(join(tmp, "config.json"), JSON.stringify({ ...config, torch_dtype: torchDType, quantization_config: undefined }, null, 2) + "\n");
-    await writeSafetensors(join(tmp, SINGLE_FILE), tensors, { format: "pt" });
-    for (const f of COMPANION_FILES) if (existsSync(join(sourceDir, f))) await copyFile(join(sourceDir, f), join(tmp, f));
+  await host.replaceDir(outDir, async (tmp) => {
+    await host.writeAtomic(host.join(tmp, "config.json"), [JSON.stringify({ ...config, torch_dtype: torchDType, quantization_config: undefined }, null, 2) + "\n"]);
+    await writeSafetensors(host.join(tmp, SINGLE_FILE), tensors, { format: "pt" }, host);
+    await copyCompanions(host, sourceDir, tmp);
   });
   return dtype;
 }

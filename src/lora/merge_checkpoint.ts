@@ -1,13 +1,9 @@
-import { existsSync } from "node:fs";
-import { copyFile, mkdir } from "node:fs/promises";
-import { join } from "node:path";
-import { writeFileAtomic } from "../io/atomic.ts";
-import { replaceDirAtomic } from "../io/atomic_dir.ts";
+import { hostFiles, type Files } from "../io/files.ts";
 import { CheckpointError, DTYPE_SIZE, encodeTensor, INDEX_FILE, openCheckpoint, openSafetensors, SINGLE_FILE, writeSafetensorsStream, type SafetensorsDType, type TensorLayout } from "../model/safetensors.ts";
 import { isBnb4bit, isBnbCompanion, readBnb4bit, readBnbState } from "../model/bnb.ts";
 import { dequantizeNf4 } from "../tensor/nf4.ts";
 import { loraScaling, peftKey } from "./layer.ts";
-import { COMPANION_FILES, mergeSource } from "./merge.ts";
+import { copyCompanions, mergeSource } from "./merge.ts";
 import { ADAPTER_WEIGHTS_FILE, readAdapterConfig } from "./peft.ts";
 
 /**
@@ -37,6 +33,8 @@ export interface MergeOptions {
   maxShardBytes?: number;
   /** Called after each tensor is written with bytes written so far and the total. */
   onProgress?: (bytesDone: number, totalBytes: number) => void;
+  /** Where the three folders are (default: the host's files, io/files.ts). */
+  files?: Files;
 }
 
 export interface MergeResult {
@@ -95,11 +93,12 @@ function shardName(i: number, n: number): string {
 export async function mergeCheckpoint(modelDir: string, adapterDir: string, outDir: string, opts: MergeOptions = {}): Promise<MergeResult> {
   const maxShardBytes = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
   if (!(maxShardBytes > 0)) throw new RangeError(`mergeCheckpoint: maxShardBytes must be positive, got ${maxShardBytes}`);
-  const config = await mergeSource(modelDir, outDir);
-  const lora = await readAdapterConfig(adapterDir);
+  const host = opts.files ?? (await hostFiles());
+  const config = await mergeSource(modelDir, outDir, host);
+  const lora = await readAdapterConfig(adapterDir, host);
   const scaling = loraScaling(lora);
-  const ckpt = await openCheckpoint(modelDir);
-  const adapter = await openSafetensors(join(adapterDir, ADAPTER_WEIGHTS_FILE));
+  const ckpt = await openCheckpoint(modelDir, host);
+  const adapter = await openSafetensors(host.join(adapterDir, ADAPTER_WEIGHTS_FILE), host);
   try {
     // Weights saved 4-bit by bitsandbytes: their real shapes, from their quant states. A merged
     // update has no 4-bit form: they are written in 16 bits (BF16 unless opts.dtype).
@@ -166,19 +165,18 @@ export async function mergeCheckpoint(modelDir: string, adapterDir: string, outD
       outConfig.torch_dtype = TORCH_DTYPE[opts.dtype];
       if ("dtype" in config) outConfig.dtype = TORCH_DTYPE[opts.dtype];
     }
-    await replaceDirAtomic(outDir, async (tmp) => {
-      await mkdir(tmp, { recursive: true });
+    await host.replaceDir(outDir, async (tmp) => {
       opts.onProgress?.(0, totalBytes);
       for (const [i, shard] of shards.entries()) {
         const layout: Record<string, TensorLayout> = Object.fromEntries(shard.map((n) => [n, { dtype: dtypeOf(n), shape: shapeOf(n) }]));
-        await writeSafetensorsStream(join(tmp, files[i]!), layout, produce, { format: "pt" });
+        await writeSafetensorsStream(host.join(tmp, files[i]!), layout, produce, { format: "pt" }, host);
       }
       if (shards.length > 1) {
         const weightMap = Object.fromEntries(shards.flatMap((shard, i) => shard.map((n) => [n, files[i]!])).sort(([a], [b]) => (a! < b! ? -1 : 1)));
-        await writeFileAtomic(join(tmp, INDEX_FILE), JSON.stringify({ metadata: { total_size: totalBytes }, weight_map: weightMap }, null, 2) + "\n");
+        await host.writeAtomic(host.join(tmp, INDEX_FILE), [JSON.stringify({ metadata: { total_size: totalBytes }, weight_map: weightMap }, null, 2) + "\n"]);
       }
-      await writeFileAtomic(join(tmp, "config.json"), JSON.stringify(outConfig, null, 2) + "\n");
-      for (const f of COMPANION_FILES) if (existsSync(join(modelDir, f))) await copyFile(join(modelDir, f), join(tmp, f));
+      await host.writeAtomic(host.join(tmp, "config.json"), [JSON.stringify(outConfig, null, 2) + "\n"]);
+      await copyCompanions(host, modelDir, tmp);
     });
     return { files, merged: modules.size, totalBytes, dequantized: fourBit.size };
   } finally {

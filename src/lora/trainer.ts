@@ -1,11 +1,9 @@
-import { rm } from "node:fs/promises";
-import { join } from "node:path";
 import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError } from "../model/safetensors.ts";
 import { AdamW, clipGradNorm } from "../tensor/optim.ts";
 import { Rng } from "../tensor/random.ts";
 import { tidy } from "../tensor/scope.ts";
-import { latestDir } from "../io/atomic_dir.ts";
+import { hostFiles, type Files } from "../io/files.ts";
 import { loadCheckpoint, saveCheckpoint, type TrainerState } from "./checkpoint.ts";
 import type { LoraAdapter } from "./layer.ts";
 import { collate, meanTargetLoss, targetNllSum, type Example } from "./loss.ts";
@@ -90,6 +88,8 @@ export interface RunOptions {
   resume?: boolean;
   /** `base_model_name_or_path` of the saved adapter config. */
   baseModel?: string | null;
+  /** Where outDir is (default: the host's files, io/files.ts; in a browser, the OPFS's). */
+  files?: Files;
   /** Receives progress lines (e.g. write them to stderr). */
   log?: (line: string) => void;
   /** Called after every optimizer step (and after its checkpoint, if one is due): the progress. */
@@ -258,7 +258,8 @@ export async function train(
     ...hyper,
     data: { train: nTrain, val: data.val.length, fingerprint: fnv1a([...data.train, ...data.val].flatMap((e) => [e.promptLen, ...e.ids])) },
   };
-  const checkpointDir = outDir === null ? null : join(outDir, CHECKPOINT_DIR);
+  const files = options.files ?? (await hostFiles());
+  const checkpointDir = outDir === null ? null : files.join(outDir, CHECKPOINT_DIR);
 
   let state: TrainerState = {
     step: 0,
@@ -268,12 +269,12 @@ export async function train(
     dropoutRng: dropoutRng.state(),
     history: { train: [], val: [] },
   };
-  const restored = checkpointDir && options.resume ? await loadCheckpoint(checkpointDir, model, adapter, opt, settings) : null;
+  const restored = checkpointDir && options.resume ? await loadCheckpoint(checkpointDir, model, adapter, opt, settings, files) : null;
   if (restored) {
     state = restored;
     dropoutRng.restore(state.dropoutRng);
     log(`resumed from ${checkpointDir} at step ${state.step}/${totalSteps}`);
-  } else if (checkpointDir && latestDir(checkpointDir)) {
+  } else if (checkpointDir && (await files.latestDir(checkpointDir)) !== null) {
     throw new CheckpointError(checkpointDir, "a checkpoint exists: pass --resume (resume: true) to continue it, or remove it");
   } else if (options.resume) {
     log(`no checkpoint in ${checkpointDir ?? "(no output folder)"}; starting from scratch`);
@@ -352,7 +353,7 @@ export async function train(
     if (checkpointDir && state.step % o.saveSteps === 0 && state.step < totalSteps) {
       await checkWeights(state.step);
       state.dropoutRng = dropoutRng.state();
-      await saveCheckpoint(checkpointDir, adapter, opt, state, settings, options.baseModel ?? null);
+      await saveCheckpoint(checkpointDir, adapter, opt, state, settings, options.baseModel ?? null, files);
       lastCheckpoint = state.step;
       log(`checkpoint at step ${state.step}: ${checkpointDir}`);
     }
@@ -363,9 +364,11 @@ export async function train(
   model.gradientCheckpointing = null;
   opt.dispose();
   if (outDir !== null && checkpointDir !== null) {
-    await saveAdapter(adapter, outDir, options.baseModel ?? null);
-    await rm(checkpointDir, { recursive: true, force: true });
-    await rm(`${checkpointDir}.old`, { recursive: true, force: true });
+    await saveAdapter(adapter, outDir, options.baseModel ?? null, files);
+    // The checkpoint, then the complete copy a crash mid-swap may have left beside it.
+    await files.remove(checkpointDir);
+    const left = await files.latestDir(checkpointDir);
+    if (left !== null) await files.remove(left);
     // No "adapter written" line here: callers may move outDir (qalign align renames it), so
     // they name the adapter's final place.
   }
