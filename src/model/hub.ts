@@ -8,8 +8,8 @@ import { CheckpointError, INDEX_FILE, SINGLE_FILE } from "./safetensors.ts";
 
 /**
  * Checkpoints from the Hugging Face Hub, on Node and in a browser: the files a Llama-family
- * checkpoint needs, fetched with `@huggingface/hub` from
- * `<endpoint>/<org>/<name>/resolve/<revision>/<file>` into a cache (Node: qalign's cache folder,
+ * checkpoint needs, fetched from `<endpoint>/<org>/<name>/resolve/<revision>/<file>` (with
+ * `@huggingface/hub` on Node, plain fetch in a page: see HubClient) into a cache (Node: qalign's cache folder,
  * hub_node.ts; a page: its Origin Private File System, through hub_files.ts). Each file grows as
  * `<file>.part`, beside `<file>.part.json` recording the Hub's ETag and size, and is renamed
  * when complete; an interrupted download resumes from the bytes it has (an HTTP range request
@@ -128,11 +128,36 @@ function isFolder(files: Files, path: string): Promise<boolean> {
   );
 }
 
-/** What the Hub said about one file: its size and ETag, and a Blob that fetches ranges of it. */
-interface HubFile {
+/** One file as the Hub describes it: its size and ETag, and its bytes from an offset on. */
+export interface HubFile {
   size: number;
   etag: string;
-  blob: Blob;
+  /** The file's bytes [from, size): a range request. @throws an error with `statusCode` for an HTTP failure. */
+  stream(from: number): Promise<ReadableStream<Uint8Array>>;
+}
+
+/** What a request to the Hub is about: the repository, its revision, where the Hub is, and how to fetch. */
+export interface HubRequest {
+  repo: string;
+  revision: string;
+  endpoint: string;
+  accessToken: string | undefined;
+  /** fetch, with the download's abort signal. */
+  fetch: typeof fetch;
+}
+
+/**
+ * How a host asks the Hub about `file`: null when the repository has no such file (a 404 with
+ * X-Error-Code EntryNotFound). On Node it is `@huggingface/hub` (hub_node.ts), in a page plain
+ * fetch (hub_fetch.ts).
+ * @throws an error with `statusCode` for an HTTP failure; fetch's error when the Hub cannot be reached.
+ */
+export type HubClient = (request: HubRequest, file: string) => Promise<HubFile | null>;
+
+/** The host's Hub client: @huggingface/hub on Node (imported by a name bundlers leave out), fetch in a page. */
+async function hostClient(): Promise<HubClient> {
+  if (isNodeHost()) return (await importNodeOnly<typeof import("./hub_node.ts")>("../model/hub_node.ts")).libraryClient;
+  return (await import("./hub_fetch.ts")).fetchClient;
 }
 
 /** What `.part.json` records beside a partial file. */
@@ -153,7 +178,7 @@ interface PartInfo {
  *   listing a shard outside the repository, or a download that stops short after its retries;
  *   all before any weight is read. An abort rejects with the signal's reason.
  */
-export async function downloadCheckpoint(repo: string, store: DownloadStore, opts: HubOptions = {}): Promise<string> {
+export async function downloadCheckpoint(repo: string, store: DownloadStore, opts: HubOptions & { client?: HubClient } = {}): Promise<string> {
   const revision = opts.revision ?? "main";
   const endpoint = (opts.endpoint ?? hubUrl()).replace(/\/+$/, "");
   const where = `${endpoint}/${repo}`;
@@ -161,23 +186,19 @@ export async function downloadCheckpoint(repo: string, store: DownloadStore, opt
   const { files } = store;
   const dir = store.folder(repo, revision);
   if (await files.exists(files.join(dir, DOWNLOAD_MARKER))) return dir;
-  const hub = await import("@huggingface/hub");
+  const client = opts.client ?? (await hostClient());
   const signal = opts.signal;
-  const params = {
+  const request: HubRequest = {
     repo,
     revision,
-    hubUrl: endpoint,
+    endpoint,
     accessToken: opts.accessToken ?? (hostEnv()["HF_TOKEN"] || undefined),
     fetch: ((input: Parameters<typeof fetch>[0], init?: RequestInit) => fetch(input, { ...init, signal })) as typeof fetch,
   };
   /** The Hub's answer about `file`, null when the repository has no such file. */
   const ask = async (file: string): Promise<HubFile | null> => {
     try {
-      const info = await hub.fileDownloadInfo({ ...params, path: file });
-      if (info === null) return null;
-      // xet: false reads the file's resolve URL by ranges (xet reconstruction is not resumable this way).
-      const blob = await hub.downloadFile({ ...params, path: file, downloadInfo: info, xet: false });
-      return blob === null ? null : { size: info.size, etag: info.etag, blob };
+      return await client(request, file);
     } catch (e) {
       throw hubError(e, where, file, signal);
     }
@@ -189,7 +210,7 @@ export async function downloadCheckpoint(repo: string, store: DownloadStore, opt
     if (await files.exists(target)) return true;
     const remote = await ask(file);
     if (remote === null) return false;
-    const { size, etag, blob } = remote;
+    const { size, etag } = remote;
     const [part, partInfo] = [`${target}.part`, `${target}.part.json`];
     const recorded = (await files.exists(partInfo)) ? readPartInfo(await files.readText(partInfo)) : null;
     let have = await store.size(part);
@@ -202,8 +223,8 @@ export async function downloadCheckpoint(repo: string, store: DownloadStore, opt
     for (let tries = 0; have < size; ) {
       const before = have;
       try {
-        // blob.slice(have) is fetched with `Range: bytes=have-`: only the missing bytes travel.
-        await store.append(part, have, counted(blob.slice(have).stream(), (n) => opts.onDownload?.(file, (have += n), size)));
+        // A range request for bytes have..: only the missing bytes travel.
+        await store.append(part, have, counted(remote.stream(have), (n) => opts.onDownload?.(file, (have += n), size)));
       } catch (e) {
         have = await store.size(part);
         if (signal?.aborted) throw signal.reason;
@@ -238,9 +259,9 @@ export async function downloadCheckpoint(repo: string, store: DownloadStore, opt
 }
 
 /** The chunks of `stream`, each one's byte count reported to `onBytes` once the consumer took it. */
-async function* counted(stream: ReadableStream<Uint8Array>, onBytes: (n: number) => void): AsyncIterable<Uint8Array> {
+async function* counted(opened: Promise<ReadableStream<Uint8Array>>, onBytes: (n: number) => void): AsyncIterable<Uint8Array> {
   // A reader rather than `for await`: async iteration of ReadableStream is recent in browsers.
-  const reader = stream.getReader();
+  const reader = (await opened).getReader();
   try {
     for (;;) {
       const { done, value } = await reader.read();
@@ -278,7 +299,8 @@ const STATUS_HINTS: Record<number, string> = {
 
 /**
  * A Hub failure as a CheckpointError naming the repository, the file and the HTTP status (the
- * library's HubApiError carries `statusCode`); an abort stays the signal's reason.
+ * client's error carries `statusCode`, as @huggingface/hub's HubApiError does); an abort stays
+ * the signal's reason.
  */
 function hubError(e: unknown, where: string, file: string, signal: AbortSignal | undefined): unknown {
   if (signal?.aborted) return signal.reason;

@@ -3,12 +3,29 @@ import { appendFile, rename, rm, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { cacheDir } from "../io/cache.ts";
 import { nodeFiles } from "../io/node_files.ts";
-import { downloadCheckpoint, isHubId, type DownloadStore, type HubOptions } from "./hub.ts";
+import { downloadCheckpoint, isHubId, type DownloadStore, type HubClient, type HubOptions } from "./hub.ts";
 
 /**
- * The Hub download cache on Node (hub.ts's DownloadStore on the file system): checkpoints in
- * `<cacheDir()>/hub/<org>--<name>/<revision>`, partial files grown by appends.
+ * Hub downloads on Node: the cache (hub.ts's DownloadStore on the file system, checkpoints in
+ * `<cacheDir()>/hub/<org>--<name>/<revision>`, partial files grown by appends) and the client,
+ * `@huggingface/hub` (not in a page: its package's exports map hides its browser build from
+ * esbuild, so pages use hub_fetch.ts).
  */
+
+/**
+ * The Hub client on Node: @huggingface/hub's fileDownloadInfo (a one-byte range request that
+ * gives the size and ETag) and downloadFile (a Blob whose slices are range requests).
+ */
+export const libraryClient: HubClient = async ({ repo, revision, endpoint, accessToken, fetch }, path) => {
+  const hub = await import("@huggingface/hub");
+  const params = { repo, revision, hubUrl: endpoint, accessToken, fetch, path };
+  const info = await hub.fileDownloadInfo(params);
+  if (info === null) return null;
+  // xet: false reads the file's resolve URL by ranges (xet reconstruction does not resume this way).
+  const blob = await hub.downloadFile({ ...params, downloadInfo: info, xet: false });
+  if (blob === null) return null;
+  return { size: info.size, etag: info.etag, stream: async (from) => blob.slice(from).stream() };
+};
 
 /** Node's download cache under `root` (default: qalign's cache folder, read when a folder is asked for). */
 export function nodeStore(root?: string): DownloadStore {
