@@ -1,6 +1,7 @@
-// qalign's browser entry (src/browser.ts) bundled by esbuild as one ES module for a page: what
-// `npm run demo:browser` serves and the browser tests load. platform "browser" fails on any
-// `node:` import reachable from the entry, so a bundle that builds has none.
+// What `npm run demo:browser` serves and the browser tests load: qalign's browser entry
+// (src/browser.ts) bundled by esbuild for a page (platform "browser" fails on any `node:` import
+// reachable from the entry, so a bundle that builds has none), and the demo page's files.
+import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -8,20 +9,15 @@ import { build } from "esbuild";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 
 /**
- * @huggingface/hub names its browser build in package.json's `browser` field, which webpack
- * and Vite apply; esbuild ignores it once a package has an `exports` map, so it is named here.
- */
-const HUB_BROWSER = join(root, "node_modules", "@huggingface", "hub", "dist", "browser", "index.mjs");
-
-/**
- * The bundle as files to serve side by side: `/qalign.js`, the entry, and the chunks it imports
- * when first needed (code splitting: @huggingface/hub loads only when a Hub id is downloaded).
+ * The bundle as files to serve side by side: `/qalign.js` (the package's `qalign` under the
+ * browser condition), `/qalign-plot.js` (`qalign/plot`: charts, with vega) and the chunks they
+ * share or import when first needed (code splitting).
  * @returns URL path -> JavaScript text
  * @throws esbuild's error naming an unresolvable import.
  */
 export async function bundleBrowser() {
   const out = await build({
-    entryPoints: { qalign: join(root, "src", "browser.ts") },
+    entryPoints: { qalign: join(root, "src", "browser.ts"), "qalign-plot": join(root, "src", "io", "plot.ts") },
     bundle: true,
     splitting: true,
     outdir: "/",
@@ -30,7 +26,25 @@ export async function bundleBrowser() {
     target: "es2022",
     write: false,
     logLevel: "silent",
-    alias: { "@huggingface/hub": HUB_BROWSER },
   });
   return Object.fromEntries(out.outputFiles.map((f) => [f.path, f.text]));
+}
+
+/** The built-in sample's question files that the demo page bundles: the paper's training mixture, Chinese and Spanish. */
+const SAMPLE_QUESTIONS = ["snli/snli_zh10k_train_question.json", "snli/snli_es10k_train_question.json"];
+
+/**
+ * The demo page (examples/browser/) under URL folder `base`: index.html, main.js and
+ * sample_pairs.json, the question pairs of qalign's built-in sample (src/eval/sample_data.json)
+ * in the format `qalign train` reads. The page imports the bundle from /qalign.js.
+ * @returns URL path -> { type, body }
+ */
+export function demoFiles(base = "/") {
+  const page = (name) => readFileSync(join(root, "examples", "browser", name), "utf8");
+  const sample = JSON.parse(readFileSync(join(root, "src", "eval", "sample_data.json"), "utf8")).files;
+  return {
+    [base]: { type: "text/html", body: page("index.html") },
+    [`${base}main.js`]: { type: "text/javascript", body: page("main.js") },
+    [`${base}sample_pairs.json`]: { type: "application/json", body: JSON.stringify(SAMPLE_QUESTIONS.flatMap((f) => sample[f]), null, 1) },
+  };
 }

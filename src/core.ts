@@ -1,9 +1,11 @@
 /**
  * qalign's host-neutral core, with nothing that needs Node: tensors, autograd, optimizers, the
  * devices (cpu, wasm, webgpu on Dawn in Node or on the page's navigator.gpu in a browser), the
- * I/O interface (io/files.ts) with its browser implementations, checkpoint and tokenizer
- * loading through it, the Llama-family model, generation, LoRA layers, the training loss, the
- * trainer with its checkpoints, PEFT adapters and merging (all through Files).
+ * I/O interface (io/files.ts) with its browser implementations, one-file HTML reports (charts
+ * are `qalign/plot`'s: vega stays out of a page that draws none), checkpoint and tokenizer
+ * loading through it (Hub ids downloaded into the host's cache), the Llama-family model,
+ * generation, LoRA layers, question pairs, the training loss, the trainer with its
+ * checkpoints, PEFT adapters and merging (all through Files).
  * Both entries re-export it: the Node one (index.ts, `qalign`) and the browser one (browser.ts,
  * what `qalign` resolves to under the `browser` condition).
  *
@@ -19,6 +21,7 @@ export { DataError, formatIssue, type DataIssue } from "./io/data_error.ts";
 export { hostFiles, setDefaultFiles, type Files, type ByteReader } from "./io/files.ts";
 export { urlFiles, blobFiles } from "./io/web_files.ts";
 export { mountedFiles } from "./io/mounted_files.ts";
+export { reportHtml } from "./io/html.ts";
 
 // tensor
 export { Tensor } from "./tensor/tensor.ts";

@@ -1,13 +1,11 @@
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Browser, Page } from "puppeteer-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openQalign, pageAdapterOrSkip, pageLoraSteps, type Request } from "./helpers/browser.ts";
+import { inkOf, openQalign, pageAdapterOrSkip, pageLoraSteps, type Request } from "./helpers/browser.ts";
 import { ROOT } from "./helpers/cli.ts";
 import { expectClose } from "./helpers/close.ts";
 import { reportHtml } from "../src/io/html.ts";
 import { renderSvg } from "../src/io/plot.ts";
-import { ensureTinyModel } from "../src/model/tiny.ts";
 import { loadExpected, maxAbs, maxDiffAtTokens } from "./helpers/fixtures.ts";
 import { exampleClosedForm, readmePrinted } from "./helpers/readme.ts";
 
@@ -27,19 +25,13 @@ let requests: Request[] = [];
 
 beforeAll(async () => {
   ({ browser, page, requests, close } = await openQalign(
-    { "/report.html": { type: "text/html", body: await sampleReport() }, ...demoFiles() },
-    // The committed fixture checkpoints, and the tiny model (it has a tokenizer) for the demo page.
-    { "/models/": join(ROOT, "test", "fixtures", "models"), "/tiny/": await ensureTinyModel() },
+    { "/report.html": { type: "text/html", body: await sampleReport() } },
+    // The committed fixture checkpoints.
+    { "/models/": join(ROOT, "test", "fixtures", "models") },
   ));
 }, 120_000);
 
 afterAll(() => close());
-
-/** The demo page of examples/browser/ at /demo/ (it imports /qalign.js, served beside it). */
-function demoFiles(): Record<string, { type: string; body: string }> {
-  const file = (name: string) => readFileSync(join(ROOT, "examples", "browser", name), "utf8");
-  return { "/demo/": { type: "text/html", body: file("index.html") }, "/demo/main.js": { type: "text/javascript", body: file("main.js") } };
-}
 
 /** A report as align writes it (io/html.ts): Markdown with a table, and a chart inline. */
 async function sampleReport(): Promise<string> {
@@ -65,32 +57,6 @@ async function sampleReport(): Promise<string> {
  */
 type PageGlobals = { qa: any; isSecureContext: boolean };
 
-
-/**
- * A screenshot of `shot`, decoded by the browser (the test page draws it on a canvas): the share
- * of pixels that are not (near) white, and how many distinct colours (4 bits a channel) it has.
- */
-async function inkOf(shot: Page): Promise<{ share: number; colours: number }> {
-  const png = (await shot.screenshot({ encoding: "base64" })) as string;
-  return page.evaluate(async (data: string) => {
-      const g = globalThis as unknown as { Image: new () => { src: string; decode(): Promise<void>; width: number; height: number }; document: { createElement(t: "canvas"): { width: number; height: number; getContext(c: "2d"): { drawImage(i: unknown, x: number, y: number): void; getImageData(x: number, y: number, w: number, h: number): { data: Uint8ClampedArray } } } } };
-      const img = new g.Image();
-      img.src = `data:image/png;base64,${data}`;
-      await img.decode();
-      const canvas = g.document.createElement("canvas");
-      [canvas.width, canvas.height] = [img.width, img.height];
-      const ctx = canvas.getContext("2d");
-      ctx.drawImage(img, 0, 0);
-      const px = ctx.getImageData(0, 0, img.width, img.height).data;
-      let inked = 0;
-      const colours = new Set<number>();
-      for (let i = 0; i < px.length; i += 4) {
-        if (px[i]! < 200 || px[i + 1]! < 200 || px[i + 2]! < 200) inked++;
-        colours.add(((px[i]! >> 4) << 8) | ((px[i + 1]! >> 4) << 4) | (px[i + 2]! >> 4));
-      }
-      return { share: inked / (px.length / 4), colours: colours.size };
-  }, png);
-}
 
 describe("qalign in headless Chromium", () => {
   it("runs in a secure context, where WebGPU is offered", async () => {
@@ -256,37 +222,6 @@ describe("qalign in headless Chromium", () => {
     const ink = await inkOf(report);
     await report.close();
     expect(ink.share).toBeGreaterThan(0.01); // a blank page has none
-    expect(ink.colours).toBeGreaterThan(3);
-  });
-
-  it("the demo page loads the tiny model from a URL, generates, aligns with LoRA and runs the Logit Lens", async (ctx) => {
-    await pageAdapterOrSkip(page, ctx);
-    const demo = await browser!.newPage();
-    await demo.setViewport({ width: 1000, height: 1400 });
-    await demo.goto(`${new URL(page.url()).origin}/demo/`);
-    const text = (id: string) => demo.$eval(`#${id}`, (e) => (e as unknown as { textContent: string }).textContent);
-    const until = (id: string, re: RegExp) => demo.waitForFunction((i: string, r: string) => new RegExp(r).test((globalThis as unknown as { document: { getElementById(x: string): { textContent: string } } }).document.getElementById(i).textContent), { timeout: 120_000 }, id, re.source);
-    await demo.type("#source", "/tiny");
-    await demo.click("#load");
-    await until("status", /^loaded: llama, 2 layers|^error/);
-    expect(await text("status")).toMatch(/^loaded: llama, 2 layers, hidden_size 64$/);
-    await demo.click("#generate");
-    await until("status", /^generated|^error/);
-    const generated = await text("generated");
-    expect(generated.startsWith("The capital of France is"), generated).toBe(true);
-    expect(generated.length).toBeGreaterThan("The capital of France is".length);
-    await demo.$eval("#steps", (e) => void ((e as unknown as { value: string }).value = "1"));
-    await demo.click("#align");
-    await until("status", /^aligned|^error/);
-    const losses = [...(await text("losses")).matchAll(/loss (\d+\.\d+)/g)].map((m) => Number(m[1]));
-    expect(losses).toHaveLength(2);
-    expect(losses[1]!).toBeLessThan(losses[0]!);
-    await demo.click("#lens");
-    await until("status", /^Logit Lens|^error/);
-    expect(await demo.$$eval("#lensTable tr", (rows) => rows.length)).toBe(1 + 3); // header, embeddings and 2 layers
-    const ink = await inkOf(demo);
-    await demo.close();
-    expect(ink.share).toBeGreaterThan(0.01);
     expect(ink.colours).toBeGreaterThan(3);
   });
 });

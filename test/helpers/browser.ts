@@ -201,3 +201,30 @@ export async function pageLoraSteps(qa: any, model: any, adapter: any, device: u
   opt.dispose();
   return losses;
 }
+
+/**
+ * A screenshot of `shot`, decoded in that page (drawn on a canvas): the share of pixels that are
+ * not (near) white, and how many distinct colours (4 bits a channel) it has. A blank page has
+ * no ink and one colour.
+ */
+export async function inkOf(shot: Page): Promise<{ share: number; colours: number }> {
+  const png = (await shot.screenshot({ encoding: "base64" })) as string;
+  return shot.evaluate(async (data: string) => {
+    const g = globalThis as unknown as { Image: new () => { src: string; decode(): Promise<void>; width: number; height: number }; document: { createElement(t: "canvas"): { width: number; height: number; getContext(c: "2d"): { drawImage(i: unknown, x: number, y: number): void; getImageData(x: number, y: number, w: number, h: number): { data: Uint8ClampedArray } } } } };
+    const img = new g.Image();
+    img.src = `data:image/png;base64,${data}`;
+    await img.decode();
+    const canvas = g.document.createElement("canvas");
+    [canvas.width, canvas.height] = [img.width, img.height];
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    const px = ctx.getImageData(0, 0, img.width, img.height).data;
+    let inked = 0;
+    const colours = new Set<number>();
+    for (let i = 0; i < px.length; i += 4) {
+      if (px[i]! < 200 || px[i + 1]! < 200 || px[i + 2]! < 200) inked++;
+      colours.add(((px[i]! >> 4) << 8) | ((px[i + 1]! >> 4) << 4) | (px[i + 2]! >> 4));
+    }
+    return { share: inked / (px.length / 4), colours: colours.size };
+  }, png);
+}
