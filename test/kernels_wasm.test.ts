@@ -5,6 +5,15 @@ import { DEVICE_KINDS, getDevice } from "../src/kernels/devices.ts";
 import { attentionBackwardRef, attentionRef } from "../src/kernels/attention.ts";
 import { crossEntropyBackwardRef, crossEntropyRef } from "../src/kernels/cross_entropy.ts";
 import { rmsNormRef } from "../src/kernels/rmsnorm.ts";
+import { adamwRef } from "../src/kernels/adamw.ts";
+import { reduceRowsRef } from "../src/kernels/reduce.ts";
+import { ropeRef } from "../src/kernels/rope.ts";
+import { gatherWeightRef, matmulWeightRef } from "../src/kernels/weights.ts";
+import { f16ToF32, f32ToBf16, f32ToF16 } from "../src/tensor/half.ts";
+import { quantizeNf4 } from "../src/tensor/nf4.ts";
+import type { HostWeight } from "../src/tensor/weight.ts";
+import { reduceRowsOp } from "../src/tensor/ops/reduce.ts";
+import { adamwOp } from "../src/tensor/optim.ts";
 import { softmaxRef } from "../src/kernels/softmax.ts";
 import { matmulRef } from "../src/kernels/matmul.ts";
 import { createWasmBackend, type WasmBackend } from "../src/kernels/wasm/backend.ts";
@@ -23,6 +32,8 @@ import { attentionBackwardOp, attentionOp } from "../src/tensor/ops/attention.ts
 import { crossEntropyBackwardOp, crossEntropyOp } from "../src/tensor/ops/cross_entropy.ts";
 import { rmsNormOp } from "../src/tensor/ops/rmsnorm.ts";
 import { softmaxOp } from "../src/tensor/ops/softmax.ts";
+import { ropeOp } from "../src/tensor/ops/rope.ts";
+import { gatherWeightOp, matmulWeightOp } from "../src/tensor/ops/weights.ts";
 import { DeviceLimitError } from "../src/tensor/errors.ts";
 import { TEST_WASM_THREADS } from "./helpers/devices.ts";
 import { expectClose } from "./helpers/close.ts";
@@ -415,6 +426,133 @@ describe("kernels by device name", () => {
     } finally {
       w.destroy();
     }
+  });
+});
+
+describe("packed-weight, RoPE, AdamW and reduction kernels against the float64 references", () => {
+  const backends: Promise<WasmBackend>[] = [1, 3].map((threads) => createWasmBackend({ threads }));
+  afterAll(async () => {
+    for (const b of backends) (await b).destroy();
+  });
+
+  /** A random [rows, cols] packed weight of `dtype`, values ~ N(0, 0.25). */
+  const packed = (dtype: HostWeight["dtype"], rows: number, cols: number, seed: number): HostWeight => {
+    const a = Float32Array.from(randomData(rows * cols, seed, (x) => 0.5 * x));
+    if (dtype === "nf4") return { dtype, ...quantizeNf4(a) };
+    return { dtype, bits: dtype === "bf16" ? f32ToBf16(a) : f32ToF16(a) };
+  };
+
+  // W [1031, 8192] is 8.4M weights, above the kernels' 2^23-element decoding slice: two slices
+  // (1024 rows, then 7). The products are f32 sums over K = 8192 (nt) or N = 1031 (nn) terms of
+  // size ~0.5: errors ~ sqrt(K) 6e-8 ~ 6e-6 typically; 1e-4 (1 + |ref|) as the suite's matmul.
+  for (const dtype of ["bf16", "f16", "nf4"] as const) {
+    test(`${dtype} matmulWeight nt (M = 1 and 5) and nn across decoding slices, gatherWeight exact, on 1 and 3 threads alike`, async () => {
+      const [N, K] = [1031, 8192];
+      const host = packed(dtype, N, K, 40);
+      const outs: Float32Array[][] = [];
+      for (const wp of backends) {
+        const w = await wp;
+        const pw = w.uploadWeight(host, N, K);
+        const got: Float32Array[] = [];
+        for (const [M, form] of [[1, "nt"], [5, "nt"], [5, "nn"]] as const) {
+          const xs = Float32Array.from(randomData(M * (form === "nt" ? K : N), 41 + M));
+          const ref = new Float64Array(M * (form === "nt" ? N : K));
+          matmulWeightRef(xs, host, N, K, M, form, ref as unknown as Float32Array);
+          const out = w.run(matmulWeightOp, w.upload(xs), pw, M, form);
+          got.push((await w.read(out)) as Float32Array);
+          expectClose(got[got.length - 1]!, ref, 1e-4, `${dtype} ${form} M=${M}`);
+        }
+        const ids = Int32Array.from([0, 1030, 517, 0, 9]);
+        const want = new Float32Array(ids.length * K);
+        gatherWeightRef(host, N, K, ids, want);
+        const gathered = (await w.read(w.run(gatherWeightOp, pw, w.upload(ids)))) as Float32Array;
+        expect(gathered).toEqual(want);
+        expect(() => w.run(gatherWeightOp, pw, w.upload(Int32Array.from([3, 1031])))).toThrow("gather: id 1031 at index 1 is outside [0, 1031)");
+        const before = w.liveBytes();
+        w.freeWeight(pw);
+        expect(before - w.liveBytes()).toBe(pw.bytes);
+        outs.push(got);
+      }
+      expect(outs[1]).toEqual(outs[0]);
+    });
+  }
+
+  test("f16 decoding of every bit pattern (subnormals, infinities, NaNs) is exact", async () => {
+    const w = await backends[1]!;
+    const bits = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    const pw = w.uploadWeight({ dtype: "f16", bits }, 8192, 8);
+    const ids = Int32Array.from({ length: 8192 }, (_, i) => i);
+    expect(await w.read(w.run(gatherWeightOp, pw, w.upload(ids)))).toEqual(f16ToF32(bits));
+  });
+
+  test("rope [2, 3, 37, Dh] for Dh = 72 and 10 (vector and scalar pairs), shared and per-row angles, both directions", async () => {
+    for (const Dh of [72, 10]) {
+      for (const Bc of [1, 2]) {
+        for (const inverse of [false, true]) {
+          const g = { B: 2, H: 3, T: 37, Dh, Bc, inverse };
+          const x = Float32Array.from(randomData(g.B * g.H * g.T * Dh, 50 + Dh));
+          const ang = randomData(Bc * g.T * (Dh / 2), 51, (v) => 10 * v);
+          const [cos, sin] = [Float32Array.from(ang, Math.cos), Float32Array.from(ang, Math.sin)];
+          const ref = new Float64Array(x.length);
+          ropeRef(x, cos, sin, ref, g);
+          const outs = [];
+          for (const wp of backends) {
+            const w = await wp;
+            outs.push(await w.read(w.run(ropeOp, w.upload(x), w.upload(cos), w.upload(sin), g)));
+          }
+          // two f32 products and a sum of values ~1: within 1e-6 (1 + |ref|)
+          expectClose(outs[0]!, ref, 1e-6, JSON.stringify(g));
+          expect(outs[1]).toEqual(outs[0]);
+        }
+      }
+    }
+  });
+
+  test("adamw, 3 steps over 10007 elements (chunks and a tail), with weight decay", async () => {
+    const n = 10007;
+    const init = { p: randomData(n, 60), m: new Float64Array(n), v: new Float64Array(n) };
+    const grads = [61, 62, 63].map((seed) => randomData(n, seed, (x) => 0.1 * x));
+    const h = (step: number) => ({ lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step });
+    // The reference in doubles on the f32 inputs, each step's state rounded to f32 as a device stores it.
+    const ref = { p: Float32Array.from(init.p), m: new Float32Array(n), v: new Float32Array(n) };
+    const outs = [];
+    for (const wp of backends) {
+      const w = await wp;
+      const [p, m, v] = [w.upload(Float32Array.from(init.p)), w.zeros("f32", n), w.zeros("f32", n)];
+      for (const [i, g] of grads.entries()) w.run(adamwOp, p, w.upload(Float32Array.from(g)), m, v, h(i + 1));
+      outs.push({ p: await w.read(p), m: await w.read(m), v: await w.read(v) });
+    }
+    for (const [i, g] of grads.entries()) adamwRef(ref.p, Float32Array.from(g), ref.m, ref.v, h(i + 1));
+    // f32 arithmetic about 10 operations deep on values ~1 (p), ~0.1 (m), ~0.01 (v): 1e-6 (1 + |ref|)
+    expectClose(outs[0]!.p, ref.p, 1e-6, "param");
+    expectClose(outs[0]!.m, ref.m, 1e-6, "m");
+    expectClose(outs[0]!.v, ref.v, 1e-6, "v");
+    expect(outs[1]).toEqual(outs[0]);
+  });
+
+  test("reduceRows sum and max [7, 4099] and [3, 5]; max keeps NaN and +0 over -0", async () => {
+    for (const [rows, cols] of [[7, 4099], [3, 5]] as const) {
+      const x = Float32Array.from(randomData(rows * cols, 70 + cols, (v) => 3 * v));
+      for (const op of ["sum", "max"] as const) {
+        const ref = new Float64Array(rows);
+        reduceRowsRef(op, x, ref, rows, cols);
+        const outs = [];
+        for (const wp of backends) {
+          const w = await wp;
+          outs.push(await w.read(w.run(reduceRowsOp, op, w.upload(x), rows, cols)));
+        }
+        // 16 partial f32 sums of <= 4099 terms ~3: 1e-5 (1 + |ref|); max exact
+        if (op === "sum") expectClose(outs[0]!, ref, 1e-5, `sum ${rows}x${cols}`);
+        else expect(outs[0]).toEqual(Float32Array.from(ref));
+        expect(outs[1]).toEqual(outs[0]);
+      }
+    }
+    const w = await backends[1]!;
+    const special = Float32Array.from([-0, -0, -0, -0, -0, 0, -1, -0, 1, NaN, 2, 3, -5, -4, -3, -2, -1, -2, -3]);
+    const got = await w.read(w.run(reduceRowsOp, "max", w.upload(special), 1, special.length));
+    expect(Number.isNaN(got[0])).toBe(true);
+    const zeros = await w.read(w.run(reduceRowsOp, "max", w.upload(special.subarray(0, 8)), 1, 8));
+    expect(Object.is(zeros[0], 0)).toBe(true);
   });
 });
 

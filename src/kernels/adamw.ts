@@ -4,6 +4,8 @@ import { adamwOp } from "../tensor/optim.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
 import { floatArgs } from "./host.ts";
+import type { CpuBackend } from "./cpu.ts";
+import type { KernelOf } from "./registry.ts";
 import { registerKernel } from "./registry.ts";
 
 /**
@@ -35,9 +37,18 @@ export function checkAdamW(param: Sized, others: { grad: Sized; m: Sized; v: Siz
   for (const [what, s] of Object.entries(others)) need("adamw", what, s, param.numel);
 }
 
-// The cpu kernel: param, grad, m and v of one float dtype.
-registerKernel(adamwOp, "cpu", (_cpu, param, grad, m, v, h) => {
-  const [hp, hg, hm, hv] = floatArgs("adamw", [param, grad, m, v]);
-  checkAdamW(param, { grad, m, v });
-  adamwRef(hp!, hg!, hm!, hv!, h);
-});
+/**
+ * adamw on a host-memory device: param, grad, m and v of one float dtype, the size check, then
+ * `compute` on the host arrays in place (the reference on cpu; the wasm device's kernel, wasm/adamw.wasm.ts).
+ */
+export function adamwOnHost<D extends CpuBackend>(
+  compute: (device: D, param: HostArray, grad: HostArray, m: HostArray, v: HostArray, h: AdamWStep) => void,
+): KernelOf<typeof adamwOp, D> {
+  return (device, param, grad, m, v, h) => {
+    const [hp, hg, hm, hv] = floatArgs("adamw", [param, grad, m, v]);
+    checkAdamW(param, { grad, m, v });
+    compute(device, hp!, hg!, hm!, hv!, h);
+  };
+}
+
+registerKernel(adamwOp, "cpu", adamwOnHost((_cpu, ...args) => adamwRef(...args)));

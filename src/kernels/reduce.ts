@@ -5,6 +5,8 @@ import { reduceRowsOp } from "../tensor/ops/reduce.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
 import { hostData } from "./host.ts";
+import type { CpuBackend } from "./cpu.ts";
+import type { KernelOf } from "./registry.ts";
 import { registerKernel } from "./registry.ts";
 
 /**
@@ -38,10 +40,19 @@ export function checkReduceRows(op: ReduceOp, x: Sized, rows: number, cols: numb
   need(`reduce ${op}`, "x", x, rows * cols);
 }
 
-// The cpu kernel: any dtype, out [rows] of x's dtype.
-registerKernel(reduceRowsOp, "cpu", (cpu, op, x, rows, cols) => {
-  checkReduceRows(op, x, rows, cols);
-  const out = cpu.allocate(x.dtype, rows);
-  reduceRowsRef(op, hostData(`reduce ${op}`, x), out, rows, cols);
-  return cpu.wrap(out);
-});
+/**
+ * reduceRows on a host-memory device: the size check, out [rows] of x's dtype (any), then
+ * `compute` on the host arrays (the reference on cpu; the wasm device's kernels, wasm/reduce.wasm.ts).
+ */
+export function reduceRowsOnHost<D extends CpuBackend>(
+  compute: (device: D, op: ReduceOp, x: HostArray, out: HostArray, rows: number, cols: number) => void,
+): KernelOf<typeof reduceRowsOp, D> {
+  return (device, op, x, rows, cols) => {
+    checkReduceRows(op, x, rows, cols);
+    const out = device.allocate(x.dtype, rows);
+    compute(device, op, hostData(`reduce ${op}`, x), out, rows, cols);
+    return device.wrap(out);
+  };
+}
+
+registerKernel(reduceRowsOp, "cpu", reduceRowsOnHost((_cpu, ...args) => reduceRowsRef(...args)));

@@ -5,6 +5,8 @@ import { ropeOp } from "../tensor/ops/rope.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
 import { floatArgs } from "./host.ts";
+import type { CpuBackend } from "./cpu.ts";
+import type { KernelOf } from "./registry.ts";
 import { registerKernel } from "./registry.ts";
 
 /**
@@ -74,10 +76,19 @@ export function checkRope(x: Sized, cos: Sized, sin: Sized, g: RopeGeometry): nu
   return n;
 }
 
-// The cpu kernel: x, cos and sin of one float dtype.
-registerKernel(ropeOp, "cpu", (cpu, x, cos, sin, g) => {
-  const [hx, hc, hs] = floatArgs("rope", [x, cos, sin]);
-  const out = cpu.allocate(x.dtype, checkRope(x, cos, sin, g));
-  ropeRef(hx!, hc!, hs!, out, g);
-  return cpu.wrap(out);
-});
+/**
+ * rope on a host-memory device: x, cos and sin of one float dtype, the size check, the output,
+ * then `compute` on the host arrays (the reference on cpu; the wasm device's kernel, wasm/rope.wasm.ts).
+ */
+export function ropeOnHost<D extends CpuBackend>(
+  compute: (device: D, x: HostArray, cos: HostArray, sin: HostArray, out: HostArray, g: RopeGeometry) => void,
+): KernelOf<typeof ropeOp, D> {
+  return (device, x, cos, sin, g) => {
+    const [hx, hc, hs] = floatArgs("rope", [x, cos, sin]);
+    const out = device.allocate(x.dtype, checkRope(x, cos, sin, g));
+    compute(device, hx!, hc!, hs!, out, g);
+    return device.wrap(out);
+  };
+}
+
+registerKernel(ropeOp, "cpu", ropeOnHost((_cpu, ...args) => ropeRef(...args)));

@@ -4,6 +4,8 @@ import type { HostWeight, WeightStorage } from "../tensor/weight.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
 import { expectDType, hostData, weightData } from "./host.ts";
+import type { CpuBackend } from "./cpu.ts";
+import type { KernelOf } from "./registry.ts";
 import { registerKernel } from "./registry.ts";
 import { NF4_BLOCK, NF4_CODE, nibble } from "../tensor/nf4.ts";
 
@@ -89,19 +91,36 @@ export function checkMatmulWeight(x: Sized, w: WeightStorage, M: number, form: "
   return M * outer;
 }
 
-// The cpu kernels: the weight stays in its stored form, x f32, ids i32 (outside [0, V): RangeError).
-registerKernel(matmulWeightOp, "cpu", (cpu, x, w, M, form) => {
-  const s = weightData("matmulWeight", w);
-  expectDType("matmulWeight", "x", x, "f32");
-  const out = cpu.allocate("f32", checkMatmulWeight(x, s, M, form)) as Float32Array;
-  matmulWeightRef(hostData("matmulWeight", x) as Float32Array, s.data, s.rows, s.cols, M, form, out);
-  return cpu.wrap(out);
-});
+/**
+ * matmulWeight on a host-memory device: the weight in its stored form, x f32, the size check, the
+ * output, then `compute` (matmulWeightRef's arguments; the reference on cpu, the wasm device's
+ * kernels in wasm/weights.wasm.ts).
+ */
+export function matmulWeightOnHost<D extends CpuBackend>(
+  compute: (device: D, x: Float32Array, w: HostWeight, N: number, K: number, M: number, form: "nt" | "nn", out: Float32Array) => void,
+): KernelOf<typeof matmulWeightOp, D> {
+  return (device, x, w, M, form) => {
+    const s = weightData("matmulWeight", w);
+    expectDType("matmulWeight", "x", x, "f32");
+    const out = device.allocate("f32", checkMatmulWeight(x, s, M, form)) as Float32Array;
+    compute(device, hostData("matmulWeight", x) as Float32Array, s.data, s.rows, s.cols, M, form, out);
+    return device.wrap(out);
+  };
+}
 
-registerKernel(gatherWeightOp, "cpu", (cpu, w, ids) => {
-  const s = weightData("gatherWeight", w);
-  expectDType("gatherWeight", "ids", ids, "i32");
-  const out = cpu.allocate("f32", ids.numel * s.cols) as Float32Array;
-  gatherWeightRef(s.data, s.rows, s.cols, hostData("gatherWeight", ids) as Int32Array, out);
-  return cpu.wrap(out);
-});
+/** gatherWeight on a host-memory device: ids i32 (outside [0, V): RangeError), out [n, D] f32, then `compute` (gatherWeightRef's arguments). */
+export function gatherWeightOnHost<D extends CpuBackend>(
+  compute: (device: D, w: HostWeight, V: number, D: number, ids: Int32Array, out: Float32Array) => void,
+): KernelOf<typeof gatherWeightOp, D> {
+  return (device, w, ids) => {
+    const s = weightData("gatherWeight", w);
+    expectDType("gatherWeight", "ids", ids, "i32");
+    const out = device.allocate("f32", ids.numel * s.cols) as Float32Array;
+    compute(device, s.data, s.rows, s.cols, hostData("gatherWeight", ids) as Int32Array, out);
+    return device.wrap(out);
+  };
+}
+
+// The cpu kernels: the weight stays in its stored form.
+registerKernel(matmulWeightOp, "cpu", matmulWeightOnHost((_cpu, ...args) => matmulWeightRef(...args)));
+registerKernel(gatherWeightOp, "cpu", gatherWeightOnHost((_cpu, ...args) => gatherWeightRef(...args)));

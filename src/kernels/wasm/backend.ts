@@ -1,6 +1,9 @@
 import type { BinaryOp, UnaryOp } from "../../tensor/backend.ts";
 import type { DType, HostArray } from "../../tensor/dtype.ts";
+import { DeviceLimitError } from "../../tensor/errors.ts";
+import type { HostWeight, WeightStorage } from "../../tensor/weight.ts";
 import { CpuBackend } from "../cpu.ts";
+import { CpuWeightStorage } from "../host.ts";
 import type { HostView } from "../elementwise.ts";
 import { assignRef, binaryRef, unaryRef } from "../elementwise.ts";
 import { WASM_BINARY, WASM_UNARY, elementwiseExport, elementwiseModule } from "./elementwise.wasm.ts";
@@ -11,6 +14,10 @@ import { hasRelaxedSimd } from "./module.ts";
 import type { KernelRef } from "./pool.ts";
 import { PARALLEL_MIN_ELEMENTS, WasmPool } from "./pool.ts";
 import { rowsModule } from "./rows.wasm.ts";
+import { ADAMW_KERNELS, adamwModule } from "./adamw.wasm.ts";
+import { REDUCE_KERNELS, reduceModule } from "./reduce.wasm.ts";
+import { ROPE_KERNELS, ropeModule } from "./rope.wasm.ts";
+import { WEIGHT_KERNELS, weightsModule } from "./weights.wasm.ts";
 
 /**
  * The `wasm` device: storages live in one WebAssembly.Memory (shared between worker threads
@@ -22,15 +29,19 @@ import { rowsModule } from "./rows.wasm.ts";
  *   `registerKernel(..., "wasm", ...)`): matmul (f32: the blocked, register-tiled product and the
  *   matrix-vector forms, matmul.wasm.ts), attention forward and backward (f32, head size a
  *   multiple of 4, attention.wasm.ts), softmax, log-softmax, cross-entropy forward and backward
- *   and RMSNorm (f32, rows.wasm.ts), split between threads.
- * - unary and binary ops of elementwise.wasm.ts (arithmetic, exp, sigmoid, silu, ...) and assign
- *   between distinct storages, f32, on views that collapse to at most 4 dims (this file).
- * - every other op (comparisons, where, cast, reductions, RoPE, embedding, AdamW, the packed
- *   bf16/f16/NF4 weights, which stay in host memory as on cpu, ...), and f64: the cpu device's
- *   kernels, which `run` falls back to for any fused op without a wasm kernel (`kernelNames`),
- *   on the calling thread, reading and writing the shared memory in place. Those ops are
- *   memory-bound or small next to the matmuls of a transformer layer; they share the reference's
- *   numerics (computed in doubles, rounded once at the store).
+ *   and RMSNorm (f32, rows.wasm.ts), RoPE (f32, rope.wasm.ts), AdamW (f32, adamw.wasm.ts), row
+ *   sums and maxima (f32, reduce.wasm.ts), and the packed bf16/f16/NF4 weights' products and
+ *   embedding gather (weights.wasm.ts: decoded a slice of rows at a time into the f32 matmul
+ *   kernels); split between threads where the work is large enough (PARALLEL_MIN_*).
+ * - unary and binary ops of elementwise.wasm.ts (arithmetic, comparisons, exp, sigmoid, silu,
+ *   ...) and assign between distinct storages, f32, on views that collapse to at most 4 dims
+ *   (this file).
+ * - packed weights live in the device's memory (uploadWeight copies them there; one that does
+ *   not fit stays in host memory and its products run the references).
+ * - every other op (where, cast, the f32 embedding gather and scatter-add, pow, ...), and f64:
+ *   the cpu device's kernels, which `run` falls back to for any fused op without a wasm kernel
+ *   (`kernelNames`), on the calling thread, reading and writing the shared memory in place.
+ *   Those share the reference's numerics (computed in doubles, rounded once at the store).
  * Argument checks, dtypes and errors are the cpu device's: this class extends it, and each wasm
  * kernel wraps its compute in the op's host checks (`rmsNormOnHost` in src/kernels/rmsnorm.ts).
  */
@@ -41,6 +52,13 @@ const ELEMENTWISE_NAMES = [
   ...Object.keys(WASM_UNARY).map((op) => elementwiseExport("unary", op)),
   ...Object.keys(WASM_BINARY).map((op) => elementwiseExport("binary", op)),
 ];
+/** Modules after the first four (matmul, attention, elementwise, rows), with their kernels' export names, in pool order. */
+const MORE_MODULES = [
+  { make: weightsModule, names: WEIGHT_KERNELS },
+  { make: ropeModule, names: ROPE_KERNELS },
+  { make: adamwModule, names: ADAMW_KERNELS },
+  { make: reduceModule, names: REDUCE_KERNELS },
+] as const;
 const KERNELS: readonly KernelRef[] = [
   { module: 0, name: "gemm" },
   { module: 0, name: "gemv_dot" },
@@ -51,12 +69,16 @@ const KERNELS: readonly KernelRef[] = [
   { module: 3, name: "row_apply" },
   { module: 3, name: "rmsnorm" },
   ...ELEMENTWISE_NAMES.map((name) => ({ module: 2, name })),
+  ...MORE_MODULES.flatMap(({ names }, i) => names.map((name) => ({ module: 4 + i, name }))),
 ];
-/** Pool index of each elementwise kernel, by export name. */
-const ELEMENTWISE_INDEX = new Map(ELEMENTWISE_NAMES.map((name, i) => [name, 8 + i]));
+/** Pool index of each kernel of the elementwise module and of MORE_MODULES, by export name. */
+const EXPORT_INDEX = new Map(KERNELS.slice(8).map((k, i) => [k.name, 8 + i]));
 
-/** The kernels of the matmul, attention and row modules, by name (`WasmBackend.call`). */
-export type WasmKernel = keyof typeof K;
+/**
+ * The kernels `WasmBackend.call` runs: those of the matmul, attention and row modules by their
+ * K names, the others by export name (`binary_add`, `decode_nf4`, `rope`, ...).
+ */
+export type WasmKernel = keyof typeof K | (typeof MORE_MODULES)[number]["names"][number] | ReturnType<typeof elementwiseExport>;
 
 /**
  * A strided iteration space collapsed to exactly 4 dims: adjacent axes merge when every operand
@@ -165,13 +187,51 @@ export class WasmBackend extends CpuBackend {
     this.pool.destroy();
   }
 
-  /** Runs kernel `kernel` of the matmul, attention or row modules with `args` on `threads` threads. */
+  /**
+   * Runs kernel `kernel` with `args` on `threads` threads.
+   * @throws Error for an elementwise export name that has no kernel (an op without a SIMD form)
+   */
   call(kernel: WasmKernel, args: readonly number[], threads: number): void {
-    this.pool.run(K[kernel], args, threads);
+    const index = kernel in K ? K[kernel as keyof typeof K] : EXPORT_INDEX.get(kernel);
+    if (index === undefined) throw new Error(`wasm: no kernel ${kernel}`);
+    this.pool.run(index, args, threads);
+  }
+
+  /**
+   * Copies the packed weight into the device's memory, where the decoding kernels
+   * (weights.wasm.ts) read it; a weight that does not fit stays in host memory, and its products
+   * run the references there.
+   */
+  override uploadWeight(w: HostWeight, rows: number, cols: number): WeightStorage {
+    const parts = w.dtype === "nf4" ? [w.packed, w.absmax] : [w.bits];
+    const copies: (Uint8Array | Uint16Array | Float32Array)[] = [];
+    try {
+      for (const a of parts) {
+        const ptr = this.heap.alloc(a.byteLength); // first: it may grow the memory, which gives a new buffer
+        const view = new (a.constructor as Uint8ArrayConstructor)(this.heap.memory.buffer, ptr, a.length);
+        this.buffers.add(view.buffer);
+        copies.push(view);
+        view.set(a);
+      }
+    } catch (e) {
+      for (const c of copies) this.heap.release(c.byteOffset);
+      if (e instanceof DeviceLimitError) return super.uploadWeight(w, rows, cols);
+      throw e;
+    }
+    const inHeap: HostWeight = w.dtype === "nf4" ? { dtype: "nf4", packed: copies[0] as Uint8Array, absmax: copies[1] as Float32Array } : { dtype: w.dtype, bits: copies[0] as Uint16Array };
+    return super.uploadWeight(inHeap, rows, cols);
+  }
+
+  override freeWeight(w: WeightStorage): void {
+    if (w instanceof CpuWeightStorage && !w.freed) {
+      const parts = w.data.dtype === "nf4" ? [w.data.packed, w.data.absmax] : [w.data.bits];
+      for (const a of parts) if (this.owns(a)) this.heap.release(a.byteOffset);
+    }
+    super.freeWeight(w);
   }
 
   /** Whether `x` is a view of this backend's memory. */
-  owns(x: HostArray): boolean {
+  owns(x: ArrayBufferView): boolean {
     return this.buffers.has(x.buffer);
   }
 
@@ -181,7 +241,7 @@ export class WasmBackend extends CpuBackend {
    * (nothing written) when the reference must run instead.
    */
   private mapKernel(name: string, out: HostArray, outStrides: readonly number[], views: readonly [HostView, HostView], shape: readonly number[], outOffset = 0): boolean {
-    const index = ELEMENTWISE_INDEX.get(name);
+    const index = EXPORT_INDEX.get(name);
     const arrays = [out, views[0].data, views[1].data];
     if (index === undefined || !arrays.every((x) => x instanceof Float32Array && this.owns(x))) return false;
     const dims = collapse(shape, [outStrides, views[0].strides, views[1].strides]);
@@ -216,7 +276,8 @@ export async function createWasmBackend(opts: WasmOptions & { threads: number })
   const threads = shared ? opts.threads : 1;
   const heap = new WasmHeap(shared, opts.maxMemoryBytes ?? (shared ? 2 ** 32 : 2 ** 30));
   const relaxed = opts.relaxedSimd ?? hasRelaxedSimd();
-  const modules = await Promise.all([matmulModule(shared, relaxed), attentionModule(shared), elementwiseModule(shared), rowsModule(shared)].map((bytes) => WebAssembly.compile(bytes)));
+  const bytes = [matmulModule(shared, relaxed), attentionModule(shared), elementwiseModule(shared), rowsModule(shared), ...MORE_MODULES.map((m) => m.make(shared))];
+  const modules = await Promise.all(bytes.map((b) => WebAssembly.compile(b)));
   const pool = await WasmPool.create(modules, heap.memory, KERNELS, threads);
   return new WasmBackend(heap, pool, relaxed);
 }

@@ -14,7 +14,7 @@ import { FunctionBuilder, T, buildModule, expF32x4, f32, f32x4, forRange, get, i
  * element's value never depends on where it falls.
  *
  * Ops with transcendentals use Cephes' expf (expF32x4, ~1 ulp): exp, sigmoid, silu. The others
- * are exact IEEE f32 operations, as the reference rounds them.
+ * (comparisons included: 1 or 0) are exact IEEE f32 operations, as the reference rounds them.
  */
 
 /** Inner-dimension elements per work unit. */
@@ -43,7 +43,10 @@ export const WASM_UNARY: Partial<Record<UnaryOp, Vec>> = {
   silu: (a, _b, t) => f32x4.mul(a, sigmoid(a, t)),
 };
 
-/** The binary ops with a SIMD form (comparisons and pow stay on the reference). */
+/** 1 where a lane of the comparison mask `m` is set, else 0 (the table's comparisons return 1 or 0 in the operands' dtype). */
+const oneWhere = (m: Code) => v128.and(m, one());
+
+/** The binary ops with a SIMD form (pow stays on the reference). */
 export const WASM_BINARY: Partial<Record<BinaryOp, Vec>> = {
   add: (a, b) => f32x4.add(a, b),
   sub: (a, b) => f32x4.sub(a, b),
@@ -52,6 +55,11 @@ export const WASM_BINARY: Partial<Record<BinaryOp, Vec>> = {
   // pmax/pmin would differ from Math.max on NaN and signed zeros; f32x4.max/min propagate NaN as Math.max does.
   maximum: (a, b) => f32x4.max(a, b),
   minimum: (a, b) => f32x4.min(a, b),
+  // IEEE comparisons, as JS's: false whenever a NaN is involved.
+  eq: (a, b) => oneWhere(f32x4.eq(a, b)),
+  gt: (a, b) => oneWhere(f32x4.gt(a, b)),
+  ge: (a, b) => oneWhere(f32x4.ge(a, b)),
+  lt: (a, b) => oneWhere(f32x4.lt(a, b)),
 };
 
 /** Export name of an op's kernel. */

@@ -430,7 +430,7 @@ function unitColumns(batch: number, M: number, N: number, threads: number): numb
  * product per output where the matrix's rows are contiguous along k, else scaled rows summed
  * into an output strip). f64 runs the reference.
  */
-function matmulKernel(wasm: WasmBackend, a: HostArray, b: HostArray, out: HostArray, g: MatmulGeometry): void {
+export function matmulKernel(wasm: WasmBackend, a: HostArray, b: HostArray, out: HostArray, g: MatmulGeometry): void {
   if (!(a instanceof Float32Array && b instanceof Float32Array && out instanceof Float32Array)) {
     matmulRef(a, b, out, g);
     return;

@@ -102,7 +102,11 @@ export const i32 = {
   div_s: op1(0x6d),
   rem_s: op1(0x6f),
   and: op1(0x71),
+  or: op1(0x72),
   shl: op1(0x74),
+  shr_u: op1(0x76),
+  /** Loads one byte, zero-extended. */
+  load8_u: mem([0x2d], 0),
 };
 
 export const f32 = {
@@ -130,11 +134,22 @@ export const v128 = {
   load32_splat: mem([0xfd, ...uleb(0x09)], 2),
   store: store([0xfd, ...uleb(0x0b)], 4),
   zero: () => [0xfd, ...uleb(0x0c), ...new Array<number>(16).fill(0)],
+  and: simd(0x4e),
+  or: simd(0x50),
+  /** Lane bits of a where mask bits are 1, else of b: bitselect(a, b, mask). */
+  bitselect: simd(0x52),
 };
 
 export const f32x4 = {
   splat: simd(0x13),
   extract_lane: (v: Code, lane: number) => [...v, 0xfd, ...uleb(0x1f), lane],
+  /** Lane-wise comparisons: all-ones lanes where true, zero where false (NaN compares false, except ne). */
+  eq: simd(0x41),
+  ne: simd(0x42),
+  lt: simd(0x43),
+  gt: simd(0x44),
+  le: simd(0x45),
+  ge: simd(0x46),
   nearest: simd(0x6a),
   abs: simd(0xe0),
   neg: simd(0xe1),
@@ -148,6 +163,8 @@ export const f32x4 = {
   max: simd(0xe9),
   /** Pseudo-maximum, as the SIMD proposal defines it: pmax(a, b) = a < b ? b : a. */
   pmax: simd(0xeb),
+  /** Converts i32 lanes to f32 (rounded to nearest). */
+  convert_i32x4_s: simd(0xfa),
   /** Relaxed SIMD: a * b + c, fused or not (the platform's choice). */
   relaxed_madd: simd(0x105),
 };
@@ -161,8 +178,11 @@ export const memoryFill = (dest: Code, value: Code, size: Code): number[] => [..
 /** `cond ? a : b` (both operands are evaluated). */
 export const select = (a: Code, b: Code, cond: Code): number[] => [...a, ...b, ...cond, 0x1b];
 
-const i32x4 = {
+export const i32x4 = {
   splat: simd(0x11),
+  /** The low (lanes 0-3) or high (4-7) u16 lanes of an i16x8, zero-extended to i32. */
+  extend_low_i16x8_u: simd(0xa9),
+  extend_high_i16x8_u: simd(0xaa),
   add: simd(0xae),
   shl: simd(0xab),
   /** Converts f32 lanes to i32, saturating (NaN to 0). */
@@ -213,6 +233,14 @@ export function whileLoop(cond: Code, body: Code): number[] {
 /** `for (i = from; i < to; i += step) body` over i32, `to` re-evaluated each iteration. */
 export function forRange(i: Local, from: Code, to: Code, step: Code, body: Code): number[] {
   return seq(set(i, from), whileLoop(i32.lt_s(get(i), to), seq(body, inc(i, step))));
+}
+
+/**
+ * A thread's share of `units` work units, round-robin: `u` = tid, tid + threads, ... (the fixed
+ * split every kernel uses, so which thread computes what never changes a result).
+ */
+export function forEachUnit(u: Local, units: Code, tid: Local, threads: Local, body: Code): number[] {
+  return forRange(u, get(tid), units, get(threads), body);
 }
 
 // ---- functions and the module ----

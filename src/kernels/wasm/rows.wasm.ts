@@ -36,7 +36,7 @@ import { f32Bits } from "./pool.ts";
 const c = i32.const;
 
 /** Locals and loops over one row of `cols` f32 at byte pointer `row`: 16 at a time, then 1 at a time. */
-function rowLoops(fn: FunctionBuilder) {
+export function rowLoops(fn: FunctionBuilder) {
   const [k, end16] = [fn.local(T.i32), fn.local(T.i32)];
   return {
     k,
@@ -52,7 +52,7 @@ function rowLoops(fn: FunctionBuilder) {
 }
 
 /** Sum of the four lanes of each of four vectors. */
-const hsum = (vs: Local[]) => {
+export const hsum = (vs: Local[]) => {
   const all = f32x4.add(f32x4.add(get(vs[0]!), get(vs[1]!)), f32x4.add(get(vs[2]!), get(vs[3]!)));
   return (t: Local) => seq(set(t, all), f32.add(f32.add(f32x4.extract_lane(get(t), 0), f32x4.extract_lane(get(t), 1)), f32.add(f32x4.extract_lane(get(t), 2), f32x4.extract_lane(get(t), 3))));
 };
