@@ -25,11 +25,14 @@ import { noGrad } from "../src/tensor/autograd.ts";
  * same results, and a checkpoint read from URLs can be written beside OPFS files through one
  * mounted Files. The page is served from http://localhost, a secure context (OPFS needs one).
  */
+/** A file that starts with a UTF-8 byte-order mark, which Node's readText keeps. */
+const BOM_TEXT = '\uFEFF{"a": 1}';
+
 let close: () => Promise<void> = async () => undefined;
 let page: Page;
 
 beforeAll(async () => {
-  ({ page, close } = await openQalign({}, { "/models/": join(ROOT, "test", "fixtures", "models") }));
+  ({ page, close } = await openQalign({ "/bom.json": { type: "application/json", body: BOM_TEXT } }, { "/models/": join(ROOT, "test", "fixtures", "models") }));
 }, 120_000);
 
 afterAll(() => close());
@@ -209,13 +212,24 @@ describe("Files in headless Chromium", () => {
       const back = await qa.opfsFiles().readText("mounted/config.json");
       let httpWrite = "";
       await files.writeAtomic("/models/llama-untied/x.json", ["{}"]).catch((e: Error) => void (httpWrite = e.message));
-      return { same: back === config, length: config.length, target, opfsList: await files.list("opfs:mounted"), httpWrite };
+      const bom = { url: await files.readText("/bom.json"), blob: await qa.blobFiles(new Map([["b", await (await fetch("/bom.json")).blob()]])).readText("b") };
+      return { same: back === config, length: config.length, target, opfsList: await files.list("opfs:mounted"), httpWrite, bom };
     });
     expect(r.length).toBeGreaterThan(0);
     expect(r.same).toBe(true);
     expect(r.target).toBe("opfs:mounted/config.json");
     expect(r.opfsList).toEqual(["config.json"]);
     expect(r.httpWrite).toMatch(/read-only/);
+    // Every source decodes as Node's readFile(path, "utf8") does: the byte-order mark stays.
+    const tmp = mkdtempSync(join(tmpdir(), "qalign-bom-"));
+    try {
+      await nodeFiles.writeAtomic(join(tmp, "bom.json"), [BOM_TEXT]);
+      const node = await nodeFiles.readText(join(tmp, "bom.json"));
+      expect(node).toBe(BOM_TEXT);
+      expect(r.bom).toEqual({ url: node, blob: node });
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
   });
 
   it("a file opened before an atomic replace is a snapshot: reading it after fails instead of mixing old and new bytes", async () => {

@@ -59,6 +59,15 @@ export interface Files {
   remove(path: string): Promise<void>;
 }
 
+/**
+ * UTF-8 bytes as text, as Node's `readFile(path, "utf8")` decodes them: invalid sequences become
+ * U+FFFD and a byte-order mark is kept (Blob.text() and Response.text() drop it), so every host
+ * reads the same text from the same file.
+ */
+export function decodeUtf8(bytes: ArrayBuffer | Uint8Array): string {
+  return new TextDecoder("utf-8", { ignoreBOM: true }).decode(bytes);
+}
+
 /** Copies go in pieces of this many bytes, so a copy holds one piece in memory. */
 const COPY_CHUNK = 64 << 20;
 

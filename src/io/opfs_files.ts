@@ -1,4 +1,4 @@
-import { joinSlash, type ByteReader, type Files } from "./files.ts";
+import { decodeUtf8, joinSlash, type ByteReader, type Files } from "./files.ts";
 
 /**
  * Files on a browser's Origin Private File System (OPFS, WHATWG File System Standard): the
@@ -173,8 +173,7 @@ export function opfsFiles(root?: OpfsDirectory): Files {
         close: async () => undefined,
       };
     },
-    // As Node's readFile(path, "utf8"): a byte-order mark is kept (Blob.text() would drop it).
-    readText: async (path) => new TextDecoder("utf-8", { ignoreBOM: true }).decode(await (await file(path)).arrayBuffer()),
+    readText: async (path) => decodeUtf8(await (await file(path)).arrayBuffer()),
     async writeAtomic(path, chunks) {
       const [dir, name] = await parentOf(path, true);
       const tmp = tmpName(name);

@@ -1,4 +1,4 @@
-import { joinSlash, type ByteReader, type Files } from "./files.ts";
+import { decodeUtf8, joinSlash, type ByteReader, type Files } from "./files.ts";
 
 /**
  * Files in a browser (see files.ts): read-only sources, since a page cannot write to a web server
@@ -59,7 +59,7 @@ export function urlFiles(base: string = (globalThis as { location?: { href: stri
       };
     },
     async readText(path) {
-      return (await fetchOk(abs(path))).text();
+      return decodeUtf8(await (await fetchOk(abs(path))).arrayBuffer());
     },
     writeAtomic: (path) => Promise.resolve().then(() => readOnly(abs(path))),
     list: (dir) => Promise.reject(unlistable(abs(dir))),
@@ -91,7 +91,7 @@ export function blobFiles(picked: ReadonlyMap<string, Blob>): Files {
         close: async () => undefined,
       };
     },
-    readText: async (path) => get(path).text(),
+    readText: async (path) => decodeUtf8(await get(path).arrayBuffer()),
     writeAtomic: (path) => Promise.resolve().then(() => readOnly(path)),
     async list(dir) {
       const prefix = dir === "" ? "" : `${dir.replace(/\/$/, "")}/`;
