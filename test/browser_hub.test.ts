@@ -100,6 +100,7 @@ describe('loadModel("org/name") in the browser', () => {
       return Array.from(await f.read(0, f.size)) as number[];
     });
     expect(Buffer.from(cachedBytes).equals(WEIGHTS)).toBe(true);
+    expect(r.cached.filter((f) => f.includes(".part"))).toEqual([]); // the partial file and its record are gone
   });
 
   it("a partial file seeded in the OPFS with the Hub's ETag is completed by one range request for the rest", async (ctx) => {

@@ -1,15 +1,14 @@
-import type { Files } from "../io/files.ts";
+import { copyFile, type Files } from "../io/files.ts";
 import type { DownloadStore } from "./hub.ts";
 
 /**
  * A Hub download cache on any writable {@link Files} (hub.ts's DownloadStore), for a page's
  * Origin Private File System (io/opfs_files.ts): Files writes whole files atomically and
- * nothing else, so each operation a resumable download needs is made of atomic writes.
+ * cannot append, so a partial file grows by atomic rewrites.
  * - append: the kept bytes are copied into a new version of the file, then the chunks; when the
  *   chunks fail (a dropped connection, an abort), what arrived is committed before the error
  *   propagates. A tab closed mid-file loses the bytes since the last such commit.
- * - rename: the file is copied to its new name, and the old one emptied (Files cannot delete:
- *   an empty file stays, as `remove` leaves one).
+ * - rename: the file is copied to its new name (io/files.ts's copyFile), and the old one removed.
  * Copies go COPY_CHUNK bytes at a time, so memory stays at one chunk for any file size.
  */
 
@@ -50,11 +49,9 @@ export function filesStore(files: Files, root: string): DownloadStore {
       if (failure !== null) throw (failure as { error: unknown }).error;
     },
     async rename(from, to) {
-      await files.writeAtomic(to, bytesOf(files, from, await size(from)));
-      await files.writeAtomic(from, []);
+      await copyFile(files, from, to);
+      await files.remove(from);
     },
-    remove: async (path) => {
-      if (await files.exists(path)) await files.writeAtomic(path, []);
-    },
+    remove: (path) => files.remove(path),
   };
 }

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { appendFile, rename, rm, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { cacheDir } from "../io/cache.ts";
@@ -31,11 +31,7 @@ export const libraryClient: HubClient = async ({ repo, revision, endpoint, acces
 export function nodeStore(root?: string): DownloadStore {
   return {
     files: nodeFiles,
-    folder(repo, revision) {
-      const dir = join(root ?? join(cacheDir(), "hub"), repo.replace("/", "--"), revision);
-      mkdirSync(dir, { recursive: true });
-      return dir;
-    },
+    folder: (repo, revision) => join(root ?? join(cacheDir(), "hub"), repo.replace("/", "--"), revision),
     size: async (path) => (existsSync(path) ? statSync(path).size : 0),
     async append(path, keep, chunks) {
       if (keep === 0) await writeFile(path, new Uint8Array(0));
@@ -63,5 +59,5 @@ export async function downloadModel(name: string, opts: HubOptions & { dir?: str
   const store = nodeStore();
   const dir = opts.dir;
   if (dir === undefined) return downloadCheckpoint(name, store, opts);
-  return downloadCheckpoint(name, { ...store, folder: () => (mkdirSync(dir, { recursive: true }), dir) }, opts);
+  return downloadCheckpoint(name, { ...store, folder: () => dir }, opts);
 }
