@@ -1,8 +1,8 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Browser, Page } from "puppeteer-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { demoFiles } from "../scripts/browser_bundle.mjs";
 import { formatIssue } from "../src/io/data_error.ts";
 import { blobFiles } from "../src/io/web_files.ts";
@@ -19,7 +19,7 @@ import { inkOf, openQalign, pageAdapterOrSkip, type Request } from "./helpers/br
  * Hub's `resolve/main/` layout (downloaded into the page's OPFS, with progress), generation, a
  * question-pairs file of the user's (one malformed item, reported as Node's reader reports it;
  * a file that is not an array, refused with its message), LoRA steps that lower the loss, the
- * Logit Lens, and the downloads: the PEFT adapter's two files (they parse in Node as a PEFT
+ * Logit Lens, and the downloads, which Chromium saves into a folder: the PEFT adapter's two files (they parse in Node as a PEFT
  * adapter whose tensors equal the page's LoRA weights) and the report (it renders: its tables,
  * its inline chart, a screenshot that is not blank).
  */
@@ -126,20 +126,25 @@ describe("the demo page", () => {
     await demo.click("#save");
     await until(/^downloads ready|^error/);
     expect(await text("status")).toBe("downloads ready: the adapter's two files and the report");
+    // Chromium saves what the links download into `dir` (a real download: the link's name and bytes).
+    const dir = join(tmp, "downloads");
+    mkdirSync(dir);
+    const cdp = await demo.createCDPSession();
+    await cdp.send("Browser.setDownloadBehavior", { behavior: "allow", downloadPath: dir, eventsEnabled: true });
+    const names = await demo.$$eval("#downloads a", (links) => links.map((a) => (a as unknown as { download: string }).download));
+    expect(names.sort()).toEqual(["adapter_config.json", "adapter_model.safetensors", "report.html"]);
+    let done = 0;
+    cdp.on("Browser.downloadProgress", (e) => void (e.state === "completed" && done++));
+    for (const name of names) await demo.click(`#downloads a[download="${name}"]`);
+    await vi.waitFor(() => expect(done).toBe(names.length), { timeout: 30_000, interval: 100 });
+    expect(readdirSync(dir).sort()).toEqual(names);
     const got = await demo.evaluate(async () => {
-      const links = [...(globalThis as unknown as { document: { querySelectorAll(s: string): Iterable<{ href: string; download: string }> } }).document.querySelectorAll("#downloads a")];
-      const files: Record<string, number[]> = {};
-      for (const a of links) files[a.download] = Array.from(new Uint8Array(await (await fetch(a.href)).arrayBuffer()));
       const adapter = (globalThis as unknown as { demo: { adapter: { namedParams(): Map<string, { data(): Promise<Float32Array> }> } } }).demo.adapter;
       const weights: Record<string, number[]> = {};
       for (const [key, p] of adapter.namedParams()) weights[key] = Array.from(await p.data());
-      return { files, weights };
+      return { weights };
     });
-    expect(Object.keys(got.files).sort()).toEqual(["adapter_config.json", "adapter_model.safetensors", "report.html"]);
-    // As a folder PEFT (and qalign) reads: the two files side by side.
-    const dir = join(tmp, "downloaded-adapter");
-    mkdirSync(dir);
-    for (const f of ["adapter_config.json", "adapter_model.safetensors"]) writeFileSync(join(dir, f), Uint8Array.from(got.files[f]!));
+    // The two adapter files side by side are a folder PEFT (and qalign) reads.
     const config = await readAdapterConfig(dir);
     expect(config).toMatchObject({ r: 8, lora_alpha: 16 });
     const model = await loadModel(tiny, { device: cpuDevice() });
@@ -153,7 +158,7 @@ describe("the demo page", () => {
     // 5. The report renders: the loss table, the Logit Lens table, the chart inline, the settings.
     const report = await browser.newPage();
     await report.setViewport({ width: 1000, height: 900 });
-    await report.setContent(new TextDecoder().decode(Uint8Array.from(got.files["report.html"]!)));
+    await report.setContent(readFileSync(join(dir, "report.html"), "utf8"));
     const layout = await report.evaluate(() => {
       const doc = (globalThis as unknown as { document: { querySelector(s: string): { getBoundingClientRect(): { width: number; height: number }; textContent: string } | null; querySelectorAll(s: string): { length: number } } }).document;
       const box = doc.querySelector("figure svg")?.getBoundingClientRect();
