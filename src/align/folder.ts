@@ -1,8 +1,5 @@
-import { existsSync } from "node:fs";
-import { mkdir, readFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
-import { writeFileAtomic } from "../io/atomic.ts";
 import { DataError } from "../io/data_error.ts";
+import { hostFiles, type Files } from "../io/files.ts";
 import { parseJson } from "../io/json.ts";
 import type { AlignConfig } from "./config.ts";
 
@@ -23,35 +20,39 @@ import type { AlignConfig } from "./config.ts";
 /** The summary file written into the adapter folder once training is complete. */
 export const TRAINING_SUMMARY = "training.json";
 
-/** Paths inside the run folder `out`. */
-export function runPaths(out: string) {
+/** Paths inside the run folder `out`, named by `files` (default: the host's). */
+export async function runPaths(out: string, files?: Files) {
+  const f = files ?? (await hostFiles());
+  const j = (...names: string[]) => names.reduce((dir, name) => f.join(dir, name), out);
   return {
-    settings: join(out, "run.json"),
+    settings: j("run.json"),
     /** One language's result of the base or the aligned model. */
-    result: (label: "base" | "aligned", lang: string) => join(out, label, `${lang}.json`),
-    /** The finished adapter (only ever a complete one: training/ is renamed to it). */
-    adapter: join(out, "adapter"),
+    result: (label: "base" | "aligned", lang: string) => j(label, `${lang}.json`),
+    /** The finished adapter (only ever a complete one: it replaces itself with training/'s files as a whole). */
+    adapter: j("adapter"),
     /** The trainer's working folder with its resumable checkpoints. */
-    training: join(out, "training"),
-    interpDir: join(out, "interp"),
+    training: j("training"),
+    interpDir: j("interp"),
     /** Logit Lens / PCA of one model. */
-    interp: (label: string) => join(out, "interp", `${label}.json`),
+    interp: (label: string) => j("interp", `${label}.json`),
   };
 }
 
-/** Writes JSON atomically, creating its folder. */
-export async function saveJson(file: string, value: unknown): Promise<void> {
-  await mkdir(dirname(file), { recursive: true });
-  await writeFileAtomic(file, JSON.stringify(value, null, 1) + "\n");
+export type RunPaths = Awaited<ReturnType<typeof runPaths>>;
+
+/** Writes JSON atomically, creating its folder, through `files` (default: the host's). */
+export async function saveJson(file: string, value: unknown, files?: Files): Promise<void> {
+  await (files ?? (await hostFiles())).writeAtomic(file, [JSON.stringify(value, null, 1) + "\n"]);
 }
 
 /**
  * Reads a JSON file this run folder wrote (its shape is trusted, as the run wrote it).
+ * @param files where it is (default: the host's)
  * @throws DataError naming the file when it is no longer JSON (a full disk, an edit gone wrong)
  */
-export async function readJson<T>(file: string): Promise<T> {
+export async function readJson<T>(file: string, files?: Files): Promise<T> {
   try {
-    return parseJson(await readFile(file, "utf8")) as T;
+    return parseJson(await (files ?? (await hostFiles())).readText(file)) as T;
   } catch (e) {
     throw new DataError(file, `cannot be read back (${(e as Error).message}); remove it to recompute what it held`);
   }
@@ -115,11 +116,13 @@ export function changedSettings(saved: Record<string, unknown>, now: Record<stri
  * Checks a saved run.json against this run's settings (see {@link fingerprint}).
  * @returns true when the folder holds a run with these settings (to resume), false when it
  *   holds none yet
+ * @param files where it is (default: the host's)
  * @throws DataError naming run.json and every differing setting when it holds another run.
  */
-export async function checkSettings(file: string, settings: Record<string, unknown>): Promise<boolean> {
-  if (!existsSync(file)) return false;
-  const saved = await readJson<Record<string, unknown>>(file);
+export async function checkSettings(file: string, settings: Record<string, unknown>, files?: Files): Promise<boolean> {
+  files ??= await hostFiles();
+  if (!(await files.exists(file))) return false;
+  const saved = await readJson<Record<string, unknown>>(file, files);
   const differ = changedSettings(saved, settings);
   if (differ.length > 0) throw new DataError(file, `holds a run with other settings (${differ.join("; ")}); choose another --out or remove the folder`);
   return true;

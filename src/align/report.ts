@@ -1,6 +1,4 @@
-import { readFile } from "node:fs/promises";
-import { basename, join } from "node:path";
-import { writeFileAtomic } from "../io/atomic.ts";
+import { baseName, hostFiles, type Files } from "../io/files.ts";
 import { reportHtml } from "../io/html.ts";
 import { toCsv, writePlot, type PlotRow, type PlotSpec } from "../io/plot.ts";
 import type { LanguageResult } from "../eval/evaluate.ts";
@@ -51,9 +49,10 @@ export function comparisonTable(rows: readonly Comparison[], trained: readonly L
  * Draws base vs aligned accuracy per language as grouped bars with their 95% intervals and a
  * dashed line at chance (100 / classes), writing `<file>.svg` with its rows as `.json` / `.csv`.
  * @param file path of the SVG
+ * @param files where to write (default: the host's, io/files.ts)
  * @returns the files written
  */
-export async function writeAccuracyChart(file: string, rows: readonly Comparison[], trained: readonly Lang[], title: string, subtitle: string): Promise<string[]> {
+export async function writeAccuracyChart(file: string, rows: readonly Comparison[], trained: readonly Lang[], title: string, subtitle: string, files?: Files): Promise<string[]> {
   const name = (lang: Lang) => (trained.includes(lang) ? `${lang} †` : lang);
   const data: PlotRow[] = rows.flatMap(({ lang, base, aligned }) =>
     (aligned ? [["base", base] as const, ["aligned", aligned] as const] : [["base", base] as const]).map(([model, r]) => ({
@@ -89,16 +88,19 @@ export async function writeAccuracyChart(file: string, rows: readonly Comparison
       { mark: { type: "rule", strokeDash: [4, 4], color: "gray" }, encoding: { y: { datum: chance } } },
     ],
   } as PlotSpec;
-  const files = await writePlot(file, spec, data);
-  return [files.svg, files.json, files.csv];
+  const plot = await writePlot(file, spec, data, files);
+  return [plot.svg, plot.json, plot.csv];
 }
 
 /**
  * results.json, results.csv, report.md, the chart, and report.html (report.md with the chart
  * inline and every setting of the run, `config` of results.json, at the end: one file to open
- * or send); returns their paths.
+ * or send) through `files` (default: the host's, io/files.ts); returns their paths.
  */
-export async function writeReports(r: AlignResults): Promise<string[]> {
+export async function writeReports(r: AlignResults, files?: Files): Promise<string[]> {
+  const host = files ?? (await hostFiles());
+  const join = (dir: string, name: string) => host.join(dir, name);
+  const write = (file: string, text: string) => host.writeAtomic(file, [text]);
   const { config: cfg } = r;
   const task = TASKS[cfg.task];
   const out = cfg.out;
@@ -111,16 +113,17 @@ export async function writeReports(r: AlignResults): Promise<string[]> {
     rows,
     cfg.train,
     `${task.title}: accuracy per language, base vs question-aligned (${trainedName})`,
-    `${basename(cfg.modelDir)}, ${shots}-shot, ${cfg.evaluation.mode ?? "prefix"} scoring, ${items} items per language; lines: 95% Wilson intervals; dashed: chance`,
+    `${baseName(cfg.modelDir)}, ${shots}-shot, ${cfg.evaluation.mode ?? "prefix"} scoring, ${items} items per language; lines: 95% Wilson intervals; dashed: chance`,
+    host,
   );
   const csv = toCsv([...resultRows("base", r.base, cfg.train), ...resultRows("aligned", r.aligned, cfg.train)]);
-  await writeFileAtomic(join(out, "results.csv"), csv);
-  await writeFileAtomic(join(out, "results.json"), JSON.stringify(r, null, 1) + "\n");
+  await write(join(out, "results.csv"), csv);
+  await write(join(out, "results.json"), JSON.stringify(r, null, 1) + "\n");
   const markdown = reportMarkdown(r, rows);
-  await writeFileAtomic(join(out, "report.md"), markdown);
+  await write(join(out, "report.md"), markdown);
   const settings = `\n## Settings\n\n\`\`\`json\n${JSON.stringify(cfg, null, 2)}\n\`\`\`\n`;
-  const svg = await readFile(join(out, "accuracy.svg"), "utf8");
-  await writeFileAtomic(join(out, "report.html"), reportHtml(`Question alignment: ${task.title}`, markdown + settings, { "accuracy.svg": svg }));
+  const svg = await host.readText(join(out, "accuracy.svg"));
+  await write(join(out, "report.html"), reportHtml(`Question alignment: ${task.title}`, markdown + settings, { "accuracy.svg": svg }));
   return [join(out, "results.json"), join(out, "results.csv"), join(out, "report.md"), join(out, "report.html"), ...chart];
 }
 
@@ -144,7 +147,7 @@ function reportMarkdown(r: AlignResults, rows: readonly Comparison[]): string {
   const task = TASKS[cfg.task];
   const ev = r.base[0];
   const lines = [
-    `# Question alignment: ${task.title}, ${basename(cfg.modelDir)}`,
+    `# Question alignment: ${task.title}, ${baseName(cfg.modelDir)}`,
     "",
     `Base model \`${cfg.modelDir}\`, LoRA-tuned (r ${lora.r}, lora_alpha ${lora.lora_alpha}, on ${[lora.target_modules].flat().join(", ")}) ` +
       `only to translate ${TASKS[cfg.trainTask].title} questions from ${cfg.train.map((l) => LANGUAGE_NAMES[l]).join(" and ")} into ${LANGUAGE_NAMES[cfg.target]}: ` +

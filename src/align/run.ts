@@ -1,13 +1,10 @@
-import { existsSync } from "node:fs";
-import { rename, rm } from "node:fs/promises";
-import { join } from "node:path";
 import type { DataIssue } from "../io/data_error.ts";
+import { copyFile, hostFiles, type Files } from "../io/files.ts";
 import type { Provenance } from "../io/provenance.ts";
-import { latestDir } from "../io/atomic_dir.ts";
 import { interpret, writeInterpReport, type InterpReport } from "../interp/report.ts";
 import { buildProbeSets } from "../interp/sets.ts";
 import type { QuestionPair } from "../lora/data.ts";
-import { loadAdapter } from "../lora/peft.ts";
+import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, loadAdapter } from "../lora/peft.ts";
 import { trainOnPairs, type TrainingRecipe } from "../lora/recipe.ts";
 import type { StepInfo } from "../lora/trainer.ts";
 import type { LlamaModel } from "../model/llama.ts";
@@ -21,7 +18,7 @@ import { pct } from "../eval/report.ts";
 import type { DataSource } from "../eval/source.ts";
 import { TASKS } from "../eval/tasks.ts";
 import { QUESTION_TASK, trainTaskMessage, type AlignConfig, type AlignResults, type TrainingSummary } from "./config.ts";
-import { checkSettings, fingerprint, readJson, runPaths, saveJson, TRAINING_SUMMARY } from "./folder.ts";
+import { checkSettings, fingerprint, readJson, runPaths, saveJson, TRAINING_SUMMARY, type RunPaths } from "./folder.ts";
 import { writeReports } from "./report.ts";
 
 /**
@@ -46,15 +43,24 @@ export interface AlignHooks {
 /**
  * Runs (or resumes) the experiment on `model`, which must carry no adapter yet.
  * @param hooks notices and progress
+ * @param files where the run folder `cfg.out` is (default: the host's, io/files.ts)
  * @throws DataError when `out` holds a run with other settings, or for bad data; RangeError
  *   when the train task has no question files; CheckpointError for a bad saved adapter.
  */
-export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: DataSource, cfg: AlignConfig, hooks: AlignHooks = {}): Promise<AlignResults> {
+export async function runAlign(
+  model: LlamaModel,
+  tokenizer: Tokenizer,
+  source: DataSource,
+  cfg: AlignConfig,
+  hooks: AlignHooks = {},
+  files?: Files,
+): Promise<AlignResults> {
   const log = hooks.log ?? (() => {});
   if (cfg.trainTask !== QUESTION_TASK) throw new RangeError(trainTaskMessage(cfg.trainTask));
-  const paths = runPaths(cfg.out);
+  const host = files ?? (await hostFiles());
+  const paths = await runPaths(cfg.out, host);
   const settings = fingerprint(cfg, source.description);
-  const resuming = await checkSettings(paths.settings, settings);
+  const resuming = await checkSettings(paths.settings, settings, host);
   if (resuming) log(`resuming ${cfg.out}`);
   const task = TASKS[cfg.task];
 
@@ -63,13 +69,13 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
     const results: LanguageResult[] = [];
     for (const lang of cfg.langs) {
       const file = paths.result(label, lang);
-      if (existsSync(file)) {
-        results.push(await readJson<LanguageResult>(file));
+      if (await host.exists(file)) {
+        results.push(await readJson<LanguageResult>(file, host));
         continue;
       }
       const options = { ...cfg.evaluation, onWarning: (l: Lang, w: string) => log(`eval ${l}: ${w}`), onProgress: (done: number, total: number) => hooks.onItems?.(`${label} ${lang}`, done, total) };
       const r = await evaluateLanguage({ model, tokenizer, source, task, options, prompts }, lang);
-      await saveJson(file, r);
+      await saveJson(file, r, host);
       const notes = [r.ties ? `${r.ties} ties` : "", r.truncated.length ? `${r.truncated.length} truncated` : "", r.skipped.length ? `${r.skipped.length} skipped` : ""].filter(Boolean);
       log(`${label} ${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)${notes.length ? `; ${notes.join(", ")}` : ""}`);
       results.push(r);
@@ -80,7 +86,7 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
   /** Logit Lens / PCA of the current model, saved as interp/<label>.json. */
   const interpOf = async (label: "base" | "aligned"): Promise<InterpReport> => {
     const file = paths.interp(label);
-    if (existsSync(file)) return readJson<InterpReport>(file);
+    if (await host.exists(file)) return readJson<InterpReport>(file, host);
     const sets = await buildProbeSets(tokenizer, source, task, cfg.langs, { ...cfg.evaluation, maxLength: cfg.evaluation.maxLength ?? model.config.max_position_embeddings });
     const L = model.config.num_hidden_layers;
     const report = await interpret(model, tokenizer, sets, {
@@ -91,30 +97,30 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
       batchSize: cfg.evaluation.batchSize,
       onProgress: (lang, done, total) => hooks.onItems?.(`interp ${label} ${lang}`, done, total),
     });
-    await saveJson(file, report);
+    await saveJson(file, report, host);
     log(`interp ${label}: written ${file}`);
     return report;
   };
 
   // Read the training pairs and check every language's test data first: bad data should fail
   // before hours of evaluation (and before the folder is claimed for these settings).
-  const trained = await finishedAdapter(paths, log);
+  const trained = await finishedAdapter(paths, host, log);
   const pairs = trained ? null : await questionPairs(source, cfg.train, cfg.target);
   const prompts = await checkLanguages(source, task, cfg.langs, cfg.evaluation);
-  if (!resuming) await saveJson(paths.settings, settings);
+  if (!resuming) await saveJson(paths.settings, settings, host);
 
   const ev = cfg.evaluation;
   log(`base model: ${task.title} in ${cfg.langs.length} languages (${source.description}); protocol ${ev.protocol ?? DEFAULT_PROTOCOL}, scoring ${ev.scoring ?? "index"}`);
   const base = await evaluateAll("base");
   const interpBase = cfg.interp ? await interpOf("base") : null;
 
-  const training = pairs ? await trainAdapter(model, tokenizer, pairs, cfg, { ...hooks, log }) : await loadTrained(model, cfg, log);
+  const training = pairs ? await trainAdapter(model, tokenizer, pairs, cfg, { ...hooks, log }, host) : await loadTrained(model, paths, host, log);
   log(`aligned model: ${task.title} in ${cfg.langs.length} languages`);
   const aligned = await evaluateAll("aligned");
-  const files: string[] = [];
+  const written: string[] = [];
   if (cfg.interp) {
     const reports = [interpBase!, await interpOf("aligned")];
-    files.push(...(await writeInterpReport(paths.interpDir, reports, `${task.title}, base vs aligned (${cfg.train.join("+")} -> ${cfg.target})`)));
+    written.push(...(await writeInterpReport(paths.interpDir, reports, `${task.title}, base vs aligned (${cfg.train.join("+")} -> ${cfg.target})`, undefined, undefined, host)));
   }
 
   const results: AlignResults = {
@@ -126,24 +132,23 @@ export async function runAlign(model: LlamaModel, tokenizer: Tokenizer, source: 
     aligned,
     training,
     average: { base: macroAverage(base.map((r) => r.accuracy)), aligned: macroAverage(aligned.map((r) => r.accuracy)) },
-    files,
+    files: written,
   };
-  files.push(...(await writeReports(results)));
+  written.push(...(await writeReports(results, host)));
   return results;
 }
 
 /** Loads the adapter a previous run finished training (<out>/adapter) onto `model`. */
-async function loadTrained(model: LlamaModel, cfg: AlignConfig, log: (line: string) => void): Promise<TrainingSummary> {
-  const adapterDir = runPaths(cfg.out).adapter;
-  await loadAdapter(model, adapterDir);
-  log(`loaded the trained adapter from ${adapterDir}`);
-  return readJson<TrainingSummary>(join(adapterDir, TRAINING_SUMMARY));
+async function loadTrained(model: LlamaModel, paths: RunPaths, files: Files, log: (line: string) => void): Promise<TrainingSummary> {
+  await loadAdapter(model, paths.adapter, files);
+  log(`loaded the trained adapter from ${paths.adapter}`);
+  return readJson<TrainingSummary>(files.join(paths.adapter, TRAINING_SUMMARY), files);
 }
 
 /**
  * Trains LoRA on `model` with the question pairs, in <out>/training (resuming the trainer's
- * checkpoint there, if any), and renames the folder to <out>/adapter once complete, so that an
- * adapter folder is always a finished one.
+ * checkpoint there, if any), and makes <out>/adapter of it once complete, so that an adapter
+ * folder is always a finished one.
  */
 async function trainAdapter(
   model: LlamaModel,
@@ -151,14 +156,16 @@ async function trainAdapter(
   { pairs, issues }: { pairs: QuestionPair[]; issues: DataIssue[] },
   cfg: AlignConfig,
   { log, onStep }: AlignHooks & { log: (line: string) => void },
+  files: Files,
 ): Promise<TrainingSummary> {
   const started = performance.now();
-  const paths = runPaths(cfg.out);
+  const paths = await runPaths(cfg.out, files);
   const trainingDir = paths.training;
   const recipe: TrainingRecipe = { ...cfg.training, seed: cfg.evaluation.seed ?? 0 };
   const { data, result } = await trainOnPairs(model, tokenizer, pairs, recipe, {
     outDir: trainingDir,
-    resume: latestDir(join(trainingDir, "checkpoint")) !== null,
+    resume: (await files.latestDir(files.join(trainingDir, "checkpoint"))) !== null,
+    files,
     baseModel: cfg.modelDir,
     log: (line) => log(`  ${line}`),
     onStep,
@@ -171,16 +178,25 @@ async function trainAdapter(
     history: result.history,
     seconds: (performance.now() - started) / 1000,
   };
-  await saveJson(join(trainingDir, TRAINING_SUMMARY), summary);
-  await moveIntoPlace(paths);
+  await saveJson(files.join(trainingDir, TRAINING_SUMMARY), summary, files);
+  await moveIntoPlace(paths, files);
   log(`  adapter written to ${paths.adapter}`);
   return summary;
 }
 
-/** Renames the finished <out>/training to <out>/adapter, replacing any older adapter folder. */
-async function moveIntoPlace(paths: ReturnType<typeof runPaths>): Promise<void> {
-  await rm(paths.adapter, { recursive: true, force: true });
-  await rename(paths.training, paths.adapter);
+/** The files of a finished training folder, which <out>/adapter holds. */
+const ADAPTER_FOLDER = [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, TRAINING_SUMMARY];
+
+/**
+ * Makes <out>/adapter of the finished <out>/training as a whole (Files.replaceDir: a folder
+ * cannot be renamed on every host), replacing any older adapter folder, then removes training/.
+ * A stop in between leaves both, and {@link finishedAdapter} takes the adapter.
+ */
+async function moveIntoPlace(paths: RunPaths, files: Files): Promise<void> {
+  await files.replaceDir(paths.adapter, async (tmp) => {
+    for (const name of ADAPTER_FOLDER) await copyFile(files, files.join(paths.training, name), files.join(tmp, name));
+  });
+  await files.remove(paths.training);
 }
 
 /**
@@ -188,10 +204,10 @@ async function moveIntoPlace(paths: ReturnType<typeof runPaths>): Promise<void> 
  * training/training.json (the last file of a finished training) but before the folder was
  * renamed has a complete adapter in training/: it is moved into place instead of retrained.
  */
-async function finishedAdapter(paths: ReturnType<typeof runPaths>, log: (line: string) => void): Promise<boolean> {
-  if (existsSync(join(paths.adapter, TRAINING_SUMMARY))) return true;
-  if (!existsSync(join(paths.training, TRAINING_SUMMARY))) return false;
-  await moveIntoPlace(paths);
+async function finishedAdapter(paths: RunPaths, files: Files, log: (line: string) => void): Promise<boolean> {
+  if (await files.exists(files.join(paths.adapter, TRAINING_SUMMARY))) return true;
+  if (!(await files.exists(files.join(paths.training, TRAINING_SUMMARY)))) return false;
+  await moveIntoPlace(paths, files);
   log(`training had finished in ${paths.training}: moved it to ${paths.adapter}`);
   return true;
 }

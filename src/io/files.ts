@@ -86,6 +86,15 @@ export async function copyFile(files: Files, from: string, to: string): Promise<
   }
 }
 
+/**
+ * The last name of a path, as node:path's basename gives it for a folder or Hub id
+ * ("~/models/Qwen1.5-1.8B/" and "Qwen/Qwen1.5-1.8B" give "Qwen1.5-1.8B"): trailing separators
+ * dropped, "/" and "\\" both separating.
+ */
+export function baseName(path: string): string {
+  return path.replace(/[\\/]+$/, "").split(/[\\/]/).pop() ?? "";
+}
+
 /** `dir` + "/" + `name` (just `name` in the root ""): how paths join where they are slash-separated names (picked files, the OPFS). */
 export function joinSlash(dir: string, name: string): string {
   return dir === "" ? name : `${dir.replace(/\/+$/, "")}/${name}`;
