@@ -442,12 +442,13 @@ describe("packed-weight, RoPE, AdamW and reduction kernels against the float64 r
     return { dtype, bits: dtype === "bf16" ? f32ToBf16(a) : f32ToF16(a) };
   };
 
-  // W [1031, 8192] is 8.4M weights, above the kernels' 2^23-element decoding slice: two slices
-  // (1024 rows, then 7). The products are f32 sums over K = 8192 (nt) or N = 1031 (nn) terms of
-  // size ~0.5: errors ~ sqrt(K) 6e-8 ~ 6e-6 typically; 1e-4 (1 + |ref|) as the suite's matmul.
+  // W [263, 4096] is 1.08M weights, above the kernels' 2^20-element decoding slice: two slices
+  // (256 rows, then 7). The products are f32 sums over K = 4096 (nt) or N = 263 (nn) terms of
+  // size ~0.5: errors ~ sqrt(K) 6e-8 ~ 4e-6 typically; 1e-4 (1 + |ref|) as the suite's matmul.
+  // M = 1 takes the matrix-vector kernel, which decodes in registers.
   for (const dtype of ["bf16", "f16", "nf4"] as const) {
     test(`${dtype} matmulWeight nt (M = 1 and 5) and nn across decoding slices, gatherWeight exact, on 1 and 3 threads alike`, async () => {
-      const [N, K] = [1031, 8192];
+      const [N, K] = [263, 4096];
       const host = packed(dtype, N, K, 40);
       const outs: Float32Array[][] = [];
       for (const wp of backends) {
@@ -462,12 +463,12 @@ describe("packed-weight, RoPE, AdamW and reduction kernels against the float64 r
           got.push((await w.read(out)) as Float32Array);
           expectClose(got[got.length - 1]!, ref, 1e-4, `${dtype} ${form} M=${M}`);
         }
-        const ids = Int32Array.from([0, 1030, 517, 0, 9]);
+        const ids = Int32Array.from([0, 262, 131, 0, 9]);
         const want = new Float32Array(ids.length * K);
         gatherWeightRef(host, N, K, ids, want);
         const gathered = (await w.read(w.run(gatherWeightOp, pw, w.upload(ids)))) as Float32Array;
         expect(gathered).toEqual(want);
-        expect(() => w.run(gatherWeightOp, pw, w.upload(Int32Array.from([3, 1031])))).toThrow("gather: id 1031 at index 1 is outside [0, 1031)");
+        expect(() => w.run(gatherWeightOp, pw, w.upload(Int32Array.from([3, 263])))).toThrow("gather: id 263 at index 1 is outside [0, 263)");
         const before = w.liveBytes();
         w.freeWeight(pw);
         expect(before - w.liveBytes()).toBe(pw.bytes);

@@ -132,8 +132,12 @@ export const v128 = {
   load: mem([0xfd, ...uleb(0x00)], 4),
   /** Loads one f32 (32 bits) and splats it to all four lanes. */
   load32_splat: mem([0xfd, ...uleb(0x09)], 2),
+  /** Loads 32 bits into lane 0 (as bytes 0-3), the rest zero. */
+  load32_zero: mem([0xfd, ...uleb(0x5c)], 2),
   store: store([0xfd, ...uleb(0x0b)], 4),
   zero: () => [0xfd, ...uleb(0x0c), ...new Array<number>(16).fill(0)],
+  /** A constant vector of 16 bytes. */
+  const: (bytes: readonly number[]) => [0xfd, ...uleb(0x0c), ...bytes],
   and: simd(0x4e),
   or: simd(0x50),
   /** Lane bits of a where mask bits are 1, else of b: bitselect(a, b, mask). */
@@ -177,6 +181,14 @@ export const memoryFill = (dest: Code, value: Code, size: Code): number[] => [..
 
 /** `cond ? a : b` (both operands are evaluated). */
 export const select = (a: Code, b: Code, cond: Code): number[] => [...a, ...b, ...cond, 0x1b];
+
+export const i8x16 = {
+  /** Bytes of a (lanes 0-15) and b (16-31) picked by 16 constant lane indices. */
+  shuffle: (a: Code, b: Code, lanes: readonly number[]) => [...a, ...b, 0xfd, ...uleb(0x0d), ...lanes],
+  /** Bytes of a picked by the byte lanes of s (an index >= 16 gives 0). */
+  swizzle: simd(0x0e),
+  shr_u: simd(0x6d),
+};
 
 export const i32x4 = {
   splat: simd(0x11),

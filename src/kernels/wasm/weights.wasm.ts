@@ -6,109 +6,115 @@ import { gatherWeightOnHost, gatherWeightRef, matmulWeightOnHost, matmulWeightRe
 import type { WasmBackend } from "./backend.ts";
 import { matmulKernel } from "./matmul.wasm.ts";
 import type { Code, Local } from "./module.ts";
-import { FunctionBuilder, T, buildModule, f32, f32x4, forEachUnit, forRange, get, i32, i32x4, ifElse, inc, seq, set, v128 } from "./module.ts";
+import { FunctionBuilder, T, buildModule, f32, f32x4, forEachUnit, forRange, get, i32, i32x4, ifElse, i8x16, inc, seq, set, v128 } from "./module.ts";
 
 /**
- * The packed-weight kernels of the `wasm` device (bf16, f16, NF4; src/tensor/weight.ts): one
- * WebAssembly module of row decoders,
- *   decode_<dtype>(src, absmax, table, ids, r0, rows, K, dst, tid, threads):
- *   dst[i, :] = W[r, :] as f32 for i < rows, r = ids[i] (ids != 0) or r0 + i, W [*, K] packed
- *   at src (NF4: its absmax at absmax and the 16 code values, f32, at table); rows split
- *   round-robin between threads.
+ * The packed-weight kernels of the `wasm` device (bf16, f16, NF4; src/tensor/weight.ts), one
+ * WebAssembly SIMD module (decode8 below says how each dtype decodes):
+ * - decode_<dtype>: rows of W [*, K] (a range, or the rows an id list names) decoded to f32;
+ * - gemv_<dtype>: out = W x for one x [K], decoding in registers (decoding's product).
  * Decoding is exact, as the reference's (src/kernels/weights.ts): bf16 is the top half of an
- * f32 (a 16-bit shift); f16 is rebuilt as Giesen's "half to float" does it, 8 at a time:
- * (h & 0x7fff) << 13 read as an f32 and multiplied by 2^112 is the value for normal and
- * subnormal halves alike (the multiply only moves the exponent), a result >= 2^16 came from an
- * infinity or NaN and gets the all-ones exponent, then the sign bit; NF4 is
- * f32(code[q] * absmax[i / 64]), one f32 multiply of two f32 values, as the reference rounds it.
+ * f32; f16 is rebuilt as Giesen's "half to float" does it ((h & 0x7fff) << 13 read as an f32
+ * and multiplied by 2^112 is the value for normal and subnormal halves alike, the multiply only
+ * moving the exponent); NF4 is f32(code[q] * absmax[i / 64]), one f32 multiply of two f32
+ * values, as the reference rounds it.
  *
- * The products decode a slice of W's rows into an f32 temporary at a time (CHUNK_ELEMENTS) and
- * run the f32 matmul kernels on it, so only the packed form stays in memory and the decoding
- * (N K operations) is shared by all M rows of x. Each output is one f32 kernel's sum, in its
- * fixed order: the same on any thread count.
+ * x W^T with M > 1 rows and g W decode a slice of W's rows into an f32 temporary at a time
+ * (CHUNK_ELEMENTS) and run the f32 matmul kernels on it, so only the packed form stays in memory
+ * and decoding (N K operations) is shared by all M rows of x. Each output is one f32 kernel's
+ * sum, in its fixed order: the same on any thread count.
  */
 
-/** Decoded elements per slice of W: 32 MiB of f32, so small models' matrices decode in one piece. */
-const CHUNK_ELEMENTS = 1 << 23;
+/** Decoded elements per slice of W: 4 MiB of f32, decoded and then read again while in cache. */
+const CHUNK_ELEMENTS = 1 << 20;
 
 const c = i32.const;
 const DTYPES = ["bf16", "f16", "nf4"] as const;
 
-/** Export name of a dtype's decoder. */
+/** Export names of a dtype's decoder and matrix-vector product. */
 const decodeExport = <D extends HostWeight["dtype"]>(dtype: D) => `decode_${dtype}` as const;
+const gemvExport = <D extends HostWeight["dtype"]>(dtype: D) => `gemv_${dtype}` as const;
 
-/** The body that decodes one row: 8 elements per step from p (packed) into o (f32). */
-type RowDecoder = (fn: FunctionBuilder, p: Local, o: Local, flat: Local, K: Local, absmax: Local, table: Local) => Code;
+/** Packed bytes of 8 weights, by dtype. */
+const BYTES_PER_8: Record<HostWeight["dtype"], number> = { bf16: 16, f16: 16, nf4: 4 };
 
-/** 8 u16 at p -> two f32x4 at o, each lane through `f` (i32 lanes holding the u16). */
-function sixteenBit(f: (h: Code, fn: FunctionBuilder) => Code): RowDecoder {
-  return (fn, p, o, _flat, K) => {
-    const [k, h] = [fn.local(T.i32), fn.local(T.v128)];
-    return forRange(
-      k,
-      c(0),
-      get(K),
-      c(8),
-      seq(
-        set(h, v128.load(get(p))),
-        v128.store(get(o), f(i32x4.extend_low_i16x8_u(get(h)), fn)),
-        v128.store(get(o), f(i32x4.extend_high_i16x8_u(get(h)), fn), 16),
-        inc(p, c(16)),
-        inc(o, c(32)),
-      ),
+const splatI = (n: number) => i32x4.splat(c(n));
+/** Byte j of each NF4 code value's f32 bits, as one vector per j (the tables i8x16.swizzle looks up). */
+const NF4_PLANES = [0, 1, 2, 3].map((j) => {
+  const bytes = new Uint8Array(NF4_CODE.buffer, NF4_CODE.byteOffset, 64);
+  return Array.from({ length: 16 }, (_, i) => bytes[4 * i + j]!);
+});
+/** Interleaves the low 8 bytes of a and b: a0 b0 a1 b1 ... a7 b7. */
+const ZIP_LOW = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
+
+/**
+ * Code that decodes 8 weights (flat index `flat` of the first, a multiple of 8) at byte address
+ * `p` into the f32x4 locals lo (weights 0-3) and hi (4-7):
+ * - bf16: the u16 as the top half of an f32 (a 16-bit shift);
+ * - f16: (h & 0x7fff) << 13 read as an f32 times 2^112, the all-ones exponent where that is
+ *   >= 2^16 (infinities, NaNs), then the sign;
+ * - nf4: the 8 nibbles as byte lanes, each code value's 4 bytes looked up by i8x16.swizzle in
+ *   NF4_PLANES and zipped back into f32 lanes, times absmax[flat / 64] (8 weights share it).
+ */
+function decode8(fn: FunctionBuilder, dtype: HostWeight["dtype"], absmax: Local): { lo: Local; hi: Local; code: (p: Code, flat: Code) => Code } {
+  const [lo, hi, t] = [fn.local(T.v128), fn.local(T.v128), fn.local(T.v128)];
+  if (dtype === "nf4") {
+    const [a, b] = [fn.local(T.v128), fn.local(T.v128)];
+    const plane = (j: number) => i8x16.swizzle(v128.const(NF4_PLANES[j]!), get(t));
+    const am = fn.local(T.v128);
+    return {
+      lo,
+      hi,
+      code: (p, flat) =>
+        seq(
+          set(t, v128.load32_zero(p)),
+          // byte lanes 2i, 2i + 1: the high then the low nibble of byte i (the even weight is high)
+          set(t, i8x16.shuffle(i8x16.shr_u(get(t), c(4)), v128.and(get(t), v128.const(new Array<number>(16).fill(15))), ZIP_LOW)),
+          set(a, i8x16.shuffle(plane(0), plane(1), ZIP_LOW)),
+          set(b, i8x16.shuffle(plane(2), plane(3), ZIP_LOW)),
+          set(am, v128.load32_splat(i32.add(get(absmax), i32.shl(i32.shr_u(flat, c(Math.log2(NF4_BLOCK))), c(2))))),
+          set(lo, f32x4.mul(i8x16.shuffle(get(a), get(b), [0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23]), get(am))),
+          set(hi, f32x4.mul(i8x16.shuffle(get(a), get(b), [8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31]), get(am))),
+        ),
+    };
+  }
+  const v = fn.local(T.v128);
+  const toF32 = (h: Code): Code => {
+    if (dtype === "bf16") return i32x4.shl(h, c(16));
+    return seq(
+      set(v, f32x4.mul(i32x4.shl(v128.and(h, splatI(0x7fff)), c(13)), f32x4.splat(f32.const(2 ** 112)))),
+      set(v, v128.or(get(v), v128.and(f32x4.ge(get(v), f32x4.splat(f32.const(65536))), splatI(0x7f800000)))),
+      v128.or(get(v), i32x4.shl(v128.and(h, splatI(0x8000)), c(16))),
     );
+  };
+  const [hl, hh] = [fn.local(T.v128), fn.local(T.v128)];
+  return {
+    lo,
+    hi,
+    code: (p) =>
+      seq(
+        set(t, v128.load(p)),
+        set(hl, i32x4.extend_low_i16x8_u(get(t))),
+        set(hh, i32x4.extend_high_i16x8_u(get(t))),
+        set(lo, toF32(get(hl))),
+        set(hi, toF32(get(hh))),
+      ),
   };
 }
 
-const splatI = (n: number) => i32x4.splat(c(n));
-const bf16: RowDecoder = sixteenBit((h) => i32x4.shl(h, c(16)));
-const f16: RowDecoder = sixteenBit((h, fn) => {
-  const [t, v] = [fn.local(T.v128), fn.local(T.v128)];
-  return seq(
-    set(t, h),
-    set(v, f32x4.mul(i32x4.shl(v128.and(get(t), splatI(0x7fff)), c(13)), f32x4.splat(f32.const(2 ** 112)))),
-    // inf / NaN: exponent all ones, mantissa kept
-    set(v, v128.or(get(v), v128.and(f32x4.ge(get(v), f32x4.splat(f32.const(65536))), splatI(0x7f800000)))),
-    v128.or(get(v), i32x4.shl(v128.and(get(t), splatI(0x8000)), c(16))),
-  );
-});
-/** NF4: 4 bytes (8 indices, even element in the high nibble) share one absmax (8 divides 64). */
-const nf4: RowDecoder = (fn, p, o, flat, K, absmax, table) => {
-  const [k, b] = [fn.local(T.i32), fn.local(T.i32)];
-  const am = fn.local(T.f32);
-  const code = (q: Code) => f32.load(i32.add(get(table), i32.shl(q, c(2))));
-  return forRange(
-    k,
-    c(0),
-    get(K),
-    c(8),
-    seq(
-      set(am, f32.load(i32.add(get(absmax), i32.shl(i32.shr_u(i32.add(get(flat), get(k)), c(Math.log2(NF4_BLOCK))), c(2))))),
-      ...[0, 1, 2, 3].map((j) =>
-        seq(
-          set(b, i32.load8_u(get(p), j)),
-          f32.store(get(o), f32.mul(code(i32.shr_u(get(b), c(4))), get(am)), 8 * j),
-          f32.store(get(o), f32.mul(code(i32.and(get(b), c(15))), get(am)), 8 * j + 4),
-        ),
-      ),
-      inc(p, c(4)),
-      inc(o, c(32)),
-    ),
-  );
-};
-const DECODERS: Record<HostWeight["dtype"], { decoder: RowDecoder; bytesLog2: number }> = {
-  bf16: { decoder: bf16, bytesLog2: 1 },
-  f16: { decoder: f16, bytesLog2: 1 },
-  // half a byte per element: the row's byte offset is flat / 2
-  nf4: { decoder: nf4, bytesLog2: -1 },
-};
+/** Byte address of row r's packed weights: src + r K bytes-per-weight. */
+const rowAddress = (dtype: HostWeight["dtype"], src: Local, flat: Code) =>
+  i32.add(get(src), dtype === "nf4" ? i32.shr_u(flat, c(1)) : i32.shl(flat, c(1)));
 
+/**
+ * decode_<dtype>(src, absmax, ids, r0, rows, K, dst, tid, threads): dst[i, :] = W[r, :] as f32
+ * for i < rows, r = ids[i] (ids != 0) or r0 + i; rows round-robin between threads.
+ */
 function decodeKernel(dtype: HostWeight["dtype"]): { fn: FunctionBuilder; body: Code } {
-  const fn = new FunctionBuilder(decodeExport(dtype), new Array(10).fill(T.i32));
-  const [src, absmax, table, ids, r0, rows, K, dst, tid, threads] = fn.params as Local[] as Local[] & { length: 10 };
-  const [i, r, flat, p, o] = Array.from({ length: 5 }, () => fn.local(T.i32));
-  const { decoder, bytesLog2 } = DECODERS[dtype];
-  const rowBytes = bytesLog2 >= 0 ? i32.shl(get(flat), c(bytesLog2)) : i32.shr_u(get(flat), c(1));
+  const fn = new FunctionBuilder(decodeExport(dtype), new Array(9).fill(T.i32));
+  const [src, absmax, ids, r0, rows, K, dst, tid, threads] = fn.params as Local[] as Local[] & { length: 9 };
+  const [i, r, flat, p, o, k] = Array.from({ length: 6 }, () => fn.local(T.i32));
+  const d = decode8(fn, dtype, absmax!);
   const body = forEachUnit(
     i!,
     get(rows!),
@@ -117,21 +123,72 @@ function decodeKernel(dtype: HostWeight["dtype"]): { fn: FunctionBuilder; body: 
     seq(
       ifElse(get(ids!), set(r!, i32.load(i32.add(get(ids!), i32.shl(get(i!), c(2))))), set(r!, i32.add(get(r0!), get(i!)))),
       set(flat!, i32.mul(get(r!), get(K!))),
-      set(p!, i32.add(get(src!), rowBytes)),
+      set(p!, rowAddress(dtype, src!, get(flat!))),
       set(o!, i32.add(get(dst!), i32.shl(i32.mul(get(i!), get(K!)), c(2)))),
-      decoder(fn, p!, o!, flat!, K!, absmax!, table!),
+      forRange(
+        k!,
+        c(0),
+        get(K!),
+        c(8),
+        seq(d.code(get(p!), i32.add(get(flat!), get(k!))), v128.store(get(o!), get(d.lo)), v128.store(get(o!), get(d.hi), 16), inc(p!, c(BYTES_PER_8[dtype])), inc(o!, c(32))),
+      ),
     ),
   );
   return { fn, body };
 }
 
-/** The module: decode_bf16, decode_f16, decode_nf4. */
+/**
+ * gemv_<dtype>(src, absmax, x, out, N, K, tid, threads): out[n] = sum_k W[n, k] x[k] for n < N,
+ * decoding 8 weights at a time in registers (decoding's matrix-vector product reads only the
+ * packed bytes); rows round-robin between threads, each summed in 8 interleaved partial sums.
+ */
+function gemvKernel(dtype: HostWeight["dtype"]): { fn: FunctionBuilder; body: Code } {
+  const fn = new FunctionBuilder(gemvExport(dtype), new Array(8).fill(T.i32));
+  const [src, absmax, x, out, N, K, tid, threads] = fn.params as Local[] as Local[] & { length: 8 };
+  const [n, flat, p, px, k] = Array.from({ length: 5 }, () => fn.local(T.i32));
+  const [a0, a1, t] = [fn.local(T.v128), fn.local(T.v128), fn.local(T.v128)];
+  const d = decode8(fn, dtype, absmax!);
+  const body = forEachUnit(
+    n!,
+    get(N!),
+    tid!,
+    threads!,
+    seq(
+      set(flat!, i32.mul(get(n!), get(K!))),
+      set(p!, rowAddress(dtype, src!, get(flat!))),
+      set(px!, get(x!)),
+      set(a0, v128.zero()),
+      set(a1, v128.zero()),
+      forRange(
+        k!,
+        c(0),
+        get(K!),
+        c(8),
+        seq(
+          d.code(get(p!), i32.add(get(flat!), get(k!))),
+          set(a0, f32x4.add(get(a0), f32x4.mul(get(d.lo), v128.load(get(px!))))),
+          set(a1, f32x4.add(get(a1), f32x4.mul(get(d.hi), v128.load(get(px!), 16)))),
+          inc(p!, c(BYTES_PER_8[dtype])),
+          inc(px!, c(32)),
+        ),
+      ),
+      set(t, f32x4.add(get(a0), get(a1))),
+      f32.store(
+        i32.add(get(out!), i32.shl(get(n!), c(2))),
+        f32.add(f32.add(f32x4.extract_lane(get(t), 0), f32x4.extract_lane(get(t), 1)), f32.add(f32x4.extract_lane(get(t), 2), f32x4.extract_lane(get(t), 3))),
+      ),
+    ),
+  );
+  return { fn, body };
+}
+
+/** The module: decode_bf16, decode_f16, decode_nf4, gemv_bf16, gemv_f16, gemv_nf4. */
 export function weightsModule(shared: boolean): Uint8Array {
-  return buildModule(shared, DTYPES.map(decodeKernel));
+  return buildModule(shared, [...DTYPES.map(decodeKernel), ...DTYPES.map(gemvKernel)]);
 }
 
 /** Export names of the module's kernels, in its order. */
-export const WEIGHT_KERNELS = DTYPES.map(decodeExport);
+export const WEIGHT_KERNELS = [...DTYPES.map(decodeExport), ...DTYPES.map(gemvExport)];
 
 /** The weight's arrays, when every one is a view of the device's memory (else the reference runs). */
 function ownedParts(wasm: WasmBackend, w: HostWeight): { src: number; absmax: number } | null {
@@ -145,14 +202,7 @@ function ownedParts(wasm: WasmBackend, w: HostWeight): { src: number; absmax: nu
  */
 function decodeRows(wasm: WasmBackend, w: HostWeight, parts: { src: number; absmax: number }, ids: Int32Array | null, r0: number, rows: number, K: number, dst: Float32Array): void {
   if (rows === 0) return;
-  const table = w.dtype === "nf4" ? (wasm.allocate("f32", 16) as Float32Array) : null;
-  try {
-    table?.set(NF4_CODE);
-    const args = [parts.src, parts.absmax, table?.byteOffset ?? 0, ids?.byteOffset ?? 0, r0, rows, K, dst.byteOffset];
-    wasm.call(decodeExport(w.dtype), args, wasm.rowThreads(rows, K));
-  } finally {
-    if (table) wasm.release(table);
-  }
+  wasm.call(decodeExport(w.dtype), [parts.src, parts.absmax, ids?.byteOffset ?? 0, r0, rows, K, dst.byteOffset], wasm.rowThreads(rows, K));
 }
 
 /**
@@ -168,6 +218,11 @@ function matmulWeightKernel(wasm: WasmBackend, x: Float32Array, w: HostWeight, N
     out.fill(0);
     return;
   }
+  if (M === 1 && form === "nt") {
+    // decoding's matrix-vector product: the packed bytes are all it reads
+    wasm.call(gemvExport(w.dtype), [parts.src, parts.absmax, x.byteOffset, out.byteOffset, N, K], wasm.rowThreads(N, K));
+    return;
+  }
   const chunk = Math.max(1, Math.min(N, Math.floor(CHUNK_ELEMENTS / K)));
   const temps: Float32Array[] = [];
   const temp = (n: number) => {
@@ -177,9 +232,9 @@ function matmulWeightKernel(wasm: WasmBackend, x: Float32Array, w: HostWeight, N
   };
   try {
     const wc = temp(chunk * K);
-    // nt: per slice, out[:, n0:n1] = x @ Wc^T (into out itself when it is all of N or M = 1, else a temporary copied in)
+    // nt: per slice, out[:, n0:n1] = x @ Wc^T (into out itself when it is all of N, else a temporary copied in)
     // nn: per slice, out (+)= x[:, n0:n1] @ Wc (x's columns copied out when sliced, the slices' products added up)
-    const part = form === "nt" ? (M > 1 && chunk < N ? temp(M * chunk) : null) : chunk < N ? temp(M * K) : null;
+    const part = chunk < N ? temp(M * (form === "nt" ? chunk : K)) : null;
     const xs = form === "nn" && chunk < N ? temp(M * chunk) : null;
     for (let n0 = 0; n0 < N; n0 += chunk) {
       const nb = Math.min(chunk, N - n0);
@@ -187,7 +242,7 @@ function matmulWeightKernel(wasm: WasmBackend, x: Float32Array, w: HostWeight, N
       decodeRows(wasm, w, parts, null, n0, nb, K, wv);
       if (form === "nt") {
         const g = { batch: 1, M, N: nb, K, transA: false, transB: true, batchStrideA: 0, batchStrideB: 0 };
-        if (part === null) matmulKernel(wasm, x, wv, M === 1 ? out.subarray(n0, n0 + nb) : out, g);
+        if (part === null) matmulKernel(wasm, x, wv, out, g);
         else {
           const pv = part.subarray(0, M * nb);
           matmulKernel(wasm, x, wv, pv, g);
