@@ -405,6 +405,18 @@ describe("mountedFiles on Node", () => {
       // "out:x" is longer than "out:", so the picked files answer for "m/config.json".
       expect(await files.exists("out:xm/config.json")).toBe(true);
       await expect(mountedFiles({ "a:": picked }).readText("b:c")).rejects.toThrow(/no mounted source has a prefix of this path/);
+      // Folder operations keep the prefix on the paths they hand back.
+      const ck = `out:${join(tmp, "ck")}`;
+      const given: string[] = [];
+      await files.replaceDir(ck, async (t) => {
+        given.push(t);
+        await files.writeAtomic(files.join(t, "state.json"), ["{}"]);
+      });
+      expect(given[0]!.startsWith(`out:${join(tmp, "ck.tmp-")}`)).toBe(true);
+      expect(await files.latestDir(ck)).toBe(ck);
+      expect(await nodeFiles.list(join(tmp, "ck"))).toEqual(["state.json"]);
+      await files.remove(ck);
+      expect(await files.latestDir(ck)).toBeNull();
     } finally {
       rmSync(tmp, { recursive: true, force: true });
     }

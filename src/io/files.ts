@@ -1,8 +1,11 @@
 /**
- * The I/O interface between qalign's code and its host: every checkpoint, config and tokenizer
- * read goes through a {@link Files}, so the same loader runs on Node (node_files.ts: the file
+ * The I/O interface between qalign's code and its host: every read and write of the model,
+ * lora, eval, interp and align layers (checkpoints, adapters, trainer checkpoints, data,
+ * reports) goes through a {@link Files}, so the same code runs on Node (node_files.ts: the file
  * system) and in a browser (web_files.ts: fetch with HTTP range requests, or files the user
- * picked). Paths are whatever the implementation names files by: file-system paths, or URLs.
+ * picked, both read-only; opfs_files.ts: the Origin Private File System, writable;
+ * mounted_files.ts: several at path prefixes). Paths are whatever the implementation names
+ * files by: file-system paths, URLs, or slash-separated names.
  */
 import { importNodeOnly } from "./host.ts";
 

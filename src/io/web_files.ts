@@ -11,7 +11,7 @@ import { decodeUtf8, joinSlash, type ByteReader, type Files } from "./files.ts";
 
 /** Read-only sources refuse writes with this. */
 function readOnly(path: string): never {
-  throw new Error(`${path}: this source is read-only (a web server or picked files); write with Node's files instead`);
+  throw new Error(`${path}: this source is read-only (a web server or picked files); write to the Origin Private File System instead (opfsFiles, or mountedFiles to read here and write there)`);
 }
 
 /** What asking after a folder over HTTP gets. */
