@@ -68,6 +68,23 @@ const WRITES_STREAMS = [
   "src/kernels/webgpu/pipelines.ts",
 ];
 
+/**
+ * Outside src/cli, the files that import a `node:` module statically (what a bundle would have
+ * to resolve); everything else reaches files through io/files.ts's Files. The README's Layout
+ * section names each; an entry whose import is gone fails, so it goes when the import does.
+ */
+const NODE_ONLY = [
+  "src/io/atomic.ts", // Node's Files: crash-safe file writes
+  "src/io/atomic_dir.ts", // Node's Files: crash-safe folder writes
+  "src/io/make_dirs.ts", // Node's Files: mkdir -p
+  "src/io/node_files.ts", // Node's Files
+  "src/io/package.ts", // the package's version, from its package.json on disk
+  "src/io/provenance.ts", // git commit and file hashes of a results file
+  "src/model/hub_node.ts", // the Hub download cache folder
+  "src/model/tiny.ts", // the tiny checkpoint: the tokenizer package in node_modules, the OS cache folder
+  "src/eval/default_data.ts", // the default data folder, against the working directory
+];
+
 const ROWS = readmeLayers();
 const LAYERS = ROWS.map((r) => r.layer);
 const FILES = sources(SRC);
@@ -105,6 +122,15 @@ describe("layers", () => {
   it(`above kernels, only ${KERNELS_ENTRY} is imported from kernels`, () => {
     const reaching = IMPORTS.filter(([from, to]) => layerOf(from) !== "kernels" && layerOf(to) === "kernels" && to !== KERNELS_ENTRY).map(([from, to]) => `${from} -> ${to}`);
     expect(reaching).toEqual([]);
+  });
+
+  it("outside src/cli, only the Node-only files import node: modules, and the README names them", () => {
+    // Static imports and re-exports only: a module named at run time (io/host.ts's importNodeOnly, on Node only) is not bundled.
+    const importers = FILES.filter((f) => layerOf(f) !== "cli" && /^(?:import|export)\b[^;]*?\bfrom "node:|^import "node:/m.test(readFileSync(join(ROOT, f), "utf8")));
+    expect(importers.filter((f) => !NODE_ONLY.includes(f)), "import through io/files.ts's Files instead, or add the file here and to the README's Layout").toEqual([]);
+    expect(NODE_ONLY.filter((f) => !importers.includes(f)), "allowances whose node: import is gone: remove them").toEqual([]);
+    const layout = readFileSync(join(ROOT, "README.md"), "utf8").split(/^## /m).find((s) => s.startsWith("Layout\n"))!;
+    expect(NODE_ONLY.filter((f) => !layout.includes(`\`${f.slice("src/".length)}\``)), "README Layout: name these Node-only files").toEqual([]);
   });
 
   it("only src/cli writes to stdout or stderr", () => {
