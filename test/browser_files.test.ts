@@ -313,6 +313,38 @@ describe("a PEFT adapter trained in the page, through the OPFS", () => {
   });
 });
 
+describe("merging in the page, from URLs into the OPFS", () => {
+  it("a model merged with its trained adapter, written to the OPFS and loaded back, gives the LoRA model's logits", async () => {
+    const r = await page.evaluate(async (loraSteps: string) => {
+      const qa = (globalThis as unknown as PageGlobals).qa;
+      const files = qa.mountedFiles({ "": qa.urlFiles(), "opfs:": qa.opfsFiles() });
+      await files.remove("opfs:merged");
+      const device = await qa.getDevice("cpu");
+      const model = await qa.loadModel("/models/llama-untied", { device });
+      const adapter = qa.applyLora(model, { r: 4, lora_alpha: 8, seed: 0 });
+      await (0, eval)(`(${loraSteps})`)(qa, model, adapter, device, 3);
+      const input = qa.tensor(Int32Array.from([1, 17, 42, 99, 5, 230]), { device, shape: [1, 6] });
+      const logitsOf = async (m: any) => Array.from(await qa.noGrad(() => m.forward(input)).logits.data()) as number[];
+      const withLora = await logitsOf(model);
+      const merged = qa.mergeLora(model);
+      const dtype = await qa.saveMergedModel(model, "/models/llama-untied", "opfs:merged", files);
+      model.dispose();
+      const back = await qa.loadModel("opfs:merged", { device, files });
+      const reloaded = await logitsOf(back);
+      const refused = await qa.saveMergedModel(back, "/models/llama-untied", "opfs:merged", files).catch((e: Error) => e.message);
+      back.dispose();
+      return { withLora, reloaded, merged, dtype, listed: await files.list("opfs:merged"), refused };
+    }, pageLoraSteps.toString());
+    expect(r.merged).toBe(4); // q_proj and v_proj of 2 layers
+    expect(r.dtype).toBe("F32");
+    expect(r.listed).toEqual(["config.json", "model.safetensors"]); // the fixture has no tokenizer files to copy
+    expect(r.refused).toMatch(/exists and is not empty; refusing to overwrite/);
+    // W + scaling B A in f32 against x W^T + scaling (x A^T) B^T: other roundings of the same
+    // sums, within 1e-4 of the logit scale as test/model_golden.test.ts allows.
+    expect(maxAbs(r.reloaded.map((v, i) => v - r.withLora[i]!))).toBeLessThanOrEqual(1e-4 * maxAbs(r.withLora));
+  });
+});
+
 describe("the trainer in the page, its checkpoints on the OPFS", () => {
   it("a run stopped after step 5 and resumed from its OPFS checkpoint writes the adapter an unstopped run writes, as Node does", async () => {
     // As test/lora_train.test.ts's checkpoint test, on the cpu device (bit-for-bit resume):
