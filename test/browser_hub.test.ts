@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import type { Page } from "puppeteer-core";
+import type { Browser, Page } from "puppeteer-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openQalign, pageAdapterOrSkip, type Request } from "./helpers/browser.ts";
 import { fixtureDir, loadExpected, maxAbs, maxDiffAtTokens } from "./helpers/fixtures.ts";
@@ -18,15 +18,16 @@ const DROPPED = `${resolveMain("llama-dropped")}model.safetensors`;
 const WEIGHTS = readFileSync(join(fixtureDir("llama-untied"), "model.safetensors"));
 
 let close: () => Promise<void> = async () => undefined;
+let browser: Browser;
 let page: Page;
 let requests: Request[] = [];
 let origin = "";
 
 beforeAll(async () => {
-  ({ page, requests, origin, close } = await openQalign(
+  ({ browser, page, requests, origin, close } = await openQalign(
     { [`${resolveMain("gated")}config.json`]: { status: 401, type: "application/json", body: JSON.stringify({ error: "Access to model test-org/gated is restricted." }) } },
-    Object.fromEntries(["llama-untied", "llama-dropped", "llama-seeded"].map((repo) => [resolveMain(repo), fixtureDir("llama-untied")])),
-    { dropOnce: [DROPPED] },
+    Object.fromEntries(["llama-untied", "llama-dropped", "llama-seeded", "llama-aborted", "llama-uncached"].map((repo) => [resolveMain(repo), fixtureDir("llama-untied")])),
+    { dropOnce: [DROPPED], slow: [`${resolveMain("llama-aborted")}model.safetensors`] },
   ));
 }, 120_000);
 
@@ -124,6 +125,62 @@ describe('loadModel("org/name") in the browser', () => {
     const r = await loadInPage("test-org/llama-seeded", origin, exp.inputIds, exp.attentionMask);
     expect(rangesOf(`${resolveMain("llama-seeded")}model.safetensors`, before)).toEqual([`bytes=${half}-`]);
     expect(maxDiffAtTokens(r.logits, exp.logits, exp.attentionMask, exp.V)).toBeLessThanOrEqual(1e-4 * maxAbs(exp.logits));
+  });
+
+  it("an abort keeps the bytes that arrived in the OPFS, and the next load asks only for the rest", async (ctx) => {
+    await pageAdapterOrSkip(page, ctx);
+    const exp = await loadExpected("llama-untied");
+    const aborted = await page.evaluate(async (endpoint: string) => {
+      const qa = (globalThis as unknown as PageGlobals).qa;
+      const stop = new AbortController();
+      // Stop once some weight bytes have arrived.
+      const onDownload = (file: string, bytes: number) => void (file === "model.safetensors" && bytes > 0 && stop.abort());
+      const error = await qa.loadModel("test-org/llama-aborted", { endpoint, signal: stop.signal, onDownload, device: await qa.getDevice("cpu") }).then(
+        () => "loaded",
+        (e: Error) => e.name,
+      );
+      const part = await qa.opfsFiles().open(`${qa.OPFS_HUB_CACHE}/test-org--llama-aborted/main/model.safetensors.part`);
+      return { error, have: part.size as number };
+    }, origin);
+    expect(aborted.error).toBe("AbortError");
+    expect(aborted.have).toBeGreaterThan(0);
+    expect(aborted.have).toBeLessThan(WEIGHTS.byteLength);
+    const before = requests.length;
+    const r = await loadInPage("test-org/llama-aborted", origin, exp.inputIds, exp.attentionMask);
+    expect(rangesOf(`${resolveMain("llama-aborted")}model.safetensors`, before)).toEqual([`bytes=${aborted.have}-`]);
+    expect(maxDiffAtTokens(r.logits, exp.logits, exp.attentionMask, exp.V)).toBeLessThanOrEqual(1e-4 * maxAbs(exp.logits));
+  });
+
+  it("a page without an OPFS reads a Hub id from the Hub's resolve/ URLs by byte ranges, uncached", async (ctx) => {
+    await pageAdapterOrSkip(page, ctx);
+    const exp = await loadExpected("llama-untied");
+    const bare = await browser.newPage();
+    // As a host without the File System Standard: navigator.storage.getDirectory is missing.
+    await bare.evaluateOnNewDocument(() => {
+      const g = globalThis as unknown as { StorageManager: { prototype: object } };
+      Object.defineProperty(g.StorageManager.prototype, "getDirectory", { value: undefined });
+    });
+    await bare.goto(`${origin}/`);
+    await bare.waitForFunction("window.qa !== undefined", { timeout: 60_000 });
+    const before = requests.length;
+    const logits = await bare.evaluate(
+      async (endpoint: string, inputIds: number[][], attentionMask: number[][]) => {
+        const qa = (globalThis as unknown as PageGlobals).qa;
+        const device = await qa.getDevice("cpu");
+        const model = await qa.loadModel("test-org/llama-uncached", { device, endpoint });
+        const ids = qa.tensor(Int32Array.from(inputIds.flat()), { device, shape: [inputIds.length, inputIds[0]!.length] });
+        return Array.from(await qa.noGrad(() => model.forward(ids, { attentionMask })).logits.data()) as number[];
+      },
+      origin,
+      exp.inputIds,
+      exp.attentionMask,
+    );
+    await bare.close();
+    // f32 on cpu, as test/model_golden.test.ts: 1e-4 of the logit scale.
+    expect(maxDiffAtTokens(logits, exp.logits, exp.attentionMask, exp.V)).toBeLessThanOrEqual(1e-4 * maxAbs(exp.logits));
+    const weightGets = requests.slice(before).filter((r) => r.method === "GET" && r.path === `${resolveMain("llama-uncached")}model.safetensors`);
+    expect(weightGets.length).toBeGreaterThan(0);
+    expect(weightGets.filter((r) => r.range === null)).toEqual([]); // every read a byte range: nothing downloaded whole
   });
 
   it("a gated repository fails before any compute, naming the repository, the file and the HTTP status", async () => {

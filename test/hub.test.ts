@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cpuDevice } from "../src/kernels/devices.ts";
 import { DOWNLOAD_MARKER } from "../src/model/hub.ts";
-import { downloadModel, isHubName } from "../src/model/hub_node.ts";
+import { downloadModel, isHubName, nodeStore } from "../src/model/hub_node.ts";
 import { loadModel } from "../src/model/load.ts";
 import { noGrad } from "../src/tensor/autograd.ts";
 import { tensor } from "../src/tensor/ops/create.ts";
@@ -35,6 +35,7 @@ beforeAll(async () => {
       [resolveMain("llama-dropped")]: fixtureDir("llama-untied"),
       [resolveMain("llama-aborted")]: fixtureDir("llama-untied"),
       [resolveMain("qwen2-sharded")]: fixtureDir("qwen2-sharded"),
+      [resolveMain("llama-own-store")]: fixtureDir("llama-untied"),
     },
     { dropOnce: [WEIGHTS_DROPPED] },
   );
@@ -199,6 +200,16 @@ describe('loadModel("org/name")', () => {
     expect(readFileSync(local).equals(weights)).toBe(true);
     const r = await goldenCheck(model, "llama-untied");
     expect(r.diff).toBeLessThanOrEqual(1e-4 * r.scale);
+  });
+
+  it("a store of one's own (nodeStore, as transformers' cache_dir) holds the download", async () => {
+    const own = join(tmp, "own-store");
+    const r = await goldenCheck(await loadModel("test-org/llama-own-store", { endpoint: hub.origin, device: cpuDevice(), store: nodeStore(own) }), "llama-untied");
+    expect(r.diff).toBeLessThanOrEqual(1e-4 * r.scale);
+    const dir = join(own, "test-org--llama-own-store", "main");
+    expect(readdirSync(dir).sort()).toEqual([DOWNLOAD_MARKER, "config.json", "model.safetensors"]);
+    const marker = JSON.parse(readFileSync(join(dir, DOWNLOAD_MARKER), "utf8")) as { files: Record<string, { size: number }> };
+    expect(marker.files["model.safetensors"]!.size).toBe(readFileSync(join(fixtureDir("llama-untied"), "model.safetensors")).byteLength);
   });
 
   it("a local folder written org/name is loaded from the folder, with no request", async () => {

@@ -21,7 +21,7 @@ import { CheckpointError, INDEX_FILE, SINGLE_FILE } from "./safetensors.ts";
 /** "org/name" as the Hub writes a repository id: two path segments of letters, digits, `-`, `_`, `.`. */
 const HUB_ID = /^[A-Za-z0-9][\w.-]*\/[\w.-]+$/;
 
-/** The marker a complete download leaves in its folder: the files, their sizes and ETags. */
+/** The marker a complete download leaves in its folder: the repository, revision and Hub, and each file's size (and ETag, when this call fetched it). */
 export const DOWNLOAD_MARKER = ".qalign-download.json";
 
 /** Files a checkpoint may have besides its weights; absent ones are skipped. */
@@ -47,6 +47,11 @@ export interface HubOptions {
   onDownload?: (file: string, bytes: number, size: number) => void;
   /** Stops the download; what arrived stays for the next call to resume. It rejects with the signal's reason. */
   signal?: AbortSignal;
+  /**
+   * Where downloads go (default: the host's cache, Node's cache folder or a page's OPFS), e.g.
+   * `nodeStore("/data/hub")` for a folder of one's own, as transformers' `cache_dir`.
+   */
+  store?: DownloadStore;
 }
 
 /**
@@ -107,7 +112,7 @@ async function hostStore(): Promise<DownloadStore | null> {
  * resolve/ URLs by ranges, uncached).
  * @throws what {@link downloadCheckpoint} throws
  */
-export async function resolveModel(model: string, opts: HubOptions & { files?: Files; store?: DownloadStore } = {}): Promise<ModelSource> {
+export async function resolveModel(model: string, opts: HubOptions & { files?: Files } = {}): Promise<ModelSource> {
   if (opts.files !== undefined) return { dir: model, files: opts.files };
   const files = await hostFiles();
   if (!isHubId(model) || (await isFolder(files, model))) return { dir: model, files };
@@ -203,11 +208,14 @@ export async function downloadCheckpoint(repo: string, store: DownloadStore, opt
       throw hubError(e, where, file, signal);
     }
   };
-  const got: Record<string, PartInfo> = {};
+  const got: Record<string, { size: number; etag: string | null }> = {};
   /** Fetches one file into the folder; false when the repository has no such file. */
   const fetchFile = async (file: string): Promise<boolean> => {
     const target = files.join(dir, file);
-    if (await files.exists(target)) return true;
+    if (await files.exists(target)) {
+      got[file] = { size: await store.size(target), etag: null }; // completed by an earlier call
+      return true;
+    }
     const remote = await ask(file);
     if (remote === null) return false;
     const { size, etag } = remote;

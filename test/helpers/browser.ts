@@ -34,6 +34,8 @@ export interface ServeOptions {
    * sends half the bytes it announced and then drops the connection, as a network failure does.
    */
   dropOnce?: readonly string[];
+  /** Paths of folder files sent in 16 KiB pieces 5 ms apart, so a client sees them arrive in several chunks. */
+  slow?: readonly string[];
 }
 
 /**
@@ -118,6 +120,14 @@ export async function serve(
       // goes: the client sees a truncated body.
       res.write(body.subarray(start, start + Math.floor((end - start) / 2)), () => setTimeout(() => res.destroy(), 200));
       return;
+    }
+    if (req.method === "GET" && opts.slow?.includes(path)) {
+      const PIECE = 1 << 14;
+      const send = (at: number): void => {
+        if (at >= end || res.destroyed) return void res.end();
+        res.write(body.subarray(at, Math.min(at + PIECE, end)), () => setTimeout(() => send(at + PIECE), 5));
+      };
+      return send(start);
     }
     res.end(req.method === "HEAD" ? undefined : body.subarray(start, end));
   });
