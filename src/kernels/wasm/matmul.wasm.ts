@@ -15,6 +15,7 @@ import {
   f32x4,
   forRange,
   get,
+  i8x16,
   i32,
   ifElse,
   inc,
@@ -83,10 +84,17 @@ const min = (a: Local, b: Code, tmp: Local) => seq(set(tmp, b), select(get(a), g
 /** c + a * b, fused when relaxed SIMD is available (one rounding instead of two). */
 const madd = (relaxed: boolean) => (a: Code, b: Code, acc: Code) => (relaxed ? f32x4.relaxed_madd(a, b, acc) : f32x4.add(acc, f32x4.mul(a, b)));
 
+/** 32-bit lanes of two vectors (a: 0-3, b: 4-7) as the byte lanes i8x16.shuffle takes. */
+const lanes32 = (...ls: number[]) => ls.flatMap((l) => [4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3]);
+
 /**
  * pack(src, dst, rows, kLen, kPad, sRowBytes, sKBytes): copies rows x kLen elements (row r,
  * column k at src + r sRow + k sK) into W-row panels, element (r, k) at panel floor(r / W),
  * offset k W + r mod W; the rest of the last panel and k in [kLen, kPad) are zero.
+ * For W = NR (B's panels, which every output row block re-packs) two layouts go by vectors:
+ * k contiguous (sK = 4, a Linear weight read transposed) as 4 x 4 transposes of 4 rows by 4 k,
+ * and rows contiguous (sRow = 4, a weight read as stored) as whole panel rows; the edges and
+ * other layouts (and A's panels) go one element at a time.
  */
 function pack(W: number): { fn: FunctionBuilder; body: Code } {
   const fn = new FunctionBuilder(`pack${W}`, [T.i32, T.i32, T.i32, T.i32, T.i32, T.i32, T.i32]);
@@ -95,21 +103,66 @@ function pack(W: number): { fn: FunctionBuilder; body: Code } {
   const k = fn.local(T.i32);
   const s = fn.local(T.i32);
   const d = fn.local(T.i32);
+  const [rEnd, kEnd] = [fn.local(T.i32), fn.local(T.i32)];
   const panels = i32.div_s(add(get(rows), c(W - 1)), c(W));
-  const body = seq(
-    memoryFill(get(dst), c(0), mul(mul(panels, c(W * 4)), get(kPad))),
+  /** Byte address in dst of element (r, k0) of the panels. */
+  const panelAt = (k0: Code) => add(get(dst), i32.shl(add(mul(add(mul(i32.div_s(get(r), c(W)), get(kPad)), k0), c(W)), i32.rem_s(get(r), c(W))), c(2)));
+  /** Rows [from, to), k in [kFrom, kLen), one element at a time. */
+  const scalar = (from: Code, to: Code, kFrom: Code) =>
+    forRange(
+      r,
+      from,
+      to,
+      c(1),
+      seq(
+        set(s, add(add(get(src), mul(get(r), get(sRow))), mul(kFrom, get(sK)))),
+        set(d, panelAt(kFrom)),
+        forRange(k, kFrom, get(kLen), c(1), seq(f32.store(get(d), f32.load(get(s))), inc(d, c(W * 4)), inc(s, get(sK)))),
+      ),
+    );
+  const zero = memoryFill(get(dst), c(0), mul(mul(panels, c(W * 4)), get(kPad)));
+  if (W !== NR) return { fn, body: seq(zero, scalar(c(0), get(rows), c(0))) };
+  const v = [0, 1, 2, 3].map(() => fn.local(T.v128));
+  const t = [0, 1, 2, 3].map(() => fn.local(T.v128));
+  const g = (l: Local) => get(l);
+  // v_i = row r + i at k..k+3; t = pairs of rows interleaved; w_j = (rows r..r+3 at k + j)
+  const transpose4 = seq(
+    ...v.map((l, i) => set(l, v128.load(add(get(s), mul(c(i), get(sRow)))))),
+    set(t[0]!, i8x16.shuffle(g(v[0]!), g(v[1]!), lanes32(0, 4, 1, 5))),
+    set(t[1]!, i8x16.shuffle(g(v[0]!), g(v[1]!), lanes32(2, 6, 3, 7))),
+    set(t[2]!, i8x16.shuffle(g(v[2]!), g(v[3]!), lanes32(0, 4, 1, 5))),
+    set(t[3]!, i8x16.shuffle(g(v[2]!), g(v[3]!), lanes32(2, 6, 3, 7))),
+    v128.store(get(d), i8x16.shuffle(g(t[0]!), g(t[2]!), lanes32(0, 1, 4, 5))),
+    v128.store(get(d), i8x16.shuffle(g(t[0]!), g(t[2]!), lanes32(2, 3, 6, 7)), W * 4),
+    v128.store(get(d), i8x16.shuffle(g(t[1]!), g(t[3]!), lanes32(0, 1, 4, 5)), 2 * W * 4),
+    v128.store(get(d), i8x16.shuffle(g(t[1]!), g(t[3]!), lanes32(2, 3, 6, 7)), 3 * W * 4),
+    inc(s, c(16)),
+    inc(d, c(4 * W * 4)),
+  );
+  const kContiguous = seq(
+    set(rEnd, i32.and(get(rows), c(-4))),
+    set(kEnd, i32.and(get(kLen), c(-4))),
+    forRange(r, c(0), get(rEnd), c(4), seq(set(s, add(get(src), mul(get(r), get(sRow)))), set(d, panelAt(c(0))), forRange(k, c(0), get(kEnd), c(4), transpose4))),
+    scalar(c(0), get(rEnd), get(kEnd)),
+    scalar(get(rEnd), get(rows), c(0)),
+  );
+  // rows contiguous: each k of a full panel is W = 8 consecutive elements, two vectors
+  const rowsContiguous = seq(
+    set(rEnd, mul(i32.div_s(get(rows), c(W)), c(W))),
     forRange(
       r,
       c(0),
-      get(rows),
-      c(1),
+      get(rEnd),
+      c(W),
       seq(
-        set(s, add(get(src), mul(get(r), get(sRow)))),
-        set(d, add(get(dst), i32.shl(add(mul(mul(i32.div_s(get(r), c(W)), get(kPad)), c(W)), i32.rem_s(get(r), c(W))), c(2)))),
-        forRange(k, c(0), get(kLen), c(1), seq(f32.store(get(d), f32.load(get(s))), inc(d, c(W * 4)), inc(s, get(sK)))),
+        set(s, add(get(src), i32.shl(get(r), c(2)))),
+        set(d, panelAt(c(0))),
+        forRange(k, c(0), get(kLen), c(1), seq(v128.store(get(d), v128.load(get(s))), v128.store(get(d), v128.load(get(s), 16), 16), inc(d, c(W * 4)), inc(s, get(sK)))),
       ),
     ),
+    scalar(get(rEnd), get(rows), c(0)),
   );
+  const body = seq(zero, ifElse(i32.eq(get(sK), c(4)), kContiguous, ifElse(i32.eq(get(sRow), c(4)), rowsContiguous, scalar(c(0), get(rows), c(0)))));
   return { fn, body };
 }
 
