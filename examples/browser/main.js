@@ -59,7 +59,6 @@ $("load").onclick = action(async () => {
   });
   demo.tokenizer = await qa.loadTokenizer(where.dir, where.files);
   demo.adapter = null;
-  $("rank").disabled = $("alpha").disabled = false;
   demo.run = { model: name, losses: [], lens: null };
   for (const b of ["generate", "align", "lens"]) $(b).disabled = demo.tokenizer === null;
   $("save").disabled = true;
@@ -102,9 +101,9 @@ $("align").onclick = action(async () => {
   const lora = { r: Number($("rank").value), lora_alpha: Number($("alpha").value), seed: 0 };
   const lr = Number($("lr").value);
   const steps = Number($("steps").value);
-  // LoRA goes on once per loaded model: a second run trains the same adapter further.
-  demo.adapter ??= qa.applyLora(model, lora);
-  $("rank").disabled = $("alpha").disabled = true;
+  // LoRA goes on once per loaded model (applyLora refuses a second): one run per load.
+  $("align").disabled = true;
+  demo.adapter = qa.applyLora(model, lora);
   const opt = new qa.AdamW(demo.adapter.params, { lr });
   const losses = [(await qa.meanTargetLoss(model, examples, examples.length)).loss];
   const show = () => ($("losses").textContent = losses.map((l, i) => `step ${i}: loss ${l.toFixed(4)}`).join("\n"));
@@ -123,7 +122,7 @@ $("align").onclick = action(async () => {
   }
   demo.run = { ...demo.run, data: { ...data, pairs: data.pairs.length, truncated }, lora: { ...demo.adapter.config, lr, steps, batch: examples.length, max_length: MAX_LENGTH }, losses };
   $("save").disabled = false;
-  status(`aligned: ${losses.length - 1} LoRA steps`);
+  status(`aligned: ${losses.length - 1} LoRA steps`); // load the checkpoint again to align anew
 });
 
 $("lens").onclick = action(async () => {

@@ -96,7 +96,8 @@ export interface LoadOptions extends HubOptions {
   /**
    * Where the checkpoint folder is: the host's files by default (Node's file system; in a
    * browser, URLs against the page's location), or e.g. io/web_files.ts's blobFiles for files
-   * a user picked. Only the byte ranges of the tensors are read.
+   * a user picked (then `model` names a folder of these files, never a Hub id). Only the byte
+   * ranges of the tensors are read.
    */
   files?: Files;
   /**
