@@ -270,14 +270,17 @@ export async function downloadCheckpoint(repo: string, store: DownloadStore, opt
 async function* counted(opened: Promise<ReadableStream<Uint8Array>>, onBytes: (n: number) => void): AsyncIterable<Uint8Array> {
   // A reader rather than `for await`: async iteration of ReadableStream is recent in browsers.
   const reader = (await opened).getReader();
+  let ended = false;
   try {
     for (;;) {
       const { done, value } = await reader.read();
-      if (done) return;
+      if ((ended = done)) return;
       yield value;
       onBytes(value.byteLength);
     }
   } finally {
+    // A consumer that stopped early (its write failed) closes the connection.
+    if (!ended) await reader.cancel().catch(() => undefined);
     reader.releaseLock();
   }
 }

@@ -28,7 +28,12 @@ async function* bytesOf(files: Files, path: string, end: number): AsyncIterable<
 
 /** A download cache on `files` whose checkpoints go to `<root>/<org>--<name>/<revision>`. */
 export function filesStore(files: Files, root: string): DownloadStore {
-  const size = async (path: string) => ((await files.exists(path)) ? (await files.open(path)).size : 0);
+  const size = async (path: string) => {
+    if (!(await files.exists(path))) return 0;
+    const reader = await files.open(path);
+    await reader.close();
+    return reader.size;
+  };
   return {
     files,
     folder: (repo, revision) => files.join(files.join(root, repo.replace("/", "--")), revision),
