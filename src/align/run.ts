@@ -105,7 +105,7 @@ export async function runAlign(
   // Read the training pairs and check every language's test data first: bad data should fail
   // before hours of evaluation (and before the folder is claimed for these settings).
   const trained = await finishedAdapter(paths, host, log);
-  const pairs = trained ? null : await questionPairs(source, cfg.train, cfg.target);
+  const pairs = trained === null ? await questionPairs(source, cfg.train, cfg.target) : null;
   const prompts = await checkLanguages(source, task, cfg.langs, cfg.evaluation);
   if (!resuming) await saveJson(paths.settings, settings, host);
 
@@ -114,7 +114,7 @@ export async function runAlign(
   const base = await evaluateAll("base");
   const interpBase = cfg.interp ? await interpOf("base") : null;
 
-  const training = pairs ? await trainAdapter(model, tokenizer, pairs, cfg, { ...hooks, log }, host) : await loadTrained(model, paths, host, log);
+  const training = trained === null ? await trainAdapter(model, tokenizer, pairs!, cfg, { ...hooks, log }, host) : await loadTrained(model, trained, host, log);
   log(`aligned model: ${task.title} in ${cfg.langs.length} languages`);
   const aligned = await evaluateAll("aligned");
   const written: string[] = [];
@@ -138,11 +138,11 @@ export async function runAlign(
   return results;
 }
 
-/** Loads the adapter a previous run finished training (<out>/adapter) onto `model`. */
-async function loadTrained(model: LlamaModel, paths: RunPaths, files: Files, log: (line: string) => void): Promise<TrainingSummary> {
-  await loadAdapter(model, paths.adapter, files);
-  log(`loaded the trained adapter from ${paths.adapter}`);
-  return readJson<TrainingSummary>(files.join(paths.adapter, TRAINING_SUMMARY), files);
+/** Loads the adapter a previous run finished training (`adapterDir`: <out>/adapter, see {@link finishedAdapter}) onto `model`. */
+async function loadTrained(model: LlamaModel, adapterDir: string, files: Files, log: (line: string) => void): Promise<TrainingSummary> {
+  await loadAdapter(model, adapterDir, files);
+  log(`loaded the trained adapter from ${adapterDir}`);
+  return readJson<TrainingSummary>(files.join(adapterDir, TRAINING_SUMMARY), files);
 }
 
 /**
@@ -200,14 +200,17 @@ async function moveIntoPlace(paths: RunPaths, files: Files): Promise<void> {
 }
 
 /**
- * Whether <out>/adapter holds a finished training. A run stopped after training wrote
- * training/training.json (the last file of a finished training) but before the folder was
- * renamed has a complete adapter in training/: it is moved into place instead of retrained.
+ * The folder of a finished training's adapter: <out>/adapter (or, where a stop mid-replace left
+ * it, the complete copy Files.latestDir names), or null when training has not finished. A run
+ * stopped after training wrote training/training.json (the last file of a finished training)
+ * but before the adapter folder was made has a complete adapter in training/: it is moved into
+ * place instead of retrained.
  */
-async function finishedAdapter(paths: RunPaths, files: Files, log: (line: string) => void): Promise<boolean> {
-  if (await files.exists(files.join(paths.adapter, TRAINING_SUMMARY))) return true;
-  if (!(await files.exists(files.join(paths.training, TRAINING_SUMMARY)))) return false;
+async function finishedAdapter(paths: RunPaths, files: Files, log: (line: string) => void): Promise<string | null> {
+  const adapter = await files.latestDir(paths.adapter);
+  if (adapter !== null && (await files.exists(files.join(adapter, TRAINING_SUMMARY)))) return adapter;
+  if (!(await files.exists(files.join(paths.training, TRAINING_SUMMARY)))) return null;
   await moveIntoPlace(paths, files);
   log(`training had finished in ${paths.training}: moved it to ${paths.adapter}`);
-  return true;
+  return paths.adapter;
 }
