@@ -293,7 +293,9 @@ async function ortOn(ctx: BenchContext, name: string, dir: string, model: LlamaM
 
 /**
  * End-to-end cases: the tiny model on every device, the Qwen1.5-0.5B-shaped model on webgpu and
- * wasm (quick runs: cut, wasm only); ONNX Runtime CPU on the same weights beside the wasm device.
+ * wasm (quick runs: cut, wasm only), each with f32, bf16 and NF4 weights on webgpu and wasm (the
+ * devices with packed-weight kernels; LoRA on NF4 weights is QLoRA); ONNX Runtime CPU on the same
+ * f32 weights beside the wasm device.
  */
 export async function endToEndCases(ctx: BenchContext, devices: Backend[]): Promise<CaseResult[]> {
   const out: CaseResult[] = [];
@@ -308,13 +310,13 @@ export async function endToEndCases(ctx: BenchContext, devices: Backend[]): Prom
     out.push(...(failed.results.length === 0 ? [failed] : cases));
   };
   for (const device of devices) {
-    // Weight dtypes on webgpu, where the packed kernels are; f32 elsewhere.
-    for (const dtype of device === ctx.gpu ? WEIGHT_CASE_DTYPES : (["f32"] as const)) {
+    // Weight dtypes on webgpu and wasm, where the packed kernels are; f32 on cpu.
+    for (const dtype of device === ctx.cpu ? (["f32"] as const) : WEIGHT_CASE_DTYPES) {
       const label = dtype === "f32" ? "tiny llama" : `tiny llama ${dtype}`;
       await guarded(`${label} on ${device.name}`, async () => {
         const dir = await ensureTinyModel();
         const model = await loadModel(dir, { device, dtype });
-        const peer = device === ctx.wasm ? await ortOn(ctx, "tiny-llama", dir, model) : null;
+        const peer = device === ctx.wasm && dtype === "f32" ? await ortOn(ctx, "tiny-llama", dir, model) : null;
         const cases = await endToEnd(ctx, label, model, device, tinySizes, peer);
         peer?.dispose();
         model.dispose();
@@ -333,10 +335,10 @@ export async function endToEndCases(ctx: BenchContext, devices: Backend[]): Prom
         const { dir } = await writeRandomCheckpoint(config, 100);
         try {
           const cases: CaseResult[] = [];
-          // Each weight dtype on webgpu (the same checkpoint, loaded again); f32 on wasm.
-          for (const dtype of device === ctx.gpu ? WEIGHT_CASE_DTYPES : (["f32"] as const)) {
+          // Each weight dtype (the same checkpoint, loaded again); ONNX Runtime beside wasm's f32.
+          for (const dtype of WEIGHT_CASE_DTYPES) {
             const model = await loadModel(dir, { device, dtype });
-            const peer = device === ctx.wasm ? await ortOn(ctx, ctx.quick ? "qwen1.5-0.5b-cut" : "qwen1.5-0.5b-4-layers", dir, model) : null;
+            const peer = device === ctx.wasm && dtype === "f32" ? await ortOn(ctx, ctx.quick ? "qwen1.5-0.5b-cut" : "qwen1.5-0.5b-4-layers", dir, model) : null;
             cases.push(...(await endToEnd(ctx, dtype === "f32" ? label : `${label}, ${dtype}`, model, device, sizes, peer)));
             peer?.dispose();
             model.dispose();
