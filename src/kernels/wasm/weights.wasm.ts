@@ -206,8 +206,9 @@ function decodeRows(wasm: WasmBackend, w: HostWeight, parts: { src: number; absm
 }
 
 /**
- * matmulWeightRef on the device, after matmulWeightOnHost's checks: "nt" out [M, N] = x [M, K] @ W^T, "nn" out [M, K] = x [M, N] @ W,
- * W [N, K] packed, f32 sums in the f32 matmul kernels' order (the reference sums in doubles).
+ * matmulWeightRef on the device, after matmulWeightOnHost's checks: "nt" out [M, N] =
+ * x [M, K] @ W^T, "nn" out [M, K] = x [M, N] @ W, W [N, K] packed; f32 sums in the f32 matmul
+ * kernels' order (the reference sums in doubles).
  * Runs the reference when an array is not in the device's memory.
  * @param x f32 contiguous; out f32 contiguous, overwritten
  */
@@ -266,7 +267,8 @@ function matmulWeightKernel(wasm: WasmBackend, x: Float32Array, w: HostWeight, N
 }
 
 /**
- * gatherWeightRef on the device, after gatherWeightOnHost's checks: out[n, :] = W[ids[n], :] decoded, W [V, D] packed.
+ * gatherWeightRef on the device, after gatherWeightOnHost's checks: out[n, :] = W[ids[n], :]
+ * decoded, W [V, D] packed.
  * @throws RangeError naming the id and its index when an id is outside [0, V) (the reference's).
  */
 function gatherWeightKernel(wasm: WasmBackend, w: HostWeight, V: number, D: number, ids: Int32Array, out: Float32Array): void {
