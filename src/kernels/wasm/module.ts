@@ -134,6 +134,8 @@ export const v128 = {
   load32_splat: mem([0xfd, ...uleb(0x09)], 2),
   /** Loads 32 bits into lane 0 (as bytes 0-3), the rest zero. */
   load32_zero: mem([0xfd, ...uleb(0x5c)], 2),
+  /** Loads 64 bits into lanes 0-7 (bytes), the rest zero. */
+  load64_zero: mem([0xfd, ...uleb(0x5d)], 3),
   store: store([0xfd, ...uleb(0x0b)], 4),
   zero: () => [0xfd, ...uleb(0x0c), ...new Array<number>(16).fill(0)],
   /** A constant vector of 16 bytes. */

@@ -44,8 +44,12 @@ const NF4_PLANES = [0, 1, 2, 3].map((j) => {
   const bytes = new Uint8Array(NF4_CODE.buffer, NF4_CODE.byteOffset, 64);
   return Array.from({ length: 16 }, (_, i) => bytes[4 * i + j]!);
 });
-/** Interleaves the low 8 bytes of a and b: a0 b0 a1 b1 ... a7 b7. */
+/** Interleaves the low 8 bytes of a and b: a0 b0 a1 b1 ... a7 b7; and the high 8. */
 const ZIP_LOW = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
+const ZIP_HIGH = ZIP_LOW.map((l) => l + 8);
+/** Interleaves the 16-bit lanes 0-3 of a and b, and 4-7. */
+const ZIP16_LOW = [0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23];
+const ZIP16_HIGH = ZIP16_LOW.map((l) => l + 8);
 
 /**
  * Code that decodes 8 weights (flat index `flat` of the first, a multiple of 8) at byte address
@@ -73,8 +77,8 @@ function decode8(fn: FunctionBuilder, dtype: HostWeight["dtype"], absmax: Local)
           set(a, i8x16.shuffle(plane(0), plane(1), ZIP_LOW)),
           set(b, i8x16.shuffle(plane(2), plane(3), ZIP_LOW)),
           set(am, v128.load32_splat(i32.add(get(absmax), i32.shl(i32.shr_u(flat, c(Math.log2(NF4_BLOCK))), c(2))))),
-          set(lo, f32x4.mul(i8x16.shuffle(get(a), get(b), [0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23]), get(am))),
-          set(hi, f32x4.mul(i8x16.shuffle(get(a), get(b), [8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31]), get(am))),
+          set(lo, f32x4.mul(i8x16.shuffle(get(a), get(b), ZIP16_LOW), get(am))),
+          set(hi, f32x4.mul(i8x16.shuffle(get(a), get(b), ZIP16_HIGH), get(am))),
         ),
     };
   }
@@ -102,6 +106,51 @@ function decode8(fn: FunctionBuilder, dtype: HostWeight["dtype"], absmax: Local)
   };
 }
 
+/**
+ * NF4's 16 weights at a time (8 bytes: flat a multiple of 16, so one absmax): one index vector
+ * fills all 16 lanes of each plane lookup, half the swizzles per weight of decode8. The 4 f32x4
+ * results (weights 0-3, ..., 12-15) are decode8's lo and hi for weights 0-7, then 8-15.
+ */
+function nf4Decode16(fn: FunctionBuilder, absmax: Local): { vs: Local[]; code: (p: Code, flat: Code) => Code } {
+  const vs = [0, 1, 2, 3].map(() => fn.local(T.v128));
+  const [t, am] = [fn.local(T.v128), fn.local(T.v128)];
+  const planes = [0, 1, 2, 3].map(() => fn.local(T.v128));
+  const [a, b] = [fn.local(T.v128), fn.local(T.v128)];
+  const [a2, b2] = [fn.local(T.v128), fn.local(T.v128)];
+  return {
+    vs,
+    code: (p, flat) =>
+      seq(
+        set(t, v128.load64_zero(p)),
+        set(t, i8x16.shuffle(i8x16.shr_u(get(t), c(4)), v128.and(get(t), v128.const(new Array<number>(16).fill(15))), ZIP_LOW)),
+        ...planes.map((l, j) => set(l, i8x16.swizzle(v128.const(NF4_PLANES[j]!), get(t)))),
+        set(a, i8x16.shuffle(get(planes[0]!), get(planes[1]!), ZIP_LOW)),
+        set(a2, i8x16.shuffle(get(planes[0]!), get(planes[1]!), ZIP_HIGH)),
+        set(b, i8x16.shuffle(get(planes[2]!), get(planes[3]!), ZIP_LOW)),
+        set(b2, i8x16.shuffle(get(planes[2]!), get(planes[3]!), ZIP_HIGH)),
+        set(am, v128.load32_splat(i32.add(get(absmax), i32.shl(i32.shr_u(flat, c(Math.log2(NF4_BLOCK))), c(2))))),
+        set(vs[0]!, f32x4.mul(i8x16.shuffle(get(a), get(b), ZIP16_LOW), get(am))),
+        set(vs[1]!, f32x4.mul(i8x16.shuffle(get(a), get(b), ZIP16_HIGH), get(am))),
+        set(vs[2]!, f32x4.mul(i8x16.shuffle(get(a2), get(b2), ZIP16_LOW), get(am))),
+        set(vs[3]!, f32x4.mul(i8x16.shuffle(get(a2), get(b2), ZIP16_HIGH), get(am))),
+      ),
+  };
+}
+
+/**
+ * A loop over one row's K weights (k from 0, by 8; NF4 by 16 when K is a multiple of 16),
+ * `body(vs, step)` given the decoded f32x4 locals of the step's weights (4 per vector, in order)
+ * and run after decoding; p (the packed bytes) advances itself.
+ */
+function rowLoop(fn: FunctionBuilder, dtype: HostWeight["dtype"], absmax: Local, p: Local, flat: Local, K: Local, k: Local, body: (vs: Local[], weights: number) => Code): Code {
+  const d8 = decode8(fn, dtype, absmax);
+  const loop8 = forRange(k, c(0), get(K), c(8), seq(d8.code(get(p), i32.add(get(flat), get(k))), body([d8.lo, d8.hi], 8), inc(p, c(BYTES_PER_8[dtype]))));
+  if (dtype !== "nf4") return loop8;
+  const d16 = nf4Decode16(fn, absmax);
+  const loop16 = forRange(k, c(0), get(K), c(16), seq(d16.code(get(p), i32.add(get(flat), get(k))), body(d16.vs, 16), inc(p, c(8))));
+  return ifElse(i32.eqz(i32.and(get(K), c(15))), loop16, loop8);
+}
+
 /** Byte address of row r's packed weights: src + r K bytes-per-weight. */
 const rowAddress = (dtype: HostWeight["dtype"], src: Local, flat: Code) =>
   i32.add(get(src), dtype === "nf4" ? i32.shr_u(flat, c(1)) : i32.shl(flat, c(1)));
@@ -114,7 +163,6 @@ function decodeKernel(dtype: HostWeight["dtype"]): { fn: FunctionBuilder; body: 
   const fn = new FunctionBuilder(decodeExport(dtype), new Array(9).fill(T.i32));
   const [src, absmax, ids, r0, rows, K, dst, tid, threads] = fn.params as Local[] as Local[] & { length: 9 };
   const [i, r, flat, p, o, k] = Array.from({ length: 6 }, () => fn.local(T.i32));
-  const d = decode8(fn, dtype, absmax!);
   const body = forEachUnit(
     i!,
     get(rows!),
@@ -125,13 +173,7 @@ function decodeKernel(dtype: HostWeight["dtype"]): { fn: FunctionBuilder; body: 
       set(flat!, i32.mul(get(r!), get(K!))),
       set(p!, rowAddress(dtype, src!, get(flat!))),
       set(o!, i32.add(get(dst!), i32.shl(i32.mul(get(i!), get(K!)), c(2)))),
-      forRange(
-        k!,
-        c(0),
-        get(K!),
-        c(8),
-        seq(d.code(get(p!), i32.add(get(flat!), get(k!))), v128.store(get(o!), get(d.lo)), v128.store(get(o!), get(d.hi), 16), inc(p!, c(BYTES_PER_8[dtype])), inc(o!, c(32))),
-      ),
+      rowLoop(fn, dtype, absmax!, p!, flat!, K!, k!, (vs, weights) => seq(...vs.map((v, j) => v128.store(get(o!), get(v), 16 * j)), inc(o!, c(4 * weights)))),
     ),
   );
   return { fn, body };
@@ -147,7 +189,6 @@ function gemvKernel(dtype: HostWeight["dtype"]): { fn: FunctionBuilder; body: Co
   const [src, absmax, x, out, N, K, tid, threads] = fn.params as Local[] as Local[] & { length: 8 };
   const [n, flat, p, px, k] = Array.from({ length: 5 }, () => fn.local(T.i32));
   const [a0, a1, t] = [fn.local(T.v128), fn.local(T.v128), fn.local(T.v128)];
-  const d = decode8(fn, dtype, absmax!);
   const body = forEachUnit(
     n!,
     get(N!),
@@ -159,18 +200,9 @@ function gemvKernel(dtype: HostWeight["dtype"]): { fn: FunctionBuilder; body: Co
       set(px!, get(x!)),
       set(a0, v128.zero()),
       set(a1, v128.zero()),
-      forRange(
-        k!,
-        c(0),
-        get(K!),
-        c(8),
-        seq(
-          d.code(get(p!), i32.add(get(flat!), get(k!))),
-          set(a0, f32x4.add(get(a0), f32x4.mul(get(d.lo), v128.load(get(px!))))),
-          set(a1, f32x4.add(get(a1), f32x4.mul(get(d.hi), v128.load(get(px!), 16)))),
-          inc(p!, c(BYTES_PER_8[dtype])),
-          inc(px!, c(32)),
-        ),
+      // vectors alternate between the two accumulators, so the 8 and 16 steps sum alike
+      rowLoop(fn, dtype, absmax!, p!, flat!, K!, k!, (vs, weights) =>
+        seq(...vs.map((v, j) => set(j % 2 ? a1 : a0, f32x4.add(get(j % 2 ? a1 : a0), f32x4.mul(get(v), v128.load(get(px!), 16 * j))))), inc(px!, c(4 * weights))),
       ),
       set(t, f32x4.add(get(a0), get(a1))),
       f32.store(
