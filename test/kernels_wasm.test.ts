@@ -345,6 +345,18 @@ describe("elementwise kernels against the cpu device", () => {
       }
     });
   }
+  test("where: a broadcast condition row with NaN and -0, a broadcast scalar b, a transposed a", async () => {
+    const w = await backend;
+    const condRow = Float32Array.from({ length: 4099 }, (_, i) => [0, 1, -0, NaN, -2][i % 5]!);
+    const a = Float32Array.from(randomData(n, 9));
+    const b = Float32Array.from([7.5]);
+    const run = async (be: qa.Backend) => {
+      const [sc, sa, sb] = [be.upload(condRow), be.upload(a), be.upload(b)];
+      return be.read(be.where(view(sc, [0, 0, 1]), view(sa, [3 * 4099, 1, 3]), view(sb, [0, 0, 0])));
+    };
+    // a selection copies values: exactly the cpu device's
+    expect(await run(w)).toEqual(await run(cpu));
+  });
   test("assign into a strided view of another storage", async () => {
     const w = await backend;
     const src = Float32Array.from(randomData(n, 8));

@@ -1,12 +1,12 @@
-import type { BinaryOp, UnaryOp } from "../../tensor/backend.ts";
+import type { BinaryOp, Storage, UnaryOp, View } from "../../tensor/backend.ts";
 import type { DType, HostArray } from "../../tensor/dtype.ts";
 import { DeviceLimitError } from "../../tensor/errors.ts";
 import type { HostWeight, WeightStorage } from "../../tensor/weight.ts";
 import { CpuBackend } from "../cpu.ts";
-import { CpuWeightStorage } from "../host.ts";
+import { CpuWeightStorage, hostView } from "../host.ts";
 import type { HostView } from "../elementwise.ts";
 import { assignRef, binaryRef, unaryRef } from "../elementwise.ts";
-import { WASM_BINARY, WASM_UNARY, elementwiseExport, elementwiseModule } from "./elementwise.wasm.ts";
+import { WASM_BINARY, WASM_UNARY, WHERE_EXPORT, elementwiseExport, elementwiseModule } from "./elementwise.wasm.ts";
 import { attentionModule } from "./attention.wasm.ts";
 import { WasmHeap } from "./heap.ts";
 import { GEMM_SCRATCH_BYTES, matmulModule } from "./matmul.wasm.ts";
@@ -34,11 +34,11 @@ import { WEIGHT_KERNELS, weightsModule } from "./weights.wasm.ts";
  *   embedding gather (weights.wasm.ts: decoded a slice of rows at a time into the f32 matmul
  *   kernels); split between threads where the work is large enough (PARALLEL_MIN_*).
  * - unary and binary ops of elementwise.wasm.ts (arithmetic, comparisons, exp, sigmoid, silu,
- *   ...) and assign between distinct storages, f32, on views that collapse to at most 4 dims
- *   (this file).
+ *   ...), where, and assign between distinct storages, f32, on views that collapse to at most 4
+ *   dims (this file).
  * - packed weights live in the device's memory (uploadWeight copies them there; one that does
  *   not fit stays in host memory and its products run the references).
- * - every other op (where, cast, the f32 embedding gather and scatter-add, pow, ...), and f64:
+ * - every other op (cast, the f32 embedding gather and scatter-add, pow, log, tanh, ...), and f64:
  *   the cpu device's kernels, which `run` falls back to for any fused op without a wasm kernel
  *   (`kernelNames`), on the calling thread, reading and writing the shared memory in place.
  *   Those share the reference's numerics (computed in doubles, rounded once at the store).
@@ -51,6 +51,7 @@ const K = { gemm: 0, gemvDot: 1, gemvAxpy: 2, attention: 3, attentionBackward: 4
 const ELEMENTWISE_NAMES = [
   ...Object.keys(WASM_UNARY).map((op) => elementwiseExport("unary", op)),
   ...Object.keys(WASM_BINARY).map((op) => elementwiseExport("binary", op)),
+  WHERE_EXPORT,
 ];
 /** Modules after the first four (matmul, attention, elementwise, rows), with their kernels' export names, in pool order. */
 const MORE_MODULES = [
@@ -78,7 +79,7 @@ const EXPORT_INDEX = new Map(KERNELS.slice(8).map((k, i) => [k.name, 8 + i]));
  * The kernels `WasmBackend.call` runs: those of the matmul, attention and row modules by their
  * K names, the others by export name (`binary_add`, `decode_nf4`, `rope`, ...).
  */
-export type WasmKernel = keyof typeof K | (typeof MORE_MODULES)[number]["names"][number] | ReturnType<typeof elementwiseExport>;
+export type WasmKernel = keyof typeof K | (typeof MORE_MODULES)[number]["names"][number] | ReturnType<typeof elementwiseExport> | typeof WHERE_EXPORT;
 
 /**
  * A strided iteration space collapsed to exactly 4 dims: adjacent axes merge when every operand
@@ -237,22 +238,35 @@ export class WasmBackend extends CpuBackend {
 
   /**
    * Runs elementwise kernel `name` when it exists and every array is this backend's f32: out (at
-   * element `outOffset`, with `outStrides`) = f(views[0], views[1]) over `shape`. Returns false
-   * (nothing written) when the reference must run instead.
+   * element `outOffset`, with `outStrides`) = f(...views) over `shape` (two views for unary and
+   * binary ops, three for where). Returns false (nothing written) when the reference must run instead.
    */
-  private mapKernel(name: string, out: HostArray, outStrides: readonly number[], views: readonly [HostView, HostView], shape: readonly number[], outOffset = 0): boolean {
+  private mapKernel(name: string, out: HostArray, outStrides: readonly number[], views: readonly HostView[], shape: readonly number[], outOffset = 0): boolean {
     const index = EXPORT_INDEX.get(name);
-    const arrays = [out, views[0].data, views[1].data];
+    const arrays = [out, ...views.map((v) => v.data)];
     if (index === undefined || !arrays.every((x) => x instanceof Float32Array && this.owns(x))) return false;
-    const dims = collapse(shape, [outStrides, views[0].strides, views[1].strides]);
+    const dims = collapse(shape, [outStrides, ...views.map((v) => v.strides)]);
     if (!dims) return false;
     const total = dims.n.reduce((p, x) => p * x, 1);
     if (total === 0) return true;
     const ptr = (data: HostArray, offset: number) => data.byteOffset + 4 * offset;
-    const [so, sa, sb] = dims.s as [number[], number[], number[]];
-    const args = [ptr(out, outOffset), ptr(views[0].data, views[0].offset), ptr(views[1].data, views[1].offset), ...dims.n, ...so, ...sa, ...sb];
+    const args = [ptr(out, outOffset), ...views.map((v) => ptr(v.data, v.offset)), ...dims.n, ...dims.s.flat()];
     this.pool.run(index, args, total < PARALLEL_MIN_ELEMENTS ? 1 : this.pool.threads);
     return true;
+  }
+
+  /**
+   * cond != 0 ? a : b on the elementwise module's where kernel when all three are f32 views of
+   * this device's memory of one shape; otherwise the cpu device's (its checks and errors).
+   */
+  override where(cond: View, a: View, b: View): Storage {
+    const views = [cond, a, b].map((v) => hostView("where", v));
+    const sameShape = [cond, b].every((v) => v.shape.length === a.shape.length && v.shape.every((d, i) => d === a.shape[i]));
+    if (!sameShape || [cond, a, b].some((v) => v.storage.dtype !== "f32")) return super.where(cond, a, b);
+    const out = this.allocate("f32", a.shape.reduce((p, d) => p * d, 1));
+    if (this.mapKernel(WHERE_EXPORT, out, contiguous(a.shape), views, a.shape)) return this.wrap(out);
+    this.release(out);
+    return super.where(cond, a, b);
   }
 
   /** Threads for a row kernel over rows x cols elements. */

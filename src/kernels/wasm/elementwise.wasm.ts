@@ -7,7 +7,8 @@ import { FunctionBuilder, T, buildModule, expF32x4, f32, f32x4, forRange, get, i
  * pointwise table (src/kernels/pointwise.ts) that has a short SIMD form, as
  *   op(out, a, b, n0, n1, n2, n3, so0..so3, sa0..sa3, sb0..sb3, tid, threads):
  *   out[i0, i1, i2, i3] = f(a[...], b[...]) over a 4-d iteration space, every operand with its
- *   own element strides (0 broadcasts; out strided too, for assign). Unary ops ignore b.
+ *   own element strides (0 broadcasts; out strided too, for assign). Unary ops ignore b; where
+ *   takes three operands, where(out, cond, a, b, n0..n3, so, sc, sa, sb, tid, threads).
  * The caller collapses views to at most 4 dims. Work units are (row i0 i1 i2, chunk of CHUNK
  * elements of i3), round-robin between threads; where the inner strides are 1 (or 0: a splat)
  * 4 elements go per vector, the rest one at a time through lane 0 of the same expression, so an
@@ -65,53 +66,52 @@ export const WASM_BINARY: Partial<Record<BinaryOp, Vec>> = {
 /** Export name of an op's kernel. */
 export const elementwiseExport = (kind: "unary" | "binary", op: string) => `${kind}_${op}`;
 
-function mapKernel(name: string, f: Vec): { fn: FunctionBuilder; body: Code } {
-  const fn = new FunctionBuilder(name, new Array(21).fill(T.i32));
+/**
+ * The kernel `name` computing out = f(inputs) for `inputs` operands (2 for unary and binary ops,
+ * unary ones ignoring the second; 3 for where), as the header describes.
+ */
+function mapKernel(name: string, inputs: number, f: (vals: Code[], tmp: readonly Local[]) => Code): { fn: FunctionBuilder; body: Code } {
+  // out, the inputs, n0..n3, out's strides, each input's strides, tid, threads
+  const fn = new FunctionBuilder(name, new Array(1 + inputs + 4 + 4 + 4 * inputs + 2).fill(T.i32));
   const p = fn.params;
-  const [out, a, b] = [p[0]!, p[1]!, p[2]!];
-  const n = p.slice(3, 7);
-  const so = p.slice(7, 11);
-  const sa = p.slice(11, 15);
-  const sb = p.slice(15, 19);
-  const [tid, threads] = [p[19]!, p[20]!];
+  const out = p[0]!;
+  const src = p.slice(1, 1 + inputs);
+  const n = p.slice(1 + inputs, 5 + inputs);
+  const so = p.slice(5 + inputs, 9 + inputs);
+  const ss = src.map((_, i) => p.slice(9 + inputs + 4 * i, 13 + inputs + 4 * i));
+  const [tid, threads] = [p[p.length - 2]!, p[p.length - 1]!];
   const I = () => fn.local(T.i32);
-  const [chunks, units, u, r, e, end, po, pa, pb, t, i0, i1, i2] = Array.from({ length: 13 }, I) as Local[];
-  const [va, vb] = [fn.local(T.v128), fn.local(T.v128)];
+  const [chunks, units, u, r, e, end, po, t, i0, i1, i2] = Array.from({ length: 11 }, I) as Local[];
+  const ptrs = src.map(() => fn.local(T.i32));
+  const vals = src.map(() => fn.local(T.v128));
   const tmp = [fn.local(T.v128), fn.local(T.v128), fn.local(T.v128)];
   const c = i32.const;
   const offset = (s: Local[]) => i32.shl(i32.add(i32.add(i32.mul(get(i0!), get(s[0]!)), i32.mul(get(i1!), get(s[1]!))), i32.add(i32.mul(get(i2!), get(s[2]!)), i32.mul(get(e!), get(s[3]!)))), c(2));
+  const values = () => vals.map((v) => get(v));
   /** The vector loop for one choice of loads (v128.load for stride 1, a splat for stride 0). */
-  const vectorLoop = (splatA: boolean, splatB: boolean) =>
+  const vectorLoop = (splat: readonly boolean[]) =>
     whileLoop(
       i32.le_s(i32.add(get(e!), c(4)), get(end!)),
       seq(
-        set(va, splatA ? v128.load32_splat(get(pa!)) : v128.load(get(pa!))),
-        set(vb, splatB ? v128.load32_splat(get(pb!)) : v128.load(get(pb!))),
-        v128.store(get(po!), f(get(va), get(vb), tmp)),
+        ...vals.map((v, i) => set(v, splat[i] ? v128.load32_splat(get(ptrs[i]!)) : v128.load(get(ptrs[i]!)))),
+        v128.store(get(po!), f(values(), tmp)),
         inc(po!, c(16)),
-        ...(splatA ? [] : [inc(pa!, c(16))]),
-        ...(splatB ? [] : [inc(pb!, c(16))]),
+        ...ptrs.flatMap((q, i) => (splat[i] ? [] : [inc(q, c(16))])),
         inc(e!, c(4)),
       ),
     );
   const is = (s: Local, v: number) => i32.eq(get(s), c(v));
-  const vectorPart = ifElse(
-    is(so[3]!, 1),
-    ifElse(
-      is(sa[3]!, 1),
-      ifElse(is(sb[3]!, 1), vectorLoop(false, false), ifElse(is(sb[3]!, 0), vectorLoop(false, true))),
-      ifElse(is(sa[3]!, 0), ifElse(is(sb[3]!, 1), vectorLoop(true, false), ifElse(is(sb[3]!, 0), vectorLoop(true, true)))),
-    ),
-  );
+  // Operand by operand: inner stride 1 or 0 picks its load; any other stride, no vector loop.
+  const choose = (i: number, splat: readonly boolean[]): Code =>
+    i === inputs ? vectorLoop(splat) : ifElse(is(ss[i]![3]!, 1), choose(i + 1, [...splat, false]), ifElse(is(ss[i]![3]!, 0), choose(i + 1, [...splat, true])));
+  const vectorPart = ifElse(is(so[3]!, 1), choose(0, []));
   const scalarPart = whileLoop(
     i32.lt_s(get(e!), get(end!)),
     seq(
-      set(va, f32x4.splat(f32.load(get(pa!)))),
-      set(vb, f32x4.splat(f32.load(get(pb!)))),
-      f32.store(get(po!), f32x4.extract_lane(f(get(va), get(vb), tmp), 0)),
+      ...vals.map((v, i) => set(v, f32x4.splat(f32.load(get(ptrs[i]!))))),
+      f32.store(get(po!), f32x4.extract_lane(f(values(), tmp), 0)),
       inc(po!, i32.shl(get(so[3]!), c(2))),
-      inc(pa!, i32.shl(get(sa[3]!), c(2))),
-      inc(pb!, i32.shl(get(sb[3]!), c(2))),
+      ...ptrs.map((q, i) => inc(q, i32.shl(get(ss[i]![3]!), c(2)))),
       inc(e!, c(1)),
     ),
   );
@@ -133,8 +133,7 @@ function mapKernel(name: string, f: Vec): { fn: FunctionBuilder; body: Code } {
         set(i1!, i32.rem_s(get(t!), get(n[1]!))),
         set(i0!, i32.div_s(get(t!), get(n[1]!))),
         set(po!, i32.add(get(out), offset(so))),
-        set(pa!, i32.add(get(a), offset(sa))),
-        set(pb!, i32.add(get(b), offset(sb))),
+        ...ptrs.map((q, i) => set(q, i32.add(get(src[i]!), offset(ss[i]!)))),
         vectorPart,
         scalarPart,
       ),
@@ -143,11 +142,18 @@ function mapKernel(name: string, f: Vec): { fn: FunctionBuilder; body: Code } {
   return { fn, body };
 }
 
-/** The module: one kernel per op of WASM_UNARY and WASM_BINARY, exported as elementwiseExport(kind, op). */
+/** where(cond, a, b): a where cond != 0 (NaN counts as nonzero, -0 as zero, as the reference's !== 0), else b. */
+const whereLanes = (vals: Code[]) => v128.bitselect(vals[1]!, vals[2]!, f32x4.ne(vals[0]!, v128.zero()));
+
+/** Export name of the where kernel. */
+export const WHERE_EXPORT = "where";
+
+/** The module: one kernel per op of WASM_UNARY and WASM_BINARY, exported as elementwiseExport(kind, op), then where (WHERE_EXPORT). */
 export function elementwiseModule(shared: boolean): Uint8Array {
   const kernels = [
-    ...Object.entries(WASM_UNARY).map(([op, f]) => mapKernel(elementwiseExport("unary", op), f!)),
-    ...Object.entries(WASM_BINARY).map(([op, f]) => mapKernel(elementwiseExport("binary", op), f!)),
+    ...Object.entries(WASM_UNARY).map(([op, f]) => mapKernel(elementwiseExport("unary", op), 2, ([a, b], tmp) => f!(a!, b!, tmp))),
+    ...Object.entries(WASM_BINARY).map(([op, f]) => mapKernel(elementwiseExport("binary", op), 2, ([a, b], tmp) => f!(a!, b!, tmp))),
+    mapKernel(WHERE_EXPORT, 3, whereLanes),
   ];
   return buildModule(shared, kernels);
 }
