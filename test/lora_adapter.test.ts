@@ -85,6 +85,16 @@ describe("applyLora", () => {
     expect(() => qa.applyLora(model)).toThrow(/already has LoRA modules/);
   });
 
+  test("an r above a target's min(in_features, out_features) is refused before any module is swapped", async () => {
+    const model = await fixtureModel();
+    // v_proj is [num_key_value_heads * head_dim, hidden_size] = [2 * 16, 64]: rank at most 32; q_proj [64, 64] takes 64.
+    expect(() => qa.applyLora(model, { r: 33 })).toThrow(
+      new RangeError("applyLora: LoRA r 33 is above 32, min(in_features, out_features) of model.layers.0.self_attn.v_proj [32, 64]: a LoRA update there has rank at most 32"),
+    );
+    expect(qa.loraModules(model).size).toBe(0);
+    expect(qa.applyLora(model, { r: 64, target_modules: ["q_proj"] }).modules.size).toBe(2);
+  });
+
   test("rsLoRA scales by alpha / sqrt(r)", () => {
     expect(qa.loraScaling({ r: 16, lora_alpha: 8, use_rslora: true })).toBe(2);
     expect(qa.loraScaling({ r: 16, lora_alpha: 8, use_rslora: false })).toBe(0.5);
@@ -150,6 +160,8 @@ describe("PEFT layout", () => {
       [{ bias: "all" }, 'field "bias"'],
       [{ modules_to_save: ["lm_head"] }, 'field "modules_to_save"'],
       [{ target_modules: ["lm_head"] }, 'target module "lm_head" matches no module'],
+      // k_proj is [num_key_value_heads * head_dim, hidden_size] = [2 * 16, 64]: B A has rank <= 32.
+      [{ r: 33 }, 'field "r" = 33: above 32, min(in_features, out_features) of model.layers.0.self_attn.k_proj [32, 64]: a LoRA update there has rank at most 32'],
     ];
     for (const [i, [patch, message]] of cases.entries()) {
       await expectCheckpointError(qa.loadAdapter(model, adapterWith(`bad-${i}`, patch)), "adapter_config.json", message);

@@ -7,7 +7,7 @@ import { RecordingSource } from "../eval/source.ts";
 import { ensureTinyModel } from "../model/tiny.ts";
 import { CliError, modelOption, type OptionTable, type Values } from "./args.ts";
 import { EVAL_OPTIONS, evalOptions, langsOption, taskOption, tokenizerFor } from "./eval.ts";
-import { checkMaxLength, loadForCli } from "./model.ts";
+import { checkLoraRank, checkMaxLength, loadForCli } from "./model.ts";
 import { prepareOutDir } from "./output.ts";
 import { Progress } from "./progress.ts";
 import { provenance } from "./provenance.ts";
@@ -85,6 +85,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
     out: typeof v.out === "string" ? v.out : join("runs", `align-${tiny ? "tiny" : basename(modelDir)}-${task.id}-${train.join("+")}-${target}`),
   };
   for (const maxLength of [cfg.training.maxLength, cfg.evaluation.maxLength]) await checkMaxLength("align", modelDir, maxLength);
+  await checkLoraRank("align", modelDir, cfg.training.lora);
   const tokenizer = await tokenizerFor("align", modelDir);
   const started = new Date();
   const source = new RecordingSource(await resolveDataSource(v.data));

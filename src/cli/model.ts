@@ -5,8 +5,9 @@ import { parseJson } from "../io/json.ts";
 import { loadConfig } from "../model/config.ts";
 import { loadModel } from "../model/load.ts";
 import type { LlamaModel } from "../model/llama.ts";
-import { formatPlan, planForDir, type PlanOptions } from "../model/plan.ts";
+import { deviceLimits, formatPlan, memoryMisfit, planForDir, type PlanOptions } from "../model/plan.ts";
 import { CheckpointError } from "../model/safetensors.ts";
+import { LORA_DEFAULTS, LORA_MODULES, rankExcess, targetedShapes, type LoraConfig } from "../lora/layer.ts";
 import { ADAPTER_CONFIG_FILE, loadAdapter } from "../lora/peft.ts";
 import { CliError, device, required, stderrLine, weightDType } from "./args.ts";
 import { Progress } from "./progress.ts";
@@ -18,18 +19,24 @@ export type Usage = Pick<PlanOptions, "batch" | "seq" | "train">;
  * Loads --model (and --adapter, a PEFT LoRA adapter folder, when given) on --device for a
  * command, its weights stored as --dtype (with --quantize-embeddings), drawing the bytes read on
  * `progress`. First says the memory plan (src/model/plan.ts): the weights and, when the command
- * says what it will run (`usage`), the KV cache or activations, LoRA and AdamW lines.
- * @throws CliError when --model is missing or --dtype unknown; CheckpointError for a bad checkpoint or adapter.
+ * says what it will run (`usage`), the KV cache or activations, LoRA and AdamW lines, and the
+ * total, which must fit the device's memory where it has a limit (wasm).
+ * @throws CliError when --model is missing or --dtype unknown, or the plan's total is above the device's memory; CheckpointError for a bad checkpoint or adapter.
  */
 export async function loadForCli(command: string, values: Record<string, unknown>, progress?: Progress, usage?: Usage): Promise<LlamaModel> {
   const dir = required(command, values, "model");
   const dtype = weightDType(command, values);
   const quantizeEmbeddings = values["quantize-embeddings"] === true;
   const be = await device(command, values);
-  const plan = await planForDir(dir, { dtype, quantizeEmbeddings, batch: 1, seq: 1, ...usage, limit: { bytes: be.maxBindingBytes, device: be.name } });
-  const lines = formatPlan(plan).filter((l) => usage !== undefined || /^(weights|largest)/.test(l));
+  const plan = await planForDir(dir, { dtype, quantizeEmbeddings, batch: 1, seq: 1, ...usage, limit: deviceLimits(be) });
+  const lines = formatPlan(plan).filter((l) => usage !== undefined || /^(weights|total|largest)/.test(l));
   const say = progress ? (l: string) => progress.say(l) : stderrLine;
   for (const line of lines) say(`${command}: plan: ${line}`);
+  // A device with one memory for every tensor (wasm) fails part-way through the load or the
+  // first step when the total is above it: refused here, before anything is read.
+  const misfit = memoryMisfit(plan);
+  const remedies = usage?.train ? "a smaller --dtype, --batch-size or --max-length, --gradient-checkpointing," : "a smaller --dtype (nf4)";
+  if (misfit) throw new CliError(`${command}: ${misfit}; choose ${remedies} or another --device (cpu has no such limit)`);
   const model = await loadModel(dir, {
     device: be,
     dtype,
@@ -84,4 +91,17 @@ export async function checkMaxLength(command: string, dir: string, maxLength: nu
   if (maxLength > limit) {
     throw new CliError(`${command}: --max-length ${maxLength} exceeds the model's context: max_position_embeddings is ${limit} in ${join(dir, "config.json")}`);
   }
+}
+
+/**
+ * Refuses a --r above min(in_features, out_features) of a targeted module of the model in `dir`
+ * (from its config.json) before any work: the update's rank cannot exceed that (rankExcess).
+ * @param lora r and target_modules as the command line gives them (LORA_DEFAULTS where absent):
+ *   PEFT short names (q_proj, ...) or "all-linear"
+ * @throws CliError naming the flag, the value, the module and its limit; CheckpointError for a bad config.json
+ */
+export async function checkLoraRank(command: string, dir: string, lora: Partial<Pick<LoraConfig, "r" | "target_modules">>): Promise<void> {
+  const { r, target_modules: targets } = { ...LORA_DEFAULTS, ...lora };
+  const excess = rankExcess(r, targetedShapes(await loadConfig(dir), typeof targets === "string" ? LORA_MODULES : targets));
+  if (excess) throw new CliError(`${command}: --r ${r} is ${excess} (${join(dir, "config.json")})`);
 }

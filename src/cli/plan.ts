@@ -1,5 +1,6 @@
 import { LORA_DEFAULTS, LORA_MODULES } from "../lora/layer.ts";
-import { formatPlan, planForDir } from "../model/plan.ts";
+import { deviceLimits, formatPlan, planForDir } from "../model/plan.ts";
+import { checkLoraRank } from "./model.ts";
 import { CliError, device, deviceOption, int, modelOption, required, weightDType, type OptionTable, type Values } from "./args.ts";
 
 export const options = {
@@ -12,16 +13,19 @@ export const options = {
   "gradient-checkpointing": { type: "boolean", help: "with --train: keep only each layer's input and recompute the rest in backward" },
   device: {
     ...deviceOption.device,
-    help: "check the largest packed weight against this device's per-binding limit, starting the device (Dawn for webgpu; auto as in the other commands)",
+    help: "check the largest packed weight against this device's per-binding limit and the total against its memory (wasm: one WebAssembly memory), starting the device (Dawn for webgpu; auto as in the other commands)",
     default: "none: no device starts and no limit is checked",
   },
+  // wasm's memory limit depends on it: 4 GiB shared between threads, 1 GiB on one thread.
+  threads: deviceOption.threads,
 } as const satisfies OptionTable;
 
 /**
  * `qalign plan --model DIR [--dtype ...] [--train --batch-size B --seq T]`: the device memory a
  * model needs (weights, KV cache or activations, LoRA and AdamW state), one line each on stdout;
- * with --device, the largest packed weight against that device's per-binding limit (no device
- * starts without it). Reads config.json and the safetensors headers
+ * with --device, the largest packed weight against that device's per-binding limit and the total
+ * against its memory where it has one (wasm), each misfit said on its line (no device starts
+ * without it; a misfit is the plan's answer, not a failure: the exit status is 0). Reads config.json and the safetensors headers
  * only (a folder with config.json alone is planned in its torch_dtype).
  * @throws CliError for bad options; CheckpointError for a bad config or header.
  */
@@ -31,6 +35,8 @@ export async function run(v: Values<typeof options>): Promise<void> {
   const names = targets === "all-linear" ? [...LORA_MODULES] : targets.split(",").map((s) => s.trim());
   const unknown = names.find((n) => !(LORA_MODULES as readonly string[]).includes(n));
   if (unknown !== undefined) throw new CliError(`plan: --target-modules names "${unknown}", not one of ${LORA_MODULES.join(", ")}`);
+  const r = int("plan", v, "r", LORA_DEFAULTS.r, 1);
+  if (v.train) await checkLoraRank("plan", dir, { r, target_modules: names });
   // A device starts only when asked for: planning reads config.json and headers, nothing else.
   const be = v.device === undefined ? undefined : await device("plan", v);
   const plan = await planForDir(dir, {
@@ -38,8 +44,8 @@ export async function run(v: Values<typeof options>): Promise<void> {
     quantizeEmbeddings: v["quantize-embeddings"],
     batch: int("plan", v, "batch-size", 1, 1),
     seq: int("plan", v, "seq", 512, 1),
-    ...(v.train ? { train: { r: int("plan", v, "r", LORA_DEFAULTS.r, 1), targets: names, gradientCheckpointing: v["gradient-checkpointing"] } } : {}),
-    ...(be ? { limit: { bytes: be.maxBindingBytes, device: be.name } } : {}),
+    ...(v.train ? { train: { r, targets: names, gradientCheckpointing: v["gradient-checkpointing"] } } : {}),
+    ...(be ? { limit: deviceLimits(be) } : {}),
   });
   process.stdout.write(formatPlan(plan).join("\n") + "\n");
 }

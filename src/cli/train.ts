@@ -11,7 +11,7 @@ import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from "../lora/peft.ts";
 import type { AlignTraining } from "../align/config.ts";
 import { checkSettings, decidingTraining, readJson, saveJson, TRAINING_SUMMARY } from "../align/folder.ts";
 import { CliError, deviceOption, int, modelOption, num, type OptionTable, type Values } from "./args.ts";
-import { checkMaxLength, loadForCli } from "./model.ts";
+import { checkLoraRank, checkMaxLength, loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
 import { provenance } from "./provenance.ts";
 import { prepareOutDir, previousRunFiles, removeEntries } from "./output.ts";
@@ -47,7 +47,7 @@ export const TRAINING_OPTIONS = {
     help: `PEFT target_modules: the Linear layers that get LoRA, comma-separated names among ${LORA_MODULES.join(" ")}, or all-linear`,
     default: (LORA_DEFAULTS.target_modules as string[]).join(","),
   },
-  r: { type: "string", arg: "N", help: "PEFT r: the rank of the LoRA update", default: String(LORA_DEFAULTS.r) },
+  r: { type: "string", arg: "N", help: "PEFT r: the rank of the LoRA update, at most min(in_features, out_features) of each targeted layer", default: String(LORA_DEFAULTS.r) },
   "lora-alpha": { type: "string", arg: "A", help: "PEFT lora_alpha: the update is scaled by lora_alpha / r", default: String(LORA_DEFAULTS.lora_alpha), was: ["alpha"] },
   "lora-dropout": {
     type: "string",
@@ -148,6 +148,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
 
   const started = new Date();
   await checkMaxLength("train", modelDir, recipe.maxLength);
+  await checkLoraRank("train", modelDir, recipe.lora);
   const { pairs, issues } = await readQuestionPairs(files, { strict: v.strict });
   await prepareOutDir("train", out);
   const settings = { modelDir, data: files, strict: v.strict === true, ...decidingTraining(recipe) };

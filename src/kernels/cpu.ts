@@ -39,6 +39,7 @@ export interface HostKernels {
 export class CpuBackend implements Backend {
   readonly name: Backend["name"] = "cpu";
   readonly maxBindingBytes: number = Infinity;
+  readonly maxMemoryBytes: number = Infinity;
   protected readonly kernels: HostKernels = { unary: unaryRef, binary: binaryRef, assign: assignRef };
   /** The device names whose registered kernels run the fused ops here, first found first. */
   protected readonly kernelNames: readonly ("cpu" | "wasm")[] = ["cpu"];

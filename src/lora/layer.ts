@@ -1,4 +1,5 @@
 import { Linear, type DecoderLayer, type LinearLike, type LlamaModel } from "../model/llama.ts";
+import type { LlamaConfig } from "../model/config.ts";
 import { LAYER_MODULES, layerPrefix, moduleName, type LoraPath, type ModuleName } from "../model/params.ts";
 import { rand, zeros } from "../tensor/ops/create.ts";
 import { dropout } from "../tensor/ops/dropout.ts";
@@ -55,6 +56,28 @@ export const LORA_DEFAULTS: LoraConfig = {
 /** The factor of the low-rank branch: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA. */
 export function loraScaling(config: Pick<LoraConfig, "r" | "lora_alpha" | "use_rslora">): number {
   return config.lora_alpha / (config.use_rslora ? Math.sqrt(config.r) : config.r);
+}
+
+/**
+ * Why rank `r` is too high for one of `modules` (module path and weight shape [out_features,
+ * in_features]), as a clause, or null when it fits every one. B A, [out, r] times [r, in], has
+ * rank at most min(in_features, out_features): PEFT accepts a higher r, but the extra rank only
+ * adds parameters and compute, never anything the update can express.
+ */
+export function rankExcess(r: number, modules: Iterable<readonly [path: string, shape: readonly number[]]>): string | null {
+  for (const [path, [out, inp]] of modules) {
+    const limit = Math.min(out!, inp!);
+    if (r > limit) return `above ${limit}, min(in_features, out_features) of ${path} [${out}, ${inp}]: a LoRA update there has rank at most ${limit}`;
+  }
+  return null;
+}
+
+/**
+ * The targeted linear modules of decoder layer 0 of a model of `config` (every layer has the
+ * same shapes), by PEFT short name (`q_proj`): path and weight shape [out_features, in_features].
+ */
+export function targetedShapes(config: LlamaConfig, names: readonly string[]): [string, number[]][] {
+  return LAYER_MODULES.flatMap((m) => (m.lora && names.includes(moduleName(m.path)) ? [[layerPrefix(0) + m.path, m.shape(config)] as [string, number[]]] : []));
 }
 
 /**
@@ -198,7 +221,8 @@ export interface ApplyLoraOptions extends Partial<LoraConfig> {
  * is U(-1/sqrt(in), 1/sqrt(in)) (gain sqrt(2 / (1 + 5)), bound gain * sqrt(3 / in)), drawn
  * module after module from one seeded Rng; lora_B = 0. Parameters are f32 on the model's device.
  * @returns the adapter; its `params` are the trainable tensors (requiresGrad true)
- * @throws RangeError for a bad rank, alpha or dropout, a target that matches nothing, or a
+ * @throws RangeError for a bad rank (below 1, or above a target's min(in_features, out_features)),
+ *   alpha or dropout, a target that matches nothing, or a
  *   model that already carries LoRA modules.
  */
 export function applyLora(model: LlamaModel, opts: ApplyLoraOptions = {}): LoraAdapter {
@@ -214,6 +238,8 @@ export function applyLora(model: LlamaModel, opts: ApplyLoraOptions = {}): LoraA
     if (!(base instanceof Linear)) throw new RangeError(`applyLora: ${slot.path} is not a plain Linear`);
     return { slot, base };
   });
+  const excess = rankExcess(config.r, targets.map(({ slot, base }) => [slot.path, base.weight.shape] as const));
+  if (excess) throw new RangeError(`applyLora: LoRA r ${config.r} is ${excess}`);
   for (const w of model.namedWeights().values()) w.requiresGrad = false;
   const rng = new Rng(seed);
   const scaling = loraScaling(config);

@@ -4,7 +4,7 @@ import { isBnb4bit, isBnbCompanion, readBnb4bit, readBnbState } from "../model/b
 import { dequantizeNf4 } from "../tensor/nf4.ts";
 import { loraScaling, peftKey } from "./layer.ts";
 import { copyCompanions, mergeSource } from "./merge.ts";
-import { ADAPTER_WEIGHTS_FILE, readAdapterConfig } from "./peft.ts";
+import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, checkAdapterRank, readAdapterConfig } from "./peft.ts";
 
 /**
  * Merging a PEFT LoRA adapter into a checkpoint on disk, tensor by tensor, as transformers would
@@ -87,7 +87,8 @@ function shardName(i: number, n: number): string {
  * tensors. The folder is built aside and renamed into place.
  * @throws CheckpointError (naming the file) when outDir exists and is not empty, a 4-bit weight's
  *   quant state is bad (bnb.ts), an adapted module is missing from the base or disagrees in shape, the
- *   adapter config is invalid (readAdapterConfig), or a file cannot be read; RangeError for a
+ *   adapter config is invalid (readAdapterConfig) or its r above an adapted module's min(in_features,
+ *   out_features), or a file cannot be read; RangeError for a
  *   maxShardBytes that is not a positive number.
  */
 export async function mergeCheckpoint(modelDir: string, adapterDir: string, outDir: string, opts: MergeOptions = {}): Promise<MergeResult> {
@@ -121,6 +122,7 @@ export async function mergeCheckpoint(modelDir: string, adapterDir: string, outD
       if (!adapter.has(b)) throw new CheckpointError(adapter.file, `has ${key} but no ${b}`, key);
       if (!ckpt.has(weight)) throw new CheckpointError(modelDir, `the adapter updates ${path}, which the checkpoint does not have`, weight);
       const [out, inp] = shapeOf(weight) as [number, number];
+      checkAdapterRank(host.join(adapterDir, ADAPTER_CONFIG_FILE), lora.r, [[path, [out, inp]]]);
       const shapeA = adapter.info(key).shape.join();
       const shapeB = adapter.info(b).shape.join();
       if (shapeA !== `${lora.r},${inp}` || shapeB !== `${out},${lora.r}`) {

@@ -1,7 +1,7 @@
 import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { tensor } from "../tensor/ops/create.ts";
-import { applyLora, peftKey, selectTargets, LoraAdapter, type LoraConfig } from "./layer.ts";
+import { applyLora, peftKey, rankExcess, selectTargets, LoraAdapter, type LoraConfig } from "./layer.ts";
 import { hostFiles, type Files } from "../io/files.ts";
 import { parseJson } from "../io/json.ts";
 
@@ -167,10 +167,22 @@ export async function readAdapterConfig(dir: string, files?: Files): Promise<Lor
 }
 
 /**
+ * Refuses an adapter whose `r` is above min(in_features, out_features) of one of `modules`
+ * (path, weight shape [out, in]; see rankExcess).
+ * @param configFile the adapter_config.json named in the error
+ * @throws CheckpointError naming the file, the field "r", the module and its limit
+ */
+export function checkAdapterRank(configFile: string, r: number, modules: Iterable<readonly [string, readonly number[]]>): void {
+  const excess = rankExcess(r, modules);
+  if (excess) throw new CheckpointError(configFile, `field "r" = ${r}: ${excess}`);
+}
+
+/**
  * Reads `<dir>/adapter_model.safetensors` for `config` applied to `model`, checking every key and
  * shape before any data is read.
  * @returns PEFT key -> f32 data, row-major
- * @throws CheckpointError naming the file and key: no safetensors file (a pickled
+ * @throws CheckpointError naming the file and key: an r above a target's min(in_features,
+ *   out_features) (naming adapter_config.json and its field "r"), no safetensors file (a pickled
  *   adapter_model.bin is not read), targets that match nothing in the model, a missing or an
  *   unexpected key, a shape that disagrees with the model (expected and found shapes).
  * @param files where `dir` is (default: the host's, io/files.ts)
@@ -188,6 +200,7 @@ export async function readAdapterWeights(dir: string, model: LlamaModel, config:
   } catch (e) {
     throw new CheckpointError(files.join(dir, ADAPTER_CONFIG_FILE), (e as Error).message);
   }
+  checkAdapterRank(files.join(dir, ADAPTER_CONFIG_FILE), config.r, targets.map(({ path, get }) => [path, get().linear.weight.shape] as const));
   const expected = new Map<string, number[]>();
   for (const { path, get } of targets) {
     const [out, inp] = get().linear.weight.shape as [number, number];

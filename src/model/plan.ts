@@ -1,4 +1,5 @@
 import { hostFiles, type Files } from "../io/files.ts";
+import type { Backend } from "../tensor/backend.ts";
 import { weightBytes, type WeightDType } from "../tensor/weight.ts";
 import { loadConfig, type LlamaConfig } from "./config.ts";
 import { deviceDType, storedDType, validateCheckpoint, type LoadOptions } from "./load.ts";
@@ -8,7 +9,8 @@ import { INDEX_FILE, SINGLE_FILE, openCheckpoint } from "./safetensors.ts";
 /**
  * The memory plan of a model: device bytes of its weights (exactly as the loader stores them,
  * src/tensor/weight.ts's weightBytes), of the KV cache, of activations, and, for LoRA training,
- * of the adapter and its AdamW state, against the device's per-binding limit. Activations are
+ * of the adapter and its AdamW state, against the device's per-binding limit and, where it has
+ * one (the wasm device's single WebAssembly memory), its total memory. Activations are
  * estimates (f32, what the autograd graph keeps per token), stated per line.
  *
  * Shape letters: B batch, T tokens per sequence, D hidden_size, F intermediate_size, H / Hkv
@@ -23,15 +25,20 @@ export interface PlanOptions extends Pick<LoadOptions, "dtype" | "quantizeEmbedd
   /** LoRA training: rank, target module names (PEFT short names), and activation checkpointing. */
   train?: { r: number; targets: readonly string[]; gradientCheckpointing: boolean };
   /**
-   * The per-binding limit checked, in bytes, and the device it is of (Infinity on cpu). Absent:
-   * no limit is checked (planning needs no device; `largest.fits` is then undefined).
+   * The device limits checked, and the device they are of. Absent: no limit is checked
+   * (planning needs no device; `largest.fits` and `fits` are then undefined).
    */
-  limit?: BindingLimit;
+  limit?: DeviceLimits;
 }
 
-/** A device's per-binding limit: bytes (Infinity on cpu) and the device's name ("webgpu"). */
-export interface BindingLimit {
+/**
+ * A device's limits (Backend's maxBindingBytes and maxMemoryBytes): `bytes` per binding
+ * (Infinity on cpu), `memoryBytes` for all its storages together (Infinity where the device
+ * states none: cpu, webgpu), and the device's name ("wasm").
+ */
+export interface DeviceLimits {
   bytes: number;
+  memoryBytes: number;
   device: string;
 }
 
@@ -51,8 +58,10 @@ export interface MemoryPlan {
   byDType: Partial<Record<WeightDType, number>>;
   /** The largest part of a packed weight (which must fit one binding; f32 tensors may be split) and whether it fits. */
   largest: { name: string; bytes: number; fits?: boolean };
-  /** The limit `largest` was checked against, when one was given. */
-  limit?: BindingLimit;
+  /** Whether `total` fits the device's memory (`limit.memoryBytes`), when a limit was given. */
+  fits?: boolean;
+  /** The limits `largest` and `total` were checked against, when given. */
+  limit?: DeviceLimits;
 }
 
 /**
@@ -108,7 +117,9 @@ export function memoryPlan(config: LlamaConfig, stored: (name: string) => Weight
     lines.push({ what: "adamw", bytes: 2 * loraParams * f32, note: "first and second moments" });
   }
   const total = lines.reduce((a, l) => a + l.bytes, 0);
-  return { lines, total, params, byDType, largest: opts.limit ? { ...largest, fits: largest.bytes <= opts.limit.bytes } : largest, ...(opts.limit ? { limit: opts.limit } : {}) };
+  const limit = opts.limit;
+  if (!limit) return { lines, total, params, byDType, largest };
+  return { lines, total, params, byDType, largest: { ...largest, fits: largest.bytes <= limit.bytes }, fits: total <= limit.memoryBytes, limit };
 }
 
 /**
@@ -142,14 +153,31 @@ export function gb(bytes: number): string {
 }
 
 /**
- * The plan as lines for a terminal: one per part, the total, and the largest packed weight with
- * the binding check, naming the device whose limit it is (or saying that none was checked).
+ * Why the plan's total does not fit the device's memory, as a clause ("total 14.75 GB is above
+ * the 4.29 GB of memory all tensors of the wasm device share"), or null
+ * when it fits or no memory limit was checked.
+ */
+export function memoryMisfit(p: MemoryPlan): string | null {
+  if (p.fits !== false || !p.limit) return null;
+  return `total ${gb(p.total)} is above the ${gb(p.limit.memoryBytes)} of memory all tensors of the ${p.limit.device} device share`;
+}
+
+/** The limits of a started device, for PlanOptions.limit. */
+export function deviceLimits(be: Backend): DeviceLimits {
+  return { bytes: be.maxBindingBytes, memoryBytes: be.maxMemoryBytes, device: be.name };
+}
+
+/**
+ * The plan as lines for a terminal: one per part, the total (with the memory check where the
+ * device has a memory limit), and the largest packed weight with the binding check, naming the
+ * device whose limit it is (or saying that none was checked).
  */
 export function formatPlan(p: MemoryPlan): string[] {
   const lines = p.lines.map((l) => `${l.what.padEnd(12)} ${gb(l.bytes).padStart(10)}  ${l.note}`);
-  lines.push(`${"total".padEnd(12)} ${gb(p.total).padStart(10)}  ${p.params >= 1e8 ? `${(p.params / 1e9).toFixed(2)} B` : `${(p.params / 1e6).toFixed(2)} M`} parameters, ${((p.lines[0]!.bytes) / p.params).toFixed(3)} bytes each`);
+  const l = p.limit;
+  const memory = l && Number.isFinite(l.memoryBytes) ? ` (memory limit ${gb(l.memoryBytes)} on the ${l.device} device)${p.fits === false ? `: too large for the ${l.device} device` : ""}` : "";
+  lines.push(`${"total".padEnd(12)} ${gb(p.total).padStart(10)}  ${p.params >= 1e8 ? `${(p.params / 1e9).toFixed(2)} B` : `${(p.params / 1e6).toFixed(2)} M`} parameters, ${((p.lines[0]!.bytes) / p.params).toFixed(3)} bytes each${memory}`);
   if (p.largest.bytes > 0) {
-    const l = p.limit;
     const check = !l ? "no device limit checked" : `limit ${Number.isFinite(l.bytes) ? gb(l.bytes) : "none"} on the ${l.device} device`;
     const verdict = l && p.largest.fits === false ? `: too large for the ${l.device} device` : "";
     lines.push(`${"largest".padEnd(12)} ${gb(p.largest.bytes).padStart(10)}  ${p.largest.name}, packed, in one binding (${check})${verdict}`);

@@ -82,6 +82,12 @@ export interface Backend {
   readonly name: "cpu" | "wasm" | "webgpu";
   /** Largest storage in bytes that one kernel binding may address. */
   readonly maxBindingBytes: number;
+  /**
+   * Bytes all of the device's storages share at most: the wasm device's one WebAssembly memory
+   * (4 GiB at most, wasm32's address space); Infinity where the device states no such limit
+   * (cpu: host memory; webgpu: WebGPU exposes no total).
+   */
+  readonly maxMemoryBytes: number;
 
   /** A zero-filled storage. */
   zeros(dtype: DType, numel: number): Storage;

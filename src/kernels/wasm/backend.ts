@@ -130,6 +130,8 @@ export interface WasmOptions {
 export class WasmBackend extends CpuBackend {
   override readonly name = "wasm";
   override readonly maxBindingBytes: number;
+  /** The one memory every storage is a block of: the same as the binding limit. */
+  override readonly maxMemoryBytes: number;
   /** Whether the matmul kernels use relaxed SIMD's multiply-add. */
   readonly relaxedSimd: boolean;
   protected override readonly kernels = {
@@ -160,7 +162,7 @@ export class WasmBackend extends CpuBackend {
     this.heap = heap;
     this.pool = pool;
     this.relaxedSimd = relaxedSimd;
-    this.maxBindingBytes = heap.maxBytes;
+    this.maxBindingBytes = this.maxMemoryBytes = heap.maxBytes;
     this.scratch = heap.alloc(GEMM_SCRATCH_BYTES * pool.threads);
   }
 

@@ -43,6 +43,8 @@ export { WebGpuStorage } from "./storage.ts";
 export class WebGpuBackend implements Backend, KernelHost {
   readonly name = "webgpu";
   readonly maxBindingBytes: number;
+  /** WebGPU states no total memory: each allocation fails on its own when the adapter is full. */
+  readonly maxMemoryBytes = Infinity;
   readonly maxGridDim: number;
   readonly rowWorkgroup: number;
   readonly matmulVariant: MatmulVariant;
