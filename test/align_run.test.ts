@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -214,9 +214,70 @@ describe("a damaged run folder", () => {
   });
 
   it("names a language's results file cut short", () => {
-    const out = damaged("cut-results", join("base", "en.json"), '{"lang": "en", "accuracy": 0.');
+    // A run of its own first: a folder without run.json holds no align run.
+    const out = join(tmp, "cut-results");
+    expect(qalign(args(out)).status).toBe(0);
+    writeFileSync(join(out, "base", "en.json"), '{"lang": "en", "accuracy": 0.');
     const r = qalign(args(out));
     expect(r.status).toBe(1);
     expect(r.stderr.trim().split("\n").at(-1)).toMatch(new RegExp(`^qalign: ${join(out, "base", "en.json")}: cannot be read back \\(.*\\); remove it to recompute`));
+  });
+});
+
+describe("--out holds one run", () => {
+  // eval and align write into --out and resume from it: a folder holding anything but an earlier
+  // run of the same command is refused as it is, before the model loads (no "loading" line).
+  const evalArgs = (out: string) => ["eval", "--model", TINY, "--task", "snli", "--langs", "en", "--limit", "2", "--data", "sample", "--device", "cpu", "--out", out];
+  const alignArgs = (out: string, limit = "2") => ["align", "--model", TINY, "--langs", "en", "--limit", limit, "--max-train-samples", "8", "--epochs", "1", "--data", "sample", "--device", "cpu", "--out", out];
+  /** A folder holding `files` (name -> text). */
+  const folder = (name: string, files: Record<string, string>): string => {
+    const out = join(tmp, name);
+    mkdirSync(out);
+    for (const [f, text] of Object.entries(files)) writeFileSync(join(out, f), text);
+    return out;
+  };
+  const refused = (r: ReturnType<typeof qalign>, message: string) => {
+    expect(r.stderr.trim().split("\n").at(-1)).toBe(`qalign: ${message}`);
+    expect(r.stderr).not.toContain("loading ");
+    expect(r.status).toBe(1);
+  };
+
+  it.each([
+    ["align", "report.md", alignArgs],
+    ["eval", "results.csv", evalArgs],
+  ] as const)("%s refuses a folder holding a user's %s (a name it writes) and leaves it as it was", (command, name, args) => {
+    const out = folder(`${command}-users-${name}`, { [name]: "notes\n" });
+    refused(qalign(args(out)), `${command}: --out ${out} is not empty and holds no earlier ${command} run (${name}); choose an empty or new folder`);
+    expect(readdirSync(out)).toEqual([name]);
+    expect(readFileSync(join(out, name), "utf8")).toBe("notes\n");
+  });
+
+  it.each(["align", "eval"] as const)("%s refuses the model folder as --out", (command) => {
+    const model = join(tmp, `${command}-model-folder`);
+    cpSync(TINY, model, { recursive: true });
+    const names = readdirSync(model).sort();
+    const more = names.length > 3 ? ` and ${names.length - 3} more` : "";
+    refused(qalign(command === "align" ? alignArgs(model) : evalArgs(model)), `${command}: --out ${model} is not empty and holds no earlier ${command} run (${names.slice(0, 3).join(", ")}${more}); choose an empty or new folder`);
+    expect(readdirSync(model).sort()).toEqual(names);
+  });
+
+  it("eval names a results.json that is not an eval result", () => {
+    const out = folder("eval-foreign-results", { "results.json": "[1,2,3]\n" });
+    refused(qalign(evalArgs(out)), `${join(out, "results.json")}: is not an eval result (a JSON object with model, task, options and results); choose another --out or remove it`);
+  });
+
+  it("align names a run.json that is not an align run's", () => {
+    const out = folder("align-foreign-run", { "run.json": "[1,2,3]\n" });
+    refused(qalign(alignArgs(out)), `${join(out, "run.json")}: is not an align run's settings (a JSON object with modelDir, task, train, target, evaluation and training); choose another --out or remove it`);
+  });
+
+  it("align resumes its own run and refuses other settings before the model loads", () => {
+    const out = join(tmp, "align-own-run");
+    const first = qalign(alignArgs(out));
+    expect(first.status, first.stderr).toBe(0);
+    const again = qalign(alignArgs(out));
+    expect(again.status, again.stderr).toBe(0);
+    expect(again.stderr).toContain(`resuming ${out}`);
+    refused(qalign(alignArgs(out, "1")), `${join(out, "run.json")}: holds a run with other settings (evaluation.limit was 2, now 1); choose another --out or remove the folder`);
   });
 });

@@ -17,6 +17,24 @@ import type { AlignConfig } from "./config.ts";
  *     results.json, results.csv, report.md, accuracy.svg (+ .json / .csv of its rows)
  */
 
+/** The run's settings, the first file a run writes: a folder without it holds no align run. */
+export const RUN_SETTINGS = "run.json";
+
+/**
+ * The names at the run folder's top (the layout above; report.ts writes the last seven), which a
+ * rerun finds there: a folder holding anything else holds no align run.
+ */
+export const RUN_ENTRIES = [RUN_SETTINGS, "base", "adapter", "training", "aligned", "interp", "results.json", "results.csv", "report.md", "report.html", "accuracy.svg", "accuracy.json", "accuracy.csv"] as const;
+
+/** What run.json holds: the keys every align run's settings have had (see {@link fingerprint}). */
+export const ALIGN_SETTINGS = { what: "an align run's settings", keys: ["modelDir", "task", "train", "target", "evaluation", "training"] } as const;
+
+/** A kind of saved JSON record: what it is, in words, and the top-level keys it always has. */
+export interface SavedKind {
+  what: string;
+  keys: readonly string[];
+}
+
 /** The summary file written into the adapter folder once training is complete. */
 export const TRAINING_SUMMARY = "training.json";
 
@@ -25,7 +43,7 @@ export async function runPaths(out: string, files?: Files) {
   const f = files ?? (await hostFiles());
   const j = (...names: string[]) => names.reduce((dir, name) => f.join(dir, name), out);
   return {
-    settings: j("run.json"),
+    settings: j(RUN_SETTINGS),
     /** One language's result of the base or the aligned model. */
     result: (label: "base" | "aligned", lang: string) => j(label, `${lang}.json`),
     /** The finished adapter (only ever a complete one: it replaces itself with training/'s files as a whole). */
@@ -113,16 +131,30 @@ export function changedSettings(saved: Record<string, unknown>, now: Record<stri
 }
 
 /**
+ * `saved`, read from `file`, when it is a record of `kind` (a JSON object with its keys), so that a
+ * foreign file of the same name (`[1,2,3]`, another program's results) is named as such rather
+ * than diffed key by key.
+ * @throws DataError naming the file and what it should hold
+ */
+export function savedRecord(file: string, saved: unknown, kind: SavedKind): Record<string, unknown> {
+  if (isRecord(saved) && kind.keys.every((k) => k in saved)) return saved;
+  const keys = `${kind.keys.slice(0, -1).join(", ")} and ${kind.keys.at(-1)}`;
+  throw new DataError(file, `is not ${kind.what} (a JSON object with ${keys}); choose another --out or remove it`);
+}
+
+/**
  * Checks a saved run.json against this run's settings (see {@link fingerprint}).
  * @returns true when the folder holds a run with these settings (to resume), false when it
  *   holds none yet
+ * @param kind what the file must be (ALIGN_SETTINGS for run.json)
  * @param files where it is (default: the host's)
- * @throws DataError naming run.json and every differing setting when it holds another run.
+ * @throws DataError naming the file when it is not of `kind`, or naming every differing setting
+ *   when it holds another run.
  */
-export async function checkSettings(file: string, settings: Record<string, unknown>, files?: Files): Promise<boolean> {
+export async function checkSettings(file: string, settings: Record<string, unknown>, kind: SavedKind, files?: Files): Promise<boolean> {
   files ??= await hostFiles();
   if (!(await files.exists(file))) return false;
-  const saved = await readJson<Record<string, unknown>>(file, files);
+  const saved = savedRecord(file, await readJson<unknown>(file, files), kind);
   const differ = changedSettings(saved, settings);
   if (differ.length > 0) throw new DataError(file, `holds a run with other settings (${differ.join("; ")}); choose another --out or remove the folder`);
   return true;

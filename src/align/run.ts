@@ -18,7 +18,7 @@ import { pct } from "../eval/report.ts";
 import type { DataSource } from "../eval/source.ts";
 import { TASKS } from "../eval/tasks.ts";
 import { QUESTION_TASK, trainTaskMessage, type AlignConfig, type AlignResults, type TrainingSummary } from "./config.ts";
-import { checkSettings, fingerprint, readJson, runPaths, saveJson, TRAINING_SUMMARY, type RunPaths } from "./folder.ts";
+import { ALIGN_SETTINGS, checkSettings, fingerprint, readJson, runPaths, saveJson, TRAINING_SUMMARY, type RunPaths } from "./folder.ts";
 import { writeReports } from "./report.ts";
 
 /**
@@ -60,7 +60,7 @@ export async function runAlign(
   const host = files ?? (await hostFiles());
   const paths = await runPaths(cfg.out, host);
   const settings = fingerprint(cfg, source.description);
-  const resuming = await checkSettings(paths.settings, settings, host);
+  const resuming = await checkSettings(paths.settings, settings, ALIGN_SETTINGS, host);
   if (resuming) log(`resuming ${cfg.out}`);
   const task = TASKS[cfg.task];
 

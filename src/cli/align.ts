@@ -1,5 +1,6 @@
 import { basename, join } from "node:path";
 import { QUESTION_TASK, trainTaskMessage, type AlignConfig } from "../align/config.ts";
+import { ALIGN_SETTINGS, checkSettings, fingerprint, RUN_ENTRIES, RUN_SETTINGS } from "../align/folder.ts";
 import { comparisons, comparisonTable } from "../align/report.ts";
 import { runAlign } from "../align/run.ts";
 import { resolveDataSource } from "../eval/default_data.ts";
@@ -8,7 +9,7 @@ import { ensureTinyModel } from "../model/tiny.ts";
 import { CliError, modelOption, type OptionTable, type Values } from "./args.ts";
 import { EVAL_OPTIONS, evalOptions, langsOption, taskOption, tokenizerFor } from "./eval.ts";
 import { checkLoraRank, checkMaxLength, loadForCli } from "./model.ts";
-import { prepareOutDir } from "./output.ts";
+import { prepareOutDir, previousRunFiles } from "./output.ts";
 import { Progress } from "./progress.ts";
 import { provenance } from "./provenance.ts";
 import { TRAINING_OPTIONS, trainingProgress, trainingRecipe, type RecipeFallback } from "./train.ts";
@@ -90,6 +91,9 @@ export async function run(v: Values<typeof options>): Promise<void> {
   const started = new Date();
   const source = new RecordingSource(await resolveDataSource(v.data));
   await prepareOutDir("align", cfg.out);
+  // The folder is checked before the (slow) model load: it holds this run or none.
+  await previousRunFiles("align", cfg.out, RUN_ENTRIES, RUN_SETTINGS);
+  await checkSettings(join(cfg.out, RUN_SETTINGS), fingerprint(cfg, source.description), ALIGN_SETTINGS);
   const model = await loadForCli("align", { ...v, model: modelDir }, progress);
   const r = await runAlign(model, tokenizer, source, cfg, {
     log: say,

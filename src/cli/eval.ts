@@ -1,6 +1,6 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { changedSettings, readJson } from "../align/folder.ts";
+import { changedSettings, readJson, savedRecord } from "../align/folder.ts";
 import { DataError } from "../io/data_error.ts";
 import { toCsv } from "../io/plot.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
@@ -18,7 +18,7 @@ import { adapterOption, CliError, deviceOption, int, modelOption, type OptionTab
 import { checkMaxLength, loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
 import { provenance, type RunInputs } from "./provenance.ts";
-import { prepareOutDir } from "./output.ts";
+import { prepareOutDir, previousRunFiles } from "./output.ts";
 
 /** Prompts per forward pass in evaluation, when --eval-batch-size is not given. */
 export const EVAL_BATCH_SIZE = 8;
@@ -157,6 +157,17 @@ export async function tokenizerFor(command: string, dir: string): Promise<Tokeni
   return tokenizer;
 }
 
+/**
+ * The files `qalign eval --out DIR` writes there, results.json first: a folder holding anything
+ * else, or these without results.json, holds no eval run.
+ */
+const RESULTS_JSON = "results.json";
+const RESULTS_CSV = "results.csv";
+const EVAL_ENTRIES = [RESULTS_JSON, RESULTS_CSV];
+
+/** What results.json holds: the keys every version of it has had. */
+const EVAL_RESULT = { what: "an eval result", keys: ["model", "task", "options", "results"] } as const;
+
 /** Where `qalign eval --out DIR` writes, and what goes in results.json besides the results. */
 interface EvalOutput {
   dir: string;
@@ -183,8 +194,8 @@ async function writeResults(out: EvalOutput, results: readonly LanguageResult[],
     average: macroAverage(results.map((r) => r.accuracy)),
     results,
   };
-  await writeFileAtomic(join(out.dir, "results.json"), JSON.stringify(record, null, 1) + "\n");
-  await writeFileAtomic(join(out.dir, "results.csv"), toCsv(resultRows(out.adapter ? "adapter" : "base", results)));
+  await writeFileAtomic(join(out.dir, RESULTS_JSON), JSON.stringify(record, null, 1) + "\n");
+  await writeFileAtomic(join(out.dir, RESULTS_CSV), toCsv(resultRows(out.adapter ? "adapter" : "base", results)));
 }
 
 /**
@@ -200,13 +211,15 @@ function numberSettings(record: Record<string, unknown>): Record<string, unknown
 /**
  * The languages that an earlier `eval --out` into the same folder finished, when it evaluated with
  * these settings (a rerun resumes: finished languages are kept, the others evaluated).
- * @throws DataError naming results.json and every differing setting when it holds another
- *   evaluation, or when it cannot be read back.
+ * @throws CliError naming the folder when it holds files of another kind (see previousRunFiles);
+ *   DataError naming results.json when it is not an eval result, cannot be read back, or holds
+ *   an evaluation with other settings (listing every differing one).
  */
 async function savedResults(out: EvalOutput): Promise<Map<Lang, LanguageResult>> {
-  const file = join(out.dir, "results.json");
+  await previousRunFiles("eval", out.dir, EVAL_ENTRIES, RESULTS_JSON);
+  const file = join(out.dir, RESULTS_JSON);
   if (!existsSync(file)) return new Map();
-  const saved = await readJson<Record<string, unknown>>(file);
+  const saved = savedRecord(file, await readJson<unknown>(file), EVAL_RESULT);
   const differ = changedSettings(numberSettings(saved), numberSettings(out.record));
   if (differ.length > 0) throw new DataError(file, `holds an evaluation with other settings (${differ.join("; ")}); choose another --out or remove the folder`);
   const results = Array.isArray(saved.results) ? (saved.results as LanguageResult[]) : [];
@@ -261,7 +274,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
   if (out) await prepareOutDir("eval", out.dir);
   const saved = out ? await savedResults(out) : new Map<Lang, LanguageResult>();
   if (langs.every((l) => saved.has(l))) {
-    say(`eval: every language is in ${join(out!.dir, "results.json")} already; nothing to evaluate`);
+    say(`eval: every language is in ${join(out!.dir, RESULTS_JSON)} already; nothing to evaluate`);
     process.stdout.write(formatTable(langs.map((l) => saved.get(l)!)));
     return;
   }
@@ -271,7 +284,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
   for (const lang of langs) {
     const kept = saved.get(lang);
     if (kept) {
-      say(`${lang}: ${pct(kept.accuracy)}% of ${kept.n}, kept from ${join(out!.dir, "results.json")}`);
+      say(`${lang}: ${pct(kept.accuracy)}% of ${kept.n}, kept from ${join(out!.dir, RESULTS_JSON)}`);
       results.push(kept);
       continue;
     }
@@ -284,5 +297,5 @@ export async function run(v: Values<typeof options>): Promise<void> {
     if (out) await writeResults(out, results, { started, finished: null, device: model.device, modelDir, dtype: v.dtype, adapterDir: v.adapter, source });
   }
   process.stdout.write(formatTable(results));
-  if (out) say(`eval: wrote ${join(out.dir, "results.json")} and results.csv`);
+  if (out) say(`eval: wrote ${join(out.dir, RESULTS_JSON)} and ${RESULTS_CSV}`);
 }

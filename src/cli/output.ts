@@ -63,10 +63,13 @@ const SHOWN_ENTRIES = 3;
  * one run per folder, so that it never mixes its files with another run's or another
  * program's (a model folder, another command's results). An absent folder holds none.
  * @param own the entry names `command` writes at the folder's top (see {@link isFormOf})
+ * @param marker the entry of `own` that `command` writes before any other, so that a folder
+ *   without it holds no earlier run whatever its names (a user's own report.md)
  * @returns the entries found, sorted (empty for an empty or absent folder)
- * @throws CliError naming the command, the folder and the first entries of another kind
+ * @throws CliError naming the command, the folder and the first entries of another kind (with
+ *   `marker`: every entry, when it is absent)
  */
-export async function previousRunFiles(command: string, dir: string, own: readonly string[]): Promise<string[]> {
+export async function previousRunFiles(command: string, dir: string, own: readonly string[], marker?: string): Promise<string[]> {
   let names: string[];
   try {
     names = (await readdir(dir)).sort();
@@ -74,7 +77,8 @@ export async function previousRunFiles(command: string, dir: string, own: readon
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return [];
     throw e;
   }
-  const foreign = names.filter((n) => !own.some((o) => isFormOf(n, o)));
+  const marked = marker === undefined || names.includes(marker);
+  const foreign = marked ? names.filter((n) => !own.some((o) => isFormOf(n, o))) : names;
   if (foreign.length > 0) {
     const more = foreign.length > SHOWN_ENTRIES ? ` and ${foreign.length - SHOWN_ENTRIES} more` : "";
     throw new CliError(`${command}: --out ${dir} is not empty and holds no earlier ${command} run (${foreign.slice(0, SHOWN_ENTRIES).join(", ")}${more}); choose an empty or new folder`);

@@ -26,6 +26,9 @@ const PROVENANCE_FILE = "provenance.json";
  */
 const TRAIN_ENTRIES = [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PROVENANCE_FILE, TRAINING_SUMMARY, CHECKPOINT_DIR];
 
+/** What TRAINING_SUMMARY holds: train's settings and its result. */
+const TRAIN_SUMMARY_KIND = { what: "a train run's summary", keys: ["modelDir", "data", "result"] } as const;
+
 /** The result line train prints, also kept in TRAINING_SUMMARY for a rerun to print. */
 interface TrainOutcome {
   adapter: string;
@@ -159,7 +162,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
     if (found.length > 0) say(`train: removed the earlier run in ${out} (--overwrite)`);
   } else if (existsSync(summaryFile)) {
     if (!v.resume) throw new CliError(`train: --out ${out} holds a finished adapter (${TRAINING_SUMMARY}, ${ADAPTER_WEIGHTS_FILE}); pass --resume to keep it, --overwrite to train it again, or choose another --out`);
-    await checkSettings(summaryFile, settings);
+    await checkSettings(summaryFile, settings, TRAIN_SUMMARY_KIND);
     say(`train: ${out} holds a finished adapter with these settings already; nothing to train`);
     process.stdout.write(JSON.stringify((await readJson<{ result: TrainOutcome }>(summaryFile)).result) + "\n");
     return;
