@@ -87,11 +87,21 @@ describe("qalign eval", () => {
     expect(r.stdout).toBe("");
   });
 
-  it("refuses a --max-length beyond the model's context before loading it", () => {
-    const r = runCli(["eval", "--model", TINY, "--task", "snli", "--langs", "en", "--limit", "2", "--max-length", "4097", "--data", "sample", "--device", "cpu"]);
+  it("refuses an --eval-max-length beyond the model's context before loading it, naming that option", () => {
+    const r = runCli(["eval", "--model", TINY, "--task", "snli", "--langs", "en", "--limit", "2", "--eval-max-length", "99999", "--data", "sample", "--device", "cpu"]);
     expect(r.status).toBe(1);
-    expect(lastLine(r.stderr)).toBe(`qalign: eval: --max-length 4097 exceeds the model's context: max_position_embeddings is 4096 in ${join(TINY, "config.json")}`);
+    expect(lastLine(r.stderr)).toBe(`qalign: eval: --eval-max-length 99999 exceeds the model's context: max_position_embeddings is ${TINY_CONFIG.max_position_embeddings} in ${join(TINY, "config.json")}`);
     expect(r.stderr).not.toMatch(/^en: /m);
+  });
+});
+
+describe("qalign align", () => {
+  // align has both: --max-length is the training's, --eval-max-length the evaluation's.
+  it.each(["max-length", "eval-max-length"])("refuses a --%s beyond the model's context before loading it, naming that option", (option) => {
+    const r = runCli(["align", "--model", TINY, "--langs", "en", "--limit", "2", `--${option}`, "99999", "--data", "sample", "--device", "cpu", "--out", join(tmp, `align-long-${option}`)]);
+    expect(r.status).toBe(1);
+    expect(lastLine(r.stderr)).toBe(`qalign: align: --${option} 99999 exceeds the model's context: max_position_embeddings is ${TINY_CONFIG.max_position_embeddings} in ${join(TINY, "config.json")}`);
+    expect(r.stderr).not.toContain("loading ");
   });
 });
 

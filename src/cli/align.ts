@@ -85,7 +85,8 @@ export async function run(v: Values<typeof options>): Promise<void> {
     interp: v.interp,
     out: typeof v.out === "string" ? v.out : join("runs", `align-${tiny ? "tiny" : basename(modelDir)}-${task.id}-${train.join("+")}-${target}`),
   };
-  for (const maxLength of [cfg.training.maxLength, cfg.evaluation.maxLength]) await checkMaxLength("align", modelDir, maxLength);
+  await checkMaxLength("align", modelDir, cfg.training.maxLength);
+  await checkMaxLength("align", modelDir, cfg.evaluation.maxLength, "eval-max-length");
   await checkLoraRank("align", modelDir, cfg.training.lora);
   const tokenizer = await tokenizerFor("align", modelDir);
   const started = new Date();

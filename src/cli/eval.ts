@@ -257,7 +257,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
     onInvalid: v["skip-invalid"] ? "skip" : "error",
     onWarning: (lang, w) => say(`eval ${lang}: ${w}`),
   };
-  await checkMaxLength("eval", modelDir, opts.maxLength);
+  await checkMaxLength("eval", modelDir, opts.maxLength, "eval-max-length");
   const tokenizer = await tokenizerFor("eval", modelDir);
   const started = new Date();
   const source = new RecordingSource(await resolveDataSource(v.data));

@@ -80,16 +80,17 @@ export async function loadCheckedAdapter(model: LlamaModel, adapterDir: string, 
 }
 
 /**
- * Refuses a --max-length (tokens) beyond the model's context (config.json
+ * Refuses a maximum length (tokens) beyond the model's context (config.json
  * max_position_embeddings) before any work: positions past it were never trained, and the
  * rotary tables stop there.
+ * @param option the option that gave it (max-length, eval-max-length), which the message names
  * @throws CliError naming the option, the limit and the config file; CheckpointError for a bad config.json
  */
-export async function checkMaxLength(command: string, dir: string, maxLength: number | undefined): Promise<void> {
+export async function checkMaxLength(command: string, dir: string, maxLength: number | undefined, option = "max-length"): Promise<void> {
   if (maxLength === undefined) return;
   const limit = (await loadConfig(dir)).max_position_embeddings;
   if (maxLength > limit) {
-    throw new CliError(`${command}: --max-length ${maxLength} exceeds the model's context: max_position_embeddings is ${limit} in ${join(dir, "config.json")}`);
+    throw new CliError(`${command}: --${option} ${maxLength} exceeds the model's context: max_position_embeddings is ${limit} in ${join(dir, "config.json")}`);
   }
 }
 
