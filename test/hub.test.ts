@@ -1,10 +1,13 @@
 import { spawn } from "node:child_process";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cpuDevice } from "../src/kernels/devices.ts";
-import { DOWNLOAD_MARKER } from "../src/model/hub.ts";
+import { DOWNLOAD_MARKER, downloadCheckpoint } from "../src/model/hub.ts";
+import { fetchClient } from "../src/model/hub_fetch.ts";
 import { downloadModel, isHubName, nodeStore } from "../src/model/hub_node.ts";
 import { loadModel } from "../src/model/load.ts";
 import { noGrad } from "../src/tensor/autograd.ts";
@@ -123,6 +126,30 @@ describe("downloadModel", () => {
     const closed = await serve({});
     await closed.close();
     await expect(downloadModel("test-org/llama-untied", { endpoint: closed.origin, dir: join(tmp, "unreachable") })).rejects.toThrow(`${closed.origin}/test-org/llama-untied: config.json: cannot reach the Hub`);
+  });
+
+  it("a web server that is not a Hub endpoint fails naming the URL and the headers it left out, on Node's client and the page's", async () => {
+    // As `python3 -m http.server` answers: the whole file (HTTP 200, the Range header ignored),
+    // Content-Length and Last-Modified, no ETag; /ranged/ honours the range but sends no ETag.
+    const config = readFileSync(join(fixtureDir("llama-untied"), "config.json"));
+    const server = createServer((req, res) => {
+      const ranged = req.url!.startsWith("/ranged/") && req.headers.range === "bytes=0-0";
+      res.writeHead(ranged ? 206 : 200, { "Content-Length": String(ranged ? 1 : config.length), "Last-Modified": new Date(0).toUTCString(), ...(ranged ? { "Content-Range": `bytes 0-0/${config.length}` } : {}) });
+      res.end(ranged ? config.subarray(0, 1) : config);
+    });
+    await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
+    const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const url = `${origin}/plain/model/resolve/main/config.json`;
+      const plain = `${origin}/plain/model: config.json: ${url} answered HTTP 200 with no Content-Range (the file's size, in answer to Range: bytes=0-0) and no ETag or X-Linked-ETag (the file's version, which a resumed download checks): the server was reached, but it does not answer as a Hugging Face Hub endpoint (or mirror) does`;
+      await expect(downloadModel("plain/model", { endpoint: origin, dir: join(tmp, "plain-node") })).rejects.toThrow(plain);
+      await expect(downloadCheckpoint("plain/model", { ...nodeStore(), folder: () => join(tmp, "plain-page") }, { endpoint: origin, client: fetchClient })).rejects.toThrow(plain);
+      const ranged = `${origin}/ranged/model: config.json: ${origin}/ranged/model/resolve/main/config.json answered HTTP 206 with no ETag or X-Linked-ETag (the file's version, which a resumed download checks): the server was reached, but it does not answer as a Hugging Face Hub endpoint (or mirror) does`;
+      await expect(downloadModel("ranged/model", { endpoint: origin, dir: join(tmp, "ranged-node") })).rejects.toThrow(ranged);
+      await expect(downloadCheckpoint("ranged/model", { ...nodeStore(), folder: () => join(tmp, "ranged-page") }, { endpoint: origin, client: fetchClient })).rejects.toThrow(ranged);
+    } finally {
+      await new Promise((done) => server.close(done));
+    }
   });
 
   it("tells Hub names from local folders", () => {

@@ -141,6 +141,33 @@ export interface HubFile {
   stream(from: number): Promise<ReadableStream<Uint8Array>>;
 }
 
+/** A server that answered, but not as a Hub endpoint does (no size or ETag): hub_node.ts and hub_fetch.ts throw it. */
+export class HubResponseError extends Error {
+  override name = "HubResponseError";
+}
+
+/**
+ * The size and ETag of a file from a Hub endpoint's answer to `GET <url>` with `Range: bytes=0-0`
+ * (what @huggingface/hub's fileDownloadInfo reads, and the resumable download needs): the size
+ * is Content-Range's total (`bytes 0-0/<size>`, a 206 answer), the ETag X-Linked-ETag (the Hub's,
+ * for a file on its CDN) or ETag. A plain web server (`python3 -m http.server`) ignores the range
+ * and sends no ETag.
+ * @throws HubResponseError naming the URL, the status and each header that is missing or bad
+ */
+export function probedFileInfo(url: string, status: number, headers: Headers): { size: number; etag: string } {
+  const range = headers.get("Content-Range");
+  const size = Number(range?.split("/")[1]);
+  const etag = headers.get("X-Linked-ETag") ?? headers.get("ETag");
+  const missing = [
+    ...(range === null ? ["no Content-Range (the file's size, in answer to Range: bytes=0-0)"] : Number.isSafeInteger(size) ? [] : [`Content-Range "${range}" without a size`]),
+    ...(etag === null ? ["no ETag or X-Linked-ETag (the file's version, which a resumed download checks)"] : []),
+  ];
+  if (missing.length > 0) {
+    throw new HubResponseError(`${url} answered HTTP ${status} with ${missing.join(" and ")}: the server was reached, but it does not answer as a Hugging Face Hub endpoint (or mirror) does`);
+  }
+  return { size, etag: etag! };
+}
+
 /** What a request to the Hub is about: the repository, its revision, where the Hub is, and how to fetch. */
 export interface HubRequest {
   repo: string;
@@ -155,9 +182,15 @@ export interface HubRequest {
  * How a host asks the Hub about `file`: null when the repository has no such file (a 404 with
  * X-Error-Code EntryNotFound). On Node it is `@huggingface/hub` (hub_node.ts), in a page plain
  * fetch (hub_fetch.ts).
- * @throws an error with `statusCode` for an HTTP failure; fetch's error when the Hub cannot be reached.
+ * @throws an error with `statusCode` for an HTTP failure; HubResponseError for an answer without
+ *   a size or ETag (probedFileInfo); fetch's error when the Hub cannot be reached.
  */
 export type HubClient = (request: HubRequest, file: string) => Promise<HubFile | null>;
+
+/** The URL of `file` in the request's repository and revision: `<endpoint>/<repo>/resolve/<revision>/<file>`. */
+export function resolveUrl({ endpoint, repo, revision }: Pick<HubRequest, "endpoint" | "repo" | "revision">, file: string): string {
+  return `${endpoint}/${repo}/resolve/${encodeURIComponent(revision)}/${file}`;
+}
 
 /** The host's Hub client: @huggingface/hub on Node (imported by a name bundlers leave out), fetch in a page. */
 async function hostClient(): Promise<HubClient> {
@@ -310,12 +343,13 @@ const STATUS_HINTS: Record<number, string> = {
 
 /**
  * A Hub failure as a CheckpointError naming the repository, the file and the HTTP status (the
- * client's error carries `statusCode`, as @huggingface/hub's HubApiError does); an abort stays
- * the signal's reason.
+ * client's error carries `statusCode`, as @huggingface/hub's HubApiError does), or the headers a
+ * server that is not a Hub endpoint left out (HubResponseError); an abort stays the signal's reason.
  */
 function hubError(e: unknown, where: string, file: string, signal: AbortSignal | undefined): unknown {
   if (signal?.aborted) return signal.reason;
   const status = (e as { statusCode?: unknown }).statusCode;
   if (typeof status === "number") return new CheckpointError(where, `${file}: HTTP ${status}: ${STATUS_HINTS[status] ?? messageOf(e)}`);
+  if (e instanceof HubResponseError) return new CheckpointError(where, `${file}: ${e.message}`);
   return new CheckpointError(where, `${file}: cannot reach the Hub: ${messageOf(e)}`);
 }

@@ -1,4 +1,4 @@
-import type { HubClient } from "./hub.ts";
+import { probedFileInfo, resolveUrl, type HubClient } from "./hub.ts";
 
 /**
  * The Hub client of a page (hub.ts's HubClient), with fetch: the two requests that
@@ -6,8 +6,7 @@ import type { HubClient } from "./hub.ts";
  * takes from the library. A page cannot: the package's exports map hides its browser build
  * from esbuild, which then bundles its Node build (node:fs, node:os) and fails.
  * - The file's size and ETag: `GET <endpoint>/<repo>/resolve/<revision>/<file>` with
- *   `Range: bytes=0-0` (redirects to the CDN are followed); the size is Content-Range's total,
- *   the ETag X-Linked-ETag (the Hub's, for a file on its CDN) or ETag.
+ *   `Range: bytes=0-0` (redirects to the CDN are followed), read by hub.ts's probedFileInfo.
  * - Its bytes from an offset: the same URL with `Range: bytes=<from>-`.
  */
 
@@ -22,16 +21,15 @@ class HubHttpError extends Error {
   }
 }
 
-export const fetchClient: HubClient = async ({ repo, revision, endpoint, accessToken, fetch }, path) => {
-  const url = `${endpoint}/${repo}/resolve/${encodeURIComponent(revision)}/${path}`;
+export const fetchClient: HubClient = async (request, path) => {
+  const { accessToken, fetch } = request;
+  const url = resolveUrl(request, path);
   const auth: Record<string, string> = accessToken === undefined ? {} : { Authorization: `Bearer ${accessToken}` };
   const probe = await fetch(url, { headers: { ...auth, Range: "bytes=0-0" } });
   await probe.body?.cancel();
   if (probe.status === 404 && probe.headers.get("X-Error-Code") === "EntryNotFound") return null;
   if (!probe.ok) throw new HubHttpError(probe.status, url);
-  const size = Number(probe.headers.get("Content-Range")?.split("/")[1] ?? probe.headers.get("Content-Length"));
-  const etag = probe.headers.get("X-Linked-ETag") ?? probe.headers.get("ETag");
-  if (!Number.isSafeInteger(size) || etag === null) throw new Error(`${url}: the Hub sent no size (Content-Range) or no ETag`);
+  const { size, etag } = probedFileInfo(url, probe.status, probe.headers);
   return {
     size,
     etag,

@@ -3,7 +3,7 @@ import { appendFile, rename, rm, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { cacheDir } from "../io/cache.ts";
 import { nodeFiles } from "../io/node_files.ts";
-import { downloadCheckpoint, isHubId, type DownloadStore, type HubClient, type HubOptions } from "./hub.ts";
+import { downloadCheckpoint, isHubId, probedFileInfo, resolveUrl, type DownloadStore, type HubClient, type HubOptions } from "./hub.ts";
 
 /**
  * Hub downloads on Node: the cache (hub.ts's DownloadStore on the file system, checkpoints in
@@ -14,12 +14,29 @@ import { downloadCheckpoint, isHubId, type DownloadStore, type HubClient, type H
 
 /**
  * The Hub client on Node: @huggingface/hub's fileDownloadInfo (a one-byte range request that
- * gives the size and ETag) and downloadFile (a Blob whose slices are range requests).
+ * gives the size and ETag) and downloadFile (a Blob whose slices are range requests). An answer
+ * without them throws probedFileInfo's HubResponseError, naming the URL and the headers.
  */
-export const libraryClient: HubClient = async ({ repo, revision, endpoint, accessToken, fetch }, path) => {
+export const libraryClient: HubClient = async (request, path) => {
+  const { repo, revision, endpoint, accessToken, fetch } = request;
   const hub = await import("@huggingface/hub");
-  const params = { repo, revision, hubUrl: endpoint, accessToken, fetch, path };
-  const info = await hub.fileDownloadInfo(params);
+  // The library's first answer, kept: its "Expected size information" names neither the URL nor
+  // the header, which probedFileInfo says.
+  let probe: Response | undefined;
+  const seen = (async (input: Parameters<typeof fetch>[0], init?: RequestInit) => {
+    const res = await fetch(input, init);
+    probe ??= res;
+    return res;
+  }) as typeof fetch;
+  const params = { repo, revision, hubUrl: endpoint, accessToken, fetch: seen, path };
+  let info;
+  try {
+    info = await hub.fileDownloadInfo(params);
+  } catch (e) {
+    // Its InvalidApiResponseFormatError is a plain Error: any failure after an answer that lacks the headers is that one.
+    if (probe?.ok) probedFileInfo(resolveUrl(request, path), probe.status, probe.headers);
+    throw e;
+  }
   if (info === null) return null;
   // xet: false reads the file's resolve URL by ranges (xet reconstruction does not resume this way).
   const blob = await hub.downloadFile({ ...params, downloadInfo: info, xet: false });
