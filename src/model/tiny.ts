@@ -95,12 +95,21 @@ const isComplete = (dir: string) => existsSync(join(dir, "model.safetensors"));
 /** Generations in flight in this process, by folder, so concurrent callers share one. */
 const generating = new Map<string, Promise<string>>();
 
+/** The tiny checkpoint's folder, `<cacheDir()>/tiny-llama` (see io/cache.ts). */
+const tinyModelDir = () => join(cacheDir(), "tiny-llama");
+
+/** The tiny checkpoint's folder when it has been generated (complete), else null; generates nothing. */
+export function generatedTinyModel(): string | null {
+  const dir = tinyModelDir();
+  return isComplete(dir) ? dir : null;
+}
+
 /**
  * The tiny checkpoint's folder, `<cacheDir()>/tiny-llama` (see io/cache.ts), generating it on
  * first use; concurrent calls, in this process or in others, end with one complete folder.
  */
 export function ensureTinyModel(): Promise<string> {
-  const dir = join(cacheDir(), "tiny-llama");
+  const dir = tinyModelDir();
   if (isComplete(dir)) return Promise.resolve(dir);
   let ready = generating.get(dir);
   if (ready === undefined) {

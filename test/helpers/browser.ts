@@ -1,10 +1,11 @@
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import puppeteer, { type Browser, type Page } from "puppeteer-core";
 import type { TestContext } from "vitest";
 import { bundleBrowser } from "../../scripts/browser_bundle.mjs";
+import { fileAnswer } from "../../scripts/serve_files.mjs";
 import { SWIFTSHADER_ICD } from "./devices.ts";
 
 /**
@@ -88,8 +89,8 @@ export interface Request {
 /**
  * Serves `files` (path -> file), and under each prefix of `folders` (URL prefix -> local
  * folder) the folder's files, on 127.0.0.1 at a free port; any other path is a 404. Folder files
- * honour single byte ranges (`Range: bytes=a-b`, answered 206, RFC 9110 section 14) and HEAD,
- * and carry an ETag (size and modification time); `opts` makes chosen files fail once.
+ * are answered by scripts/serve_files.mjs (single byte ranges, HEAD, an ETag); `opts` makes
+ * chosen files fail once.
  * @returns the origin to open (http://localhost:PORT), every request answered, and a close function
  */
 export async function serve(
@@ -107,14 +108,11 @@ export async function serve(
     const prefix = Object.keys(folders).find((p) => path.startsWith(p) && !path.slice(p.length).includes(".."));
     const local = prefix === undefined ? null : join(folders[prefix]!, path.slice(prefix.length));
     // The Hub's answer for a missing file, which @huggingface/hub reads as "no such file".
-    if (local === null || !existsSync(local) || !statSync(local).isFile()) return void res.writeHead(404, { "X-Error-Code": "EntryNotFound" }).end();
-    const body = readFileSync(local);
-    const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
-    const [start, end] = m ? [Number(m[1]), Math.min(m[2] ? Number(m[2]) + 1 : body.length, body.length)] : [0, body.length];
-    if (m && start >= end) return void res.writeHead(416, { "Content-Range": `bytes */${body.length}` }).end();
-    const etag = `"${statSync(local).size}-${statSync(local).mtimeMs}"`;
-    const headers = { "Content-Type": "application/octet-stream", "Content-Length": String(end - start), "Accept-Ranges": "bytes", "Cache-Control": "no-store", ETag: etag };
-    res.writeHead(m ? 206 : 200, m ? { ...headers, "Content-Range": `bytes ${start}-${end - 1}/${body.length}` } : headers);
+    const answer = local === null ? null : fileAnswer(local, req.headers.range);
+    if (answer === null) return void res.writeHead(404, { "X-Error-Code": "EntryNotFound" }).end();
+    const { status, headers, body, start, end } = answer;
+    res.writeHead(status, headers);
+    if (status === 416) return void res.end();
     if (req.method === "GET" && end - start > 1 && drop.delete(path)) {
       // Half the announced bytes, then (once the client has had time to read them) the connection
       // goes: the client sees a truncated body.

@@ -1,0 +1,5 @@
+/** See serve_files.mjs: the answer to a GET or HEAD of a local file with an optional Range header, null when it is not a file. */
+export function fileAnswer(
+  local: string,
+  range: string | null | undefined,
+): { status: number; headers: Record<string, string>; body: Buffer; start: number; end: number } | null;
