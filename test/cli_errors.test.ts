@@ -77,6 +77,21 @@ describe("qalign align", () => {
   });
 });
 
+describe("qalign train", () => {
+  it.each([
+    // Item 0 lacks both fields: two reasons; all three are listed.
+    ['[{"inp":"a","ans":"b"},{"input":1,"answer":"x"}]', '(2 in the file): item 0: field "input": missing; item 0: field "answer": missing; item 1: field "input": not a string (number)'],
+    // Seven reasons: the first three, then the count of the rest.
+    ['[1,2,{"input":""},{"answer":3},5]', '(5 in the file): item 0: field "item": not an object; item 1: field "item": not an object; item 2: field "input": empty; and 4 more'],
+  ])("a file of only malformed items %s names the first reasons", (text, reasons) => {
+    const file = join(tmp, `malformed-${text.length}.json`);
+    writeFileSync(file, text);
+    const r = qalign(["train", "--model", TINY, "--data", file, "--device", "cpu", "--out", join(tmp, "train-malformed")]);
+    expect(lastLine(r.stderr)).toBe(`qalign: ${file}: no usable {input, answer} items ${reasons}`);
+    expect(r.status).toBe(1);
+  });
+});
+
 /** A copy of the llama-untied fixture whose model.norm.weight (float32) is NaN: every logit is NaN. */
 function nanModel(): string {
   const dir = join(tmp, "nan-model");

@@ -1,4 +1,4 @@
-import { DataError, type DataIssue } from "../io/data_error.ts";
+import { DataError, noUsableItems, type DataIssue } from "../io/data_error.ts";
 import type { QuestionPair } from "../lora/data.ts";
 import { checkFields, readItems, type OnInvalid } from "./data.ts";
 import { questionFile } from "./fields.ts";
@@ -64,7 +64,7 @@ export async function questionPairs(
       return { question: m[1]!, from: m[2]!, english: f["answer"]! };
     });
     // An empty file (or one whose items were all skipped) would silently drop its language.
-    if (!questions.some((q) => q !== null)) throw new DataError(file, `no usable {input, answer} items (${questions.length} in the file)`);
+    if (!questions.some((q) => q !== null)) throw noUsableItems(file, questions.length, issues.filter((i) => i.file === file));
     return { file, questions };
   };
 

@@ -21,11 +21,30 @@ export class DataError extends Error {
     readonly index?: number,
     readonly field?: string,
   ) {
-    super(`${file}: ${index === undefined ? "" : `item ${index}: `}${field === undefined ? "" : `field "${field}": `}${message}`);
+    super(`${file}: ${located(message, index, field)}`);
   }
+}
+
+/** `item 3: field "input": missing`: a message with the item and field it is about, when known. */
+function located(message: string, index?: number, field?: string): string {
+  return `${index === undefined ? "" : `item ${index}: `}${field === undefined ? "" : `field "${field}": `}${message}`;
 }
 
 /** The line `DataError` would print for an issue. */
 export function formatIssue(i: DataIssue): string {
   return new DataError(i.file, i.problem, i.index, i.field).message;
+}
+
+/** Reasons a "no usable items" message lists before it counts the rest. */
+const SHOWN_ISSUES = 3;
+
+/**
+ * The error of a data file none of whose `items` items is usable: the count, then the first few
+ * reasons (`item 0: field "input": missing; ...; and 4 more`), so that one line says what is wrong.
+ * @param issues the file's malformed items, in file order (an empty file has none)
+ */
+export function noUsableItems(file: string, items: number, issues: readonly DataIssue[]): DataError {
+  const shown = issues.slice(0, SHOWN_ISSUES).map((i) => located(i.problem, i.index, i.field));
+  if (issues.length > SHOWN_ISSUES) shown.push(`and ${issues.length - SHOWN_ISSUES} more`);
+  return new DataError(file, `no usable {input, answer} items (${items} in the file)${shown.length > 0 ? `: ${shown.join("; ")}` : ""}`);
 }

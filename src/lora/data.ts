@@ -1,6 +1,6 @@
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { Rng } from "../tensor/random.ts";
-import { DataError, type DataIssue } from "../io/data_error.ts";
+import { DataError, noUsableItems, type DataIssue } from "../io/data_error.ts";
 import { hostFiles, type Files } from "../io/files.ts";
 import { parseJson } from "../io/json.ts";
 import type { Example } from "./loss.ts";
@@ -70,7 +70,7 @@ export async function readQuestionPairs(
       else issues.push(...found);
     });
     // Each file must contribute: an empty one in a mixture would silently drop its language.
-    if (pairs.length === before) throw new DataError(file, `no usable {input, answer} items (${items.length} in the file)`);
+    if (pairs.length === before) throw noUsableItems(file, items.length, issues.filter((i) => i.file === file));
   }
   return { pairs, issues };
 }
