@@ -7,6 +7,7 @@ import type { AlignResults } from "../src/align/config.ts";
 import { settingsDiff } from "../src/align/folder.ts";
 import { PAPER_COMMANDS } from "../src/align/report.ts";
 import { SAMPLE_DATA_FILE, SHARED_DATA_DIR } from "../src/eval/default_data.ts";
+import { LANGUAGES, type Lang } from "../src/eval/languages.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 import { ROOT, runCli } from "./helpers/cli.ts";
 import { sharedDataOrSkip } from "./helpers/shared_data.ts";
@@ -279,5 +280,26 @@ describe("--out holds one run", () => {
     expect(again.status, again.stderr).toBe(0);
     expect(again.stderr).toContain(`resuming ${out}`);
     refused(qalign(alignArgs(out, "1")), `${join(out, "run.json")}: holds a run with other settings (evaluation.limit was 2, now 1); choose another --out or remove the folder`);
+  });
+});
+
+describe("align --train all", () => {
+  // "all" is what the unknown-language message offers: it must mean the languages the data has
+  // question files for (the built-in sample's snli_<lang>10k_train_question.json), not all 20.
+  const SAMPLE = JSON.parse(readFileSync(SAMPLE_DATA_FILE, "utf8")) as { files: Record<string, unknown> };
+  const withFiles = Object.keys(SAMPLE.files).flatMap((f) => /^snli\/snli_([a-z]{2})10k_train_question\.json$/.exec(f)?.[1] ?? []);
+  const run = (out: string, ...extra: string[]) =>
+    qalign(["align", "--model", TINY, "--train", "all", "--langs", "en", "--limit", "2", "--max-train-samples", "8", "--epochs", "1", "--data", "sample", "--device", "cpu", "--out", out, ...extra]);
+
+  it.each([
+    ["en", withFiles],
+    ["zh", [...withFiles.filter((l) => l !== "zh"), "en"]], // English questions are the Chinese file's answers
+  ])("into %s trains on every language with a question file", (target, expected) => {
+    expect(withFiles.length).toBeGreaterThan(1);
+    const out = join(tmp, `train-all-${target}`);
+    const r = run(out, "--target", target);
+    expect(r.status, r.stderr).toBe(0);
+    const saved = JSON.parse(readFileSync(join(out, "run.json"), "utf8")) as { train: string[] };
+    expect(saved.train).toEqual([...expected].sort((a, b) => LANGUAGES.indexOf(a as Lang) - LANGUAGES.indexOf(b as Lang)));
   });
 });

@@ -4,7 +4,9 @@ import { ALIGN_SETTINGS, checkSettings, fingerprint, RUN_ENTRIES, RUN_SETTINGS }
 import { comparisons, comparisonTable } from "../align/report.ts";
 import { runAlign } from "../align/run.ts";
 import { resolveDataSource } from "../eval/default_data.ts";
-import { RecordingSource } from "../eval/source.ts";
+import type { Lang } from "../eval/languages.ts";
+import { sourceLanguages } from "../eval/questions.ts";
+import { RecordingSource, type DataSource } from "../eval/source.ts";
 import { ensureTinyModel } from "../model/tiny.ts";
 import { CliError, modelOption, type OptionTable, type Values } from "./args.ts";
 import { EVAL_OPTIONS, evalOptions, langsOption, taskOption, tokenizerFor } from "./eval.ts";
@@ -34,7 +36,7 @@ export const options = {
   },
   dtype: modelOption.dtype,
   "quantize-embeddings": modelOption["quantize-embeddings"],
-  train: { type: "string", arg: "zh,es", help: "question-translation source languages, comma-separated (any of de en es it sw zh)", default: "zh,es" },
+  train: { type: "string", arg: "zh,es", help: "question-translation source languages, comma-separated (any of de en es it sw zh), or all (every language with a question file in --data, and en when --target is another)", default: "zh,es" },
   target: { type: "string", arg: "LANG", help: "the language questions are translated into", default: "en" },
   "train-task": { type: "string", arg: "snli", help: "whose question files train the adapter (only snli has them in the release)", default: QUESTION_TASK },
   out: { type: "string", arg: "DIR", help: "the run folder (results, report, adapter); a rerun with the same folder resumes", default: "runs/align-<model>-<task>-<train>-<target>" },
@@ -46,6 +48,18 @@ export const options = {
   "eval-max-length": evalMaxLength,
   ...TRAINING_OPTIONS,
 } as const satisfies OptionTable;
+
+/**
+ * --train: comma-separated languages (default zh,es), or all: every language `source` has
+ * question files for into `target` (src/eval/questions.ts `sourceLanguages`).
+ * @throws CliError for an unknown code, or for all when `source` has no question file
+ */
+async function trainLangs(text: string | undefined, target: Lang, source: DataSource): Promise<Lang[]> {
+  if (text?.trim() !== "all") return langsOption("align", { train: text }, "train", "zh,es");
+  const langs = await sourceLanguages(source, target);
+  if (langs.length === 0) throw new CliError(`align: --train all: ${source.description} has no question-translation file into "${target}"`);
+  return langs;
+}
 
 /**
  * `qalign align [options]`: evaluates the base model, LoRA-tunes it on question translation
@@ -63,10 +77,12 @@ export async function run(v: Values<typeof options>): Promise<void> {
   const task = taskOption("align", v);
   const trainTask = taskOption("align", v, "train-task", QUESTION_TASK);
   if (trainTask.id !== QUESTION_TASK) throw new CliError(`align: ${trainTaskMessage(trainTask.id)}`);
-  const train = langsOption("align", v, "train", "zh,es");
   const targets = langsOption("align", v, "target", "en");
   if (targets.length !== 1) throw new CliError("align: --target takes one language");
   const target = targets[0]!;
+  const started = new Date();
+  const source = new RecordingSource(await resolveDataSource(v.data));
+  const train = await trainLangs(v.train, target, source);
   for (const name of ["batch-size", "max-length"] as const) {
     if (v[name] !== undefined) say(`align: --${name} is the training's (as in qalign train); the evaluation's is --eval-${name}`);
   }
@@ -89,8 +105,6 @@ export async function run(v: Values<typeof options>): Promise<void> {
   await checkMaxLength("align", modelDir, cfg.evaluation.maxLength, "eval-max-length");
   await checkLoraRank("align", modelDir, cfg.training.lora);
   const tokenizer = await tokenizerFor("align", modelDir);
-  const started = new Date();
-  const source = new RecordingSource(await resolveDataSource(v.data));
   await prepareOutDir("align", cfg.out);
   // The folder is checked before the (slow) model load: it holds this run or none.
   await previousRunFiles("align", cfg.out, RUN_ENTRIES, RUN_SETTINGS);

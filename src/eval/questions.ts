@@ -29,6 +29,17 @@ export async function questionLanguages(source: DataSource): Promise<Lang[]> {
 }
 
 /**
+ * The languages {@link questionPairs} takes as sources into `target` (what `--train all` means):
+ * those with a question file in `source`, and English when `target` has one (English questions
+ * are its answers); never `target` itself. In LANGUAGES' order.
+ */
+export async function sourceLanguages(source: DataSource, target: Lang): Promise<Lang[]> {
+  const available = await questionLanguages(source);
+  const english = target !== "en" && available.includes(target);
+  return LANGUAGES.filter((l) => l !== target && (available.includes(l) || (l === "en" && english)));
+}
+
+/**
  * Builds the training pairs of `langs` into `target`, language by language in file order (the
  * paper's mixtures, e.g. zh + es, are such concatenations).
  * @returns the pairs, and the items left out (onInvalid "skip")
