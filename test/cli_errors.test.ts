@@ -1,6 +1,6 @@
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { CliError, describeBounds, int, num, required } from "../src/cli/args.ts";
 import { pcaComponents } from "../src/cli/pca.ts";
@@ -219,6 +219,31 @@ describe("conflicting options", () => {
     expect(r.stderr).toContain("train: warning: --lr 1e9 is above 1");
     const quiet = qalign(["train", "--model", TINY, "--data", join(tmp, "absent.json"), "--out", join(tmp, "big-lr"), "--lr", "1", "--device", "cpu"]);
     expect(quiet.stderr).not.toContain("warning: --lr");
+  });
+});
+
+describe("an option or list entry given twice", () => {
+  // Every option takes one value: a second one is refused, not silently the winner; a list entry
+  // given twice would count twice (the same pairs in training and validation).
+  const pairs = join(tmp, "twice_pairs.json");
+  writeFileSync(pairs, JSON.stringify(SAMPLE["snli/snli_zh10k_train_question.json"]));
+  const dotted = `${tmp}/../${basename(tmp)}/twice_pairs.json`; // the same file by another path
+  it.each([
+    [["generate", "--model", TINY, "--prompt", "hi", "--prompt", "bye", "--device", "cpu"], "generate: --prompt is given 2 times; give it once"],
+    [["generate", "--model", TINY, "--prompt=hi", "--quiet", "--prompt", "bye", "--quiet", "--device", "cpu"], "generate: --prompt is given 2 times; give it once"],
+    [["eval", "--model", TINY, "--langs", "en", "--limit", "2", "--limit", "3", "--data", "sample"], "eval: --limit is given 2 times; give it once"],
+    [["train", "--model", TINY, "--data", pairs, "--out", join(tmp, "twice-resume"), "--resume", "--overwrite"], "train: --resume and --overwrite contradict each other; give one of them"],
+    [["train", "--model", TINY, "--data", `${pairs},${pairs}`, "--out", join(tmp, "twice-data")], `train: --data names "${pairs}" twice; give each once`],
+    [["train", "--model", TINY, "--data", `${pairs},${dotted}`, "--out", join(tmp, "twice-data")], `train: --data names "${pairs}" twice (also as "${dotted}"); give each once`],
+    [["train", "--model", TINY, "--data", pairs, "--target-modules", "q_proj,v_proj,q_proj", "--out", join(tmp, "twice-modules")], 'train: --target-modules names "q_proj" twice; give each once'],
+    [["align", "--model", TINY, "--train", "zh,zh", "--out", join(tmp, "twice-train")], 'align: --train names "zh" twice; give each once'],
+    [["eval", "--model", TINY, "--langs", "en, en", "--data", "sample"], 'eval: --langs names "en" twice; give each once'],
+  ])("%j is refused before the model loads", (args, message) => {
+    const r = qalign([...args]);
+    expect(lastLine(r.stderr)).toBe(`qalign: ${message}`);
+    expect(r.stderr).not.toContain("loading ");
+    expect(r.status).toBe(1);
+    expect(existsSync(join(tmp, "twice-resume"))).toBe(false);
   });
 });
 

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { TINY_DEFAULTS } from "../src/cli/align.ts";
-import { CliError, parse, type OptionTable } from "../src/cli/args.ts";
+import { CliError, parse, type OptionSpec, type OptionTable } from "../src/cli/args.ts";
 import { COMMANDS, helpText } from "../src/cli/commands.ts";
 import { trainingRecipe, TRAINING_OPTIONS } from "../src/cli/train.ts";
 import { DEFAULT_PROTOCOL } from "../src/eval/protocol.ts";
@@ -22,10 +22,12 @@ import { ROOT, runCli } from "./helpers/cli.ts";
 const helpFlags = (text: string) => [...text.matchAll(/^ {2}--([a-z0-9-]+)/gm)].map((m) => m[1]!);
 
 /** Arguments that give every option of `table` once (a flag, or a string option with a value). */
-const everyOption = (table: OptionTable) => {
+const everyOption = (table: OptionTable, conflicting = false) => {
   // An option another one needs (--device for --threads) gets the needed value; the others "1".
   const needed = new Map(Object.values(table).flatMap((spec) => (spec.needs ? [[spec.needs.option, spec.needs.value] as const] : [])));
-  return Object.entries(table).flatMap(([name, spec]) => (spec.type === "boolean" ? [`--${name}`] : [`--${name}`, needed.get(name) ?? "1"]));
+  // One that contradicts another (--overwrite for --resume) is left out unless asked for.
+  const conflicted = new Set(conflicting ? [] : Object.values(table).flatMap((spec) => spec.conflicts ?? []));
+  return Object.entries(table).flatMap(([name, spec]) => (conflicted.has(name) ? [] : spec.type === "boolean" ? [`--${name}`] : [`--${name}`, needed.get(name) ?? "1"]));
 };
 
 /** The line of `--flag` in a help text, description included (it may wrap to the next line). */
@@ -53,6 +55,7 @@ describe("--help", () => {
       const values = parse(name, everyOption(options), options, () => {});
       expect(Object.keys(values).sort()).toEqual(Object.keys(options).sort());
       expect(() => parse(name, ["--no-such-option"], options)).toThrow(CliError);
+      if (Object.values(options).some((spec: OptionSpec) => spec.conflicts)) expect(() => parse(name, everyOption(options, true), options, () => {})).toThrow(/contradict each other/);
       // Required options are in the usage line.
       const usage = text.split("\n")[0]!;
       for (const [flag, spec] of Object.entries(options)) if (spec.required) expect(usage, flag).toContain(`--${flag}`);

@@ -32,6 +32,8 @@ export interface OptionSpec {
    * wasm): given without it, parse refuses both by name rather than ignore one silently.
    */
   needs?: { option: string; value: string };
+  /** Options that contradict this one (--resume and --overwrite): given together, parse refuses them by name. */
+  conflicts?: readonly string[];
 }
 
 /** A command's options by name (without the leading "--"). */
@@ -83,10 +85,12 @@ function joinNegativeValues(args: readonly string[], takesValue: ReadonlySet<str
  * Parses `args` with node:util parseArgs against `table` (strict: unknown options and stray
  * positionals fail), naming the command in errors. A negative number is the value of the option
  * before it (`--lr -1`), so the option's own range check reports it. An old spelling (`was`) is moved to its new
- * name with a warning; flags default to false.
+ * name with a warning; flags default to false. Every option takes one value, so one given twice
+ * (`--prompt hi --prompt bye`) is refused rather than the last one silently winning.
  * @param warn where the old-spelling warnings go (stderr)
- * @throws CliError for an unknown option, a missing or empty required one, or an option given
- *   under both its old and new spelling; Error when the table names one option twice.
+ * @throws CliError for an unknown option, a missing or empty required one, an option given
+ *   twice or under both its old and new spelling, or two that conflict; Error when the table
+ *   names one option twice.
  */
 export function parse<T extends OptionTable>(command: string, args: string[], table: T, warn: (line: string) => void = stderrLine): Values<T> {
   const config: Options = {};
@@ -102,7 +106,10 @@ export function parse<T extends OptionTable>(command: string, args: string[], ta
   const takesValue = new Set(Object.entries(config).flatMap(([name, c]) => (c.type === "string" ? [name] : [])));
   const parsed = parseStrict(command, joinNegativeValues(args, takesValue), config);
   const values = parsed.values as Record<string, unknown>;
-  const given = new Set(parsed.tokens.flatMap((t) => (t.kind === "option" ? [t.name] : [])));
+  const names = parsed.tokens.flatMap((t) => (t.kind === "option" ? [t.name] : []));
+  const twice = names.find((n, i) => names.indexOf(n) !== i);
+  if (twice !== undefined) throw new CliError(`${command}: --${twice} is given ${names.filter((n) => n === twice).length} times; give it once`);
+  const given = new Set(names);
   for (const [old, name] of renamed) {
     if (!given.has(old)) continue;
     if (given.has(name)) throw new CliError(`${command}: --${old} is the old spelling of --${name}; give only --${name}`);
@@ -112,6 +119,10 @@ export function parse<T extends OptionTable>(command: string, args: string[], ta
   }
   for (const [name, spec] of Object.entries(table)) if (spec.required) required(command, values, name);
   for (const [name, spec] of Object.entries(table)) if (spec.needs && given.has(name)) checkNeeds(command, values, name, spec.needs);
+  for (const [name, spec] of Object.entries(table)) {
+    const other = spec.conflicts?.find((o) => given.has(name) && given.has(o));
+    if (other !== undefined) throw new CliError(`${command}: --${name} and --${other} contradict each other; give one of them`);
+  }
   return values as Values<T>;
 }
 
@@ -173,6 +184,24 @@ export function num(command: string, values: Record<string, unknown>, name: stri
   const below = minExclusive ? n <= min : n < min;
   if (typeof v !== "string" || v.trim() === "" || !Number.isFinite(n) || below || n > max) throw outOfBounds(command, name, "a number", describeBounds(min, max, minExclusive), v);
   return n;
+}
+
+/**
+ * The entries of a comma-separated list option (--data a.json,b.json, --train zh,es), trimmed,
+ * empty ones dropped. An entry given twice would count twice (the same pairs in training and
+ * validation), so it is refused.
+ * @param key what makes two entries the same (for files: the resolved path), default the text
+ * @throws CliError naming the option and the entry given twice
+ */
+export function listOption(command: string, name: string, text: string, key: (entry: string) => string = (e) => e): string[] {
+  const entries = text.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  const seen = new Map<string, string>();
+  for (const entry of entries) {
+    const first = seen.get(key(entry));
+    if (first !== undefined) throw new CliError(`${command}: --${name} names ${first === entry ? `"${entry}" twice` : `"${first}" twice (also as "${entry}")`}; give each once`);
+    seen.set(key(entry), entry);
+  }
+  return entries;
 }
 
 /** Comma-separated integers, e.g. token ids "5,17,42". */

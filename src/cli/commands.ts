@@ -83,7 +83,7 @@ function formatHelp(name: string, summary: string, options: OptionTable): string
   const flags = entries.map(([n, s]) => flag(n, s));
   const width = Math.min(FLAG_COLUMN, Math.max(...flags.map((f) => f.length)));
   const lines = entries.map(([, s], i) => {
-    const notes = [s.required ? "required" : "", s.needs ? `only with --${s.needs.option} ${s.needs.value}` : "", s.default !== undefined ? `default: ${s.default}` : "", s.was?.length ? `old spelling: ${s.was.map((w) => `--${w}`).join(", ")}` : ""].filter(Boolean);
+    const notes = [s.required ? "required" : "", s.needs ? `only with --${s.needs.option} ${s.needs.value}` : "", s.conflicts?.length ? `not with ${s.conflicts.map((c) => `--${c}`).join(", ")}` : "", s.default !== undefined ? `default: ${s.default}` : "", s.was?.length ? `old spelling: ${s.was.map((w) => `--${w}`).join(", ")}` : ""].filter(Boolean);
     const text = `${s.help}${notes.length ? ` (${notes.join("; ")})` : ""}`;
     const f = flags[i]!;
     return f.length > width ? `  ${f}\n  ${" ".repeat(width)}  ${text}` : `  ${f.padEnd(width)}  ${text}`;

@@ -14,7 +14,7 @@ import { resolveDataSource } from "../eval/default_data.ts";
 import { RecordingSource } from "../eval/source.ts";
 import { getTask, TASKS, type TaskSpec } from "../eval/tasks.ts";
 import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
-import { adapterOption, CliError, deviceOption, int, modelOption, type OptionTable, type Values } from "./args.ts";
+import { adapterOption, CliError, deviceOption, int, listOption, modelOption, type OptionTable, type Values } from "./args.ts";
 import { checkMaxLength, loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
 import { provenance, type RunInputs } from "./provenance.ts";
@@ -118,10 +118,12 @@ export function taskOption(command: string, values: Record<string, unknown>, nam
   }
 }
 
-/** Parses a language list option (default `fallback`). @throws CliError for an unknown code. */
+/** Parses a language list option (default `fallback`). @throws CliError for an unknown code or one given twice. */
 export function langsOption(command: string, values: Record<string, unknown>, name: string, fallback: string): Lang[] {
+  const text = typeof values[name] === "string" ? (values[name] as string) : fallback;
+  listOption(command, name, text);
   try {
-    return parseLangs(typeof values[name] === "string" ? (values[name] as string) : fallback);
+    return parseLangs(text);
   } catch (e) {
     throw new CliError(`${command}: --${name}: ${(e as Error).message}`);
   }

@@ -1,7 +1,7 @@
 import { LORA_DEFAULTS, LORA_MODULES } from "../lora/layer.ts";
 import { deviceLimits, formatPlan, planForDir } from "../model/plan.ts";
 import { checkLoraRank } from "./model.ts";
-import { CliError, device, deviceOption, int, modelOption, required, weightDType, type OptionTable, type Values } from "./args.ts";
+import { CliError, device, deviceOption, int, listOption, modelOption, required, weightDType, type OptionTable, type Values } from "./args.ts";
 
 export const options = {
   ...modelOption,
@@ -32,7 +32,7 @@ export const options = {
 export async function run(v: Values<typeof options>): Promise<void> {
   const dir = required("plan", v, "model");
   const targets = v["target-modules"] ?? (LORA_DEFAULTS.target_modules as string[]).join(",");
-  const names = targets === "all-linear" ? [...LORA_MODULES] : targets.split(",").map((s) => s.trim());
+  const names = targets === "all-linear" ? [...LORA_MODULES] : listOption("plan", "target-modules", targets);
   const unknown = names.find((n) => !(LORA_MODULES as readonly string[]).includes(n));
   if (unknown !== undefined) throw new CliError(`plan: --target-modules names "${unknown}", not one of ${LORA_MODULES.join(", ")}`);
   const r = int("plan", v, "r", LORA_DEFAULTS.r, 1);

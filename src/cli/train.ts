@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { formatIssue } from "../io/data_error.ts";
 import { readQuestionPairs } from "../lora/data.ts";
@@ -10,7 +10,7 @@ import { loadTokenizer } from "../model/tokenizer.ts";
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from "../lora/peft.ts";
 import type { AlignTraining } from "../align/config.ts";
 import { checkSettings, decidingTraining, readJson, saveJson, TRAINING_SUMMARY } from "../align/folder.ts";
-import { CliError, deviceOption, int, modelOption, num, type OptionTable, type Values } from "./args.ts";
+import { CliError, deviceOption, int, listOption, modelOption, num, type OptionTable, type Values } from "./args.ts";
 import { checkLoraRank, checkMaxLength, loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
 import { provenance } from "./provenance.ts";
@@ -92,7 +92,7 @@ export function trainingRecipe(command: string, v: Values<typeof TRAINING_OPTION
   return {
     lora: {
       // PEFT's "all-linear" is a string; a list is comma-separated names.
-      target_modules: targets === "all-linear" ? targets : targets.split(",").map((s) => s.trim()),
+      target_modules: targets === "all-linear" ? targets : listOption(command, "target-modules", targets),
       r: int(command, v, "r", LORA_DEFAULTS.r, 1),
       lora_alpha: num(command, v, "lora-alpha", LORA_DEFAULTS.lora_alpha, 0, Infinity, true),
       lora_dropout: num(command, v, "lora-dropout", LORA_DEFAULTS.lora_dropout, 0, 0.99),
@@ -128,7 +128,7 @@ export const options = {
   ...TRAINING_OPTIONS,
   seed: { type: "string", arg: "S", help: "seeds lora_A's initialisation, the validation split, each epoch's order and the dropout masks", default: String(TRAIN_DEFAULTS.seed) },
   strict: { type: "boolean", help: "fail on the first malformed item instead of skipping it with a notice" },
-  resume: { type: "boolean", help: "continue from <out>/checkpoint/ (bit for bit) instead of starting afresh; a finished adapter with the same settings is kept as it is" },
+  resume: { type: "boolean", conflicts: ["overwrite"], help: "continue from <out>/checkpoint/ (bit for bit) instead of starting afresh; a finished adapter with the same settings is kept as it is" },
   overwrite: { type: "boolean", help: "train afresh even where --out holds a finished adapter, replacing it" },
   ...deviceOption,
   ...quietOption,
@@ -141,7 +141,7 @@ export const options = {
  */
 export async function run(v: Values<typeof options>): Promise<void> {
   const modelDir = v.model;
-  const files = v.data.split(",").map((f) => f.trim()).filter((f) => f !== "");
+  const files = listOption("train", "data", v.data, (f) => resolve(f));
   if (files.length === 0) throw new CliError("train: --data names no file");
   const out = v.out;
   const progress = new Progress({ quiet: v.quiet });
