@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
@@ -186,6 +186,9 @@ describe("sharded checkpoints", () => {
   it("fails on a folder with no weights, and names a missing tensor", async () => {
     const empty = mkdtempSync(join(tmp, "empty-"));
     await expectError(openCheckpoint(empty), empty, undefined, /neither model\.safetensors nor/);
+    const folder = mkdtempSync(join(tmp, "weights-folder-"));
+    mkdirSync(join(folder, "model.safetensors"));
+    await expect(openCheckpoint(folder)).rejects.toThrow(`${join(folder, "model.safetensors")}: is a folder, not a file: a checkpoint's weights are safetensors files`);
     const dir = shardedDir({ a: "s1.safetensors" }, { "s1.safetensors": { a: f32([4], 0) } });
     const ckpt = await openCheckpoint(dir);
     try {
@@ -536,6 +539,9 @@ describe("config", () => {
     ["llama3 field", { rope_scaling: { rope_type: "llama3", factor: 8, low_freq_factor: 1, high_freq_factor: 4 } }, /"rope_scaling.original_max_position_embeddings" is missing/],
     ["qwen2 window", { model_type: "qwen2", use_sliding_window: true }, /"use_sliding_window" is true/],
     ["bool type", { tie_word_embeddings: "yes" }, /"tie_word_embeddings" must be true or false/],
+    // transformers' PretrainedConfig fails too: getattr(torch, "int3") has no such dtype.
+    ["torch_dtype int3", { torch_dtype: "int3" }, /^\/ckpt\/config\.json: field "torch_dtype" is 'int3', not a dtype of a checkpoint qalign reads: one of float32, bfloat16, float16$/],
+    ["dtype int3", { dtype: "int3" }, /: field "dtype" is 'int3', not a dtype of a checkpoint qalign reads: one of float32, bfloat16, float16$/],
   ];
   it.each(bad)("rejects %s, naming the file and field", (_, over, pattern) => {
     expect(() => parse(over)).toThrow(CheckpointError);

@@ -148,13 +148,29 @@ export class Fields {
   }
 }
 
+/** The `torch_dtype` values qalign reads: those transformers' save_pretrained writes for float checkpoints of these models. */
+export const TORCH_DTYPES = ["float32", "bfloat16", "float16"] as const;
+
+/**
+ * `torch_dtype` (or `dtype`, transformers >= 4.56), null when absent. Another value is refused as
+ * transformers refuses it: its PretrainedConfig turns the name into `getattr(torch, name)`, which
+ * fails for a name torch has no dtype of ("int3").
+ */
+function torchDType(f: Fields): string | null {
+  const field = f.has("torch_dtype") ? "torch_dtype" : "dtype";
+  const v = f.string(field);
+  if (v !== null && !(TORCH_DTYPES as readonly string[]).includes(v)) f.fail(field, `is '${v}', not a dtype of a checkpoint qalign reads: one of ${TORCH_DTYPES.join(", ")}`);
+  return v;
+}
+
 /**
  * Validates a parsed `config.json` object.
  * @param raw the JSON value; `file` is only used in error messages
  * @throws CheckpointError naming the file and field: unknown `model_type` (listing the supported
  *   ones), a missing required field, a wrong type, an unsupported `rope_scaling` type,
  *   `hidden_act` other than "silu", `mlp_bias` true, qwen2 `use_sliding_window` true,
- *   heads that do not divide (`num_attention_heads % num_key_value_heads`), an odd head_dim.
+ *   heads that do not divide (`num_attention_heads % num_key_value_heads`), an odd head_dim, a
+ *   `torch_dtype` not among TORCH_DTYPES.
  */
 export function parseConfig(raw: unknown, file: string): LlamaConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
@@ -215,7 +231,7 @@ export function parseConfig(raw: unknown, file: string): LlamaConfig {
     qkv_bias,
     o_bias,
     sliding_window,
-    torch_dtype: f.string("torch_dtype") ?? f.string("dtype"),
+    torch_dtype: torchDType(f),
     bos_token_id: f.tokenId("bos_token_id"),
     eos_token_id: f.tokenIds("eos_token_id"),
     hidden_act: "silu",

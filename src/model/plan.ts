@@ -4,7 +4,7 @@ import { weightBytes, type WeightDType } from "../tensor/weight.ts";
 import { loadConfig, type LlamaConfig } from "./config.ts";
 import { deviceDType, storedDType, validateCheckpoint, type LoadOptions } from "./load.ts";
 import { checkpointTensors, moduleName } from "./params.ts";
-import { INDEX_FILE, SINGLE_FILE, openCheckpoint } from "./safetensors.ts";
+import { INDEX_FILE, SINGLE_FILE, isWeightsFile, openCheckpoint } from "./safetensors.ts";
 
 /**
  * The memory plan of a model: device bytes of its weights (exactly as the loader stores them,
@@ -132,7 +132,7 @@ export function memoryPlan(config: LlamaConfig, stored: (name: string) => Weight
 export async function planForDir(dir: string, opts: PlanOptions, files?: Files): Promise<MemoryPlan> {
   files ??= await hostFiles();
   const config = await loadConfig(dir, files);
-  if (!(await files.exists(files.join(dir, SINGLE_FILE))) && !(await files.exists(files.join(dir, INDEX_FILE)))) {
+  if (!(await isWeightsFile(files.join(dir, SINGLE_FILE), files)) && !(await isWeightsFile(files.join(dir, INDEX_FILE), files))) {
     const d = config.torch_dtype === "bfloat16" ? "bf16" : config.torch_dtype === "float16" ? "f16" : "f32";
     return memoryPlan(config, () => d, opts);
   }

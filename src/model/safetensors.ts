@@ -381,19 +381,33 @@ export const INDEX_FILE = "model.safetensors.index.json";
 export const SINGLE_FILE = "model.safetensors";
 
 /**
+ * Whether a checkpoint's weights file (model.safetensors, its index) is at `path` of `files`.
+ * @throws CheckpointError when a folder is there (a file is what transformers reads)
+ */
+export async function isWeightsFile(path: string, files: Files): Promise<boolean> {
+  if (await files.exists(path)) return true;
+  const folder = await files.list(path).then(
+    () => true,
+    () => false,
+  );
+  if (folder) throw new CheckpointError(path, "is a folder, not a file: a checkpoint's weights are safetensors files");
+  return false;
+}
+
+/**
  * Opens the weights of a Hugging Face checkpoint folder: `model.safetensors` when it exists,
  * else `model.safetensors.index.json` and its shards (the order of HF `from_pretrained`). All
  * headers are validated up front.
- * @throws CheckpointError when neither file exists, the index is malformed (a tensor listed twice
+ * @throws CheckpointError when neither file exists or one is a folder, the index is malformed (a tensor listed twice
  *   included), a shard file is
  *   missing, a tensor listed in the index is absent from its shard, or any shard is malformed.
  */
 export async function openCheckpoint(dir: string, files?: Files): Promise<Checkpoint> {
   files ??= await hostFiles();
   const single = files.join(dir, SINGLE_FILE);
-  if (await files.exists(single)) return openSafetensors(single, files);
+  if (await isWeightsFile(single, files)) return openSafetensors(single, files);
   const indexPath = files.join(dir, INDEX_FILE);
-  if (!(await files.exists(indexPath))) throw new CheckpointError(dir, `neither ${SINGLE_FILE} nor ${INDEX_FILE} exists`);
+  if (!(await isWeightsFile(indexPath, files))) throw new CheckpointError(dir, `neither ${SINGLE_FILE} nor ${INDEX_FILE} exists`);
   let index: unknown;
   try {
     index = parseJson(await files.readText(indexPath));
