@@ -172,6 +172,33 @@ describe("PEFT layout", () => {
     expect(qa.loraModules(model).size).toBe(0);
   });
 
+  test("an unknown adapter_config key is ignored with one warning naming the file and the key, as PEFT does; known ones warn nothing", async () => {
+    const warnings: string[] = [];
+    const dir = adapterWith("unknown-key", { brand_new_key: 1, peft_version: "0.17.1" });
+    const adapter = await qa.loadAdapter(await fixtureModel(), dir, undefined, (w) => warnings.push(w));
+    expect(warnings).toEqual([
+      `${join(dir, "adapter_config.json")}: ignored "brand_new_key", not a LoraConfig field qalign knows (PEFT ignores the fields of a newer version too); if a newer PEFT wrote it, check that the adapter's output is as expected`,
+    ]);
+    expect(adapter.config.r).toBe(4); // the rest of the file as without the key
+    const quiet: string[] = [];
+    await qa.loadAdapter(await fixtureModel(), GOLDEN, undefined, (w) => quiet.push(w));
+    expect(quiet).toEqual([]);
+  });
+
+  test("lora_dropout has one range, [0, 1), on the command line, in applyLora and in adapter_config.json", async () => {
+    const tiny = await ensureTinyModel();
+    for (const [value, ok] of [["0.995", true], ["1", false]] as const) {
+      const r = runCli(["train", "--model", tiny, "--data", join(tmp, "no-such-data.json"), "--out", join(tmp, `dropout-${value}`), "--lora-dropout", value, "--device", "cpu"], 60_000);
+      expect(r.status).toBe(1);
+      // 0.995 passes the range and fails on the missing data next; 1 fails on the range.
+      expect(r.stderr.trim().split("\n").at(-1)).toMatch(ok ? /no-such-data\.json/ : /^qalign: train: --lora-dropout must be a number in \[0, 1\), got "1"$/);
+    }
+    const model = await fixtureModel();
+    expect(() => qa.applyLora(model, { lora_dropout: 1 })).toThrow(new RangeError("lora_dropout must be in [0, 1), got 1"));
+    expect(qa.applyLora(model, { lora_dropout: 0.995 }).config.lora_dropout).toBe(0.995);
+    await expectCheckpointError(qa.loadAdapter(await fixtureModel(), adapterWith("dropout-1", { lora_dropout: 1 })), 'field "lora_dropout" = 1: must be a number in [0, 1)');
+  });
+
   test("every adapter_config key that changes the computation, set away from its default, is implemented or refused by name", async () => {
     // Non-default values of each listed key, as PEFT writes them.
     const examples: Record<string, unknown[]> = {

@@ -74,9 +74,10 @@ export async function baseModelMismatch(adapterDir: string, modelDir: string): P
 
 /** Loads a PEFT adapter onto `model`, warning first when it names another base model than `modelDir`. */
 export async function loadCheckedAdapter(model: LlamaModel, adapterDir: string, modelDir: string, progress?: Progress): Promise<void> {
+  const say = (w: string) => (progress ?? new Progress()).say(`warning: ${w}`);
   const mismatch = await baseModelMismatch(adapterDir, modelDir);
-  if (mismatch) (progress ?? new Progress()).say(`warning: ${mismatch}`);
-  await loadAdapter(model, adapterDir);
+  if (mismatch) say(mismatch);
+  await loadAdapter(model, adapterDir, undefined, say);
 }
 
 /**

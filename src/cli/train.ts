@@ -3,7 +3,7 @@ import { join, resolve } from "node:path";
 import { writeFileAtomic } from "../io/atomic.ts";
 import { formatIssue } from "../io/data_error.ts";
 import { readQuestionPairs } from "../lora/data.ts";
-import { LORA_DEFAULTS, LORA_MODULES } from "../lora/layer.ts";
+import { isLoraDropout, LORA_DEFAULTS, LORA_DROPOUT_RANGE, LORA_MODULES } from "../lora/layer.ts";
 import { RECIPE_DEFAULTS, trainOnPairs, type TrainingRecipe } from "../lora/recipe.ts";
 import { CHECKPOINT_DIR, TRAIN_DEFAULTS, type StepInfo, type TrainOptions } from "../lora/trainer.ts";
 import { loadTokenizer } from "../model/tokenizer.ts";
@@ -55,7 +55,7 @@ export const TRAINING_OPTIONS = {
   "lora-dropout": {
     type: "string",
     arg: "P",
-    help: "PEFT lora_dropout: dropout probability on the LoRA branch's input while training, in [0, 0.99]",
+    help: `PEFT lora_dropout: dropout probability on the LoRA branch's input while training, in ${LORA_DROPOUT_RANGE}`,
     default: String(LORA_DEFAULTS.lora_dropout),
     was: ["dropout"],
   },
@@ -80,6 +80,13 @@ export type RecipeFallback = Partial<Pick<TrainOptions, "lr" | "epochs" | "batch
  */
 const LR_WARN_ABOVE = 1;
 
+/** --lora-dropout, in LORA_DROPOUT_RANGE (that of adapter_config.json), or its default. @throws CliError naming the range */
+function loraDropout(command: string, v: Values<typeof TRAINING_OPTIONS>): number {
+  const p = num(command, v, "lora-dropout", LORA_DEFAULTS.lora_dropout);
+  if (!isLoraDropout(p)) throw new CliError(`${command}: --lora-dropout must be a number in ${LORA_DROPOUT_RANGE}, got "${v["lora-dropout"]}"`);
+  return p;
+}
+
 /**
  * The training recipe of TRAINING_OPTIONS' values, `fallback` standing in for the defaults it
  * names; warns on stderr for a --lr above 1. @throws CliError for a value outside its bounds.
@@ -95,7 +102,7 @@ export function trainingRecipe(command: string, v: Values<typeof TRAINING_OPTION
       target_modules: targets === "all-linear" ? targets : listOption(command, "target-modules", targets),
       r: int(command, v, "r", LORA_DEFAULTS.r, 1),
       lora_alpha: num(command, v, "lora-alpha", LORA_DEFAULTS.lora_alpha, 0, Infinity, true),
-      lora_dropout: num(command, v, "lora-dropout", LORA_DEFAULTS.lora_dropout, 0, 0.99),
+      lora_dropout: loraDropout(command, v),
     },
     ...(maxSamples !== undefined ? { maxSamples } : {}),
     valSize: num(command, v, "val-size", RECIPE_DEFAULTS.valSize, 0, 0.5),

@@ -53,6 +53,15 @@ export const LORA_DEFAULTS: LoraConfig = {
   use_rslora: false,
 };
 
+/**
+ * lora_dropout's range, written once for the command line, applyLora and adapter_config.json: a
+ * probability of zeroing each input of the LoRA branch while training (torch's nn.Dropout, which
+ * PEFT uses, scales the rest by 1 / (1 - p): p 1 would zero every input).
+ */
+export const LORA_DROPOUT_RANGE = "[0, 1)";
+/** Whether `p` is in {@link LORA_DROPOUT_RANGE}. */
+export const isLoraDropout = (p: number): boolean => p >= 0 && p < 1;
+
 /** The factor of the low-rank branch: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA. */
 export function loraScaling(config: Pick<LoraConfig, "r" | "lora_alpha" | "use_rslora">): number {
   return config.lora_alpha / (config.use_rslora ? Math.sqrt(config.r) : config.r);
@@ -230,7 +239,7 @@ export function applyLora(model: LlamaModel, opts: ApplyLoraOptions = {}): LoraA
   const config: LoraConfig = { ...LORA_DEFAULTS, ...rest };
   if (!Number.isInteger(config.r) || config.r < 1) throw new RangeError(`LoRA r must be a positive integer, got ${config.r}`);
   if (!(config.lora_alpha > 0)) throw new RangeError(`lora_alpha must be positive, got ${config.lora_alpha}`);
-  if (!(config.lora_dropout >= 0 && config.lora_dropout < 1)) throw new RangeError(`lora_dropout must be in [0, 1), got ${config.lora_dropout}`);
+  if (!isLoraDropout(config.lora_dropout)) throw new RangeError(`lora_dropout must be in ${LORA_DROPOUT_RANGE}, got ${config.lora_dropout}`);
   if (loraModules(model).size > 0) throw new RangeError("applyLora: the model already has LoRA modules");
   // All checks before the first swap, so that a failure leaves the model untouched.
   const targets = selectTargets(model, config.target_modules).map((slot) => {

@@ -1,7 +1,7 @@
 import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
 import { tensor } from "../tensor/ops/create.ts";
-import { applyLora, peftKey, rankExcess, selectTargets, LoraAdapter, type LoraConfig } from "./layer.ts";
+import { applyLora, isLoraDropout, LORA_DEFAULTS, LORA_DROPOUT_RANGE, peftKey, rankExcess, selectTargets, LoraAdapter, type LoraConfig } from "./layer.ts";
 import { hostFiles, type Files } from "../io/files.ts";
 import { parseJson } from "../io/json.ts";
 
@@ -119,6 +119,20 @@ function isEmptyObject(v: unknown): boolean {
 }
 
 /**
+ * adapter_config.json keys of newer PEFT versions (LoraConfig and PeftConfig) than the 0.12 that
+ * peftConfigJson writes, which neither change a saved adapter's output nor are refused: the
+ * version that wrote it, and what only steers training, initialisation or a Megatron run.
+ */
+const QUIET_ADAPTER_KEYS = ["peft_version", "eva_config", "corda_config", "runtime_config", "qalora_group_size", "ensure_weight_tying", "arrow_config"];
+
+/** Every adapter_config.json key qalign knows: PEFT 0.12's fields, the refused and the quiet ones. */
+const KNOWN_ADAPTER_KEYS = new Set([
+  ...Object.keys(peftConfigJson(LORA_DEFAULTS, null)),
+  ...REFUSED_ADAPTER_KEYS.map(([key]) => key),
+  ...QUIET_ADAPTER_KEYS,
+]);
+
+/**
  * PEFT's default targets when `target_modules` is null
  * (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`: llama, mistral and qwen2 alike).
  */
@@ -132,8 +146,11 @@ const DEFAULT_TARGETS = ["q_proj", "v_proj"];
  *   target_modules, or any field of {@link REFUSED_ADAPTER_KEYS} away from its default
  *   (rank_pattern, alpha_pattern, DoRA, PiSSA / OLoRA / CorDA initialisation, aLoRA, ...).
  * @param files where `dir` is (default: the host's, io/files.ts)
+ * @param onWarning called once when the file has keys qalign does not know, naming the file and
+ *   them: they are ignored, as PEFT (0.14 and later) ignores the keys of a newer version with a
+ *   warning (default: console.warn, as PEFT's warnings.warn)
  */
-export async function readAdapterConfig(dir: string, files?: Files): Promise<LoraConfig> {
+export async function readAdapterConfig(dir: string, files?: Files, onWarning: (message: string) => void = console.warn): Promise<LoraConfig> {
   files ??= await hostFiles();
   const file = files.join(dir, ADAPTER_CONFIG_FILE);
   let raw: unknown;
@@ -149,6 +166,10 @@ export async function readAdapterConfig(dir: string, files?: Files): Promise<Lor
   if (c.task_type !== undefined && c.task_type !== null && c.task_type !== "CAUSAL_LM") {
     throw bad("task_type", "only CAUSAL_LM adapters fit a causal language model");
   }
+  const unknown = Object.keys(c).filter((k) => !KNOWN_ADAPTER_KEYS.has(k));
+  if (unknown.length > 0) {
+    onWarning(`${file}: ignored ${unknown.map((k) => `"${k}"`).join(", ")}, not a LoraConfig field qalign knows (PEFT ignores the fields of a newer version too); if a newer PEFT wrote it, check that the adapter's output is as expected`);
+  }
   for (const [field, isDefault, why] of REFUSED_ADAPTER_KEYS) {
     if (c[field] !== undefined && !isDefault(c[field])) throw bad(field, `not supported: ${why}`);
   }
@@ -157,7 +178,7 @@ export async function readAdapterConfig(dir: string, files?: Files): Promise<Lor
   const alpha = c.lora_alpha ?? 8;
   if (typeof alpha !== "number" || !(alpha > 0)) throw bad("lora_alpha", "must be a positive number");
   const dropout = c.lora_dropout ?? 0;
-  if (typeof dropout !== "number" || !(dropout >= 0 && dropout < 1)) throw bad("lora_dropout", "must be a number in [0, 1)");
+  if (typeof dropout !== "number" || !isLoraDropout(dropout)) throw bad("lora_dropout", `must be a number in ${LORA_DROPOUT_RANGE}`);
   const targets = c.target_modules ?? DEFAULT_TARGETS;
   const listOk = Array.isArray(targets) && targets.length > 0 && targets.every((t) => typeof t === "string");
   if (typeof targets !== "string" && !listOk) throw bad("target_modules", "must be a non-empty list of module names or a regex string");
@@ -248,11 +269,12 @@ export function setAdapterWeights(adapter: LoraAdapter, weights: ReadonlyMap<str
  * LoraLinear modules holding the stored weights. The adapter starts in evaluation mode (no
  * dropout).
  * @param files where `dir` is (default: the host's, io/files.ts; in a browser URLs, picked files or the OPFS)
+ * @param onWarning as readAdapterConfig's (its unknown keys; default console.warn)
  * @throws CheckpointError as {@link readAdapterConfig} and {@link readAdapterWeights}.
  */
-export async function loadAdapter(model: LlamaModel, dir: string, files?: Files): Promise<LoraAdapter> {
+export async function loadAdapter(model: LlamaModel, dir: string, files?: Files, onWarning?: (message: string) => void): Promise<LoraAdapter> {
   files ??= await hostFiles();
-  const config = await readAdapterConfig(dir, files);
+  const config = await readAdapterConfig(dir, files, onWarning);
   const weights = await readAdapterWeights(dir, model, config, files);
   const adapter = applyLora(model, config);
   setAdapterWeights(adapter, weights);
