@@ -52,8 +52,11 @@ export interface PaperPrompts {
   scripts: Record<string, PaperScript>;
 }
 
-/** Where the asset lives in the package, beside this module (on Node a file: URL; {@link hostPath} gives its path). */
-export const PAPER_PROMPTS_URL = new URL("./paper_prompts.json", import.meta.url);
+/**
+ * Where the asset lives in the package, beside this module (on Node a file: URL; {@link hostPath} gives its path).
+ * Typed as the global URL: inferred, the declaration would name Node's `import("url").URL`, which a consumer without @types/node cannot resolve.
+ */
+export const PAPER_PROMPTS_URL: URL = new URL("./paper_prompts.json", import.meta.url);
 
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 

@@ -95,8 +95,8 @@ export class MemorySource implements DataSource {
   }
 }
 
-/** The built-in sample's file, beside this module ({@link hostPath} gives its path). */
-export const SAMPLE_DATA_URL = new URL("./sample_data.json", import.meta.url);
+/** The built-in sample's file, beside this module ({@link hostPath} gives its path); typed as the global URL, as paper.ts's PAPER_PROMPTS_URL. */
+export const SAMPLE_DATA_URL: URL = new URL("./sample_data.json", import.meta.url);
 
 /**
  * The built-in sample: a few items per language for the three tasks in all 20 languages, and
