@@ -527,6 +527,19 @@ describe("config", () => {
     expect(parse({ rope_parameters: { rope_type: "default", rope_theta: 1e6 } })).toMatchObject({ rope_theta: 1e6, rope_scaling: null });
   });
 
+  // torch's aliases (torch.float is torch.float32, torch.half is torch.float16, torch.double is
+  // torch.float64) all name float dtypes transformers accepts; qalign keeps the canonical name.
+  it.each([
+    ["float32", "float32"],
+    ["float", "float32"],
+    ["half", "float16"],
+    ["bfloat16", "bfloat16"],
+    ["double", "float64"],
+  ])("reads torch_dtype %s as %s", (given, canonical) => {
+    expect(parse({ torch_dtype: given }).torch_dtype).toBe(canonical);
+    expect(parse({ dtype: given }).torch_dtype).toBe(canonical);
+  });
+
   const bad: [string, Record<string, unknown>, RegExp][] = [
     ["unknown model_type", { model_type: "gpt2" }, /"model_type" is 'gpt2', which is not supported; supported: llama, mistral, qwen2/],
     ["yarn rope", { rope_scaling: { rope_type: "yarn", factor: 4 } }, /rope_scaling type 'yarn' is not supported; supported: default, linear, llama3/],
@@ -540,8 +553,9 @@ describe("config", () => {
     ["qwen2 window", { model_type: "qwen2", use_sliding_window: true }, /"use_sliding_window" is true/],
     ["bool type", { tie_word_embeddings: "yes" }, /"tie_word_embeddings" must be true or false/],
     // transformers' PretrainedConfig fails too: getattr(torch, "int3") has no such dtype.
-    ["torch_dtype int3", { torch_dtype: "int3" }, /^\/ckpt\/config\.json: field "torch_dtype" is 'int3', not a dtype of a checkpoint qalign reads: one of float32, bfloat16, float16$/],
-    ["dtype int3", { dtype: "int3" }, /: field "dtype" is 'int3', not a dtype of a checkpoint qalign reads: one of float32, bfloat16, float16$/],
+    ["torch_dtype int3", { torch_dtype: "int3" }, /^\/ckpt\/config\.json: field "torch_dtype" is 'int3', not a float dtype torch knows: one of float32, float, float16, half, bfloat16, float64, double$/],
+    ["dtype int3", { dtype: "int3" }, /: field "dtype" is 'int3', not a float dtype torch knows: one of float32, float, float16, half, bfloat16, float64, double$/],
+    ["torch_dtype toString", { torch_dtype: "toString" }, /: field "torch_dtype" is 'toString', not a float dtype torch knows/],
   ];
   it.each(bad)("rejects %s, naming the file and field", (_, over, pattern) => {
     expect(() => parse(over)).toThrow(CheckpointError);

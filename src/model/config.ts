@@ -148,19 +148,34 @@ export class Fields {
   }
 }
 
-/** The `torch_dtype` values qalign reads: those transformers' save_pretrained writes for float checkpoints of these models. */
-export const TORCH_DTYPES = ["float32", "bfloat16", "float16"] as const;
+/**
+ * The float dtype names torch knows (`torch.float32`, its alias `torch.float`, ...), each to the
+ * canonical name transformers' save_pretrained writes. config.json's `torch_dtype` only describes
+ * the checkpoint (the loader reads each tensor's own dtype from its safetensors header), so every
+ * float name is accepted; float64 weights are read as float32, as F64 tensors are.
+ */
+export const TORCH_DTYPES: Readonly<Record<string, "float32" | "float16" | "bfloat16" | "float64">> = {
+  float32: "float32",
+  float: "float32",
+  float16: "float16",
+  half: "float16",
+  bfloat16: "bfloat16",
+  float64: "float64",
+  double: "float64",
+};
 
 /**
- * `torch_dtype` (or `dtype`, transformers >= 4.56), null when absent. Another value is refused as
- * transformers refuses it: its PretrainedConfig turns the name into `getattr(torch, name)`, which
- * fails for a name torch has no dtype of ("int3").
+ * `torch_dtype` (or `dtype`, transformers >= 4.56) in its canonical name, null when absent. A
+ * name torch has no float dtype of is refused as transformers refuses it: its PretrainedConfig
+ * turns the name into `getattr(torch, name)`, which fails for "int3".
  */
 function torchDType(f: Fields): string | null {
   const field = f.has("torch_dtype") ? "torch_dtype" : "dtype";
   const v = f.string(field);
-  if (v !== null && !(TORCH_DTYPES as readonly string[]).includes(v)) f.fail(field, `is '${v}', not a dtype of a checkpoint qalign reads: one of ${TORCH_DTYPES.join(", ")}`);
-  return v;
+  if (v === null) return null;
+  const canonical = Object.hasOwn(TORCH_DTYPES, v) ? TORCH_DTYPES[v] : undefined;
+  if (canonical === undefined) f.fail(field, `is '${v}', not a float dtype torch knows: one of ${Object.keys(TORCH_DTYPES).join(", ")}`);
+  return canonical;
 }
 
 /**
@@ -170,7 +185,7 @@ function torchDType(f: Fields): string | null {
  *   ones), a missing required field, a wrong type, an unsupported `rope_scaling` type,
  *   `hidden_act` other than "silu", `mlp_bias` true, qwen2 `use_sliding_window` true,
  *   heads that do not divide (`num_attention_heads % num_key_value_heads`), an odd head_dim, a
- *   `torch_dtype` not among TORCH_DTYPES.
+ *   `torch_dtype` that names no float dtype of torch (TORCH_DTYPES).
  */
 export function parseConfig(raw: unknown, file: string): LlamaConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
