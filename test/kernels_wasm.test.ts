@@ -9,6 +9,9 @@ import { adamwRef } from "../src/kernels/adamw.ts";
 import { reduceRowsRef } from "../src/kernels/reduce.ts";
 import { ropeRef } from "../src/kernels/rope.ts";
 import { gatherWeightRef, matmulWeightRef } from "../src/kernels/weights.ts";
+import { gatherRef, scatterAddRef } from "../src/kernels/embedding.ts";
+import { toInt32 } from "../src/kernels/elementwise.ts";
+import { gatherOp, scatterAddOp } from "../src/tensor/ops/embedding.ts";
 import { f16ToF32, f32ToBf16, f32ToF16 } from "../src/tensor/half.ts";
 import { quantizeNf4 } from "../src/tensor/nf4.ts";
 import type { HostWeight } from "../src/tensor/weight.ts";
@@ -566,6 +569,129 @@ describe("packed-weight, RoPE, AdamW and reduction kernels against the float64 r
     expect(Number.isNaN(got[0])).toBe(true);
     const zeros = await w.read(w.run(reduceRowsOp, "max", w.upload(special.subarray(0, 8)), 1, 8));
     expect(Object.is(zeros[0], 0)).toBe(true);
+  });
+});
+
+describe("embedding and cast kernels against the float64 references", () => {
+  const backends: Promise<WasmBackend>[] = [1, 3].map((threads) => createWasmBackend({ threads }));
+  const cpu = qa.cpuDevice();
+  afterAll(async () => {
+    for (const b of backends) (await b).destroy();
+  });
+  // D = 1027: not a multiple of 4 (vectors, then a scalar tail) nor of the 16-column blocks that
+  // 3 threads split the scatter-add into (352, 352, 323 columns); N D > 2^15, so 3 threads run.
+  const D = 1027;
+
+  test("gather [300, 1027] with repeated ids, the first and the last row: exact, on 1 and 3 threads", async () => {
+    const V = 300;
+    const table = Float32Array.from(randomData(V * D, 80));
+    const ids = Int32Array.from({ length: 40 }, (_, n) => [0, V - 1, 17, 17][n % 4]! + (n % 4 === 2 ? n : 0));
+    const want = new Float64Array(ids.length * D);
+    gatherRef(table, ids, want, { V, D });
+    for (const wp of backends) {
+      const w = await wp;
+      const got = await w.read(w.run(gatherOp, w.upload(table), w.upload(ids), { V, D }));
+      expect(got).toEqual(Float32Array.from(want));
+    }
+  });
+
+  test("scatterAdd [50, 1027] from 300 ids (one id 60 times, rows never hit stay 0): within the f32 summation bound, bitwise alike on 1 and 3 threads", async () => {
+    const V = 50;
+    const ids = Int32Array.from({ length: 300 }, (_, n) => (n % 5 === 0 ? 7 : (n * 37) % 45));
+    const grad = Float32Array.from(randomData(ids.length * D, 81, (x) => 2 * x));
+    const want = new Float64Array(V * D);
+    scatterAddRef(grad, ids, want, { V, D });
+    // The bound of the kernel's comment: recursive f32 summation of k_v terms errs by at most
+    // gamma_(k_v - 1) sum |g| (Higham 2002, section 4.2), u = 2^-24; the reference is exact in doubles.
+    const u = 2 ** -24;
+    const count = new Array<number>(V).fill(0);
+    for (const id of ids) count[id]!++;
+    const absSum = new Float64Array(V * D);
+    ids.forEach((id, n) => {
+      for (let d = 0; d < D; d++) absSum[id * D + d]! += Math.abs(grad[n * D + d]!);
+    });
+    const outs: Float32Array[] = [];
+    for (const wp of backends) {
+      const w = await wp;
+      outs.push((await w.read(w.run(scatterAddOp, w.upload(grad), w.upload(ids), { V, D }))) as Float32Array);
+    }
+    const got = outs[0]!;
+    let worst = 0;
+    for (let i = 0; i < V * D; i++) {
+      const m = count[Math.floor(i / D)]! - 1;
+      const bound = ((m * u) / (1 - m * u)) * absSum[i]! + u * Math.abs(want[i]!);
+      if (!(Math.abs(got[i]! - want[i]!) <= bound)) throw new Error(`scatterAdd element ${i}: ${got[i]} vs ${want[i]}, bound ${bound}`);
+      worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
+    }
+    expect(worst).toBeGreaterThan(0); // the sums of 60 terms did round: the bound was exercised
+    for (const v of [45, 46, 49]) expect(got.subarray(v * D, (v + 1) * D).every((x) => Object.is(x, 0))).toBe(true);
+    expect(outs[1]).toEqual(outs[0]);
+  });
+
+  test("empty ids: gather gives [0, D], scatterAdd a zero [V, D]", async () => {
+    for (const wp of backends) {
+      const w = await wp;
+      const none = w.upload(new Int32Array(0));
+      expect((await w.read(w.run(gatherOp, w.upload(new Float32Array(4 * D)), none, { V: 4, D }))).length).toBe(0);
+      expect(await w.read(w.run(scatterAddOp, w.upload(new Float32Array(0)), none, { V: 4, D }))).toEqual(new Float32Array(4 * D));
+    }
+  });
+
+  test("ids outside [0, V) throw the cpu device's RangeError naming the id, its index and V; none is ignored (-100 included)", async () => {
+    const V = 6;
+    for (const bad of [[2, 6, 1], [0, 0, -1], [-100, 3, 3]]) {
+      const ids = Int32Array.from(bad);
+      const [table, grad] = [Float32Array.from(randomData(V * D, 82)), Float32Array.from(randomData(3 * D, 83))];
+      const message = (device: qa.Backend, op: typeof gatherOp, x: Float32Array) => {
+        try {
+          device.run(op, device.upload(x), device.upload(ids), { V, D });
+        } catch (e) {
+          expect(e).toBeInstanceOf(RangeError);
+          return (e as Error).message;
+        }
+        throw new Error(`${op.name} accepted ids ${bad}`);
+      };
+      const n = bad.findIndex((id) => id < 0 || id >= V);
+      for (const [op, x] of [[gatherOp, table], [scatterAddOp, grad]] as const) {
+        const want = message(cpu, op, x);
+        expect(want).toBe(`${op.name}: id ${bad[n]} at index ${n} is outside [0, ${V})`);
+        for (const wp of backends) expect(message(await wp, op, x)).toBe(want);
+      }
+    }
+  });
+
+  test("cast f32 -> i32 truncates toward zero and saturates (NaN to 0), i32 -> f32 rounds to nearest even, on contiguous and transposed views", async () => {
+    const special = [NaN, Infinity, -Infinity, 2 ** 31, -(2 ** 31), 2147483520, -2.7, 2.7, -0.5, 0.5, -0, 1e10, -1e10, 16777217, 3.999999];
+    const ints = [2 ** 31 - 1, -(2 ** 31), 16777217, 16777219, -16777219, 0, -1, 123456789];
+    const shape = [5, 3, 4099];
+    const n = 5 * 3 * 4099;
+    const floats = Float32Array.from(randomData(n, 84, (x) => 1e3 * x));
+    floats.set(special);
+    const intsIn = Int32Array.from(randomData(n, 85, (x) => Math.trunc(2 ** 30 * x)));
+    intsIn.set(ints);
+    const views = (storage: Storage) => [
+      { storage, shape, strides: [3 * 4099, 4099, 1], offset: 0 },
+      { storage, shape, strides: [3 * 4099, 1, 3], offset: 0 },
+    ];
+    // The references in doubles: Math.trunc with saturation, Math.fround.
+    const index = (v: View, i: number) => {
+      const [a, b, c] = [Math.floor(i / (3 * 4099)), Math.floor(i / 4099) % 3, i % 4099];
+      return a * v.strides[0]! + b * v.strides[1]! + c * v.strides[2]!;
+    };
+    const truncate = (x: number) => (Number.isNaN(x) ? 0 : Math.min(2 ** 31 - 1, Math.max(-(2 ** 31), Math.trunc(x))));
+    expect(special.map(toInt32)).toEqual(special.map(truncate));
+    for (const wp of backends) {
+      const w = await wp;
+      for (const v of views(w.upload(floats))) {
+        const got = await w.read(w.cast(v, "i32"));
+        expect(got).toBeInstanceOf(Int32Array);
+        expect(got).toEqual(Int32Array.from({ length: n }, (_, i) => truncate(floats[index(v, i)]!)));
+      }
+      for (const v of views(w.upload(intsIn))) {
+        const got = await w.read(w.cast(v, "f32"));
+        expect(got).toEqual(Float32Array.from({ length: n }, (_, i) => Math.fround(intsIn[index(v, i)]!)));
+      }
+    }
   });
 });
 

@@ -162,6 +162,13 @@ describe("matmul and nn ops: webgpu and wasm equal cpu", () => {
     const ids = new Int32Array([4, 0, 4, 9, 1]);
     await same(dev, (t) => qa.embedding(t, qa.tensor(ids, { device: t.backend, shape: [5] })), [randomData(10 * 7, 13)], [[10, 7]], 1e-6);
   });
+  testDevices("embedding wide enough to split between threads, each id at most twice; cast of a transposed view", async (dev) => {
+    // [70, 520] outputs (above the wasm device's parallel threshold); a gradient row summed twice
+    // in f32 errs by <= 2^-24 sum |g|, well inside 1e-6 (1 + |cpu|).
+    const ids = Int32Array.from({ length: 70 }, (_, n) => (n * 11) % 40);
+    await same(dev, (t) => qa.embedding(t, qa.tensor(ids, { device: t.backend, shape: [7, 10] })), [randomData(40 * 520, 16)], [[40, 520]], 1e-6);
+    await same(dev, (a) => a.transpose(0, 1).cast("i32").cast("f32"), [randomData(9 * 7, 17, (x) => 1e3 * x)], [[9, 7]], 0, { grad: false });
+  });
   testDevices("rmsNorm", async (dev) => {
     await same(dev, (x, w) => qa.rmsNorm(x, w, 1e-6), [randomData(5 * 67, 14), randomData(67, 15)], [[5, 67], [67]], 1e-5);
   });

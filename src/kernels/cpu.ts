@@ -29,6 +29,7 @@ export interface HostKernels {
   unary: typeof unaryRef;
   binary: typeof binaryRef;
   assign: typeof assignRef;
+  cast: typeof castRef;
 }
 
 /**
@@ -40,7 +41,7 @@ export class CpuBackend implements Backend {
   readonly name: Backend["name"] = "cpu";
   readonly maxBindingBytes: number = Infinity;
   readonly maxMemoryBytes: number = Infinity;
-  protected readonly kernels: HostKernels = { unary: unaryRef, binary: binaryRef, assign: assignRef };
+  protected readonly kernels: HostKernels = { unary: unaryRef, binary: binaryRef, assign: assignRef, cast: castRef };
   /** The device names whose registered kernels run the fused ops here, first found first. */
   protected readonly kernelNames: readonly ("cpu" | "wasm")[] = ["cpu"];
   private bytes = 0;
@@ -122,7 +123,7 @@ export class CpuBackend implements Backend {
 
   cast(x: View, dtype: DType): Storage {
     const out = this.allocate(dtype, numel(x.shape));
-    castRef(hostView("cast", x), out);
+    this.kernels.cast(hostView("cast", x), out);
     return this.wrap(out);
   }
 

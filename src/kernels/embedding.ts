@@ -3,7 +3,9 @@ import type { EmbeddingGeometry } from "../tensor/ops/embedding.ts";
 import { gatherOp, scatterAddOp } from "../tensor/ops/embedding.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
+import type { CpuBackend } from "./cpu.ts";
 import { expectDType, hostData } from "./host.ts";
+import type { KernelOf } from "./registry.ts";
 import { registerKernel } from "./registry.ts";
 
 /**
@@ -17,6 +19,15 @@ function rowOf(op: string, ids: Int32Array, n: number, V: number): number {
   const id = ids[n]!;
   if (id < 0 || id >= V) throw new RangeError(`${op}: id ${id} at index ${n} is outside [0, ${V})`);
   return id;
+}
+
+/**
+ * Checks every id before anything is computed (kernels that cannot throw midway, as the wasm
+ * ones, call it first). No id is ignored: there is no padding index.
+ * @throws RangeError naming the first id outside [0, V), its index and V (the references' error).
+ */
+export function checkIds(op: string, ids: Int32Array, V: number): void {
+  for (let n = 0; n < ids.length; n++) rowOf(op, ids, n, V);
 }
 
 /**
@@ -71,17 +82,37 @@ export function checkScatterAdd(grad: Sized, ids: Sized, g: EmbeddingGeometry): 
   return g.V * g.D;
 }
 
-// The cpu kernels: any table dtype, i32 ids; ids outside [0, V) throw a RangeError naming the id, its index and V.
-registerKernel(gatherOp, "cpu", (cpu, table, ids, g) => {
-  expectDType("gather", "ids", ids, "i32");
-  const out = cpu.allocate(table.dtype, checkGather(table, ids, g));
-  gatherRef(hostData("gather", table), hostData("gather", ids) as Int32Array, out, g);
-  return cpu.wrap(out);
-});
+/** The compute of an embedding kernel on a host-memory device: the operand's host array ([V, D] table or [N, D] grad), the checked ids, the zero-filled output. */
+type EmbeddingCompute<D> = (device: D, x: HostArray, ids: Int32Array, out: HostArray, g: EmbeddingGeometry) => void;
 
-registerKernel(scatterAddOp, "cpu", (cpu, grad, ids, g) => {
-  expectDType("scatterAdd", "ids", ids, "i32");
-  const out = cpu.allocate(grad.dtype, checkScatterAdd(grad, ids, g));
-  scatterAddRef(hostData("scatterAdd", grad), hostData("scatterAdd", ids) as Int32Array, out, g);
-  return cpu.wrap(out);
-});
+/**
+ * An embedding op on a host-memory device: i32 ids, the size check, every id checked (checkIds,
+ * before the output is allocated, so a bad id leaves nothing behind), an output of x's dtype,
+ * then `compute` on the host arrays (the reference on cpu; the wasm device's kernels,
+ * wasm/embedding.wasm.ts).
+ */
+function embeddingOnHost<D extends CpuBackend>(
+  op: "gather" | "scatterAdd",
+  check: (x: Sized, ids: Sized, g: EmbeddingGeometry) => number,
+  compute: EmbeddingCompute<D>,
+): KernelOf<typeof gatherOp, D> {
+  return (device, x, ids, g) => {
+    expectDType(op, "ids", ids, "i32");
+    const numel = check(x, ids, g);
+    const hids = hostData(op, ids) as Int32Array;
+    checkIds(op, hids, g.V);
+    const out = device.allocate(x.dtype, numel);
+    compute(device, hostData(op, x), hids, out, g);
+    return device.wrap(out);
+  };
+}
+
+/** gather on a host-memory device (embeddingOnHost): table [V, D] any dtype, out [N, D]. */
+export const gatherOnHost = <D extends CpuBackend>(compute: EmbeddingCompute<D>): KernelOf<typeof gatherOp, D> => embeddingOnHost("gather", checkGather, compute);
+
+/** scatterAdd on a host-memory device (embeddingOnHost): grad [N, D] any dtype, out [V, D] zero-filled. */
+export const scatterAddOnHost = <D extends CpuBackend>(compute: EmbeddingCompute<D>): KernelOf<typeof scatterAddOp, D> => embeddingOnHost("scatterAdd", checkScatterAdd, compute);
+
+// The cpu kernels: any table dtype, i32 ids; ids outside [0, V) throw a RangeError naming the id, its index and V.
+registerKernel(gatherOp, "cpu", gatherOnHost((_cpu, ...args) => gatherRef(...args)));
+registerKernel(scatterAddOp, "cpu", scatterAddOnHost((_cpu, ...args) => scatterAddRef(...args)));

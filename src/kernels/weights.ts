@@ -3,6 +3,7 @@ import { gatherWeightOp, matmulWeightOp } from "../tensor/ops/weights.ts";
 import type { HostWeight, WeightStorage } from "../tensor/weight.ts";
 import type { Sized } from "./checks.ts";
 import { need } from "./checks.ts";
+import { checkIds } from "./embedding.ts";
 import { expectDType, hostData, weightData } from "./host.ts";
 import type { CpuBackend } from "./cpu.ts";
 import type { KernelOf } from "./registry.ts";
@@ -73,11 +74,8 @@ export function matmulWeightRef(x: Float32Array, w: HostWeight, N: number, K: nu
  * @throws RangeError naming the id and its index when an id is outside [0, V).
  */
 export function gatherWeightRef(w: HostWeight, V: number, D: number, ids: Int32Array, out: Float32Array): void {
-  for (let n = 0; n < ids.length; n++) {
-    const id = ids[n]!;
-    if (id < 0 || id >= V) throw new RangeError(`gather: id ${id} at index ${n} is outside [0, ${V})`);
-    decodeRow(w, D, id, out.subarray(n * D, (n + 1) * D));
-  }
+  checkIds("gather", ids, V);
+  for (let n = 0; n < ids.length; n++) decodeRow(w, D, ids[n]!, out.subarray(n * D, (n + 1) * D));
 }
 
 /**
@@ -108,15 +106,20 @@ export function matmulWeightOnHost<D extends CpuBackend>(
   };
 }
 
-/** gatherWeight on a host-memory device: ids i32 (outside [0, V): RangeError), out [n, D] f32, then `compute` (gatherWeightRef's arguments). */
+/**
+ * gatherWeight on a host-memory device: ids i32, each checked (outside [0, V): RangeError,
+ * before the output is allocated), out [n, D] f32, then `compute` (gatherWeightRef's arguments).
+ */
 export function gatherWeightOnHost<D extends CpuBackend>(
   compute: (device: D, w: HostWeight, V: number, D: number, ids: Int32Array, out: Float32Array) => void,
 ): KernelOf<typeof gatherWeightOp, D> {
   return (device, w, ids) => {
     const s = weightData("gatherWeight", w);
     expectDType("gatherWeight", "ids", ids, "i32");
+    const hids = hostData("gatherWeight", ids) as Int32Array;
+    checkIds("gather", hids, s.rows);
     const out = device.allocate("f32", ids.numel * s.cols) as Float32Array;
-    compute(device, s.data, s.rows, s.cols, hostData("gatherWeight", ids) as Int32Array, out);
+    compute(device, s.data, s.rows, s.cols, hids, out);
     return device.wrap(out);
   };
 }

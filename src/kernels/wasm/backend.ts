@@ -1,12 +1,13 @@
 import type { BinaryOp, Storage, UnaryOp, View } from "../../tensor/backend.ts";
 import type { DType, HostArray } from "../../tensor/dtype.ts";
+import { dtypeOf } from "../../tensor/dtype.ts";
 import { DeviceLimitError } from "../../tensor/errors.ts";
 import type { HostWeight, WeightStorage } from "../../tensor/weight.ts";
 import { CpuBackend } from "../cpu.ts";
 import { CpuWeightStorage, hostView } from "../host.ts";
 import type { HostView } from "../elementwise.ts";
-import { assignRef, binaryRef, unaryRef } from "../elementwise.ts";
-import { WASM_BINARY, WASM_UNARY, WHERE_EXPORT, elementwiseExport, elementwiseModule } from "./elementwise.wasm.ts";
+import { assignRef, binaryRef, castRef, unaryRef } from "../elementwise.ts";
+import { WASM_BINARY, WASM_CAST, WASM_UNARY, WHERE_EXPORT, castExport, elementwiseExport, elementwiseModule } from "./elementwise.wasm.ts";
 import { attentionModule } from "./attention.wasm.ts";
 import { WasmHeap } from "./heap.ts";
 import { GEMM_SCRATCH_BYTES, matmulModule } from "./matmul.wasm.ts";
@@ -15,6 +16,7 @@ import type { KernelRef } from "./pool.ts";
 import { PARALLEL_MIN_ELEMENTS, WasmPool } from "./pool.ts";
 import { rowsModule } from "./rows.wasm.ts";
 import { ADAMW_KERNELS, adamwModule } from "./adamw.wasm.ts";
+import { EMBEDDING_KERNELS, embeddingModule } from "./embedding.wasm.ts";
 import { REDUCE_KERNELS, reduceModule } from "./reduce.wasm.ts";
 import { ROPE_KERNELS, ropeModule } from "./rope.wasm.ts";
 import { WEIGHT_KERNELS, weightsModule } from "./weights.wasm.ts";
@@ -30,15 +32,16 @@ import { WEIGHT_KERNELS, weightsModule } from "./weights.wasm.ts";
  *   matrix-vector forms, matmul.wasm.ts), attention forward and backward (f32, head size a
  *   multiple of 4, attention.wasm.ts), softmax, log-softmax, cross-entropy forward and backward
  *   and RMSNorm (f32, rows.wasm.ts), RoPE (f32, rope.wasm.ts), AdamW (f32, adamw.wasm.ts), row
- *   sums and maxima (f32, reduce.wasm.ts), and the packed bf16/f16/NF4 weights' products and
+ *   sums and maxima (f32, reduce.wasm.ts), the embedding gather and its scatter-add (f32 table
+ *   and gradient, embedding.wasm.ts), and the packed bf16/f16/NF4 weights' products and
  *   embedding gather (weights.wasm.ts: decoded a slice of rows at a time into the f32 matmul
  *   kernels); split between threads where the work is large enough (PARALLEL_MIN_*).
  * - unary and binary ops of elementwise.wasm.ts (arithmetic, comparisons, exp, sigmoid, silu,
- *   ...), where, and assign between distinct storages, f32, on views that collapse to at most 4
- *   dims (this file).
+ *   ...), where, and assign between distinct storages, f32, and casts f32 <-> i32 (and f32 to
+ *   f32, a copy), on views that collapse to at most 4 dims (this file).
  * - packed weights live in the device's memory (uploadWeight copies them there; one that does
  *   not fit stays in host memory and its products run the references).
- * - every other op (cast, the f32 embedding gather and scatter-add, pow, log, tanh, ...), and f64:
+ * - every other op (pow, log, tanh, GELU, ...), and f64 (its casts included):
  *   the cpu device's kernels, which `run` falls back to for any fused op without a wasm kernel
  *   (`kernelNames`), on the calling thread, reading and writing the shared memory in place.
  *   Those share the reference's numerics (computed in doubles, rounded once at the store).
@@ -52,6 +55,7 @@ const ELEMENTWISE_NAMES = [
   ...Object.keys(WASM_UNARY).map((op) => elementwiseExport("unary", op)),
   ...Object.keys(WASM_BINARY).map((op) => elementwiseExport("binary", op)),
   WHERE_EXPORT,
+  ...(Object.keys(WASM_CAST) as (keyof typeof WASM_CAST)[]).map(castExport),
 ];
 /** Modules after the first four (matmul, attention, elementwise, rows), with their kernels' export names, in pool order. */
 const MORE_MODULES = [
@@ -59,6 +63,7 @@ const MORE_MODULES = [
   { make: ropeModule, names: ROPE_KERNELS },
   { make: adamwModule, names: ADAMW_KERNELS },
   { make: reduceModule, names: REDUCE_KERNELS },
+  { make: embeddingModule, names: EMBEDDING_KERNELS },
 ] as const;
 const KERNELS: readonly KernelRef[] = [
   { module: 0, name: "gemm" },
@@ -79,7 +84,7 @@ const EXPORT_INDEX = new Map(KERNELS.slice(8).map((k, i) => [k.name, 8 + i]));
  * The kernels `WasmBackend.call` runs: those of the matmul, attention and row modules by their
  * K names, the others by export name (`binary_add`, `decode_nf4`, `rope`, ...).
  */
-export type WasmKernel = keyof typeof K | (typeof MORE_MODULES)[number]["names"][number] | ReturnType<typeof elementwiseExport> | typeof WHERE_EXPORT;
+export type WasmKernel = keyof typeof K | (typeof MORE_MODULES)[number]["names"][number] | ReturnType<typeof elementwiseExport> | typeof WHERE_EXPORT | ReturnType<typeof castExport>;
 
 /**
  * A strided iteration space collapsed to exactly 4 dims: adjacent axes merge when every operand
@@ -145,6 +150,13 @@ export class WasmBackend extends CpuBackend {
     assign: (dst: HostView, src: HostView) => {
       const ok = dst.data !== src.data && this.mapKernel(elementwiseExport("unary", "copy"), dst.data, dst.strides, [src, src], src.shape, dst.offset);
       if (!ok) assignRef(dst, src);
+    },
+    // f32 <-> i32 on WASM_CAST's kernels, f32 -> f32 a copy; other pairs (f64) on the reference.
+    cast: (x: HostView, out: HostArray) => {
+      const [from, to] = [dtypeOf(x.data), dtypeOf(out)];
+      const cast = `${from}_${to}`;
+      const name = cast in WASM_CAST ? castExport(cast as keyof typeof WASM_CAST) : from === "f32" && to === "f32" ? elementwiseExport("unary", "copy") : null;
+      if (name === null || !this.mapKernel(name, out, contiguous(x.shape), [x, x], x.shape, 0, { out: to, in: from })) castRef(x, out);
     },
   };
   /** Fused ops run their wasm kernel where one is registered, else the cpu one. */
@@ -239,14 +251,23 @@ export class WasmBackend extends CpuBackend {
   }
 
   /**
-   * Runs elementwise kernel `name` when it exists and every array is this backend's f32: out (at
-   * element `outOffset`, with `outStrides`) = f(...views) over `shape` (two views for unary and
-   * binary ops, three for where). Returns false (nothing written) when the reference must run instead.
+   * Runs elementwise kernel `name` when it exists and every array is this backend's, of
+   * `dtypes` (f32 but for the casts): out (at element `outOffset`, with `outStrides`) =
+   * f(...views) over `shape` (two views for unary and binary ops and casts, three for where).
+   * Returns false (nothing written) when the reference must run instead.
    */
-  private mapKernel(name: string, out: HostArray, outStrides: readonly number[], views: readonly HostView[], shape: readonly number[], outOffset = 0): boolean {
+  private mapKernel(
+    name: string,
+    out: HostArray,
+    outStrides: readonly number[],
+    views: readonly HostView[],
+    shape: readonly number[],
+    outOffset = 0,
+    dtypes: { out: DType; in: DType } = { out: "f32", in: "f32" },
+  ): boolean {
     const index = EXPORT_INDEX.get(name);
-    const arrays = [out, ...views.map((v) => v.data)];
-    if (index === undefined || !arrays.every((x) => x instanceof Float32Array && this.owns(x))) return false;
+    const ok = (x: HostArray, dtype: DType) => dtypeOf(x) === dtype && this.owns(x);
+    if (index === undefined || !ok(out, dtypes.out) || !views.every((v) => ok(v.data, dtypes.in))) return false;
     const dims = collapse(shape, [outStrides, ...views.map((v) => v.strides)]);
     if (!dims) return false;
     const total = dims.n.reduce((p, x) => p * x, 1);

@@ -1,6 +1,6 @@
 import type { BinaryOp, UnaryOp } from "../../tensor/backend.ts";
 import type { Code, Local } from "./module.ts";
-import { FunctionBuilder, T, buildModule, expF32x4, f32, f32x4, forRange, get, i32, ifElse, inc, seq, set, v128, whileLoop } from "./module.ts";
+import { FunctionBuilder, T, buildModule, expF32x4, f32, f32x4, forRange, get, i32, i32x4, ifElse, inc, seq, set, v128, whileLoop } from "./module.ts";
 
 /**
  * Elementwise kernels of the `wasm` device (one WebAssembly SIMD module, f32): each op of the
@@ -13,6 +13,8 @@ import { FunctionBuilder, T, buildModule, expF32x4, f32, f32x4, forRange, get, i
  * elements of i3), round-robin between threads; where the inner strides are 1 (or 0: a splat)
  * 4 elements go per vector, the rest one at a time through lane 0 of the same expression, so an
  * element's value never depends on where it falls.
+ *
+ * The casts between f32 and i32 (WASM_CAST) are unary kernels of the same form.
  *
  * Ops with transcendentals use Cephes' expf (expF32x4, ~1 ulp): exp, sigmoid, silu. The others
  * (comparisons included: 1 or 0) are exact IEEE f32 operations, as the reference rounds them.
@@ -62,6 +64,20 @@ export const WASM_BINARY: Partial<Record<BinaryOp, Vec>> = {
   ge: (a, b) => oneWhere(f32x4.ge(a, b)),
   lt: (a, b) => oneWhere(f32x4.lt(a, b)),
 };
+
+/**
+ * The casts with a SIMD form, by source and target dtype (the lanes' bits pass through loads,
+ * splats and stores unchanged, so the same walk moves i32 lanes): f32 -> i32 truncates toward
+ * zero, saturates to [-2^31, 2^31 - 1] and takes NaN to 0 (i32x4.trunc_sat_f32x4_s, exactly
+ * the reference's toInt32); i32 -> f32 rounds to nearest even, as a Float32Array store does.
+ */
+export const WASM_CAST = {
+  f32_i32: (a: Code) => i32x4.trunc_sat_f32x4_s(a),
+  i32_f32: (a: Code) => f32x4.convert_i32x4_s(a),
+} as const;
+
+/** Export name of a cast's kernel, `cast_f32_i32` or `cast_i32_f32`. */
+export const castExport = (cast: keyof typeof WASM_CAST) => `cast_${cast}` as const;
 
 /** Export name of an op's kernel. */
 export const elementwiseExport = (kind: "unary" | "binary", op: string) => `${kind}_${op}`;
@@ -148,12 +164,17 @@ const whereLanes = (vals: Code[]) => v128.bitselect(vals[1]!, vals[2]!, f32x4.ne
 /** Export name of the where kernel. */
 export const WHERE_EXPORT = "where";
 
-/** The module: one kernel per op of WASM_UNARY and WASM_BINARY, exported as elementwiseExport(kind, op), then where (WHERE_EXPORT). */
+/**
+ * The module: one kernel per op of WASM_UNARY and WASM_BINARY, exported as
+ * elementwiseExport(kind, op), then where (WHERE_EXPORT), then one per cast of WASM_CAST
+ * (castExport; unary in form).
+ */
 export function elementwiseModule(shared: boolean): Uint8Array {
   const kernels = [
     ...Object.entries(WASM_UNARY).map(([op, f]) => mapKernel(elementwiseExport("unary", op), 2, ([a, b], tmp) => f!(a!, b!, tmp))),
     ...Object.entries(WASM_BINARY).map(([op, f]) => mapKernel(elementwiseExport("binary", op), 2, ([a, b], tmp) => f!(a!, b!, tmp))),
     mapKernel(WHERE_EXPORT, 3, whereLanes),
+    ...(Object.keys(WASM_CAST) as (keyof typeof WASM_CAST)[]).map((cast) => mapKernel(castExport(cast), 2, ([a]) => WASM_CAST[cast](a!))),
   ];
   return buildModule(shared, kernels);
 }

@@ -181,6 +181,9 @@ export const call = (index: number, ...args: Code[]): number[] => [...args.flat(
 /** Bulk memory: sets `size` bytes at `dest` to the byte `value`. */
 export const memoryFill = (dest: Code, value: Code, size: Code): number[] => [...dest, ...value, ...size, 0xfc, ...uleb(0x0b), 0x00];
 
+/** Bulk memory: copies `size` bytes from `src` to `dest` (a memmove: the ranges may overlap). */
+export const memoryCopy = (dest: Code, src: Code, size: Code): number[] => [...dest, ...src, ...size, 0xfc, ...uleb(0x0a), 0x00, 0x00];
+
 /** `cond ? a : b` (both operands are evaluated). */
 export const select = (a: Code, b: Code, cond: Code): number[] => [...a, ...b, ...cond, 0x1b];
 
