@@ -21,8 +21,9 @@ export interface EmbeddingGeometry {
 }
 
 /**
- * out [N, D] = table[ids[n]] for table [V, D] and i32 ids [N]. Ids outside [0, V) throw (cpu)
- * or give zero rows (webgpu). Kernels: src/kernels/embedding.ts, embedding.wgsl.ts.
+ * out [N, D] = table[ids[n]] for table [V, D] and i32 ids [N]. Ids outside [0, V) throw (cpu,
+ * wasm) or give zero rows (webgpu). Kernels: src/kernels/embedding.ts, embedding.wgsl.ts,
+ * wasm/embedding.wasm.ts.
  */
 export const gatherOp = deviceOp<[table: Storage, ids: Storage, g: EmbeddingGeometry], Storage>("gather");
 
@@ -32,7 +33,7 @@ export const scatterAddOp = deviceOp<[grad: Storage, ids: Storage, g: EmbeddingG
 /**
  * Embedding lookup: table [V, D], ids i32 [...] -> [..., D] (HF nn.Embedding).
  * Gradient w.r.t. the table: scatter-add of the output gradient rows into the ids' rows.
- * Ids outside [0, V): the cpu device throws a RangeError; the webgpu device cannot check
+ * Ids outside [0, V): the cpu and wasm devices throw a RangeError; the webgpu device cannot check
  * without a readback and yields zero rows, so validate ids on the host where they come from.
  * @throws ShapeError when the table is not 2-D; DeviceError when table and ids are on different devices.
  */
