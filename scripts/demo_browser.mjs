@@ -56,7 +56,7 @@ const server = createServer((req, res) => {
   }
   const answer = rest === null || rest.split(/[\\/]/).includes("..") ? null : fileAnswer(join(models.get(prefix), rest), req.headers.range);
   if (answer === null) return void res.writeHead(404).end();
-  res.writeHead(answer.status, answer.headers).end(req.method === "HEAD" ? undefined : answer.body.subarray(answer.start, answer.end));
+  res.writeHead(answer.status, answer.headers).end(req.method === "HEAD" ? undefined : answer.body);
 });
 server.on("error", (e) => {
   if (e.code === "EADDRINUSE") fail(`port ${port} is in use: set PORT to a free one (PORT=8081 npm run demo:browser)`);

@@ -1,4 +1,4 @@
-/** See serve_files.mjs: the answer to a GET or HEAD of a local file with an optional Range header, null when it is not a file. */
+/** See serve_files.mjs: the answer to a GET or HEAD of a local file with an optional Range header (`body` holds just the bytes to send, `start` 0 and `end` their length), null when it is not a file. */
 export function fileAnswer(
   local: string,
   range: string | null | undefined,

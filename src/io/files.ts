@@ -7,7 +7,7 @@
  * mounted_files.ts: several at path prefixes). Paths are whatever the implementation names
  * files by: file-system paths, URLs, or slash-separated names.
  */
-import { importNodeOnly } from "./host.ts";
+import { importNodeOnly, isNodeHost } from "./host.ts";
 
 /** One open file, read by byte range (a checkpoint is never read whole). */
 export interface ByteReader {
@@ -75,18 +75,36 @@ export function decodeUtf8(bytes: ArrayBuffer | Uint8Array): string {
 const COPY_CHUNK = 64 << 20;
 
 /**
+ * The bytes [0, end) of `reader`, `chunk` bytes at a time (none when `end` is 0), so that whoever
+ * consumes them holds one piece in memory whatever the file's size.
+ * @throws whatever `reader.read` throws (a short read, an I/O error)
+ */
+export async function* readChunks(reader: ByteReader, end = reader.size, chunk = COPY_CHUNK): AsyncGenerator<Uint8Array> {
+  for (let at = 0; at < end; at += chunk) yield await reader.read(at, Math.min(end, at + chunk));
+}
+
+/**
  * Copies file `from` to `to` within `files`, atomically (writeAtomic), a piece at a time.
  * @throws Error naming the file that cannot be read or written
  */
 export async function copyFile(files: Files, from: string, to: string): Promise<void> {
   const src = await files.open(from);
   try {
-    await files.writeAtomic(to, (async function* () {
-      for (let at = 0; at < src.size; at += COPY_CHUNK) yield await src.read(at, Math.min(src.size, at + COPY_CHUNK));
-    })());
+    await files.writeAtomic(to, readChunks(src));
   } finally {
     await src.close();
   }
+}
+
+/**
+ * Whether `path` is a folder of `files`: one it can list (a web server's folders cannot be
+ * listed, so under urlFiles this is always false).
+ */
+export function isFolder(files: Files, path: string): Promise<boolean> {
+  return files.list(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /**
@@ -115,8 +133,7 @@ const NODE_FILES = "./node_files.ts";
  */
 export async function hostFiles(): Promise<Files> {
   if (current !== null) return current;
-  const isNode = typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === "string";
-  current = isNode ? (await importNodeOnly<typeof import("./node_files.ts")>(NODE_FILES)).nodeFiles : (await import("./web_files.ts")).urlFiles();
+  current = isNodeHost() ? (await importNodeOnly<typeof import("./node_files.ts")>(NODE_FILES)).nodeFiles : (await import("./web_files.ts")).urlFiles();
   return current;
 }
 

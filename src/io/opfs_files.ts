@@ -33,11 +33,20 @@ export interface OpfsDirectory {
   entries(): AsyncIterable<[string, FileHandle | OpfsDirectory]>;
 }
 
+/** The page's storage manager, where it has one (navigator.storage). */
+function storageManager(): { getDirectory?(): Promise<OpfsDirectory> } | undefined {
+  return (globalThis as { navigator?: { storage?: { getDirectory?(): Promise<OpfsDirectory> } } }).navigator?.storage;
+}
+
+/** Whether the host has an Origin Private File System (navigator.storage.getDirectory): a page of a current browser, not Node. */
+export function hasOpfs(): boolean {
+  return typeof storageManager()?.getDirectory === "function";
+}
+
 /** The OPFS root of the page (navigator.storage.getDirectory()). @throws Error where the host has none (Node, an old browser). */
 function opfsRoot(): Promise<OpfsDirectory> {
-  const storage = (globalThis as { navigator?: { storage?: { getDirectory?(): Promise<OpfsDirectory> } } }).navigator?.storage;
-  if (typeof storage?.getDirectory !== "function") return Promise.reject(new Error("this host has no Origin Private File System (navigator.storage.getDirectory)"));
-  return storage.getDirectory();
+  if (!hasOpfs()) return Promise.reject(new Error("this host has no Origin Private File System (navigator.storage.getDirectory)"));
+  return storageManager()!.getDirectory!();
 }
 
 /** The names of `path`'s segments. @throws Error naming the path for a "." or ".." segment. */

@@ -1,7 +1,7 @@
-import { hostFiles, type Files } from "../io/files.ts";
+import { hostFiles, isFolder, type Files } from "../io/files.ts";
 import { hostEnv, importNodeOnly, isNodeHost } from "../io/host.ts";
 import { parseJson } from "../io/json.ts";
-import { opfsFiles } from "../io/opfs_files.ts";
+import { hasOpfs, opfsFiles } from "../io/opfs_files.ts";
 import { urlFiles } from "../io/web_files.ts";
 import { filesStore } from "./hub_files.ts";
 import { CheckpointError, INDEX_FILE, SINGLE_FILE } from "./safetensors.ts";
@@ -99,8 +99,7 @@ export const OPFS_HUB_CACHE = "qalign-cache/hub";
  */
 async function hostStore(): Promise<DownloadStore | null> {
   if (isNodeHost()) return (await importNodeOnly<typeof import("./hub_node.ts")>("../model/hub_node.ts")).nodeStore();
-  const storage = (globalThis as { navigator?: { storage?: { getDirectory?: unknown } } }).navigator?.storage;
-  if (typeof storage?.getDirectory !== "function") return null;
+  if (!hasOpfs()) return null;
   return filesStore(opfsFiles(), OPFS_HUB_CACHE);
 }
 
@@ -115,22 +114,12 @@ async function hostStore(): Promise<DownloadStore | null> {
 export async function resolveModel(model: string, opts: HubOptions & { files?: Files } = {}): Promise<ModelSource> {
   if (opts.files !== undefined) return { dir: model, files: opts.files };
   const files = await hostFiles();
+  // A web server's folders cannot be listed: in a page "org/name" is a Hub id ("./org/name" is the page's own).
   if (!isHubId(model) || (await isFolder(files, model))) return { dir: model, files };
   const store = opts.store ?? (await hostStore());
   // No cache (a page): the Hub's resolve/ URLs, read by ranges as loadModel reads any URL.
   if (store === null) return { dir: ".", files: urlFiles(`${(opts.endpoint ?? hubUrl()).replace(/\/+$/, "")}/${model}/resolve/${opts.revision ?? "main"}/`) };
   return { dir: await downloadCheckpoint(model, store, opts), files: store.files };
-}
-
-/**
- * Whether `path` is a folder of `files`: one it can list. A web server's folders cannot be
- * listed, so in a page "org/name" is always a Hub id (write "./org/name" for the page's own).
- */
-function isFolder(files: Files, path: string): Promise<boolean> {
-  return files.list(path).then(
-    () => true,
-    () => false,
-  );
 }
 
 /** One file as the Hub describes it: its size and ETag, and its bytes from an offset on. */

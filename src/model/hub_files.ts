@@ -1,4 +1,4 @@
-import { copyFile, type Files } from "../io/files.ts";
+import { copyFile, readChunks, type Files } from "../io/files.ts";
 import type { DownloadStore } from "./hub.ts";
 
 /**
@@ -20,7 +20,7 @@ async function* bytesOf(files: Files, path: string, end: number): AsyncIterable<
   if (end === 0) return;
   const reader = await files.open(path);
   try {
-    for (let at = 0; at < end; at += COPY_CHUNK) yield await reader.read(at, Math.min(at + COPY_CHUNK, end));
+    yield* readChunks(reader, end, COPY_CHUNK);
   } finally {
     await reader.close();
   }

@@ -197,8 +197,8 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   try {
     validateCheckpoint(config, ckpt, dir);
     // transformers ties lm_head to the embedding whatever the file stores; say so when they differ.
-    if (config.tie_word_embeddings && ckpt.has("lm_head.weight") && !(await sameStoredTensor(ckpt, "lm_head.weight", "model.embed_tokens.weight"))) {
-      opts.onWarning?.(
+    if (opts.onWarning && config.tie_word_embeddings && ckpt.has("lm_head.weight") && !(await sameStoredTensor(ckpt, "lm_head.weight", "model.embed_tokens.weight"))) {
+      opts.onWarning(
         `${ckpt.info("lm_head.weight").file}: lm_head.weight differs from model.embed_tokens.weight, and config.json's tie_word_embeddings is true: the embedding is used as lm_head (as transformers does)`,
       );
     }

@@ -10,7 +10,7 @@
  * any tensor is read. Tensors are read one at a time by their byte range, so a checkpoint larger
  * than memory can still be opened and streamed.
  */
-import { hostFiles, type ByteReader, type Files } from "../io/files.ts";
+import { hostFiles, isFolder, type ByteReader, type Files } from "../io/files.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../tensor/half.ts";
 import { parseJson } from "../io/json.ts";
 
@@ -386,11 +386,7 @@ export const SINGLE_FILE = "model.safetensors";
  */
 export async function isWeightsFile(path: string, files: Files): Promise<boolean> {
   if (await files.exists(path)) return true;
-  const folder = await files.list(path).then(
-    () => true,
-    () => false,
-  );
-  if (folder) throw new CheckpointError(path, "is a folder, not a file: a checkpoint's weights are safetensors files");
+  if (await isFolder(files, path)) throw new CheckpointError(path, "is a folder, not a file: a checkpoint's weights are safetensors files");
   return false;
 }
 

@@ -20,7 +20,7 @@
  * one. (A browser has no such signal: a worker killed mid-dispatch there still hangs it.)
  */
 
-import { importNodeOnly } from "../../io/host.ts";
+import { importNodeOnly, isNodeHost } from "../../io/host.ts";
 
 /** Products below this many multiply-adds run on the calling thread only (waking workers costs more). */
 export const PARALLEL_MIN_MACS = 1 << 16;
@@ -111,7 +111,7 @@ interface WorkerHandle {
   fate: string | null;
 }
 
-const isNode = typeof process !== "undefined" && typeof process.versions?.node === "string";
+const isNode = isNodeHost();
 
 /** A started worker; in Node with one end of a channel (`watchPort`) that closes when its thread ends. */
 async function startWorker(watchPort: unknown): Promise<WorkerHandle> {
