@@ -1,5 +1,5 @@
-/** See serve_files.mjs: the answer to a GET or HEAD of a local file with an optional Range header (`body` holds just the bytes to send, `start` 0 and `end` their length), null when it is not a file. */
+/** See serve_files.mjs: the answer to a GET or HEAD of a local file with an optional Range header (`body` holds just the bytes to send), null when it is not a file. */
 export function fileAnswer(
   local: string,
   range: string | null | undefined,
-): { status: number; headers: Record<string, string>; body: Buffer; start: number; end: number } | null;
+): { status: number; headers: Record<string, string>; body: Buffer } | null;

@@ -24,8 +24,7 @@ function readRange(local, start, end) {
 /**
  * The answer to a GET or HEAD of `local` with Range header `range`.
  * @returns null when `local` is not a file; else the status, headers, and `body`, the bytes to
- *   send (the file's [start, end)), with `start` 0 and `end` their length, so that
- *   `body.subarray(start, end)` is all of them
+ *   send (the whole file, or the range asked for)
  * @throws Error naming the file for a short read (the file shrank while read)
  */
 export function fileAnswer(local, range) {
@@ -34,8 +33,8 @@ export function fileAnswer(local, range) {
   const { size, mtimeMs } = stat;
   const m = /^bytes=(\d+)-(\d*)$/.exec(range ?? "");
   const [start, end] = m ? [Number(m[1]), Math.min(m[2] ? Number(m[2]) + 1 : size, size)] : [0, size];
-  if (m && start >= end) return { status: 416, headers: { "Content-Range": `bytes */${size}` }, body: Buffer.alloc(0), start: 0, end: 0 };
+  if (m && start >= end) return { status: 416, headers: { "Content-Range": `bytes */${size}` }, body: Buffer.alloc(0) };
   const body = readRange(local, start, end);
   const headers = { "Content-Type": "application/octet-stream", "Content-Length": String(end - start), "Accept-Ranges": "bytes", "Cache-Control": "no-store", ETag: `"${size}-${mtimeMs}"` };
-  return { status: m ? 206 : 200, headers: m ? { ...headers, "Content-Range": `bytes ${start}-${end - 1}/${size}` } : headers, body, start: 0, end: body.length };
+  return { status: m ? 206 : 200, headers: m ? { ...headers, "Content-Range": `bytes ${start}-${end - 1}/${size}` } : headers, body };
 }

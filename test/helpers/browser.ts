@@ -110,24 +110,24 @@ export async function serve(
     // The Hub's answer for a missing file, which @huggingface/hub reads as "no such file".
     const answer = local === null ? null : fileAnswer(local, req.headers.range);
     if (answer === null) return void res.writeHead(404, { "X-Error-Code": "EntryNotFound" }).end();
-    const { status, headers, body, start, end } = answer;
+    const { status, headers, body } = answer;
     res.writeHead(status, headers);
     if (status === 416) return void res.end();
-    if (req.method === "GET" && end - start > 1 && drop.delete(path)) {
+    if (req.method === "GET" && body.length > 1 && drop.delete(path)) {
       // Half the announced bytes, then (once the client has had time to read them) the connection
       // goes: the client sees a truncated body.
-      res.write(body.subarray(start, start + Math.floor((end - start) / 2)), () => setTimeout(() => res.destroy(), 200));
+      res.write(body.subarray(0, Math.floor(body.length / 2)), () => setTimeout(() => res.destroy(), 200));
       return;
     }
     if (req.method === "GET" && opts.slow?.includes(path)) {
       const PIECE = 1 << 14;
       const send = (at: number): void => {
-        if (at >= end || res.destroyed) return void res.end();
-        res.write(body.subarray(at, Math.min(at + PIECE, end)), () => setTimeout(() => send(at + PIECE), 5));
+        if (at >= body.length || res.destroyed) return void res.end();
+        res.write(body.subarray(at, at + PIECE), () => setTimeout(() => send(at + PIECE), 5));
       };
-      return send(start);
+      return send(0);
     }
-    res.end(req.method === "HEAD" ? undefined : body.subarray(start, end));
+    res.end(req.method === "HEAD" ? undefined : body);
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
