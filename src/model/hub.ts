@@ -118,7 +118,7 @@ export async function resolveModel(model: string, opts: HubOptions & { files?: F
   if (!isHubId(model) || (await isFolder(files, model))) return { dir: model, files };
   const store = opts.store ?? (await hostStore());
   // No cache (a page): the Hub's resolve/ URLs, read by ranges as loadModel reads any URL.
-  if (store === null) return { dir: ".", files: urlFiles(`${(opts.endpoint ?? hubUrl()).replace(/\/+$/, "")}/${model}/resolve/${opts.revision ?? "main"}/`) };
+  if (store === null) return { dir: ".", files: urlFiles(resolveUrl({ endpoint: endpointOf(opts), repo: model, revision: opts.revision ?? "main" }, "")) };
   return { dir: await downloadCheckpoint(model, store, opts), files: store.files };
 }
 
@@ -176,6 +176,9 @@ export interface HubRequest {
  */
 export type HubClient = (request: HubRequest, file: string) => Promise<HubFile | null>;
 
+/** The Hub's base URL of a download: `opts.endpoint` or {@link hubUrl}, without trailing slashes. */
+const endpointOf = (opts: Pick<HubOptions, "endpoint">): string => (opts.endpoint ?? hubUrl()).replace(/\/+$/, "");
+
 /** The URL of `file` in the request's repository and revision: `<endpoint>/<repo>/resolve/<revision>/<file>`. */
 export function resolveUrl({ endpoint, repo, revision }: Pick<HubRequest, "endpoint" | "repo" | "revision">, file: string): string {
   return `${endpoint}/${repo}/resolve/${encodeURIComponent(revision)}/${file}`;
@@ -207,7 +210,7 @@ interface PartInfo {
  */
 export async function downloadCheckpoint(repo: string, store: DownloadStore, opts: HubOptions & { client?: HubClient } = {}): Promise<string> {
   const revision = opts.revision ?? "main";
-  const endpoint = (opts.endpoint ?? hubUrl()).replace(/\/+$/, "");
+  const endpoint = endpointOf(opts);
   const where = `${endpoint}/${repo}`;
   if (!isHubId(repo)) throw new CheckpointError(repo, 'not a Hub repository id ("org/name")');
   const { files } = store;
