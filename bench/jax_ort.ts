@@ -10,9 +10,8 @@
  * many intra-op threads as qalign's wasm device. ONNX Runtime's outputs are copied to host
  * memory per run (its Node API returns host tensors), which its time includes.
  */
-import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { installedVersion } from "../src/io/provenance.ts";
 import type { Contender, Timing } from "./harness.ts";
 import { relErr, wallTime } from "./harness.ts";
 import { linearModel } from "./onnx.ts";
@@ -31,22 +30,6 @@ export interface CpuSidePeer {
 }
 
 const require = createRequire(import.meta.url);
-/** A package's version, from the package.json above its entry (jax-js does not export ./package.json). */
-export const versionOf = (pkg: string): string | null => {
-  try {
-    for (let dir = dirname(require.resolve(pkg)); dir !== dirname(dir); dir = dirname(dir)) {
-      try {
-        const json = JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { name?: string; version: string };
-        if (json.name === pkg) return json.version;
-      } catch {
-        // no package.json at this level
-      }
-    }
-  } catch {
-    // not installed
-  }
-  return null;
-};
 
 /** w [N, K] transposed to [K, N] on the host (setup, untimed): jax-js's natural right operand. */
 function transposed(w: Float32Array, N: number, K: number): Float32Array {
@@ -123,7 +106,7 @@ function ortPeer(ort: Ort, ep: "cpu" | "webgpu", threads: number, version: strin
  */
 export async function startCpuSidePeers(gpu: GPU | null, threads: number): Promise<CpuSidePeer[]> {
   const peers: CpuSidePeer[] = [];
-  const jaxVersion = versionOf("@jax-js/jax");
+  const jaxVersion = await installedVersion("@jax-js/jax");
   try {
     const g = globalThis as { navigator?: Record<string, unknown> };
     g.navigator ??= {};
@@ -138,7 +121,7 @@ export async function startCpuSidePeers(gpu: GPU | null, threads: number): Promi
   } catch (e) {
     for (const device of ["wasm", "webgpu"]) peers.push({ engine: `jax-js ${device}`, version: jaxVersion, error: `failed to load: ${(e as Error).message}` });
   }
-  const ortVersion = versionOf("onnxruntime-node");
+  const ortVersion = await installedVersion("onnxruntime-node");
   try {
     const ort = require("onnxruntime-node") as Ort;
     const backends = ort.listSupportedBackends().map((b) => b.name);

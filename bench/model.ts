@@ -20,7 +20,7 @@ import { parseConfig, type LlamaConfig } from "../src/model/config.ts";
 import { expectedWeights } from "../src/model/params.ts";
 import type { LlamaModel } from "../src/model/llama.ts";
 import { loadModel } from "../src/model/load.ts";
-import { writeSafetensors, type TensorToWrite } from "../src/model/safetensors.ts";
+import { DTYPE_SIZE, writeSafetensors, type TensorToWrite } from "../src/model/safetensors.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
 import type { WebGpuBackend } from "../src/kernels/webgpu/backend.ts";
 import { noGrad } from "../src/tensor/autograd.ts";
@@ -60,10 +60,11 @@ const QWEN05_4L = {
 };
 
 /**
- * Writes a random checkpoint of `config` (weights uniform in +-0.02, norms 1) into a temp folder.
+ * Writes a random checkpoint of `config` (weights uniform in +-0.02, norms 1) into a temp folder,
+ * every tensor stored in `dtype` (rounded to nearest even from float32 for BF16/F16).
  * @returns the folder and the byte size of its largest tensor
  */
-export async function writeRandomCheckpoint(config: Record<string, unknown>, seed: number): Promise<{ dir: string; largestBytes: number }> {
+export async function writeRandomCheckpoint(config: Record<string, unknown>, seed: number, dtype: TensorToWrite["dtype"] = "F32"): Promise<{ dir: string; largestBytes: number }> {
   const parsed = parseConfig(config, "bench config");
   const dir = await mkdtemp(join(tmpdir(), "qalign-bench-"));
   const tensors: Record<string, TensorToWrite> = {};
@@ -71,9 +72,9 @@ export async function writeRandomCheckpoint(config: Record<string, unknown>, see
   let s = seed;
   for (const [name, shape] of expectedWeights(parsed)) {
     const n = shape.reduce((a, b) => a * b, 1);
-    largestBytes = Math.max(largestBytes, 4 * n);
+    largestBytes = Math.max(largestBytes, DTYPE_SIZE[dtype] * n);
     const data = name.endsWith("norm.weight") ? new Float32Array(n).fill(1) : hostRandom(n, s++).map((u) => 0.02 * u);
-    tensors[name] = { dtype: "F32", shape, data };
+    tensors[name] = { dtype, shape, data };
   }
   await writeSafetensors(join(dir, "model.safetensors"), tensors, { format: "pt" });
   await writeFile(join(dir, "config.json"), JSON.stringify(config));

@@ -8,9 +8,9 @@
  * `timestamp-query` feature tfjs's own `tf.time` reports the summed GPU time of its kernels
  * (`kernelMs`); without it, wall clock around the N ops and `onSubmittedWorkDone`.
  */
+import { installedVersion } from "../src/io/provenance.ts";
 import type { Clock, Contender, Timing } from "./harness.ts";
 import { PEER_ENGINE, relErr, withdraw } from "./harness.ts";
-import { versionOf } from "./jax_ort.ts";
 
 type Tf = typeof import("@tensorflow/tfjs-core");
 
@@ -36,7 +36,7 @@ export type Peer =
  * failure is returned, so the benchmark reports it and goes on without the peer.
  */
 export async function startPeer(gpu: GPU): Promise<Peer> {
-  const v = versionOf("@tensorflow/tfjs-backend-webgpu");
+  const v = await installedVersion("@tensorflow/tfjs-backend-webgpu");
   try {
     // tfjs-backend-webgpu registers itself at import time only if navigator.gpu exists.
     const g = globalThis as { navigator?: object };
@@ -176,7 +176,7 @@ export async function checkPeer(p: Extract<Peer, { ok: true }>, errorsBefore: nu
 }
 
 /** Versions of the packages the benchmark reports. */
-export function packageVersions(): Record<string, string | null> {
+export async function packageVersions(): Promise<Record<string, string | null>> {
   const names = ["webgpu", "@tensorflow/tfjs-core", "@tensorflow/tfjs-backend-webgpu", "@jax-js/jax", "onnxruntime-node", "typescript", "tsx"];
-  return Object.fromEntries(names.map((n) => [n, versionOf(n)]));
+  return Object.fromEntries(await Promise.all(names.map(async (n) => [n, await installedVersion(n)] as const)));
 }

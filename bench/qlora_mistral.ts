@@ -9,8 +9,7 @@
  * object: device bytes per parameter (live, and the plan's weights line), the memory plan of the
  * full 32-layer model, load and step times, the loss. A measurement, never a test.
  */
-import { readFile, rm, mkdtemp, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { wasmDevice } from "../src/kernels/devices.ts";
@@ -18,12 +17,10 @@ import { applyLora } from "../src/lora/layer.ts";
 import { optimizerStep } from "../src/lora/trainer.ts";
 import { parseConfig } from "../src/model/config.ts";
 import { loadModel } from "../src/model/load.ts";
-import { expectedWeights } from "../src/model/params.ts";
 import { gb, memoryPlan } from "../src/model/plan.ts";
-import { writeSafetensors, type TensorToWrite } from "../src/model/safetensors.ts";
 import { AdamW } from "../src/tensor/optim.ts";
 import { Rng } from "../src/tensor/random.ts";
-import { hostRandom } from "./peer.ts";
+import { writeRandomCheckpoint } from "./model.ts";
 
 const { values } = parseArgs({ options: { layers: { type: "string", default: "2" }, tokens: { type: "string", default: "16" }, threads: { type: "string" } } });
 const layers = Number(values.layers);
@@ -35,20 +32,9 @@ const cut = { ...full, num_hidden_layers: layers };
 const config = parseConfig(cut, "mistral-7b cut");
 
 // The checkpoint, in BF16 as Mistral-7B is published (weights uniform in +-0.02, norms 1).
-const dir = await mkdtemp(join(tmpdir(), "qalign-mistral-"));
+log(`writing a random BF16 checkpoint, ${layers} layers`);
+const { dir } = await writeRandomCheckpoint(cut, 1, "BF16");
 try {
-  log(`writing a random BF16 checkpoint, ${layers} layers, to ${dir}`);
-  const tensors: Record<string, TensorToWrite> = {};
-  let seed = 1;
-  for (const [name, shape] of expectedWeights(config)) {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const data = name.endsWith("norm.weight") ? new Float32Array(n).fill(1) : hostRandom(n, seed++).map((u) => 0.02 * u);
-    tensors[name] = { dtype: "BF16", shape, data };
-  }
-  await writeSafetensors(join(dir, "model.safetensors"), tensors, { format: "pt" });
-  for (const k of Object.keys(tensors)) delete tensors[k];
-  await writeFile(join(dir, "config.json"), JSON.stringify(cut));
-
   const device = await wasmDevice(values.threads === undefined ? undefined : Number(values.threads));
   const opts = { dtype: "nf4", quantizeEmbeddings: true } as const;
   const before = device.liveBytes();

@@ -160,7 +160,7 @@ const report = {
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model ?? null,
     memoryBytes: totalmem(),
-    packages: packageVersions(),
+    packages: await packageVersions(),
     adapter: gpu ? adapterJson(gpu) : null,
   },
   peer: peer.ok ? { name: "TensorFlow.js WebGPU", version: peer.version, status: "ok", timestamps: peer.timestamps } : { name: "TensorFlow.js WebGPU", version: peer.version, status: `unavailable: ${peer.error}` },

@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { CliError, describeBounds, int, num, required } from "../src/cli/args.ts";
 import { pcaComponents } from "../src/cli/pca.ts";
 import { ensureTinyModel } from "../src/model/tiny.ts";
-import { ROOT, runCli } from "./helpers/cli.ts";
+import { lastLine, runCli, SAMPLE } from "./helpers/cli.ts";
 import { fixtureDir } from "./helpers/fixtures.ts";
 
 /**
@@ -16,11 +16,6 @@ const tmp = mkdtempSync(join(tmpdir(), "qalign-cli-"));
 const TINY = await ensureTinyModel();
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 const qalign = (args: string[]) => runCli(args);
-
-const lastLine = (text: string) => text.trim().split("\n").at(-1);
-
-/** The built-in sample's files by relative path (src/eval/sample_data.json). */
-const SAMPLE = (JSON.parse(readFileSync(join(ROOT, "src", "eval", "sample_data.json"), "utf8")) as { files: Record<string, unknown[]> }).files;
 
 /** A data folder in the release's layout holding `files` (relative path -> JSON value). */
 function dataDir(name: string, files: Record<string, unknown>): string {

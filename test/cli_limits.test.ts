@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { ensureTinyModel } from "../src/model/tiny.ts";
-import { ROOT, runCli } from "./helpers/cli.ts";
+import { lastLine, ROOT, runCli } from "./helpers/cli.ts";
 
 /**
  * Limits the command line checks from config.json before any compute: the wasm device's one
@@ -14,7 +14,6 @@ import { ROOT, runCli } from "./helpers/cli.ts";
 const mistral = join(ROOT, "bench", "configs", "mistral-7b");
 const tmp = mkdtempSync(join(tmpdir(), "qalign-limits-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-const lastLine = (s: string) => s.trim().split("\n").at(-1);
 
 describe("the wasm device's memory", () => {
   it("plan --device wasm checks the total against the one 4 GiB memory and says it does not fit (the plan's answer: status 0)", () => {

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { openSafetensors, writeSafetensors, type TensorToWrite } from "../src/model/safetensors.ts";
 import { TINY_CONFIG, ensureTinyModel } from "../src/model/tiny.ts";
-import { ROOT, runCli } from "./helpers/cli.ts";
+import { lastLine, runCli, SAMPLE } from "./helpers/cli.ts";
 
 /**
  * Non-finite numbers never end in a result with exit status 0: training stops at the first NaN
@@ -15,7 +15,6 @@ import { ROOT, runCli } from "./helpers/cli.ts";
 const tmp = mkdtempSync(join(tmpdir(), "qalign-nonfinite-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 const TINY = await ensureTinyModel();
-const lastLine = (text: string) => text.trim().split("\n").at(-1)!;
 
 /** The tiny checkpoint with model.norm.weight set to NaN: every logit is NaN. */
 async function nanModel(): Promise<string> {
@@ -34,7 +33,6 @@ async function nanModel(): Promise<string> {
 }
 const NAN_MODEL = await nanModel();
 
-const SAMPLE = (JSON.parse(readFileSync(join(ROOT, "src", "eval", "sample_data.json"), "utf8")) as { files: Record<string, unknown[]> }).files;
 const QUESTIONS = join(tmp, "snli_zh10k_train_question.json");
 writeFileSync(QUESTIONS, JSON.stringify(SAMPLE["snli/snli_zh10k_train_question.json"]));
 const QUESTIONS_ES = join(tmp, "snli_es10k_train_question.json");

@@ -17,7 +17,7 @@ import { loadTokenizer, type Tokenizer } from "../model/tokenizer.ts";
 import { adapterOption, CliError, deviceOption, int, listOption, modelOption, type OptionTable, type Values } from "./args.ts";
 import { checkMaxLength, loadForCli } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
-import { provenance, type RunInputs } from "./provenance.ts";
+import { dataProvenance, fixedProvenance, withData, type FixedProvenance, type RunInputs } from "./provenance.ts";
 import { prepareOutDir, previousRunFiles } from "./output.ts";
 
 /** Prompts per forward pass in evaluation, when --eval-batch-size is not given. */
@@ -179,18 +179,26 @@ interface EvalOutput {
   adapter: boolean;
 }
 
+/** A run's provenance as results.json is rewritten: the fixed part computed once, data files hashed once each. */
+interface RunRecord {
+  run: RunInputs;
+  fixed: FixedProvenance;
+  /** Data file path -> SHA-256, filled as languages read more files (see dataProvenance). */
+  hashed: Map<string, string>;
+}
+
 /**
  * Writes results.json and results.csv with the languages finished so far: called after every
  * language, so that a failure later in the run keeps them. results.json says `complete` and
  * lists the `pending` languages.
  */
-async function writeResults(out: EvalOutput, results: readonly LanguageResult[], run: RunInputs): Promise<void> {
+async function writeResults(out: EvalOutput, results: readonly LanguageResult[], run: RunRecord): Promise<void> {
   const done = new Set(results.map((r) => r.lang));
   const pending = out.langs.filter((l) => !done.has(l));
   const complete = pending.length === 0;
   const record = {
     ...out.record,
-    provenance: await provenance({ ...run, finished: complete ? new Date() : null }),
+    provenance: withData(run.fixed, await dataProvenance(run.run, run.hashed), complete ? new Date() : null),
     complete,
     pending,
     average: macroAverage(results.map((r) => r.accuracy)),
@@ -282,6 +290,8 @@ export async function run(v: Values<typeof options>): Promise<void> {
   }
   const model = await loadForCli("eval", v, progress);
   say(`eval: ${task.title}, ${langs.length} language(s), ${source.description}; protocol ${opts.protocol}, ${opts.labels} answer words, scoring ${opts.scoring}`);
+  const inputs: RunInputs = { started, finished: null, device: model.device, modelDir, dtype: v.dtype, adapterDir: v.adapter, source };
+  const prov: RunRecord | null = out ? { run: inputs, fixed: await fixedProvenance(inputs), hashed: new Map() } : null;
   const results: LanguageResult[] = [];
   for (const lang of langs) {
     const kept = saved.get(lang);
@@ -296,7 +306,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
     const differ = r.judged.differ ? `; the index and authors' rules judge ${r.judged.differ} item(s) differently` : "";
     say(`${lang}: ${pct(r.accuracy)}% of ${r.n} (${r.seconds.toFixed(1)} s, ${r.itemsPerSecond.toFixed(1)} items/s)${differ}`);
     results.push(r);
-    if (out) await writeResults(out, results, { started, finished: null, device: model.device, modelDir, dtype: v.dtype, adapterDir: v.adapter, source });
+    if (out && prov) await writeResults(out, results, prov);
   }
   process.stdout.write(formatTable(results));
   if (out) say(`eval: wrote ${join(out.dir, RESULTS_JSON)} and ${RESULTS_CSV}`);

@@ -96,6 +96,17 @@ export async function checkMaxLength(command: string, dir: string, maxLength: nu
 }
 
 /**
+ * The rank and the Linear layers of a LoRA setting: LORA_DEFAULTS where a field is absent, PEFT's
+ * "all-linear" (a string for target_modules) expanded to every name of LORA_MODULES.
+ * @param lora r and target_modules as the command line gives them: PEFT short names (q_proj, ...) or "all-linear"
+ * @returns r and the targeted short names (a new array)
+ */
+export function loraTargets(lora: Partial<Pick<LoraConfig, "r" | "target_modules">>): { r: number; targets: string[] } {
+  const { r, target_modules: targets } = { ...LORA_DEFAULTS, ...lora };
+  return { r, targets: typeof targets === "string" ? [...LORA_MODULES] : [...targets] };
+}
+
+/**
  * Refuses a --r above min(in_features, out_features) of a targeted module of the model in `dir`
  * (from its config.json) before any work: the update's rank cannot exceed that (rankExcess).
  * @param lora r and target_modules as the command line gives them (LORA_DEFAULTS where absent):
@@ -103,7 +114,7 @@ export async function checkMaxLength(command: string, dir: string, maxLength: nu
  * @throws CliError naming the flag, the value, the module and its limit; CheckpointError for a bad config.json
  */
 export async function checkLoraRank(command: string, dir: string, lora: Partial<Pick<LoraConfig, "r" | "target_modules">>): Promise<void> {
-  const { r, target_modules: targets } = { ...LORA_DEFAULTS, ...lora };
-  const excess = rankExcess(r, targetedShapes(await loadConfig(dir), typeof targets === "string" ? LORA_MODULES : targets));
+  const { r, targets } = loraTargets(lora);
+  const excess = rankExcess(r, targetedShapes(await loadConfig(dir), targets));
   if (excess) throw new CliError(`${command}: --r ${r} is ${excess} (${join(dir, "config.json")})`);
 }

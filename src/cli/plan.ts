@@ -1,6 +1,6 @@
 import { LORA_DEFAULTS, LORA_MODULES } from "../lora/layer.ts";
 import { deviceLimits, formatPlan, planForDir } from "../model/plan.ts";
-import { checkLoraRank } from "./model.ts";
+import { checkLoraRank, loraTargets } from "./model.ts";
 import { CliError, device, deviceOption, int, listOption, modelOption, required, weightDType, type OptionTable, type Values } from "./args.ts";
 
 export const options = {
@@ -32,7 +32,7 @@ export const options = {
 export async function run(v: Values<typeof options>): Promise<void> {
   const dir = required("plan", v, "model");
   const targets = v["target-modules"] ?? (LORA_DEFAULTS.target_modules as string[]).join(",");
-  const names = targets === "all-linear" ? [...LORA_MODULES] : listOption("plan", "target-modules", targets);
+  const names = loraTargets({ target_modules: targets === "all-linear" ? targets : listOption("plan", "target-modules", targets) }).targets;
   const unknown = names.find((n) => !(LORA_MODULES as readonly string[]).includes(n));
   if (unknown !== undefined) throw new CliError(`plan: --target-modules names "${unknown}", not one of ${LORA_MODULES.join(", ")}`);
   const r = int("plan", v, "r", LORA_DEFAULTS.r, 1);

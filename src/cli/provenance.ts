@@ -48,25 +48,17 @@ async function checkpointHashes(dir: string): Promise<{ sha256: Record<string, s
   }
 }
 
+/** The parts of a run's provenance that stay the same while it runs: all but `data` and `finished`. */
+export type FixedProvenance = Omit<Provenance, "data" | "finished">;
+
 /**
- * The provenance of a results file (src/io/provenance.ts): versions, git commit, device, model and
- * adapter file hashes, the hash of every data file read so far and of the prompt data, start and
- * end time.
+ * The provenance fields that do not change while a command runs (src/io/provenance.ts): versions,
+ * git commit, device, model and adapter file hashes, start time. A command that rewrites its
+ * results file as it goes computes them once (see {@link withData}).
  * @throws CheckpointError when the model folder cannot be read (it was loaded before, so rarely).
  */
-export async function provenance(run: RunInputs): Promise<Provenance> {
+export async function fixedProvenance(run: RunInputs): Promise<FixedProvenance> {
   const packages = Object.fromEntries(await Promise.all(RECORDED_PACKAGES.map(async (p) => [p, await installedVersion(p)] as const)));
-  let data: Provenance["data"] = null;
-  if (run.source) {
-    const sha256: Record<string, string> = {};
-    const inner = run.source.inner;
-    if (inner instanceof FolderSource) for (const path of run.source.read) sha256[inner.describe(path)] = await sha256File(inner.describe(path));
-    else sha256[SAMPLE_DATA_FILE] = await sha256File(SAMPLE_DATA_FILE);
-    sha256[PAPER_PROMPTS_FILE] = await sha256File(PAPER_PROMPTS_FILE);
-    data = { source: run.source.description, sha256 };
-  } else if (run.files) {
-    data = { source: "files", sha256: Object.fromEntries(await Promise.all(run.files.map(async (f) => [f, await sha256File(f)] as const))) };
-  }
   const model = run.modelDir ? { dir: run.modelDir, loaded: run.dtype ?? "as stored", ...(await checkpointHashes(run.modelDir)) } : null;
   const adapter = run.adapterDir
     ? { dir: run.adapterDir, sha256: { [ADAPTER_CONFIG_FILE]: await sha256File(join(run.adapterDir, ADAPTER_CONFIG_FILE)), [ADAPTER_WEIGHTS_FILE]: await sha256File(join(run.adapterDir, ADAPTER_WEIGHTS_FILE)) } }
@@ -79,8 +71,46 @@ export async function provenance(run: RunInputs): Promise<Provenance> {
     device: describeDevice(run.device),
     model,
     adapter,
-    data,
     started: run.started.toISOString(),
-    finished: run.finished?.toISOString() ?? null,
   };
+}
+
+/**
+ * The `data` field of a run's provenance: the hash of every data file read so far and of the
+ * prompt data, or of the files read directly.
+ * @param hashed path -> SHA-256 of files hashed before; a run that asks again after reading more
+ *   passes the same map, so that each file is hashed once (it is filled in here)
+ */
+export async function dataProvenance(run: RunInputs, hashed = new Map<string, string>()): Promise<Provenance["data"]> {
+  const hash = async (path: string): Promise<string> => {
+    let h = hashed.get(path);
+    if (h === undefined) hashed.set(path, (h = await sha256File(path)));
+    return h;
+  };
+  if (run.source) {
+    const sha256: Record<string, string> = {};
+    const inner = run.source.inner;
+    if (inner instanceof FolderSource) for (const path of run.source.read) sha256[inner.describe(path)] = await hash(inner.describe(path));
+    else sha256[SAMPLE_DATA_FILE] = await hash(SAMPLE_DATA_FILE);
+    sha256[PAPER_PROMPTS_FILE] = await hash(PAPER_PROMPTS_FILE);
+    return { source: run.source.description, sha256 };
+  }
+  if (run.files) return { source: "files", sha256: Object.fromEntries(await Promise.all(run.files.map(async (f) => [f, await hash(f)] as const))) };
+  return null;
+}
+
+/** The whole provenance from its fixed part, its data part and the end time (null while running), fields in their recorded order. */
+export function withData(fixed: FixedProvenance, data: Provenance["data"], finished: Date | null): Provenance {
+  const { started, ...rest } = fixed;
+  return { ...rest, data, started, finished: finished?.toISOString() ?? null };
+}
+
+/**
+ * The provenance of a results file (src/io/provenance.ts): versions, git commit, device, model and
+ * adapter file hashes, the hash of every data file read so far and of the prompt data, start and
+ * end time.
+ * @throws CheckpointError when the model folder cannot be read (it was loaded before, so rarely).
+ */
+export async function provenance(run: RunInputs): Promise<Provenance> {
+  return withData(await fixedProvenance(run), await dataProvenance(run), run.finished);
 }

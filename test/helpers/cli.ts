@@ -1,4 +1,5 @@
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
 /** The repository root, where the CLI runs (relative paths such as .cache resolve there). */
@@ -19,3 +20,9 @@ export function runCli(args: readonly string[], timeoutMs = 120_000): { status: 
   });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+/** The last line of a command's output (for a failing command, its error message), surrounding whitespace dropped. */
+export const lastLine = (text: string): string => text.trim().split("\n").at(-1)!;
+
+/** The built-in sample's files by relative path (src/eval/sample_data.json). */
+export const SAMPLE = (JSON.parse(readFileSync(join(ROOT, "src", "eval", "sample_data.json"), "utf8")) as { files: Record<string, unknown[]> }).files;
