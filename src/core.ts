@@ -88,7 +88,7 @@ export {
   type QuestionPair,
   type SplitOptions,
 } from "./lora/data.ts";
-export { train, optimizerStep, TRAIN_DEFAULTS, type TrainOptions, type RunOptions, type StepInfo, type TrainResult } from "./lora/trainer.ts";
+export { train, optimizerStep, NonFiniteTrainingError, TRAIN_DEFAULTS, type TrainOptions, type RunOptions, type StepInfo, type TrainResult } from "./lora/trainer.ts";
 export { trainOnPairs, type TrainingRecipe, type RecipeData, type RecipeResult } from "./lora/recipe.ts";
 
 // interp

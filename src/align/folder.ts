@@ -1,6 +1,7 @@
 import { DataError } from "../io/data_error.ts";
 import { hostFiles, type Files } from "../io/files.ts";
 import { parseJson } from "../io/json.ts";
+import { decidingOptions } from "../lora/trainer.ts";
 import type { AlignConfig } from "./config.ts";
 
 /**
@@ -87,13 +88,9 @@ export function fingerprint(cfg: AlignConfig, data: string): Record<string, unkn
   return { modelDir: cfg.modelDir, data, task: cfg.task, trainTask: cfg.trainTask, train: cfg.train, target: cfg.target, evaluation, training: decidingTraining(cfg.training) };
 }
 
-/**
- * A training recipe less the checkpoint interval and gradient checkpointing, which leave its
- * numbers as they are (training resumes, and recomputes activations, bit for bit).
- */
+/** A training recipe less the options that leave its numbers as they are (lora/trainer.ts's decidingOptions). */
 export function decidingTraining<T extends { hyper: { saveSteps?: number; gradientCheckpointing?: boolean } }>(training: T): Record<string, unknown> {
-  const { saveSteps: _, gradientCheckpointing: __, ...hyper } = training.hyper;
-  return { ...training, hyper };
+  return { ...training, hyper: decidingOptions(training.hyper) };
 }
 
 /** A JSON value as the run.json diff shows it; absent values read "unset". */

@@ -50,9 +50,16 @@ export function comparisonTable(rows: readonly Comparison[], trained: readonly L
  * dashed line at chance (100 / classes), writing `<file>.svg` with its rows as `.json` / `.csv`.
  * @param file path of the SVG
  * @param files where to write (default: the host's, io/files.ts)
- * @returns the files written
+ * @returns the files written, and `svgText`, the SVG itself
  */
-export async function writeAccuracyChart(file: string, rows: readonly Comparison[], trained: readonly Lang[], title: string, subtitle: string, files?: Files): Promise<string[]> {
+export async function writeAccuracyChart(
+  file: string,
+  rows: readonly Comparison[],
+  trained: readonly Lang[],
+  title: string,
+  subtitle: string,
+  files?: Files,
+): Promise<{ files: string[]; svgText: string }> {
   const name = (lang: Lang) => (trained.includes(lang) ? `${lang} †` : lang);
   const data: PlotRow[] = rows.flatMap(({ lang, base, aligned }) =>
     (aligned ? [["base", base] as const, ["aligned", aligned] as const] : [["base", base] as const]).map(([model, r]) => ({
@@ -89,7 +96,7 @@ export async function writeAccuracyChart(file: string, rows: readonly Comparison
     ],
   } as PlotSpec;
   const plot = await writePlot(file, spec, data, files);
-  return [plot.svg, plot.json, plot.csv];
+  return { files: [plot.svg, plot.json, plot.csv], svgText: plot.svgText };
 }
 
 /**
@@ -122,9 +129,8 @@ export async function writeReports(r: AlignResults, files?: Files): Promise<stri
   const markdown = reportMarkdown(r, rows);
   await write(join(out, "report.md"), markdown);
   const settings = `\n## Settings\n\n\`\`\`json\n${JSON.stringify(cfg, null, 2)}\n\`\`\`\n`;
-  const svg = await host.readText(join(out, "accuracy.svg"));
-  await write(join(out, "report.html"), reportHtml(`Question alignment: ${task.title}`, markdown + settings, { "accuracy.svg": svg }));
-  return [join(out, "results.json"), join(out, "results.csv"), join(out, "report.md"), join(out, "report.html"), ...chart];
+  await write(join(out, "report.html"), reportHtml(`Question alignment: ${task.title}`, markdown + settings, { "accuracy.svg": chart.svgText }));
+  return [join(out, "results.json"), join(out, "results.csv"), join(out, "report.md"), join(out, "report.html"), ...chart.files];
 }
 
 /**

@@ -6,7 +6,7 @@ import { buildProbeSets } from "../interp/sets.ts";
 import type { QuestionPair } from "../lora/data.ts";
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, loadAdapter } from "../lora/peft.ts";
 import { trainOnPairs, type TrainingRecipe } from "../lora/recipe.ts";
-import type { StepInfo } from "../lora/trainer.ts";
+import { CHECKPOINT_DIR, type StepInfo } from "../lora/trainer.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import type { Tokenizer } from "../model/tokenizer.ts";
 import { checkLanguages, evaluateLanguage, type LanguageResult } from "../eval/evaluate.ts";
@@ -164,7 +164,7 @@ async function trainAdapter(
   const recipe: TrainingRecipe = { ...cfg.training, seed: cfg.evaluation.seed ?? 0 };
   const { data, result } = await trainOnPairs(model, tokenizer, pairs, recipe, {
     outDir: trainingDir,
-    resume: (await files.latestDir(files.join(trainingDir, "checkpoint"))) !== null,
+    resume: (await files.latestDir(files.join(trainingDir, CHECKPOINT_DIR))) !== null,
     files,
     baseModel: cfg.modelDir,
     log: (line) => log(`  ${line}`),

@@ -103,9 +103,10 @@ export interface PlotFiles {
  * `<base>.csv` (the same rows), each atomically. Creates the folder when needed.
  * @param file the SVG's path; `.svg` is appended when it has another extension or none
  * @param files where to write (default: the host's, io/files.ts)
+ * @returns the three paths, and `svgText`, the SVG written (for a caller that inlines it)
  * @throws PlotSpecError for an unlabelled spec (see {@link renderSvg}); the files' write errors.
  */
-export async function writePlot(file: string, spec: PlotSpec, data: readonly PlotRow[], files?: Files): Promise<PlotFiles> {
+export async function writePlot(file: string, spec: PlotSpec, data: readonly PlotRow[], files?: Files): Promise<PlotFiles & { svgText: string }> {
   files ??= await hostFiles();
   // node:path's extname: ".svg" after at least one character of the file's name (".svg" alone is a name).
   const base = /[^/\\]\.svg$/.test(file) ? file.slice(0, -4) : file;
@@ -114,5 +115,5 @@ export async function writePlot(file: string, spec: PlotSpec, data: readonly Plo
   await files.writeAtomic(out.svg, [svg]);
   await files.writeAtomic(out.json, [JSON.stringify(data, null, 1) + "\n"]);
   await files.writeAtomic(out.csv, [toCsv(data)]);
-  return out;
+  return { ...out, svgText: svg };
 }

@@ -1,5 +1,6 @@
 import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
+import type { HostArray } from "../tensor/dtype.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import type { AdamW } from "../tensor/optim.ts";
 import { hostFiles, type Files } from "../io/files.ts";
@@ -50,6 +51,7 @@ export interface TrainerState {
  * Writes a checkpoint folder `dir` atomically.
  * @param settings the run's settings, compared on resume (see {@link loadCheckpoint})
  * @param files where to write (default: the host's, io/files.ts)
+ * @param values the adapter's parameter values already read from the device (see {@link saveAdapter})
  */
 export async function saveCheckpoint(
   dir: string,
@@ -59,6 +61,7 @@ export async function saveCheckpoint(
   settings: Record<string, unknown>,
   baseModel: string | null,
   files?: Files,
+  values?: ReadonlyMap<string, HostArray>,
 ): Promise<void> {
   const host = files ?? (await hostFiles());
   const moments: Record<string, TensorToWrite> = {};
@@ -68,7 +71,7 @@ export async function saveCheckpoint(
     moments[`${key}.exp_avg_sq`] = { dtype: "F32", shape: [...p.shape], data: Float32Array.from(await v.data()) };
   }
   await host.replaceDir(dir, async (tmp) => {
-    await saveAdapter(adapter, tmp, baseModel, host);
+    await saveAdapter(adapter, tmp, baseModel, host, values);
     await writeSafetensors(host.join(tmp, OPTIMIZER_FILE), moments, undefined, host);
     await host.writeAtomic(host.join(tmp, STATE_FILE), [JSON.stringify({ version: 1, adamStep: opt.stepCount, settings, ...state })]);
   });

@@ -63,8 +63,14 @@ export async function mergeSource(sourceDir: string, outDir: string, files: File
   }
 }
 
+/** The dtypes a merged checkpoint's float tensors can be written in. */
+export type MergeDType = "F32" | "BF16" | "F16";
+
+/** The names config.json gives dtypes (`torch_dtype`, and `dtype` in transformers >= 4.56). */
+export const TORCH_DTYPE: Readonly<Record<MergeDType, string>> = { F32: "float32", BF16: "bfloat16", F16: "float16" };
+
 /** Files of a checkpoint folder besides config and weights that a merged copy keeps, when present. */
-export const COMPANION_FILES = [
+const COMPANION_FILES = [
   "tokenizer.json",
   "tokenizer_config.json",
   "tokenizer.model",
@@ -96,13 +102,13 @@ export async function copyCompanions(files: Files, sourceDir: string, outDir: st
  * @throws Error when LoRA modules remain unmerged; CheckpointError when `outDir` holds files or
  *   the source config.json cannot be read.
  */
-export async function saveMergedModel(model: LlamaModel, sourceDir: string, outDir: string, files?: Files): Promise<"F32" | "BF16" | "F16"> {
+export async function saveMergedModel(model: LlamaModel, sourceDir: string, outDir: string, files?: Files): Promise<MergeDType> {
   if (loraModules(model).size > 0) throw new Error("saveMergedModel: the model still has LoRA modules; call mergeLora(model) first");
   const host = files ?? (await hostFiles());
   const config = await mergeSource(sourceDir, outDir, host);
   const packed = [...model.namedWeights().values()].flatMap((w) => (w instanceof PackedWeight ? [w.dtype] : []));
-  const dtype = packed.length === 0 ? "F32" : packed.every((d) => d === "f16") ? "F16" : "BF16";
-  const torchDType = { F32: "float32", BF16: "bfloat16", F16: "float16" }[dtype];
+  const dtype: MergeDType = packed.length === 0 ? "F32" : packed.every((d) => d === "f16") ? "F16" : "BF16";
+  const torchDType = TORCH_DTYPE[dtype];
   const tensors: Record<string, TensorToWrite> = {};
   for (const [name, t] of model.namedWeights()) {
     tensors[name] = { dtype, shape: [...t.shape], data: Float32Array.from(await t.data()) };

@@ -3,7 +3,7 @@ import { CheckpointError, DTYPE_SIZE, encodeTensor, INDEX_FILE, openCheckpoint, 
 import { isBnb4bit, isBnbCompanion, readBnb4bit, readBnbState } from "../model/bnb.ts";
 import { dequantizeNf4 } from "../tensor/nf4.ts";
 import { loraScaling, peftKey } from "./layer.ts";
-import { copyCompanions, mergeSource } from "./merge.ts";
+import { copyCompanions, mergeSource, TORCH_DTYPE, type MergeDType } from "./merge.ts";
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, checkAdapterRank, readAdapterConfig } from "./peft.ts";
 
 /**
@@ -20,11 +20,7 @@ import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, checkAdapterRank, readAdapte
 /** transformers' default `max_shard_size`: "5GB", decimal. */
 export const DEFAULT_MAX_SHARD_BYTES = 5e9;
 
-/** The dtypes a merged checkpoint's float tensors can be written in. */
-export type MergeDType = "F32" | "BF16" | "F16";
-
-/** The names config.json gives dtypes (`torch_dtype`, and `dtype` in transformers >= 4.56). */
-const TORCH_DTYPE: Record<MergeDType, string> = { F32: "float32", BF16: "bfloat16", F16: "float16" };
+export type { MergeDType } from "./merge.ts";
 
 export interface MergeOptions {
   /** Write every float tensor in this dtype; default: each tensor keeps its checkpoint dtype. */

@@ -1,5 +1,6 @@
 import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError, openSafetensors, writeSafetensors, type TensorToWrite } from "../model/safetensors.ts";
+import type { HostArray } from "../tensor/dtype.ts";
 import { tensor } from "../tensor/ops/create.ts";
 import { applyLora, isLoraDropout, LORA_DEFAULTS, LORA_DROPOUT_RANGE, peftKey, rankExcess, selectTargets, LoraAdapter, type LoraConfig } from "./layer.ts";
 import { hostFiles, type Files } from "../io/files.ts";
@@ -61,13 +62,21 @@ export function peftConfigJson(config: LoraConfig, baseModel: string | null): Re
  * checkpoint.ts's job).
  * @param baseModel recorded as `base_model_name_or_path`
  * @param files where to write (default: the host's, io/files.ts; in a browser the OPFS's, opfsFiles)
+ * @param values the parameters' values, by PEFT key, when the caller has already read them from
+ *   the device (the trainer, which checks them first); a key it lacks is read here
  * @throws Error from `files` when it cannot write there (a read-only source)
  */
-export async function saveAdapter(adapter: LoraAdapter, dir: string, baseModel: string | null, files?: Files): Promise<void> {
+export async function saveAdapter(
+  adapter: LoraAdapter,
+  dir: string,
+  baseModel: string | null,
+  files?: Files,
+  values?: ReadonlyMap<string, HostArray>,
+): Promise<void> {
   files ??= await hostFiles();
   const tensors: Record<string, TensorToWrite> = {};
   for (const [key, p] of adapter.namedParams()) {
-    tensors[key] = { dtype: "F32", shape: [...p.shape], data: Float32Array.from(await p.data()) };
+    tensors[key] = { dtype: "F32", shape: [...p.shape], data: Float32Array.from(values?.get(key) ?? (await p.data())) };
   }
   await files.writeAtomic(files.join(dir, ADAPTER_CONFIG_FILE), [JSON.stringify(peftConfigJson(adapter.config, baseModel), null, 2)]);
   await writeSafetensors(files.join(dir, ADAPTER_WEIGHTS_FILE), tensors, { format: "pt" }, files);

@@ -1,11 +1,12 @@
 import type { LlamaModel } from "../model/llama.ts";
 import { CheckpointError } from "../model/safetensors.ts";
 import { AdamW, clipGradNorm } from "../tensor/optim.ts";
+import type { HostArray } from "../tensor/dtype.ts";
 import { Rng } from "../tensor/random.ts";
 import { tidy } from "../tensor/scope.ts";
 import { hostFiles, type Files } from "../io/files.ts";
 import { loadCheckpoint, saveCheckpoint, type TrainerState } from "./checkpoint.ts";
-import type { LoraAdapter } from "./layer.ts";
+import { peftKey, type LoraAdapter } from "./layer.ts";
 import { collate, meanTargetLoss, targetNllSum, type Example } from "./loss.ts";
 import { saveAdapter } from "./peft.ts";
 import { cosineWithWarmup, warmupSteps } from "./schedule.ts";
@@ -46,6 +47,18 @@ export interface TrainOptions {
 
 /** The folder inside a run's outDir that holds its resumable checkpoint. */
 export const CHECKPOINT_DIR = "checkpoint";
+
+/**
+ * The options that leave a run's numbers as they are: the checkpoint interval (training resumes
+ * bit for bit whatever it is) and gradient checkpointing (it recomputes the same activations).
+ */
+export const NON_DECIDING_OPTIONS = ["saveSteps", "gradientCheckpointing"] as const;
+type NonDeciding = (typeof NON_DECIDING_OPTIONS)[number];
+
+/** `options` less {@link NON_DECIDING_OPTIONS}: what two runs must share to give the same numbers. */
+export function decidingOptions<T extends Partial<Record<NonDeciding, unknown>>>(options: T): Omit<T, NonDeciding> {
+  return Object.fromEntries(Object.entries(options).filter(([k]) => !(NON_DECIDING_OPTIONS as readonly string[]).includes(k))) as Omit<T, NonDeciding>;
+}
 
 /** The paper's hyper-parameters (lr 5e-5, 3 epochs, batch 4 x accumulation 4, 10% warmup) and HF's defaults. */
 export const TRAIN_DEFAULTS: TrainOptions = {
@@ -252,7 +265,7 @@ export async function train(
   const opt = new AdamW(adapter.params, { lr: o.lr, weightDecay: o.weightDecay, beta1: 0.9, beta2: 0.999, eps: 1e-8 });
   const dropoutRng = new Rng(streamSeed(o.seed, DROPOUT_STREAM));
   // What a resumed run must share with the original (saveSteps may change).
-  const { saveSteps: _, gradientCheckpointing: __, ...hyper } = o;
+  const hyper = decidingOptions(o);
   const settings = {
     lora: adapter.config,
     ...hyper,
@@ -295,14 +308,21 @@ export async function train(
       `train: ${what}; stopped without writing the adapter (${kept}). A learning rate too high (--lr ${o.lr}) or non-finite weights in the model or data are the usual causes`,
     );
   };
-  /** Before anything is saved: an update with a finite gradient can still overflow (a huge lr). */
-  const checkWeights = async (step: number): Promise<void> => {
+  /**
+   * Before anything is saved: an update with a finite gradient can still overflow (a huge lr).
+   * Returns the values read, by PEFT key, for the save to write without reading them again.
+   */
+  const checkWeights = async (step: number): Promise<Map<string, HostArray>> => {
+    const values = new Map<string, HostArray>();
     for (const [path, m] of adapter.modules) {
-      for (const [name, w] of [["lora_A", m.lora_A], ["lora_B", m.lora_B]] as const) {
-        const bad = (await w.data()).find((x) => !Number.isFinite(x));
+      for (const [name, which, w] of [["lora_A", "A", m.lora_A], ["lora_B", "B", m.lora_B]] as const) {
+        const host = await w.data();
+        const bad = host.find((x) => !Number.isFinite(x));
         if (bad !== undefined) stop(step, `step ${step}/${totalSteps}: the updated ${path}.${name} holds ${bad}, not finite`);
+        values.set(peftKey(path, which), host);
       }
     }
+    return values;
   };
   const validate = async (): Promise<void> => {
     if (data.val.length === 0) return;
@@ -351,20 +371,20 @@ export async function train(
       state.order = state.epoch < o.epochs ? epochOrder(o.seed, state.epoch, nTrain) : [];
     }
     if (checkpointDir && state.step % o.saveSteps === 0 && state.step < totalSteps) {
-      await checkWeights(state.step);
+      const values = await checkWeights(state.step);
       state.dropoutRng = dropoutRng.state();
-      await saveCheckpoint(checkpointDir, adapter, opt, state, settings, options.baseModel ?? null, files);
+      await saveCheckpoint(checkpointDir, adapter, opt, state, settings, options.baseModel ?? null, files, values);
       lastCheckpoint = state.step;
       log(`checkpoint at step ${state.step}: ${checkpointDir}`);
     }
     options.onStep?.(info);
   }
-  if (outDir !== null) await checkWeights(state.step);
+  const finalValues = outDir !== null ? await checkWeights(state.step) : null;
   adapter.setDropoutRng(null);
   model.gradientCheckpointing = null;
   opt.dispose();
-  if (outDir !== null && checkpointDir !== null) {
-    await saveAdapter(adapter, outDir, options.baseModel ?? null, files);
+  if (outDir !== null && checkpointDir !== null && finalValues !== null) {
+    await saveAdapter(adapter, outDir, options.baseModel ?? null, files, finalValues);
     // The checkpoint, then the complete copy a crash mid-swap may have left beside it.
     await files.remove(checkpointDir);
     const left = await files.latestDir(checkpointDir);
