@@ -48,7 +48,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * @param param, m, v f32 [n], updated in place, one chunk each
  * @param grad f32 [n]
  */
-export function encodeAdamW(host: KernelHost, param: GpuData, grad: GpuData, m: GpuData, v: GpuData, h: AdamWStep): void {
+function encodeAdamW(host: KernelHost, param: GpuData, grad: GpuData, m: GpuData, v: GpuData, h: AdamWStep): void {
   const n = param.numel;
   const params = {
     n,

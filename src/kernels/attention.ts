@@ -162,7 +162,7 @@ export interface AttentionSizes {
  * @throws ShapeError naming `op` when H is not a multiple of Hkv (grouped-query attention
  *   shares each kv head among H / Hkv query heads)
  */
-export function attentionSizes(op: string, g: AttentionGeometry): AttentionSizes {
+function attentionSizes(op: string, g: AttentionGeometry): AttentionSizes {
   if (g.Hkv <= 0 || g.H % g.Hkv !== 0) throw new ShapeError(op, `query heads H = ${g.H} are not a multiple of kv heads Hkv = ${g.Hkv}`);
   return { q: g.B * g.H * g.Tq * g.Dh, kv: g.B * g.Hkv * g.Tk * g.Dh, lse: g.B * g.H * g.Tq, keyMask: g.B * g.Tk };
 }

@@ -434,7 +434,7 @@ function maskArgs(q: GpuData, keyMask: GpuData | null) {
  * @param ins.keyMask [B, Tk] f32 or i32 (nonzero = keep), or null
  * @param out f32 [B, H, Tq, Dh]; lse f32 [B, H, Tq]
  */
-export function encodeAttention(
+function encodeAttention(
   host: KernelHost,
   ins: AttentionInputs<GpuData>,
   outs: { out: GpuData; lse: GpuData },
@@ -461,7 +461,7 @@ const quadFits = (g: AttentionGeometry) => g.Dh % 16 === 0 && g.Dh > 0;
  * @param out, dOut f32 [B, H, Tq, Dh]; lse f32 [B, H, Tq] from the forward
  * @param dq f32 [B, H, Tq, Dh]; dk, dv f32 [B, Hkv, Tk, Dh] (written)
  */
-export function encodeAttentionBackward(
+function encodeAttentionBackward(
   host: KernelHost,
   ins: AttentionBackwardInputs<GpuData>,
   grads: AttentionGrads<GpuData>,

@@ -90,7 +90,7 @@ fn main(${ROW_MAIN_ARGS}) {
  * @param targets i32 [rows]
  * @param out f32 [rows]
  */
-export function encodeCrossEntropy(host: KernelHost, logits: GpuData, targets: GpuData, out: GpuData, g: CrossEntropyGeometry): void {
+function encodeCrossEntropy(host: KernelHost, logits: GpuData, targets: GpuData, out: GpuData, g: CrossEntropyGeometry): void {
   const { rows, cols, ignoreIndex } = g;
   dispatchRows(host, forwardKernel(host.rowWorkgroup), { rows, cols, ignore: ignoreIndex }, [single(logits), single(targets), single(out)], rows);
 }
@@ -102,7 +102,7 @@ export function encodeCrossEntropy(host: KernelHost, logits: GpuData, targets: G
  * @param gradLoss f32 [rows]
  * @param out f32 [rows, cols]
  */
-export function encodeCrossEntropyBackward(
+function encodeCrossEntropyBackward(
   host: KernelHost,
   logits: GpuData,
   targets: GpuData,

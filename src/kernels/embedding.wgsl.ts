@@ -86,7 +86,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * @param ids i32 [N]
  * @param out [N, D], dtype of table, one chunk
  */
-export function encodeGather(host: KernelHost, table: GpuData, ids: GpuData, out: GpuData, g: EmbeddingGeometry): void {
+function encodeGather(host: KernelHost, table: GpuData, ids: GpuData, out: GpuData, g: EmbeddingGeometry): void {
   const { V, D } = g;
   const n = ids.numel * D;
   if (n === 0) return;
@@ -103,7 +103,7 @@ export function encodeGather(host: KernelHost, table: GpuData, ids: GpuData, out
  * @param ids i32 [N]
  * @param out [V, D], dtype of grad, zero-filled, one chunk
  */
-export function encodeScatterAdd(host: KernelHost, grad: GpuData, ids: GpuData, out: GpuData, g: EmbeddingGeometry): void {
+function encodeScatterAdd(host: KernelHost, grad: GpuData, ids: GpuData, out: GpuData, g: EmbeddingGeometry): void {
   host.dispatch(scatterAddKernel(grad.dtype), { N: ids.numel, D: g.D, V: g.V }, [single(grad), single(ids), single(out)], groups(g.D, WG));
 }
 

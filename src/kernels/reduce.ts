@@ -18,10 +18,9 @@ import { registerKernel } from "./registry.ts";
  * out[r] = sum_c x[r, c] (0 for an empty row) or max_c x[r, c], accumulated in doubles.
  * @param x contiguous [rows, cols], any dtype
  * @param out [rows], same dtype as x
- * @throws ShapeError for max over empty rows (cols = 0), which has no value.
+ * Max over empty rows has no value: checkReduceRows, which every device runs first, rejects it.
  */
 export function reduceRowsRef(op: ReduceOp, x: HostArray, out: HostArray, rows: number, cols: number): void {
-  if (op === "max" && cols === 0 && rows > 0) throw new ShapeError("reduce max", "rows are empty (cols = 0)");
   for (let r = 0; r < rows; r++) {
     let acc = op === "sum" ? 0 : -Infinity;
     for (let c = 0; c < cols; c++) {
@@ -33,10 +32,11 @@ export function reduceRowsRef(op: ReduceOp, x: HostArray, out: HostArray, rows: 
 }
 
 /**
- * The size check of reduceRows: x holds [rows, cols].
- * @throws ShapeError naming `reduce <op>` when x is smaller
+ * The checks of reduceRows: max needs a value per row, and x holds [rows, cols].
+ * @throws ShapeError naming `reduce <op>` for max over empty rows (cols = 0, rows > 0), or when x is smaller
  */
 export function checkReduceRows(op: ReduceOp, x: Sized, rows: number, cols: number): void {
+  if (op === "max" && cols === 0 && rows > 0) throw new ShapeError(`reduce ${op}`, "rows are empty (cols = 0)");
   need(`reduce ${op}`, "x", x, rows * cols);
 }
 

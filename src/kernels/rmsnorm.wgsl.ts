@@ -44,7 +44,7 @@ fn main(${ROW_MAIN_ARGS}) {
  * @param weight f32 [D]
  * @param out f32 [rows, D]
  */
-export function encodeRmsNorm(host: KernelHost, x: GpuData, weight: GpuData, out: GpuData, g: RmsNormGeometry): void {
+function encodeRmsNorm(host: KernelHost, x: GpuData, weight: GpuData, out: GpuData, g: RmsNormGeometry): void {
   dispatchRows(host, rmsNormKernel(host.rowWorkgroup), { rows: g.rows, D: g.D, eps: g.eps }, [single(x), single(weight), single(out)], g.rows);
 }
 

@@ -57,7 +57,7 @@ export function ropeRef(x: HostArray, cos: HostArray, sin: HostArray, out: HostA
  * and the angle tables hold one batch row or B.
  * @throws ShapeError when Dh is odd or Bc is neither 1 nor B
  */
-export function checkRopeGeometry(g: RopeGeometry): void {
+function checkRopeGeometry(g: RopeGeometry): void {
   if (g.Dh % 2 !== 0) throw new ShapeError("rope", `head dim ${g.Dh} is odd`);
   if (g.Bc !== 1 && g.Bc !== g.B) throw new ShapeError("rope", `cos/sin batch ${g.Bc} is neither 1 nor B = ${g.B}`);
 }

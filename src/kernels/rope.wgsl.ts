@@ -58,7 +58,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
  * @param cos, sin f32 [Bc, T, Dh/2] with Bc = 1 or B
  * @param out f32 [B, H, T, Dh]
  */
-export function encodeRope(
+function encodeRope(
   host: KernelHost,
   x: GpuData,
   cos: GpuData,

@@ -62,7 +62,7 @@ fn main(${ROW_MAIN_ARGS}) {
  * @param x f32 contiguous [rows, cols], one chunk
  * @param out f32 [rows, cols]
  */
-export function encodeSoftmax(host: KernelHost, x: GpuData, out: GpuData, rows: number, cols: number, log: boolean): void {
+function encodeSoftmax(host: KernelHost, x: GpuData, out: GpuData, rows: number, cols: number, log: boolean): void {
   dispatchRows(host, softmaxKernel(host.rowWorkgroup), { rows, cols, log: log ? 1 : 0 }, [single(x), single(out)], rows);
 }
 

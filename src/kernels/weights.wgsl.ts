@@ -241,7 +241,7 @@ const PREFILL_TILE = [16, 8, 8, 2] as const;
  * Records out = x @ W^T ("nt": x [M, K], out [M, N]) or out = x @ W ("nn": x [M, N], out
  * [M, K]) for a packed weight W [N, K]. x and out are contiguous f32 from element 0.
  */
-export function encodeWeightMatmul(host: KernelHost, x: PooledBuffer, w: GpuWeight, out: PooledBuffer, M: number, form: "nt" | "nn"): void {
+function encodeWeightMatmul(host: KernelHost, x: PooledBuffer, w: GpuWeight, out: PooledBuffer, M: number, form: "nt" | "nn"): void {
   const [N, K] = [w.rows, w.cols];
   if (M === 0 || N === 0 || K === 0) return;
   const p = { M, N, K };
@@ -258,7 +258,7 @@ export function encodeWeightMatmul(host: KernelHost, x: PooledBuffer, w: GpuWeig
 }
 
 /** Records out [n, D] = W[ids, :] for i32 ids [n] and a packed table W [V, D]. */
-export function encodeWeightGather(host: KernelHost, w: GpuWeight, ids: PooledBuffer, n: number, out: PooledBuffer): void {
+function encodeWeightGather(host: KernelHost, w: GpuWeight, ids: PooledBuffer, n: number, out: PooledBuffer): void {
   const g = (n * w.cols) / 8;
   if (g === 0) return;
   host.dispatch(gatherKernel(w.dtype), { groups: g, D: w.cols, V: w.rows }, [ids, ...weightBindings(w), out], groups(g, 64));

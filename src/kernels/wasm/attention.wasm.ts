@@ -5,7 +5,7 @@ import { attentionBackwardOnHost, attentionBackwardRef, attentionOnHost, attenti
 import { registerKernel } from "../registry.ts";
 import type { WasmBackend } from "./backend.ts";
 import type { Code, Local } from "./module.ts";
-import { PARALLEL_MIN_MACS, f32Bits } from "./pool.ts";
+import { f32Bits } from "./pool.ts";
 import {
   FunctionBuilder,
   T,
@@ -20,6 +20,7 @@ import {
   select,
   seq,
   set,
+  sumLanes,
   v128,
 } from "./module.ts";
 
@@ -56,7 +57,6 @@ function tools(fn: FunctionBuilder, p: { Dh: Local; Tq: Local; Tk: Local; causal
   const at = (base: Local) => i32.add(get(base), get(d!));
   /** for d in [0, rowBytes) step 16: body (d is a byte offset into a row). */
   const overRow = (body: Code) => forRange(d!, c(0), get(rowBytes!), c(16), body);
-  const lanes = (v: Code) => f32.add(f32.add(f32x4.extract_lane(v, 0), f32x4.extract_lane(v, 1)), f32.add(f32x4.extract_lane(v, 2), f32x4.extract_lane(v, 3)));
   return {
     rowBytes: rowBytes!,
     b: b!,
@@ -66,7 +66,7 @@ function tools(fn: FunctionBuilder, p: { Dh: Local; Tq: Local; Tk: Local; causal
     /** Sets the scale and the row size in bytes. */
     prologue: seq(set(scale, f32.reinterpret_i32(get(p.scaleBits))), set(rowBytes!, i32.shl(get(p.Dh), c(2)))),
     /** Writes `x . y` (rows at byte pointers x and y) into the f32 local `into`. */
-    dot: (x: Local, y: Local, into: Local) => seq(set(dotv, v128.zero()), overRow(set(dotv, f32x4.add(get(dotv), f32x4.mul(v128.load(at(x)), v128.load(at(y)))))), set(into, lanes(get(dotv)))),
+    dot: (x: Local, y: Local, into: Local) => seq(set(dotv, v128.zero()), overRow(set(dotv, f32x4.add(get(dotv), f32x4.mul(v128.load(at(x)), v128.load(at(y)))))), set(into, sumLanes(get(dotv)))),
     exp: (x: Code) => f32x4.extract_lane(expF32x4(f32x4.splat(x), t, n, rr), 0),
     /**
      * Runs `body` for every key j that query i of batch row b (the local `b`) sees, in order of
@@ -249,9 +249,9 @@ function attentionKernel(wasm: WasmBackend, ins: AttentionInputs<HostArray>, out
     const maskPtr = mask?.byteOffset ?? 0;
     const ml = temp("f32", 2 * rows);
     const scratch = temp("f32", g.Dh * wasm.threads);
-    const threads = rows * g.Tk * g.Dh < PARALLEL_MIN_MACS ? 1 : wasm.threads;
+    const threads = wasm.macThreads(rows * g.Tk * g.Dh);
     wasm.call(
-      "attention",
+      "attn",
       [ins.q.byteOffset, ins.k.byteOffset, ins.v.byteOffset, maskPtr, outs.out.byteOffset, ml.byteOffset, g.B, g.H, g.Hkv, g.Tq, g.Tk, g.Dh, f32Bits(g.scale), g.causal ? 1 : 0, g.window, scratch.byteOffset],
       threads,
     );
@@ -275,9 +275,9 @@ function attentionBackwardKernel(wasm: WasmBackend, ins: AttentionBackwardInputs
   const mask = ins.keyMask ? maskOf(wasm, ins.keyMask, g) : null;
   try {
     const ptrs = arrays.map((x) => x.byteOffset);
-    const threads = g.B * g.H * g.Tq * g.Tk * g.Dh < PARALLEL_MIN_MACS ? 1 : wasm.threads;
+    const threads = wasm.macThreads(g.B * g.H * g.Tq * g.Tk * g.Dh);
     wasm.call(
-      "attentionBackward",
+      "attn_bwd",
       [...ptrs.slice(0, 3), mask?.byteOffset ?? 0, ...ptrs.slice(3), g.B, g.H, g.Hkv, g.Tq, g.Tk, g.Dh, f32Bits(g.scale), g.causal ? 1 : 0, g.window],
       threads,
     );

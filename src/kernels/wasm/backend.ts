@@ -13,7 +13,7 @@ import { WasmHeap } from "./heap.ts";
 import { GEMM_SCRATCH_BYTES, matmulModule } from "./matmul.wasm.ts";
 import { hasRelaxedSimd } from "./module.ts";
 import type { KernelRef } from "./pool.ts";
-import { PARALLEL_MIN_ELEMENTS, WasmPool } from "./pool.ts";
+import { PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_MACS, WasmPool } from "./pool.ts";
 import { rowsModule } from "./rows.wasm.ts";
 import { ADAMW_KERNELS, adamwModule } from "./adamw.wasm.ts";
 import { EMBEDDING_KERNELS, embeddingModule } from "./embedding.wasm.ts";
@@ -49,8 +49,6 @@ import { WEIGHT_KERNELS, weightsModule } from "./weights.wasm.ts";
  * kernel wraps its compute in the op's host checks (`rmsNormOnHost` in src/kernels/rmsnorm.ts).
  */
 
-// Kernel indices in the pool's list.
-const K = { gemm: 0, gemvDot: 1, gemvAxpy: 2, attention: 3, attentionBackward: 4, rowStats: 5, rowApply: 6, rmsNorm: 7 } as const;
 const ELEMENTWISE_NAMES = [
   ...Object.keys(WASM_UNARY).map((op) => elementwiseExport("unary", op)),
   ...Object.keys(WASM_BINARY).map((op) => elementwiseExport("binary", op)),
@@ -65,7 +63,8 @@ const MORE_MODULES = [
   { make: reduceModule, names: REDUCE_KERNELS },
   { make: embeddingModule, names: EMBEDDING_KERNELS },
 ] as const;
-const KERNELS: readonly KernelRef[] = [
+/** The kernels of the matmul (0), attention (1) and row (3) modules. */
+const FIRST_KERNELS = [
   { module: 0, name: "gemm" },
   { module: 0, name: "gemv_dot" },
   { module: 0, name: "gemv_axpy" },
@@ -74,17 +73,18 @@ const KERNELS: readonly KernelRef[] = [
   { module: 3, name: "row_stats" },
   { module: 3, name: "row_apply" },
   { module: 3, name: "rmsnorm" },
+] as const;
+/** Every kernel, in pool order. */
+const KERNELS: readonly KernelRef[] = [
+  ...FIRST_KERNELS,
   ...ELEMENTWISE_NAMES.map((name) => ({ module: 2, name })),
   ...MORE_MODULES.flatMap(({ names }, i) => names.map((name) => ({ module: 4 + i, name }))),
 ];
-/** Pool index of each kernel of the elementwise module and of MORE_MODULES, by export name. */
-const EXPORT_INDEX = new Map(KERNELS.slice(8).map((k, i) => [k.name, 8 + i]));
+/** Pool index of each kernel, by export name (the names are distinct across modules). */
+const EXPORT_INDEX = new Map(KERNELS.map((k, i) => [k.name, i]));
 
-/**
- * The kernels `WasmBackend.call` runs: those of the matmul, attention and row modules by their
- * K names, the others by export name (`binary_add`, `decode_nf4`, `rope`, ...).
- */
-export type WasmKernel = keyof typeof K | (typeof MORE_MODULES)[number]["names"][number] | ReturnType<typeof elementwiseExport> | typeof WHERE_EXPORT | ReturnType<typeof castExport>;
+/** The kernels `WasmBackend.call` runs, by export name (`gemm`, `attn`, `binary_add`, `decode_nf4`, `rope`, ...). */
+export type WasmKernel = (typeof FIRST_KERNELS)[number]["name"] | (typeof MORE_MODULES)[number]["names"][number] | ReturnType<typeof elementwiseExport> | typeof WHERE_EXPORT | ReturnType<typeof castExport>;
 
 /**
  * A strided iteration space collapsed to exactly 4 dims: adjacent axes merge when every operand
@@ -207,7 +207,7 @@ export class WasmBackend extends CpuBackend {
    * @throws Error for an elementwise export name that has no kernel (an op without a SIMD form)
    */
   call(kernel: WasmKernel, args: readonly number[], threads: number): void {
-    const index = kernel in K ? K[kernel as keyof typeof K] : EXPORT_INDEX.get(kernel);
+    const index = EXPORT_INDEX.get(kernel);
     if (index === undefined) throw new Error(`wasm: no kernel ${kernel}`);
     this.pool.run(index, args, threads);
   }
@@ -295,6 +295,11 @@ export class WasmBackend extends CpuBackend {
   /** Threads for a row kernel over rows x cols elements. */
   rowThreads(rows: number, cols: number): number {
     return rows * cols < PARALLEL_MIN_ELEMENTS ? 1 : this.pool.threads;
+  }
+
+  /** Threads for a product kernel (matmul, attention) of `macs` multiply-adds. */
+  macThreads(macs: number): number {
+    return macs < PARALLEL_MIN_MACS ? 1 : this.pool.threads;
   }
 
   /** Whether every array is an f32 view of this backend's memory (the row kernels' condition). */

@@ -5,7 +5,6 @@ import { matmulOnHost, matmulRef } from "../matmul.ts";
 import { registerKernel } from "../registry.ts";
 import type { WasmBackend } from "./backend.ts";
 import type { Code, Local } from "./module.ts";
-import { PARALLEL_MIN_MACS } from "./pool.ts";
 import {
   FunctionBuilder,
   T,
@@ -23,6 +22,7 @@ import {
   select,
   seq,
   set,
+  sumLanes,
   v128,
   whileLoop,
 } from "./module.ts";
@@ -375,7 +375,6 @@ function gemvDot(relaxed: boolean): { fn: FunctionBuilder; body: Code } {
   const fma = madd(relaxed);
   const xAt = (off: number) => v128.load(add(get(xr!), i32.shl(get(k!), c(2))), off);
   const yAt = (off: number) => v128.load(add(get(yb!), i32.shl(get(k!), c(2))), off);
-  const lanes = (v: Code) => f32.add(f32.add(f32x4.extract_lane(v, 0), f32x4.extract_lane(v, 1)), f32.add(f32x4.extract_lane(v, 2), f32x4.extract_lane(v, 3)));
   const body = gemvUnits(fn, DOT_ROWS, { rows: rows!, batch: batch!, tid: tid!, threads: threads! }, (bi, r0, r1) =>
     seq(
       set(yb!, add(get(y!), i32.shl(mul(get(bi), get(sYb!)), c(2)))),
@@ -394,7 +393,7 @@ function gemvDot(relaxed: boolean): { fn: FunctionBuilder; body: Code } {
             seq(...acc.map((l, q) => set(l, fma(xAt(16 * q), yAt(16 * q), get(l)))), inc(k!, c(16))),
           ),
           whileLoop(i32.le_s(add(get(k!), c(4)), get(K!)), seq(set(acc[0]!, fma(xAt(0), yAt(0), get(acc[0]!))), inc(k!, c(4)))),
-          set(s, lanes(f32x4.add(f32x4.add(get(acc[0]!), get(acc[1]!)), f32x4.add(get(acc[2]!), get(acc[3]!))))),
+          set(s, sumLanes(f32x4.add(f32x4.add(get(acc[0]!), get(acc[1]!)), f32x4.add(get(acc[2]!), get(acc[3]!))))),
           whileLoop(
             i32.lt_s(get(k!), get(K!)),
             seq(
@@ -496,15 +495,15 @@ export function matmulKernel(wasm: WasmBackend, a: HostArray, b: HostArray, out:
   const sAb = g.batchStrideA;
   const sBb = g.batchStrideB;
   const [pa, pb, pc] = [a.byteOffset, b.byteOffset, out.byteOffset];
-  const threads = batch * M * N * Kd < PARALLEL_MIN_MACS ? 1 : wasm.threads;
+  const threads = wasm.macThreads(batch * M * N * Kd);
   if (M === 1) {
     // out[j] = sum_k B(j, k) a[k]; a's k-stride is 1 whether or not A is transposed.
-    if (sBk === 1) wasm.call("gemvDot", [pb, pa, pc, N, Kd, sBn, batch, sBb, sAb], threads);
-    else wasm.call("gemvAxpy", [pb, pa, pc, N, Kd, sBk, batch, sBb, sAb], threads);
+    if (sBk === 1) wasm.call("gemv_dot", [pb, pa, pc, N, Kd, sBn, batch, sBb, sAb], threads);
+    else wasm.call("gemv_axpy", [pb, pa, pc, N, Kd, sBk, batch, sBb, sAb], threads);
   } else if (N === 1) {
     // out[i] = sum_k A(i, k) b[k]; b's k-stride is 1 whether or not B is transposed.
-    if (sAk === 1) wasm.call("gemvDot", [pa, pb, pc, M, Kd, sAm, batch, sAb, sBb], threads);
-    else wasm.call("gemvAxpy", [pa, pb, pc, M, Kd, sAk, batch, sAb, sBb], threads);
+    if (sAk === 1) wasm.call("gemv_dot", [pa, pb, pc, M, Kd, sAm, batch, sAb, sBb], threads);
+    else wasm.call("gemv_axpy", [pa, pb, pc, M, Kd, sAk, batch, sAb, sBb], threads);
   } else {
     wasm.call("gemm", [pa, pb, pc, M, N, Kd, sAm, sAk, sBk, sBn, batch, sAb, sBb, unitColumns(batch, M, N, threads), wasm.scratch], threads);
   }

@@ -102,11 +102,8 @@ export const i32 = {
   div_s: op1(0x6d),
   rem_s: op1(0x6f),
   and: op1(0x71),
-  or: op1(0x72),
   shl: op1(0x74),
   shr_u: op1(0x76),
-  /** Loads one byte, zero-extended. */
-  load8_u: mem([0x2d], 0),
 };
 
 export const f32 = {
@@ -154,7 +151,6 @@ export const f32x4 = {
   ne: simd(0x42),
   lt: simd(0x43),
   gt: simd(0x44),
-  le: simd(0x45),
   ge: simd(0x46),
   nearest: simd(0x6a),
   abs: simd(0xe0),
@@ -174,6 +170,13 @@ export const f32x4 = {
   /** Relaxed SIMD: a * b + c, fused or not (the platform's choice). */
   relaxed_madd: simd(0x105),
 };
+
+/**
+ * The f32 sum of the four lanes of v, as the tree (l0 + l1) + (l2 + l3). v's code is emitted once
+ * per lane, so pass a local's get (or an expression cheap enough to repeat).
+ */
+export const sumLanes = (v: Code): number[] =>
+  f32.add(f32.add(f32x4.extract_lane(v, 0), f32x4.extract_lane(v, 1)), f32.add(f32x4.extract_lane(v, 2), f32x4.extract_lane(v, 3)));
 
 /** Calls function `index` of the module with the given arguments. */
 export const call = (index: number, ...args: Code[]): number[] => [...args.flat(), 0x10, ...uleb(index)];

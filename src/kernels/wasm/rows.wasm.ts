@@ -9,7 +9,7 @@ import { rmsNormOnHost, rmsNormRef } from "../rmsnorm.ts";
 import { softmaxOnHost, softmaxRef } from "../softmax.ts";
 import type { WasmBackend } from "./backend.ts";
 import type { Code, Local } from "./module.ts";
-import { FunctionBuilder, T, buildModule, expF32x4, f32, f32x4, forRange, get, i32, ifElse, inc, seq, set, v128, whileLoop } from "./module.ts";
+import { FunctionBuilder, T, buildModule, expF32x4, f32, f32x4, forRange, get, i32, ifElse, inc, seq, set, sumLanes, v128, whileLoop } from "./module.ts";
 import { f32Bits } from "./pool.ts";
 
 /**
@@ -54,7 +54,7 @@ export function rowLoops(fn: FunctionBuilder) {
 /** Sum of the four lanes of each of four vectors. */
 export const hsum = (vs: Local[]) => {
   const all = f32x4.add(f32x4.add(get(vs[0]!), get(vs[1]!)), f32x4.add(get(vs[2]!), get(vs[3]!)));
-  return (t: Local) => seq(set(t, all), f32.add(f32.add(f32x4.extract_lane(get(t), 0), f32x4.extract_lane(get(t), 1)), f32.add(f32x4.extract_lane(get(t), 2), f32x4.extract_lane(get(t), 3))));
+  return (t: Local) => seq(set(t, all), sumLanes(get(t)));
 };
 
 function rowStats(): { fn: FunctionBuilder; body: Code } {
@@ -182,7 +182,7 @@ function withRowStats(wasm: WasmBackend, x: HostArray, rows: number, cols: numbe
   const stats = wasm.allocate("f32", 2 * rows);
   try {
     const threads = wasm.rowThreads(rows, cols);
-    wasm.call("rowStats", [x.byteOffset, stats.byteOffset, rows, cols], threads);
+    wasm.call("row_stats", [x.byteOffset, stats.byteOffset, rows, cols], threads);
     then(stats, threads);
   } finally {
     wasm.release(stats);
@@ -196,7 +196,7 @@ function withRowStats(wasm: WasmBackend, x: HostArray, rows: number, cols: numbe
 function rowKernels(wasm: WasmBackend, x: HostArray, out: HostArray, rows: number, cols: number, a: (s: number, r: number) => number, mode: number): void {
   withRowStats(wasm, x, rows, cols, (stats, threads) => {
     for (let r = 0; r < rows; r++) stats[2 * r + 1] = a(stats[2 * r + 1]!, r);
-    wasm.call("rowApply", [x.byteOffset, stats.byteOffset, out.byteOffset, rows, cols, mode], threads);
+    wasm.call("row_apply", [x.byteOffset, stats.byteOffset, out.byteOffset, rows, cols, mode], threads);
   });
 }
 
@@ -245,6 +245,6 @@ registerKernel(
   "wasm",
   rmsNormOnHost((wasm: WasmBackend, x, weight, out, g) => {
     if (!wasm.ownF32([x, weight, out])) return rmsNormRef(x, weight, out, g);
-    wasm.call("rmsNorm", [x.byteOffset, weight.byteOffset, out.byteOffset, g.rows, g.D, f32Bits(g.eps)], wasm.rowThreads(g.rows, g.D));
+    wasm.call("rmsnorm", [x.byteOffset, weight.byteOffset, out.byteOffset, g.rows, g.D, f32Bits(g.eps)], wasm.rowThreads(g.rows, g.D));
   }),
 );

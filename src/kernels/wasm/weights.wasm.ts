@@ -6,7 +6,7 @@ import { gatherWeightOnHost, gatherWeightRef, matmulWeightOnHost, matmulWeightRe
 import type { WasmBackend } from "./backend.ts";
 import { matmulKernel } from "./matmul.wasm.ts";
 import type { Code, Local } from "./module.ts";
-import { FunctionBuilder, T, buildModule, f32, f32x4, forEachUnit, forRange, get, i32, i32x4, ifElse, i8x16, inc, seq, set, v128 } from "./module.ts";
+import { FunctionBuilder, T, buildModule, f32, f32x4, forEachUnit, forRange, get, i32, i32x4, ifElse, i8x16, inc, seq, set, sumLanes, v128 } from "./module.ts";
 
 /**
  * The packed-weight kernels of the `wasm` device (bf16, f16, NF4; src/tensor/weight.ts), one
@@ -207,7 +207,7 @@ function gemvKernel(dtype: HostWeight["dtype"]): { fn: FunctionBuilder; body: Co
       set(t, f32x4.add(get(a0), get(a1))),
       f32.store(
         i32.add(get(out!), i32.shl(get(n!), c(2))),
-        f32.add(f32.add(f32x4.extract_lane(get(t), 0), f32x4.extract_lane(get(t), 1)), f32.add(f32x4.extract_lane(get(t), 2), f32x4.extract_lane(get(t), 3))),
+        sumLanes(get(t)),
       ),
     ),
   );
