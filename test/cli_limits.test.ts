@@ -42,6 +42,17 @@ describe("the wasm device's memory", () => {
       "qalign: logits: total 14.48 GB is above the 4.29 GB of memory all tensors of the wasm device share; choose a smaller --dtype (nf4) or another --device (cpu has no such limit)",
     );
   });
+  it("align plans its training (activations kept for backward, LoRA, AdamW) and refuses one above the memory", async () => {
+    const tiny = await ensureTinyModel();
+    // 4096 pairs of 4096 tokens: their logits and gradient alone, 2 B T V f32 with V = 32,000, are
+    // 2 x 16,777,216 x 32,000 x 4 bytes = 4.29 TB, far above wasm's 4 GiB; one token's inference fits.
+    const out = join(tmp, "align-plan");
+    const r = runCli(["align", "--model", tiny, "--device", "wasm", "--threads", "2", "--langs", "en", "--limit", "2", "--batch-size", "4096", "--max-length", "4096", "--out", out]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^align: plan: lora /m);
+    expect(r.stderr).toMatch(/^align: plan: adamw /m);
+    expect(lastLine(r.stderr)).toMatch(/^qalign: align: total [\d.]+ GB is above the 4\.29 GB of memory all tensors of the wasm device share; choose a smaller --dtype, --batch-size or --max-length, --gradient-checkpointing, or another --device/);
+  });
 });
 
 describe("the LoRA rank", () => {

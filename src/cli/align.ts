@@ -10,7 +10,7 @@ import { RecordingSource, type DataSource } from "../eval/source.ts";
 import { ensureTinyModel } from "../model/tiny.ts";
 import { CliError, modelOption, type OptionTable, type Values } from "./args.ts";
 import { EVAL_OPTIONS, evalOptions, langsOption, taskOption, tokenizerFor } from "./eval.ts";
-import { checkLoraRank, checkMaxLength, loadForCli } from "./model.ts";
+import { checkLoraRank, checkMaxLength, loadForCli, trainingUsage } from "./model.ts";
 import { prepareOutDir, previousRunFiles } from "./output.ts";
 import { Progress } from "./progress.ts";
 import { provenance } from "./provenance.ts";
@@ -109,7 +109,8 @@ export async function run(v: Values<typeof options>): Promise<void> {
   // The folder is checked before the (slow) model load: it holds this run or none.
   await previousRunFiles("align", cfg.out, RUN_ENTRIES, RUN_SETTINGS);
   await checkSettings(join(cfg.out, RUN_SETTINGS), fingerprint(cfg, source.description), ALIGN_SETTINGS);
-  const model = await loadForCli("align", { ...v, model: modelDir }, progress);
+  // The plan is training's: it keeps every layer's activations for backward, evaluation one layer's.
+  const model = await loadForCli("align", { ...v, model: modelDir }, progress, trainingUsage(cfg.training));
   const r = await runAlign(model, tokenizer, source, cfg, {
     log: say,
     onItems: progress.counters("items"),

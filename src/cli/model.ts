@@ -107,6 +107,18 @@ export function loraTargets(lora: Partial<Pick<LoraConfig, "r" | "target_modules
 }
 
 /**
+ * The memory plan's usage of a LoRA training run (train, align): its batch of `maxLength`
+ * tokens, r and targets, and whether layers are recomputed.
+ */
+export function trainingUsage(training: {
+  lora: Partial<Pick<LoraConfig, "r" | "target_modules">>;
+  maxLength: number;
+  hyper: { batchSize: number; gradientCheckpointing: boolean };
+}): Usage {
+  return { batch: training.hyper.batchSize, seq: training.maxLength, train: { ...loraTargets(training.lora), gradientCheckpointing: training.hyper.gradientCheckpointing } };
+}
+
+/**
  * Refuses a --r above min(in_features, out_features) of a targeted module of the model in `dir`
  * (from its config.json) before any work: the update's rank cannot exceed that (rankExcess).
  * @param lora r and target_modules as the command line gives them (LORA_DEFAULTS where absent):

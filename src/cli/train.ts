@@ -11,7 +11,7 @@ import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from "../lora/peft.ts";
 import type { AlignTraining } from "../align/config.ts";
 import { checkSettings, decidingTraining, readJson, saveJson, TRAINING_SUMMARY } from "../align/folder.ts";
 import { CliError, deviceOption, int, listOption, modelOption, num, type OptionTable, type Values } from "./args.ts";
-import { checkLoraRank, checkMaxLength, loadForCli, loraTargets } from "./model.ts";
+import { checkLoraRank, checkMaxLength, loadForCli, trainingUsage } from "./model.ts";
 import { Progress, quietOption } from "./progress.ts";
 import { provenance } from "./provenance.ts";
 import { prepareOutDir, previousRunFiles, removeEntries } from "./output.ts";
@@ -180,8 +180,7 @@ export async function run(v: Values<typeof options>): Promise<void> {
   if (issues.length > MAX_ISSUE_LINES) say(`skipped ${issues.length - MAX_ISSUE_LINES} more malformed items`);
   const tokenizer = await loadTokenizer(modelDir);
   if (!tokenizer) throw new CliError(`train: ${modelDir} has no tokenizer.json, which training needs to read text`);
-  const { r, targets } = loraTargets(recipe.lora);
-  const model = await loadForCli("train", v, progress, { batch: recipe.hyper.batchSize, seq: recipe.maxLength, train: { r, targets, gradientCheckpointing: recipe.hyper.gradientCheckpointing } });
+  const model = await loadForCli("train", v, progress, trainingUsage(recipe));
   const { result } = await trainOnPairs(model, tokenizer, pairs, recipe, {
     outDir: out,
     resume: v.resume,
