@@ -393,7 +393,9 @@ function gemvDot(relaxed: boolean): { fn: FunctionBuilder; body: Code } {
             seq(...acc.map((l, q) => set(l, fma(xAt(16 * q), yAt(16 * q), get(l)))), inc(k!, c(16))),
           ),
           whileLoop(i32.le_s(add(get(k!), c(4)), get(K!)), seq(set(acc[0]!, fma(xAt(0), yAt(0), get(acc[0]!))), inc(k!, c(4)))),
-          set(s, sumLanes(f32x4.add(f32x4.add(get(acc[0]!), get(acc[1]!)), f32x4.add(get(acc[2]!), get(acc[3]!))))),
+          // The four accumulators into one, then its lanes (sumLanes repeats its argument per lane).
+          set(acc[0]!, f32x4.add(f32x4.add(get(acc[0]!), get(acc[1]!)), f32x4.add(get(acc[2]!), get(acc[3]!)))),
+          set(s, sumLanes(get(acc[0]!))),
           whileLoop(
             i32.lt_s(get(k!), get(K!)),
             seq(
